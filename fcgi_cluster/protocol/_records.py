@@ -1,0 +1,164 @@
+"""Record framing and name-value pairs: the byte-level layer of FastCGI.
+
+Pure functions over bytes. Encoders pad every record to a multiple of 8 bytes
+(the spec's advice; peers' parsers are tuned for it) and split streams longer
+than one record. Decoders take what the peer sends, padding included, and raise
+``RemoteProtocolError`` for anything malformed.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Iterable, Mapping
+
+from ._constants import HEADER_SIZE, MAX_CHUNK, MAX_CONTENT_LENGTH, VERSION, RecordType
+from ._errors import LocalProtocolError, RemoteProtocolError
+
+#: version, type, requestId, contentLength, paddingLength, reserved
+HEADER = struct.Struct("!BBHHBx")
+_BEGIN_BODY = struct.Struct("!HB5x")
+_END_BODY = struct.Struct("!IB3x")
+_UNKNOWN_TYPE_BODY = struct.Struct("!B7x")
+_LONG_LENGTH = struct.Struct("!I")
+
+_PADDING = [bytes(n) for n in range(8)]
+_pack_header = HEADER.pack
+
+
+def encode_record(record_type: int, request_id: int, content: bytes = b"") -> bytes:
+    """One record: header, content (at most 65535 bytes) and padding to 8 bytes."""
+    length = len(content)
+    if length > MAX_CONTENT_LENGTH:
+        raise LocalProtocolError(f"record content of {length} bytes exceeds 65535")
+    padding = -length & 7
+    return _pack_header(VERSION, record_type, request_id, length, padding) + content + _PADDING[padding]
+
+
+def encode_stream(record_type: int, request_id: int, data: bytes) -> bytes:
+    """``data`` as one or more records of a stream (no end-of-stream record).
+
+    Returns b"" for empty data: an empty record would end the stream.
+    """
+    length = len(data)
+    if length <= MAX_CHUNK:
+        if not length:
+            return b""
+        padding = -length & 7
+        return _pack_header(VERSION, record_type, request_id, length, padding) + data + _PADDING[padding]
+    view = memoryview(data)
+    parts = []
+    for start in range(0, length, MAX_CHUNK):
+        chunk = view[start : start + MAX_CHUNK]
+        padding = -len(chunk) & 7
+        parts.append(_pack_header(VERSION, record_type, request_id, len(chunk), padding))
+        parts.append(chunk)
+        parts.append(_PADDING[padding])
+    return b"".join(parts)
+
+
+def encode_begin_request(request_id: int, role: int, flags: int) -> bytes:
+    if not 0 <= role <= 0xFFFF:
+        raise LocalProtocolError(f"role {role} does not fit 16 bits")
+    return encode_record(RecordType.BEGIN_REQUEST, request_id, _BEGIN_BODY.pack(role, flags))
+
+
+def decode_begin_request(content: bytes) -> tuple[int, int]:
+    """(role, flags) from a BEGIN_REQUEST body."""
+    if len(content) != _BEGIN_BODY.size:
+        raise RemoteProtocolError(f"BEGIN_REQUEST body must be 8 bytes, got {len(content)}")
+    return _BEGIN_BODY.unpack(content)
+
+
+def encode_end_request(request_id: int, app_status: int, protocol_status: int) -> bytes:
+    if not 0 <= app_status <= 0xFFFFFFFF:
+        raise LocalProtocolError(f"app_status {app_status} does not fit 32 bits")
+    if not 0 <= protocol_status <= 0xFF:
+        raise LocalProtocolError(f"protocol_status {protocol_status} does not fit 8 bits")
+    return encode_record(RecordType.END_REQUEST, request_id, _END_BODY.pack(app_status, protocol_status))
+
+
+def decode_end_request(content: bytes) -> tuple[int, int]:
+    """(app_status, protocol_status) from an END_REQUEST body."""
+    if len(content) != _END_BODY.size:
+        raise RemoteProtocolError(f"END_REQUEST body must be 8 bytes, got {len(content)}")
+    return _END_BODY.unpack(content)
+
+
+def encode_unknown_type(record_type: int) -> bytes:
+    return encode_record(RecordType.UNKNOWN_TYPE, 0, _UNKNOWN_TYPE_BODY.pack(record_type))
+
+
+def decode_unknown_type(content: bytes) -> int:
+    if len(content) != _UNKNOWN_TYPE_BODY.size:
+        raise RemoteProtocolError(f"UNKNOWN_TYPE body must be 8 bytes, got {len(content)}")
+    return content[0]
+
+
+def _encode_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    if n > 0x7FFFFFFF:
+        raise LocalProtocolError(f"name or value of {n} bytes is too long for FastCGI")
+    return _LONG_LENGTH.pack(n | 0x80000000)
+
+
+def encode_pairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Name-value pairs: 1-byte lengths below 128, 4-byte lengths (top bit set) above."""
+    out = bytearray()
+    for name, value in pairs:
+        nlen, vlen = len(name), len(value)
+        if nlen < 0x80 and vlen < 0x80:
+            out.append(nlen)
+            out.append(vlen)
+        else:
+            out += _encode_length(nlen)
+            out += _encode_length(vlen)
+        out += name
+        out += value
+    return bytes(out)
+
+
+def as_bytes(text: str | bytes) -> bytes:
+    """Params given as str are sent as UTF-8 (FastCGI itself carries bytes)."""
+    return text if isinstance(text, bytes) else text.encode("utf-8")
+
+
+def encode_params(params: Mapping[str | bytes, str | bytes]) -> bytes:
+    return encode_pairs((as_bytes(k), as_bytes(v)) for k, v in params.items())
+
+
+def decode_pairs(data: bytes | bytearray | memoryview) -> dict[bytes, bytes]:
+    """Parse a complete block of name-value pairs (a whole PARAMS stream).
+
+    Raises:
+        RemoteProtocolError: a length runs past the end of the block.
+    """
+    data = bytes(data)
+    result: dict[bytes, bytes] = {}
+    pos = 0
+    end = len(data)
+    while pos < end:
+        nlen = data[pos]
+        if nlen & 0x80:
+            if pos + 4 > end:
+                raise RemoteProtocolError("name-value pair truncated in a name length")
+            nlen = int.from_bytes(data[pos : pos + 4], "big") & 0x7FFFFFFF
+            pos += 4
+        else:
+            pos += 1
+        if pos >= end:
+            raise RemoteProtocolError("name-value pair truncated before its value length")
+        vlen = data[pos]
+        if vlen & 0x80:
+            if pos + 4 > end:
+                raise RemoteProtocolError("name-value pair truncated in a value length")
+            vlen = int.from_bytes(data[pos : pos + 4], "big") & 0x7FFFFFFF
+            pos += 4
+        else:
+            pos += 1
+        stop = pos + nlen + vlen
+        if stop > end:
+            raise RemoteProtocolError("name-value pair runs past the end of its stream")
+        result[data[pos : pos + nlen]] = data[pos + nlen : stop]
+        pos = stop
+    return result

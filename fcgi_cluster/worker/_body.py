@@ -1,0 +1,172 @@
+"""A request's body (FastCGI STDIN): fed by the connection, read by the app.
+
+The connection's reader task feeds chunks; the app reads them either from a
+pool thread (WSGI's blocking ``wsgi.input``) or from a trio task (ASGI's
+``receive``). FastCGI has no flow control, so when a request has ``limit``
+bytes buffered the connection stops reading until the app catches up.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+import trio
+
+__all__ = ["RequestBody", "BodyAborted"]
+
+
+class BodyAborted(OSError):
+    """The web server aborted the request (its client went away)."""
+
+
+class RequestBody:
+    """STDIN of one request, bounded to ``limit`` buffered bytes."""
+
+    __slots__ = ("_chunks", "_size", "_ended", "_aborted", "_cond", "_token", "_trio_waiter", "_room", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._ended = False
+        self._aborted = False
+        self._cond = threading.Condition(threading.Lock())
+        self._token = trio.lowlevel.current_trio_token()
+        self._trio_waiter: trio.Event | None = None
+        self._room: trio.Event | None = None
+        self.limit = limit
+
+    # --- the connection's side (trio) -------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Append a chunk; b"" marks the end of the body."""
+        with self._cond:
+            if data:
+                self._chunks.append(data)
+                self._size += len(data)
+            else:
+                self._ended = True
+            self._cond.notify_all()
+        if self._trio_waiter is not None:
+            self._trio_waiter.set()
+
+    @property
+    def full(self) -> bool:
+        return self._size >= self.limit and not self._aborted
+
+    async def wait_for_room(self) -> None:
+        """Wait until the app has read enough, or the request is over."""
+        while self.full:
+            self._room = trio.Event()
+            await self._room.wait()
+
+    def abort(self) -> None:
+        """The request is over: wake every reader and writer for good."""
+        with self._cond:
+            self._aborted = True
+            self._chunks.clear()
+            self._size = 0
+            self._cond.notify_all()
+        self._release_room()
+        if self._trio_waiter is not None:
+            self._trio_waiter.set()
+
+    def _release_room(self) -> None:
+        room = self._room
+        if room is not None:
+            self._room = None
+            room.set()
+
+    def _take(self, size: int) -> bytes:
+        # Caller holds the lock and has checked that chunks exist.
+        chunk = self._chunks.popleft()
+        if 0 <= size < len(chunk):
+            self._chunks.appendleft(chunk[size:])
+            chunk = chunk[:size]
+        self._size -= len(chunk)
+        return chunk
+
+    # --- the app's side: a trio task (ASGI) ---------------------------------
+
+    async def receive(self, size: int = -1) -> bytes:
+        """The next chunk (at most ``size`` bytes if >= 0); b"" at the end."""
+        while True:
+            with self._cond:
+                if self._aborted:
+                    raise BodyAborted("request aborted by the web server")
+                if self._chunks:
+                    chunk = self._take(size)
+                    self._after_read()
+                    return chunk
+                if self._ended:
+                    return b""
+                self._trio_waiter = waiter = trio.Event()
+            await waiter.wait()
+            self._trio_waiter = None
+
+    @property
+    def at_end(self) -> bool:
+        """True when everything was received and read."""
+        return self._ended and not self._chunks
+
+    # --- the app's side: a pool thread (WSGI) -------------------------------
+
+    def read_blocking(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all remaining when negative); b"" at the end.
+
+        Runs in a worker thread; blocks until data, the end, or an abort.
+        """
+        out = []
+        wanted = size
+        with self._cond:
+            while wanted != 0:
+                if self._aborted:
+                    raise BodyAborted("request aborted by the web server")
+                if self._chunks:
+                    chunk = self._take(wanted)
+                    out.append(chunk)
+                    if wanted > 0:
+                        wanted -= len(chunk)
+                    continue
+                if self._ended:
+                    break
+                if out and size > 0:
+                    break  # a short read is fine; do not wait with data in hand
+                self._wake_room_from_thread()
+                self._cond.wait()
+            self._wake_room_from_thread()
+        return b"".join(out)
+
+    def readline_blocking(self, limit: int = -1) -> bytes:
+        """One line (up to ``limit`` bytes) from a worker thread."""
+        out = bytearray()
+        with self._cond:
+            while limit < 0 or len(out) < limit:
+                if self._aborted:
+                    raise BodyAborted("request aborted by the web server")
+                if self._chunks:
+                    chunk = self._chunks[0]
+                    stop = chunk.find(b"\n") + 1 or len(chunk)
+                    if limit >= 0:
+                        stop = min(stop, limit - len(out))
+                    out += self._take(stop)
+                    if out.endswith(b"\n"):
+                        break
+                    continue
+                if self._ended:
+                    break
+                self._wake_room_from_thread()
+                self._cond.wait()
+            self._wake_room_from_thread()
+        return bytes(out)
+
+    def _after_read(self) -> None:
+        if self._room is not None and self._size < self.limit:
+            self._release_room()
+
+    def _wake_room_from_thread(self) -> None:
+        if self._room is not None and self._size < self.limit:
+            try:
+                self._token.run_sync_soon(self._release_room)
+            except trio.RunFinishedError:
+                pass

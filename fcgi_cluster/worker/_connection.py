@@ -1,0 +1,228 @@
+"""One FastCGI connection inside a worker: read records, run requests, write answers.
+
+The reader task feeds the sans-IO ``ServerConnection`` and starts one task per
+request; each request writes its records into a shared output buffer that one
+writer task sends. Records of several requests finished in the same moment go
+out in one ``send_all`` (batching), and a request waits when the buffer is over
+its limit (backpressure).
+
+Resource handling: the stream is closed when ``run`` returns. Error handling: a
+peer that breaks the protocol, resets or closes the connection ends this
+connection only (its requests are cancelled, the error is logged); the worker
+keeps serving other connections.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable
+
+import trio
+
+from ..protocol import (
+    NEED_DATA,
+    AbortRequest,
+    ConnectionClosed,
+    EndRequest,
+    RemoteProtocolError,
+    Request,
+    ServerConnection,
+    Stderr,
+    Stdin,
+    Stdout,
+)
+from ._body import RequestBody
+from ._config import WorkerConfig
+
+__all__ = ["RequestContext", "WorkerConnection"]
+
+log = logging.getLogger("fcgi_cluster.worker")
+
+#: Bytes asked of the socket per read: one full record plus headers fits.
+RECEIVE_SIZE = 256 * 1024
+
+
+class RequestContext:
+    """One request, as an app adapter sees it.
+
+    Attributes:
+        request_id: the FastCGI request ID.
+        params: the CGI variables, as bytes.
+        body: the request body (STDIN).
+        cancel_scope: cancelled when the web server aborts the request.
+    """
+
+    __slots__ = ("request_id", "params", "body", "cancel_scope", "ended", "_conn")
+
+    def __init__(self, conn: "WorkerConnection", request: Request, body: RequestBody) -> None:
+        self.request_id = request.request_id
+        self.params = request.params
+        self.body = body
+        self.cancel_scope = trio.CancelScope()
+        self.ended = False
+        self._conn = conn
+
+    async def send(self, data: bytes) -> None:
+        """Send response bytes (CGI headers and body), waiting while the peer is slow."""
+        if data and not self.ended:
+            await self._conn.write(self._conn.core.send(Stdout(self.request_id, data)))
+
+    def send_nowait(self, data: bytes) -> None:
+        """Send response bytes without waiting (for small, final pieces)."""
+        if data and not self.ended:
+            self._conn.write_nowait(self._conn.core.send(Stdout(self.request_id, data)))
+
+    def log(self, data: bytes) -> None:
+        """Send bytes to the web server's error log (FastCGI STDERR)."""
+        if data and not self.ended:
+            self._conn.write_nowait(self._conn.core.send(Stderr(self.request_id, data)))
+
+    def end(self, app_status: int = 0) -> None:
+        """Finish the request (END_REQUEST); later sends are ignored."""
+        if not self.ended:
+            self.ended = True
+            self.body.abort()
+            self._conn.write_nowait(self._conn.core.send(EndRequest(self.request_id, app_status)))
+
+
+RequestHandler = Callable[[RequestContext], Awaitable[None]]
+
+
+class WorkerConnection:
+    """Serve FastCGI requests arriving on one stream until it closes."""
+
+    def __init__(self, stream: trio.abc.Stream, handler: RequestHandler, config: WorkerConfig, peer: str = "") -> None:
+        self.stream = stream
+        self.peer = peer
+        self.core = ServerConnection(
+            max_requests=config.max_requests,
+            max_conns=config.max_conns,
+            max_params_size=config.max_params_size,
+            max_buffer_size=config.max_buffer_size,
+        )
+        self.requests: dict[int, RequestContext] = {}
+        self._handler = handler
+        self._input_buffer = config.input_buffer
+        self._high_water = config.output_buffer
+        self._out = bytearray()
+        self._writer_lot = trio.lowlevel.ParkingLot()
+        self._space_lot = trio.lowlevel.ParkingLot()
+        self._closing = False
+        self._draining = False
+        self._read_scope = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self) -> None:
+        """Serve until the peer closes, breaks the protocol, or a drain completes."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._write_loop)
+                with self._read_scope:
+                    await self._read_loop()
+                self._close_when_idle()
+        finally:
+            for ctx in self.requests.values():
+                ctx.body.abort()
+            await trio.aclose_forcefully(self.stream)
+
+    def drain(self) -> None:
+        """Stop reading new requests; close once those in flight are answered."""
+        self._draining = True
+        if not self.requests:
+            self._close_when_idle()
+
+    # --- reading ------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        core = self.core
+        stream = self.stream
+        requests = self.requests
+        while True:
+            try:
+                data = await stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            core.receive_data(data)
+            while True:
+                try:
+                    event = core.next_event()
+                except RemoteProtocolError as exc:
+                    log.warning("closing FastCGI connection from %s: %s", self.peer or "peer", exc)
+                    self._abandon()
+                    return
+                if event is NEED_DATA:
+                    break
+                kind = type(event)
+                if kind is Request:
+                    ctx = RequestContext(self, event, RequestBody(self._input_buffer))
+                    requests[event.request_id] = ctx
+                    self._nursery.start_soon(self._run_request, ctx)
+                elif kind is Stdin:
+                    ctx = requests.get(event.request_id)
+                    if ctx is not None:
+                        ctx.body.feed(event.data)
+                        if ctx.body.full:
+                            await ctx.body.wait_for_room()
+                elif kind is AbortRequest:
+                    ctx = requests.get(event.request_id)
+                    if ctx is not None:
+                        ctx.body.abort()
+                        ctx.cancel_scope.cancel()
+                elif kind is ConnectionClosed:
+                    # The web server hung up: nobody is left to read the answers.
+                    self._abandon()
+                    return
+            out = core.data_to_send()
+            if out:
+                self.write_nowait(out)
+
+    def _abandon(self) -> None:
+        assert self._nursery is not None
+        self._nursery.cancel_scope.cancel()
+
+    async def _run_request(self, ctx: RequestContext) -> None:
+        try:
+            with ctx.cancel_scope:
+                await self._handler(ctx)
+        except Exception:
+            log.exception("request %d failed inside the worker", ctx.request_id)
+        finally:
+            ctx.end(0 if not ctx.cancel_scope.cancelled_caught else 1)
+            del self.requests[ctx.request_id]
+            if self.core.should_close or (self._draining and not self.requests):
+                self._close_when_idle()
+            self._writer_lot.unpark()
+
+    def _close_when_idle(self) -> None:
+        self._closing = True
+        self._read_scope.cancel()
+        self._writer_lot.unpark()
+
+    # --- writing ------------------------------------------------------------
+
+    def write_nowait(self, data: bytes) -> None:
+        self._out += data
+        self._writer_lot.unpark()
+
+    async def write(self, data: bytes) -> None:
+        self._out += data
+        self._writer_lot.unpark()
+        while len(self._out) > self._high_water:
+            await self._space_lot.park()
+
+    async def _write_loop(self) -> None:
+        stream = self.stream
+        while True:
+            while not self._out:
+                if self._closing and not self.requests:
+                    return
+                await self._writer_lot.park()
+            data = self._out
+            self._out = bytearray()
+            self._space_lot.unpark_all()
+            try:
+                await stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._abandon()
+                return

@@ -1,0 +1,237 @@
+"""The worker server: accept FastCGI connections and serve one app on them.
+
+``serve`` is the trio-level server (tests and supervisors ``await
+nursery.start(serve, ...)``); ``run_worker`` is the process entry point with
+signals: SIGTERM or SIGINT stop accepting, let in-flight requests finish within
+``graceful_timeout``, then cancel what is left.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+from typing import Any
+
+import trio
+
+from .._address import Address, parse_address
+from ._app import app_interface
+from ._asgi import ASGIHandler, Lifespan
+from ._config import WorkerConfig
+from ._connection import WorkerConnection
+from ._threads import ThreadPool
+from ._wsgi import WSGIHandler
+
+__all__ = ["serve", "run_worker", "open_listener", "ListenError"]
+
+log = logging.getLogger("fcgi_cluster.worker")
+
+
+class ListenError(Exception):
+    """The listen address cannot be bound (in use, bad path, no permission)."""
+
+
+def open_listener(address: Address, backlog: int) -> socket.socket:
+    """A bound, listening socket for ``address`` (unix sockets replace a stale file).
+
+    Raises:
+        ListenError: with a one-line reason.
+    """
+    sock = socket.socket(address.family, socket.SOCK_STREAM)
+    try:
+        if address.is_unix:
+            assert address.path is not None
+            try:
+                if os.path.exists(address.path) and _is_stale_socket(address.path):
+                    os.unlink(address.path)
+            except OSError:
+                pass
+            sock.bind(address.path)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if address.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((address.host, address.port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise ListenError(f"cannot listen on {address}: {reason}") from None
+    return sock
+
+
+def _is_stale_socket(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return True
+    finally:
+        probe.close()
+    return False
+
+
+def bound_address(sock: socket.socket) -> str:
+    """The address a listening socket is bound to, as users write it."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return name if isinstance(name, str) else name.decode()
+    if sock.family == socket.AF_INET6:
+        return f"[{name[0]}]:{name[1]}"
+    return f"{name[0]}:{name[1]}"
+
+
+class _Server:
+    """The connections of one worker, so that a stop can drain them."""
+
+    def __init__(self, handler: Any, config: WorkerConfig) -> None:
+        self.handler = handler
+        self.config = config
+        self.connections: set[WorkerConnection] = set()
+        self.draining = False
+        #: Set once draining and every connection has closed.
+        self.idle = trio.Event()
+
+    async def accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        """Accept connections into ``nursery``, at most ``max_conns`` at once."""
+        # A semaphore, not a CapacityLimiter: acquired here, released by the
+        # connection's own task.
+        slots = trio.Semaphore(self.config.max_conns)
+        while True:
+            await slots.acquire()
+            try:
+                stream = await listener.accept()
+            except BaseException:
+                slots.release()
+                raise
+            nursery.start_soon(self._handle, stream, slots)
+
+    async def _handle(self, stream: trio.SocketStream, slots: trio.Semaphore) -> None:
+        peer = ""
+        try:
+            if stream.socket.family in (socket.AF_INET, socket.AF_INET6):
+                stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                peer = "%s:%d" % stream.socket.getpeername()[:2]
+        except OSError:
+            pass
+        conn = WorkerConnection(stream, self.handler, self.config, peer)
+        self.connections.add(conn)
+        try:
+            if self.draining:
+                conn.drain()
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
+            slots.release()
+            if self.draining and not self.connections:
+                self.idle.set()
+
+    def drain(self) -> None:
+        """Close every connection once its in-flight requests are answered."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+        if not self.connections:
+            self.idle.set()
+
+
+async def serve(
+    app: Any,
+    listen: str | Address | socket.socket,
+    config: WorkerConfig = WorkerConfig(),
+    *,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` (WSGI or ASGI) over FastCGI until cancelled or ``stop`` is set.
+
+    Args:
+        app: a WSGI callable or an ASGI 3 app.
+        listen: an address (``host:port``, ``[v6]:port``, a unix path) or a
+            listening socket made by the caller (e.g. inherited from a master).
+        config: limits and timeouts.
+        stop: when set, stop accepting, let in-flight requests finish within
+            ``config.graceful_timeout`` (then cancel them), and return.
+        task_status: ``started`` with the bound address, once accepting.
+
+    Raises:
+        ListenError: the address cannot be bound.
+        RuntimeError: an ASGI app's lifespan startup failed.
+    """
+    if isinstance(listen, socket.socket):
+        sock = listen
+    else:
+        address = parse_address(listen) if isinstance(listen, str) else listen
+        sock = open_listener(address, config.backlog)
+    where = bound_address(sock)
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    pool: ThreadPool | None = None
+    lifespan: Lifespan | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            if app_interface(app) == "asgi":
+                lifespan = Lifespan(app)
+                await nursery.start(lifespan.run)
+                handler: Any = ASGIHandler(app, config.root_path, lifespan.state, {"fcgi_cluster.listen": where})
+            else:
+                pool = ThreadPool(config.threads)
+                handler = WSGIHandler(app, pool, config, {"fcgi_cluster.listen": where})
+            server = _Server(handler, config)
+            async with trio.open_nursery() as connections:
+                accepting = trio.CancelScope()
+
+                async def accept() -> None:
+                    with accepting:
+                        await server.accept_loop(listener, connections)
+
+                connections.start_soon(accept)
+                task_status.started(where)
+                await (stop.wait() if stop is not None else trio.sleep_forever())
+                accepting.cancel()
+                await listener.aclose()
+                server.drain()
+                with trio.move_on_after(config.graceful_timeout) as grace:
+                    await server.idle.wait()
+                if grace.cancelled_caught:
+                    log.warning("graceful stop: %d connections still busy after %.0f s; cancelling them",
+                                len(server.connections), config.graceful_timeout)
+                connections.cancel_scope.cancel()
+            if lifespan is not None:
+                await lifespan.shutdown(config.graceful_timeout)
+            nursery.cancel_scope.cancel()
+    finally:
+        if pool is not None:
+            pool.close()
+        await listener.aclose()
+
+
+def run_worker(app: Any, listen: str | Address, config: WorkerConfig = WorkerConfig()) -> None:
+    """Run a worker process until SIGTERM/SIGINT, then stop gracefully.
+
+    Prints ``listening on ADDRESS`` to the log once accepting.
+    """
+
+    async def main() -> None:
+        stop = trio.Event()
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+
+                async def serve_until_stopped(task_status: Any) -> None:
+                    await serve(app, listen, config, stop=stop, task_status=task_status)
+                    nursery.cancel_scope.cancel()
+
+                where = await nursery.start(serve_until_stopped)
+                log.info("worker %d serving %s on %s", os.getpid(), app_interface(app).upper(), where)
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if stop.is_set():
+                        log.warning("second %s: stopping now", name)
+                        nursery.cancel_scope.cancel()
+                    else:
+                        log.info("%s: finishing in-flight requests, then stopping", name)
+                        stop.set()
+
+    trio.run(main)

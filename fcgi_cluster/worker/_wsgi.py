@@ -1,0 +1,294 @@
+"""Run WSGI (PEP 3333) apps for the worker, in pool threads.
+
+Per request: the environ is built in trio, then one pool thread calls the app
+and iterates its response. A cancelled request (aborted by the web server, or a
+stop past its deadline) is answered at once; its thread stops at the app's next
+hand-off or body read and calls ``close()``. Output is batched in the thread and handed to trio
+when the response ends (usually the only hand-off) or when 64 KiB have piled up;
+the thread then waits until trio has queued the batch for sending, which gives
+the app backpressure from a slow web server.
+
+Error handling: an exception from the app before any body byte was sent gives a
+500 with a fixed body; after that the request ends with app status 1 (the web
+server sees a truncated answer). Either way the traceback goes to the worker's
+log and one line to the web server's error log (STDERR), never to the client.
+``close()`` of the app's iterable is always called.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import traceback
+from typing import Any, Callable, Iterable
+
+import trio
+
+from ._body import BodyAborted, RequestBody
+from ._config import WorkerConfig
+from ._connection import RequestContext
+from ._environ import cgi_environ, split_path
+from ._threads import Handoff, ThreadPool
+
+__all__ = ["WSGIHandler"]
+
+log = logging.getLogger("fcgi_cluster.worker")
+
+#: Output piled up in a thread before it is handed to trio mid-response.
+BATCH_SIZE = 64 * 1024
+
+_ERROR_500 = (
+    b"Status: 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 22\r\n\r\nInternal Server Error\n"
+)
+
+# Messages from the thread to trio: (kind, payload, stderr bytes)
+_CHUNK, _DONE, _FAILED, _ABORTED = range(4)
+
+
+class _Aborted(Exception):
+    """Raised inside the app's thread when the request is aborted."""
+
+
+class WSGIInput:
+    """``wsgi.input``: the request body, read with blocking calls from the app thread."""
+
+    __slots__ = ("_body",)
+
+    def __init__(self, body: RequestBody) -> None:
+        self._body = body
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._body.read_blocking(-1 if size is None else size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        return self._body.readline_blocking(-1 if size is None else size)
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines, total = [], 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+class WSGIErrors:
+    """``wsgi.errors``: text lines for the web server's error log (FastCGI STDERR)."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, text: str) -> int:
+        self._parts.append(text.encode("utf-8", "replace"))
+        return len(text)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        parts, self._parts = self._parts, []
+        return b"".join(parts)
+
+
+class _Call:
+    """One WSGI request, running in a pool thread."""
+
+    __slots__ = (
+        "app", "environ", "errors", "handoff", "status", "headers",
+        "headers_sent", "batch", "batch_size", "resume", "aborted",
+    )
+
+    def __init__(self, app: Callable, environ: dict, errors: WSGIErrors) -> None:
+        self.app = app
+        self.environ = environ
+        self.errors = errors
+        self.handoff = Handoff()
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.headers_sent = False
+        self.batch: list[bytes] = []
+        self.batch_size = 0
+        self.resume = threading.Event()
+        self.aborted = False
+
+    # --- PEP 3333 callables ------------------------------------------------
+
+    def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info is not None:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called twice without exc_info")
+        if type(status) is not str or len(status) < 4 or not status[:3].isdigit() or status[3] != " ":
+            raise ValueError(f"WSGI status must be a str like '200 OK', got {status!r}")
+        for name, value in headers:
+            if type(name) is not str or type(value) is not str:
+                raise TypeError(f"WSGI header {name!r}: {value!r} must be a pair of str")
+            if "\n" in value or "\r" in value or ":" in name or "\n" in name or "\r" in name:
+                raise ValueError(f"WSGI header {name!r}: {value!r} holds a line break or colon")
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        if type(data) is not bytes:
+            raise TypeError(f"WSGI body chunks must be bytes, got {type(data).__name__}")
+        if self.status is None:
+            raise AssertionError("write() before start_response()")
+        if data:
+            self.batch.append(data)
+            self.batch_size += len(data)
+            if self.batch_size >= BATCH_SIZE:
+                self._emit()
+
+    # --- the thread's side of the hand-off ---------------------------------
+
+    def _take_output(self) -> bytes:
+        """The pending output, preceded by the CGI header block the first time."""
+        parts = self.batch
+        if not self.headers_sent:
+            self.headers_sent = True
+            head = "".join(f"{name}: {value}\r\n" for name, value in self.headers)
+            parts.insert(0, f"Status: {self.status}\r\n{head}\r\n".encode("latin-1"))
+        self.batch = []
+        self.batch_size = 0
+        return b"".join(parts)
+
+    def abort(self) -> None:
+        """From trio: the request is over; make the thread stop at its next step."""
+        self.aborted = True
+        self.resume.set()
+
+    def _emit(self) -> None:
+        if self.aborted or self.handoff.closed:
+            raise _Aborted
+        data = self._take_output()
+        self.resume.clear()
+        self.handoff.deliver((_CHUNK, data, self.errors.take()))
+        self.resume.wait()
+        if self.aborted:
+            raise _Aborted
+
+    def run(self) -> None:
+        """In a pool thread: call the app, drain its response, deliver the outcome."""
+        self.handoff.deliver(self._run())
+
+    def _run(self) -> tuple[int, bytes, bytes]:
+        try:
+            result = self.app(self.environ, self.start_response)
+            try:
+                for chunk in result:
+                    if type(chunk) is not bytes:
+                        raise TypeError(f"WSGI body chunks must be bytes, got {type(chunk).__name__}")
+                    if chunk:
+                        if self.status is None:
+                            raise AssertionError("the app returned body before start_response()")
+                        self.batch.append(chunk)
+                        self.batch_size += len(chunk)
+                        if self.batch_size >= BATCH_SIZE:
+                            self._emit()
+                    if self.aborted or self.handoff.closed:
+                        raise _Aborted
+            finally:
+                close = getattr(result, "close", None)
+                if close is not None:
+                    close()
+            if self.status is None:
+                raise AssertionError("the app returned without calling start_response()")
+            return (_DONE, self._take_output(), self.errors.take())
+        except (_Aborted, BodyAborted):
+            return (_ABORTED, b"", b"")
+        except BaseException as exc:  # the app's failure is reported, never raised in the pool
+            log.error("WSGI app failed: %s %s\n%s", self.environ.get("REQUEST_METHOD"),
+                      self.environ.get("REQUEST_URI", ""), traceback.format_exc().rstrip())
+            line = f"fcgi-cluster: app raised {type(exc).__name__}: {exc}\n".encode("utf-8", "replace")
+            return (_FAILED, b"", self.errors.take() + line)
+
+
+class WSGIHandler:
+    """Serve requests of one WSGI app.
+
+    Args:
+        app: the WSGI callable.
+        pool: the threads that run it.
+        config: root_path and friends.
+        extra_environ: keys added to every environ (e.g. the listen address).
+    """
+
+    def __init__(self, app: Callable, pool: ThreadPool, config: WorkerConfig, extra_environ: dict[str, Any]) -> None:
+        self.app = app
+        self.pool = pool
+        self.root_path = config.root_path
+        self.base = {
+            "wsgi.version": (1, 0),
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": True,
+            "wsgi.run_once": False,
+            "wsgi.input_terminated": True,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": "",
+            "QUERY_STRING": "",
+            "REQUEST_METHOD": "GET",
+            "SERVER_NAME": "localhost",
+            "SERVER_PORT": "80",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            **extra_environ,
+        }
+
+    def environ(self, ctx: RequestContext) -> tuple[dict[str, Any], WSGIErrors]:
+        env = self.base.copy()
+        env.update(cgi_environ(ctx.params))
+        env["SCRIPT_NAME"], env["PATH_INFO"] = split_path(env, self.root_path)
+        https = env.get("HTTPS", "").lower() in ("on", "1")
+        env["wsgi.url_scheme"] = "https" if https else env.get("REQUEST_SCHEME") or "http"
+        errors = WSGIErrors()
+        env["wsgi.input"] = WSGIInput(ctx.body)
+        env["wsgi.errors"] = errors
+        return env, errors
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        environ, errors = self.environ(ctx)
+        call = _Call(self.app, environ, errors)
+        self.pool.start(call.run)
+        try:
+            while True:
+                kind, data, stderr = await call.handoff.receive()
+                ctx.log(stderr)
+                if kind != _CHUNK:
+                    break
+                await ctx.send(data)
+                call.resume.set()
+        except BaseException:
+            # Cancelled (aborted by the web server, or the worker is stopping):
+            # answer now; the thread stops at its next step and closes the app.
+            call.abort()
+            raise
+        if kind == _DONE:
+            ctx.send_nowait(data)
+            ctx.end(0)
+        elif kind == _FAILED:
+            if not call.headers_sent:
+                ctx.send_nowait(_ERROR_500)
+            ctx.end(1)
+        # _ABORTED: the connection ends the request.

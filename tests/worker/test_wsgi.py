@@ -1,0 +1,279 @@
+"""The WSGI adapter (PEP 3333) behind a real FastCGI exchange."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import threading
+
+import pytest
+import trio
+
+from fcgi_cluster.protocol import ProtocolStatus
+from fcgi_cluster.worker import WorkerConfig
+from workers import echo, hello
+
+from ._harness import params, serving
+
+
+async def test_hello_answers_cgi_response():
+    async with serving(hello.app) as web:
+        answer = await web.request(params("/"))
+    assert answer.head.split(b"\r\n")[0] == b"Status: 200 OK"
+    assert b"Content-Type: text/plain" in answer.head
+    assert answer.body == b"hello"
+    assert answer.end.app_status == 0
+    assert answer.end.protocol_status is ProtocolStatus.REQUEST_COMPLETE
+
+
+async def test_environ_from_params():
+    seen = {}
+
+    def app(environ, start_response):
+        seen.update(environ)
+        start_response("200 OK", [])
+        return []
+
+    p = params("/shop/cart%20x?a=1", method="POST", HTTPS="on", HTTP_X_TEST="yes", CONTENT_TYPE="text/plain")
+    async with serving(app, config=WorkerConfig(threads=2, root_path="/shop")) as web:
+        await web.request(p)
+    assert seen["REQUEST_METHOD"] == "POST"
+    assert seen["QUERY_STRING"] == "a=1"
+    assert seen["HTTP_X_TEST"] == "yes"
+    assert seen["CONTENT_TYPE"] == "text/plain"
+    # nginx's stock params carry no PATH_INFO: the path comes from REQUEST_URI, mounted at root_path.
+    assert (seen["SCRIPT_NAME"], seen["PATH_INFO"]) == ("/shop", "/cart x")
+    assert seen["wsgi.url_scheme"] == "https"
+    assert seen["wsgi.version"] == (1, 0)
+    assert seen["wsgi.multithread"] is True and seen["wsgi.run_once"] is False
+    assert seen["fcgi_cluster.listen"] == "memory"
+    assert all(type(v) is str for k, v in seen.items() if k.isupper())
+
+
+async def test_path_info_from_web_server_is_trusted():
+    seen = {}
+
+    def app(environ, start_response):
+        seen.update(environ)
+        start_response("200 OK", [])
+        return []
+
+    async with serving(app) as web:
+        await web.request(params("/index.py/a/b", SCRIPT_NAME="/index.py", PATH_INFO="/a/b"))
+    assert (seen["SCRIPT_NAME"], seen["PATH_INFO"]) == ("/index.py", "/a/b")
+
+
+async def test_non_ascii_params_are_latin1_native_strings():
+    seen = {}
+
+    def app(environ, start_response):
+        seen.update(environ)
+        start_response("200 OK", [])
+        return []
+
+    p = params("/")
+    p[b"HTTP_X_NAME"] = "héllo".encode("utf-8")
+    async with serving(app) as web:
+        await web.request(p)
+    # PEP 3333: bytes as latin-1 code points; the app re-encodes to get UTF-8 back.
+    assert seen["HTTP_X_NAME"].encode("latin-1").decode("utf-8") == "héllo"
+
+
+async def test_large_body_is_streamed_to_wsgi_input_in_order():
+    chunks = [bytes([i]) * 50_000 for i in range(40)]  # 2 MB
+    expected = hashlib.sha256(b"".join(chunks)).hexdigest()
+    config = WorkerConfig(threads=2, input_buffer=64 * 1024)
+    async with serving(echo.app, config=config) as web:
+        rid = await web.start(params("/", method="POST", CONTENT_LENGTH=str(2_000_000)), end_body=False)
+        for chunk in chunks:
+            await web.send_body(rid, chunk)
+            # The worker holds at most input_buffer bytes plus one chunk per request.
+            assert web.worker.requests[rid].body._size <= 64 * 1024 + 50_000 if rid in web.worker.requests else True
+        await web.send_body(rid, b"")
+        answer = web.answers[rid]
+        with trio.fail_after(10):
+            await answer.done.wait()
+    doc = json.loads(answer.body)
+    assert doc["body_length"] == 2_000_000
+    assert doc["body_sha256"] == expected
+
+
+async def test_wsgi_input_readline_and_iteration():
+    lines_seen = []
+
+    def app(environ, start_response):
+        stream = environ["wsgi.input"]
+        lines_seen.append(stream.readline())
+        lines_seen.append(stream.readline(3))
+        lines_seen.extend(stream)
+        start_response("200 OK", [])
+        return []
+
+    async with serving(app) as web:
+        await web.request(params("/", method="POST"), b"first\nsecond\nthird")
+    assert lines_seen == [b"first\n", b"sec", b"ond\n", b"third"]
+
+
+async def test_wsgi_errors_go_to_fcgi_stderr():
+    def app(environ, start_response):
+        environ["wsgi.errors"].write("something odd\n")
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    async with serving(app) as web:
+        answer = await web.request(params("/"))
+    assert answer.stderr == b"something odd\n"
+    assert answer.body == b"ok"
+
+
+async def test_write_callable_and_iterable_both_reach_the_client():
+    def app(environ, start_response):
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"from write, ")
+        return [b"from ", b"", b"iterable"]
+
+    async with serving(app) as web:
+        answer = await web.request(params("/"))
+    assert answer.body == b"from write, from iterable"
+
+
+async def test_exc_info_replaces_headers_before_body():
+    def app(environ, start_response):
+        start_response("200 OK", [("X-First", "1")])
+        try:
+            raise ValueError("late failure")
+        except ValueError:
+            start_response("503 Service Unavailable", [("X-Second", "1")], sys.exc_info())
+        return [b"sorry"]
+
+    async with serving(app) as web:
+        answer = await web.request(params("/"))
+    assert answer.status == 503
+    assert b"X-Second" in answer.head and b"X-First" not in answer.head
+
+
+class Closing:
+    """A response iterable that records close() and can fail midway."""
+
+    def __init__(self, parts, fail_at=None, gate=None):
+        self.parts = parts
+        self.fail_at = fail_at
+        self.gate = gate
+        self.closed = threading.Event()
+
+    def __iter__(self):
+        for i, part in enumerate(self.parts):
+            if i == self.fail_at:
+                raise RuntimeError("broken generator")
+            if self.gate is not None:
+                self.gate.wait(5)
+            yield part
+
+    def close(self):
+        self.closed.set()
+
+
+async def test_close_is_called_on_success_and_on_failure():
+    ok = Closing([b"a", b"b"])
+    broken = Closing([b"a", b"b"], fail_at=1)
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return ok if environ["PATH_INFO"] == "/ok" else broken
+
+    async with serving(app) as web:
+        good = await web.request(params("/ok"))
+        bad = await web.request(params("/broken"))
+    assert good.body == b"ab" and ok.closed.is_set()
+    assert broken.closed.is_set()
+    # The failure came before any body was handed over: a clean 500.
+    assert bad.status == 500 and b"broken generator" not in bad.stdout
+    assert b"RuntimeError" in bad.stderr
+
+
+async def test_app_exception_gives_500_without_traceback_and_worker_goes_on():
+    async with serving(echo.app) as web:
+        failed = await web.request(params("/?raise=1"))
+        after = await web.request(params("/?status=201"))
+    assert failed.status == 500
+    assert b"Traceback" not in failed.stdout and b"raise=1" not in failed.stdout
+    assert b"RuntimeError" in failed.stderr and b"Traceback" not in failed.stderr
+    assert after.status == 201
+
+
+async def test_large_response_is_split_into_records_and_complete():
+    async with serving(echo.app) as web:
+        answer = await web.request(params("/?size=3000000"))
+    assert len(answer.body) == 3_000_000
+    assert set(answer.body) == {ord("x")}
+
+
+async def test_abort_cancels_a_streaming_request_and_closes_its_iterable():
+    gate = threading.Event()
+    slow = Closing([b"x" * 70_000] * 1000, gate=gate)
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return slow if environ["PATH_INFO"] == "/slow" else [b"next"]
+
+    async with serving(app) as web:
+        rid = await web.start(params("/slow"))
+        gate.set()
+        with trio.fail_after(5):
+            while len(web.answers[rid].stdout) < 70_000:
+                await trio.sleep(0.01)
+        await web.abort(rid)
+        with trio.fail_after(5):
+            while not slow.closed.is_set():
+                await trio.sleep(0.01)
+        # The connection serves the next request as usual.
+        after = await web.request(params("/next"))
+    assert after.body == b"next"
+    # It stopped early: far fewer than the 70 MB it would have produced.
+    assert len(web.answers[rid].stdout) < 10_000_000
+
+
+async def test_without_keep_conn_the_worker_closes_after_the_answer():
+    async with serving(hello.app) as web:
+        answer = await web.request(params("/"), keep_conn=False)
+        with trio.fail_after(5):
+            await web.closed.wait()
+    assert answer.body == b"hello"
+
+
+async def test_multiplexed_requests_run_concurrently():
+    barrier = threading.Barrier(5, timeout=5)
+
+    def app(environ, start_response):
+        barrier.wait()  # passes only if five requests are inside the app at once
+        start_response("200 OK", [])
+        return [environ["QUERY_STRING"].encode()]
+
+    async with serving(app) as web:
+        rids = [await web.start(params(f"/?n={i}")) for i in range(5)]
+        with trio.fail_after(10):
+            for rid in rids:
+                await web.answers[rid].done.wait()
+    assert sorted(web.answers[r].body for r in rids) == [f"n={i}".encode() for i in range(5)]
+
+
+async def test_bad_status_from_app_is_a_500():
+    def app(environ, start_response):
+        start_response("OK", [])
+        return [b"never"]
+
+    async with serving(app) as web:
+        answer = await web.request(params("/"))
+    assert answer.status == 500 and b"never" not in answer.stdout
+
+
+@pytest.mark.parametrize("header", [("X-Bad", "a\r\nSet-Cookie: x=1"), ("X:Bad", "v")])
+async def test_header_injection_from_app_is_refused(header):
+    def app(environ, start_response):
+        start_response("200 OK", [header])
+        return [b"never"]
+
+    async with serving(app) as web:
+        answer = await web.request(params("/"))
+    assert answer.status == 500 and b"Set-Cookie" not in answer.stdout
