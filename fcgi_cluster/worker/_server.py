@@ -208,11 +208,17 @@ async def serve(
         await listener.aclose()
 
 
-def run_worker(app: Any, listen: str | Address, config: WorkerConfig = WorkerConfig()) -> None:
+def run_worker(app: Any, listen: str | Address | socket.socket, config: WorkerConfig = WorkerConfig()) -> None:
     """Run a worker process until SIGTERM/SIGINT, then stop gracefully.
 
-    Prints ``listening on ADDRESS`` to the log once accepting.
+    A second signal during the graceful stop cancels what is left at once.
+
+    Raises:
+        ListenError: the address cannot be bound (raised before anything runs).
+        RuntimeError: an ASGI app's lifespan startup failed.
     """
+    if not isinstance(listen, socket.socket):
+        listen = open_listener(parse_address(listen) if isinstance(listen, str) else listen, config.backlog)
 
     async def main() -> None:
         stop = trio.Event()
@@ -234,4 +240,19 @@ def run_worker(app: Any, listen: str | Address, config: WorkerConfig = WorkerCon
                         log.info("%s: finishing in-flight requests, then stopping", name)
                         stop.set()
 
-    trio.run(main)
+    try:
+        trio.run(main)
+    except BaseExceptionGroup as group:
+        # One failure (a lifespan error) surfaces as itself, not as a nursery group.
+        leaves = list(_leaves(group))
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup):
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
