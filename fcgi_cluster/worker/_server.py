@@ -178,6 +178,7 @@ async def serve(
                 handler: Any = ASGIHandler(app, config.root_path, lifespan.state, {"fcgi_cluster.listen": where})
             else:
                 pool = ThreadPool(config.threads)
+                nursery.start_soon(pool.watch)
                 handler = WSGIHandler(app, pool, config, {"fcgi_cluster.listen": where})
             server = _Server(handler, config)
             async with trio.open_nursery() as connections:

@@ -13,8 +13,10 @@ waiting at once while its thread runs on to the app's next check point.
 from __future__ import annotations
 
 import logging
-import queue
+import sys
 import threading
+import time
+from collections import deque
 from typing import Any, Callable
 
 import outcome
@@ -26,40 +28,117 @@ log = logging.getLogger("fcgi_cluster.worker")
 
 
 class ThreadPool:
-    """``size`` daemon threads running functions, at most ``size`` at once.
+    """Up to ``size`` threads running sync functions, grown only when needed.
 
-    ``close()`` stops the threads once the queued calls are done.
+    A queued function goes straight to a thread when no thread is busy (the
+    most recently idle one: its caches are warm). While one is busy, new work
+    waits in the queue: a short function is usually done long before the next
+    arrives, and one thread running jobs back to back beats many threads taking
+    turns at the GIL (on this 2-core class of machine: 13,500 vs 7,500 hello
+    requests/s for 1 vs 16 threads). When the busy threads have finished nothing
+    for ``patience`` seconds they are taken to be blocked (I/O, sleep, a lock),
+    not slow, and work goes to another thread, up to ``size``: at once when it
+    is queued, or from ``watch()`` (which must run in a nursery) when it waits.
+    The default patience is the interpreter's GIL switch interval: a thread can
+    wait that long for the GIL without being blocked.
+
+    ``close()`` lets the threads exit once the queue is empty.
     """
 
-    def __init__(self, size: int, name: str = "fcgi-app") -> None:
+    def __init__(self, size: int, *, patience: float | None = None, name: str = "fcgi-app") -> None:
         if size < 1:
             raise ValueError("a thread pool needs at least one thread")
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(size)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self.size = size
+        self.patience = sys.getswitchinterval() if patience is None else patience
+        self._name = name
+        self._lock = threading.Lock()
+        self._jobs: deque[tuple[float, Callable[..., Any], tuple]] = deque()
+        self._idle: list[threading.Lock] = []  # waiters of idle threads, most recent last
+        self._threads = 0
+        self._busy = 0
+        self._completed = 0
+        self._last_done = 0.0
+        self._closed = False
+        self._waiting = trio.Event()
+
+    @property
+    def threads(self) -> int:
+        """Threads started so far."""
+        return self._threads
+
+    def start(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)``; it runs in a pool thread. Call from the trio thread."""
+        now = time.monotonic()
+        with self._lock:
+            self._jobs.append((now, fn, args))
+            if self._busy == 0 or now - self._last_done > self.patience:
+                self._wake_locked()
+            elif not self._waiting.is_set():
+                self._waiting.set()
+
+    def _wake_locked(self) -> bool:
+        """Hand the queue to one more thread; False when all ``size`` are busy."""
+        if self._idle:
+            self._busy += 1
+            self._idle.pop().release()
+            return True
+        if self._threads < self.size:
+            self._threads += 1
+            self._busy += 1
+            threading.Thread(target=self._work, name=f"{self._name}-{self._threads}", daemon=True).start()
+            return True
+        return False
+
+    async def watch(self) -> None:
+        """Give more threads to work that waits too long; runs until cancelled."""
+        while True:
+            await self._waiting.wait()
+            progress = self._completed
+            await trio.sleep(2 * self.patience)
+            with self._lock:
+                if self._completed == progress:
+                    stale = time.monotonic() - 2 * self.patience
+                    waiting = sum(1 for queued, _, _ in self._jobs if queued <= stale)
+                    for _ in range(waiting):
+                        if not self._wake_locked():
+                            break
+                if not self._jobs:
+                    self._waiting = trio.Event()
 
     def _work(self) -> None:
-        get = self._queue.get
+        waiter = threading.Lock()
+        waiter.acquire()
+        lock = self._lock
+        jobs = self._jobs
         while True:
-            job = get()
-            if job is None:
-                return
-            fn, args = job
+            with lock:
+                if jobs:
+                    _, fn, args = jobs.popleft()
+                else:
+                    self._busy -= 1
+                    if self._closed:
+                        self._threads -= 1
+                        return
+                    self._idle.append(waiter)
+                    fn = None
+            if fn is None:
+                waiter.acquire()  # released by _wake_locked, with _busy already counted
+                continue
             try:
                 fn(*args)
             except BaseException:  # a job must report its own errors; this is the last resort
                 log.exception("uncaught error in an app thread")
-
-    def start(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Queue ``fn(*args)`` for the next free thread."""
-        self._queue.put((fn, args))
+            # Read by start() and watch(); a lost update only delays a wake-up.
+            self._completed += 1
+            self._last_done = time.monotonic()
 
     def close(self) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
+        """Let every thread exit once the queued work is done."""
+        with self._lock:
+            self._closed = True
+            while self._idle:
+                self._busy += 1
+                self._idle.pop().release()
 
 
 class Handoff:

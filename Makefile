@@ -1,0 +1,48 @@
+# Everything runs from the project's own virtualenv in .venv. Targets that are already done
+# cost a file-time comparison: the stamps inside .venv are newer than pyproject.toml.
+
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# python3.11 when there is one, else python3 (checked below to be 3.11 or newer).
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+PYTEST_ARGS ?=
+
+.PHONY: .venv install install-test deps test run bench clean
+
+.venv: $(PY)
+
+$(PY):
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fcgi-cluster needs Python 3.11 or newer, $(PYTHON) is " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e .
+	@touch $@
+
+install-test: $(VENV)/.installed-test
+
+# The test extra includes the package itself, so it also satisfies `install`.
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[test]'
+	@touch $@ $(VENV)/.installed
+
+deps:
+	bash scripts/install-deps.sh
+
+test: install-test deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+run: install
+	@echo "Serving workers.hello:app over FastCGI on 127.0.0.1:9000. From another shell:"
+	@echo "    $(VENV)/bin/fcgi-cluster request 127.0.0.1:9000 /hello -i"
+	$(VENV)/bin/fcgi-cluster worker workers.hello:app --listen 127.0.0.1:9000
+
+bench: install
+	$(PY) benchmarks/transport.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis
