@@ -1,0 +1,504 @@
+"""A trio FastCGI connection to one worker, shared by many concurrent requests.
+
+Three kinds of task touch a connection, and each owns one thing:
+
+* The caller of ``request``/``stream``/``get_values`` turns its request into
+  bytes through the sans-IO core and queues them, in one synchronous step, so
+  the order of the queue is the order the core saw. It then waits for its
+  answer on its own per-request state.
+* The writer task is the only one that calls ``send_all``. It sends everything
+  queued so far in one call: a request with a small body leaves as one write,
+  and requests queued together leave together. Because callers never send,
+  a caller that is cancelled can never leave half a record on the wire.
+* The reader task is the only one that receives. It feeds the core and hands
+  each event to the request it belongs to.
+
+When the connection dies (peer closed it, reset, protocol error, or this side
+closed it) every request waiting on it fails with the same kind of error;
+nothing is left waiting. A request given up by its caller is aborted
+(ABORT_REQUEST) and forgotten, and the connection serves on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+
+import trio
+from trio.lowlevel import ParkingLot
+
+from .._address import Address, parse_address
+from ..protocol import (
+    NEED_DATA,
+    AbortRequest,
+    ClientConnection,
+    ConnectionClosed,
+    EndRequest,
+    GetValues,
+    GetValuesResult,
+    ProtocolStatus,
+    RecordType,
+    RemoteProtocolError,
+    Request,
+    Role,
+    Stderr,
+    Stdin,
+    Stdout,
+    UnknownType,
+)
+from ._errors import ConnectError, ConnectionLost, FastCGIError, RequestRefused, UpstreamProtocolError
+from ._response import Response, ResponseStream, _RequestState, read_head
+
+__all__ = ["Connection", "open_connection", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_GET_VALUES_TIMEOUT"]
+
+#: Seconds to wait for a worker to accept. nginx waits 60 s, but a worker on
+#: the same host or LAN that has not accepted in 5 s is down or swamped, and a
+#: pool does better trying another one.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+
+#: Seconds to wait for a GET_VALUES answer. Some peers never answer the
+#: management records they do not implement, so the wait must end.
+DEFAULT_GET_VALUES_TIMEOUT = 5.0
+
+#: Bytes asked of the socket per receive: four full records.
+RECEIVE_SIZE = 256 * 1024
+
+#: Linux only; elsewhere the delayed-ACK stall it avoids is left alone.
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
+
+#: The variables a GET_VALUES query asks for by default (all the spec defines).
+_ALL_VALUES = ("FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS")
+
+Params = Mapping[str, str] | Mapping[bytes, bytes] | Mapping[str | bytes, str | bytes]
+Body = bytes | bytearray | memoryview | AsyncIterable[bytes]
+
+
+class _ValuesWaiter:
+    __slots__ = ("done", "values", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.values: dict[str, str] = {}
+        self.error: FastCGIError | None = None
+
+
+class Connection:
+    """One FastCGI connection to a worker, multiplexing concurrent requests.
+
+    Made by ``open_connection``; valid inside its ``async with`` block. Every
+    method may be called from many tasks at once; each request gets its own
+    request ID.
+
+    Attributes:
+        address: the worker's address as text, for messages and logs.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, address: str, *, quickack: bool = False) -> None:
+        self.address = address
+        self._stream = stream
+        self._quickack = quickack
+        self._core = ClientConnection()
+        self._requests: dict[int, _RequestState] = {}
+        self._values_waiters: deque[_ValuesWaiter] = deque()
+        self._outbox: list[bytes] = []
+        self._queued = 0  # bytes ever queued
+        self._sent = 0  # bytes ever handed to send_all successfully
+        self._outbox_lot = ParkingLot()
+        self._sent_lot = ParkingLot()
+        # (error class, message, cause) once the connection is dead.
+        self._failure: tuple[type[FastCGIError], str, BaseException | None] | None = None
+        self._closing = False
+        self._nursery: trio.Nursery | None = None
+
+    # --- state --------------------------------------------------------------
+
+    @property
+    def requests_in_flight(self) -> int:
+        """Requests sent whose END_REQUEST has not arrived.
+
+        Includes requests given up (aborted) that the worker has not yet
+        ended: a non-multiplexing worker is still busy with those.
+        """
+        return self._core.requests_in_flight
+
+    @property
+    def is_usable(self) -> bool:
+        """True while new requests may be sent: not dead, not closing.
+
+        A request sent with ``keep_conn=False`` makes the connection not usable:
+        the worker will close it once that request ends.
+        """
+        return self._failure is None and not self._closing
+
+    # --- requests -----------------------------------------------------------
+
+    async def request(self, params: Params, body: Body = b"", *, keep_conn: bool = True) -> Response:
+        """Send one request and read its whole response into memory.
+
+        Args:
+            params: the CGI params (see ``cgi_params``); str is sent as UTF-8.
+            body: the request body (STDIN): bytes, or an async iterable of bytes
+                sent as it is produced.
+            keep_conn: False asks the worker to close the connection after
+                this request.
+
+        Returns:
+            The response, its body complete. Use ``stream`` for large bodies.
+
+        Raises:
+            RequestRefused: the worker refused the request (overloaded, cannot
+                multiplex, unknown role).
+            ConnectionLost: the connection died before the response ended.
+            UpstreamProtocolError: the worker broke FastCGI or sent a bad CGI
+                header block.
+
+        Error handling: if the caller is cancelled, the request is aborted and
+        the connection stays usable. Nothing is retried here.
+        """
+        async with self.stream(params, body, keep_conn=keep_conn) as response:
+            chunks = [chunk async for chunk in response]
+        assert response.app_status is not None  # the body ends only at END_REQUEST
+        return Response(response.status, response.headers, b"".join(chunks), response.stderr, response.app_status)
+
+    @asynccontextmanager
+    async def stream(self, params: Params, body: Body = b"", *, keep_conn: bool = True) -> AsyncIterator[ResponseStream]:
+        """Send one request; enter once its CGI headers have arrived, iterate for the body.
+
+        ``async with conn.stream(params) as response:`` gives ``status`` and
+        ``headers``; ``async for chunk in response`` gives the body as it
+        arrives. Leaving the block before the response ends aborts the request.
+
+        Args and Raises: as for ``request``.
+
+        Resource handling: at most ``STREAM_BUFFER`` records of body are held
+        for a caller that has not read them yet. Past that the connection's
+        reader waits, which stalls every other request on this connection
+        until the caller reads on: read promptly, or give a slow consumer a
+        connection of its own.
+        """
+        state = self._begin(params, body, keep_conn)
+        try:
+            yield await read_head(state)
+        finally:
+            self._forget(state)
+
+    async def get_values(
+        self, names: Iterable[str] = _ALL_VALUES, *, timeout: float = DEFAULT_GET_VALUES_TIMEOUT
+    ) -> dict[str, str]:
+        """Ask the worker for its FastCGI capabilities (GET_VALUES).
+
+        Args:
+            names: the variables to ask for; by default FCGI_MAX_CONNS,
+                FCGI_MAX_REQS and FCGI_MPXS_CONNS.
+            timeout: seconds to wait for the answer.
+
+        Returns:
+            The variables the worker answered, e.g. ``{"FCGI_MPXS_CONNS": "1"}``.
+            Empty when the worker knows none of them, answers UNKNOWN_TYPE, or
+            does not answer within ``timeout`` (a late answer is then dropped).
+
+        Raises:
+            ConnectionLost, UpstreamProtocolError: the connection died.
+        """
+        self._raise_if_failed()
+        waiter = _ValuesWaiter()
+        self._values_waiters.append(waiter)
+        self._queue(self._core.send(GetValues(tuple(name.encode("latin-1") for name in names))))
+        with trio.move_on_after(timeout):
+            await waiter.done.wait()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.values
+
+    # --- the per-request steps ----------------------------------------------
+
+    def _begin(self, params: Params, body: Body, keep_conn: bool) -> _RequestState:
+        self._raise_if_failed()
+        # Everything that can fail on bad arguments runs before the core
+        # records the request, so a refused call leaves nothing in flight.
+        is_bytes = isinstance(body, (bytes, bytearray, memoryview))
+        iterator = None if is_bytes else aiter(body)  # type: ignore[arg-type]
+        core = self._core
+        rid = core.new_request_id()
+        state = _RequestState(rid)
+        out = core.send(Request(rid, params, Role.RESPONDER, keep_conn))  # type: ignore[arg-type]
+        if iterator is None:
+            # Small or large, all of it is queued now, so BEGIN_REQUEST, PARAMS
+            # and STDIN leave in one write; the writer applies backpressure.
+            if body:
+                out += core.send(Stdin(rid, bytes(body)))  # type: ignore[arg-type]
+            out += core.send(Stdin(rid, b""))
+        else:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._send_body, state, iterator)
+        self._requests[rid] = state
+        if not keep_conn:
+            self._closing = True
+        self._queue(out)
+        return state
+
+    async def _send_body(self, state: _RequestState, body: AsyncIterator[bytes]) -> None:
+        try:
+            with state.body_scope:
+                async for chunk in body:
+                    # The worker may end a request before reading all of its
+                    # body; then stop, and never send for a reused request ID.
+                    if state.finished:
+                        return
+                    if chunk:
+                        await self._wait_sent(self._queue(self._core.send(Stdin(state.request_id, bytes(chunk)))))
+                if not state.finished:
+                    self._queue(self._core.send(Stdin(state.request_id, b"")))
+        except Exception as exc:
+            # If the connection died, _fail has already told the request.
+            # Otherwise the caller's body iterable failed: that request alone
+            # fails, with the iterable's own error, and the worker is told to
+            # give up on it.
+            if self._failure is None:
+                self._abort(state)
+                state.fail(exc)
+        finally:
+            if hasattr(body, "aclose"):
+                await trio.aclose_forcefully(body)  # type: ignore[arg-type]
+
+    def _abort(self, state: _RequestState) -> None:
+        """Send ABORT_REQUEST if the request is still in flight, and stop tracking it."""
+        rid = state.request_id
+        if self._requests.get(rid) is state:
+            del self._requests[rid]
+            if self._failure is None:
+                self._queue(self._core.send(AbortRequest(rid)))
+
+    def _forget(self, state: _RequestState) -> None:
+        self._abort(state)
+        state.forget()
+
+    # --- sending ------------------------------------------------------------
+
+    def _queue(self, data: bytes) -> int:
+        """Queue bytes for the writer task; returns the mark ``_wait_sent`` waits for."""
+        if data:
+            self._outbox.append(data)
+            self._queued += len(data)
+            self._outbox_lot.unpark_all()
+        return self._queued
+
+    async def _wait_sent(self, mark: int) -> None:
+        while self._sent < mark:
+            self._raise_if_failed()
+            await self._sent_lot.park()
+        self._raise_if_failed()
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                while not self._outbox:
+                    await self._outbox_lot.park()
+                data = self._outbox[0] if len(self._outbox) == 1 else b"".join(self._outbox)
+                self._outbox.clear()
+                await self._stream.send_all(data)
+                self._sent += len(data)
+                self._sent_lot.unpark_all()
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._fail(ConnectionLost, f"connection to {self.address} lost while sending: {_reason(exc)}", exc)
+
+    # --- receiving ----------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        core = self._core
+        try:
+            while True:
+                event = core.next_event()
+                if event is NEED_DATA:
+                    core.receive_data(await self._stream.receive_some(RECEIVE_SIZE))
+                    if self._quickack:
+                        _rearm_quickack(self._stream)
+                elif type(event) is ConnectionClosed:
+                    pending = len(self._requests)
+                    self._fail(
+                        ConnectionLost,
+                        f"{self.address} closed the connection"
+                        + (f" with {pending} request(s) in flight" if pending else ""),
+                    )
+                    return
+                else:
+                    await self._dispatch(event)
+        except RemoteProtocolError as exc:
+            self._fail(UpstreamProtocolError, f"{self.address} broke the FastCGI protocol: {exc}", exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._fail(ConnectionLost, f"connection to {self.address} lost: {_reason(exc)}", exc)
+
+    async def _dispatch(self, event: object) -> None:
+        match event:
+            case Stdout(request_id=rid, data=data):
+                state = self._requests.get(rid)
+                if state is not None and data:
+                    await state.feed_stdout(data)
+            case Stderr(request_id=rid, data=data):
+                state = self._requests.get(rid)
+                if state is not None:
+                    state.feed_stderr(data)
+            case EndRequest(request_id=rid, app_status=app_status, protocol_status=status):
+                state = self._requests.pop(rid, None)
+                if state is None:
+                    pass
+                elif status is ProtocolStatus.REQUEST_COMPLETE:
+                    state.complete(app_status)
+                else:
+                    state.fail(RequestRefused(f"{self.address} refused the request: {status.name}", status))
+            case GetValuesResult(values=values):
+                # Management records carry no ID: answers come in query order.
+                # One nobody asked for is harmless and dropped.
+                if self._values_waiters:
+                    waiter = self._values_waiters.popleft()
+                    waiter.values = {name.decode("latin-1"): value.decode("latin-1") for name, value in values.items()}
+                    waiter.done.set()
+            case UnknownType(record_type=RecordType.GET_VALUES):
+                if self._values_waiters:
+                    self._values_waiters.popleft().done.set()
+            case _:
+                pass  # UNKNOWN_TYPE for a record we never send: nothing waits for it
+
+    # --- failure and shutdown -----------------------------------------------
+
+    def _fail(self, kind: type[FastCGIError], message: str, cause: BaseException | None = None) -> None:
+        """The connection is dead: fail everything waiting on it, stop its tasks."""
+        if self._failure is None:
+            self._failure = (kind, message, cause)
+        pending = list(self._requests.values())
+        self._requests.clear()
+        for state in pending:
+            state.fail(self._error())
+        while self._values_waiters:
+            waiter = self._values_waiters.popleft()
+            waiter.error = self._error()
+            waiter.done.set()
+        self._outbox.clear()
+        self._sent_lot.unpark_all()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    def _error(self) -> FastCGIError:
+        # A fresh exception for each waiter: one instance raised in many tasks
+        # would collect all their tracebacks.
+        assert self._failure is not None
+        kind, message, cause = self._failure
+        error = kind(message)
+        error.__cause__ = cause
+        return error
+
+    def _raise_if_failed(self) -> None:
+        if self._failure is not None:
+            raise self._error()
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._read_loop)
+                nursery.start_soon(self._write_loop)
+                task_status.started()
+        finally:
+            await trio.aclose_forcefully(self._stream)
+
+
+def _rearm_quickack(stream: trio.abc.Stream) -> None:
+    # Workers that write a response as several small sends without
+    # TCP_NODELAY (flup does) hold each later send until we ACK the first,
+    # and Linux delays that ACK by 40 ms on a kept-alive connection. Asking for
+    # an immediate ACK after every receive (the kernel clears the flag itself)
+    # took flup from 44 ms to under 5 ms per request on loopback.
+    try:
+        stream.setsockopt(trio.socket.IPPROTO_TCP, _TCP_QUICKACK, 1)  # type: ignore[attr-defined]
+    except OSError:
+        pass  # the socket is closing; the next receive will say so
+
+
+def _connect_reason(exc: OSError) -> str:
+    # open_tcp_stream tries every address and raises "all attempts failed",
+    # with each attempt's error in an ExceptionGroup as the cause.
+    if isinstance(exc.__cause__, BaseExceptionGroup):
+        for attempt in exc.__cause__.exceptions:
+            if isinstance(attempt, OSError) and attempt.errno:
+                return os.strerror(attempt.errno)
+    return exc.strerror or str(exc)
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return str(cause or exc) or type(exc).__name__
+
+
+@asynccontextmanager
+async def open_connection(
+    address: Address | str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+) -> AsyncIterator[Connection]:
+    """Connect to a FastCGI worker: ``async with open_connection("127.0.0.1:9000") as conn:``.
+
+    Args:
+        address: an ``Address``, or text for ``parse_address`` (``host:port``,
+            ``[v6]:port``, ``port``, ``unix:/path`` or ``/path``).
+        connect_timeout: seconds to wait for the worker to accept.
+
+    Returns:
+        An async context manager giving a ``Connection``; leaving the block
+        closes the connection (requests still waiting on it get ConnectionLost).
+
+    Raises:
+        ValueError: ``address`` is text that is not an address.
+        ConnectError: the worker is unreachable, refused, or did not accept in time.
+
+    Resource handling: TCP connections set TCP_NODELAY, since each write is a
+    whole request (or answer) that should leave at once, and on Linux ask for
+    immediate ACKs (TCP_QUICKACK) after each receive. The connection's
+    reader and writer tasks live in a nursery inside the ``async with``.
+    """
+    if isinstance(address, str):
+        address = parse_address(address)
+    stream = await _connect(address, connect_timeout)
+    quickack = address.path is None and _TCP_QUICKACK is not None
+    async with _attach(stream, str(address), quickack=quickack) as conn:
+        yield conn
+
+
+async def _connect(address: Address, timeout: float) -> trio.SocketStream:
+    try:
+        with trio.fail_after(timeout):
+            if address.path is not None:
+                return await trio.open_unix_socket(address.path)
+            assert address.host is not None and address.port is not None
+            stream = await trio.open_tcp_stream(address.host, address.port)
+    except trio.TooSlowError:
+        raise ConnectError(f"cannot connect to {address}: not accepted within {timeout:g} s") from None
+    except OSError as exc:
+        raise ConnectError(f"cannot connect to {address}: {_connect_reason(exc)}") from exc
+    # trio sets it already; we rely on it, so say so.
+    stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
+    return stream
+
+
+@asynccontextmanager
+async def _attach(stream: trio.abc.Stream, address: str, *, quickack: bool = False) -> AsyncIterator[Connection]:
+    """Run a ``Connection`` over a stream that is already connected (closed on exit)."""
+    conn = Connection(stream, address, quickack=quickack)
+    body_error: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(conn._run)
+            try:
+                yield conn
+            except BaseException as exc:
+                # Re-raised below, outside the nursery, so the caller gets its
+                # own exception rather than an ExceptionGroup wrapping it.
+                body_error = exc
+            finally:
+                conn._fail(ConnectionLost, f"the connection to {address} was closed")
+    finally:
+        await trio.aclose_forcefully(stream)  # already closed unless _run never ran
+    if body_error is not None:
+        raise body_error
