@@ -1,7 +1,11 @@
 """FastCGI transport throughput: our worker vs flup (and php-fpm when installed).
 
-No HTTP: a load generator built on ``fcgi_cluster.client`` sends FastCGI
-requests straight to each contender, in three ways:
+No HTTP: load generators built on our client send FastCGI requests straight to
+each contender. ``core`` drives the sans-IO ``fcgi_cluster.protocol.ClientConnection``
+with one task per connection (cheap enough that the contender, not the generator,
+is measured); ``client`` uses the trio ``fcgi_cluster.client.Connection`` with a
+task per request in flight (what an application would write; it shows the
+client's own cost). Three ways of sending:
 
 * ``mpx``: many requests in flight multiplexed over 1-2 connections;
 * ``keepalive``: 8 connections, one request at a time each (nginx's way);
@@ -38,8 +42,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fcgi_cluster.client import cgi_params, open_connection  # noqa: E402
+from fcgi_cluster.protocol import NEED_DATA, ClientConnection, EndRequest, Request, Stdin, Stdout  # noqa: E402
 
 PARAMS = cgi_params("GET", "/hello")
+GENERATORS = ("core", "client")
 
 SCENARIOS = {
     # name: (connections, in flight per connection, new connection per request)
@@ -98,8 +104,55 @@ def contenders(app: str) -> dict[str, tuple[list[str], int, dict | None]]:
     return out
 
 
-async def load(port: int, connections: int, inflight: int, new_conn: bool, seconds: float) -> tuple[int, int]:
-    """Requests answered (and failed) in ``seconds``."""
+async def load_core(port: int, connections: int, inflight: int, new_conn: bool, seconds: float) -> tuple[int, int]:
+    """Requests answered (and failed) in ``seconds``, driving the sans-IO core."""
+    done = [0, 0]
+    deadline = trio.current_time() + seconds
+
+    async def connection() -> None:
+        core = ClientConnection()
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def one() -> bytes:
+            rid = core.new_request_id()
+            return core.send(Request(rid, PARAMS, keep_conn=not new_conn)) + core.send(Stdin(rid, b""))
+
+        async with stream:
+            await stream.send_all(b"".join(one() for _ in range(inflight)))
+            head_ok: dict[int, bool] = {}
+            while True:
+                data = await stream.receive_some(65536)
+                if not data:
+                    return
+                core.receive_data(data)
+                out = []
+                while (event := core.next_event()) is not NEED_DATA:
+                    if type(event) is Stdout and event.data and event.request_id not in head_ok:
+                        head_ok[event.request_id] = event.data.startswith(b"Status: 200")
+                    elif type(event) is EndRequest:
+                        done[0 if head_ok.pop(event.request_id, False) else 1] += 1
+                        if new_conn:
+                            return
+                        if trio.current_time() < deadline:
+                            out.append(one())
+                if out:
+                    await stream.send_all(b"".join(out))
+                elif not core.requests_in_flight:
+                    return
+
+    async def fresh() -> None:
+        while trio.current_time() < deadline:
+            await connection()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(connections):
+            nursery.start_soon(fresh if new_conn else connection)
+    return done[0], done[1]
+
+
+async def load_client(port: int, connections: int, inflight: int, new_conn: bool, seconds: float) -> tuple[int, int]:
+    """Requests answered (and failed) in ``seconds``, through ``fcgi_cluster.client``."""
     done = [0, 0]
     deadline = trio.current_time() + seconds
     address = f"127.0.0.1:{port}"
@@ -163,20 +216,23 @@ def main() -> int:
             stack.enter_context(started(argv, port, env))
             ports[name] = port
         for name, port in ports.items():  # warm up
-            trio.run(load, port, 1, 8, False, 0.5)
-        total = len(SCENARIOS) * args.rounds * len(names)
+            trio.run(load_core, port, 1, 8, False, 0.5)
+        total = len(SCENARIOS) * len(GENERATORS) * args.rounds * len(names)
         step = 0
-        for scenario, (conns, inflight, new_conn) in SCENARIOS.items():
-            for round_no in range(args.rounds):
-                order = names if round_no % 2 == 0 else names[::-1]
-                for name in order:
-                    step += 1
-                    ok, failed = trio.run(load, ports[name], conns, inflight, new_conn, args.seconds)
-                    rate = ok / args.seconds
-                    runs.append({"scenario": scenario, "contender": name, "round": round_no,
-                                 "requests": ok, "failed": failed, "seconds": args.seconds, "rps": rate})
-                    print(f"[{step}/{total}] {scenario:14} {name:22} {rate:9.0f} req/s"
-                          + (f"  ({failed} failed)" if failed else ""), flush=True)
+        for generator in GENERATORS:
+            load = load_core if generator == "core" else load_client
+            for scenario, (conns, inflight, new_conn) in SCENARIOS.items():
+                for round_no in range(args.rounds):
+                    order = names if round_no % 2 == 0 else names[::-1]
+                    for name in order:
+                        step += 1
+                        ok, failed = trio.run(load, ports[name], conns, inflight, new_conn, args.seconds)
+                        rate = ok / args.seconds
+                        runs.append({"generator": generator, "scenario": scenario, "contender": name,
+                                     "round": round_no, "requests": ok, "failed": failed,
+                                     "seconds": args.seconds, "rps": rate})
+                        print(f"[{step}/{total}] {generator:6} {scenario:14} {name:22} {rate:9.0f} req/s"
+                              + (f"  ({failed} failed)" if failed else ""), flush=True)
     table = report(runs, names)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = pathlib.Path(args.out) / stamp
@@ -192,14 +248,19 @@ def main() -> int:
 def report(runs: list[dict], names: list[str]) -> str:
     baseline = names[1]
     lines = [
-        "| scenario | " + " | ".join(f"{n} req/s" for n in names) + f" | ratio to {baseline} |",
-        "|---" * (len(names) + 2) + "|",
+        "| generator | scenario | " + " | ".join(f"{n} req/s" for n in names) + f" | ratio to {baseline} |",
+        "|---" * (len(names) + 3) + "|",
     ]
-    for scenario in SCENARIOS:
-        medians = {n: statistics.median(r["rps"] for r in runs if r["scenario"] == scenario and r["contender"] == n)
-                   for n in names}
-        ratio = medians[names[0]] / medians[baseline] if medians[baseline] else float("inf")
-        lines.append(f"| {scenario} | " + " | ".join(f"{medians[n]:,.0f}" for n in names) + f" | {ratio:.2f}x |")
+    for generator in GENERATORS:
+        for scenario in SCENARIOS:
+            medians = {
+                n: statistics.median(r["rps"] for r in runs
+                                     if (r["generator"], r["scenario"], r["contender"]) == (generator, scenario, n))
+                for n in names
+            }
+            ratio = medians[names[0]] / medians[baseline] if medians[baseline] else float("inf")
+            lines.append(f"| {generator} | {scenario} | " + " | ".join(f"{medians[n]:,.0f}" for n in names)
+                         + f" | {ratio:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

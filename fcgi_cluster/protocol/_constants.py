@@ -74,9 +74,11 @@ DEFAULT_MAX_PARAMS_SIZE = 256 * 1024
 #: buffers, so a peer must not open thousands.
 DEFAULT_MAX_REQUESTS = 256
 
-#: Bytes the core holds for one connection: unparsed input plus the PARAMS of
-#: requests not yet complete. One full record is 65,798 bytes; 1 MiB allows a
-#: receive buffer's worth of records plus several large PARAMS blocks at once.
+#: PARAMS bytes the core holds for one connection, summed over the requests
+#: whose PARAMS have not ended. (Unparsed input needs no cap of its own: an
+#: incomplete record is at most 65,798 bytes, and a driver drains events before
+#: it receives more.) 1 MiB allows several large PARAMS blocks at once while a
+#: peer that opens many requests cannot make us hold 256 x 256 KiB.
 DEFAULT_MAX_BUFFER_SIZE = 1024 * 1024
 
 #: Size of one GET_VALUES / GET_VALUES_RESULT body: they must fit one record.
