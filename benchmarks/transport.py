@@ -29,7 +29,6 @@ import json
 import os
 import pathlib
 import platform
-import shutil
 import socket
 import statistics
 import subprocess

@@ -31,7 +31,6 @@ Driving a connection: feed bytes with ``receive_data`` (b"" at EOF), call
 from __future__ import annotations
 
 import enum
-from collections import deque
 from typing import Callable
 
 from ._constants import (

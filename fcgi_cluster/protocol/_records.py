@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Iterable, Mapping
 
-from ._constants import HEADER_SIZE, MAX_CHUNK, MAX_CONTENT_LENGTH, VERSION, RecordType
+from ._constants import MAX_CHUNK, MAX_CONTENT_LENGTH, VERSION, RecordType
 from ._errors import LocalProtocolError, RemoteProtocolError
 
 #: version, type, requestId, contentLength, paddingLength, reserved

@@ -31,7 +31,7 @@ _ERROR_500 = (
     b"Content-Length: 22\r\n\r\nInternal Server Error\n"
 )
 #: Params that are not HTTP headers but carry two of them.
-_CONTENT_HEADERS = {"CONTENT_TYPE": b"content-type", "CONTENT_LENGTH": b"content-length"}
+_CONTENT_HEADERS = {b"CONTENT_TYPE": b"content-type", b"CONTENT_LENGTH": b"content-length"}
 
 
 def _reason(status: int) -> str:
@@ -121,8 +121,8 @@ class ASGIHandler:
         for key, value in ctx.params.items():
             if key.startswith(b"HTTP_"):
                 headers.append((key[5:].lower().replace(b"_", b"-"), value))
-            elif key in (b"CONTENT_TYPE", b"CONTENT_LENGTH") and value:
-                headers.append((_CONTENT_HEADERS[key.decode()], value))
+            elif value and key in _CONTENT_HEADERS:
+                headers.append((_CONTENT_HEADERS[key], value))
         raw_uri = ctx.params.get(b"REQUEST_URI", b"")
         raw_path, _, _ = raw_uri.partition(b"?")
         full_path = (script_name + path_info).encode("latin-1").decode("utf-8", "surrogateescape")

@@ -18,12 +18,10 @@ log and one line to the web server's error log (STDERR), never to the client.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import traceback
 from typing import Any, Callable, Iterable
 
-import trio
 
 from ._body import BodyAborted, RequestBody
 from ._config import WorkerConfig

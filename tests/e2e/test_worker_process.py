@@ -14,7 +14,7 @@ import time
 import pytest
 
 from fcgi_cluster.protocol import NEED_DATA, ClientConnection, EndRequest, Request, Stdin, Stdout
-from tests._peers import LOOPBACK, REPO_ROOT, free_port, python_executable
+from tests._peers import LOOPBACK, REPO_ROOT, python_executable
 
 from ._worker import worker_argv, worker_process
 

@@ -540,7 +540,7 @@ def test_new_request_id_skips_ids_in_flight_and_wraps_after_65535() -> None:
 def test_new_request_id_wraps_when_65535_itself_is_in_flight() -> None:
     client = ClientConnection()
     client.send(Request(65535, {}))
-    while (rid := client.new_request_id()) != 65534:
+    while client.new_request_id() != 65534:
         pass
     assert client.new_request_id() == 1
 
