@@ -1,4 +1,4 @@
-"""The ``fcgi-cluster`` command: ``worker`` and ``request``.
+"""The ``fcgi-cluster`` command: ``up``, ``frontend``, ``worker`` and ``request``.
 
 Every failure a user can cause (a bad address, an app that does not import, an
 address in use, an unreachable worker) ends with one line on stderr naming what
@@ -67,6 +67,82 @@ def _worker_main(argv: list[str]) -> int:
     return 0
 
 
+def _setup_logging(level: str, error_log: str = "-") -> None:
+    fmt = "%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s"
+    if error_log in ("-", ""):
+        logging.basicConfig(level=level.upper(), format=fmt)
+    else:
+        logging.basicConfig(level=level.upper(), format=fmt, filename=error_log)
+
+
+def _frontend_main(argv: list[str]) -> int:
+    from .frontend import BindError, ConfigError, load_config, run_frontend, simple_config
+
+    parser = argparse.ArgumentParser(
+        prog="fcgi-cluster frontend",
+        description="Serve HTTP/1.1 and pass requests to FastCGI worker pools (the nginx role).",
+    )
+    parser.add_argument("-c", "--config", metavar="FILE", help="cluster.toml: front-end, upstreams, routes")
+    parser.add_argument("--listen", "-l", action="append", default=[],
+                        help="address to serve HTTP on, repeatable (default 127.0.0.1:8080)")
+    parser.add_argument("--upstream", "-u", action="append", default=[],
+                        help="a worker's address, repeatable: one round-robin pool (without -c)")
+    parser.add_argument("--root", help="DOCUMENT_ROOT; SCRIPT_FILENAME is it plus the path (without -c)")
+    parser.add_argument("--processes", "-p", help='front-end processes sharing the port: a number or "auto"')
+    parser.add_argument("--access-log", help='"-" (stdout), a file, or "off"')
+    parser.add_argument("--max-body-size", help='largest request body, e.g. "100m"; 0 = unlimited (without -c)')
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    overrides: dict[str, object] = {}
+    if args.processes is not None:
+        overrides["processes"] = int(args.processes) if args.processes.isdigit() else args.processes
+    if args.access_log is not None:
+        overrides["access_log"] = False if args.access_log == "off" else args.access_log
+    try:
+        if args.config:
+            if args.upstream or args.root or args.max_body_size:
+                parser.error("--upstream, --root and --max-body-size go in the file when -c is given")
+            config = load_config(args.config)
+            if args.listen or overrides:
+                import dataclasses
+
+                from .frontend import simple_config as _  # noqa: F401  (validation lives there)
+
+                fe = config.frontend
+                if args.listen:
+                    fe = dataclasses.replace(fe, listen=tuple(args.listen))
+                if overrides:
+                    checked = simple_config(list(fe.listen), ["127.0.0.1:1"], **overrides).frontend
+                    fe = dataclasses.replace(
+                        fe, **{key: getattr(checked, key) for key in overrides}
+                    )
+                config = dataclasses.replace(config, frontend=fe)
+        else:
+            if not args.upstream:
+                parser.error("give -c FILE or at least one --upstream ADDRESS")
+            if args.max_body_size is not None:
+                overrides["max_body_size"] = args.max_body_size
+            config = simple_config(args.listen, args.upstream, args.root, **overrides)
+    except ConfigError as exc:
+        print(f"fcgi-cluster frontend: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(args.log_level, config.frontend.error_log)
+    try:
+        return run_frontend(config)
+    except BindError as exc:
+        print(f"fcgi-cluster frontend: {exc.strerror}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"fcgi-cluster frontend: {exc}", file=sys.stderr)
+        return 1
+
+
+def _up_main(argv: list[str]) -> int:
+    from ._up import up_main
+
+    return up_main(argv)
+
+
 def _request_main(argv: list[str]) -> int:
     from .client._cli import request_main
 
@@ -74,6 +150,8 @@ def _request_main(argv: list[str]) -> int:
 
 
 COMMANDS = {
+    "up": (_up_main, "start a whole cluster on this machine: front-end and worker pools"),
+    "frontend": (_frontend_main, "serve HTTP and balance requests over FastCGI workers"),
     "worker": (_worker_main, "serve a WSGI/ASGI app over FastCGI"),
     "request": (_request_main, "send one FastCGI request and print the answer"),
 }

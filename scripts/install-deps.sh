@@ -6,15 +6,28 @@
 set -euo pipefail
 
 # One line per peer: the binary the tests run, then the Debian package that ships it.
-# To add a peer, add a line.
+# To add a peer, add a line. A binary ending in `*` is installed under a versioned name
+# (php-fpm8.2 on Debian 12, php-fpm8.3 elsewhere): any command with that prefix will do.
 DEPS_TABLE='
 cgi-fcgi    libfcgi-bin
 nginx       nginx
 haproxy     haproxy
+php-fpm*    php-fpm
+wrk         wrk
 '
 
 # Servers' binaries live in sbin, which a non-root PATH often lacks.
 export PATH="${PATH}:/usr/local/sbin:/usr/sbin:/sbin"
+
+# True when the binary (or, for `prefix*`, any command starting with prefix) is on PATH.
+have_binary() {
+    local binary="$1"
+    if [[ "${binary}" == *'*' ]]; then
+        [[ -n "$(compgen -c -- "${binary%'*'}" || true)" ]]
+    else
+        command -v "${binary}" >/dev/null 2>&1
+    fi
+}
 
 all_binaries=()
 missing_packages=()
@@ -22,7 +35,7 @@ missing_binaries=()
 while read -r binary package; do
     [[ -z "${binary}" ]] && continue
     all_binaries+=("${binary}")
-    if ! command -v "${binary}" >/dev/null 2>&1; then
+    if ! have_binary "${binary}"; then
         missing_binaries+=("${binary}")
         missing_packages+=("${package}")
     fi
@@ -69,7 +82,7 @@ apt-get "${apt_options[@]}" install -y --no-install-recommends "${missing_packag
 
 still_missing=()
 for binary in "${missing_binaries[@]}"; do
-    command -v "${binary}" >/dev/null 2>&1 || still_missing+=("${binary}")
+    have_binary "${binary}" || still_missing+=("${binary}")
 done
 if [[ ${#still_missing[@]} -ne 0 ]]; then
     echo "install-deps: still missing after install: ${still_missing[*]}" >&2

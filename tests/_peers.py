@@ -1,4 +1,4 @@
-"""Real peer processes for the tests: nginx, haproxy, cgi-fcgi and flup, on loopback ports.
+"""Real peer processes for the tests: nginx, haproxy, php-fpm, cgi-fcgi and flup, on loopback.
 
 The house rule is that no mock stands in for a component a user would run for real, so the
 end-to-end tests put our code between the programs it has to work with. Everything here is
@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -49,6 +50,12 @@ NGINX_FASTCGI_PARAMS = pathlib.Path("/etc/nginx/fastcgi_params")
 
 # Servers live in sbin, which a non-root PATH often lacks.
 _SBIN_PATH = os.pathsep.join(["/usr/local/sbin", "/usr/sbin", "/sbin"])
+
+# Distributions install php-fpm under its PHP version: php-fpm8.2, php-fpm7.4.
+_PHP_FPM_VERSIONED = re.compile(r"php-fpm(\d+)\.(\d+)")
+
+# The PHP pages the tests and benchmarks serve through php-fpm (hello.php, env.php, ...).
+PHP_PAGES = REPO_ROOT / "tests" / "e2e" / "php"
 
 
 class PeerStartError(RuntimeError):
@@ -275,8 +282,11 @@ def nginx_fastcgi(
     *,
     directory: str | os.PathLike[str] | None = None,
     port: int | None = None,
+    more_upstreams: Sequence[tuple[str, int | None]] = (),
+    keepalive_connections: int = 8,
+    access_log: bool = True,
 ) -> Iterator[Peer]:
-    """Run nginx as an HTTP front-end passing every request to one FastCGI upstream.
+    """Run nginx as an HTTP front-end passing every request to a FastCGI upstream.
 
     The app is mounted at the root, as WSGI expects: SCRIPT_NAME is "" and PATH_INFO the
     whole decoded path. Request bodies of any size are accepted (``client_max_body_size
@@ -286,12 +296,18 @@ def nginx_fastcgi(
         upstream_host: The FastCGI server's address; with ``upstream_port=None``, the path
             of its unix socket.
         upstream_port: Its TCP port, or None for a unix socket.
-        keepalive: Keep FastCGI connections open between requests (``keepalive 8`` in the
+        keepalive: Keep FastCGI connections open between requests (``keepalive N`` in the
             upstream block and ``fastcgi_keep_conn on``); otherwise nginx opens one
             connection per request and the worker closes it.
         directory: Where to write nginx.conf, the pid file, temp paths and logs
             (``error.log``, ``access.log``). Default: a temporary directory, removed after.
         port: The HTTP port to listen on, on 127.0.0.1. Default: a free one.
+        more_upstreams: Further FastCGI servers, ``(host, port)`` (port None: unix
+            socket), shared round robin with the first.
+        keepalive_connections: The ``N`` of ``keepalive N``: idle upstream connections
+            kept; nginx closes the least recently used past it.
+        access_log: Log each request (with its upstream) to ``access.log``. Off for
+            benchmarks, where the disk write would be measured too.
 
     Yields:
         The running nginx, as a ``Peer``; ``peer.port`` is its HTTP port.
@@ -299,22 +315,142 @@ def nginx_fastcgi(
     Raises:
         PeerStartError: nginx is missing or did not start (the message has its logs).
     """
+    locations = f"""\
+        location / {{
+            include {NGINX_FASTCGI_PARAMS};
+            # Mount the app at the root: an empty script name (so SCRIPT_NAME
+            # is "") and the whole path as PATH_INFO.
+            fastcgi_split_path_info ^()(.*)$;
+            fastcgi_param PATH_INFO $fastcgi_path_info;
+            fastcgi_pass fcgi_app;
+        }}
+        """
+    upstreams = [(upstream_host, upstream_port), *more_upstreams]
+    with _nginx(
+        "nginx_fastcgi",
+        [_nginx_server(host, port_) for host, port_ in upstreams],
+        locations,
+        keepalive_connections if keepalive else 0,
+        directory=directory,
+        port=port,
+        access_log=access_log,
+    ) as peer:
+        yield peer
+
+
+@contextlib.contextmanager
+def nginx_php(
+    fpm_port: int | None,
+    root: str | os.PathLike[str],
+    *,
+    host: str = LOOPBACK,
+    keepalive: bool = True,
+    directory: str | os.PathLike[str] | None = None,
+    port: int | None = None,
+    keepalive_connections: int = 8,
+    access_log: bool = True,
+) -> Iterator[Peer]:
+    """Run nginx in front of php-fpm, configured the way PHP sites are.
+
+    The classic server block: ``root`` holds the site, ``.php`` URIs go to php-fpm with
+    ``SCRIPT_FILENAME $document_root$fastcgi_script_name``, and anything else is a static
+    file (``try_files $uri $uri/ =404``). A ``.php`` URI with no such file still reaches
+    php-fpm, which answers 404 "File not found." itself. php-fpm's status and ping pages
+    are at ``/fpm-status`` and ``/fpm-ping`` (see ``php_fpm``).
+
+    Keep-alive caveat: a php-fpm child serves one connection until the front-end closes
+    it, so with ``keepalive`` and more concurrent requests than ``pm.max_children``, the
+    connections beyond the children wait in php-fpm's listen queue behind idle kept-alive
+    ones. Use ``keepalive=False`` (the nginx default) for concurrent load.
+
+    Args:
+        fpm_port: php-fpm's TCP port; None when ``host`` is the path of its unix socket.
+        root: The document root: the directory of the .php files, as php-fpm sees it.
+        host: php-fpm's address (see ``fpm_port``).
+        keepalive: Keep FastCGI connections to php-fpm open (``keepalive N`` and
+            ``fastcgi_keep_conn on``).
+        directory: Where to write nginx.conf, the pid file, temp paths and logs.
+            Default: a temporary directory, removed after.
+        port: The HTTP port to listen on, on 127.0.0.1. Default: a free one.
+        keepalive_connections: The ``N`` of ``keepalive N``.
+        access_log: Log each request to ``access.log``.
+
+    Yields:
+        The running nginx, as a ``Peer``; ``peer.port`` is its HTTP port.
+
+    Raises:
+        PeerStartError: nginx is missing or did not start (the message has its logs).
+    """
+    root = pathlib.Path(root).resolve()
+    locations = f"""\
+        root {root};
+        index index.php index.html;
+
+        location / {{
+            try_files $uri $uri/ =404;
+        }}
+
+        location ~ \\.php$ {{
+            include {NGINX_FASTCGI_PARAMS};
+            fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
+            fastcgi_pass fcgi_app;
+        }}
+
+        # php-fpm's own pages (pm.status_path, ping.path), for loopback clients only.
+        location ~ ^/fpm-(status|ping)$ {{
+            allow 127.0.0.1;
+            deny all;
+            include {NGINX_FASTCGI_PARAMS};
+            # No such file, but without a SCRIPT_FILENAME php-fpm answers 404 before it
+            # looks at the path.
+            fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
+            fastcgi_pass fcgi_app;
+        }}
+        """
+    with _nginx(
+        "nginx_php",
+        [_nginx_server(host, fpm_port)],
+        locations,
+        keepalive_connections if keepalive else 0,
+        directory=directory,
+        port=port,
+        access_log=access_log,
+    ) as peer:
+        yield peer
+
+
+@contextlib.contextmanager
+def _nginx(
+    function: str,
+    servers: Sequence[str],
+    locations: str,
+    keepalive: int,
+    *,
+    directory: str | os.PathLike[str] | None,
+    port: int | None,
+    access_log: bool,
+) -> Iterator[Peer]:
+    """nginx with an upstream ``fcgi_app`` of ``servers`` and a server block's body.
+
+    ``locations`` is the inside of the ``server`` block after ``listen``; its locations
+    pass to ``fcgi_app``. ``keepalive`` is the upstream's ``keepalive`` count, 0 for a
+    connection per request.
+    """
     nginx = _require_binary("nginx")
     with _peer_directory(directory, "nginx") as workdir:
         port = port or free_port()
-        server = (
-            f"unix:{upstream_host}" if upstream_port is None else f"{upstream_host}:{upstream_port}"
-        )
         for temp in ("client_body", "fastcgi", "proxy", "uwsgi", "scgi"):
             (workdir / f"{temp}_temp").mkdir(exist_ok=True)
         # As root, nginx workers switch to "nobody", who cannot enter a 0700 pytest tmp dir
         # to write request-body temp files. Keep them as the user we are.
         user_line = "user root root;" if os.geteuid() == 0 else ""
-        keepalive_upstream = "keepalive 8;" if keepalive else ""
+        server_lines = "\n".join(f"server {server};" for server in servers)
+        keepalive_upstream = f"keepalive {keepalive};" if keepalive else ""
         keep_conn = "on" if keepalive else "off"
+        access_log_line = f"access_log {workdir}/access.log upstream;" if access_log else "access_log off;"
         config = textwrap.dedent(
-            f"""\
-            # Written by tests/_peers.py:nginx_fastcgi.
+            """\
+            # Written by tests/_peers.py:{function}.
             daemon off;
             master_process on;
             worker_processes 1;
@@ -323,7 +459,8 @@ def nginx_fastcgi(
             error_log {workdir}/error.log info;
 
             events {{
-                worker_connections 256;
+                # Room for a benchmark's clients plus as many upstream connections.
+                worker_connections 1024;
             }}
 
             http {{
@@ -331,35 +468,38 @@ def nginx_fastcgi(
                 log_format upstream '$remote_addr "$request" $status $body_bytes_sent '
                                     'upstream=$upstream_addr status=$upstream_status '
                                     'connect=$upstream_connect_time time=$request_time';
-                access_log {workdir}/access.log upstream;
+                {access_log_line}
                 client_body_temp_path {workdir}/client_body_temp;
                 fastcgi_temp_path {workdir}/fastcgi_temp;
                 proxy_temp_path {workdir}/proxy_temp;
                 uwsgi_temp_path {workdir}/uwsgi_temp;
                 scgi_temp_path {workdir}/scgi_temp;
                 client_max_body_size 0;
+                fastcgi_keep_conn {keep_conn};
 
                 upstream fcgi_app {{
-                    server {server};
+            {server_lines}
                     {keepalive_upstream}
                 }}
 
                 server {{
-                    listen {LOOPBACK}:{port};
+                    listen {listen};
                     server_name localhost;
 
-                    location / {{
-                        include {NGINX_FASTCGI_PARAMS};
-                        # Mount the app at the root: an empty script name (so SCRIPT_NAME
-                        # is "") and the whole path as PATH_INFO.
-                        fastcgi_split_path_info ^()(.*)$;
-                        fastcgi_param PATH_INFO $fastcgi_path_info;
-                        fastcgi_pass fcgi_app;
-                        fastcgi_keep_conn {keep_conn};
-                    }}
+            {locations}
                 }}
             }}
             """
+        ).format(
+            function=function,
+            user_line=user_line,
+            workdir=workdir,
+            access_log_line=access_log_line,
+            keep_conn=keep_conn,
+            server_lines=textwrap.indent(server_lines, " " * 8),
+            keepalive_upstream=keepalive_upstream,
+            listen=f"{LOOPBACK}:{port}",
+            locations=textwrap.indent(textwrap.dedent(locations), " " * 8).rstrip(),
         )
         config_path = workdir / "nginx.conf"
         config_path.write_text(config)
@@ -379,6 +519,9 @@ def nginx_fastcgi(
             log_path=workdir / "nginx.out",
             extra_logs=(error_log,),
         ) as process:
+            log_paths = (process.log_path, error_log)
+            if access_log:
+                log_paths += (workdir / "access.log",)
             yield Peer(
                 name="nginx",
                 host=LOOPBACK,
@@ -386,8 +529,13 @@ def nginx_fastcgi(
                 directory=workdir,
                 process=process,
                 config_path=config_path,
-                log_paths=(process.log_path, error_log, workdir / "access.log"),
+                log_paths=log_paths,
             )
+
+
+def _nginx_server(host: str, port: int | None) -> str:
+    """An upstream ``server`` address: ``host:port``, or ``unix:path`` when port is None."""
+    return f"unix:{host}" if port is None else f"{host}:{port}"
 
 
 @contextlib.contextmanager
@@ -400,8 +548,11 @@ def haproxy_fastcgi(
     max_reqs: int = 64,
     directory: str | os.PathLike[str] | None = None,
     port: int | None = None,
+    more_upstreams: Sequence[tuple[str, int | None]] = (),
+    access_log: bool = True,
+    nbthread: int | None = None,
 ) -> Iterator[Peer]:
-    """Run haproxy (2.6) as an HTTP front-end to one FastCGI server (``proto fcgi``).
+    """Run haproxy (2.6) as an HTTP front-end to FastCGI servers (``proto fcgi``).
 
     The ``fcgi-app`` keeps connections open (``option keep-conn``) and mounts the app at
     the root (``path-info``: SCRIPT_NAME "", PATH_INFO the path). haproxy runs in the
@@ -420,6 +571,11 @@ def haproxy_fastcgi(
         directory: Where to write haproxy.cfg and its log. Default: a temporary
             directory, removed after.
         port: The HTTP port to listen on, on 127.0.0.1. Default: a free one.
+        more_upstreams: Further FastCGI servers, ``(host, port)`` (port None: unix
+            socket), balanced round robin with the first.
+        access_log: Log each request to stderr (``option httplog``). Off for
+            benchmarks; the app's FCGI_STDERR is logged either way.
+        nbthread: haproxy's threads; None for its default, one per CPU.
 
     Yields:
         The running haproxy, as a ``Peer``; ``peer.port`` is its HTTP port.
@@ -430,7 +586,18 @@ def haproxy_fastcgi(
     haproxy = _require_binary("haproxy")
     with _peer_directory(directory, "haproxy") as workdir:
         port = port or free_port()
-        server = upstream_host if upstream_port is None else f"{upstream_host}:{upstream_port}"
+        servers = [(upstream_host, upstream_port), *more_upstreams]
+        server_lines = "\n    ".join(
+            f"server worker{number} {host if port_ is None else f'{host}:{port_}'} proto fcgi"
+            for number, (host, port_) in enumerate(servers, 1)
+        )
+        nbthread_line = f"nbthread {nbthread}" if nbthread else ""
+        access_log_lines = (
+            "option httplog\n    # No log line for the connect-and-close probes of "
+            "wait_for_port.\n    option dontlognull"
+            if access_log
+            else "no log"
+        )
         mpxs_lines = (
             f"option mpxs-conns\n    option max-reqs {max_reqs}"
             if mpxs
@@ -446,13 +613,12 @@ def haproxy_fastcgi(
             global
                 log stderr format raw local0 info
                 maxconn 1024
+                {nbthread_line}
 
             defaults
                 mode http
                 log global
-                option httplog
-                # No log line for the connect-and-close probes of wait_for_port.
-                option dontlognull
+                {access_log_lines}
                 timeout connect 5s
                 timeout client 60s
                 timeout server 60s
@@ -474,7 +640,7 @@ def haproxy_fastcgi(
             backend fcgi
                 use-fcgi-app app
                 {reuse_line}
-                server worker {server} proto fcgi
+                {server_lines}
             """
         ).format(
             mpxs_lines=mpxs_lines,
@@ -482,7 +648,9 @@ def haproxy_fastcgi(
             reuse_line=reuse_line,
             host=LOOPBACK,
             port=port,
-            server=server,
+            server_lines=server_lines,
+            nbthread_line=nbthread_line,
+            access_log_lines=access_log_lines,
         )
         config_path = workdir / "haproxy.cfg"
         config_path.write_text(config)
@@ -575,6 +743,132 @@ app = getattr(importlib.import_module(module_name), attribute or "app")
 # debug=False: errors become a plain 500, never a traceback sent to the client.
 WSGIServer(app, bindAddress=(host, int(port)), multiplexed=multiplexed == "1", debug=False).run()
 """
+
+
+def find_php_fpm() -> str:
+    """The php-fpm binary: ``php-fpm``, else the newest versioned ``php-fpmX.Y``.
+
+    Debian installs it only under its version (``/usr/sbin/php-fpm8.2`` on Debian 12), in
+    sbin, which a non-root PATH often lacks; both PATH and the sbin directories are looked
+    in.
+
+    Raises:
+        PeerStartError: No php-fpm is installed.
+    """
+    found = shutil.which("php-fpm") or shutil.which("php-fpm", path=_SBIN_PATH)
+    if found is not None:
+        return found
+    versions: list[tuple[tuple[int, int], str]] = []
+    directories = os.environ.get("PATH", "").split(os.pathsep) + _SBIN_PATH.split(os.pathsep)
+    for directory in filter(None, directories):
+        for path in pathlib.Path(directory).glob("php-fpm*"):
+            match = _PHP_FPM_VERSIONED.fullmatch(path.name)
+            if match and os.access(path, os.X_OK):
+                versions.append(((int(match[1]), int(match[2])), str(path)))
+    if not versions:
+        raise PeerStartError(
+            "php-fpm is not installed: run `make deps` (scripts/install-deps.sh)"
+        )
+    return max(versions)[1]
+
+
+@contextlib.contextmanager
+def php_fpm(
+    *,
+    host: str = LOOPBACK,
+    port: int | None = None,
+    pm: str = "static",
+    max_children: int = 4,
+    directory: str | os.PathLike[str] | None = None,
+    extra_pool: Mapping[str, str | int] | None = None,
+) -> Iterator[Peer]:
+    """Run php-fpm with a config of its own: one pool, ``www``, on a loopback port.
+
+    Nothing of the system's php-fpm setup is used (not its php-fpm.conf, pools, pid file,
+    logs or service), except php.ini, so PHP itself is configured as the machine's
+    php-fpm would be (opcache included). php-fpm stays in the foreground (``-F``).
+
+    The pool keeps the environment (``clear_env = no``), sends its children's output to
+    the log (``catch_workers_output = yes``) and answers ``/fpm-status`` and ``/fpm-ping``
+    (as SCRIPT_NAME). As root it runs its children as root (``-R``), so they can read
+    files in a test's 0700 temporary directory.
+
+    Args:
+        host: The address to listen on.
+        port: The TCP port. Default: a free one.
+        pm: The process manager: ``static``, ``dynamic`` or ``ondemand``. ``dynamic``
+            starts one child and keeps 1 to ``max_children`` idle; ``extra_pool`` can
+            change that.
+        max_children: ``pm.max_children``: requests php-fpm serves at once.
+        directory: Where to write php-fpm.conf, its pid file and its log
+            (``php-fpm.log``). Default: a temporary directory, removed after.
+        extra_pool: More pool settings, or overrides (``{"pm.max_requests": 100}``).
+
+    Yields:
+        The running php-fpm master, as a ``Peer``; its ``port`` is the FastCGI port.
+
+    Raises:
+        PeerStartError: php-fpm is missing or did not start (the message has its log).
+    """
+    binary = find_php_fpm()
+    with _peer_directory(directory, "php-fpm") as workdir:
+        port = port or free_port(host)
+        error_log = workdir / "php-fpm.log"
+        pool: dict[str, str | int] = {
+            "listen": f"{host}:{port}",
+            "pm": pm,
+            "pm.max_children": max_children,
+            "clear_env": "no",
+            "catch_workers_output": "yes",
+            "pm.status_path": "/fpm-status",
+            "ping.path": "/fpm-ping",
+        }
+        if pm == "dynamic":
+            # php-fpm refuses a dynamic pool without its spare-server bounds.
+            pool.update({
+                "pm.start_servers": 1,
+                "pm.min_spare_servers": 1,
+                "pm.max_spare_servers": max_children,
+            })
+        if os.geteuid() == 0:
+            # Elsewhere php-fpm ignores these, with a notice.
+            pool.update({"user": "root", "group": "root"})
+        pool.update(extra_pool or {})
+        pool_lines = "\n".join(f"{key} = {value}" for key, value in pool.items())
+        config = (
+            "; Written by tests/_peers.py:php_fpm.\n"
+            "[global]\n"
+            f"pid = {workdir}/php-fpm.pid\n"
+            f"error_log = {error_log}\n"
+            "log_level = notice\n"
+            "daemonize = no\n"
+            "\n"
+            "[www]\n"
+            f"{pool_lines}\n"
+        )
+        config_path = workdir / "php-fpm.conf"
+        config_path.write_text(config)
+        argv = [binary, "-F", "-y", str(config_path)]
+        if os.geteuid() == 0:
+            argv.append("-R")
+        with run_process(
+            argv,
+            cwd=workdir,
+            ready_host=host,
+            ready_port=port,
+            name="php-fpm",
+            log_path=workdir / "php-fpm.out",
+            extra_logs=(error_log,),
+        ) as process:
+            yield Peer(
+                name="php-fpm",
+                host=host,
+                port=port,
+                directory=workdir,
+                process=process,
+                config_path=config_path,
+                log_paths=(process.log_path, error_log),
+            )
 
 
 def cgi_fcgi_request(
@@ -706,6 +1000,16 @@ class Peers:
         """``flup_responder`` in a fresh subdirectory; see there for the options."""
         return self._stack.enter_context(flup_responder(
             app, directory=self._directory("flup"), **options))
+
+    def php_fpm(self, **options) -> Peer:
+        """``php_fpm`` in a fresh subdirectory; see there for the options."""
+        return self._stack.enter_context(php_fpm(directory=self._directory("php-fpm"), **options))
+
+    def nginx_php(self, fpm_port: int | None, root: str | os.PathLike[str] = PHP_PAGES,
+                  **options) -> Peer:
+        """``nginx_php`` in a fresh subdirectory; see there for the options."""
+        return self._stack.enter_context(nginx_php(
+            fpm_port, root, directory=self._directory("nginx"), **options))
 
     def process(self, argv: Sequence[str | os.PathLike[str]], *, name: str | None = None,
                 **options) -> subprocess.Popen:

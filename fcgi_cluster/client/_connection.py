@@ -50,7 +50,7 @@ from ..protocol import (
     UnknownType,
 )
 from ._errors import ConnectError, ConnectionLost, FastCGIError, RequestRefused, UpstreamProtocolError
-from ._response import Response, ResponseStream, _RequestState, read_head
+from ._response import Response, ResponseStream, _RequestState
 
 __all__ = ["Connection", "open_connection", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_GET_VALUES_TIMEOUT"]
 
@@ -111,6 +111,7 @@ class Connection:
         # (error class, message, cause) once the connection is dead.
         self._failure: tuple[type[FastCGIError], str, BaseException | None] | None = None
         self._closing = False
+        self._closed = trio.Event()
         self._nursery: trio.Nursery | None = None
 
     # --- state --------------------------------------------------------------
@@ -132,6 +133,14 @@ class Connection:
         the worker will close it once that request ends.
         """
         return self._failure is None and not self._closing
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is dead or closed, whoever ended it."""
+        await self._closed.wait()
+
+    def close(self) -> None:
+        """Close the connection now; requests still in flight on it fail with ConnectionLost."""
+        self._fail(ConnectionLost, f"the connection to {self.address} was closed")
 
     # --- requests -----------------------------------------------------------
 
@@ -179,11 +188,27 @@ class Connection:
         until the caller reads on: read promptly, or give a slow consumer a
         connection of its own.
         """
-        state = self._begin(params, body, keep_conn)
+        response = self.start_request(params, body, keep_conn=keep_conn)
         try:
-            yield await read_head(state)
+            yield await response.read_head()
         finally:
-            self._forget(state)
+            response.close()
+
+    def start_request(self, params: Params, body: Body = b"", *, keep_conn: bool = True) -> ResponseStream:
+        """Queue one request and return its response, before anything has arrived.
+
+        The low-level form of ``stream``, for callers that manage the
+        request's lifetime themselves (the front-end's proxy): call
+        ``await response.read_head()``, read the body, and always call
+        ``response.close()`` at the end, which aborts the request if the
+        worker has not ended it.
+
+        Args: as for ``request``.
+
+        Raises:
+            ConnectionLost, UpstreamProtocolError: the connection is already dead.
+        """
+        return ResponseStream(self._begin(params, body, keep_conn), self._forget)
 
     async def get_values(
         self, names: Iterable[str] = _ALL_VALUES, *, timeout: float = DEFAULT_GET_VALUES_TIMEOUT
@@ -233,6 +258,7 @@ class Connection:
             out += core.send(Stdin(rid, b""))
         else:
             assert self._nursery is not None
+            state.body_scope = trio.CancelScope()
             self._nursery.start_soon(self._send_body, state, iterator)
         self._requests[rid] = state
         if not keep_conn:
@@ -241,6 +267,7 @@ class Connection:
         return state
 
     async def _send_body(self, state: _RequestState, body: AsyncIterator[bytes]) -> None:
+        assert state.body_scope is not None
         try:
             with state.body_scope:
                 async for chunk in body:
@@ -378,6 +405,7 @@ class Connection:
             waiter.done.set()
         self._outbox.clear()
         self._sent_lot.unpark_all()
+        self._closed.set()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 

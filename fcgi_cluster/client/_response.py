@@ -4,7 +4,9 @@ it, and the response objects a caller reads from it.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 import trio
 
@@ -26,27 +28,45 @@ MAX_STDERR_SIZE = 1024 * 1024
 
 
 class _RequestState:
-    """What the connection tracks for one request until it ends or is given up."""
+    """What the connection tracks for one request until it ends or is given up.
 
-    __slots__ = ("request_id", "_send", "_receive", "stderr", "app_status", "error", "finished", "body_scope")
+    Two tasks meet here: the connection's reader task feeds STDOUT in, the
+    caller takes it out. Each side waits for the other by parking its own
+    task, with no channel or lot allocated per request: a request costs a
+    deque and this object.
+    """
+
+    __slots__ = (
+        "request_id", "chunks", "stderr", "app_status", "error", "finished", "forgotten",
+        "body_scope", "head_buffer", "_reader", "_feeder",
+    )
 
     def __init__(self, request_id: int) -> None:
         self.request_id = request_id
-        self._send, self._receive = trio.open_memory_channel[bytes](STREAM_BUFFER)
+        self.chunks: deque[bytes] = deque()
         self.stderr = bytearray()
         self.app_status: int | None = None
         self.error: BaseException | None = None
         #: Ended, failed or given up: nothing more may be sent for it.
         self.finished = False
+        #: The caller is done with it: drop whatever arrives.
+        self.forgotten = False
         #: Covers the task sending an async-iterable body, if there is one.
-        self.body_scope = trio.CancelScope()
+        self.body_scope: trio.CancelScope | None = None
+        #: STDOUT read while looking for the end of the CGI header block.
+        self.head_buffer = bytearray()
+        self._reader: trio.lowlevel.Task | None = None
+        self._feeder: trio.lowlevel.Task | None = None
 
     async def feed_stdout(self, data: bytes) -> None:
         """Pass body bytes to the caller; waits while the caller's buffer is full."""
-        try:
-            await self._send.send(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # the caller has given up on this request (or it just failed)
+        if self.forgotten:
+            return
+        self.chunks.append(data)
+        if self._reader is not None:
+            _wake(self, "_reader")
+        if len(self.chunks) >= STREAM_BUFFER and not self.forgotten:
+            await _park(self, "_feeder")
 
     def feed_stderr(self, data: bytes) -> None:
         room = MAX_STDERR_SIZE - len(self.stderr)
@@ -64,13 +84,27 @@ class _RequestState:
 
     def _finish(self) -> None:
         self.finished = True
-        self.body_scope.cancel()
-        self._send.close()
+        if self.body_scope is not None:
+            self.body_scope.cancel()
+        if self._reader is not None:
+            _wake(self, "_reader")
 
     def forget(self) -> None:
         """The caller is done with this request: drop whatever is still buffered."""
+        self.forgotten = True
         self._finish()
-        self._receive.close()
+        self.chunks.clear()
+        if self._feeder is not None:
+            _wake(self, "_feeder")
+
+    def take(self) -> bytes | None:
+        """The next buffered STDOUT chunk, or None when nothing is buffered now."""
+        if not self.chunks:
+            return None
+        chunk = self.chunks.popleft()
+        if self._feeder is not None and len(self.chunks) < STREAM_BUFFER:
+            _wake(self, "_feeder")
+        return chunk
 
     async def receive(self) -> bytes | None:
         """The next STDOUT chunk, or None at the end of a completed request.
@@ -78,12 +112,31 @@ class _RequestState:
         Raises:
             FastCGIError: the request failed (refused, or its connection died).
         """
-        try:
-            return await self._receive.receive()
-        except trio.EndOfChannel:
-            if self.error is not None:
-                raise self.error from self.error.__cause__
-            return None
+        while True:
+            if self.chunks:
+                return self.take()
+            if self.finished:
+                if self.error is not None:
+                    raise self.error from self.error.__cause__
+                return None
+            await _park(self, "_reader")
+
+
+async def _park(state: _RequestState, slot: str) -> None:
+    """Sleep until ``_wake(state, slot)``; a cancelled sleeper leaves the slot empty."""
+    setattr(state, slot, trio.lowlevel.current_task())
+
+    def abort(_: object) -> trio.lowlevel.Abort:
+        setattr(state, slot, None)
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+def _wake(state: _RequestState, slot: str) -> None:
+    task = getattr(state, slot)
+    setattr(state, slot, None)
+    trio.lowlevel.reschedule(task)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,19 +161,23 @@ class Response:
 class ResponseStream:
     """A response being received: status and headers now, the body as it comes.
 
-    Made by ``Connection.stream``; iterate it (``async for chunk in response``)
-    for the body. Usable only inside that ``async with`` block.
+    Made by ``Connection.stream`` (usable inside its ``async with`` block) or
+    ``Connection.start_request`` (usable until ``close``); iterate it
+    (``async for chunk in response``) for the body.
 
     Attributes:
-        status: the HTTP status from the CGI headers.
+        status: the HTTP status from the CGI headers (0 until they arrived).
         headers: the CGI headers but Status, as (name, value).
     """
 
-    def __init__(self, state: _RequestState, status: int, headers: list[tuple[str, str]], rest: bytes) -> None:
+    __slots__ = ("_state", "_close", "status", "headers", "_pending")
+
+    def __init__(self, state: _RequestState, close: Callable[[_RequestState], None]) -> None:
         self._state = state
-        self.status = status
-        self.headers = headers
-        self._pending = rest
+        self._close = close
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self._pending = b""
 
     @property
     def stderr(self) -> bytes:
@@ -131,6 +188,50 @@ class ResponseStream:
     def app_status(self) -> int | None:
         """The application's exit status, or None until the body has been read."""
         return self._state.app_status
+
+    @property
+    def complete(self) -> bool:
+        """True once the worker ended the request (END_REQUEST arrived, or it failed)."""
+        return self._state.finished
+
+    async def read_head(self) -> ResponseStream:
+        """Receive STDOUT until the CGI header block is complete; fills ``status`` and ``headers``.
+
+        May be cancelled and called again: what arrived is kept, and the
+        request stays in flight until ``close``.
+
+        Raises:
+            UpstreamProtocolError: the header block is malformed or too large, or
+                the request ended before it was complete.
+            FastCGIError: the request was refused or its connection died.
+        """
+        state = self._state
+        buf = state.head_buffer
+        while True:
+            chunk = await state.receive()
+            if chunk is None:
+                raise UpstreamProtocolError(
+                    "the worker ended the request before the end of its CGI headers"
+                    if buf
+                    else "the worker ended the request without a response"
+                )
+            buf += chunk
+            parsed = parse_cgi_headers(buf)
+            if parsed is not None:
+                self.status, self.headers, self._pending = parsed
+                buf.clear()
+                return self
+
+    def take_ready(self) -> bytes | None:
+        """Body bytes that have already arrived, without waiting (None if none have)."""
+        if self._pending:
+            chunk, self._pending = self._pending, b""
+            return chunk
+        return self._state.take()
+
+    def close(self) -> None:
+        """Done with this response: abort the request if it has not ended, drop what is buffered."""
+        self._close(self._state)
 
     def __aiter__(self) -> ResponseStream:
         return self
@@ -149,26 +250,3 @@ class ResponseStream:
         if chunk is None:
             raise StopAsyncIteration
         return chunk
-
-
-async def read_head(state: _RequestState) -> ResponseStream:
-    """Receive STDOUT until the CGI header block is complete.
-
-    Raises:
-        UpstreamProtocolError: the header block is malformed or too large, or
-            the request ended before it was complete.
-        FastCGIError: the request was refused or its connection died.
-    """
-    buf = bytearray()
-    while True:
-        chunk = await state.receive()
-        if chunk is None:
-            raise UpstreamProtocolError(
-                "the worker ended the request before the end of its CGI headers"
-                if buf
-                else "the worker ended the request without a response"
-            )
-        buf += chunk
-        parsed = parse_cgi_headers(buf)
-        if parsed is not None:
-            return ResponseStream(state, *parsed)

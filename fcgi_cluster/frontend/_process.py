@@ -1,0 +1,230 @@
+"""Running the front-end: listening sockets, processes, signals, shutdown.
+
+``run_frontend(config)`` binds every listening address before anything else
+(so a port in use fails at once, with one line), then serves:
+
+* ``processes = 1``: in this process.
+* ``processes = N``: N child processes, like nginx ``worker_processes``. Each
+  child gets its own socket per address, all bound with SO_REUSEPORT, so the
+  kernel spreads new connections evenly over them (one shared socket would
+  let whichever process wakes first take most of them). The parent holds
+  the sockets, restarts a child that dies, and forwards signals.
+
+Signals: SIGTERM or SIGINT stops accepting, lets requests in flight finish for
+up to ``SHUTDOWN_GRACE`` seconds, then closes everything. A second signal
+stops at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+import trio
+
+from .._address import Address, parse_address
+from ._server import serve_frontend
+
+__all__ = ["run_frontend", "bind_listeners", "BindError", "SHUTDOWN_GRACE"]
+
+log = logging.getLogger("fcgi_cluster.frontend")
+
+#: Seconds requests in flight may run on after SIGTERM. nginx waits for them
+#: without limit (worker_shutdown_timeout unset); a bound keeps a stuck
+#: request from holding a deploy hostage.
+SHUTDOWN_GRACE = 10.0
+
+#: nginx's default listen backlog on Linux is 511.
+BACKLOG = 511
+
+#: A child that dies sooner than this after its start is not restarted
+#: right away, so a crash at startup does not become a fork loop.
+RESTART_DELAY = 1.0
+
+
+class BindError(OSError):
+    """A listening address cannot be bound; the message names it."""
+
+
+def _bind_one(address: Address, *, reuse_port: bool, port: int | None = None) -> socket.socket:
+    if address.path is not None:
+        try:
+            os.unlink(address.path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        target: object = address.path
+    else:
+        assert address.host is not None
+        family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        target = (address.host, address.port if port is None else port)
+    try:
+        sock.bind(target)  # type: ignore[arg-type]
+        sock.listen(BACKLOG)
+    except OSError as exc:
+        sock.close()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        raise BindError(exc.errno, f"cannot listen on {address}: {reason}") from None
+    return sock
+
+
+def bind_listeners(addresses: list[str], copies: int = 1) -> list[list[socket.socket]]:
+    """Bind every address ``copies`` times; result[i] is the sockets of process i.
+
+    With more than one copy, sockets use SO_REUSEPORT; a port 0 is resolved
+    by the first copy and reused by the others.
+
+    Raises:
+        BindError: an address cannot be bound (the sockets bound so far are closed).
+        ValueError: an address is not an address.
+    """
+    per_process: list[list[socket.socket]] = [[] for _ in range(copies)]
+    try:
+        for text in addresses:
+            address = parse_address(text)
+            if address.path is not None and copies > 1:
+                # Unix sockets have no SO_REUSEPORT balancing: share one.
+                sock = _bind_one(address, reuse_port=False)
+                for group in per_process:
+                    group.append(sock)
+                continue
+            first = _bind_one(address, reuse_port=copies > 1)
+            per_process[0].append(first)
+            port = first.getsockname()[1]
+            for group in per_process[1:]:
+                group.append(_bind_one(address, reuse_port=True, port=port))
+    except BaseException:
+        for group in per_process:
+            for sock in group:
+                sock.close()
+        raise
+    return per_process
+
+
+def _bound_text(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if isinstance(name, str):
+        return name
+    host, port = name[0], name[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _serve_until_signalled(config: object, sockets: list[socket.socket]) -> None:
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_frontend, config, sockets)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("%s: stopping (requests in flight get %g s)", signal.Signals(signum).name, SHUTDOWN_GRACE)
+                break
+            server.stop_accepting()
+            with trio.move_on_after(SHUTDOWN_GRACE):
+                async with trio.open_nursery() as waiters:
+                    waiters.start_soon(server.wait_idle)
+
+                    async def second_signal() -> None:
+                        async for _ in signals:
+                            waiters.cancel_scope.cancel()
+                            return
+
+                    waiters.start_soon(second_signal)
+                    await server.wait_idle()
+                    waiters.cancel_scope.cancel()
+        nursery.cancel_scope.cancel()
+
+
+def _child(config: object, sockets: list[socket.socket]) -> int:
+    try:
+        trio.run(_serve_until_signalled, config, sockets)
+    except KeyboardInterrupt:
+        pass
+    except BaseException:
+        log.exception("front-end process failed")
+        return 1
+    return 0
+
+
+def run_frontend(config: object, *, ready: object = None) -> int:
+    """Serve a ``ClusterConfig``'s front-end until SIGTERM/SIGINT; returns the exit status.
+
+    Args:
+        config: the ``ClusterConfig``.
+        ready: called with the list of bound addresses (text) once listening.
+
+    Raises:
+        BindError: a listening address cannot be bound.
+    """
+    fe = config.frontend  # type: ignore[attr-defined]
+    processes = fe.processes if isinstance(fe.processes, int) else (os.cpu_count() or 1)
+    groups = bind_listeners(list(fe.listen), processes)
+    bound = [_bound_text(sock) for sock in groups[0]]
+    for text in bound:
+        log.info("listening on %s (%d process%s)", text, processes, "" if processes == 1 else "es")
+    if callable(ready):
+        ready(bound)
+    if processes == 1:
+        return _child(config, groups[0])
+    return _supervise(config, groups)
+
+
+def _supervise(config: object, groups: list[list[socket.socket]]) -> int:
+    children: dict[int, int] = {}  # pid -> slot
+    started: dict[int, float] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            status = 1
+            try:
+                status = _child(config, groups[slot])
+            finally:
+                os._exit(status)
+        children[pid] = slot
+        started[slot] = time.monotonic()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        for pid in list(children):
+            try:
+                os.kill(pid, signum if not stopping else signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for slot in range(len(groups)):
+        spawn(slot)
+    status = 0
+    while children:
+        try:
+            pid, wait_status = os.wait()
+        except ChildProcessError:
+            break
+        slot = children.pop(pid, None)
+        if slot is None or stopping:
+            continue
+        code = os.waitstatus_to_exitcode(wait_status)
+        log.error("front-end process %d exited with status %d; starting another", pid, code)
+        if time.monotonic() - started.get(slot, 0.0) < RESTART_DELAY:
+            time.sleep(RESTART_DELAY)
+        if not stopping:
+            spawn(slot)
+    for group in groups:
+        for sock in group:
+            sock.close()
+    sys.stdout.flush()
+    return status

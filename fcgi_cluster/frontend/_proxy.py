@@ -1,0 +1,203 @@
+"""One HTTP request sent to an upstream pool and its answer streamed back.
+
+The trip: choose a server (the pool's balancer), take a connection from it,
+queue the request, wait for the CGI header block, send the HTTP head, then
+the body as it arrives. nginx's ``next_upstream`` rules decide what happens
+when a server fails:
+
+* Retried on the next server: a connect error, a connection lost or broken
+  before any of the response reached the client, a read timeout, a request
+  the worker refused (OVERLOADED, CANT_MPX_CONN). Each counts against that
+  server's ``max_fails`` (a refusal does not: the worker is alive).
+* Never retried: anything after response bytes reached the client; a
+  non-idempotent method (POST, PATCH, LOCK) once the request may have reached
+  the worker (only connect errors are safe), unless
+  ``next_upstream_non_idempotent``; a request whose body was streamed (it
+  cannot be sent twice).
+* Bounded by ``tries`` (0: each server once) and ``next_upstream_timeout``.
+
+Answers when nothing could be had: 502 (refused, reset, garbage, nothing
+available) or 504 (timeouts). No traceback or worker detail reaches the
+client; the error log gets the reason, tagged with the worker's address.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import trio
+
+from ..client import ConnectError, ConnectionLost, FastCGIError, RequestRefused, UpstreamProtocolError
+from ..client._response import ResponseStream
+from ._upstream import Upstream
+
+__all__ = ["UpstreamFailure", "ProxyResult", "open_upstream_response", "response_headers", "IDEMPOTENT"]
+
+log = logging.getLogger("fcgi_cluster.frontend")
+
+#: Methods RFC 9110 calls idempotent, plus those nginx treats so: safe to
+#: send twice. nginx's list of the others is POST, LOCK and PATCH.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE", b"PROPFIND", b"MKCOL", b"COPY", b"MOVE", b"UNLOCK", b"PROPPATCH"})
+
+#: Response headers that describe one hop, not the response: the front-end
+#: frames the client side itself. Content-Length is taken apart (it sets the
+#: framing) and not copied.
+_HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+    b"proxy-connection", b"content-length",
+})
+
+
+class UpstreamFailure(Exception):
+    """No server gave an answer; ``status`` is what the client gets (502 or 504)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass(slots=True)
+class ProxyResult:
+    """An answer on its way: the response and what to do when it is finished with."""
+
+    response: ResponseStream
+    upstream: Upstream
+    index: int
+    _conn: object
+
+    def finish(self, upstream_failed: bool = False) -> None:
+        """Close the response, give the connection back, tell the balancer how it went.
+
+        Args:
+            upstream_failed: the worker failed mid-body (connection lost,
+                garbage, timeout): counted against its ``max_fails``. A client
+                that went away is not the worker's fault.
+        """
+        self.response.close()
+        server = self.upstream.servers[self.index]
+        # Closing the response aborted the request if it had not ended; the
+        # server keeps the connection only if it is healthy and now idle (a
+        # multiplexed one serves on: other requests may be using it).
+        server.release(self._conn, reusable=True)  # type: ignore[arg-type]
+        self.upstream.balancer.finished(self.index)
+        if upstream_failed:
+            self.upstream.balancer.failed(self.index)
+        else:
+            self.upstream.balancer.succeeded(self.index)
+
+
+def response_headers(headers: list[tuple[str, str]]) -> tuple[list[tuple[bytes, bytes]], int | None]:
+    """The worker's CGI headers as HTTP response headers, and the body length they declare.
+
+    Returns:
+        ``(headers, content_length)``: hop-by-hop headers removed, names and
+        values as latin-1 bytes; ``content_length`` None when absent or not a
+        plain decimal (then the body is sent chunked and its true length wins).
+    """
+    out: list[tuple[bytes, bytes]] = []
+    length: int | None = None
+    for name, value in headers:
+        raw_name = name.encode("latin-1")
+        lower = raw_name.lower()
+        if lower in _HOP_BY_HOP:
+            if lower == b"content-length" and value.isdigit() and length is None:
+                length = int(value)
+            continue
+        out.append((raw_name, value.encode("latin-1")))
+    return out, length
+
+
+async def open_upstream_response(
+    upstream: Upstream,
+    params: dict[bytes, bytes],
+    body: bytes | AsyncIterator[bytes],
+    *,
+    method: bytes,
+    hash_key: bytes | None,
+    wait_head: Callable[[ResponseStream], Awaitable[None]] | None = None,
+) -> ProxyResult:
+    """Send one request to the pool and wait for its CGI head, retrying as the module says.
+
+    Args:
+        upstream: the pool.
+        params: the FastCGI params.
+        body: the whole body (can be resent) or an async iterator (sent once).
+        method: the HTTP method, for the retry rules.
+        hash_key: the key for ``ip_hash`` / ``hash`` balancing.
+        wait_head: waits for a response's head (default ``read_head``); the
+            server's version also watches the client.
+
+    Returns:
+        A ``ProxyResult`` whose response has its status and headers; the
+        caller reads the body and must call ``finish``.
+
+    Raises:
+        UpstreamFailure: no server answered; its ``status`` is 502 or 504.
+    """
+    config = upstream.config
+    balancer = upstream.balancer
+    tries = config.tries or len(upstream.servers)  # type: ignore[attr-defined]
+    read_timeout = config.read_timeout or math.inf  # type: ignore[attr-defined]
+    total = config.next_upstream_timeout  # type: ignore[attr-defined]
+    give_up_at = time.monotonic() + total if total else math.inf
+    replayable = isinstance(body, bytes)
+    idempotent = method in IDEMPOTENT or config.next_upstream_non_idempotent  # type: ignore[attr-defined]
+    tried: set[int] = set()
+    status, reason = 502, "no live upstream server"
+    for _ in range(tries):
+        index = balancer.choose(hash_key, exclude=tried | upstream.unhealthy if upstream.unhealthy else tried)
+        if index is None:
+            break
+        tried.add(index)
+        server = upstream.servers[index]
+        balancer.started(index)
+        conn = None
+        response = None
+        try:
+            conn = await server.acquire()
+            response = conn.start_request(params, body)
+            with trio.fail_after(read_timeout):
+                if wait_head is None:
+                    await response.read_head()
+                else:
+                    await wait_head(response)
+            return ProxyResult(response, upstream, index, conn)
+        except (FastCGIError, trio.TooSlowError) as exc:
+            sent = conn is not None
+            if response is not None:
+                response.close()
+            if conn is not None:
+                server.release(conn, reusable=False)
+            balancer.finished(index)
+            if isinstance(exc, RequestRefused):
+                status, reason = 502, f"{server.address} refused the request: {exc}"
+            else:
+                balancer.failed(index)
+                server.forget_capabilities()
+                status = 504 if isinstance(exc, trio.TooSlowError) else 502
+                reason = (
+                    f"{server.address} did not answer within {read_timeout:g} s"
+                    if isinstance(exc, trio.TooSlowError)
+                    else f"{server.address}: {exc}"
+                )
+            log.warning("upstream %s: %s", upstream.name, reason)
+            if isinstance(exc, ConnectError) or isinstance(exc, RequestRefused):
+                retry = replayable
+            elif isinstance(exc, (ConnectionLost, UpstreamProtocolError, trio.TooSlowError)):
+                retry = replayable and (idempotent or not sent)
+            else:
+                retry = False
+            if not retry or time.monotonic() >= give_up_at:
+                break
+        except BaseException:
+            if response is not None:
+                response.close()
+            if conn is not None:
+                server.release(conn, reusable=False)
+            balancer.finished(index)
+            raise
+    raise UpstreamFailure(status, reason)

@@ -1,0 +1,629 @@
+"""The front-end's trio server: client connections, routing, and the response loop.
+
+One task per client connection reads requests in order (pipelined ones wait
+their turn), routes each one (a static directory or an upstream pool), and
+writes its response before reading the next: answers leave in request order
+without holding later requests' responses in memory.
+
+Timeouts, with nginx's names and defaults: ``header_timeout`` while a request
+head arrives (-> 408), ``body_timeout`` between two reads of a body (-> 408),
+``keepalive_timeout`` for an idle connection (closed silently),
+``send_timeout`` between two writes to a client that does not read (closed).
+
+Error handling: a client's garbage gets its 4xx and that connection closes;
+an upstream failure gets 502/504; anything unexpected is logged with its
+traceback and the client gets a plain 500. No exception leaves a connection's
+task, so one client can never take the server down.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from urllib.parse import quote_from_bytes
+from collections.abc import AsyncIterator, Sequence
+
+import trio
+
+from ..client import FastCGIError
+from ..client._response import ResponseStream
+from ._access_log import AccessLog
+from ._cgi import BadPath, ConnectionParams, normalize_path, request_params, split_path
+from ._http import NEED_DATA, Body, ConnectionClosed, EndOfMessage, HTTPError, HTTPServerConnection, RequestHead
+from ._proxy import UpstreamFailure, open_upstream_response, response_headers
+from ._static import plan_static, read_file_range
+from ._upstream import Upstream, run_health_checks
+
+__all__ = ["FrontendServer", "serve_frontend"]
+
+log = logging.getLogger("fcgi_cluster.frontend")
+
+#: Bytes asked of a client socket per receive.
+RECEIVE_SIZE = 64 * 1024
+
+#: A request body up to this size is read whole before the request goes
+#: upstream, so it can be sent again to another server if the first fails,
+#: and chunked bodies get a true CONTENT_LENGTH. Larger ones are streamed.
+#: nginx's client_body_buffer_size is 16 KiB (past it nginx spools to disk).
+BUFFERED_BODY_SIZE = 64 * 1024
+
+#: How long a request may wait for its upstream's answer before the
+#: front-end also watches the client socket, so a client that hangs up on a
+#: slow request has that request aborted at once. Fast answers (the usual
+#: case) never pay for the watcher.
+WATCH_CLIENT_AFTER = 0.05
+
+
+class _ClientGone(Exception):
+    """The client closed or reset its connection."""
+
+
+class FrontendServer:
+    """Everything one front-end process serves: its routes and upstream pools.
+
+    Made from a ``ClusterConfig``; ``serve`` runs it on listeners.
+    """
+
+    def __init__(self, config: object, nursery: trio.Nursery) -> None:
+        from ._http import HTTPLimits
+
+        self.config = config
+        fe = config.frontend  # type: ignore[attr-defined]
+        self.frontend = fe
+        self.limits = HTTPLimits(
+            max_request_line=fe.max_request_line,
+            max_header_size=fe.max_header_size,
+            max_headers=fe.max_headers,
+            max_body_size=fe.max_body_size,
+        )
+        self.upstreams = {
+            name: Upstream(name, upstream, nursery) for name, upstream in config.upstreams.items()  # type: ignore[attr-defined]
+        }
+        self.routes = config.routes  # type: ignore[attr-defined]
+        self._route_extra = [
+            {k.encode(): v.encode() for k, v in (route.params or {}).items()} for route in self.routes
+        ]
+        self._route_roots = [(route.root or fe.root).encode() for route in self.routes]
+        self._route_index = [(route.index or "").encode() for route in self.routes]
+        self.access_log = AccessLog.open(fe.access_log)
+        self.connections = trio.Semaphore(fe.max_connections)
+        self.active_requests = 0
+        self._idle_lot = trio.lowlevel.ParkingLot()
+        self._accepting = trio.CancelScope()
+        self._ssl_context: ssl.SSLContext | None = None
+        if fe.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(fe.tls.cert, fe.tls.key)
+            context.set_alpn_protocols(["http/1.1"])
+            self._ssl_context = context
+
+    # --- accepting ----------------------------------------------------------
+
+    async def serve(
+        self, listeners: Sequence[trio.SocketListener], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Accept clients on every listener until cancelled."""
+        async with trio.open_nursery() as connections:
+            with self._accepting:
+                async with trio.open_nursery() as acceptors:
+                    for listener in listeners:
+                        acceptors.start_soon(self._accept_loop, listener, connections)
+                    task_status.started()
+            # Accepting has stopped: close the sockets so new clients are
+            # refused rather than left in a backlog nobody reads.
+            for listener in listeners:
+                await listener.aclose()
+            await trio.sleep_forever()
+
+    def stop_accepting(self) -> None:
+        """Stop taking new clients (shutdown); connections already open go on."""
+        self._accepting.cancel()
+
+    async def wait_idle(self) -> None:
+        """Return once no request is being answered."""
+        while self.active_requests:
+            await self._idle_lot.park()
+
+    def _request_started(self) -> None:
+        self.active_requests += 1
+
+    def _request_ended(self) -> None:
+        self.active_requests -= 1
+        if not self.active_requests:
+            self._idle_lot.unpark_all()
+
+    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
+        sock = listener.socket
+        local = sock.getsockname()
+        while True:
+            # At max_connections, stop accepting: new clients wait in the
+            # kernel's backlog instead of costing memory here.
+            await self.connections.acquire()
+            try:
+                stream = await listener.accept()
+            except BaseException:
+                self.connections.release()
+                raise
+            nursery.start_soon(self._connection_task, stream, local)
+
+    async def _connection_task(self, stream: trio.SocketStream, local: tuple) -> None:
+        try:
+            peer = stream.socket.getpeername()
+            if isinstance(peer, tuple):
+                remote_addr, remote_port = peer[0], peer[1]
+                server_addr, server_port = local[0], local[1]
+            else:  # unix socket
+                remote_addr, remote_port, server_addr, server_port = "unix:", 0, "unix:", 0
+            params = ConnectionParams(
+                remote_addr=remote_addr.encode(),
+                remote_port=b"%d" % remote_port,
+                server_addr=server_addr.encode(),
+                server_port=b"%d" % server_port,
+                server_name=(self.frontend.server_name or server_addr).encode(),
+                https=self._ssl_context is not None,
+            )
+            client: trio.abc.Stream = stream
+            if self._ssl_context is not None:
+                client = trio.SSLStream(stream, self._ssl_context, server_side=True)
+                with trio.move_on_after(self.frontend.header_timeout) as scope:
+                    await client.do_handshake()
+                if scope.cancelled_caught:
+                    return
+            await _ClientConnection(self, client, params).run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, _ClientGone, OSError):
+            pass
+        except Exception:
+            log.exception("client connection failed")
+        finally:
+            self.connections.release()
+            await trio.aclose_forcefully(stream)
+
+
+class _ClientConnection:
+    """One client's keep-alive connection: requests in, responses out, in order."""
+
+    __slots__ = ("server", "stream", "http", "params", "base", "remote_addr", "_received")
+
+    def __init__(self, server: FrontendServer, stream: trio.abc.Stream, params: ConnectionParams) -> None:
+        self.server = server
+        self.stream = stream
+        self.http = HTTPServerConnection(server.limits)
+        self.params = params
+        self.base = params.base()
+        self.remote_addr = params.remote_addr
+        self._received = False  # bytes of the next request seen (408 vs silent close)
+
+    async def run(self) -> None:
+        fe = self.server.frontend
+        http = self.http
+        served = 0
+        try:
+            while True:
+                event = http.next_event()
+                while event is NEED_DATA:
+                    timeout = fe.header_timeout if self._received or served == 0 else fe.keepalive_timeout
+                    data = b""
+                    with trio.move_on_after(timeout) as scope:
+                        data = await self._receive()
+                    if scope.cancelled_caught:
+                        if self._received:
+                            await self._send_error(408)
+                        return
+                    self._received = True
+                    http.receive_data(data)
+                    event = http.next_event()
+                if type(event) is ConnectionClosed or event is ConnectionClosed:
+                    return
+                served += 1
+                if served >= fe.keepalive_requests:
+                    http.keep_alive = False
+                self.server._request_started()
+                try:
+                    keep = await self._respond(event)  # type: ignore[arg-type]
+                finally:
+                    self.server._request_ended()
+                if not keep or not http.keep_alive:
+                    return
+                http.start_next_cycle()
+                self._received = False
+        except HTTPError as exc:
+            await self._send_error(exc.status, getattr(exc, "reason", None))
+
+    async def _receive(self) -> bytes:
+        try:
+            return await self.stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise _ClientGone() from exc
+
+    async def _send(self, data: bytes) -> None:
+        if not data:
+            return
+        with trio.move_on_after(self.server.frontend.send_timeout) as scope:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise _ClientGone() from exc
+        if scope.cancelled_caught:
+            raise _ClientGone()
+
+    async def _send_error(self, status: int, reason: str | None = None) -> None:
+        try:
+            await self._send(self.http.send_error_response(status, reason=reason))
+        except _ClientGone:
+            pass
+
+    # --- one request ----------------------------------------------------------
+
+    async def _respond(self, head: RequestHead) -> bool:
+        """Answer one request; returns False when the connection must close after it."""
+        started = time.time()
+        try:
+            path = normalize_path(head.path)
+        except BadPath as exc:
+            await self._send_error(400, str(exc))
+            self._log(head, 400, 0, started)
+            return False
+        text_path = path.decode("utf-8", "surrogateescape")
+        for number, route in enumerate(self.server.routes):
+            if route.match(text_path):
+                break
+        else:
+            return await self._simple(head, 404, started)
+        if route.static is not None:
+            return await self._static(head, route, path, started)
+        return await self._proxy(head, number, route, path, started)
+
+    async def _simple(self, head: RequestHead, status: int, started: float) -> bool:
+        """A small generated answer with the connection kept if the request allows it."""
+        body = _status_body(status)
+        out = self.http.send_head(status, [(b"Content-Type", b"text/html")], content_length=len(body))
+        out += self.http.send_body(body) + self.http.send_end()
+        await self._send(out)
+        self._log(head, status, len(body), started)
+        return await self._finish_request_body()
+
+    async def _finish_request_body(self) -> bool:
+        """After an answer that did not read the request body: drop a small body, or close."""
+        http = self.http
+        dropped = 0
+        while not http.request_complete:
+            event = http.next_event()
+            if event is NEED_DATA:
+                if dropped > BUFFERED_BODY_SIZE:
+                    return False
+                with trio.move_on_after(self.server.frontend.body_timeout) as scope:
+                    data = await self._receive()
+                if scope.cancelled_caught:
+                    return False
+                http.receive_data(data)
+            elif type(event) is Body:
+                dropped += len(event.data)  # type: ignore[union-attr]
+        return True
+
+    # --- static files -----------------------------------------------------------
+
+    async def _static(self, head: RequestHead, route: object, path: bytes, started: float) -> bool:
+        # A prefix route maps its prefix onto the directory (nginx's alias):
+        # /static/css/a.css under prefix "/static/" is <dir>/css/a.css.
+        stripped = b""
+        prefix = getattr(route, "prefix", None)
+        if prefix:
+            raw_prefix = prefix.encode("utf-8", "surrogateescape").rstrip(b"/")
+            if path.startswith(raw_prefix):
+                stripped = raw_prefix
+        rel = path[len(stripped):]
+        # plan_static wants the path percent-encoded (it decodes and checks it
+        # itself): give it the canonical encoding of the normalised path.
+        plan = plan_static(
+            route.static, quote_from_bytes(rel, safe="/").encode(), head.method, head.headers,  # type: ignore[attr-defined]
+            index=route.index or None, prefix=quote_from_bytes(stripped, safe="/").encode(),  # type: ignore[attr-defined]
+        )
+        http = self.http
+        try:
+            out = http.send_head(plan.status, plan.headers, content_length=plan.content_length)
+            sent = 0
+            if plan.path is None or head.method == b"HEAD":
+                out += http.send_body(plan.body) + http.send_end()
+                sent = len(plan.body)
+                await self._send(out)
+            else:
+                await self._send(out)
+                async for chunk in read_file_range(plan):
+                    await self._send(http.send_body(chunk))
+                    sent += len(chunk)
+                await self._send(http.send_end())
+        finally:
+            close = getattr(plan, "close", None)
+            if close is not None:
+                close()
+        self._log(head, plan.status, sent, started)
+        return await self._finish_request_body()
+
+    # --- upstream ------------------------------------------------------------------
+
+    async def _proxy(self, head: RequestHead, number: int, route: object, path: bytes, started: float) -> bool:
+        server = self.server
+        upstream = server.upstreams[route.upstream]  # type: ignore[attr-defined]
+        http = self.http
+        body, length = await self._request_body(head)
+        script, info = split_path(path, route.split_path_info, server._route_index[number])  # type: ignore[attr-defined]
+        params = request_params(
+            self.base, head.method, head.target, head.query, path, head.headers,
+            script_name=script, path_info=info, document_root=server._route_roots[number],
+            http_version=head.http_version, content_length=length,
+            underscores_in_headers=server.frontend.underscores_in_headers,
+            extra=server._route_extra[number],
+        )
+        try:
+            result = await self._upstream_head(upstream, params, body, head)
+        except UpstreamFailure as exc:
+            if isinstance(body, _BodyStream) and body.error is not None:
+                raise body.error
+            status = exc.status
+            page = _status_body(status)
+            out = http.send_head(status, [(b"Content-Type", b"text/html")], content_length=len(page))
+            await self._send(out + http.send_body(page) + http.send_end())
+            self._log(head, status, len(page), started)
+            return await self._finish_request_body()
+        response = result.response
+        upstream_failed = False
+        sent = 0
+        ok = False
+        try:
+            headers, declared = response_headers(response.headers)
+            out = http.send_head(response.status, headers, content_length=declared)
+            read_timeout = upstream.config.read_timeout or None  # type: ignore[attr-defined]
+            while True:
+                chunk = response.take_ready()
+                if chunk is not None:
+                    sent += len(chunk)
+                    out += http.send_body(chunk)
+                    if len(out) < RECEIVE_SIZE:
+                        continue
+                    await self._send(out)
+                    out = b""
+                    continue
+                if response.complete:
+                    # Raises the request's error, if it failed.
+                    async for chunk in response:
+                        out += http.send_body(chunk)
+                        sent += len(chunk)
+                    out += http.send_end()
+                    await self._send(out)
+                    ok = True
+                    break
+                if out:
+                    await self._send(out)
+                    out = b""
+                try:
+                    with trio.fail_after(read_timeout or float("inf")):
+                        chunk = await response.__anext__()
+                except StopAsyncIteration:
+                    await self._send(http.send_end())
+                    ok = True
+                    break
+                sent += len(chunk)
+                out = http.send_body(chunk)
+        except (FastCGIError, trio.TooSlowError) as exc:
+            upstream_failed = True
+            log.warning("upstream %s: %s failed mid-response: %s", upstream.name,
+                        upstream.servers[result.index].address, exc or type(exc).__name__)
+        except ValueError as exc:
+            # The worker's body did not match its own Content-Length.
+            log.warning("upstream %s: %s: %s", upstream.name, upstream.servers[result.index].address, exc)
+        finally:
+            result.finish(upstream_failed)
+            self._log(head, response.status, sent, started)
+            if response.stderr:
+                _log_stderr(upstream.servers[result.index].address, response.stderr)
+        if not ok:
+            return False  # the client cannot tell a cut body from a whole one otherwise
+        return await self._finish_request_body()
+
+    async def _upstream_head(self, upstream: Upstream, params: dict, body: object, head: RequestHead):
+        key = self._hash_key(upstream, head)
+        wait = self._wait_head if self.http.request_complete else None
+        return await open_upstream_response(
+            upstream, params, body, method=head.method, hash_key=key, wait_head=wait  # type: ignore[arg-type]
+        )
+
+    async def _wait_head(self, response: ResponseStream) -> None:
+        """Wait for an answer's head; a client that hangs up meanwhile aborts it.
+
+        Fast answers never pay for watching the client: only one still
+        missing after ``WATCH_CLIENT_AFTER`` gets a watcher task.
+        """
+        with trio.move_on_after(WATCH_CLIENT_AFTER):
+            await response.read_head()
+            return
+        gone = False
+        failure: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                nonlocal gone
+                await self._watch_client()
+                gone = True
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            try:
+                await response.read_head()
+            except Exception as exc:  # re-raised outside the nursery, unwrapped
+                failure = exc
+            nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if gone:
+            raise _ClientGone()
+
+    async def _watch_client(self) -> None:
+        """Return when the client hangs up; bytes it pipelines meanwhile are kept for later."""
+        try:
+            data = await self._receive()
+        except _ClientGone:
+            return
+        if not data:
+            return
+        self.http.receive_data(data)
+        # Pipelined requests wait in the parser; reading on would let a
+        # client make us hold more than one receive's worth of them.
+        await trio.sleep_forever()
+
+    def _hash_key(self, upstream: Upstream, head: RequestHead) -> bytes | None:
+        config = upstream.config
+        method = config.balance  # type: ignore[attr-defined]
+        if method == "ip_hash":
+            return self.remote_addr
+        if method != "hash":
+            return None
+        spec: str = config.hash_key  # type: ignore[attr-defined]
+        kind, _, name = spec.partition(":")
+        if kind == "remote_addr":
+            return self.remote_addr
+        if kind == "uri":
+            return head.target
+        lname = name.lower().encode()
+        if kind == "header":
+            for hname, value in head.headers:
+                if hname == lname:
+                    return value
+            return b""
+        if kind == "cookie":
+            for hname, value in head.headers:
+                if hname == b"cookie":
+                    for part in value.split(b";"):
+                        cname, _, cvalue = part.strip().partition(b"=")
+                        if cname == name.encode():
+                            return cvalue
+            return b""
+        if kind == "arg":
+            for part in head.query.split(b"&"):
+                aname, _, avalue = part.partition(b"=")
+                if aname == name.encode():
+                    return avalue
+            return b""
+        return None
+
+    async def _request_body(self, head: RequestHead) -> tuple[bytes | AsyncIterator[bytes], int | None]:
+        """The body to send upstream: whole bytes when small, else a stream; and its length if known."""
+        http = self.http
+        if http.request_complete:
+            return b"", head.content_length
+        # A body is coming: a client that asked for 100-continue waits for it.
+        await self._send(http.send_continue())
+        length = head.content_length
+        if length is not None and length > BUFFERED_BODY_SIZE:
+            return _BodyStream(self, b""), length
+        buffered = bytearray()
+        while True:
+            event = await self._next_body_event()
+            if type(event) is EndOfMessage:
+                return bytes(buffered), len(buffered)
+            buffered += event.data  # type: ignore[union-attr]
+            if len(buffered) > BUFFERED_BODY_SIZE:
+                return _BodyStream(self, bytes(buffered)), length
+
+    async def _next_body_event(self) -> Body | EndOfMessage:
+        http = self.http
+        while True:
+            event = http.next_event()
+            if event is not NEED_DATA:
+                return event  # type: ignore[return-value]
+            with trio.move_on_after(self.server.frontend.body_timeout) as scope:
+                data = await self._receive()
+            if scope.cancelled_caught:
+                raise HTTPError(408, "request body timed out")
+            http.receive_data(data)
+
+    def _log(self, head: RequestHead, status: int, sent: int, started: float) -> None:
+        log_ = self.server.access_log
+        if log_ is not None:
+            log_.write(self.remote_addr, head, status, sent, started)
+
+
+class _BodyStream:
+    """A large request body, read from the client as the worker's connection takes it."""
+
+    def __init__(self, conn: _ClientConnection, first: bytes) -> None:
+        self._conn = conn
+        self._first = first
+        self.error: BaseException | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        try:
+            if self._first:
+                yield self._first
+            while True:
+                event = await self._conn._next_body_event()
+                if type(event) is EndOfMessage:
+                    return
+                yield event.data  # type: ignore[union-attr]
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                self.error = exc
+            raise
+
+
+def _log_stderr(address: str, stderr: bytes) -> None:
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        if line.strip():
+            log.warning("worker %s stderr: %s", address, line)
+
+
+_STATUS_PAGES: dict[int, bytes] = {}
+
+
+def _status_body(status: int) -> bytes:
+    page = _STATUS_PAGES.get(status)
+    if page is None:
+        from http import HTTPStatus
+
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        title = f"{status} {phrase}"
+        page = (
+            f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n"
+            "<hr><center>fcgi-cluster</center>\r\n</body>\r\n</html>\r\n"
+        ).encode()
+        _STATUS_PAGES[status] = page
+    return page
+
+
+async def serve_frontend(
+    config: object,
+    sockets: Sequence[socket.socket],
+    *,
+    task_status: trio.TaskStatus[FrontendServer] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run one front-end process on already-bound listening sockets until cancelled.
+
+    Args:
+        config: a ``ClusterConfig``.
+        sockets: bound, listening stdlib sockets (shared with sibling processes or not).
+
+    Resource handling: upstream connections and client connections live in
+    this function's nursery and are closed when it is cancelled.
+    """
+    async with trio.open_nursery() as nursery:
+        server = FrontendServer(config, nursery)
+        for upstream in server.upstreams.values():
+            if upstream.config.health_check is not None:  # type: ignore[attr-defined]
+                nursery.start_soon(run_health_checks, upstream)
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
+        try:
+            await nursery.start(server.serve, listeners)
+            task_status.started(server)
+            await trio.sleep_forever()
+        finally:
+            for upstream in server.upstreams.values():
+                upstream.close_all()
+            if server.access_log is not None:
+                server.access_log.close()

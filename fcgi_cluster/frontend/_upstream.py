@@ -1,0 +1,254 @@
+"""Connections to the workers of one upstream pool, and the choice among them.
+
+One ``Upstream`` per ``[upstream.NAME]``; one ``Server`` per worker address in
+it. A server learns on its first connection how the worker wants to be
+spoken to, by asking FCGI_GET_VALUES:
+
+* ``FCGI_MPXS_CONNS=1`` (our worker, flup's multiplexed server): requests
+  are multiplexed, up to the worker's ``FCGI_MAX_REQS`` on one connection, over
+  at most ``connections`` connections. A request goes to an idle connection
+  if there is one, else a new connection is opened while under the cap, else
+  it shares the least busy one: concurrent requests spread over processes
+  that share the worker's socket, while a quiet pool keeps one connection.
+* Otherwise (php-fpm answers 0; some workers do not answer at all, after
+  ``GET_VALUES_TIMEOUT``): one request per connection at a time, and up to
+  ``keepalive`` idle connections kept for reuse, as nginx's ``keepalive``.
+
+The answer is remembered until the server fails, then asked again, since the
+process behind the address may have been replaced by a different one.
+
+Resource handling: every connection lives in a task of the upstream's
+nursery, which the front-end's server opens for the life of the process; a
+connection's task ends when the connection dies or is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import trio
+
+from .._address import Address, parse_address
+from ..client import Connection, ConnectError, FastCGIError, open_connection
+from ._balancer import Balancer
+
+__all__ = ["Server", "Upstream", "GET_VALUES_TIMEOUT"]
+
+log = logging.getLogger("fcgi_cluster.frontend")
+
+#: Seconds to wait for a GET_VALUES answer on a server's first connection.
+#: A worker that ignores management records costs this once per learning,
+#: not per request; one second is long for a worker on the same LAN.
+GET_VALUES_TIMEOUT = 1.0
+
+#: FCGI_MAX_REQS assumed when a multiplexing worker does not say: the
+#: default of our worker and of HAProxy's ``max-reqs`` tuning advice.
+DEFAULT_MAX_REQS = 100
+
+
+class Server:
+    """The connections to one worker address."""
+
+    def __init__(
+        self,
+        address: str,
+        nursery: trio.Nursery,
+        *,
+        multiplex: bool = True,
+        connections: int = 2,
+        keepalive: int = 32,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.address = address
+        self._address: Address = parse_address(address)
+        self._nursery = nursery
+        self._allow_multiplex = multiplex
+        self._max_connections = max(1, connections)
+        self._keepalive = keepalive
+        self._connect_timeout = connect_timeout
+        #: None until learned; then True (multiplexed) or False.
+        self.multiplexed: bool | None = None
+        self.max_reqs = 1
+        self._live: list[Connection] = []
+        self._idle: list[Connection] = []
+        self._opening = 0
+        self._learning: trio.Event | None = None
+
+    def forget_capabilities(self) -> None:
+        """Ask GET_VALUES again on the next new connection (the worker may have changed)."""
+        if self._learning is None:
+            self.multiplexed = None
+
+    @property
+    def connection_count(self) -> int:
+        """Live connections, idle ones included."""
+        return len(self._live)
+
+    async def acquire(self) -> Connection:
+        """A connection ready for one more request.
+
+        Raises:
+            ConnectError: the worker is unreachable or did not accept in time.
+        """
+        if self.multiplexed is None:
+            if self._learning is None:
+                # The first connection learns; requests arriving meanwhile
+                # wait for its answer rather than open connections of their own.
+                self._learning = trio.Event()
+                return await self._open(learn=True)
+            await self._learning.wait()
+        if self.multiplexed:
+            best: Connection | None = None
+            for conn in self._live:
+                if conn.is_usable:
+                    load = conn.requests_in_flight
+                    if load == 0:
+                        return conn
+                    if best is None or load < best.requests_in_flight:
+                        best = conn
+            if len(self._live) + self._opening < self._max_connections or best is None:
+                return await self._open()
+            if best.requests_in_flight >= self.max_reqs:
+                # Every connection is full: a new one beyond the cap beats
+                # refusing, and the worker's FCGI_MAX_CONNS still bounds it.
+                return await self._open()
+            return best
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.is_usable and conn.requests_in_flight == 0:
+                return conn
+            conn.close()
+        return await self._open()
+
+    def release(self, conn: Connection, *, reusable: bool) -> None:
+        """Give back a connection after a request; unused ones are closed past ``keepalive``."""
+        if self.multiplexed:
+            if not reusable:
+                conn.close()
+            return
+        if reusable and conn.is_usable and conn.requests_in_flight == 0 and len(self._idle) < self._keepalive:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    async def _open(self, learn: bool = False) -> Connection:
+        self._opening += 1
+        try:
+            conn: Connection = await self._nursery.start(self._hold, learn)
+        finally:
+            self._opening -= 1
+        return conn
+
+    async def _hold(self, learn: bool, *, task_status: trio.TaskStatus[Connection]) -> None:
+        learning = self._learning if learn else None
+        try:
+            async with open_connection(self._address, connect_timeout=self._connect_timeout) as conn:
+                if learning is not None:
+                    await self._learn(conn)
+                    self._learning = None
+                    learning.set()
+                    learning = None
+                self._live.append(conn)
+                try:
+                    task_status.started(conn)
+                    await conn.wait_closed()
+                finally:
+                    self._live.remove(conn)
+                    if conn in self._idle:
+                        self._idle.remove(conn)
+        finally:
+            if learning is not None:  # the connection failed before learning ended
+                self._learning = None
+                learning.set()
+
+    async def _learn(self, conn: Connection) -> None:
+        try:
+            values = await conn.get_values(timeout=GET_VALUES_TIMEOUT)
+        except FastCGIError:
+            values = {}
+        multiplexed = self._allow_multiplex and values.get("FCGI_MPXS_CONNS") == "1"
+        max_reqs = DEFAULT_MAX_REQS
+        text = values.get("FCGI_MAX_REQS", "")
+        if text.isdigit() and int(text) > 0:
+            max_reqs = int(text)
+        self.max_reqs = max_reqs if multiplexed else 1
+        self.multiplexed = multiplexed
+        log.info(
+            "upstream %s: %s", self.address,
+            f"multiplexing up to {max_reqs} requests per connection" if multiplexed else "one request per connection",
+        )
+
+    def close_all(self) -> None:
+        """Close every connection (shutdown)."""
+        for conn in list(self._live):
+            conn.close()
+
+
+class Upstream:
+    """One pool of workers: its balancer and a ``Server`` per address."""
+
+    def __init__(self, name: str, config: object, nursery: trio.Nursery) -> None:
+        self.name = name
+        self.config = config
+        specs = config.servers  # type: ignore[attr-defined]
+        self.balancer = Balancer(specs, config.balance)  # type: ignore[attr-defined]
+        multiplex = config.multiplex != "off"  # type: ignore[attr-defined]
+        self.servers: Sequence[Server] = [
+            Server(
+                spec.address, nursery,
+                multiplex=multiplex,
+                connections=config.connections,  # type: ignore[attr-defined]
+                keepalive=config.keepalive,  # type: ignore[attr-defined]
+                connect_timeout=config.connect_timeout,  # type: ignore[attr-defined]
+            )
+            for spec in specs
+        ]
+        #: Servers an active health check found failing: never chosen.
+        self.unhealthy: set[int] = set()
+
+    def close_all(self) -> None:
+        for server in self.servers:
+            server.close_all()
+
+
+def is_connect_error(exc: BaseException) -> bool:
+    """True for errors where the worker cannot have seen the request."""
+    return isinstance(exc, ConnectError)
+
+
+async def run_health_checks(upstream: Upstream) -> None:
+    """Check every server of ``upstream`` every ``interval`` seconds, forever.
+
+    A check is a FastCGI GET of ``path`` on a fresh connection (a pooled one
+    could hide a worker that no longer accepts). A server whose check fails
+    (no connection, no answer within ``timeout``, or a status other than
+    ``expect_status``) is left out of the balancing until a check passes.
+    """
+    from ..client import cgi_params
+
+    check = upstream.config.health_check  # type: ignore[attr-defined]
+    params = cgi_params("GET", check.path, headers={"User-Agent": "fcgi-cluster health check"})
+
+    async def probe(index: int, server: Server) -> None:
+        healthy = False
+        with trio.move_on_after(check.timeout):
+            try:
+                async with open_connection(server.address, connect_timeout=check.timeout) as conn:
+                    response = await conn.request(params)
+                healthy = response.status == check.expect_status
+            except FastCGIError:
+                healthy = False
+        was_healthy = index not in upstream.unhealthy
+        if healthy and not was_healthy:
+            upstream.unhealthy.discard(index)
+            log.warning("upstream %s: %s passes its health check again", upstream.name, server.address)
+        elif not healthy and was_healthy:
+            upstream.unhealthy.add(index)
+            log.warning("upstream %s: %s failed its health check (%s)", upstream.name, server.address, check.path)
+
+    while True:
+        async with trio.open_nursery() as nursery:
+            for index, server in enumerate(upstream.servers):
+                nursery.start_soon(probe, index, server)
+        await trio.sleep(check.interval)

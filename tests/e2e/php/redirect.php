@@ -1,0 +1,3 @@
+<?php
+// A Location header and nothing else: CGI turns that into a 302.
+header('Location: /hello.php');

@@ -1,0 +1,166 @@
+"""The front-end in process: HTTP in, FastCGI out to real workers, and back."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import trio
+
+from workers.echo import app as echo
+
+from ._harness import RawClient, frontend, get, upstream_config, workers
+
+
+def echo_json(response) -> dict:
+    assert response.status == 200, (response.status, response.body[:300])
+    return json.loads(response.body)
+
+
+async def test_get_passes_the_nginx_params() -> None:
+    async with workers(echo) as addresses, frontend(upstream_config(addresses)) as (port, _):
+        response = await get(port, "/some/path?x=1&y=2", headers=[("X-Custom", "yes"), ("Cookie", "a=1"), ("Cookie", "b=2")])
+        env = echo_json(response)["environ"]
+    assert env["REQUEST_METHOD"] == "GET"
+    assert env["REQUEST_URI"] == "/some/path?x=1&y=2"
+    assert env["QUERY_STRING"] == "x=1&y=2"
+    assert env["DOCUMENT_URI"] == "/some/path"
+    assert env["SCRIPT_FILENAME"] == "/var/www/html/some/path"
+    assert env["PATH_INFO"] == "/some/path"  # our worker maps REQUEST_URI when no PATH_INFO is sent
+    assert env["HTTP_X_CUSTOM"] == "yes"
+    assert env["HTTP_COOKIE"] == "a=1; b=2"
+    assert env["HTTP_HOST"] == "test.local"
+    assert env["REMOTE_ADDR"] == "127.0.0.1"
+    assert env["SERVER_PORT"] == str(port)
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert env["GATEWAY_INTERFACE"] == "CGI/1.1"
+    assert env["REDIRECT_STATUS"] == "200"
+    assert response.header(b"content-type") == b"application/json"
+
+
+async def test_keep_alive_and_pipelining_answer_in_order() -> None:
+    async with workers(echo) as addresses, frontend(upstream_config(addresses)) as (port, _):
+        async with RawClient.connect(port) as client:
+            burst = b"".join(
+                f"GET /n{i}?sleep_ms={30 - 10 * i} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for i in range(3)
+            )
+            await client.send(burst)
+            paths = [echo_json(await client.response())["environ"]["REQUEST_URI"] for _ in range(3)]
+            await client.send(b"GET /again HTTP/1.1\r\nHost: t\r\n\r\n")
+            again = echo_json(await client.response())["environ"]["REQUEST_URI"]
+    assert paths == ["/n0?sleep_ms=30", "/n1?sleep_ms=20", "/n2?sleep_ms=10"]
+    assert again == "/again"
+
+
+async def test_bodies_content_length_and_chunked() -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB
+    async with workers(echo) as addresses, frontend(
+        upstream_config(addresses, frontend='max_body_size = "10m"')
+    ) as (port, _):
+        empty = echo_json(await get(port, "/u", method="POST", body=b""))
+        assert empty["body_length"] == 0
+        big = echo_json(await get(port, "/u", method="POST", body=body))
+        assert big["body_length"] == len(body) and big["body_sha256"] == hashlib.sha256(body).hexdigest()
+        async with RawClient.connect(port) as client:
+            await client.send(b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for piece in (b"hello ", b"chunked ", b"world"):
+                await client.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            await client.send(b"0\r\n\r\n")
+            chunked = echo_json(await client.response())
+    assert chunked["body_length"] == 19
+    assert chunked["environ"]["CONTENT_LENGTH"] == "19"  # read whole: the worker gets its true length
+
+
+async def test_large_download_is_streamed_whole() -> None:
+    size = 5 * 1024 * 1024
+    async with workers(echo) as addresses, frontend(upstream_config(addresses)) as (port, _):
+        response = await get(port, f"/big?size={size}")
+    assert response.status == 200
+    assert response.body == b"x" * size
+
+
+async def test_head_and_expect_continue() -> None:
+    async with workers(echo) as addresses, frontend(upstream_config(addresses)) as (port, _):
+        head = await get(port, "/h?size=1000", method="HEAD")
+        assert head.status == 200 and head.body == b""
+        async with RawClient.connect(port) as client:
+            await client.send(b"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+            interim = await client.response()
+            assert interim.status == 100
+            await client.send(b"hello")
+            final = echo_json(await client.response())
+    assert final["body_length"] == 5
+
+
+async def test_status_headers_and_stderr_from_the_worker() -> None:
+    async with workers(echo) as addresses, frontend(upstream_config(addresses)) as (port, _):
+        missing = await get(port, "/x?status=404")
+        failing = await get(port, "/x?raise=1")
+    assert missing.status == 404
+    assert failing.status == 500
+    assert b"Traceback" not in failing.body
+
+
+async def test_bad_requests_get_4xx_and_the_server_serves_on() -> None:
+    async with workers(echo) as addresses, frontend(upstream_config(addresses)) as (port, _):
+        cases = [
+            (b"GET /a%0ab HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+            (b"GET /../etc/passwd HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+            (b"GET /%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\nHost: t\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999\r\n\r\n", 413),
+            (b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 40000 + b"\r\n\r\n", 431),
+            (b"\x16\x03\x01garbage\r\n\r\n", 400),
+        ]
+        for raw, expected in cases:
+            async with RawClient.connect(port) as client:
+                await client.send(raw)
+                response = await client.response()
+                assert response.status == expected, (raw[:60], response.status)
+                assert b"Traceback" not in response.body
+        env = echo_json(await get(port, "/ok", headers=[("Proxy", "http://evil:1"), ("X_Foo-Bar", "spoof"), ("X-Foo-Bar", "real")]))["environ"]
+    assert "HTTP_PROXY" not in env
+    assert env["HTTP_X_FOO_BAR"] == "real"
+
+
+async def test_no_worker_answers_502_at_once() -> None:
+    async with workers(echo) as addresses:
+        dead = addresses[0]
+    async with frontend(upstream_config([dead])) as (port, _):
+        with trio.fail_after(5):
+            response = await get(port, "/")
+    assert response.status == 502
+    assert b"Traceback" not in response.body
+
+
+async def test_multiplexes_over_one_connection() -> None:
+    # 20 concurrent requests of 300 ms each: one worker process, one FastCGI
+    # connection (connections = 1): only multiplexing finishes them together.
+    async with workers(echo) as addresses, frontend(
+        upstream_config(addresses, upstream="connections = 1")
+    ) as (port, server):
+        with trio.fail_after(3):
+            async with trio.open_nursery() as nursery:
+                results = []
+
+                async def one(i: int) -> None:
+                    results.append(echo_json(await get(port, f"/s{i}?sleep_ms=300")))
+
+                for i in range(20):
+                    nursery.start_soon(one, i)
+        upstream = server.upstreams["app"]
+        assert upstream.servers[0].multiplexed is True
+        assert upstream.servers[0].connection_count == 1
+    assert len(results) == 20
+
+
+async def test_weights_and_failover() -> None:
+    async with workers(echo, count=2) as addresses:
+        config = (
+            "[frontend]\naccess_log = false\n[upstream.app]\n"
+            f'servers = [{{ address = "{addresses[0]}", weight = 3 }}, "{addresses[1]}"]\n'
+        )
+        async with frontend(config) as (port, _):
+            seen = [echo_json(await get(port, "/w"))["worker"].split()[0] for _ in range(40)]
+    assert seen.count(addresses[0]) == 30
+    assert seen.count(addresses[1]) == 10
