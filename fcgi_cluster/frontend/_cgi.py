@@ -137,8 +137,9 @@ def split_path(path: bytes, pattern: re.Pattern[str] | None, index: bytes = b"")
         text = path.decode("utf-8", "surrogateescape")
         match = pattern.match(text)
         if match is not None:
-            script = match.group(1).encode("utf-8", "surrogateescape")
-            info = match.group(2).encode("utf-8", "surrogateescape")
+            # An optional group that did not take part is None: empty, as nginx has it.
+            script = (match.group(1) or "").encode("utf-8", "surrogateescape")
+            info = (match.group(2) or "").encode("utf-8", "surrogateescape")
     if index and script.endswith(b"/"):
         script += index
     return script, info

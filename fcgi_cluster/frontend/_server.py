@@ -222,6 +222,14 @@ class _ClientConnection:
                 self.server._request_started()
                 try:
                     keep = await self._respond(event)  # type: ignore[arg-type]
+                except (HTTPError, _ClientGone, trio.BrokenResourceError, trio.ClosedResourceError):
+                    raise
+                except Exception:
+                    # A bug of ours must cost this request only: log it, tell
+                    # the client no more than "500", and close.
+                    log.exception("request %r failed", event.target)  # type: ignore[union-attr]
+                    await self._send_error(500)
+                    return
                 finally:
                     self.server._request_ended()
                 if not keep or not http.keep_alive:

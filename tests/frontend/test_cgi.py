@@ -133,3 +133,9 @@ def test_content_length_override_and_extra_params() -> None:
     assert params[b"CONTENT_LENGTH"] == b"11"
     assert params[b"APP_ENV"] == b"test"
     assert params[b"DOCUMENT_ROOT"] == b"/x"
+
+
+def test_split_with_an_optional_group_that_did_not_match() -> None:
+    pattern = re.compile(r"^(.+?\.php)(/.*)?$", re.DOTALL)
+    assert split_path(b"/env.php", pattern) == (b"/env.php", b"")
+    assert split_path(b"/env.php/x", pattern) == (b"/env.php", b"/x")

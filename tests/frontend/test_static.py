@@ -436,13 +436,37 @@ EVIL_PATHS = [
 ]
 
 
+@pytest.fixture(params=["proc", "no-proc"])
+def proc(request, monkeypatch):
+    """Run once with the /proc/self/fd check and once as on a host without /proc,
+    so that each layer of the defence is shown to hold on its own."""
+    if request.param == "no-proc":
+        monkeypatch.setattr(_static, "_opened_path", lambda fd: None)
+
+
 @pytest.mark.parametrize(("rel_path", "status"), EVIL_PATHS)
-async def test_hostile_paths(plans, tree, rel_path, status):
+async def test_hostile_paths(plans, tree, proc, rel_path, status):
     for method in (b"GET", b"HEAD"):
         plan = plans(tree, rel_path, method)
         assert plan.status == status
         assert plan.path is None and plan.file is None
         assert SECRET not in await body_of(plan)
+
+
+@pytest.mark.parametrize(
+    ("path", "inside"),
+    [
+        ("/srv/www", True),
+        ("/srv/www/a/b", True),
+        ("/srv/www-evil/a", False),
+        ("/srv/wwwx", False),
+        ("/srv", False),
+        ("/", False),
+    ],
+)
+def test_inside_compares_whole_segments(path, inside):
+    assert _static._is_inside("/srv/www", path) is inside
+    assert _static._is_inside("/", path) is True
 
 
 def test_symlinks_inside_the_root_are_followed(plans, tree):
