@@ -33,6 +33,13 @@ leave room):
 * An Upgrade request (WebSocket, h2c) is served as an ordinary request: the
   upgrade is ignored, its body is read as any other, and what follows it is
   the next request.
+* What llhttp (httptools 0.9) lets through, checked in the tests: empty lines
+  (CRLF or bare LF) before a request line, which RFC 9112 2.2 allows and we
+  skip; more than one space between method and target; spaces and tabs around
+  a field value (we strip them); obs-text (bytes 0x80-0xFF) in field values.
+  What it refuses: bare LF or bare CR as a line end anywhere in a head or in
+  chunk framing, obs-fold, whitespace before a field's colon, NUL and other
+  controls, raw non-ASCII bytes in the target.
 * EOF between requests is ``ConnectionClosed``; EOF inside a head or body is
   ``HTTPError(400)``. Any ``HTTPError`` puts the connection in ERROR: answer
   with ``send_error_response`` and close.
@@ -95,10 +102,11 @@ class HTTPLimits:
         max_body_size: bytes in a request body, 0 for no limit; past it, 413.
             nginx's ``client_max_body_size`` default, 1m.
         max_pipelined_bytes: bytes of later pipelined requests held raw while
-            the current one is answered; past it they are dropped and the
-            connection closes after the current response. One 64 KiB receive
-            holds hundreds of pipelined GETs: clients that pipeline send a
-            few, so only a flood reaches this.
+            the current one is answered. Those that came in the same receive
+            as the end of the current request are kept whatever their size;
+            once more arrive past this, they are dropped and the connection
+            closes after the current response. A 64 KiB receive holds hundreds
+            of pipelined GETs; clients that pipeline send a few.
     """
 
     max_request_line: int = 8 * 1024
@@ -329,6 +337,8 @@ class HTTPServerConnection:
         self._max_head = limits.max_header_size
         self._max_body = limits.max_body_size
         self._max_headers = limits.max_headers
+        if server_header is not None and any(c in server_header for c in (b"\r", b"\n", b"\0")):
+            raise ValueError("server_header must not hold CR, LF or NUL")
         self._server = server_header
         self._server_line = b"Server: " + server_header + b"\r\n" if server_header else b""
         self._clock = clock
@@ -462,12 +472,19 @@ class HTTPServerConnection:
                             pos += 1
                         if pos == end:
                             break
-                    stop = self._find_blank_line(buf, pos)
+                    if self._tail:
+                        stop = self._find_blank_line(buf, pos)
+                    else:
+                        stop = buf.find(_BLANK_LINE, pos)
+                        if stop >= 0:
+                            stop += 4
                     found = stop >= 0
                     if not found:
                         stop = end
                     size = self._head_bytes + stop - pos
-                    if not self._line_done:
+                    # A whole head no longer than the line limit cannot hold
+                    # a request line over it: the common case needs no search.
+                    if not self._line_done and (not found or size > self._max_line):
                         self._check_request_line(buf, pos, stop)
                     if size > self._max_head:
                         raise HTTPError(431, "request header fields too large")
@@ -625,13 +642,13 @@ class HTTPServerConnection:
         if method == b"CONNECT":
             raise HTTPError(501, "method not implemented")
 
-        hosts: list[bytes] = []
-        lengths: list[bytes] = []
-        codings: list[bytes] = []
+        host = length = coding = None
+        hosts = lengths = codings = 0
         close = keep = expect_continue = upgrade = False
         for name, value in self._special:
             if name == b"host":
-                hosts.append(value)
+                host = value
+                hosts += 1
             elif name == b"connection":
                 for token in value.lower().split(b","):
                     token = token.strip(b" \t")
@@ -640,9 +657,11 @@ class HTTPServerConnection:
                     elif token == b"keep-alive":
                         keep = True
             elif name == b"content-length":
-                lengths.append(value)
+                length = value
+                lengths += 1
             elif name == b"transfer-encoding":
-                codings.append(value)
+                coding = value
+                codings += 1
             elif name == b"expect":
                 expect_continue = value.lower() == b"100-continue" and http_version == b"1.1"
             else:  # upgrade
@@ -652,37 +671,36 @@ class HTTPServerConnection:
         # Framing (RFC 9112 6.1-6.3), refusing every ambiguous form.
         chunked = False
         content_length = None
-        if codings:
-            if lengths:
+        if coding is not None:
+            if length is not None:
                 raise HTTPError(400, "both Content-Length and Transfer-Encoding")
             if http_version == b"1.0":
                 raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
-            if len(codings) != 1 or codings[0].lower() != b"chunked":
+            if codings != 1 or coding.lower() != b"chunked":
                 raise HTTPError(400, "unsupported Transfer-Encoding")
             chunked = True
-            self._rx = _CHUNKED
             self._body_bytes = self._framing_bytes = 0
-        elif lengths:
-            if len(lengths) != 1:
+            rx = _CHUNKED
+        elif length is not None:
+            if lengths != 1:
                 raise HTTPError(400, "repeated Content-Length")
-            value = lengths[0]
-            if not value.isdigit():
+            if not length.isdigit():
                 raise HTTPError(400, "invalid Content-Length")
-            content_length = int(value)
+            content_length = int(length)
             if self._max_body and content_length > self._max_body:
                 raise HTTPError(413, "request body too large")
             if content_length:
                 self._remaining = content_length
                 self._body_bytes = 0
-                self._rx = _LENGTH
+                rx = _LENGTH
             else:
-                self._rx = _NO_BODY
+                rx = _NO_BODY
         else:
-            self._rx = _NO_BODY
+            rx = _NO_BODY
 
         # The target (RFC 9112 3.2).
         target = self._url
-        if len(hosts) > 1:
+        if hosts > 1:
             raise HTTPError(400, "repeated Host")
         if target[:1] == b"/":
             path, _, query = target.partition(b"?")
@@ -691,15 +709,13 @@ class HTTPServerConnection:
                 raise HTTPError(400, "malformed request target")
             path, query = target, b""
         else:
-            authority, path, query = _split_absolute(target)
+            host, path, query = _split_absolute(target)
             # RFC 9112 3.2.2: the target's authority overrides Host.
             headers = [(n, v) for n, v in headers if n != b"host"]
-            headers.append((b"host", authority))
-            hosts = [authority]
-        if b"#" in target:
+            headers.append((b"host", host))
+        if target.find(b"#") >= 0:
             raise HTTPError(400, "fragment in request target")
-        if hosts:
-            host = hosts[0]
+        if host is not None:
             if not host or host.translate(None, _HOST_CHARS):
                 raise HTTPError(400, "invalid Host")
         elif http_version == b"1.1":
@@ -708,13 +724,15 @@ class HTTPServerConnection:
         # llhttp takes an Upgrade request's body for the next request's bytes:
         # it reports the message complete after the head, and _after_upgrade
         # reads the body after all.
-        self._skip_complete = upgrade and (chunked or bool(content_length)) and parser.should_upgrade()
+        self._skip_complete = upgrade and rx != _NO_BODY and parser.should_upgrade()
+        self._rx = rx
         self._continue_sent = False
         head = RequestHead(
             method, target, path, query, http_version, headers, content_length, chunked, expect_continue, keep_alive
         )
         self._head = head
-        self._keep_alive = self._keep_alive and keep_alive
+        if not keep_alive:
+            self._keep_alive = False
         self._tx = _TX_WAIT
         self._events.append(head)
 

@@ -160,11 +160,14 @@ async def open_upstream_response(
         try:
             conn = await server.acquire()
             response = conn.start_request(params, body)
-            with trio.fail_after(read_timeout):
+            # A bare CancelScope: fail_after costs a generator per request.
+            with trio.CancelScope(deadline=trio.current_time() + read_timeout) as scope:
                 if wait_head is None:
                     await response.read_head()
                 else:
                     await wait_head(response)
+            if scope.cancelled_caught:
+                raise trio.TooSlowError
             return ProxyResult(response, upstream, index, conn)
         except (FastCGIError, trio.TooSlowError) as exc:
             sent = conn is not None

@@ -19,6 +19,8 @@ task, so one client can never take the server down.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import socket
 import ssl
 import time
@@ -184,7 +186,7 @@ class FrontendServer:
 class _ClientConnection:
     """One client's keep-alive connection: requests in, responses out, in order."""
 
-    __slots__ = ("server", "stream", "http", "params", "base", "remote_addr", "_received")
+    __slots__ = ("server", "stream", "http", "params", "base", "remote_addr", "_received", "_fd")
 
     def __init__(self, server: FrontendServer, stream: trio.abc.Stream, params: ConnectionParams) -> None:
         self.server = server
@@ -194,6 +196,10 @@ class _ClientConnection:
         self.base = params.base()
         self.remote_addr = params.remote_addr
         self._received = False  # bytes of the next request seen (408 vs silent close)
+        # Plain TCP and unix connections are read and written through their
+        # descriptor directly when that cannot block (see _receive / _send);
+        # TLS goes through the stream.
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
 
     async def run(self) -> None:
         fe = self.server.frontend
@@ -204,10 +210,8 @@ class _ClientConnection:
                 event = http.next_event()
                 while event is NEED_DATA:
                     timeout = fe.header_timeout if self._received or served == 0 else fe.keepalive_timeout
-                    data = b""
-                    with trio.move_on_after(timeout) as scope:
-                        data = await self._receive()
-                    if scope.cancelled_caught:
+                    data = await self._receive(timeout)
+                    if data is None:
                         if self._received:
                             await self._send_error(408)
                         return
@@ -239,15 +243,56 @@ class _ClientConnection:
         except HTTPError as exc:
             await self._send_error(exc.status, getattr(exc, "reason", None))
 
-    async def _receive(self) -> bytes:
-        try:
-            return await self.stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise _ClientGone() from exc
+    async def _receive(self, timeout: float) -> bytes | None:
+        """The next bytes from the client (b"" at EOF), or None after ``timeout`` seconds of silence.
+
+        Raises:
+            _ClientGone: the connection was reset.
+        """
+        fd = self._fd
+        if fd >= 0:
+            # Usually nothing is there yet (the client is reading our last
+            # answer), so wait first, then read what came: one system call
+            # for the data, and no cancel scope unless we must wait.
+            with trio.CancelScope(deadline=trio.current_time() + timeout):
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except (trio.ClosedResourceError, OSError) as exc:
+                    raise _ClientGone() from exc
+                try:
+                    return os.read(fd, RECEIVE_SIZE)
+                except BlockingIOError:
+                    pass  # a wakeup with nothing to read: wait again below
+                except OSError as exc:
+                    raise _ClientGone() from exc
+        with trio.move_on_after(timeout):
+            try:
+                return await self.stream.receive_some(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise _ClientGone() from exc
+        return None
 
     async def _send(self, data: bytes) -> None:
+        """Send to the client; a client that takes nothing for ``send_timeout`` is gone.
+
+        Raises:
+            _ClientGone: the connection was reset, or the send timed out.
+        """
         if not data:
             return
+        fd = self._fd
+        if fd >= 0:
+            # The socket buffer nearly always has room for a whole answer:
+            # write it straight away, and only wait (through trio) for the rest.
+            try:
+                sent = os.write(fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise _ClientGone() from exc
+            if sent == len(data):
+                return
+            data = data[sent:]
         with trio.move_on_after(self.server.frontend.send_timeout) as scope:
             try:
                 await self.stream.send_all(data)
@@ -301,9 +346,8 @@ class _ClientConnection:
             if event is NEED_DATA:
                 if dropped > BUFFERED_BODY_SIZE:
                     return False
-                with trio.move_on_after(self.server.frontend.body_timeout) as scope:
-                    data = await self._receive()
-                if scope.cancelled_caught:
+                data = await self._receive(self.server.frontend.body_timeout)
+                if data is None:
                     return False
                 http.receive_data(data)
             elif type(event) is Body:
@@ -443,7 +487,7 @@ class _ClientConnection:
         Fast answers never pay for watching the client: only one still
         missing after ``WATCH_CLIENT_AFTER`` gets a watcher task.
         """
-        with trio.move_on_after(WATCH_CLIENT_AFTER):
+        with trio.CancelScope(deadline=trio.current_time() + WATCH_CLIENT_AFTER):
             await response.read_head()
             return
         gone = False
@@ -470,7 +514,7 @@ class _ClientConnection:
     async def _watch_client(self) -> None:
         """Return when the client hangs up; bytes it pipelines meanwhile are kept for later."""
         try:
-            data = await self._receive()
+            data = await self._receive(math.inf)
         except _ClientGone:
             return
         if not data:
@@ -540,9 +584,8 @@ class _ClientConnection:
             event = http.next_event()
             if event is not NEED_DATA:
                 return event  # type: ignore[return-value]
-            with trio.move_on_after(self.server.frontend.body_timeout) as scope:
-                data = await self._receive()
-            if scope.cancelled_caught:
+            data = await self._receive(self.server.frontend.body_timeout)
+            if data is None:
                 raise HTTPError(408, "request body timed out")
             http.receive_data(data)
 
