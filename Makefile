@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 PYTEST_ARGS ?=
 
-.PHONY: .venv install install-test deps test run bench clean
+.PHONY: .venv install install-test deps test run bench bench-http clean
 
 .venv: $(PY)
 
@@ -36,13 +36,17 @@ deps:
 test: install-test deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The whole cluster on this machine: the front-end on 127.0.0.1:8080 and two worker pools
+# (127.0.0.1:9001, 127.0.0.1:9002) from workers/cluster.toml. Ctrl-C stops everything.
 run: install
-	@echo "Serving workers.hello:app over FastCGI on 127.0.0.1:9000. From another shell:"
-	@echo "    $(VENV)/bin/fcgi-cluster request 127.0.0.1:9000 /hello -i"
-	$(VENV)/bin/fcgi-cluster worker workers.hello:app --listen 127.0.0.1:9000
+	$(VENV)/bin/fcgi-cluster up -c workers/cluster.toml
 
 bench: install
 	$(PY) benchmarks/transport.py
+	$(PY) benchmarks/http.py
+
+bench-http: install
+	$(PY) benchmarks/http.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

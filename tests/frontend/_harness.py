@@ -165,3 +165,36 @@ async def get(port: int, target: str = "/", headers: Sequence[tuple[str, str]] =
     async with RawClient.connect(port) as client:
         await client.send(raw)
         return await client.response(head_request=method == "HEAD")
+
+
+def dead_address() -> str:
+    """A loopback address nothing listens on: a port the kernel just gave out and took back.
+
+    Connecting to it is refused at once, as to a worker process that died.
+    """
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def tls_connect(port: int, context: object, server_hostname: str = "localhost") -> AsyncIterator[RawClient]:
+    """A ``RawClient`` over TLS: the handshake is done when it is yielded."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    tls = trio.SSLStream(stream, context, server_hostname=server_hostname)  # type: ignore[arg-type]
+    try:
+        await tls.do_handshake()
+        yield RawClient(tls)  # type: ignore[arg-type]
+    finally:
+        await trio.aclose_forcefully(tls)
+
+
+def request_bytes(target: str, headers: Sequence[tuple[str, str]] = (), method: str = "GET", body: bytes = b"") -> bytes:
+    """The raw bytes of one request, framed as ``get`` frames it."""
+    lines = [f"{method} {target} HTTP/1.1", "Host: test.local", *(f"{k}: {v}" for k, v in headers)]
+    if body or method in ("POST", "PUT"):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
