@@ -21,6 +21,7 @@ nothing is left waiting. A request given up by its caller is aborted
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections import deque
@@ -96,8 +97,11 @@ class Connection:
         address: the worker's address as text, for messages and logs.
     """
 
-    def __init__(self, stream: trio.abc.Stream, address: str, *, quickack: bool = False) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, address: str, *, quickack: bool = False, send_timeout: float = math.inf
+    ) -> None:
         self.address = address
+        self._send_timeout = send_timeout
         self._stream = stream
         self._quickack = quickack
         self._core = ClientConnection()
@@ -326,7 +330,14 @@ class Connection:
                     await self._outbox_lot.park()
                 data = self._outbox[0] if len(self._outbox) == 1 else b"".join(self._outbox)
                 self._outbox.clear()
-                await self._stream.send_all(data)
+                with trio.CancelScope(deadline=trio.current_time() + self._send_timeout) as scope:
+                    await self._stream.send_all(data)
+                if scope.cancelled_caught:
+                    self._fail(
+                        ConnectionLost,
+                        f"{self.address} took none of our data for {self._send_timeout:g} s: connection dropped",
+                    )
+                    return
                 self._sent += len(data)
                 self._sent_lot.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -464,7 +475,7 @@ def _reason(exc: BaseException) -> str:
 
 @asynccontextmanager
 async def open_connection(
-    address: Address | str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    address: Address | str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, send_timeout: float = math.inf
 ) -> AsyncIterator[Connection]:
     """Connect to a FastCGI worker: ``async with open_connection("127.0.0.1:9000") as conn:``.
 
@@ -472,6 +483,9 @@ async def open_connection(
         address: an ``Address``, or text for ``parse_address`` (``host:port``,
             ``[v6]:port``, ``port``, ``unix:/path`` or ``/path``).
         connect_timeout: seconds to wait for the worker to accept.
+        send_timeout: seconds a write may wait for the worker to take our
+            bytes (nginx's ``fastcgi_send_timeout``); past it the connection
+            is dropped and its requests fail with ConnectionLost.
 
     Returns:
         An async context manager giving a ``Connection``; leaving the block
@@ -490,7 +504,7 @@ async def open_connection(
         address = parse_address(address)
     stream = await _connect(address, connect_timeout)
     quickack = address.path is None and _TCP_QUICKACK is not None
-    async with _attach(stream, str(address), quickack=quickack) as conn:
+    async with _attach(stream, str(address), quickack=quickack, send_timeout=send_timeout) as conn:
         yield conn
 
 
@@ -511,9 +525,11 @@ async def _connect(address: Address, timeout: float) -> trio.SocketStream:
 
 
 @asynccontextmanager
-async def _attach(stream: trio.abc.Stream, address: str, *, quickack: bool = False) -> AsyncIterator[Connection]:
+async def _attach(
+    stream: trio.abc.Stream, address: str, *, quickack: bool = False, send_timeout: float = math.inf
+) -> AsyncIterator[Connection]:
     """Run a ``Connection`` over a stream that is already connected (closed on exit)."""
-    conn = Connection(stream, address, quickack=quickack)
+    conn = Connection(stream, address, quickack=quickack, send_timeout=send_timeout)
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:

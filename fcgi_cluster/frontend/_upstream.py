@@ -25,6 +25,7 @@ connection's task ends when the connection dies or is closed.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import trio
@@ -59,6 +60,7 @@ class Server:
         connections: int = 2,
         keepalive: int = 32,
         connect_timeout: float = 5.0,
+        send_timeout: float = 60.0,
     ) -> None:
         self.address = address
         self._address: Address = parse_address(address)
@@ -67,6 +69,7 @@ class Server:
         self._max_connections = max(1, connections)
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
+        self._send_timeout = send_timeout or math.inf
         #: None until learned; then True (multiplexed) or False.
         self.multiplexed: bool | None = None
         self.max_reqs = 1
@@ -143,7 +146,9 @@ class Server:
     async def _hold(self, learn: bool, *, task_status: trio.TaskStatus[Connection]) -> None:
         learning = self._learning if learn else None
         try:
-            async with open_connection(self._address, connect_timeout=self._connect_timeout) as conn:
+            async with open_connection(
+                self._address, connect_timeout=self._connect_timeout, send_timeout=self._send_timeout
+            ) as conn:
                 if learning is not None:
                     await self._learn(conn)
                     self._learning = None
@@ -201,6 +206,7 @@ class Upstream:
                 connections=config.connections,  # type: ignore[attr-defined]
                 keepalive=config.keepalive,  # type: ignore[attr-defined]
                 connect_timeout=config.connect_timeout,  # type: ignore[attr-defined]
+                send_timeout=config.send_timeout,  # type: ignore[attr-defined]
             )
             for spec in specs
         ]

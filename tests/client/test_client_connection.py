@@ -603,3 +603,16 @@ async def test_a_body_that_is_not_iterable_is_refused_before_anything_is_sent() 
             await conn.request(PARAMS, "text is not bytes")  # type: ignore[arg-type]
         assert conn.requests_in_flight == 0 and conn.is_usable
         assert (await conn.request(tagged("ok"), b"fine")).body == b"fine"
+
+
+async def test_a_worker_that_reads_nothing_drops_the_connection_after_send_timeout() -> None:
+    async def never_reads(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    body = b"x" * (32 * 1024 * 1024)  # far more than both socket buffers hold
+    async with fake_worker(never_reads) as address, open_connection(address, send_timeout=0.3) as conn:
+        started = trio.current_time()
+        with trio.fail_after(5), pytest.raises(ConnectionLost, match="took none of our data"):
+            await conn.request({"REQUEST_METHOD": "POST"}, body)
+        assert trio.current_time() - started < 3
+        assert not conn.is_usable

@@ -198,3 +198,33 @@ def request_bytes(target: str, headers: Sequence[tuple[str, str]] = (), method: 
     if body or method in ("POST", "PUT"):
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@asynccontextmanager
+async def stoppable_worker(app: object, config: WorkerConfig = WorkerConfig()) -> AsyncIterator[tuple[str, object]]:
+    """One in-process worker that a test can stop while the front-end runs on.
+
+    Yields ``(address, stop)``; ``await stop()`` returns once the worker has
+    closed its listening socket and its connections, as a dead process would.
+    """
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+        done = trio.Event()
+
+        async def run(task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                with scope:
+                    await serve(app, "127.0.0.1:0", config, task_status=task_status)
+            finally:
+                done.set()
+
+        address = await nursery.start(run)
+
+        async def stop() -> None:
+            scope.cancel()
+            await done.wait()
+
+        try:
+            yield address, stop
+        finally:
+            nursery.cancel_scope.cancel()
