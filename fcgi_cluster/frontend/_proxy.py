@@ -82,7 +82,7 @@ class ProxyResult:
         # Closing the response aborted the request if it had not ended; the
         # server keeps the connection only if it is healthy and now idle (a
         # multiplexed one serves on: other requests may be using it).
-        server.release(self._conn, reusable=True)  # type: ignore[arg-type]
+        server.release(self._conn)  # type: ignore[arg-type]
         self.upstream.balancer.finished(self.index)
         if upstream_failed:
             self.upstream.balancer.failed(self.index)
@@ -171,10 +171,13 @@ async def open_upstream_response(
             return ProxyResult(response, upstream, index, conn)
         except (FastCGIError, trio.TooSlowError) as exc:
             sent = conn is not None
+            # Closing the response aborts just this request: a multiplexed
+            # connection serves the others on, and release() keeps a
+            # connection only if it is alive and idle.
             if response is not None:
                 response.close()
             if conn is not None:
-                server.release(conn, reusable=False)
+                server.release(conn)
             balancer.finished(index)
             if isinstance(exc, RequestRefused):
                 status, reason = 502, f"{server.address} refused the request: {exc}"
@@ -200,7 +203,7 @@ async def open_upstream_response(
             if response is not None:
                 response.close()
             if conn is not None:
-                server.release(conn, reusable=False)
+                server.release(conn)
             balancer.finished(index)
             raise
     raise UpstreamFailure(status, reason)

@@ -254,7 +254,7 @@ class _ClientConnection:
             # Usually nothing is there yet (the client is reading our last
             # answer), so wait first, then read what came: one system call
             # for the data, and no cancel scope unless we must wait.
-            with trio.CancelScope(deadline=trio.current_time() + timeout):
+            with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
                 try:
                     await trio.lowlevel.wait_readable(fd)
                 except (trio.ClosedResourceError, OSError) as exc:
@@ -265,6 +265,8 @@ class _ClientConnection:
                     pass  # a wakeup with nothing to read: wait again below
                 except OSError as exc:
                     raise _ClientGone() from exc
+            if scope.cancelled_caught:
+                return None
         with trio.move_on_after(timeout):
             try:
                 return await self.stream.receive_some(RECEIVE_SIZE)

@@ -124,13 +124,17 @@ class Server:
             conn.close()
         return await self._open()
 
-    def release(self, conn: Connection, *, reusable: bool) -> None:
-        """Give back a connection after a request; unused ones are closed past ``keepalive``."""
+    def release(self, conn: Connection) -> None:
+        """Give back a connection after a request (its response closed, so aborted if unfinished).
+
+        A multiplexed connection serves on (others may be using it; a dead
+        one removes itself). Otherwise the connection is kept for reuse only
+        if it is alive, idle, and ``keepalive`` allows; an aborted request
+        still in flight on it means the worker is still busy: closed.
+        """
         if self.multiplexed:
-            if not reusable:
-                conn.close()
             return
-        if reusable and conn.is_usable and conn.requests_in_flight == 0 and len(self._idle) < self._keepalive:
+        if conn.is_usable and conn.requests_in_flight == 0 and len(self._idle) < self._keepalive:
             self._idle.append(conn)
         else:
             conn.close()
