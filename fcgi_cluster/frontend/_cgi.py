@@ -15,9 +15,10 @@ Pure functions over bytes, no I/O. The rules, and why:
 * Each header becomes ``HTTP_<NAME>``, except Content-Type and Content-Length
   (CONTENT_TYPE, CONTENT_LENGTH). A ``Proxy`` header is dropped (httpoxy: it
   would become HTTP_PROXY, which CGI programs take as their proxy setting),
-  and so is a name holding ``_`` unless ``underscores_in_headers`` is on, as
-  nginx does: otherwise ``X_Forwarded_For`` could pose as
-  ``X-Forwarded-For``. Repeated headers are joined with ", " (Cookie with
+  and so is Transfer-Encoding (the worker gets the body already decoded; an
+  app that saw "chunked" might decode it again). A name holding ``_`` is
+  dropped unless ``underscores_in_headers`` is on, as nginx does: otherwise
+  ``X_Forwarded_For`` could pose as ``X-Forwarded-For``. Repeated headers are joined with ", " (Cookie with
   "; ", the one header with its own separator).
 """
 
@@ -162,7 +163,7 @@ def _header_key(name: bytes, underscores: bool) -> bytes | None:
 
 def _key_for(name: bytes) -> bytes | None:
     upper = name.upper().replace(b"-", b"_")
-    if upper == b"PROXY":
+    if upper == b"PROXY" or upper == b"TRANSFER_ENCODING":
         return None
     if upper == b"CONTENT_TYPE" or upper == b"CONTENT_LENGTH":
         return upper

@@ -77,6 +77,8 @@ class Server:
         self._idle: list[Connection] = []
         self._opening = 0
         self._learning: trio.Event | None = None
+        #: Requests waiting for room on a multiplexed connection.
+        self._room = trio.lowlevel.ParkingLot()
 
     def forget_capabilities(self) -> None:
         """Ask GET_VALUES again on the next new connection (the worker may have changed)."""
@@ -102,21 +104,32 @@ class Server:
                 return await self._open(learn=True)
             await self._learning.wait()
         if self.multiplexed:
-            best: Connection | None = None
-            for conn in self._live:
-                if conn.is_usable:
-                    load = conn.requests_in_flight
-                    if load == 0:
-                        return conn
-                    if best is None or load < best.requests_in_flight:
-                        best = conn
-            if len(self._live) + self._opening < self._max_connections or best is None:
-                return await self._open()
-            if best.requests_in_flight >= self.max_reqs:
-                # Every connection is full: a new one beyond the cap beats
-                # refusing, and the worker's FCGI_MAX_CONNS still bounds it.
-                return await self._open()
-            return best
+            deadline = trio.current_time() + self._connect_timeout
+            while True:
+                best: Connection | None = None
+                for conn in self._live:
+                    if conn.is_usable:
+                        load = conn.requests_in_flight
+                        if load == 0:
+                            return conn
+                        if best is None or load < best.requests_in_flight:
+                            best = conn
+                if len(self._live) + self._opening < self._max_connections:
+                    return await self._open()
+                if best is not None and best.requests_in_flight < self.max_reqs:
+                    return best
+                if self._opening:
+                    # A connection on its way takes FCGI_MAX_REQS more: wait
+                    # for it rather than open one per waiting request.
+                    await self._room.park()
+                    continue
+                if best is None or trio.current_time() >= deadline:
+                    # Every connection is full and stays full: one more beyond
+                    # the cap beats refusing (the worker's FCGI_MAX_CONNS
+                    # still bounds it); release() closes it once idle.
+                    return await self._open()
+                with trio.move_on_at(deadline):
+                    await self._room.park()
         while self._idle:
             conn = self._idle.pop()
             if conn.is_usable and conn.requests_in_flight == 0:
@@ -133,6 +146,9 @@ class Server:
         still in flight on it means the worker is still busy: closed.
         """
         if self.multiplexed:
+            if conn.requests_in_flight == 0 and len(self._live) > self._max_connections:
+                conn.close()  # opened past the cap in a burst: not kept once idle
+            self._room.unpark()
             return
         if conn.is_usable and conn.requests_in_flight == 0 and len(self._idle) < self._keepalive:
             self._idle.append(conn)
@@ -145,6 +161,7 @@ class Server:
             conn: Connection = await self._nursery.start(self._hold, learn)
         finally:
             self._opening -= 1
+            self._room.unpark_all()
         return conn
 
     async def _hold(self, learn: bool, *, task_status: trio.TaskStatus[Connection]) -> None:

@@ -1,13 +1,15 @@
 """`fcgi-cluster frontend` under stress, as a real process with real workers.
 
-What is checked, each against a separately started front-end so one test's
-memory or file descriptors never blur another's figures:
+What is checked (the memory and descriptor figures each come from a front-end
+started for that test alone, so no other test blurs them; the protocol tests
+share one front-end, which must stay healthy through all of them):
 
 * 100 MB request bodies (Content-Length and chunked) and a 100 MB response
   pass through byte for byte, and the front-end's peak memory (VmHWM) stays
   far below the size of the body: it streams, it does not buffer.
 * A client that stops reading a 200 MB download holds the front-end's memory
-  to a bounded amount (backpressure reaches the worker), then gets every byte.
+  to a bounded amount (it stops reading from the worker while it cannot write
+  to the client), then gets every byte.
 * Smuggling and malformed requests over raw sockets: each gets its one error
   response, the connection closes, and no request hidden behind one reaches a
   worker (the access log proves it).
@@ -24,7 +26,6 @@ Figures (peak memory, times, descriptor counts) are printed; run pytest with
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import hashlib
 import http.client
 import json
@@ -292,9 +293,12 @@ def test_100mb_bodies_stream_through_in_bounded_memory(echo_worker: int) -> None
     for name, seconds in timings.items():
         print(f"  {name}: {seconds:.2f} s ({BIG_BODY / MiB / seconds:.0f} MiB/s)")
     assert length_report["environ"]["REQUEST_URI"] == "/upload-length"
+    assert length_report["environ"]["CONTENT_LENGTH"] == str(BIG_BODY)
     assert length_report["body_length"] == BIG_BODY
     assert length_report["body_sha256"] == sent.hexdigest()
     assert chunked_report["environ"]["REQUEST_URI"] == "/upload-chunked"
+    # Streamed as it came, so no length could be given in advance.
+    assert chunked_report["environ"].get("CONTENT_LENGTH", "") == ""
     assert chunked_report["body_length"] == BIG_BODY
     assert chunked_report["body_sha256"] == sent_chunked.hexdigest()
     assert received == BIG_BODY
@@ -443,7 +447,10 @@ def test_smuggled_request_never_reaches_the_worker(guarded: tuple[int, pathlib.P
     status, _, body = http_get(port, "/after-smuggling")
     assert status == 200
     assert echo_report(body)["environ"]["REQUEST_URI"] == "/after-smuggling"
-    log = log_path.read_text()
+    # A request is logged once its response is sent, so just after the client has it.
+    deadline = time.monotonic() + 5
+    while "/after-smuggling" not in (log := log_path.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.01)
     # The log is written: the requests that were served are in it...
     assert '"GET /before-smuggling HTTP/1.1" 200' in log
     assert '"GET /after-smuggling HTTP/1.1" 200' in log

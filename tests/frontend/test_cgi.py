@@ -139,3 +139,8 @@ def test_split_with_an_optional_group_that_did_not_match() -> None:
     pattern = re.compile(r"^(.+?\.php)(/.*)?$", re.DOTALL)
     assert split_path(b"/env.php", pattern) == (b"/env.php", b"")
     assert split_path(b"/env.php/x", pattern) == (b"/env.php", b"/x")
+
+
+def test_transfer_encoding_is_not_passed_to_the_worker() -> None:
+    # The worker gets the body decoded; "chunked" would invite decoding it twice.
+    assert b"HTTP_TRANSFER_ENCODING" not in params_for([(b"transfer-encoding", b"chunked")])

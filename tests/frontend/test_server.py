@@ -164,3 +164,29 @@ async def test_weights_and_failover() -> None:
             seen = [echo_json(await get(port, "/w"))["worker"].split()[0] for _ in range(40)]
     assert seen.count(addresses[0]) == 30
     assert seen.count(addresses[1]) == 10
+
+
+async def test_a_burst_past_fcgi_max_reqs_opens_few_connections_and_closes_the_extra() -> None:
+    # The worker takes 4 requests per connection; 24 concurrent slow requests
+    # must not open a connection each, and the extras close once idle.
+    from fcgi_cluster.worker import WorkerConfig
+
+    async with workers(echo, config=WorkerConfig(max_requests=4)) as addresses, frontend(
+        upstream_config(addresses, upstream="connections = 2")
+    ) as (port, server):
+        upstream = server.upstreams["app"].servers[0]
+        peak = 0
+
+        async def one(i: int) -> None:
+            nonlocal peak
+            echo_json(await get(port, f"/b{i}?sleep_ms=100"))
+            peak = max(peak, upstream.connection_count)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for i in range(24):
+                    nursery.start_soon(one, i)
+        await trio.sleep(0.05)
+        assert upstream.max_reqs == 4
+        assert 2 <= peak <= 8
+        assert upstream.connection_count <= 2
