@@ -101,8 +101,11 @@ class Server:
                 # The first connection learns; requests arriving meanwhile
                 # wait for its answer rather than open connections of their own.
                 self._learning = trio.Event()
-                return await self._open(learn=True)
-            await self._learning.wait()
+                conn = await self._open(learn=True)
+                if self._has_room(conn):
+                    return conn
+            else:
+                await self._learning.wait()
         if self.multiplexed:
             deadline = trio.current_time() + self._connect_timeout
             while True:
@@ -115,7 +118,10 @@ class Server:
                         if best is None or load < best.requests_in_flight:
                             best = conn
                 if len(self._live) + self._opening < self._max_connections:
-                    return await self._open()
+                    conn = await self._open()
+                    if self._has_room(conn):
+                        return conn
+                    continue  # others filled it while it opened
                 if best is not None and best.requests_in_flight < self.max_reqs:
                     return best
                 if self._opening:
@@ -127,7 +133,10 @@ class Server:
                     # Every connection is full and stays full: one more beyond
                     # the cap beats refusing (the worker's FCGI_MAX_CONNS
                     # still bounds it); release() closes it once idle.
-                    return await self._open()
+                    conn = await self._open()
+                    if self._has_room(conn):
+                        return conn
+                    continue
                 with trio.move_on_at(deadline):
                     await self._room.park()
         while self._idle:
@@ -136,6 +145,11 @@ class Server:
                 return conn
             conn.close()
         return await self._open()
+
+    def _has_room(self, conn: Connection) -> bool:
+        # A new connection is visible to other requests as soon as it opens,
+        # before its opener resumes: they may have filled it meanwhile.
+        return conn.is_usable and conn.requests_in_flight < self.max_reqs
 
     def release(self, conn: Connection) -> None:
         """Give back a connection after a request (its response closed, so aborted if unfinished).

@@ -23,7 +23,9 @@ from ..protocol import (
     NEED_DATA,
     AbortRequest,
     ConnectionClosed,
+    ConnectionState,
     EndRequest,
+    LocalProtocolError,
     RemoteProtocolError,
     Request,
     ServerConnection,
@@ -65,24 +67,24 @@ class RequestContext:
     async def send(self, data: bytes) -> None:
         """Send response bytes (CGI headers and body), waiting while the peer is slow."""
         if data and not self.ended:
-            await self._conn.write(self._conn.core.send(Stdout(self.request_id, data)))
+            await self._conn.write(self._conn.encode(Stdout(self.request_id, data)))
 
     def send_nowait(self, data: bytes) -> None:
         """Send response bytes without waiting (for small, final pieces)."""
         if data and not self.ended:
-            self._conn.write_nowait(self._conn.core.send(Stdout(self.request_id, data)))
+            self._conn.write_nowait(self._conn.encode(Stdout(self.request_id, data)))
 
     def log(self, data: bytes) -> None:
         """Send bytes to the web server's error log (FastCGI STDERR)."""
         if data and not self.ended:
-            self._conn.write_nowait(self._conn.core.send(Stderr(self.request_id, data)))
+            self._conn.write_nowait(self._conn.encode(Stderr(self.request_id, data)))
 
     def end(self, app_status: int = 0) -> None:
         """Finish the request (END_REQUEST); later sends are ignored."""
         if not self.ended:
             self.ended = True
             self.body.abort()
-            self._conn.write_nowait(self._conn.core.send(EndRequest(self.request_id, app_status)))
+            self._conn.write_nowait(self._conn.encode(EndRequest(self.request_id, app_status)))
 
 
 RequestHandler = Callable[[RequestContext], Awaitable[None]]
@@ -125,6 +127,20 @@ class WorkerConnection:
             for ctx in self.requests.values():
                 ctx.body.abort()
             await trio.aclose_forcefully(self.stream)
+
+    def encode(self, event: object) -> bytes:
+        """The bytes for a response event; nothing once the connection is broken.
+
+        After the web server broke the protocol the core is in ERROR and the
+        connection is closing: requests still running finish into nothing
+        rather than fail.
+        """
+        try:
+            return self.core.send(event)  # type: ignore[arg-type]
+        except LocalProtocolError:
+            if self.core.state is ConnectionState.OPEN:
+                raise  # a real misuse of the core, not a dying connection
+            return b""
 
     def drain(self) -> None:
         """Stop reading new requests; close once those in flight are answered."""

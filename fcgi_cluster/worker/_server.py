@@ -123,6 +123,10 @@ class _Server:
             if self.draining:
                 conn.drain()
             await conn.run()
+        except Exception:
+            # One connection's failure, whatever it is, must not stop the
+            # others: log it and let this connection go.
+            log.exception("connection from %s failed", peer or "a unix socket peer")
         finally:
             self.connections.discard(conn)
             slots.release()

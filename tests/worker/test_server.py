@@ -91,3 +91,25 @@ async def test_graceful_stop_deadline_cancels_stragglers():
     # serve() returned once the deadline passed, not after the 3 s request.
     assert trio.current_time() - start < 2.9
     await stream.aclose()
+
+
+async def test_too_many_requests_while_others_run_closes_that_connection_only() -> None:
+    # FCGI_MAX_REQS is 2; a third request while two slow ones run is a
+    # protocol violation: that connection closes, the running requests end
+    # into nothing, and the worker serves the next client.
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(serve, echo.app, "127.0.0.1:0", WorkerConfig(max_requests=2))
+        host, _, port = address.rpartition(":")
+        stream = await trio.open_tcp_stream(host, int(port))
+        core = ClientConnection()
+        slow = params("/slow?sleep_ms=200")
+        out = b"".join(core.send(Request(rid, slow)) + core.send(Stdin(rid, b"")) for rid in (1, 2, 3))
+        await stream.send_all(out)
+        with trio.fail_after(5):
+            while await stream.receive_some(65536):
+                pass  # until the worker closes it
+        await stream.aclose()
+        await trio.sleep(0.3)  # the two slow requests finish meanwhile
+        with trio.fail_after(5):
+            assert b'"worker"' in await fetch(address, params("/"))
+        nursery.cancel_scope.cancel()
