@@ -8,6 +8,7 @@ is wrong, and a non-zero exit status: never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
@@ -104,19 +105,15 @@ def _frontend_main(argv: list[str]) -> int:
                 parser.error("--upstream, --root and --max-body-size go in the file when -c is given")
             config = load_config(args.config)
             if args.listen or overrides:
-                import dataclasses
-
-                from .frontend import simple_config as _  # noqa: F401  (validation lives there)
-
-                fe = config.frontend
+                # Command-line values override the file's [frontend]; they are
+                # checked by the same rules, as if written in a file.
                 if args.listen:
-                    fe = dataclasses.replace(fe, listen=tuple(args.listen))
-                if overrides:
-                    checked = simple_config(list(fe.listen), ["127.0.0.1:1"], **overrides).frontend
-                    fe = dataclasses.replace(
-                        fe, **{key: getattr(checked, key) for key in overrides}
-                    )
-                config = dataclasses.replace(config, frontend=fe)
+                    overrides["listen"] = args.listen
+                checked = simple_config([], ["127.0.0.1:1"], **overrides).frontend
+                frontend = dataclasses.replace(
+                    config.frontend, **{key: getattr(checked, key) for key in overrides}
+                )
+                config = dataclasses.replace(config, frontend=frontend)
         else:
             if not args.upstream:
                 parser.error("give -c FILE or at least one --upstream ADDRESS")
