@@ -107,12 +107,9 @@ def _frontend_main(argv: list[str]) -> int:
             if args.listen or overrides:
                 # Command-line values override the file's [frontend]; they are
                 # checked by the same rules, as if written in a file.
-                if args.listen:
-                    overrides["listen"] = args.listen
-                checked = simple_config([], ["127.0.0.1:1"], **overrides).frontend
-                frontend = dataclasses.replace(
-                    config.frontend, **{key: getattr(checked, key) for key in overrides}
-                )
+                checked = simple_config(args.listen, ["127.0.0.1:1"], **overrides).frontend
+                keys = [*overrides, *(["listen"] if args.listen else [])]
+                frontend = dataclasses.replace(config.frontend, **{key: getattr(checked, key) for key in keys})
                 config = dataclasses.replace(config, frontend=frontend)
         else:
             if not args.upstream:
