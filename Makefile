@@ -43,10 +43,10 @@ run: install
 
 bench: install
 	$(PY) benchmarks/transport.py
-	$(PY) benchmarks/http.py
+	$(PY) benchmarks/end_to_end.py
 
 bench-http: install
-	$(PY) benchmarks/http.py
+	$(PY) benchmarks/end_to_end.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

@@ -300,7 +300,9 @@ def _date_header(now: float) -> bytes:
 def _error_page(status: int, phrase: bytes, reason: str | None, server: bytes | None) -> bytes:
     """A small HTML page for an error status, shaped like nginx's."""
     title = b"%d %s" % (status, phrase)
-    parts = [b"<html>\r\n<head><title>", title, b"</title></head>\r\n<body>\r\n<center><h1>", title, b"</h1></center>\r\n"]
+    parts = [
+        b"<html>\r\n<head><title>", title, b"</title></head>\r\n<body>\r\n<center><h1>", title, b"</h1></center>\r\n",
+    ]
     if reason:
         parts += [b"<center>", html.escape(reason).encode("ascii", "xmlcharrefreplace"), b"</center>\r\n"]
     if server:

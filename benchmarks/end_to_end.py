@@ -24,34 +24,28 @@ Each contender gets a warm-up run, then the rounds interleave (A B C A B C ...)
 so drift hits all alike; the report gives the median of the rounds. Any non-2xx/3xx
 answer or socket error is printed next to the figure it taints.
 
-Usage: python benchmarks/http.py [--quick] [--duration S] [--connections N] [--rounds R]
+Usage: python benchmarks/end_to_end.py [--quick] [--duration S] [--connections N] [--rounds R]
 Writes benchmarks/results/<UTC timestamp>-http/results.json and table.md; the peers'
 configs and logs are kept beside them, under peers/.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import http.client
+import json
 import os
+import pathlib
+import platform
+import re
+import shutil
+import statistics
+import subprocess
 import sys
-
-# This file is named http.py, and Python puts its directory first on sys.path: drop that
-# entry, or it would stand in for the standard library's http package (http.client).
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [entry for entry in sys.path if os.path.abspath(entry or os.curdir) != _HERE]
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import dataclasses  # noqa: E402
-import datetime  # noqa: E402
-import http.client  # noqa: E402
-import json  # noqa: E402
-import pathlib  # noqa: E402
-import platform  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -301,7 +295,7 @@ def main() -> int:
         parser.error(f"--connections must be at least {WRK_THREADS} (one per wrk thread)")
     wrk = shutil.which("wrk")
     if wrk is None:
-        print("http.py: wrk is not installed: run `make deps` (scripts/install-deps.sh)", file=sys.stderr)
+        print("end_to_end.py: wrk is not installed: run `make deps` (scripts/install-deps.sh)", file=sys.stderr)
         return 1
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
