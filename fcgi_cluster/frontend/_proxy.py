@@ -118,7 +118,7 @@ async def open_upstream_response(
     *,
     method: bytes,
     hash_key: bytes | None,
-    wait_head: Callable[[ResponseStream], Awaitable[None]] | None = None,
+    wait_head: Callable[[ResponseStream, float], Awaitable[None]] | None = None,
 ) -> ProxyResult:
     """Send one request to the pool and wait for its CGI head, retrying as the module says.
 
@@ -128,8 +128,10 @@ async def open_upstream_response(
         body: the whole body (can be resent) or an async iterator (sent once).
         method: the HTTP method, for the retry rules.
         hash_key: the key for ``ip_hash`` / ``hash`` balancing.
-        wait_head: waits for a response's head (default ``read_head``); the
-            server's version also watches the client.
+        wait_head: ``wait_head(response, deadline)`` waits for a response's
+            head and raises ``trio.TooSlowError`` at the deadline (default:
+            ``read_head`` under that deadline); the server's version also
+            watches the client.
 
     Returns:
         A ``ProxyResult`` whose response has its status and headers; the
@@ -160,14 +162,15 @@ async def open_upstream_response(
         try:
             conn = await server.acquire()
             response = conn.start_request(params, body)
-            # A bare CancelScope: fail_after costs a generator per request.
-            with trio.CancelScope(deadline=trio.current_time() + read_timeout) as scope:
-                if wait_head is None:
+            deadline = trio.current_time() + read_timeout
+            if wait_head is None:
+                # A bare CancelScope: fail_after costs a generator per request.
+                with trio.CancelScope(deadline=deadline) as scope:
                     await response.read_head()
-                else:
-                    await wait_head(response)
-            if scope.cancelled_caught:
-                raise trio.TooSlowError
+                if scope.cancelled_caught:
+                    raise trio.TooSlowError
+            else:
+                await wait_head(response, deadline)
             return ProxyResult(response, upstream, index, conn)
         except (FastCGIError, trio.TooSlowError) as exc:
             sent = conn is not None

@@ -483,35 +483,48 @@ class _ClientConnection:
             upstream, params, body, method=head.method, hash_key=key, wait_head=wait  # type: ignore[arg-type]
         )
 
-    async def _wait_head(self, response: ResponseStream) -> None:
-        """Wait for an answer's head; a client that hangs up meanwhile aborts it.
+    async def _wait_head(self, response: ResponseStream, deadline: float) -> None:
+        """Wait for an answer's head until ``deadline``; a client that hangs up meanwhile aborts it.
 
         Fast answers never pay for watching the client: only one still
-        missing after ``WATCH_CLIENT_AFTER`` gets a watcher task.
+        missing after ``WATCH_CLIENT_AFTER`` gets a watcher task. One cancel
+        scope covers the fast path and the read timeout both.
+
+        Raises:
+            trio.TooSlowError: the deadline passed.
+            _ClientGone: the client hung up.
         """
-        with trio.CancelScope(deadline=trio.current_time() + WATCH_CLIENT_AFTER):
+        with trio.CancelScope(deadline=min(deadline, trio.current_time() + WATCH_CLIENT_AFTER)):
             await response.read_head()
             return
-        gone = False
+        if trio.current_time() >= deadline:
+            raise trio.TooSlowError
+        gone = done = False
         failure: BaseException | None = None
-        async with trio.open_nursery() as nursery:
+        with trio.CancelScope(deadline=deadline) as timeout:
+            async with trio.open_nursery() as nursery:
 
-            async def watch() -> None:
-                nonlocal gone
-                await self._watch_client()
-                gone = True
+                async def watch() -> None:
+                    nonlocal gone
+                    await self._watch_client()
+                    gone = True
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch)
+                try:
+                    await response.read_head()
+                    done = True
+                except Exception as exc:  # re-raised outside the nursery, unwrapped
+                    failure = exc
                 nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch)
-            try:
-                await response.read_head()
-            except Exception as exc:  # re-raised outside the nursery, unwrapped
-                failure = exc
-            nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
+        if done:
+            return
         if gone:
             raise _ClientGone()
+        if timeout.cancelled_caught:
+            raise trio.TooSlowError
 
     async def _watch_client(self) -> None:
         """Return when the client hangs up; bytes it pipelines meanwhile are kept for later."""

@@ -124,7 +124,12 @@ def as_bytes(text: str | bytes) -> bytes:
 
 
 def encode_params(params: Mapping[str | bytes, str | bytes]) -> bytes:
-    return encode_pairs((as_bytes(k), as_bytes(v)) for k, v in params.items())
+    try:
+        # Web servers build params as bytes: encode them as they are, and
+        # convert only when a str turns up (bytearray += str raises).
+        return encode_pairs(params.items())  # type: ignore[arg-type]
+    except TypeError:
+        return encode_pairs((as_bytes(k), as_bytes(v)) for k, v in params.items())
 
 
 def decode_pairs(data: bytes | bytearray | memoryview) -> dict[bytes, bytes]:
