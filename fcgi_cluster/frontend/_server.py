@@ -23,7 +23,9 @@ import math
 import os
 import socket
 import ssl
+import tempfile
 import time
+import typing
 from urllib.parse import quote_from_bytes
 from collections.abc import AsyncIterator, Sequence
 
@@ -591,7 +593,34 @@ class _ClientConnection:
                 return bytes(buffered), len(buffered)
             buffered += event.data  # type: ignore[union-attr]
             if len(buffered) > BUFFERED_BODY_SIZE:
-                return _BodyStream(self, bytes(buffered)), length
+                if length is not None:
+                    return _BodyStream(self, bytes(buffered)), length
+                return await self._spool_chunked_body(buffered)
+
+    async def _spool_chunked_body(self, first: bytearray) -> tuple[AsyncIterator[bytes], int]:
+        """Read a large chunked body into a temporary file, so the worker gets its CONTENT_LENGTH.
+
+        php-fpm (PHP's SAPI) reads a request body only up to CONTENT_LENGTH:
+        without one, a chunked upload arrives empty. nginx buffers such
+        bodies to disk (fastcgi_request_buffering); so do we, for chunked
+        bodies only: a body with a Content-Length streams straight through.
+        ``max_body_size`` bounds the file.
+        """
+        spool = tempfile.TemporaryFile(prefix="fcgi-cluster-body-")
+        try:
+            spool.write(first)
+            total = len(first)
+            while True:
+                event = await self._next_body_event()
+                if type(event) is EndOfMessage:
+                    break
+                spool.write(event.data)  # type: ignore[union-attr]
+                total += len(event.data)  # type: ignore[union-attr]
+            spool.seek(0)
+        except BaseException:
+            spool.close()
+            raise
+        return _spooled_chunks(spool), total
 
     async def _next_body_event(self) -> Body | EndOfMessage:
         http = self.http
@@ -634,6 +663,19 @@ class _BodyStream:
             if isinstance(exc, Exception):
                 self.error = exc
             raise
+
+
+async def _spooled_chunks(spool: typing.BinaryIO) -> AsyncIterator[bytes]:
+    """A spooled body, read back in pieces (page-cache reads: fast enough for the loop)."""
+    try:
+        while True:
+            chunk = spool.read(BUFFERED_BODY_SIZE)
+            if not chunk:
+                return
+            yield chunk
+            await trio.lowlevel.checkpoint()
+    finally:
+        spool.close()
 
 
 def _log_stderr(address: str, stderr: bytes) -> None:

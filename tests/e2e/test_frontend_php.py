@@ -91,3 +91,21 @@ def test_path_info_split(front_doors) -> None:
     assert server["SCRIPT_NAME"] == "/env.php"
     assert server["PATH_INFO"] == "/extra/path"
     assert server["SCRIPT_FILENAME"] == f"{PHP_PAGES}/env.php"
+
+
+def test_large_chunked_upload_reaches_php_whole(front_doors) -> None:
+    # PHP reads a body only up to CONTENT_LENGTH: the front-end spools a
+    # chunked body past its 64 KiB buffer to learn the length, as nginx does.
+    import socket
+
+    ours, _ = front_doors
+    body = os.urandom(300_000)
+    with socket.create_connection(("127.0.0.1", ours), timeout=10) as sock:
+        head = b"POST /upload.php HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        pieces = [body[i:i + 50_000] for i in range(0, len(body), 50_000)]
+        sock.sendall(head + b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert f"{len(body)} {hashlib.md5(body).hexdigest()}".encode() in answer
