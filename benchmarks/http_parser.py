@@ -77,7 +77,7 @@ SCENARIOS = {
 
 def run_h11(data: bytes, count: int) -> Callable[[], None]:
     conn = h11.Connection(h11.SERVER)
-    Request, Data, EndOfMessage, Response, PAUSED = h11.Request, h11.Data, h11.EndOfMessage, h11.Response, h11.PAUSED
+    Data, EndOfMessage, Response, PAUSED = h11.Data, h11.EndOfMessage, h11.Response, h11.PAUSED
     NEED = h11.NEED_DATA
     headers = [(b"Content-Type", b"text/plain"), (b"Content-Length", b"%d" % len(RESPONSE_BODY))]
 

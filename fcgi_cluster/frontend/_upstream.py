@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import trio
 
 from .._address import Address, parse_address
-from ..client import Connection, ConnectError, FastCGIError, open_connection
+from ..client import Connection, FastCGIError, open_connection
 from ._balancer import Balancer
 
 __all__ = ["Server", "Upstream", "GET_VALUES_TIMEOUT"]
@@ -251,11 +251,6 @@ class Upstream:
     def close_all(self) -> None:
         for server in self.servers:
             server.close_all()
-
-
-def is_connect_error(exc: BaseException) -> bool:
-    """True for errors where the worker cannot have seen the request."""
-    return isinstance(exc, ConnectError)
 
 
 async def run_health_checks(upstream: Upstream) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests._peers import REPO_ROOT, flup_responder, free_port, python_executable, run_process, wait_for_port
+from tests._peers import REPO_ROOT, flup_responder, free_port, python_executable, run_process
 
 from ._worker import worker_process
 
