@@ -253,9 +253,20 @@ class _ClientConnection:
         """
         fd = self._fd
         if fd >= 0:
-            # Usually nothing is there yet (the client is reading our last
-            # answer), so wait first, then read what came: one system call
-            # for the data, and no cancel scope unless we must wait.
+            # A busy client's next request is often there already: try to read
+            # it first, which spares the whole wait (a cancel scope and two
+            # epoll changes). Still yield to the scheduler, as trio's own
+            # receive does, so a client pipelining answers that need no
+            # worker (static files, errors) cannot starve the others.
+            try:
+                data = os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise _ClientGone() from exc
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
             with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
                 try:
                     await trio.lowlevel.wait_readable(fd)
