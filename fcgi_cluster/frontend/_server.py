@@ -402,9 +402,7 @@ class _ClientConnection:
                     sent += len(chunk)
                 await self._send(http.send_end())
         finally:
-            close = getattr(plan, "close", None)
-            if close is not None:
-                close()
+            plan.close()  # read_file_range closes it too; twice is harmless
         self._log(head, plan.status, sent, started)
         return await self._finish_request_body()
 
