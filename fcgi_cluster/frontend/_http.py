@@ -72,6 +72,11 @@ from typing import Callable, Union
 
 import httptools
 
+# ``next_event`` returns NEED_DATA when it has nothing to give until more bytes
+# arrive (or, once the current request is complete, until ``start_next_cycle``):
+# the FastCGI core's sentinel, one "need more bytes" for both protocols.
+from ..protocol import NEED_DATA
+
 __all__ = [
     "HTTPLimits",
     "RequestHead",
@@ -178,20 +183,6 @@ class EndOfMessage:
 class ConnectionClosed:
     """The client closed the connection cleanly, between two requests."""
 
-
-class _Sentinel:
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __repr__(self) -> str:
-        return self._name
-
-
-#: ``next_event`` has nothing to give until more bytes arrive (or, once the
-#: current request is complete, until ``start_next_cycle``).
-NEED_DATA = _Sentinel("NEED_DATA")
 
 Event = Union[RequestHead, Body, EndOfMessage, ConnectionClosed]
 
@@ -417,7 +408,7 @@ class HTTPServerConnection:
             self._keep_alive = False
             self._buf = b""
 
-    def next_event(self) -> Event | _Sentinel:
+    def next_event(self) -> Event | object:
         """The next event of the current request, ``NEED_DATA``, or ``ConnectionClosed``.
 
         Once the current request's ``EndOfMessage`` was returned, this returns
