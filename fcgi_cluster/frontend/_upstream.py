@@ -17,6 +17,14 @@ spoken to, by asking FCGI_GET_VALUES:
 The answer is remembered until the server fails, then asked again, since the
 process behind the address may have been replaced by a different one.
 
+A server's ``max_conns`` caps its connections when it takes one request per
+connection, and requests past the cap wait in line (first come, first
+served, for up to ``connect_timeout``) for one to come back, as HAProxy
+queues at a server's ``maxconn``. php-fpm needs it set to its
+``pm.max_children``: each child serves one connection until that closes, so
+without the cap a connection opened in a burst waits in php-fpm's backlog
+behind the connections we keep alive, until the read timeout.
+
 Resource handling: every connection lives in a task of the upstream's
 nursery, which the front-end's server opens for the life of the process; a
 connection's task ends when the connection dies or is closed.
@@ -24,14 +32,16 @@ connection's task ends when the connection dies or is closed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+from collections import deque
 from collections.abc import Sequence
 
 import trio
 
 from .._address import Address, parse_address
-from ..client import Connection, FastCGIError, open_connection
+from ..client import ConnectError, Connection, FastCGIError, open_connection
 from ._balancer import Balancer
 
 __all__ = ["Server", "Upstream", "GET_VALUES_TIMEOUT"]
@@ -48,6 +58,14 @@ GET_VALUES_TIMEOUT = 1.0
 DEFAULT_MAX_REQS = 100
 
 
+class _Waiter:
+    __slots__ = ("ready", "conn")
+
+    def __init__(self) -> None:
+        self.ready = trio.Event()
+        self.conn: Connection | None = None
+
+
 class Server:
     """The connections to one worker address."""
 
@@ -61,12 +79,15 @@ class Server:
         keepalive: int = 32,
         connect_timeout: float = 5.0,
         send_timeout: float = 60.0,
+        max_conns: int = 0,
     ) -> None:
         self.address = address
         self._address: Address = parse_address(address)
         self._nursery = nursery
         self._allow_multiplex = multiplex
         self._max_connections = max(1, connections)
+        #: Connections at most when one request per connection (0: no cap).
+        self._max_conns = max_conns
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
         self._send_timeout = send_timeout or math.inf
@@ -79,6 +100,8 @@ class Server:
         self._learning: trio.Event | None = None
         #: Requests waiting for room on a multiplexed connection.
         self._room = trio.lowlevel.ParkingLot()
+        #: Requests waiting, in order, for a connection at ``max_conns``.
+        self._queue: deque[_Waiter] = deque()
 
     def forget_capabilities(self) -> None:
         """Ask GET_VALUES again on the next new connection (the worker may have changed)."""
@@ -139,12 +162,32 @@ class Server:
                     continue
                 with trio.move_on_at(deadline):
                     await self._room.park()
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.is_usable and conn.requests_in_flight == 0:
-                return conn
-            conn.close()
-        return await self._open()
+        deadline = trio.current_time() + self._connect_timeout
+        while True:
+            while self._idle and not self._queue:
+                conn = self._idle.pop()
+                if conn.is_usable and conn.requests_in_flight == 0:
+                    return conn
+                conn.close()
+            if not self._max_conns or len(self._live) + self._opening < self._max_conns:
+                return await self._open()
+            # At max_conns, wait in line for a connection to come back, as
+            # HAProxy queues at a server's maxconn: a php-fpm child serves
+            # one connection until it closes, so a connection beyond its
+            # children would wait in its backlog behind ones we keep idle.
+            waiter = _Waiter()
+            self._queue.append(waiter)
+            with trio.move_on_at(deadline):
+                await waiter.ready.wait()
+            if waiter.conn is not None:
+                return waiter.conn
+            if waiter.ready.is_set():
+                continue  # a connection closed: room to open one
+            self._queue.remove(waiter)
+            raise ConnectError(
+                f"cannot reach {self.address}: all {self._max_conns} connections (max_conns) "
+                f"stayed busy for {self._connect_timeout:g} s"
+            )
 
     def _has_room(self, conn: Connection) -> bool:
         # A new connection is visible to other requests as soon as it opens,
@@ -164,10 +207,17 @@ class Server:
                 conn.close()  # opened past the cap in a burst: not kept once idle
             self._room.unpark()
             return
-        if conn.is_usable and conn.requests_in_flight == 0 and len(self._idle) < self._keepalive:
-            self._idle.append(conn)
-        else:
-            conn.close()
+        if conn.is_usable and conn.requests_in_flight == 0:
+            if self._queue:
+                # First in line gets it, before any newcomer can.
+                waiter = self._queue.popleft()
+                waiter.conn = conn
+                waiter.ready.set()
+                return
+            if len(self._idle) < self._keepalive:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     async def _open(self, learn: bool = False) -> Connection:
         self._opening += 1
@@ -197,6 +247,8 @@ class Server:
                     self._live.remove(conn)
                     if conn in self._idle:
                         self._idle.remove(conn)
+                    if self._queue:
+                        self._queue.popleft().ready.set()  # room to open another
         finally:
             if learning is not None:  # the connection failed before learning ended
                 self._learning = None
@@ -232,7 +284,10 @@ class Upstream:
         self.name = name
         self.config = config
         specs = config.servers  # type: ignore[attr-defined]
-        self.balancer = Balancer(specs, config.balance)  # type: ignore[attr-defined]
+        # A server's max_conns is enforced by its Server, which queues
+        # requests at the cap; the balancer would turn a full pool into 502s.
+        uncapped = [dataclasses.replace(spec, max_conns=0) for spec in specs]
+        self.balancer = Balancer(uncapped, config.balance)  # type: ignore[attr-defined]
         multiplex = config.multiplex != "off"  # type: ignore[attr-defined]
         self.servers: Sequence[Server] = [
             Server(
@@ -242,6 +297,7 @@ class Upstream:
                 keepalive=config.keepalive,  # type: ignore[attr-defined]
                 connect_timeout=config.connect_timeout,  # type: ignore[attr-defined]
                 send_timeout=config.send_timeout,  # type: ignore[attr-defined]
+                max_conns=spec.max_conns,
             )
             for spec in specs
         ]

@@ -109,3 +109,32 @@ def test_large_chunked_upload_reaches_php_whole(front_doors) -> None:
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200")
     assert f"{len(body)} {hashlib.md5(body).hexdigest()}".encode() in answer
+
+
+def test_max_conns_queues_instead_of_stranding_requests_behind_php_fpm_children(tmp_path) -> None:
+    # php-fpm (2 children) serves one connection per child until it closes.
+    # Eight concurrent slow requests: with max_conns = 2 the front-end queues
+    # the others for a free connection instead of opening connections that
+    # php-fpm's backlog would hold behind our kept-alive ones.
+    import concurrent.futures
+    import time
+
+    with contextlib.ExitStack() as stack:
+        fpm = Peers(stack, tmp_path).php_fpm(max_children=2)
+        port = free_port()
+        config = tmp_path / "cluster.toml"
+        config.write_text(
+            f'[frontend]\nlisten = "127.0.0.1:{port}"\nroot = "{PHP_PAGES}"\naccess_log = false\n'
+            f'[upstream.php]\nservers = [{{ address = "127.0.0.1:{fpm.port}", max_conns = 2 }}]\nread_timeout = "5s"\n'
+        )
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        stack.enter_context(run_process(
+            [python_executable(), "-m", "fcgi_cluster.cli", "frontend", "-c", str(config)],
+            cwd=REPO_ROOT, env=env, ready_port=port, name="fcgi-frontend",
+        ))
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _: http_get(port, "/sleep.php?ms=200"), range(8)))
+        elapsed = time.monotonic() - started
+    assert [(status, body) for status, _, body in answers] == [(200, b"slept")] * 8
+    assert elapsed < 3  # four rounds of 200 ms on two children, not a read timeout
