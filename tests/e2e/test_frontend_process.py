@@ -172,6 +172,10 @@ def test_up_starts_the_cluster_and_stops_it(tmp_path) -> None:
     argv = [python_executable(), "-m", "fcgi_cluster.cli", "up", "-c", str(path)]
     with run_process(argv, cwd=REPO_ROOT, env=env, ready_port=fe, name="fcgi-up", timeout=60) as up:
         seen = {json.loads(http_get(fe, "/")[2])["worker"].split()[0] for _ in range(4)}
+        # `up` prints the URL once it has seen the front-end listen itself.
+        deadline = time.monotonic() + 10
+        while f"http://127.0.0.1:{fe}/" not in up.log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
         descendants = _children(up.pid)
         assert len(descendants) == 3
         up.send_signal(signal.SIGTERM)
