@@ -190,3 +190,26 @@ async def test_a_burst_past_fcgi_max_reqs_opens_few_connections_and_closes_the_e
         assert upstream.max_reqs == 4
         assert 2 <= peak <= 8
         assert upstream.connection_count <= 2
+
+
+async def test_max_connections_holds_new_clients_until_one_leaves() -> None:
+    async with workers(echo) as addresses, frontend(
+        upstream_config(addresses, frontend="max_connections = 2")
+    ) as (port, _):
+        async with RawClient.connect(port) as first, RawClient.connect(port) as second:
+            for client in (first, second):
+                await client.send(b"GET /keep HTTP/1.1\r\nHost: t\r\n\r\n")
+                echo_json(await client.response())
+            # Both slots are taken by idle keep-alive clients: a third waits
+            # in the kernel's backlog, unanswered.
+            third_stream = await trio.open_tcp_stream("127.0.0.1", port)
+            third = RawClient(third_stream)
+            await third.send(b"GET /third HTTP/1.1\r\nHost: t\r\n\r\n")
+            with trio.move_on_after(0.3) as waited:
+                await third.response()
+            assert waited.cancelled_caught
+            await first.stream.aclose()
+            with trio.fail_after(5):
+                answer = echo_json(await third.response())
+            await third_stream.aclose()
+    assert answer["environ"]["REQUEST_URI"] == "/third"
