@@ -80,6 +80,15 @@ def parse_cgi_headers(data: bytes | bytearray) -> tuple[int, list[tuple[str, str
             not ``Name: value``, a value holds CR or NUL (a response-splitting
             attempt), or the Status is not a 3-digit code.
     """
+    parsed = parse_cgi_head(data)
+    if parsed is None:
+        return None
+    status, headers, rest = parsed
+    return status, [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers], rest
+
+
+def parse_cgi_head(data: bytes | bytearray) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+    """``parse_cgi_headers`` with the headers left as bytes (what a proxy passes on as they are)."""
     found = _find_blank_line(data)
     if found is None:
         # Without its blank line in the first MAX_HEADER_SIZE bytes, the block
@@ -91,7 +100,7 @@ def parse_cgi_headers(data: bytes | bytearray) -> tuple[int, list[tuple[str, str
     if body_start > MAX_HEADER_SIZE:
         raise UpstreamProtocolError(f"CGI header block exceeds {MAX_HEADER_SIZE} bytes")
     status: int | None = None
-    headers: list[tuple[str, str]] = []
+    headers: list[tuple[bytes, bytes]] = []
     has_location = False
     for line in bytes(data[:end]).split(b"\n")[:-1]:
         if line.endswith(b"\r"):
@@ -110,7 +119,7 @@ def parse_cgi_headers(data: bytes | bytearray) -> tuple[int, list[tuple[str, str
             continue
         if lower == b"location":
             has_location = True
-        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        headers.append((name, value))
     if status is None:
         status = 302 if has_location else 200
     return status, headers, bytes(data[body_start:])

@@ -10,7 +10,7 @@ from typing import Callable
 
 import trio
 
-from ._cgi import parse_cgi_headers
+from ._cgi import parse_cgi_head
 from ._errors import UpstreamProtocolError
 
 __all__ = ["Response", "ResponseStream", "STREAM_BUFFER", "MAX_STDERR_SIZE"]
@@ -170,14 +170,20 @@ class ResponseStream:
         headers: the CGI headers but Status, as (name, value).
     """
 
-    __slots__ = ("_state", "_close", "status", "headers", "_pending")
+    __slots__ = ("_state", "_close", "status", "raw_headers", "_pending")
 
     def __init__(self, state: _RequestState, close: Callable[[_RequestState], None]) -> None:
         self._state = state
         self._close = close
         self.status = 0
-        self.headers: list[tuple[str, str]] = []
+        #: The CGI headers but Status as the worker sent them, (name, value) bytes.
+        self.raw_headers: list[tuple[bytes, bytes]] = []
         self._pending = b""
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The CGI headers but Status, as latin-1 (name, value) strings."""
+        return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in self.raw_headers]
 
     @property
     def stderr(self) -> bytes:
@@ -216,9 +222,9 @@ class ResponseStream:
                     else "the worker ended the request without a response"
                 )
             buf += chunk
-            parsed = parse_cgi_headers(buf)
+            parsed = parse_cgi_head(buf)
             if parsed is not None:
-                self.status, self.headers, self._pending = parsed
+                self.status, self.raw_headers, self._pending = parsed
                 buf.clear()
                 return self
 

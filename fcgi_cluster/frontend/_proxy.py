@@ -90,24 +90,26 @@ class ProxyResult:
             self.upstream.balancer.succeeded(self.index)
 
 
-def response_headers(headers: list[tuple[str, str]]) -> tuple[list[tuple[bytes, bytes]], int | None]:
+def response_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], int | None]:
     """The worker's CGI headers as HTTP response headers, and the body length they declare.
 
+    Args:
+        headers: ``ResponseStream.raw_headers``.
+
     Returns:
-        ``(headers, content_length)``: hop-by-hop headers removed, names and
-        values as latin-1 bytes; ``content_length`` None when absent or not a
-        plain decimal (then the body is sent chunked and its true length wins).
+        ``(headers, content_length)``: hop-by-hop headers removed;
+        ``content_length`` None when absent or not a plain decimal (then the
+        body is sent chunked and its true length wins).
     """
     out: list[tuple[bytes, bytes]] = []
     length: int | None = None
     for name, value in headers:
-        raw_name = name.encode("latin-1")
-        lower = raw_name.lower()
+        lower = name.lower()
         if lower in _HOP_BY_HOP:
             if lower == b"content-length" and value.isdigit() and length is None:
                 length = int(value)
             continue
-        out.append((raw_name, value.encode("latin-1")))
+        out.append((name, value))
     return out, length
 
 

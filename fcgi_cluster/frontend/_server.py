@@ -437,7 +437,7 @@ class _ClientConnection:
         sent = 0
         ok = False
         try:
-            headers, declared = response_headers(response.headers)
+            headers, declared = response_headers(response.raw_headers)
             out = http.send_head(response.status, headers, content_length=declared)
             read_timeout = upstream.config.read_timeout or None  # type: ignore[attr-defined]
             while True:
