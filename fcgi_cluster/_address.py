@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-__all__ = ["Address", "parse_address"]
+__all__ = ["Address", "bound_address", "parse_address"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,3 +76,13 @@ def _port(port: str, text: str) -> int:
     if not port.isdigit() or int(port) > 65535:
         raise ValueError(f"{text!r}: port must be a number from 0 to 65535")
     return int(port)
+
+
+def bound_address(sock: socket.socket) -> str:
+    """The address a listening socket is bound to, as users write it."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return name if isinstance(name, str) else name.decode()
+    if sock.family == socket.AF_INET6:
+        return f"[{name[0]}]:{name[1]}"
+    return f"{name[0]}:{name[1]}"

@@ -40,7 +40,7 @@ def _worker_main(argv: list[str]) -> int:
     parser.add_argument("--root-path", default="", help="SCRIPT_NAME of the app when the web server sends no PATH_INFO")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
+    _setup_logging(args.log_level)
     for name, value in (("--threads", args.threads), ("--max-requests", args.max_requests), ("--max-conns", args.max_conns)):
         if value < 1:
             parser.error(f"{name} must be at least 1")

@@ -84,6 +84,7 @@ __all__ = [
     "EndOfMessage",
     "ConnectionClosed",
     "NEED_DATA",
+    "error_page",
     "Event",
     "HTTPError",
     "HTTPUsageError",
@@ -300,6 +301,14 @@ def _error_page(status: int, phrase: bytes, reason: str | None, server: bytes | 
         parts += [b"<hr><center>", html.escape(server.decode("latin-1")).encode("latin-1"), b"</center>\r\n"]
     parts.append(b"</body>\r\n</html>\r\n")
     return b"".join(parts)
+
+
+def error_page(status: int, server: bytes | None = b"fcgi-cluster") -> bytes:
+    """The page ``send_error_response`` sends, for callers that frame their own response.
+
+    The proxy answers 404/502/504 with it on a connection that stays open.
+    """
+    return _error_page(status, _PHRASES.get(status, b"Unknown"), None, server)
 
 
 # --- the connection ---------------------------------------------------------------

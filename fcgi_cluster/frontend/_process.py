@@ -27,7 +27,7 @@ import time
 
 import trio
 
-from .._address import Address, parse_address
+from .._address import Address, bound_address, parse_address
 from ._server import serve_frontend
 
 __all__ = ["run_frontend", "bind_listeners", "BindError", "SHUTDOWN_GRACE"]
@@ -112,14 +112,6 @@ def bind_listeners(addresses: list[str], copies: int = 1) -> list[list[socket.so
     return per_process
 
 
-def _bound_text(sock: socket.socket) -> str:
-    name = sock.getsockname()
-    if isinstance(name, str):
-        return name
-    host, port = name[0], name[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 async def _serve_until_signalled(config: object, sockets: list[socket.socket]) -> None:
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve_frontend, config, sockets)
@@ -167,7 +159,7 @@ def run_frontend(config: object, *, ready: object = None) -> int:
     fe = config.frontend  # type: ignore[attr-defined]
     processes = fe.processes if isinstance(fe.processes, int) else (os.cpu_count() or 1)
     groups = bind_listeners(list(fe.listen), processes)
-    bound = [_bound_text(sock) for sock in groups[0]]
+    bound = [bound_address(sock) for sock in groups[0]]
     for text in bound:
         log.info("listening on %s (%d process%s)", text, processes, "" if processes == 1 else "es")
     if callable(ready):

@@ -35,7 +35,7 @@ from ..client import FastCGIError
 from ..client._response import ResponseStream
 from ._access_log import AccessLog
 from ._cgi import BadPath, ConnectionParams, normalize_path, request_params, split_path
-from ._http import NEED_DATA, Body, ConnectionClosed, EndOfMessage, HTTPError, HTTPServerConnection, RequestHead
+from ._http import NEED_DATA, Body, ConnectionClosed, EndOfMessage, HTTPError, HTTPServerConnection, RequestHead, error_page
 from ._proxy import UpstreamFailure, open_upstream_response, response_headers
 from ._static import plan_static, read_file_range
 from ._upstream import Upstream, run_health_checks
@@ -354,18 +354,12 @@ class _ClientConnection:
 
     async def _finish_request_body(self) -> bool:
         """After an answer that did not read the request body: drop a small body, or close."""
-        http = self.http
         dropped = 0
-        while not http.request_complete:
-            event = http.next_event()
-            if event is NEED_DATA:
-                if dropped > BUFFERED_BODY_SIZE:
-                    return False
-                data = await self._receive(self.server.frontend.body_timeout)
-                if data is None:
-                    return False
-                http.receive_data(data)
-            elif type(event) is Body:
+        while not self.http.request_complete:
+            if dropped > BUFFERED_BODY_SIZE:
+                return False
+            event = await self._next_body_event()
+            if type(event) is not EndOfMessage:
                 dropped += len(event.data)  # type: ignore[union-attr]
         return True
 
@@ -557,14 +551,13 @@ class _ClientConnection:
             return self.remote_addr
         if method != "hash":
             return None
-        spec: str = config.hash_key  # type: ignore[attr-defined]
-        kind, _, name = spec.partition(":")
+        kind, name = upstream.hash_kind, upstream.hash_name
         if kind == "remote_addr":
             return self.remote_addr
         if kind == "uri":
             return head.target
-        lname = name.lower().encode()
         if kind == "header":
+            lname = name.lower()
             for hname, value in head.headers:
                 if hname == lname:
                     return value
@@ -574,13 +567,13 @@ class _ClientConnection:
                 if hname == b"cookie":
                     for part in value.split(b";"):
                         cname, _, cvalue = part.strip().partition(b"=")
-                        if cname == name.encode():
+                        if cname == name:
                             return cvalue
             return b""
         if kind == "arg":
             for part in head.query.split(b"&"):
                 aname, _, avalue = part.partition(b"=")
-                if aname == name.encode():
+                if aname == name:
                     return avalue
             return b""
         return None
@@ -699,18 +692,7 @@ _STATUS_PAGES: dict[int, bytes] = {}
 def _status_body(status: int) -> bytes:
     page = _STATUS_PAGES.get(status)
     if page is None:
-        from http import HTTPStatus
-
-        try:
-            phrase = HTTPStatus(status).phrase
-        except ValueError:
-            phrase = "Error"
-        title = f"{status} {phrase}"
-        page = (
-            f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n"
-            "<hr><center>fcgi-cluster</center>\r\n</body>\r\n</html>\r\n"
-        ).encode()
-        _STATUS_PAGES[status] = page
+        page = _STATUS_PAGES[status] = error_page(status)
     return page
 
 

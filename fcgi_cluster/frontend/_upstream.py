@@ -303,6 +303,11 @@ class Upstream:
         ]
         #: Servers an active health check found failing: never chosen.
         self.unhealthy: set[int] = set()
+        # ``hash_key = "cookie:sid"`` as ("cookie", b"sid"), split once here
+        # rather than on every request.
+        kind, _, name = config.hash_key.partition(":")  # type: ignore[attr-defined]
+        self.hash_kind = kind
+        self.hash_name = name.encode("latin-1")
 
     def close_all(self) -> None:
         for server in self.servers:

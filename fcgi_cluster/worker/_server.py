@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from .._address import Address, parse_address
+from .._address import Address, bound_address, parse_address
 from ._app import app_interface
 from ._asgi import ASGIHandler, Lifespan
 from ._config import WorkerConfig
@@ -72,16 +72,6 @@ def _is_stale_socket(path: str) -> bool:
     finally:
         probe.close()
     return False
-
-
-def bound_address(sock: socket.socket) -> str:
-    """The address a listening socket is bound to, as users write it."""
-    name = sock.getsockname()
-    if sock.family == socket.AF_UNIX:
-        return name if isinstance(name, str) else name.decode()
-    if sock.family == socket.AF_INET6:
-        return f"[{name[0]}]:{name[1]}"
-    return f"{name[0]}:{name[1]}"
 
 
 class _Server:
