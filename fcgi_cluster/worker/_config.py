@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from ..protocol import DEFAULT_MAX_BUFFER_SIZE, DEFAULT_MAX_PARAMS_SIZE, DEFAULT_MAX_REQUESTS
+from ._status import PoolStatus, RequestHooks
 
 SECONDS = 1.0
 KiB = 1024
@@ -31,6 +33,16 @@ class WorkerConfig:
             waits for the peer to read (backpressure).
         root_path: SCRIPT_NAME of the app when the web server does not split
             the path itself (it sends no PATH_INFO).
+        allowed_clients: None = everyone; else the peer addresses allowed
+            (listen.allowed_clients); others are closed at once and logged.
+        ping_path / ping_response: answered by the worker itself (ping.path).
+        status_path: php-fpm's status page (pm.status_path), from ``status_source``.
+        status_source: returns the pool's status; None = this process alone.
+        request_terminate_timeout: 0 = none; else a request running longer ends.
+        request_slowlog_timeout / slowlog: write the stack of slower requests.
+        access_log: a file for one line per request with its duration; None = off.
+        hooks: told of connections and requests (the pool's scoreboard).
+        session: session settings injected into the app (``fcgi_cluster.sessions``); None = off.
     """
 
     max_requests: int = DEFAULT_MAX_REQUESTS
@@ -43,3 +55,14 @@ class WorkerConfig:
     input_buffer: int = 256 * KiB
     output_buffer: int = 256 * KiB
     root_path: str = ""
+    allowed_clients: tuple[str, ...] | None = None
+    ping_path: str | None = None
+    ping_response: str = "pong"
+    status_path: str | None = None
+    status_source: Callable[[], PoolStatus] | None = None
+    request_terminate_timeout: float = 0.0
+    request_slowlog_timeout: float = 0.0
+    slowlog: str | None = None
+    access_log: str | None = None
+    hooks: RequestHooks = field(default_factory=RequestHooks)
+    session: Any = None
