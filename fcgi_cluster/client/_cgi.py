@@ -31,6 +31,11 @@ DEFAULT_DOCUMENT_ROOT = "/var/www/html"
 # RFC 9110 token: the characters allowed in a header field name.
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# A whole header block of well-formed lines (token, colon, a value without CR
+# or NUL, LF or CRLF): checked in one regex call, so the common case needs no
+# per-line checks. Anything else takes the line-by-line path, which says what
+# is wrong.
+_WELL_FORMED_BLOCK = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*\r?\n)*")
 
 
 def _software() -> str:
@@ -99,10 +104,28 @@ def parse_cgi_head(data: bytes | bytearray) -> tuple[int, list[tuple[bytes, byte
     end, body_start = found
     if body_start > MAX_HEADER_SIZE:
         raise UpstreamProtocolError(f"CGI header block exceeds {MAX_HEADER_SIZE} bytes")
+    block = bytes(data[:end])
     status: int | None = None
     headers: list[tuple[bytes, bytes]] = []
     has_location = False
-    for line in bytes(data[:end]).split(b"\n")[:-1]:
+    if _WELL_FORMED_BLOCK.fullmatch(block) is not None:
+        for line in block.split(b"\n")[:-1]:
+            name, _, value = line.partition(b":")
+            # The block's regex allows CR only right before LF.
+            value = value.strip(b" \t\r")
+            lower = name.lower()
+            if lower == b"status":
+                if status is not None:
+                    raise UpstreamProtocolError("more than one CGI Status header")
+                status = _status_code(value)
+                continue
+            if lower == b"location":
+                has_location = True
+            headers.append((name, value))
+        if status is None:
+            status = 302 if has_location else 200
+        return status, headers, bytes(data[body_start:])
+    for line in block.split(b"\n")[:-1]:
         if line.endswith(b"\r"):
             line = line[:-1]
         name, sep, value = line.partition(b":")

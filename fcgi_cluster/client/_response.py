@@ -8,6 +8,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
+import outcome
 import trio
 
 from ._cgi import parse_cgi_head
@@ -234,6 +235,24 @@ class ResponseStream:
             chunk, self._pending = self._pending, b""
             return chunk
         return self._state.take()
+
+    def interrupt(self, error: BaseException) -> bool:
+        """Make a ``read_head`` or body read parked on this response raise ``error`` now.
+
+        For a supervisor enforcing deadlines without a cancel scope per wait.
+        The response stays usable (``read_head`` resumes where it stopped).
+
+        Returns:
+            True if a reader was parked and now raises; False if none was
+            (it is running, or already woken by data), which leaves it alone.
+        """
+        state = self._state
+        task = state._reader
+        if task is None:
+            return False
+        state._reader = None
+        trio.lowlevel.reschedule(task, outcome.Error(error))
+        return True
 
     def close(self) -> None:
         """Done with this response: abort the request if it has not ended, drop what is buffered."""

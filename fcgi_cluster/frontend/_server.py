@@ -64,6 +64,75 @@ class _ClientGone(Exception):
     """The client closed or reset its connection."""
 
 
+class _WatchClient(Exception):
+    """A request's answer is slow: start watching its client (raised by ``_Deadlines``)."""
+
+
+#: How often ``_Deadlines`` looks at waiting answers, and at waiting clients.
+_HEAD_TICK = 0.025
+_READ_TICK = 0.1
+
+
+class _Deadlines:
+    """One task that enforces the deadlines of the two waits every request makes.
+
+    A trio cancel scope per wait costs more than the rest of a small request's
+    trip through the front-end; on the hot path (a kept-alive client's next
+    request, a worker's answer) a dict entry is enough instead. The task wakes
+    every ``_HEAD_TICK`` while something waits, and then:
+
+    * a client read past its deadline is woken with ``notify_closing`` (the
+      connection closes after it anyway), which raises ClosedResourceError in
+      that wait only; the connection's ``timed_out`` tells it why;
+    * an answer still missing ``WATCH_CLIENT_AFTER`` after it was asked for is
+      interrupted with ``_WatchClient``, and its request goes on with a
+      watcher on the client and an ordinary cancel scope (slow answers are
+      rare, and then the scope's cost does not matter).
+
+    The precision is one tick: fine for timeouts of seconds. Waits off the hot
+    path (TLS clients, request bodies, sends) use cancel scopes as usual.
+    """
+
+    def __init__(self) -> None:
+        self.reads: dict[_ClientConnection, float] = {}
+        self.heads: dict[ResponseStream, float] = {}
+        self._parked = False
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def watch_read(self, conn: _ClientConnection, deadline: float) -> None:
+        self.reads[conn] = deadline
+        if self._parked:
+            self._lot.unpark_all()
+
+    def watch_head(self, response: ResponseStream, at: float) -> None:
+        self.heads[response] = at
+        if self._parked:
+            self._lot.unpark_all()
+
+    async def run(self) -> None:
+        next_read_check = 0.0
+        while True:
+            if not self.reads and not self.heads:
+                self._parked = True
+                try:
+                    await self._lot.park()
+                finally:
+                    self._parked = False
+            await trio.sleep(_HEAD_TICK)
+            now = trio.current_time()
+            if self.heads:
+                for response, at in list(self.heads.items()):
+                    if now >= at and response.interrupt(_WatchClient()):
+                        del self.heads[response]
+            if now >= next_read_check:
+                next_read_check = now + _READ_TICK
+                for conn, deadline in list(self.reads.items()):
+                    if now >= deadline:
+                        del self.reads[conn]
+                        conn.timed_out = True
+                        trio.lowlevel.notify_closing(conn._fd)
+
+
 class FrontendServer:
     """Everything one front-end process serves: its routes and upstream pools.
 
@@ -92,6 +161,8 @@ class FrontendServer:
         self._route_roots = [(route.root or fe.root).encode() for route in self.routes]
         self._route_index = [(route.index or "").encode() for route in self.routes]
         self.access_log = AccessLog.open(fe.access_log)
+        self.deadlines = _Deadlines()
+        nursery.start_soon(self.deadlines.run)
         self.connections = trio.Semaphore(fe.max_connections)
         self.active_requests = 0
         self._idle_lot = trio.lowlevel.ParkingLot()
@@ -188,7 +259,7 @@ class FrontendServer:
 class _ClientConnection:
     """One client's keep-alive connection: requests in, responses out, in order."""
 
-    __slots__ = ("server", "stream", "http", "params", "base", "remote_addr", "_received", "_fd")
+    __slots__ = ("server", "stream", "http", "params", "base", "remote_addr", "_received", "_fd", "timed_out")
 
     def __init__(self, server: FrontendServer, stream: trio.abc.Stream, params: ConnectionParams) -> None:
         self.server = server
@@ -202,6 +273,8 @@ class _ClientConnection:
         # descriptor directly when that cannot block (see _receive / _send);
         # TLS goes through the stream.
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
+        #: Set by ``_Deadlines`` when a wait for the client ran out.
+        self.timed_out = False
 
     async def run(self) -> None:
         fe = self.server.frontend
@@ -212,7 +285,7 @@ class _ClientConnection:
                 event = http.next_event()
                 while event is NEED_DATA:
                     timeout = fe.header_timeout if self._received or served == 0 else fe.keepalive_timeout
-                    data = await self._receive(timeout)
+                    data = await self._receive_next(timeout)
                     if data is None:
                         if self._received:
                             await self._send_error(408)
@@ -244,6 +317,46 @@ class _ClientConnection:
                 self._received = False
         except HTTPError as exc:
             await self._send_error(exc.status, getattr(exc, "reason", None))
+
+    async def _receive_next(self, timeout: float) -> bytes | None:
+        """``_receive`` for request heads, the hot path: its deadline is kept by ``_Deadlines``."""
+        fd = self._fd
+        if fd < 0:
+            return await self._receive(timeout)
+        try:
+            data = os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            raise _ClientGone() from exc
+        else:
+            # Yield as trio's receive does, so that a client pipelining
+            # answers that need no worker cannot starve the others.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+        deadlines = self.server.deadlines
+        self.timed_out = False
+        deadlines.watch_read(self, trio.current_time() + timeout)
+        try:
+            while True:
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except trio.ClosedResourceError:
+                    if self.timed_out:
+                        return None
+                    raise _ClientGone() from None
+                except OSError as exc:
+                    raise _ClientGone() from exc
+                try:
+                    return os.read(fd, RECEIVE_SIZE)
+                except BlockingIOError:
+                    continue  # a wakeup with nothing to read: wait on
+                except OSError as exc:
+                    raise _ClientGone() from exc
+        finally:
+            # Always, cancelled or not: the descriptor may be reused by the
+            # next connection once this one closes.
+            deadlines.reads.pop(self, None)
 
     async def _receive(self, timeout: float) -> bytes | None:
         """The next bytes from the client (b"" at EOF), or None after ``timeout`` seconds of silence.
@@ -491,17 +604,23 @@ class _ClientConnection:
     async def _wait_head(self, response: ResponseStream, deadline: float) -> None:
         """Wait for an answer's head until ``deadline``; a client that hangs up meanwhile aborts it.
 
-        Fast answers never pay for watching the client: only one still
-        missing after ``WATCH_CLIENT_AFTER`` gets a watcher task. One cancel
-        scope covers the fast path and the read timeout both.
+        Fast answers never pay for watching the client, nor for a cancel
+        scope: ``_Deadlines`` interrupts one still missing after
+        ``WATCH_CLIENT_AFTER``, which then gets a watcher task and a scope.
 
         Raises:
             trio.TooSlowError: the deadline passed.
             _ClientGone: the client hung up.
         """
-        with trio.CancelScope(deadline=min(deadline, trio.current_time() + WATCH_CLIENT_AFTER)):
+        deadlines = self.server.deadlines
+        deadlines.watch_head(response, min(deadline, trio.current_time() + WATCH_CLIENT_AFTER))
+        try:
             await response.read_head()
             return
+        except _WatchClient:
+            pass
+        finally:
+            deadlines.heads.pop(response, None)
         if trio.current_time() >= deadline:
             raise trio.TooSlowError
         gone = done = False
