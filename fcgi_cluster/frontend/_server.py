@@ -285,7 +285,7 @@ class _ClientConnection:
                 event = http.next_event()
                 while event is NEED_DATA:
                     timeout = fe.header_timeout if self._received or served == 0 else fe.keepalive_timeout
-                    data = await self._receive_next(timeout)
+                    data = await self._receive_next(timeout, try_first=not served)
                     if data is None:
                         if self._received:
                             await self._send_error(408)
@@ -318,22 +318,31 @@ class _ClientConnection:
         except HTTPError as exc:
             await self._send_error(exc.status, getattr(exc, "reason", None))
 
-    async def _receive_next(self, timeout: float) -> bytes | None:
-        """``_receive`` for request heads, the hot path: its deadline is kept by ``_Deadlines``."""
+    async def _receive_next(self, timeout: float, try_first: bool) -> bytes | None:
+        """``_receive`` for request heads, the hot path: its deadline is kept by ``_Deadlines``.
+
+        Args:
+            timeout: seconds to wait.
+            try_first: read before waiting. Worth it for a new connection,
+                whose first request usually came with it; after an answer, a
+                client has rarely sent its next request yet (a pipelining one
+                sent it with the last, and the parser holds it already).
+        """
         fd = self._fd
         if fd < 0:
             return await self._receive(timeout)
-        try:
-            data = os.read(fd, RECEIVE_SIZE)
-        except BlockingIOError:
-            pass
-        except OSError as exc:
-            raise _ClientGone() from exc
-        else:
-            # Yield as trio's receive does, so that a client pipelining
-            # answers that need no worker cannot starve the others.
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return data
+        if try_first:
+            try:
+                data = os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                raise _ClientGone() from exc
+            else:
+                # Yield as trio's receive does, so that a client pipelining
+                # answers that need no worker cannot starve the others.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
         deadlines = self.server.deadlines
         self.timed_out = False
         deadlines.watch_read(self, trio.current_time() + timeout)

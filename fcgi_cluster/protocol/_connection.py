@@ -31,7 +31,7 @@ Driving a connection: feed bytes with ``receive_data`` (b"" at EOF), call
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from typing import Callable, Mapping
 
 from ._constants import (
     DEFAULT_MAX_BUFFER_SIZE,
@@ -493,6 +493,41 @@ class ClientConnection(_Core):
         return UnknownType(decode_unknown_type(content))
 
     # --- sending --------------------------------------------------------
+
+    def send_request(self, params: Mapping[bytes, bytes], body: bytes | None = b"", keep_conn: bool = True) -> tuple[int, bytes]:
+        """Start a RESPONDER request in one call: a new ID and its records.
+
+        The same bytes as ``send(Request(...))`` then ``send(Stdin(...))`` for
+        ``body`` and the end of STDIN, without the events: the proxy's hot path.
+
+        Args:
+            params: the CGI params, names and values as bytes.
+            body: the whole request body (STDIN is ended after it), or None
+                when the body follows with ``send(Stdin(...))``.
+            keep_conn: set FCGI_KEEP_CONN.
+
+        Returns:
+            ``(request_id, data)``.
+
+        Raises:
+            LocalProtocolError: the connection is not usable, or 65535
+                requests are in flight.
+        """
+        self._check_usable()
+        rid = self.new_request_id()
+        parts = [
+            encode_begin_request(rid, Role.RESPONDER, KEEP_CONN if keep_conn else 0),
+            encode_stream(_T.PARAMS, rid, encode_params(params)),  # type: ignore[arg-type]
+            encode_record(_T.PARAMS, rid),
+        ]
+        req = _ClientRequest(Role.RESPONDER)
+        if body is not None:
+            if body:
+                parts.append(encode_stream(_T.STDIN, rid, body))
+            parts.append(encode_record(_T.STDIN, rid))
+            req.stdin_open = False
+        self._requests[rid] = req
+        return rid, b"".join(parts)
 
     def send(self, event: Event) -> bytes:
         """Bytes that carry ``event`` (Request, Stdin, Data, AbortRequest, GetValues).

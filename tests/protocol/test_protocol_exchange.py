@@ -537,3 +537,33 @@ def test_mutated_server_stream_gives_events_or_remote_error(data: st.DataObject)
 @given(data=st.data())
 def test_mutated_client_stream_gives_events_or_remote_error(data: st.DataObject) -> None:
     feed_garbage(client_with_requests(), split_by(mutate(CLIENT_BOUND_STREAM, data), data))
+
+
+@given(
+    params=st.dictionaries(st.binary(min_size=1, max_size=300), st.binary(max_size=300), max_size=8),
+    body=st.one_of(st.none(), st.binary(max_size=70_000)),
+    keep_conn=st.booleans(),
+)
+@settings(max_examples=50)
+def test_send_request_is_the_same_bytes_as_the_events(params: dict, body: bytes | None, keep_conn: bool) -> None:
+    fused, by_events = ClientConnection(), ClientConnection()
+    fused.send_request({b"FIRST": b"1"})  # IDs advance the same way on both
+    by_events.send(Request(1, {b"FIRST": b"1"}, Role.RESPONDER, True))
+    rid, data = fused.send_request(params, body, keep_conn)
+    expected = by_events.send(Request(2, params, Role.RESPONDER, keep_conn))
+    if body:
+        expected += by_events.send(Stdin(2, body))
+    if body is not None:
+        expected += by_events.send(Stdin(2, b""))
+    assert (rid, data) == (2, expected)
+    # STDIN is closed exactly when the body was given whole.
+    if body is None:
+        assert fused.send(Stdin(2, b"more")) == by_events.send(Stdin(2, b"more"))
+    else:
+        with pytest.raises(LocalProtocolError):
+            fused.send(Stdin(2, b"more"))
+    # And the worker's side decodes it as one request with that body.
+    server = ServerConnection()
+    server.receive_data(data)
+    request = server.next_event()
+    assert isinstance(request, Request) and request.params == params and request.keep_conn == keep_conn
