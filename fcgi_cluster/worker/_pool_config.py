@@ -640,6 +640,9 @@ def _pool(section: _Section) -> PoolConfig:
                        f"pm.max_spare_servers ({pool.pm_max_spare_servers})")
         for key, value in (("pm.min_spare_servers", pool.pm_min_spare_servers), ("pm.max_spare_servers", pool.pm_max_spare_servers)):
             if value > pool.pm_max_children:
+                if key not in lines:  # blame the key the user wrote
+                    raise fail("pm.max_children", f"({pool.pm_max_children}) must not be less than {key} "
+                               f"({value}, its default)")
                 raise fail(key, f"({value}) must not be greater than pm.max_children ({pool.pm_max_children})")
         start = pool.pm_start_servers
         if "pm.start_servers" not in lines:
