@@ -4,10 +4,11 @@
 
 * ``listen.allowed_clients``: ``allows(host)`` is asked for each TCP peer before
   a byte of it is read; the server closes the others (unix peers always pass).
-* ``ping.path`` / ``pm.status_path``: matched against SCRIPT_NAME (what php-fpm
-  matches; nginx's ``fastcgi_params`` and our front-end send the path there),
-  or the REQUEST_URI path when SCRIPT_NAME is empty, and answered here: the app
-  never sees them.
+* ``ping.path`` / ``pm.status_path``: matched against the request's path, as
+  php-fpm matches its script name: SCRIPT_NAME (nginx's stock ``fastcgi_params``
+  send the whole path there), plus PATH_INFO when the web server split the path
+  (our front-end, ``fastcgi_split_path_info``), or the REQUEST_URI path when
+  both are empty; answered here: the app never sees them.
 * the request hooks (the master's scoreboard), the access log, the slow log and
   ``request_terminate_timeout``, around every request the app serves.
 
@@ -187,11 +188,20 @@ class PoolFeatures:
         )
         page = None
         if self._pages:
-            path = params.get(b"SCRIPT_NAME") or params.get(b"REQUEST_URI", b"").partition(b"?")[0]
+            # The request's path: SCRIPT_NAME (stock fastcgi_params, cgi-fcgi),
+            # plus PATH_INFO when the web server split it off (our front-end,
+            # fastcgi_split_path_info), else the REQUEST_URI path.
+            path = params.get(b"SCRIPT_NAME", b"")
+            path_info = params.get(b"PATH_INFO")
+            if path_info:
+                path += path_info
+            elif not path:
+                path = params.get(b"REQUEST_URI", b"").partition(b"?")[0]
             page = self._pages.get(path)
+        self.hooks.request_started(info)
+        # From here on request_finished is owed, whatever happens.
         self._running[ctx] = info
         self._accepted += 1
-        self.hooks.request_started(info)
         try:
             if page is not None:
                 page(ctx)

@@ -10,8 +10,8 @@ import json
 import os
 import re
 import socket
-import threading
 import time
+import urllib.request
 from contextlib import asynccontextmanager
 
 import pytest
@@ -21,6 +21,7 @@ from fcgi_cluster.worker import WorkerConfig, serve
 from fcgi_cluster.worker._features import PoolFeatures, _AllowList
 from fcgi_cluster.worker._request_logs import reopen_logs
 from fcgi_cluster.worker._status import PoolStatus, RequestHooks, RequestInfo
+from tests._peers import nginx_fastcgi
 from workers import hello
 
 from ._harness import WebServer, params
@@ -177,11 +178,14 @@ async def test_ping_and_status_are_answered_without_the_app() -> None:
             ping = await web.request(params("/ping"))
             # nginx's fastcgi_params send the path as SCRIPT_NAME; without it, REQUEST_URI counts.
             ping2 = await web.request(params("/ping?probe=1", SCRIPT_NAME=""))
+            # A web server that split the path: SCRIPT_NAME + PATH_INFO.
+            ping3 = await web.request(params("/ping", SCRIPT_NAME="", PATH_INFO="/ping"))
+            mounted = await web.request(params("/app/ping", SCRIPT_NAME="/app", PATH_INFO="/ping"))
             head = await web.request(params("/ping", method="HEAD"))
             status = await web.request(params("/status?json&full"))
             text = await web.request(params("/status"))
-    assert app.calls == 1
-    assert ping.status == 200 and ping.body == b"alive" and ping2.body == b"alive"
+    assert app.calls == 2 and mounted.body == b"hello"
+    assert ping.status == 200 and ping.body == b"alive" and ping2.body == b"alive" and ping3.body == b"alive"
     assert b"Content-Type: text/plain;charset=UTF-8" in ping.head
     assert b"Expires: Thu, 01 Jan 1970 00:00:00 GMT" in ping.head
     assert b"Cache-Control: no-cache, no-store, must-revalidate, max-age=0" in ping.head
@@ -189,12 +193,31 @@ async def test_ping_and_status_are_answered_without_the_app() -> None:
     assert b"Content-Type: application/json" in status.head and b"Cache-Control: no-cache" in status.head
     doc = json.loads(status.body)
     assert (doc["pool"], doc["process manager"], doc["total processes"], doc["active processes"]) == ("site", "static", 1, 1)
-    assert doc["accepted conn"] == 5  # the app's request, 3 pings, this status request
+    assert doc["accepted conn"] == 7  # the app's 2 requests, 4 pings, this status request
     (proc,) = doc["processes"]
-    assert proc["pid"] == os.getpid() and proc["requests"] == 1 and proc["request uri"] == "/x"
+    assert proc["pid"] == os.getpid() and proc["requests"] == 2 and proc["request uri"] == "/app/ping"
     assert text.body.startswith(b"pool:                 site\n")
     hooks.assert_paired()
-    assert len(hooks.started) == 6
+    assert len(hooks.started) == 8
+
+
+async def test_through_real_nginx(tmp_path) -> None:
+    """nginx (the test peers' FastCGI site: SCRIPT_NAME "" and the path in PATH_INFO) in front."""
+    app = CountingApp()
+    config = WorkerConfig(ping_path="/ping", status_path="/status", allowed_clients=("127.0.0.1",))
+    async with worker(app, config) as (where, _):
+        host, _, port = where.rpartition(":")
+        with nginx_fastcgi(host, int(port), keepalive=True, directory=tmp_path) as nginx:
+
+            def get(path: str) -> tuple[int, bytes]:
+                with urllib.request.urlopen(nginx.url(path), timeout=10) as response:
+                    return response.status, response.read()
+
+            assert await trio.to_thread.run_sync(get, "/ping") == (200, b"pong")
+            status, body = await trio.to_thread.run_sync(get, "/status?json")
+            assert await trio.to_thread.run_sync(get, "/hello") == (200, b"hello")
+    assert status == 200 and json.loads(body)["pool"] == "www"
+    assert app.calls == 1
 
 
 async def test_status_comes_from_status_source_when_given() -> None:

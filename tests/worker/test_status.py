@@ -7,7 +7,6 @@ import re
 import socket
 import xml.etree.ElementTree as ET
 
-import pytest
 
 from fcgi_cluster.worker._status import (
     METRIC_PREFIX,
