@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import time
 import urllib.request
@@ -21,7 +22,7 @@ from fcgi_cluster.worker import WorkerConfig, serve
 from fcgi_cluster.worker._features import PoolFeatures, _AllowList
 from fcgi_cluster.worker._request_logs import reopen_logs
 from fcgi_cluster.worker._status import PoolStatus, RequestHooks, RequestInfo
-from tests._peers import nginx_fastcgi
+from tests._peers import REPO_ROOT, cgi_fcgi_request, free_port, nginx_fastcgi, python_executable, run_process
 from workers import hello
 
 from ._harness import WebServer, params
@@ -439,3 +440,37 @@ async def test_plain_config_wraps_nothing() -> None:
 
     assert features.wrap(handler) is handler and not features.needs_watch
     assert PoolFeatures(WorkerConfig(hooks=Recorder())).wrap(handler) is not handler
+
+
+async def test_a_log_that_cannot_be_opened_fails_serve_and_frees_the_port(tmp_path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(FileNotFoundError):
+        await serve(hello.app, f"127.0.0.1:{port}", WorkerConfig(access_log=str(tmp_path / "no" / "such" / "dir.log")))
+    with socket.socket() as again:  # the listener was closed, not leaked
+        again.bind(("127.0.0.1", port))
+
+
+def test_sigusr1_reopens_the_logs_of_a_worker_process(tmp_path) -> None:
+    """run_worker (the process entry point) reopens its access log on SIGUSR1, as php-fpm does."""
+    log_path = tmp_path / "access.log"
+    port = free_port()
+    code = (
+        "from fcgi_cluster.worker import WorkerConfig, run_worker\n"
+        "from workers import hello\n"
+        f"run_worker(hello.app, '127.0.0.1:{port}', WorkerConfig(access_log={str(log_path)!r}))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    with run_process([python_executable(), "-c", code], cwd=REPO_ROOT, env=env, ready_port=port, name="worker") as process:
+        request = {"SCRIPT_NAME": "/one", "REQUEST_URI": "/one", "REQUEST_METHOD": "GET"}
+        assert cgi_fcgi_request("127.0.0.1", port, request).endswith(b"hello")
+        os.rename(log_path, tmp_path / "access.log.1")
+        process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while not log_path.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert cgi_fcgi_request("127.0.0.1", port, {**request, "REQUEST_URI": "/two"}).endswith(b"hello")
+        assert process.poll() is None  # SIGUSR1 does not stop it
+    assert '"GET /one" 200' in (tmp_path / "access.log.1").read_text()
+    assert '"GET /two" 200' in log_path.read_text()
