@@ -49,6 +49,7 @@ from typing import Any, Callable
 
 from .._address import Address, parse_address
 from ..protocol import DEFAULT_MAX_REQUESTS
+from ._config import WorkerConfig
 
 SECONDS = 1.0
 
@@ -140,6 +141,44 @@ class PoolConfig:
     lines: dict[str, int] = field(default_factory=dict)
     #: The file this pool came from.
     path: str = ""
+
+    def error(self, key: str, reason: str) -> PoolConfigError:
+        """An error about ``key`` of this pool, naming its file and line (for checks made later:
+        an app that fails to import, a bad ``session.*`` value, an address in use).
+
+        Example: ``raise pool.error("app", "cannot import workers.nope")``.
+        """
+        return PoolConfigError(self.path, self.lines.get(key, 0), key, reason)
+
+    def worker_config(self, global_: GlobalConfig | None = None, **extra: Any) -> WorkerConfig:
+        """The settings of one child process of this pool.
+
+        Args:
+            global_: the file's ``[global]``: its process_control_timeout is the
+                children's graceful stop deadline.
+            extra: further ``WorkerConfig`` fields (``hooks``, ``status_source``,
+                ``session``) that only the process manager can give.
+        """
+        fields: dict[str, Any] = dict(
+            max_requests=self.fcgi_max_reqs,
+            max_conns=self.fcgi_max_conns,
+            threads=self.threads,
+            backlog=self.listen_backlog,
+            allowed_clients=self.listen_allowed_clients,
+            ping_path=self.ping_path,
+            ping_response=self.ping_response,
+            status_path=self.pm_status_path,
+            request_terminate_timeout=self.request_terminate_timeout,
+            request_slowlog_timeout=self.request_slowlog_timeout,
+            slowlog=self.slowlog,
+            request_slowlog_trace_depth=self.request_slowlog_trace_depth,
+            access_log=self.access_log,
+            pool_name=self.name,
+        )
+        if global_ is not None:
+            fields["graceful_timeout"] = global_.process_control_timeout
+        fields.update(extra)
+        return WorkerConfig(**fields)
 
 
 @dataclass(frozen=True, slots=True)

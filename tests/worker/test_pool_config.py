@@ -317,3 +317,30 @@ def test_sample_configs_parse(name: str) -> None:
         assert [p.name for p in result.pools] == ["www", "echo"]
         assert result.pools[1].listen == "/tmp/fcgi-cluster-echo.sock"
         assert result.global_.emergency_restart_threshold == 10
+
+
+def test_pool_error_names_the_line_of_a_key() -> None:
+    pool = one("session.save_path = tcp://x\n")
+    assert str(pool.error("app", "cannot import workers.hello")) == f"{P}:3: app: cannot import workers.hello"
+    assert str(pool.error("session.save_path", "bad")) == f"{P}:4: session.save_path: bad"
+    assert pool.error("pm", "x").line == 0  # a key left to its default
+
+
+def test_worker_config_of_a_pool() -> None:
+    from fcgi_cluster.worker import WorkerConfig
+
+    text = (
+        "[global]\nprocess_control_timeout = 7s\n[www]\nlisten = 127.0.0.1:9001\napp = a:b\n"
+        "fcgi.max_reqs = 8\nfcgi.max_conns = 9\nthreads = 3\nlisten.backlog = 100\n"
+        "listen.allowed_clients = 127.0.0.1\nping.path = /ping\nping.response = ok\npm.status_path = /status\n"
+        "request_terminate_timeout = 5s\nrequest_slowlog_timeout = 2s\nslowlog = /tmp/s\n"
+        "request_slowlog_trace_depth = 4\naccess.log = /tmp/a\n"
+    )
+    result = parse(text)
+    config = result.pools[0].worker_config(result.global_, threads=5)
+    assert config == WorkerConfig(
+        max_requests=8, max_conns=9, threads=5, backlog=100, graceful_timeout=7.0, allowed_clients=("127.0.0.1",),
+        ping_path="/ping", ping_response="ok", status_path="/status", request_terminate_timeout=5.0,
+        request_slowlog_timeout=2.0, slowlog="/tmp/s", request_slowlog_trace_depth=4, access_log="/tmp/a",
+        pool_name="www", hooks=config.hooks,
+    )
