@@ -9,7 +9,8 @@ The syntax, as php-fpm reads it (and where we differ, why)::
     ; a comment (also after a value: ``pm = static ; fixed``); "#" at the start of a line too
     [global]                        ; the master's settings, at most once per key
     error_log = /var/log/fcgi-cluster.log
-    include = pool.d/*.conf         ; a glob, relative to this file; also allowed in pools
+    include = pool.d/*.conf         ; a glob, relative to this file, files in name order; allowed
+                                    ; anywhere; an included file starts outside any section
 
     [www]                           ; a pool; its name is $pool in its values
     listen = 127.0.0.1:9001         ; ip:port, [v6]:port, a bare port (all IPv4 addresses), a unix path

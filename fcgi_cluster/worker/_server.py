@@ -114,7 +114,7 @@ class _Server:
             peer = "%s:%d" % (host, port)
             if not self.features.allows(host):
                 # listen.allowed_clients: closed before a byte is read.
-                log.warning("connection from %s refused: not in listen.allowed_clients", host)
+                log.warning("connection from %s refused: not in listen.allowed_clients", host or "a vanished peer")
                 slots.release()
                 await trio.aclose_forcefully(stream)
                 return
