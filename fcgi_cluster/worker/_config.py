@@ -39,8 +39,12 @@ class WorkerConfig:
         status_path: php-fpm's status page (pm.status_path), from ``status_source``.
         status_source: returns the pool's status; None = this process alone.
         request_terminate_timeout: 0 = none; else a request running longer ends.
-        request_slowlog_timeout / slowlog: write the stack of slower requests.
+        request_slowlog_timeout / slowlog: write the stack of slower requests
+            (None: only the warning and the ``slow_request`` hook).
+        request_slowlog_trace_depth: stack frames per slow log entry.
         access_log: a file for one line per request with its duration; None = off.
+        pool_name: the pool's name in the slow log, warnings and this
+            process's own status page.
         hooks: told of connections and requests (the pool's scoreboard).
         session: session settings injected into the app (``fcgi_cluster.sessions``); None = off.
     """
@@ -63,6 +67,8 @@ class WorkerConfig:
     request_terminate_timeout: float = 0.0
     request_slowlog_timeout: float = 0.0
     slowlog: str | None = None
+    request_slowlog_trace_depth: int = 20
     access_log: str | None = None
+    pool_name: str = "www"
     hooks: RequestHooks = field(default_factory=RequestHooks)
     session: Any = None

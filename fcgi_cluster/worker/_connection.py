@@ -52,9 +52,16 @@ class RequestContext:
         params: the CGI variables, as bytes.
         body: the request body (STDIN).
         cancel_scope: cancelled when the web server aborts the request.
+        status: the HTTP status of the response once its first bytes were
+            sent (0 before: nothing has reached the web server yet).
+        app_thread: the id of the thread running the app's code for this
+            request while it does (WSGI), else None; for the slow log's stack
+            and to tell a request whose code cannot be stopped.
+        task: the trio task running the request, when a slow log wants its
+            stack (ASGI), else None.
     """
 
-    __slots__ = ("request_id", "params", "body", "cancel_scope", "ended", "_conn")
+    __slots__ = ("request_id", "params", "body", "cancel_scope", "ended", "status", "app_thread", "task", "_conn")
 
     def __init__(self, conn: "WorkerConnection", request: Request, body: RequestBody) -> None:
         self.request_id = request.request_id
@@ -62,16 +69,23 @@ class RequestContext:
         self.body = body
         self.cancel_scope = trio.CancelScope()
         self.ended = False
+        self.status = 0
+        self.app_thread: int | None = None
+        self.task: trio.lowlevel.Task | None = None
         self._conn = conn
 
     async def send(self, data: bytes) -> None:
         """Send response bytes (CGI headers and body), waiting while the peer is slow."""
         if data and not self.ended:
+            if not self.status:
+                self.status = _status_of(data)
             await self._conn.write(self._conn.encode(Stdout(self.request_id, data)))
 
     def send_nowait(self, data: bytes) -> None:
         """Send response bytes without waiting (for small, final pieces)."""
         if data and not self.ended:
+            if not self.status:
+                self.status = _status_of(data)
             self._conn.write_nowait(self._conn.encode(Stdout(self.request_id, data)))
 
     def log(self, data: bytes) -> None:
@@ -88,6 +102,16 @@ class RequestContext:
 
 
 RequestHandler = Callable[[RequestContext], Awaitable[None]]
+
+
+def _status_of(head: bytes) -> int:
+    """The status of a CGI response from its first bytes (our adapters put ``Status:`` first)."""
+    if head.startswith(b"Status: "):
+        try:
+            return int(head[8:11])
+        except ValueError:
+            pass
+    return 200
 
 
 class WorkerConnection:

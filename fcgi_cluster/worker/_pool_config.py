@@ -3,15 +3,68 @@
 The data classes here are the contract between the parser (``load_pool_config``)
 and the process manager. Every key a php-fpm user knows keeps its name; the
 attribute is the key with ``.`` and ``-`` turned into ``_``.
+
+The syntax, as php-fpm reads it (and where we differ, why)::
+
+    ; a comment (also after a value: ``pm = static ; fixed``); "#" at the start of a line too
+    [global]                        ; the master's settings, at most once per key
+    error_log = /var/log/fcgi-cluster.log
+    include = pool.d/*.conf         ; a glob, relative to this file, files in name order; allowed
+                                    ; anywhere; an included file starts outside any section
+
+    [www]                           ; a pool; its name is $pool in its values
+    listen = 127.0.0.1:9001         ; ip:port, [v6]:port, a bare port (all IPv4 addresses), a unix path
+    app = workers.hello:app         ; ours: module:attribute of the WSGI/ASGI app
+    slowlog = /var/log/$pool.slow   ; $pool -> www
+    env[DB_URL] = ${DB_URL}         ; ${NAME} or ${NAME:-default}: the master's environment
+    env[PATH] = $PATH               ; php-fpm's form: a whole value "$NAME" copies that variable
+    php_value[session.save_handler] = redis   ; same as session.save_handler = redis
+    request_terminate_timeout = 30s ; units s, m, h, d (and ms); a bare number is seconds
+
+Values may be quoted: ``"..."`` (``\\"`` and ``\\\\`` escapes, ``${NAME}`` expanded) or
+``'...'`` (taken literally). Booleans are yes/no, on/off, true/false, 1/0.
+Relative paths (unix sockets, logs, pid file, includes) are relative to the
+directory of the file that names them; php-fpm makes them relative to its
+install prefix, which we do not have.
+
+Strictness, where php-fpm is lenient: a key set twice in one section, an
+unknown key, an unset ``${NAME}`` and a php-fpm key we do not implement are
+errors (the last with the reason, e.g. ``user``: run the master as that user
+instead). A few php-fpm keys that change nothing a client can see are accepted
+with a logged warning and ignored: see ``_IGNORED``.
+
+Errors: ``PoolConfigError`` whose text is ``file:line: key: reason``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import glob
+import ipaddress
+import logging
+import os
+import re
 from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .._address import Address, parse_address
+from ..protocol import DEFAULT_MAX_REQUESTS
+from ._config import WorkerConfig
 
 SECONDS = 1.0
 
 __all__ = ["GlobalConfig", "PoolConfig", "PoolFile", "PoolConfigError", "load_pool_config", "parse_pool_config"]
+
+log = logging.getLogger("fcgi_cluster.worker")
+
+#: Nested ``include`` levels before we call it a loop (php-fpm has no limit; a
+#: real layout uses one or two).
+MAX_INCLUDE_DEPTH = 8
+
+#: ``listen.backlog = -1`` means "as long as the system allows": the kernel
+#: caps any larger value at net.core.somaxconn.
+UNLIMITED_BACKLOG = 65535
 
 
 class PoolConfigError(Exception):
@@ -21,6 +74,11 @@ class PoolConfigError(Exception):
         self.path, self.line, self.key, self.reason = path, line, key, reason
         where = f"{path}:{line}" if line else path
         super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, int, str, str]]:
+        # The default pickling passes str(self) back to __init__; a master may
+        # report errors from child processes.
+        return (type(self), (self.path, self.line, self.key, self.reason))
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +103,7 @@ class PoolConfig:
     listen: str
     app: str
     listen_backlog: int = 511
-    #: None = everyone; else the IPv4/IPv6 addresses allowed to connect.
+    #: None = everyone; else the IPv4/IPv6 addresses (or networks, ``10.0.0.0/8``) allowed to connect.
     listen_allowed_clients: tuple[str, ...] | None = None
     #: Octal permission bits of a unix socket (php-fpm's listen.mode).
     listen_mode: int = 0o660
@@ -55,6 +113,8 @@ class PoolConfig:
     pm_start_servers: int = 2
     pm_min_spare_servers: int = 1
     pm_max_spare_servers: int = 3
+    #: Children started per second at most when the pool grows (dynamic).
+    pm_max_spawn_rate: int = 32
     pm_process_idle_timeout: float = 10 * SECONDS
     #: Recycle a child after this many requests (0 = never).
     pm_max_requests: int = 0
@@ -63,13 +123,15 @@ class PoolConfig:
     ping_response: str = "pong"
     request_terminate_timeout: float = 0.0
     request_slowlog_timeout: float = 0.0
+    #: Stack frames written per slow request (innermost first).
+    request_slowlog_trace_depth: int = 20
     slowlog: str | None = None
     access_log: str | None = None
     catch_workers_output: bool = False
     clear_env: bool = True
     env: dict[str, str] = field(default_factory=dict)
     #: Requests in flight per child connection, advertised as FCGI_MAX_REQS (our key: fcgi.max_reqs).
-    fcgi_max_reqs: int = 100
+    fcgi_max_reqs: int = DEFAULT_MAX_REQUESTS
     #: Connections served at once by the pool, advertised as FCGI_MAX_CONNS (fcgi.max_conns).
     fcgi_max_conns: int = 1024
     #: Threads per child running WSGI code (threads).
@@ -81,6 +143,44 @@ class PoolConfig:
     #: The file this pool came from.
     path: str = ""
 
+    def error(self, key: str, reason: str) -> PoolConfigError:
+        """An error about ``key`` of this pool, naming its file and line (for checks made later:
+        an app that fails to import, a bad ``session.*`` value, an address in use).
+
+        Example: ``raise pool.error("app", "cannot import workers.nope")``.
+        """
+        return PoolConfigError(self.path, self.lines.get(key, 0), key, reason)
+
+    def worker_config(self, global_: GlobalConfig | None = None, **extra: Any) -> WorkerConfig:
+        """The settings of one child process of this pool.
+
+        Args:
+            global_: the file's ``[global]``: its process_control_timeout is the
+                children's graceful stop deadline.
+            extra: further ``WorkerConfig`` fields (``hooks``, ``status_source``,
+                ``session``) that only the process manager can give.
+        """
+        fields: dict[str, Any] = dict(
+            max_requests=self.fcgi_max_reqs,
+            max_conns=self.fcgi_max_conns,
+            threads=self.threads,
+            backlog=self.listen_backlog,
+            allowed_clients=self.listen_allowed_clients,
+            ping_path=self.ping_path,
+            ping_response=self.ping_response,
+            status_path=self.pm_status_path,
+            request_terminate_timeout=self.request_terminate_timeout,
+            request_slowlog_timeout=self.request_slowlog_timeout,
+            slowlog=self.slowlog,
+            request_slowlog_trace_depth=self.request_slowlog_trace_depth,
+            access_log=self.access_log,
+            pool_name=self.name,
+        )
+        if global_ is not None:
+            fields["graceful_timeout"] = global_.process_control_timeout
+        fields.update(extra)
+        return WorkerConfig(**fields)
+
 
 @dataclass(frozen=True, slots=True)
 class PoolFile:
@@ -89,21 +189,549 @@ class PoolFile:
     path: str
     global_: GlobalConfig
     pools: tuple[PoolConfig, ...]
+    #: ``file:line: key: ...`` notes about accepted-but-ignored keys (also logged).
+    warnings: tuple[str, ...] = ()
 
 
-def parse_pool_config(text: str, path: str = "<string>") -> PoolFile:
+# --------------------------------------------------------------------------
+# Value parsers: (text, context) -> value, raising ValueError with the reason
+# --------------------------------------------------------------------------
+
+_TIME = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
+_TIME_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_BOOLEANS = {"yes": True, "on": True, "true": True, "1": True, "no": False, "off": False, "false": False, "0": False}
+_APP_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_SESSION_KEY = re.compile(r"session\.[a-z0-9_.]+")
+_LOG_LEVELS = ("alert", "error", "warning", "notice", "debug")
+
+
+@dataclass(slots=True)
+class _Context:
+    """What a value parser may need: where the file is."""
+
+    directory: str
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str, _Context], int]:
+    def parse(text: str, ctx: _Context) -> int:
+        if not re.fullmatch(r"-?\d+", text):
+            raise ValueError(f"must be an integer, got {text!r}")
+        value = int(text)
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" to {maximum}" if maximum is not None else " or more"
+            raise ValueError(f"must be {minimum}{upper}, got {value}")
+        return value
+
+    return parse
+
+
+def _time(text: str, ctx: _Context) -> float:
+    match = _TIME.fullmatch(text)
+    if match is None:
+        raise ValueError(f"must be a time like 30s, 5m, 1h, 1d (a bare number is seconds), got {text!r}")
+    return float(match.group(1)) * _TIME_UNITS[match.group(2)]
+
+
+def _boolean(text: str, ctx: _Context) -> bool:
+    value = _BOOLEANS.get(text.lower())
+    if value is None:
+        raise ValueError(f"must be yes/no, on/off, true/false or 1/0, got {text!r}")
+    return value
+
+
+def _string(text: str, ctx: _Context) -> str:
+    return text
+
+
+def _url_path(text: str, ctx: _Context) -> str:
+    if not text.startswith("/"):
+        raise ValueError(f"must start with '/', got {text!r}")
+    if any(c.isspace() or ord(c) < 0x20 for c in text):
+        raise ValueError(f"must not hold spaces or control characters, got {text!r}")
+    return text
+
+
+def _file(text: str, ctx: _Context) -> str:
+    if not text:
+        raise ValueError("must be a file path")
+    return os.path.normpath(os.path.join(ctx.directory, text))
+
+
+def _log_target(text: str, ctx: _Context) -> str:
+    if text == "-":
+        return text
+    if text == "syslog" or text.startswith("syslog:"):
+        raise ValueError("syslog is not supported; give a file path or - (standard error)")
+    return _file(text, ctx)
+
+
+def _choice(*choices: str) -> Callable[[str, _Context], str]:
+    def parse(text: str, ctx: _Context) -> str:
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def _octal_mode(text: str, ctx: _Context) -> int:
+    if not re.fullmatch(r"[0-7]{1,4}", text) or int(text, 8) > 0o777:
+        raise ValueError(f"must be octal permission bits like 0660, got {text!r}")
+    return int(text, 8)
+
+
+def _backlog(text: str, ctx: _Context) -> int:
+    value = _integer(-1)(text, ctx)
+    return UNLIMITED_BACKLOG if value == -1 else value
+
+
+def _listen(text: str, ctx: _Context) -> str:
+    """The address, normalised to what ``parse_address`` reads back the same way.
+
+    A bare port is every IPv4 address, as php-fpm's docs say (php-fpm 7+ also
+    takes IPv6 there; our listener is one socket of one family).
+    """
+    if text.isdigit():
+        text = f"0.0.0.0:{text}"
+    try:
+        address = parse_address(text)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+    if address.is_unix:
+        assert address.path is not None
+        return os.path.normpath(os.path.join(ctx.directory, address.path))
+    if address.port == 0:
+        raise ValueError(f"{text!r}: a pool needs a fixed port, not 0")
+    return str(address)
+
+
+def _clients(text: str, ctx: _Context) -> tuple[str, ...] | None:
+    if text in ("", "any"):
+        return None
+    out = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            if "/" in item:
+                out.append(str(ipaddress.ip_network(item, strict=False)))
+            else:
+                out.append(str(ipaddress.ip_address(item)))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IPv4/IPv6 address (or network like 10.0.0.0/8)") from None
+    if not out:
+        raise ValueError("no address given (leave the key out to allow everyone)")
+    return tuple(out)
+
+
+def _app(text: str, ctx: _Context) -> str:
+    if _APP_REF.fullmatch(text) is None:
+        raise ValueError(f"must be module:attribute, like workers.hello:app, got {text!r}")
+    return text
+
+
+# key -> (attribute, parser). The attribute is the key with "." turned into "_".
+_GLOBAL_KEYS: dict[str, tuple[str, Callable[[str, _Context], Any]]] = {
+    "pid": ("pid", _file),
+    "error_log": ("error_log", _log_target),
+    "log_level": ("log_level", _choice(*_LOG_LEVELS)),
+    "emergency_restart_threshold": ("emergency_restart_threshold", _integer(0)),
+    "emergency_restart_interval": ("emergency_restart_interval", _time),
+    "process_control_timeout": ("process_control_timeout", _time),
+}
+
+_POOL_KEYS: dict[str, tuple[str, Callable[[str, _Context], Any]]] = {
+    "listen": ("listen", _listen),
+    "app": ("app", _app),
+    "listen.backlog": ("listen_backlog", _backlog),
+    "listen.allowed_clients": ("listen_allowed_clients", _clients),
+    "listen.mode": ("listen_mode", _octal_mode),
+    "chdir": ("chdir", _file),
+    "pm": ("pm", _choice("static", "dynamic", "ondemand")),
+    "pm.max_children": ("pm_max_children", _integer(1)),
+    "pm.start_servers": ("pm_start_servers", _integer(1)),
+    "pm.min_spare_servers": ("pm_min_spare_servers", _integer(1)),
+    "pm.max_spare_servers": ("pm_max_spare_servers", _integer(1)),
+    "pm.max_spawn_rate": ("pm_max_spawn_rate", _integer(1)),
+    "pm.process_idle_timeout": ("pm_process_idle_timeout", _time),
+    "pm.max_requests": ("pm_max_requests", _integer(0)),
+    "pm.status_path": ("pm_status_path", _url_path),
+    "ping.path": ("ping_path", _url_path),
+    "ping.response": ("ping_response", _string),
+    "request_terminate_timeout": ("request_terminate_timeout", _time),
+    "request_slowlog_timeout": ("request_slowlog_timeout", _time),
+    "request_slowlog_trace_depth": ("request_slowlog_trace_depth", _integer(1, 1000)),
+    "slowlog": ("slowlog", _log_target),
+    "access.log": ("access_log", _log_target),
+    "catch_workers_output": ("catch_workers_output", _boolean),
+    "clear_env": ("clear_env", _boolean),
+    "fcgi.max_reqs": ("fcgi_max_reqs", _integer(1, 65535)),
+    "fcgi.max_conns": ("fcgi_max_conns", _integer(1, 65535)),
+    "threads": ("threads", _integer(1, 1024)),
+}
+
+# php-fpm keys that only matter to PHP or to a root-started master: an error
+# with the reason, so nobody believes they are in force.
+_UNSUPPORTED = {
+    "user": "not supported: the master does not switch users; start it as the user the pool should run as",
+    "group": "not supported: the master does not switch users; start it as the group the pool should run as",
+    "listen.owner": "not supported: create the socket's directory with the owner you need, and use listen.mode",
+    "listen.group": "not supported: create the socket's directory with the group you need, and use listen.mode",
+    "listen.acl_users": "not supported: use listen.mode",
+    "listen.acl_groups": "not supported: use listen.mode",
+    "listen.setfib": "not supported",
+    "pm.status_listen": "not supported: the status page is served on the pool's own listen address",
+    "prefix": "not supported: relative paths are relative to the configuration file",
+    "chroot": "not supported",
+    "rlimit_files": "not supported: set the limit where the master starts (ulimit -n, systemd LimitNOFILE=)",
+    "rlimit_core": "not supported: set the limit where the master starts (ulimit -c, systemd LimitCORE=)",
+    "security.limit_extensions": "not supported: a pool serves one Python app, not script files",
+    "process.max": "not supported: bound each pool with pm.max_children",
+    "syslog.facility": "not supported: error_log is a file or - (standard error)",
+    "syslog.ident": "not supported: error_log is a file or - (standard error)",
+}
+
+# php-fpm keys accepted and ignored, with a logged warning: they tune php-fpm's
+# own mechanics (logging buffers, event loop, core dumps, scheduling) and
+# change nothing a client or an operator relies on.
+_IGNORED = {
+    "daemonize": "ignored: the master always runs in the foreground (use systemd or a supervisor)",
+    "systemd_interval": "ignored: no systemd watchdog notifications",
+    "events.mechanism": "ignored: the event loop is trio's (epoll on Linux)",
+    "log_buffering": "ignored: log lines are written whole",
+    "log_limit": "ignored: log lines are not truncated",
+    "process.priority": "ignored: set the priority where the master starts (nice)",
+    "process.dumpable": "ignored",
+    "decorate_workers_output": "ignored: caught output is always tagged with pool and pid",
+    "request_terminate_timeout_track_finished": "ignored: the timeout always covers the whole request",
+    "access.format": "ignored: the access log format is fixed (php-fpm's default plus the duration in ms)",
+    "access.suppress_path": "ignored: every request is logged",
+}
+
+# Keys whose ignoring is silent when they already say what we do.
+_IGNORED_IF = {"daemonize": "no", "decorate_workers_output": "yes", "process.dumpable": "no"}
+
+# php_value[...] and friends: PHP ini settings; only session.* mean something here.
+_PHP_ARRAYS = ("php_value", "php_admin_value", "php_flag", "php_admin_flag")
+
+_ARRAY_KEY = re.compile(r"([A-Za-z_][\w.]*)\[([^\]]*)\]")
+_EXPANSION = re.compile(r"\$\{([^}]*)\}")
+
+
+# --------------------------------------------------------------------------
+# The reader: lines -> (section, key, value, path, line) items
+# --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Section:
+    name: str  # "global" or a pool name
+    path: str
+    line: int
+    values: dict[str, tuple[Any, int]] = field(default_factory=dict)  # attribute -> (value, line)
+    env: dict[str, str] = field(default_factory=dict)
+    session: dict[str, str] = field(default_factory=dict)
+    lines: dict[str, int] = field(default_factory=dict)  # key as written -> line
+
+
+class _Parser:
+    def __init__(self, environ: dict[str, str]) -> None:
+        self.environ = environ
+        self.global_ = None  # type: _Section | None
+        self.pools: dict[str, _Section] = {}
+        self.warnings: list[str] = []
+        self.including: list[str] = []
+
+    # --- files ---------------------------------------------------------------
+
+    def parse_text(self, text: str, path: str) -> None:
+        directory = os.path.dirname(os.path.abspath(path)) if not path.startswith("<") else os.getcwd()
+        section: _Section | None = None
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith((";", "#")):
+                continue
+            if line.startswith("["):
+                section = self._section(line, path, number)
+                continue
+            key, sep, rest = line.partition("=")
+            key = key.strip()
+            if not sep or not key:
+                raise PoolConfigError(path, number, "", f"expected 'key = value' or '[section]', got {line!r}")
+            value = self._value(rest, path, number, key)
+            if key == "include":
+                self._include(value, path, number, directory)
+                continue
+            if section is None:
+                raise PoolConfigError(path, number, key, "set outside any section; put it under [global] or a [pool] section")
+            if section.name != "global":
+                value = value.replace("$pool", section.name)
+            self._set(section, key, value, path, number, directory)
+
+    def parse_file(self, path: str, line: int = 0, including: str = "") -> None:
+        real = os.path.realpath(path)
+        if real in self.including:
+            raise PoolConfigError(including or path, line, "include" if including else "", f"{path} includes itself")
+        if len(self.including) >= MAX_INCLUDE_DEPTH:
+            raise PoolConfigError(including or path, line, "include", f"more than {MAX_INCLUDE_DEPTH} nested includes")
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if including:
+                raise PoolConfigError(including, line, "include", f"cannot read {path}: {reason}") from None
+            raise PoolConfigError(path, 0, "", f"cannot read the file: {reason}") from None
+        self.including.append(real)
+        try:
+            self.parse_text(text, path)
+        finally:
+            self.including.pop()
+
+    def _include(self, pattern: str, path: str, number: int, directory: str) -> None:
+        if path.startswith("<"):
+            raise PoolConfigError(path, number, "include", "only a file on disk can include others")
+        full = os.path.join(directory, pattern)
+        if glob.has_magic(full):
+            matches = sorted(glob.glob(full))
+            if not matches:
+                self._warn(path, number, "include", f"nothing matches {pattern!r}")
+        else:
+            matches = [full]
+        for match in matches:
+            self.parse_file(match, number, path)
+
+    def _section(self, line: str, path: str, number: int) -> _Section:
+        body, closed, rest = line[1:].partition("]")
+        rest = rest.strip()
+        if not closed or (rest and not rest.startswith((";", "#"))):
+            raise PoolConfigError(path, number, "", f"expected a section header like [www], got {line!r}")
+        name = body.strip()
+        if name == "global":
+            if self.global_ is None:
+                self.global_ = _Section("global", path, number)
+            return self.global_
+        if not _POOL_NAME.fullmatch(name):
+            raise PoolConfigError(path, number, f"[{name}]", "a pool name is letters, digits, '_', '-' and '.'")
+        if name in self.pools:
+            first = self.pools[name]
+            raise PoolConfigError(path, number, f"[{name}]", f"duplicate pool name (first defined at {first.path}:{first.line})")
+        section = _Section(name, path, number)
+        self.pools[name] = section
+        return section
+
+    def _value(self, rest: str, path: str, number: int, key: str) -> str:
+        """The value after ``=``: quotes removed, ``${NAME}`` expanded, comment dropped."""
+        text = rest.strip()
+        if text[:1] == "'":
+            end = text.find("'", 1)
+            if end < 0:
+                raise PoolConfigError(path, number, key, "unterminated ' quote")
+            value, tail = text[1:end], text[end + 1 :]
+        elif text[:1] == '"':
+            out, i = [], 1
+            while i < len(text) and text[i] != '"':
+                if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in '"\\':
+                    i += 1
+                out.append(text[i])
+                i += 1
+            if i >= len(text):
+                raise PoolConfigError(path, number, key, 'unterminated " quote')
+            value, tail = self._expand("".join(out), path, number, key), text[i + 1 :]
+        else:
+            value, tail = self._expand(text.partition(";")[0].strip(), path, number, key), ""
+        tail = tail.strip()
+        if tail and not tail.startswith(";"):
+            raise PoolConfigError(path, number, key, f"unexpected text after the quoted value: {tail!r}")
+        return value
+
+    def _expand(self, text: str, path: str, number: int, key: str) -> str:
+        def replace(match: re.Match[str]) -> str:
+            name, sep, default = match.group(1).partition(":-")
+            if not _ENV_NAME.fullmatch(name):
+                raise PoolConfigError(path, number, key, f"${{{match.group(1)}}}: not an environment variable name")
+            if name in self.environ:
+                return self.environ[name]
+            if sep:
+                return default
+            raise PoolConfigError(path, number, key, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)")
+
+        return _EXPANSION.sub(replace, text) if "${" in text else text
+
+    # --- keys ----------------------------------------------------------------
+
+    def _set(self, section: _Section, key: str, value: str, path: str, number: int, directory: str) -> None:
+        if key in section.lines:
+            raise PoolConfigError(path, number, key, f"set twice in [{section.name}] (first at line {section.lines[key]})")
+        array = _ARRAY_KEY.fullmatch(key)
+        is_pool = section.name != "global"
+        ctx = _Context(directory)
+        if array is not None and is_pool:
+            self._set_array(section, key, array.group(1), array.group(2), value, path, number)
+        elif is_pool and _SESSION_KEY.fullmatch(key):
+            self._set_session(section, key, key, value, path, number)
+        elif key in (_POOL_KEYS if is_pool else _GLOBAL_KEYS):
+            attribute, parse = (_POOL_KEYS if is_pool else _GLOBAL_KEYS)[key]
+            try:
+                parsed = parse(value, ctx)
+            except ValueError as exc:
+                raise PoolConfigError(path, number, key, str(exc)) from None
+            section.values[attribute] = (parsed, number)
+        elif key in _UNSUPPORTED:
+            raise PoolConfigError(path, number, key, _UNSUPPORTED[key])
+        elif key in _IGNORED:
+            if _IGNORED_IF.get(key) != value.lower():
+                self._warn(path, number, key, _IGNORED[key])
+        else:
+            raise PoolConfigError(path, number, key, self._unknown(key, is_pool))
+        section.lines[key] = number
+
+    def _set_array(self, section: _Section, key: str, name: str, inner: str, value: str, path: str, number: int) -> None:
+        if name == "env":
+            if not _ENV_NAME.fullmatch(inner):
+                raise PoolConfigError(path, number, key, f"{inner!r} is not an environment variable name")
+            if value.startswith("$") and _ENV_NAME.fullmatch(value[1:]):
+                # php-fpm's env[X] = $Y: the master's own variable.
+                if value[1:] not in self.environ:
+                    raise PoolConfigError(path, number, key, f"environment variable {value[1:]} is not set")
+                value = self.environ[value[1:]]
+            section.env[inner] = value
+        elif name in _PHP_ARRAYS:
+            if not _SESSION_KEY.fullmatch(inner):
+                raise PoolConfigError(path, number, key, "not supported: PHP ini settings mean nothing to a Python app "
+                                      "(only session.* settings are read, for fcgi_cluster.sessions)")
+            self._set_session(section, key, inner, value, path, number)
+        else:
+            raise PoolConfigError(path, number, key, "unknown key; the [] keys are env[], php_value[], "
+                                  "php_admin_value[], php_flag[], php_admin_flag[]")
+
+    def _set_session(self, section: _Section, key: str, name: str, value: str, path: str, number: int) -> None:
+        if name in section.session:
+            raise PoolConfigError(path, number, key, f"{name} set twice in [{section.name}] (first at line {section.lines[name]})")
+        section.session[name] = value
+        section.lines[name] = number
+
+    def _unknown(self, key: str, is_pool: bool) -> str:
+        known = list(_POOL_KEYS if is_pool else _GLOBAL_KEYS)
+        other = list(_GLOBAL_KEYS if is_pool else _POOL_KEYS)
+        if key in other:
+            return f"belongs in {'[global]' if is_pool else 'a pool section'}, not {'a pool' if is_pool else '[global]'}"
+        close = difflib.get_close_matches(key, known + list(_UNSUPPORTED) + list(_IGNORED), n=1, cutoff=0.75)
+        hint = f'; did you mean "{close[0]}"?' if close else ""
+        return f"unknown key{hint}"
+
+    def _warn(self, path: str, number: int, key: str, reason: str) -> None:
+        text = str(PoolConfigError(path, number, key, reason))
+        self.warnings.append(text)
+        log.warning("%s", text)
+
+    # --- the result ----------------------------------------------------------
+
+    def result(self, path: str) -> PoolFile:
+        global_ = GlobalConfig()
+        if self.global_ is not None:
+            global_ = GlobalConfig(**{k: v for k, (v, _) in self.global_.values.items()})
+        if not self.pools:
+            raise PoolConfigError(path, 0, "", "no pool defined: add at least one [name] section with listen and app")
+        pools = []
+        listens: dict[str, tuple[Address, str, int]] = {}
+        for section in self.pools.values():
+            pool = _pool(section)
+            address = parse_address(pool.listen)
+            line = pool.lines["listen"]
+            for other, (other_address, other_path, other_line) in listens.items():
+                if _same_socket(address, other_address):
+                    raise PoolConfigError(section.path, line, "listen", f"{pool.listen} is already the listen address "
+                                          f"of pool {other} ({other_path}:{other_line})")
+            listens[pool.name] = (address, section.path, line)
+            pools.append(pool)
+        return PoolFile(path, global_, tuple(pools), tuple(self.warnings))
+
+
+def _same_socket(a: Address, b: Address) -> bool:
+    """True when binding both would collide (same path, or same port with an overlapping host)."""
+    if a.is_unix or b.is_unix:
+        return a.is_unix and b.is_unix and a.path == b.path
+    if a.port != b.port or a.family != b.family:
+        return False
+    wildcard = ("0.0.0.0", "::")
+    return a.host == b.host or a.host in wildcard or b.host in wildcard
+
+
+def _pool(section: _Section) -> PoolConfig:
+    """Check one pool's values together (php-fpm's rules) and build its PoolConfig."""
+    values = {attribute: value for attribute, (value, _) in section.values.items()}
+    lines = dict(section.lines)
+    path = section.path
+
+    def fail(key: str, reason: str) -> PoolConfigError:
+        return PoolConfigError(path, lines.get(key, section.line), key, reason)
+
+    for key in ("listen", "app"):
+        if key not in values:
+            raise fail(key, f"missing in [{section.name}] (every pool needs {key})")
+    pool = PoolConfig(name=section.name, env=dict(section.env), session=dict(section.session), lines=lines, path=path, **values)
+    if pool.pm == "dynamic":
+        if pool.pm_min_spare_servers > pool.pm_max_spare_servers:
+            raise fail("pm.min_spare_servers", f"({pool.pm_min_spare_servers}) must not be greater than "
+                       f"pm.max_spare_servers ({pool.pm_max_spare_servers})")
+        for key, value in (("pm.min_spare_servers", pool.pm_min_spare_servers), ("pm.max_spare_servers", pool.pm_max_spare_servers)):
+            if value > pool.pm_max_children:
+                if key not in lines:  # blame the key the user wrote
+                    raise fail("pm.max_children", f"({pool.pm_max_children}) must not be less than {key} "
+                               f"({value}, its default)")
+                raise fail(key, f"({value}) must not be greater than pm.max_children ({pool.pm_max_children})")
+        start = pool.pm_start_servers
+        if "pm.start_servers" not in lines:
+            # php-fpm's default: halfway between the spare bounds.
+            start = pool.pm_min_spare_servers + (pool.pm_max_spare_servers - pool.pm_min_spare_servers) // 2
+            pool = dataclasses.replace(pool, pm_start_servers=start)
+        elif not pool.pm_min_spare_servers <= start <= pool.pm_max_spare_servers:
+            raise fail("pm.start_servers", f"({start}) must be from pm.min_spare_servers ({pool.pm_min_spare_servers}) "
+                       f"to pm.max_spare_servers ({pool.pm_max_spare_servers})")
+    elif pool.pm == "ondemand" and pool.pm_process_idle_timeout <= 0:
+        raise fail("pm.process_idle_timeout", "must be more than 0 with pm = ondemand")
+    if pool.request_slowlog_timeout > 0 and pool.slowlog is None:
+        raise fail("request_slowlog_timeout", "slowlog must be set too (the file the slow requests' stacks go to)")
+    if pool.ping_path is not None and pool.ping_path == pool.pm_status_path:
+        raise fail("ping.path", "must differ from pm.status_path")
+    return pool
+
+
+def parse_pool_config(text: str, path: str = "<string>", *, environ: dict[str, str] | None = None) -> PoolFile:
     """Parse a php-fpm style INI text.
+
+    Args:
+        text: the file's content.
+        path: its name in error messages; relative paths in values and
+            ``include`` are relative to its directory (the current directory
+            for a name in angle brackets, which cannot include).
+        environ: for ``${NAME}`` and ``env[X] = $NAME``; default ``os.environ``.
+
+    Returns:
+        The global settings and the pools in file order.
 
     Raises:
         PoolConfigError: naming the file, line and key.
     """
-    raise NotImplementedError
+    parser = _Parser(dict(os.environ if environ is None else environ))
+    parser.parse_text(text, path)
+    return parser.result(path)
 
 
-def load_pool_config(path: str) -> PoolFile:
+def load_pool_config(path: str, *, environ: dict[str, str] | None = None) -> PoolFile:
     """Read and parse the pool file at ``path`` (``include`` globs resolved).
+
+    Args:
+        path: the file.
+        environ: as for ``parse_pool_config``.
 
     Raises:
         PoolConfigError: unreadable file, or bad content.
     """
-    raise NotImplementedError
+    parser = _Parser(dict(os.environ if environ is None else environ))
+    parser.parse_file(path)
+    return parser.result(path)

@@ -3,7 +3,8 @@
 ``serve`` is the trio-level server (tests and supervisors ``await
 nursery.start(serve, ...)``); ``run_worker`` is the process entry point with
 signals: SIGTERM or SIGINT stop accepting, let in-flight requests finish within
-``graceful_timeout``, then cancel what is left.
+``graceful_timeout``, then cancel what is left; SIGUSR1 reopens the access and
+slow logs (php-fpm's log rotation signal).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from ._app import app_interface
 from ._asgi import ASGIHandler, Lifespan
 from ._config import WorkerConfig
 from ._connection import WorkerConnection
+from ._features import PoolFeatures
+from ._request_logs import reopen_logs
 from ._threads import ThreadPool
 from ._wsgi import WSGIHandler
 
@@ -77,9 +80,10 @@ def _is_stale_socket(path: str) -> bool:
 class _Server:
     """The connections of one worker, so that a stop can drain them."""
 
-    def __init__(self, handler: Any, config: WorkerConfig) -> None:
+    def __init__(self, handler: Any, config: WorkerConfig, features: PoolFeatures) -> None:
         self.handler = handler
         self.config = config
+        self.features = features
         self.connections: set[WorkerConnection] = set()
         self.draining = False
         #: Set once draining and every connection has closed.
@@ -101,12 +105,20 @@ class _Server:
 
     async def _handle(self, stream: trio.SocketStream, slots: trio.Semaphore) -> None:
         peer = ""
-        try:
-            if stream.socket.family in (socket.AF_INET, socket.AF_INET6):
+        if stream.socket.family in (socket.AF_INET, socket.AF_INET6):
+            try:
                 stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                peer = "%s:%d" % stream.socket.getpeername()[:2]
-        except OSError:
-            pass
+                host, port = stream.socket.getpeername()[:2]
+            except OSError:  # reset before we got here
+                host, port = "", 0
+            peer = "%s:%d" % (host, port)
+            if not self.features.allows(host):
+                # listen.allowed_clients: closed before a byte is read.
+                log.warning("connection from %s refused: not in listen.allowed_clients", host or "a vanished peer")
+                slots.release()
+                await trio.aclose_forcefully(stream)
+                return
+        self.features.connection_accepted()
         conn = WorkerConnection(stream, self.handler, self.config, peer)
         self.connections.add(conn)
         try:
@@ -153,6 +165,7 @@ async def serve(
 
     Raises:
         ListenError: the address cannot be bound.
+        OSError: the access log or slow log cannot be opened.
         RuntimeError: an ASGI app's lifespan startup failed.
     """
     if isinstance(listen, socket.socket):
@@ -161,6 +174,12 @@ async def serve(
         address = parse_address(listen) if isinstance(listen, str) else listen
         sock = open_listener(address, config.backlog)
     where = bound_address(sock)
+    try:
+        features = PoolFeatures(config, sock)
+    except BaseException:
+        if sock is not listen:
+            sock.close()
+        raise
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     pool: ThreadPool | None = None
     lifespan: Lifespan | None = None
@@ -174,7 +193,11 @@ async def serve(
                 pool = ThreadPool(config.threads)
                 nursery.start_soon(pool.watch)
                 handler = WSGIHandler(app, pool, config, {"fcgi_cluster.listen": where})
-            server = _Server(handler, config)
+            # Ping/status pages, hooks, logs and timeouts around every request.
+            handler = features.wrap(handler)
+            if features.needs_watch:
+                nursery.start_soon(features.watch)
+            server = _Server(handler, config, features)
             async with trio.open_nursery() as connections:
                 accepting = trio.CancelScope()
 
@@ -200,6 +223,7 @@ async def serve(
     finally:
         if pool is not None:
             pool.close()
+        features.close()
         await listener.aclose()
 
 
@@ -217,7 +241,7 @@ def run_worker(app: Any, listen: str | Address | socket.socket, config: WorkerCo
 
     async def main() -> None:
         stop = trio.Event()
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGUSR1) as signals:
             async with trio.open_nursery() as nursery:
 
                 async def serve_until_stopped(task_status: Any) -> None:
@@ -228,7 +252,10 @@ def run_worker(app: Any, listen: str | Address | socket.socket, config: WorkerCo
                 log.info("worker %d serving %s on %s", os.getpid(), app_interface(app).upper(), where)
                 async for signum in signals:
                     name = signal.Signals(signum).name
-                    if stop.is_set():
+                    if signum == signal.SIGUSR1:
+                        log.info("SIGUSR1: reopening the access and slow logs")
+                        reopen_logs()
+                    elif stop.is_set():
                         log.warning("second %s: stopping now", name)
                         nursery.cancel_scope.cancel()
                     else:

@@ -111,11 +111,12 @@ class _Call:
 
     __slots__ = (
         "app", "environ", "errors", "handoff", "status", "headers",
-        "headers_sent", "batch", "batch_size", "resume", "aborted",
+        "headers_sent", "batch", "batch_size", "resume", "aborted", "ctx",
     )
 
-    def __init__(self, app: Callable, environ: dict, errors: WSGIErrors) -> None:
+    def __init__(self, app: Callable, environ: dict, errors: WSGIErrors, ctx: RequestContext) -> None:
         self.app = app
+        self.ctx = ctx
         self.environ = environ
         self.errors = errors
         self.handoff = Handoff()
@@ -190,7 +191,14 @@ class _Call:
 
     def run(self) -> None:
         """In a pool thread: call the app, drain its response, deliver the outcome."""
-        self.handoff.deliver(self._run())
+        # Published for the slow log (this thread's stack) and the terminate
+        # timeout (is the app's code still running after its request ended?).
+        self.ctx.app_thread = threading.get_ident()
+        try:
+            outcome = self._run()
+        finally:
+            self.ctx.app_thread = None
+        self.handoff.deliver(outcome)
 
     def _run(self) -> tuple[int, bytes, bytes]:
         try:
@@ -267,7 +275,7 @@ class WSGIHandler:
 
     async def __call__(self, ctx: RequestContext) -> None:
         environ, errors = self.environ(ctx)
-        call = _Call(self.app, environ, errors)
+        call = _Call(self.app, environ, errors, ctx)
         self.pool.start(call.run)
         try:
             while True:
