@@ -30,7 +30,8 @@ def _worker_main(argv: list[str]) -> int:
                         help="host:port, [v6addr]:port or a unix socket path (default %(default)s)")
     defaults = WorkerConfig()
     parser.add_argument("--threads", type=int, default=defaults.threads,
-                        help="threads running WSGI code at once (default %(default)s)")
+                        help="threads running WSGI code at once; 0 = on the event loop, one request "
+                             "at a time, as a php-fpm child (default %(default)s)")
     parser.add_argument("--max-requests", type=int, default=defaults.max_requests,
                         help="requests in flight per connection, FCGI_MAX_REQS (default %(default)s)")
     parser.add_argument("--max-conns", type=int, default=defaults.max_conns,
@@ -41,7 +42,9 @@ def _worker_main(argv: list[str]) -> int:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
-    for name, value in (("--threads", args.threads), ("--max-requests", args.max_requests), ("--max-conns", args.max_conns)):
+    if args.threads < 0:
+        parser.error("--threads must be 0 or more")
+    for name, value in (("--max-requests", args.max_requests), ("--max-conns", args.max_conns)):
         if value < 1:
             parser.error(f"{name} must be at least 1")
     try:

@@ -104,6 +104,17 @@ class RequestBody:
             await waiter.wait()
             self._trio_waiter = None
 
+    async def wait_buffered(self) -> bool:
+        """Wait until the whole body is here, or ``limit`` bytes of it; True for the whole.
+
+        For apps run on the event loop's thread, which cannot wait for more.
+        """
+        while not self._ended and not self._aborted and self._size < self.limit:
+            self._trio_waiter = waiter = trio.Event()
+            await waiter.wait()
+            self._trio_waiter = None
+        return self._ended
+
     @property
     def at_end(self) -> bool:
         """True when everything was received and read."""

@@ -22,6 +22,9 @@ class WorkerConfig:
             wait in the listen backlog.
         threads: threads running sync (WSGI) app code at once. Sync code must
             not block the event loop; this bounds how much of it runs in parallel.
+            0 runs WSGI apps on the event loop's thread, one request at a
+            time, as a php-fpm child does: cheapest for apps that never block
+            long; run more processes (pm children) for concurrency.
         backlog: the listen queue length (php-fpm's default).
         graceful_timeout: on SIGTERM/SIGINT, how long in-flight requests may
             run to completion before they are cancelled.

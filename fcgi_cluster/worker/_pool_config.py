@@ -134,7 +134,7 @@ class PoolConfig:
     fcgi_max_reqs: int = DEFAULT_MAX_REQUESTS
     #: Connections served at once by the pool, advertised as FCGI_MAX_CONNS (fcgi.max_conns).
     fcgi_max_conns: int = 1024
-    #: Threads per child running WSGI code (threads).
+    #: Threads per child running WSGI code (threads); 0 = on the child's event loop, one request at a time.
     threads: int = 16
     #: ``session.*`` keys, raw; checked by ``fcgi_cluster.sessions`` when the pool starts.
     session: dict[str, str] = field(default_factory=dict)
@@ -370,7 +370,7 @@ _POOL_KEYS: dict[str, tuple[str, Callable[[str, _Context], Any]]] = {
     "clear_env": ("clear_env", _boolean),
     "fcgi.max_reqs": ("fcgi_max_reqs", _integer(1, 65535)),
     "fcgi.max_conns": ("fcgi_max_conns", _integer(1, 65535)),
-    "threads": ("threads", _integer(1, 1024)),
+    "threads": ("threads", _integer(0, 1024)),
 }
 
 # php-fpm keys that only matter to PHP or to a root-started master: an error

@@ -190,7 +190,9 @@ async def serve(
                 await nursery.start(lifespan.run)
                 handler: Any = ASGIHandler(app, config.root_path, lifespan.state, {"fcgi_cluster.listen": where})
             else:
-                pool = ThreadPool(config.threads)
+                # threads = 0 runs the app on this thread; one pool thread is
+                # kept for the requests whose body is too large to wait for.
+                pool = ThreadPool(config.threads or 1)
                 nursery.start_soon(pool.watch)
                 handler = WSGIHandler(app, pool, config, {"fcgi_cluster.listen": where})
             # Ping/status pages, hooks, logs and timeouts around every request.

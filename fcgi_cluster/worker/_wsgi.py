@@ -8,6 +8,13 @@ when the response ends (usually the only hand-off) or when 64 KiB have piled up;
 the thread then waits until trio has queued the batch for sending, which gives
 the app backpressure from a slow web server.
 
+With ``threads = 0`` the app runs on the event loop's own thread instead,
+php-fpm's model: one request at a time per process, no hand-offs (about half
+the worker's CPU per small request), and a pool of processes for concurrency.
+The app must then not block for long (nothing else runs meanwhile), its
+request body is read whole first (a body larger than ``input_buffer`` goes to
+a thread after all), and its response is held whole before it leaves.
+
 Error handling: an exception from the app before any body byte was sent gives a
 500 with a fixed body; after that the request ends with app status 1 (the web
 server sees a truncated answer). Either way the traceback goes to the worker's
@@ -18,6 +25,7 @@ log and one line to the web server's error log (STDERR), never to the client.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import traceback
 from typing import Any, Callable, Iterable
@@ -111,7 +119,7 @@ class _Call:
 
     __slots__ = (
         "app", "environ", "errors", "handoff", "status", "headers",
-        "headers_sent", "batch", "batch_size", "resume", "aborted", "ctx",
+        "headers_sent", "batch", "batch_size", "resume", "aborted", "ctx", "batch_limit",
     )
 
     def __init__(self, app: Callable, environ: dict, errors: WSGIErrors, ctx: RequestContext) -> None:
@@ -127,6 +135,8 @@ class _Call:
         self.batch_size = 0
         self.resume = threading.Event()
         self.aborted = False
+        #: Output held before a hand-off to trio; never, on the loop's thread.
+        self.batch_limit = BATCH_SIZE
 
     # --- PEP 3333 callables ------------------------------------------------
 
@@ -158,7 +168,7 @@ class _Call:
         if data:
             self.batch.append(data)
             self.batch_size += len(data)
-            if self.batch_size >= BATCH_SIZE:
+            if self.batch_size >= self.batch_limit:
                 self._emit()
 
     # --- the thread's side of the hand-off ---------------------------------
@@ -212,7 +222,7 @@ class _Call:
                             raise AssertionError("the app returned body before start_response()")
                         self.batch.append(chunk)
                         self.batch_size += len(chunk)
-                        if self.batch_size >= BATCH_SIZE:
+                        if self.batch_size >= self.batch_limit:
                             self._emit()
                     if self.aborted or self.handoff.closed:
                         raise _Aborted
@@ -246,9 +256,11 @@ class WSGIHandler:
         self.app = app
         self.pool = pool
         self.root_path = config.root_path
+        #: Run the app on the event loop's thread (``threads = 0``).
+        self.inline = config.threads == 0
         self.base = {
             "wsgi.version": (1, 0),
-            "wsgi.multithread": True,
+            "wsgi.multithread": not self.inline,
             "wsgi.multiprocess": True,
             "wsgi.run_once": False,
             "wsgi.input_terminated": True,
@@ -276,6 +288,12 @@ class WSGIHandler:
     async def __call__(self, ctx: RequestContext) -> None:
         environ, errors = self.environ(ctx)
         call = _Call(self.app, environ, errors, ctx)
+        if self.inline and await ctx.body.wait_buffered():
+            call.batch_limit = math.inf
+            kind, data, stderr = call._run()
+            ctx.log(stderr)
+            self._finish(ctx, call, kind, data)
+            return
         self.pool.start(call.run)
         try:
             while True:
@@ -290,6 +308,10 @@ class WSGIHandler:
             # answer now; the thread stops at its next step and closes the app.
             call.abort()
             raise
+        self._finish(ctx, call, kind, data)
+
+    @staticmethod
+    def _finish(ctx: RequestContext, call: _Call, kind: int, data: bytes) -> None:
         if kind == _DONE:
             ctx.send_nowait(data)
             ctx.end(0)

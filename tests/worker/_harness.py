@@ -127,7 +127,7 @@ async def serving(app, *, interface: str = "wsgi", config: WorkerConfig = Worker
     ours, theirs = trio.testing.memory_stream_pair()
     pool = None
     if interface == "wsgi":
-        pool = ThreadPool(config.threads)
+        pool = ThreadPool(config.threads or 1)
         handler = WSGIHandler(app, pool, config, {"fcgi_cluster.listen": "memory"})
     else:
         handler = ASGIHandler(app, config.root_path, state or {}, {})

@@ -277,3 +277,57 @@ async def test_header_injection_from_app_is_refused(header):
     async with serving(app) as web:
         answer = await web.request(params("/"))
     assert answer.status == 500 and b"Set-Cookie" not in answer.stdout
+
+
+# --- threads = 0: the app on the event loop's thread, as a php-fpm child ---
+
+INLINE = WorkerConfig(threads=0, input_buffer=64 * 1024)
+
+
+async def test_inline_app_runs_on_the_loop_thread_and_reads_its_whole_body():
+    seen = {}
+
+    def app(environ, start_response):
+        seen["thread"] = threading.get_ident()
+        seen["multithread"] = environ["wsgi.multithread"]
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [hashlib.sha256(body).hexdigest().encode()]
+
+    body = bytes(range(256)) * 100  # 25.6 KB in several records, under input_buffer
+    async with serving(app, config=INLINE) as web:
+        answer = await web.request(params("/", method="POST", CONTENT_LENGTH=str(len(body))), body)
+    assert answer.body == hashlib.sha256(body).hexdigest().encode()
+    assert seen == {"thread": threading.get_ident(), "multithread": False}
+
+
+async def test_inline_body_larger_than_the_buffer_goes_to_a_thread():
+    threads = []
+
+    def app(environ, start_response):
+        threads.append(threading.get_ident())
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [])
+        return [b"%d" % len(body)]
+
+    big = b"x" * (1024 * 1024)
+    async with serving(app, config=INLINE) as web:
+        answer = await web.request(params("/", method="POST", CONTENT_LENGTH=str(len(big))), big)
+        small = await web.request(params("/"))
+    assert answer.body == b"%d" % len(big) and small.body == b"0"
+    assert threads[0] != threading.get_ident() and threads[1] == threading.get_ident()
+
+
+async def test_inline_large_response_and_failure():
+    async with serving(echo.app, config=INLINE) as web:
+        big = await web.request(params("/?size=300000"))
+    assert big.status == 200 and len(big.body) == 300_000
+
+    def broken(environ, start_response):
+        raise RuntimeError("secret detail")
+
+    async with serving(broken, config=INLINE) as web:
+        answer = await web.request(params("/"))
+        again = await web.request(params("/"))
+    assert answer.status == 500 and b"secret" not in answer.body and answer.end.app_status == 1
+    assert again.status == 500  # the worker goes on
