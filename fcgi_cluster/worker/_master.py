@@ -395,8 +395,8 @@ class _Master:
                     log.info("Finishing ...")
                     self._stop_all("quit")
             elif signum == signal.SIGUSR1:
-                log.info("Reloading log files (SIGUSR1)")
                 self._reopen_logs()
+                log.info("error log file re-opened")
             elif signum == signal.SIGUSR2 and not self.exiting:
                 log.info("Reloading in progress ...")
                 self._reload()

@@ -205,7 +205,17 @@ def _serve(app: Any, sock: socket.socket, config: WorkerConfig, hooks: ChildHook
             hooks.finishing()
             stop.set()
 
-        hooks.on_retire = retire
+        token = trio.lowlevel.current_trio_token()
+
+        def retire_soon() -> None:
+            # Hooks may be called from an app thread (the WSGI bridge): the
+            # stop event is set in the trio thread.
+            try:
+                token.run_sync_soon(retire)
+            except trio.RunFinishedError:
+                pass
+
+        hooks.on_retire = retire_soon
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1) as signals:
             async with trio.open_nursery() as nursery:
 
