@@ -308,6 +308,9 @@ class _PoolRun:
     warned_max: bool = False
     next_pm: float = 0.0
     muted_until: float = 0.0
+    #: ondemand: the socket is in the master's selector (a reload's new run
+    #: may register the same socket, so each run unregisters only its own).
+    watching: bool = False
 
 
 class _Master:
@@ -411,7 +414,7 @@ class _Master:
             wanted = min(pool.pm_start_servers, pool.pm_max_children)
         else:
             wanted = 0
-            self.sel.register(run.sock, selectors.EVENT_READ, lambda fd, run=run: self._on_pending(run))
+            self._watch(run)
         for _ in range(wanted):
             self._spawn(run)
         run.next_pm = time.monotonic() + PM_INTERVAL
@@ -616,8 +619,11 @@ class _Master:
                     raise PoolStartError(f"{_where(pool, 'app')}: app: {reason}")
             reuse = {run.config.name: (run.config, run.sock) for run in self.runs}
             sockets = open_listeners(new_file.pools, reuse)
-        except (PoolConfigError, PoolStartError, ValueError, OSError) as exc:
+        except (PoolConfigError, PoolStartError) as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        except Exception as exc:  # a reader's own failure must not take the running pools down
+            log.error("reload failed, keeping the running configuration: %s: %s", type(exc).__name__, exc)
             return
         if self.pending_retire is not None:
             # A reload during a reload: the previous old generation goes now.
@@ -657,11 +663,16 @@ class _Master:
             if not run.children:
                 self._close_run(run)
 
+    def _watch(self, run: _PoolRun) -> None:
+        """ondemand: wake up when a connection waits in the listen queue (the socket is readable)."""
+        if not run.watching:
+            self.sel.register(run.sock, selectors.EVENT_READ, lambda fd, run=run: self._on_pending(run))
+            run.watching = True
+
     def _mute(self, run: _PoolRun) -> None:
-        try:
+        if run.watching:
+            run.watching = False
             self.sel.unregister(run.sock)
-        except (KeyError, ValueError):
-            pass
 
     def _close_run(self, run: _PoolRun) -> None:
         """Release a generation whose children are gone (retired, or at exit)."""
@@ -778,10 +789,7 @@ class _Master:
             if state == IDLE and in_flight == 0 and now - idle_since > run.config.pm_process_idle_timeout:
                 self._signal_child(child, signal.SIGQUIT, "idle", self._quit_timeout())
         if now >= run.muted_until and not self.exiting and not run.retiring:
-            try:
-                self.sel.register(run.sock, selectors.EVENT_READ, lambda fd, run=run: self._on_pending(run))
-            except KeyError:
-                pass
+            self._watch(run)
 
     def _on_pending(self, run: _PoolRun) -> None:
         """ondemand: a connection waits in the listen queue."""

@@ -38,7 +38,7 @@ def load(path):
     with open(path) as f:
         return eval(f.read())
 
-sys.exit(_pool_main(sys.argv[1], False, load))
+sys.exit(_pool_main(sys.argv[1], sys.argv[2:] == ["-t"], load))
 """
 
 # Generous for a loaded 2-core machine: pm decisions are made once a second.
@@ -403,11 +403,11 @@ def test_pid_file_output_and_reopened_log(tmp_path):
 # --- bad starts ---------------------------------------------------------------------------
 
 
-def _run_to_end(tmp_path: pathlib.Path, *pools: PoolConfig) -> subprocess.CompletedProcess:
+def _run_to_end(tmp_path: pathlib.Path, *pools: PoolConfig, test: bool = False) -> subprocess.CompletedProcess:
     config = tmp_path / "pool.conf"
     write_pool_file(config, fast_global(), *pools)
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    return subprocess.run(runner_argv(config), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
+    return subprocess.run(runner_argv(config) + (["-t"] if test else []), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
                           start_new_session=True)
 
 
@@ -503,3 +503,73 @@ def test_nginx_in_front_of_a_dynamic_pool_sees_no_5xx_during_a_reload(tmp_path):
         assert [code for code in codes if code >= 500] == []
         assert set(codes) == {200}
         assert log_of(proc).count("reload done") == 2
+
+
+# --- more of the master's duties ---------------------------------------------------------
+
+
+def test_emergency_restart_after_abnormal_deaths_reloads_the_pool(tmp_path):
+    port = free_port()
+    glob = fast_global(emergency_restart_threshold=2, emergency_restart_interval=30.0)
+    with master(tmp_path, pool(port, pm="static", pm_max_children=1), global_=glob) as proc:
+        for _ in range(2):
+            victim = wait_until(lambda: len(children(proc.pid)) == 1 and children(proc.pid), what="a child")
+            os.kill(next(iter(victim)), signal.SIGKILL)
+            wait_until(lambda: children(proc.pid) and children(proc.pid) != victim, what="a replacement")
+        wait_until(lambda: "reload done" in log_of(proc), what="the emergency reload")
+        assert "failed processes threshold (2 in 30 sec) is reached, initiating reload" in log_of(proc)
+        assert load(port, total=3)[0] == 3
+
+
+def test_a_child_stuck_past_request_terminate_timeout_is_replaced(tmp_path):
+    port = free_port()
+    with master(tmp_path, pool(port, pm="static", pm_max_children=1, request_terminate_timeout=1.0)) as proc:
+        first = wait_until(lambda: children(proc.pid), what="a child")
+        ok, failures, _ = load(port, "/?sleep_ms=8000", total=1, seconds=15)
+        # Ended one way or the other well before the app's 8 s: an error answer
+        # (the worker ends the request) or the master killing the child.
+        assert ok == 0 and len(failures) == 1
+        if "execution timed out" in log_of(proc):
+            wait_until(lambda: children(proc.pid) and children(proc.pid) != first, what="a replacement")
+        else:
+            assert failures[0].startswith("status ")
+        assert load(port, total=2)[0] == 2
+
+
+def test_two_pools_one_on_a_unix_socket_with_its_mode(tmp_path):
+    port = free_port()
+    path = tmp_path / "b.sock"
+    tcp = pool(port, pm="static", pm_max_children=1)
+    unix = pool(0, name="unix", listen=str(path), pm="ondemand", pm_max_children=2, listen_mode=0o666)
+    with master(tmp_path, tcp, unix) as proc:
+        wait_for_port(str(path), None)
+        assert path.stat().st_mode & 0o777 == 0o666
+
+        async def over_unix() -> int:
+            async with open_connection(str(path)) as conn:
+                response = await conn.request(cgi_params("GET", "/"))
+                return int(json.loads(response.body)["worker"].rsplit(" ", 1)[1])
+
+        pid = trio.run(over_unix)
+        assert pid in children(proc.pid)
+        assert load(port, total=2)[0] == 2
+        assert len(children(proc.pid)) == 2  # one static, one on demand
+        proc.send_signal(signal.SIGQUIT)
+        assert proc.wait(10) == 0
+    assert not path.exists()
+
+
+def test_config_test_checks_the_app_and_binds_nothing(tmp_path):
+    busy = __import__("socket").socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        # -t checks the file, not the machine: a port in use is not its business.
+        good = _run_to_end(tmp_path, pool(busy.getsockname()[1]), test=True)
+    finally:
+        busy.close()
+    assert good.returncode == 0 and "test is successful" in good.stdout
+    bad = _run_to_end(tmp_path, pool(free_port(), app="workers.echo:no_such_app"), test=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == (f"fcgi-cluster worker: {tmp_path / 'pool.conf'}:3: app: "
+                                  "module 'workers.echo' has no attribute 'no_such_app'")
