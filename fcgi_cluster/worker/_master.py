@@ -43,6 +43,7 @@ replaced; ``emergency_restart_threshold`` abnormal deaths within
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import selectors
@@ -351,6 +352,32 @@ class _Master:
         for run in self.runs:
             self._start_run(run)
         log.info("ready to handle connections")
+        try:
+            self._loop()
+        except Exception:
+            # A bug of the master's own: it must not leave orphans serving an
+            # unmanaged pool. Stop every child, say why, exit non-zero.
+            log.exception("the master failed; stopping every child")
+            self._kill_all()
+            return 1
+        for run in self.runs + self.old_runs:
+            self._close_run(run)
+        # The children's last words.
+        for fd in list(self.outputs):
+            self._read_output(fd, final=True)
+        log.info("exiting, bye-bye!")
+        return 0
+
+    def _kill_all(self) -> None:
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                _waitpid_retrying(pid)
+        self.children.clear()
+
+    def _loop(self) -> None:
         next_tick = time.monotonic()
         while True:
             now = time.monotonic()
@@ -363,14 +390,7 @@ class _Master:
                 next_tick = now + TICK
                 self._tick(now)
             if self.exiting and not self.children:
-                break
-        for run in self.runs + self.old_runs:
-            self._close_run(run)
-        # The children's last words.
-        for fd in list(self.outputs):
-            self._read_output(fd, final=True)
-        log.info("exiting, bye-bye!")
-        return 0
+                return
 
     def _on_signal(self, signum: int, frame: object) -> None:
         self.signals.append(signum)
