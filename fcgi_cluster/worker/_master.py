@@ -489,7 +489,8 @@ class _Master:
             fds.append(self.sel.fileno())  # type: ignore[attr-defined]
         except (AttributeError, OSError):
             pass
-        for other in self.runs + self.old_runs:
+        pending = self.pending_retire[0] if self.pending_retire is not None else []
+        for other in self.runs + self.old_runs + pending:
             if other.sock is not run.sock and other.sock.fileno() >= 0:
                 fds.append(other.sock.fileno())
         return fds
@@ -654,10 +655,11 @@ class _Master:
         self.runs = [self._new_run(pool, sockets[pool.name]) for pool in new_file.pools]
         for run in old:
             self._mute(run)
+        # Old children keep serving until the new ones accept: then they finish.
+        # (Set before forking: new children must not inherit the old sockets.)
+        self.pending_retire = (old, time.monotonic() + RELOAD_START_TIMEOUT)
         for run in self.runs:
             self._start_run(run)
-        # Old children keep serving until the new ones accept: then they finish.
-        self.pending_retire = (old, time.monotonic() + RELOAD_START_TIMEOUT)
         self._check_pending_retire()
 
     def _check_pending_retire(self) -> None:

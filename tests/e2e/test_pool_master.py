@@ -573,3 +573,70 @@ def test_config_test_checks_the_app_and_binds_nothing(tmp_path):
     assert bad.returncode == 2
     assert bad.stderr.strip() == (f"fcgi-cluster worker: {tmp_path / 'pool.conf'}:3: app: "
                                   "module 'workers.echo' has no attribute 'no_such_app'")
+
+
+def _status(port: int, uri: str = "/") -> int:
+    """The status of one request on its own connection (for apps that do not name their pid)."""
+    async def one() -> int:
+        async with open_connection(f"127.0.0.1:{port}") as conn:
+            return (await conn.request(cgi_params("GET", uri))).status
+    return trio.run(one)
+
+
+def test_an_asgi_pool_recycles_children_too(tmp_path):
+    port = free_port()
+    with master(tmp_path, pool(port, pm="static", pm_max_children=1, pm_max_requests=3,
+                               app="workers.hello_asgi:app")) as proc:
+        seen = {next(iter(wait_until(lambda: children(proc.pid), what="a child")))}
+        for _ in range(9):
+            assert _status(port) == 200
+            seen |= children(proc.pid)
+        # 9 requests at 3 per child: the first child was replaced at least twice.
+        wait_until(lambda: len(seen | children(proc.pid)) >= 3, what="recycled children")
+        assert "exited with code 0" in log_of(proc)
+
+
+def test_env_and_clear_env_reach_the_app(tmp_path):
+    port = free_port()
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    (app_dir / "envy.py").write_text(
+        "import json, os\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'application/json')])\n"
+        "    return [json.dumps({'APP_ENV': os.environ.get('APP_ENV'), 'HOME': os.environ.get('HOME'),\n"
+        "                        'cwd': os.getcwd()}).encode()]\n")
+
+    async def fetch(port: int) -> dict:
+        async with open_connection(f"127.0.0.1:{port}") as conn:
+            return json.loads((await conn.request(cgi_params("GET", "/"))).body)
+
+    cfg = pool(port, pm="static", pm_max_children=1, app="envy:app", chdir=str(app_dir),
+               clear_env=True, env={"APP_ENV": "production"})
+    with master(tmp_path, cfg):
+        got = trio.run(fetch, port)
+    assert got == {"APP_ENV": "production", "HOME": None, "cwd": str(app_dir)}
+
+
+def test_reload_moves_a_pool_whose_listen_changed(tmp_path):
+    old_port, new_port = free_port(), free_port()
+    with master(tmp_path, pool(old_port, pm="static", pm_max_children=1)) as proc:
+        wait_until(lambda: children(proc.pid), what="a child")
+        write_pool_file(proc.config_path, fast_global(), pool(new_port, pm="static", pm_max_children=1))
+        proc.send_signal(signal.SIGUSR2)
+        wait_for_port("127.0.0.1", new_port)
+        assert load(new_port, total=2)[0] == 2
+        wait_until(lambda: "reload done" in log_of(proc), what="the reload")
+        wait_until(lambda: len(children(proc.pid)) == 1, what="the old child gone")
+        wait_for_port_closed(old_port)
+
+
+def test_dynamic_pool_at_max_children_says_so(tmp_path):
+    port = free_port()
+    cfg = pool(port, pm="dynamic", pm_max_children=2, pm_start_servers=1, pm_min_spare_servers=1, pm_max_spare_servers=2)
+    with master(tmp_path, cfg) as proc:
+        wait_until(lambda: children(proc.pid), what="a child")
+        ok, failures, _ = load(port, "/?sleep_ms=300", total=60, concurrency=6, seconds=4.0)
+        assert failures == [] and ok > 0
+        assert len(children(proc.pid)) == 2
+        assert "[pool www] server reached pm.max_children setting (2), consider raising it" in log_of(proc)
