@@ -453,7 +453,7 @@ class _Master:
         spec = ChildSpec(
             pool=pool, global_=self.pool_file.global_, sock=run.sock, scoreboard=run.scoreboard, slot=slot,
             close_fds=self._master_fds(run) + ([out_r, err_r] if catch else []),
-            stdout=out_w, stderr=err_w, log_handler=self.handler,
+            stdout=out_w, stderr=err_w, log_handler=self.handler, master_pid=os.getpid(),
         )
         run.scoreboard.reserve(slot)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)

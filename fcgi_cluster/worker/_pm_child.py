@@ -39,6 +39,9 @@ EXIT_APP_LOAD = 78
 #: Exit status of a child that failed otherwise (EX_SOFTWARE).
 EXIT_FAILED = 70
 
+#: linux/prctl.h: the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
 #: Signals the master handles; a child resets them before anything else.
 MASTER_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -58,6 +61,7 @@ class ChildSpec:
         stdout / stderr: descriptors for the child's fd 1 and 2 (pipes to the
             master with catch_workers_output, else /dev/null).
         log_handler: the master's error log handler, kept by the child.
+        master_pid: the master's pid (the child stops if it dies).
     """
 
     pool: PoolConfig
@@ -69,6 +73,7 @@ class ChildSpec:
     stdout: int
     stderr: int
     log_handler: logging.Handler | None
+    master_pid: int = 0
 
 
 def worker_config(pool: PoolConfig, global_: GlobalConfig, scoreboard: Scoreboard | None,
@@ -156,6 +161,7 @@ def _child(spec: ChildSpec) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
         signal.signal(signum, lambda s, f: early.append(s))
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    _die_with_master(spec.master_pid)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
     for fd in spec.close_fds:
@@ -191,6 +197,19 @@ def _child(spec: ChildSpec) -> int:
     hooks = ChildHooks(spec.scoreboard, spec.slot, pool.pm_max_requests)
     config = worker_config(pool, spec.global_, spec.scoreboard, spec.sock, hooks)
     return _serve(bridge_app(app, hooks), spec.sock, config, hooks, early)
+
+
+def _die_with_master(master_pid: int) -> None:
+    """Get SIGTERM if the master dies without stopping us (SIGKILL, a crash): no orphan keeps serving."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # not Linux: a master killed outright leaves its children, as php-fpm's does
+    if os.getppid() != master_pid:  # it died before the prctl
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _serve(app: Any, sock: socket.socket, config: WorkerConfig, hooks: ChildHooks, early: list[int]) -> int:

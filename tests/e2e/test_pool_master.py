@@ -640,3 +640,12 @@ def test_dynamic_pool_at_max_children_says_so(tmp_path):
         assert failures == [] and ok > 0
         assert len(children(proc.pid)) == 2
         assert "[pool www] server reached pm.max_children setting (2), consider raising it" in log_of(proc)
+
+
+def test_children_stop_when_the_master_is_killed(tmp_path):
+    port = free_port()
+    with master(tmp_path, pool(port, pm="static", pm_max_children=2)) as proc:
+        kids = wait_until(lambda: len(children(proc.pid)) == 2 and children(proc.pid), what="2 children")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        wait_until(lambda: all(_zombie_or_gone(pid) for pid in kids), what="orphans gone")
