@@ -26,8 +26,10 @@ pm rules, as php-fpm applies them (``fpm_process_ctl.c``), once a second:
   ``pm.min_spare_servers`` are idle (1, 2, 4 ... up to 32 per second), one idle
   child stopped per second while more than ``pm.max_spare_servers`` are idle;
   never above ``pm.max_children``.
-- ondemand: none at start; one when a connection waits and no child is idle;
-  a child idle for ``pm.process_idle_timeout`` is stopped.
+- ondemand: none at start; one when a connection waits and no child is idle
+  (the master watches the listening socket: readable = a connection in the
+  accept queue; it looks again a tick later, while the child starts); a child
+  idle for ``pm.process_idle_timeout`` is stopped.
 
 "Idle" means no request in flight (a child multiplexes), read from the
 scoreboard. A child that stopped accepting (``pm.max_requests``) or was told
