@@ -23,9 +23,14 @@ def _worker_main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(
         prog="fcgi-cluster worker",
-        description="Serve a WSGI or ASGI app over FastCGI (the php-fpm role).",
+        description="Serve a WSGI or ASGI app over FastCGI (the php-fpm role): "
+                    "one process for APP, or a managed pool of processes per [pool] of a -c file.",
     )
-    parser.add_argument("app", metavar="APP", help="module:attribute, importable from the current directory")
+    parser.add_argument("app", metavar="APP", nargs="?", help="module:attribute, importable from the current directory")
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help="a php-fpm style pool file: [global] and one [pool] section per pool")
+    parser.add_argument("-t", "--test", action="store_true",
+                        help="with -c: check the file (keys, listen addresses, app imports) and exit")
     parser.add_argument("--listen", "-l", default="127.0.0.1:9000",
                         help="host:port, [v6addr]:port or a unix socket path (default %(default)s)")
     defaults = WorkerConfig()
@@ -41,6 +46,14 @@ def _worker_main(argv: list[str]) -> int:
     parser.add_argument("--root-path", default="", help="SCRIPT_NAME of the app when the web server sends no PATH_INFO")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
+    if args.config:
+        if args.app:
+            parser.error("APP goes in the pool file (app = module:attribute) when -c is given")
+        return _pool_main(args.config, args.test)
+    if args.test:
+        parser.error("--test checks a pool file: give -c FILE")
+    if not args.app:
+        parser.error("give APP (module:attribute) or -c FILE")
     _setup_logging(args.log_level)
     if args.threads < 0:
         parser.error("--threads must be 0 or more")
@@ -69,6 +82,27 @@ def _worker_main(argv: list[str]) -> int:
         print(f"fcgi-cluster worker: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _pool_main(path: str, test: bool, loader: object = None) -> int:
+    """``worker -c FILE``: the pool master; every startup failure is one line on stderr."""
+    from .worker._master import PoolStartError, check_pools, run_pools
+    from .worker._pool_config import PoolConfigError, PoolFile, load_pool_config
+
+    load = loader or load_pool_config
+    try:
+        pool_file: PoolFile = load(path)  # type: ignore[operator]
+        if test:
+            check_pools(pool_file)
+            print(f"fcgi-cluster worker: configuration file {path} test is successful")
+            return 0
+        return run_pools(pool_file, loader=load)  # type: ignore[arg-type]
+    except PoolConfigError as exc:
+        print(f"fcgi-cluster worker: {exc}", file=sys.stderr)
+        return 2
+    except PoolStartError as exc:
+        print(f"fcgi-cluster worker: {exc}", file=sys.stderr)
+        return exc.status
 
 
 def _setup_logging(level: str, error_log: str = "-") -> None:

@@ -135,6 +135,7 @@ class WorkerConnection:
         self._space_lot = trio.lowlevel.ParkingLot()
         self._closing = False
         self._draining = False
+        self._seen_request = False
         self._read_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
 
@@ -167,9 +168,14 @@ class WorkerConnection:
             return b""
 
     def drain(self) -> None:
-        """Stop reading new requests; close once those in flight are answered."""
+        """Stop reading new requests; close once those in flight are answered.
+
+        A connection that has not delivered its first request yet (accepted
+        just before the stop) is served that request first: a web server
+        opened it to send one, and closing it unanswered would drop it.
+        """
         self._draining = True
-        if not self.requests:
+        if not self.requests and self._seen_request:
             self._close_when_idle()
 
     # --- reading ------------------------------------------------------------
@@ -195,6 +201,7 @@ class WorkerConnection:
                     break
                 kind = type(event)
                 if kind is Request:
+                    self._seen_request = True
                     ctx = RequestContext(self, event, RequestBody(self._input_buffer))
                     requests[event.request_id] = ctx
                     self._nursery.start_soon(self._run_request, ctx)

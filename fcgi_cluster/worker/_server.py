@@ -205,7 +205,13 @@ async def serve(
 
                 async def accept() -> None:
                     with accepting:
-                        await server.accept_loop(listener, connections)
+                        try:
+                            await server.accept_loop(listener, connections)
+                        except trio.ClosedResourceError:
+                            # The stop closed the listener before this task
+                            # saw its cancellation: that is the stop, not a failure.
+                            if not accepting.cancel_called:
+                                raise
 
                 connections.start_soon(accept)
                 task_status.started(where)

@@ -1,0 +1,869 @@
+"""The pool master: php-fpm's process manager for Python apps.
+
+One master serves a pool file. It binds every pool's ``listen`` once, then
+forks children that inherit the socket and serve the app (``_pm_child``). It
+keeps their number by the pool's ``pm`` rules, replaces those that die, and
+answers php-fpm's signals:
+
+- SIGINT / SIGTERM: stop now (children get SIGTERM, SIGKILL after
+  ``process_control_timeout``);
+- SIGQUIT: graceful stop (children finish their requests, then exit);
+- SIGUSR2: graceful reload (re-read the file, start a new generation of children
+  on the same sockets, then let the old one finish: the socket never closes, so
+  no connection is refused and none dropped);
+- SIGUSR1: reopen the log files (the master's, and the children's: signalled).
+
+Why a plain ``selectors`` loop and not trio: the master forks, and forking out
+of a running trio loop would copy its scheduler, wakeup pipe and threads into
+every child. A selector over a few descriptors (signal wakeup pipe, children's
+output pipes, ondemand listeners) and a 1/4 s tick is all a master needs, and a
+child starts its own trio loop from a clean process.
+
+pm rules, as php-fpm applies them (``fpm_process_ctl.c``), once a second:
+
+- static: always ``pm.max_children`` children.
+- dynamic: ``pm.start_servers`` at start; more when fewer than
+  ``pm.min_spare_servers`` are idle (1, 2, 4 ... up to 32 per second), one idle
+  child stopped per second while more than ``pm.max_spare_servers`` are idle;
+  never above ``pm.max_children``.
+- ondemand: none at start; one when a connection waits and no child is idle
+  (the master watches the listening socket: readable = a connection in the
+  accept queue; it looks again a tick later, while the child starts); a child
+  idle for ``pm.process_idle_timeout`` is stopped.
+
+"Idle" means no request in flight (a child multiplexes), read from the
+scoreboard. A child that stopped accepting (``pm.max_requests``) or was told
+to stop no longer counts: its replacement starts while it finishes.
+
+Error handling: problems found before anything runs (an address in use, an app
+that does not import) raise ``PoolStartError`` naming file, line and key, and
+nothing is left running. Once running, a child's death is logged and the child
+replaced; ``emergency_restart_threshold`` abnormal deaths within
+``emergency_restart_interval`` reload everything.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .._address import parse_address
+from ._pm_child import EXIT_APP_LOAD, ChildSpec, child_main, prepare_process
+from ._pool_config import GlobalConfig, PoolConfig, PoolConfigError, PoolFile, load_pool_config
+from ._scoreboard import FINISHING, IDLE, STARTING, STUCK, Scoreboard, listen_queue
+from ._server import ListenError, open_listener
+
+__all__ = ["run_pools", "check_pools", "PoolStartError", "setup_error_log"]
+
+log = logging.getLogger("fcgi_cluster.pool")
+
+#: Seconds between two looks at the children (replacing, finishing, deadlines).
+TICK = 0.25
+#: Seconds between two pm decisions of dynamic/ondemand (php-fpm: one second).
+PM_INTERVAL = 1.0
+#: php-fpm's limit on children spawned per second in dynamic mode.
+MAX_SPAWN_RATE = 32
+#: Seconds a new generation may take to start before the old one is told to finish anyway.
+RELOAD_START_TIMEOUT = 10.0
+#: Seconds an app import check may take (at start and reload).
+APP_CHECK_TIMEOUT = 60.0
+#: Seconds past request_terminate_timeout with no request finishing before a busy child is killed.
+STUCK_GRACE = 2.0
+#: Characters of one line of a child's output kept in the log (php-fpm's log_limit).
+OUTPUT_LINE_LIMIT = 1024
+
+_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+_LEVELS = {"alert": logging.CRITICAL, "error": logging.ERROR, "warning": logging.WARNING,
+           "notice": logging.INFO, "debug": logging.DEBUG}
+
+
+class PoolStartError(Exception):
+    """A pool cannot start (address in use, app import fails): ``file:line: key: reason``.
+
+    Attributes:
+        status: the exit status it calls for: 2 for what the file must fix (the
+            app), 1 for the machine's state (an address in use, a file not writable).
+    """
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# --- logging ------------------------------------------------------------------
+
+
+class _FpmFormatter(logging.Formatter):
+    """php-fpm's error log lines: ``[25-Nov-2026 06:17:00] NOTICE: fpm is running, pid 123``."""
+
+    _NAMES = {"INFO": "NOTICE", "CRITICAL": "ALERT"}
+
+    def __init__(self) -> None:
+        super().__init__("[%(asctime)s] %(levelname)s: %(message)s", "%d-%b-%Y %H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.levelname = self._NAMES.get(record.levelname, record.levelname)
+        return super().format(record)
+
+
+def setup_error_log(global_: GlobalConfig, path: str = "") -> logging.Handler:
+    """Send ``fcgi_cluster`` logs to ``[global] error_log`` (a file, or "-" for stderr) in php-fpm's format.
+
+    Raises:
+        PoolStartError: the file cannot be opened.
+    """
+    try:
+        if global_.error_log in ("", "-"):
+            handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        else:
+            handler = logging.FileHandler(global_.error_log, "a")
+    except OSError as exc:
+        raise PoolStartError(f"{path or '<config>'}: error_log: cannot open {global_.error_log}: {exc.strerror}") from None
+    handler.setFormatter(_FpmFormatter())
+    root = logging.getLogger("fcgi_cluster")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(_LEVELS.get(global_.log_level, logging.INFO))
+    root.propagate = False
+    return handler
+
+
+# --- checks made before anything runs -------------------------------------------------
+
+
+def _where(pool: PoolConfig, key: str) -> str:
+    line = pool.lines.get(key, 0)
+    path = pool.path or "<config>"
+    return f"{path}:{line}" if line else path
+
+
+def check_app(pool: PoolConfig) -> str | None:
+    """Import the pool's app in a throwaway forked process; None, or why it fails.
+
+    The master itself never imports the app: children import it after the fork,
+    so a reload runs new code.
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 1
+        try:
+            os.close(read)
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            prepare_process(pool)
+            from ._app import AppLoadError, load_app
+
+            try:
+                load_app(pool.app)
+                status = 0
+            except AppLoadError as exc:
+                os.write(write, str(exc).encode("utf-8", "replace")[:4000])
+        except BaseException as exc:
+            try:
+                os.write(write, f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:4000])
+            except BaseException:
+                pass
+        finally:
+            os._exit(status)
+    os.close(write)
+    chunks = []
+    deadline = time.monotonic() + APP_CHECK_TIMEOUT
+    try:
+        sel = selectors.DefaultSelector()
+        sel.register(read, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                os.kill(pid, signal.SIGKILL)
+                chunks = [b"importing it took longer than %d s" % APP_CHECK_TIMEOUT]
+                break
+            if sel.select(left):
+                data = os.read(read, 4096)
+                if not data:
+                    break
+                chunks.append(data)
+        sel.close()
+    finally:
+        os.close(read)
+        _, status = _waitpid_retrying(pid)
+    if os.waitstatus_to_exitcode(status) == 0:
+        return None
+    reason = b"".join(chunks).decode("utf-8", "replace").strip()
+    return reason.splitlines()[0] if reason else f"importing it failed (status {os.waitstatus_to_exitcode(status)})"
+
+
+def _waitpid_retrying(pid: int) -> tuple[int, int]:
+    while True:
+        try:
+            return os.waitpid(pid, 0)
+        except InterruptedError:
+            continue
+
+
+def check_pools(pool_file: PoolFile, *, bind: bool = False) -> dict[str, socket.socket]:
+    """Check every pool can start: listen parses (and binds, with ``bind``), app imports.
+
+    Returns:
+        With ``bind``, each pool's listening socket by pool name; else {}.
+
+    Raises:
+        PoolConfigError: a listen address that does not parse.
+        PoolStartError: the app does not import, or the address cannot be bound.
+            No socket is left open.
+    """
+    for pool in pool_file.pools:
+        try:
+            parse_address(pool.listen)
+        except ValueError as exc:
+            raise PoolConfigError(pool.path or pool_file.path, pool.lines.get("listen", 0), "listen", str(exc)) from None
+    for pool in pool_file.pools:
+        reason = check_app(pool)
+        if reason is not None:
+            raise PoolStartError(f"{_where(pool, 'app')}: app: {reason}", 2)
+    return open_listeners(pool_file.pools, {}) if bind else {}
+
+
+def open_listeners(pools: tuple[PoolConfig, ...], reuse: dict[str, tuple[PoolConfig, socket.socket]]) -> dict[str, socket.socket]:
+    """Listening sockets for ``pools``; a pool whose listen is unchanged keeps its socket from ``reuse``.
+
+    Raises:
+        PoolStartError: one cannot be bound; the ones opened here are closed again.
+    """
+    opened: dict[str, socket.socket] = {}
+    result: dict[str, socket.socket] = {}
+    try:
+        for pool in pools:
+            old = reuse.get(pool.name)
+            if old is not None and _same_listen(old[0], pool):
+                result[pool.name] = old[1]
+                continue
+            address = parse_address(pool.listen)
+            try:
+                sock = open_listener(address, pool.listen_backlog)
+            except ListenError as exc:
+                raise PoolStartError(f"{_where(pool, 'listen')}: listen: {exc}") from None
+            opened[pool.name] = result[pool.name] = sock
+            if address.is_unix:
+                try:
+                    os.chmod(address.path, pool.listen_mode)
+                except OSError as exc:
+                    raise PoolStartError(f"{_where(pool, 'listen.mode')}: listen.mode: {exc.strerror}") from None
+    except BaseException:
+        for sock in opened.values():
+            _close_listener(sock)
+        raise
+    return result
+
+
+def _same_listen(old: PoolConfig, new: PoolConfig) -> bool:
+    return parse_address(old.listen) == parse_address(new.listen) and old.listen_backlog == new.listen_backlog
+
+
+def _close_listener(sock: socket.socket) -> None:
+    try:
+        name = sock.getsockname() if sock.family == socket.AF_UNIX else None
+    except OSError:
+        name = None
+    sock.close()
+    if name:
+        try:
+            os.unlink(name)
+        except OSError:
+            pass
+
+
+# --- the master ---------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Child:
+    pid: int
+    run: "_PoolRun"
+    slot: int
+    started: float  # monotonic
+    #: Why the master asked it to stop ("" = it was not asked): its exit is then not abnormal.
+    stopping: str = ""
+    kill_at: float | None = None
+
+
+@dataclass(eq=False)
+class _PoolRun:
+    """One generation of one pool: its config, socket, scoreboard and children."""
+
+    config: PoolConfig
+    sock: socket.socket
+    scoreboard: Scoreboard
+    children: dict[int, _Child] = field(default_factory=dict)
+    retiring: bool = False
+    spawn_rate: int = 1
+    warned_max: bool = False
+    next_pm: float = 0.0
+    muted_until: float = 0.0
+    #: ondemand: the socket is in the master's selector (a reload's new run
+    #: may register the same socket, so each run unregisters only its own).
+    watching: bool = False
+
+
+class _Master:
+    def __init__(self, pool_file: PoolFile, sockets: dict[str, socket.socket],
+                 loader: Callable[[str], PoolFile], handler: logging.Handler) -> None:
+        self.pool_file = pool_file
+        self.loader = loader
+        self.handler = handler
+        self.sel = selectors.DefaultSelector()
+        self.runs: list[_PoolRun] = []  # the current generation
+        self.old_runs: list[_PoolRun] = []  # generations finishing
+        self.children: dict[int, _Child] = {}
+        self.signals: list[int] = []
+        self.exiting = ""  # "", "quit" or "term"
+        self.deaths: collections.deque[float] = collections.deque()
+        #: A reload waiting for its new generation to start: (old runs, deadline).
+        self.pending_retire: tuple[list[_PoolRun], float] | None = None
+        self.outputs: dict[int, tuple[str, int, str, bytearray]] = {}
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, self._drain_wakeups)
+        for pool in pool_file.pools:
+            self.runs.append(self._new_run(pool, sockets[pool.name]))
+
+    def _new_run(self, pool: PoolConfig, sock: socket.socket) -> _PoolRun:
+        # Twice max_children slots: a child finishing (pm.max_requests, reload)
+        # keeps its slot while its replacement takes another.
+        return _PoolRun(pool, sock, Scoreboard(2 * pool.pm_max_children))
+
+    # --- running ----------------------------------------------------------------
+
+    def run(self) -> int:
+        for signum in _SIGNALS:
+            signal.signal(signum, self._on_signal)
+        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        log.info("fpm is running, pid %d", os.getpid())
+        for run in self.runs:
+            self._start_run(run)
+        log.info("ready to handle connections")
+        try:
+            self._loop()
+        except Exception:
+            # A bug of the master's own: it must not leave orphans serving an
+            # unmanaged pool. Stop every child, say why, exit non-zero.
+            log.exception("the master failed; stopping every child")
+            self._kill_all()
+            return 1
+        for run in self.runs + self.old_runs:
+            self._close_run(run)
+        # The children's last words.
+        for fd in list(self.outputs):
+            self._read_output(fd, final=True)
+        log.info("exiting, bye-bye!")
+        return 0
+
+    def _kill_all(self) -> None:
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                _waitpid_retrying(pid)
+        self.children.clear()
+
+    def _loop(self) -> None:
+        next_tick = time.monotonic()
+        while True:
+            now = time.monotonic()
+            for key, _ in self.sel.select(max(0.0, min(TICK, next_tick - now))):
+                key.data(key.fd)
+            self._handle_signals()
+            self._reap()
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK
+                self._tick(now)
+            if self.exiting and not self.children:
+                return
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.signals.append(signum)
+
+    def _drain_wakeups(self, fd: int) -> None:
+        try:
+            while os.read(fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.pop(0)
+            if signum == signal.SIGCHLD:
+                continue  # _reap runs after every wakeup
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.info("Terminating ...")
+                self._stop_all("term")
+            elif signum == signal.SIGQUIT:
+                if self.exiting:
+                    log.info("Terminating ...")
+                    self._stop_all("term")
+                else:
+                    log.info("Finishing ...")
+                    self._stop_all("quit")
+            elif signum == signal.SIGUSR1:
+                self._reopen_logs()
+                log.info("error log file re-opened")
+            elif signum == signal.SIGUSR2 and not self.exiting:
+                log.info("Reloading in progress ...")
+                self._reload()
+
+    # --- children ------------------------------------------------------------------
+
+    def _start_run(self, run: _PoolRun) -> None:
+        pool = run.config
+        if pool.pm == "static":
+            wanted = pool.pm_max_children
+        elif pool.pm == "dynamic":
+            wanted = min(pool.pm_start_servers, pool.pm_max_children)
+        else:
+            wanted = 0
+            self._watch(run)
+        for _ in range(wanted):
+            self._spawn(run)
+        run.next_pm = time.monotonic() + PM_INTERVAL
+
+    def _spawn(self, run: _PoolRun) -> bool:
+        pool = run.config
+        slot = run.scoreboard.free_slot()
+        if slot is None:
+            return False
+        catch = pool.catch_workers_output
+        if catch:
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+        else:
+            out_w = err_w = os.open(os.devnull, os.O_WRONLY)
+        spec = ChildSpec(
+            pool=pool, global_=self.pool_file.global_, sock=run.sock, scoreboard=run.scoreboard, slot=slot,
+            close_fds=self._master_fds(run) + ([out_r, err_r] if catch else []),
+            stdout=out_w, stderr=err_w, log_handler=self.handler, master_pid=os.getpid(),
+        )
+        run.scoreboard.reserve(slot)
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            run.scoreboard.release(slot)
+            log.error("[pool %s] fork() failed: %s", pool.name, exc.strerror)
+            for fd in {out_w, err_w} | ({out_r, err_r} if catch else set()):
+                os.close(fd)
+            return False
+        if pid == 0:
+            child_main(spec)  # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        run.scoreboard.set_pid(slot, pid)
+        child = _Child(pid, run, slot, time.monotonic())
+        run.children[pid] = child
+        self.children[pid] = child
+        for fd in {out_w, err_w}:
+            os.close(fd)
+        if catch:
+            for fd, name in ((out_r, "stdout"), (err_r, "stderr")):
+                os.set_blocking(fd, False)
+                self.outputs[fd] = (pool.name, pid, name, bytearray())
+                self.sel.register(fd, selectors.EVENT_READ, self._read_output)
+        log.info("[pool %s] child %d started", pool.name, pid)
+        return True
+
+    def _master_fds(self, run: _PoolRun) -> list[int]:
+        fds = [self.wake_r, self.wake_w, *self.outputs]
+        try:
+            fds.append(self.sel.fileno())  # type: ignore[attr-defined]
+        except (AttributeError, OSError):
+            pass
+        pending = self.pending_retire[0] if self.pending_retire is not None else []
+        for other in self.runs + self.old_runs + pending:
+            if other.sock is not run.sock and other.sock.fileno() >= 0:
+                fds.append(other.sock.fileno())
+        return fds
+
+    def _read_output(self, fd: int, final: bool = False) -> None:
+        pool, pid, name, pending = self.outputs[fd]
+        eof = False
+        try:
+            while True:
+                data = os.read(fd, 65536)
+                if not data:
+                    eof = True
+                    break
+                pending += data
+        except BlockingIOError:
+            pass
+        *lines, rest = pending.split(b"\n")
+        if eof or final:
+            if rest:
+                lines.append(rest)
+            rest = b""
+        pending[:] = rest
+        for line in lines:
+            text = line.decode("utf-8", "replace").rstrip("\r")
+            if len(text) > OUTPUT_LINE_LIMIT:
+                text = text[:OUTPUT_LINE_LIMIT] + "..."
+            log.warning('[pool %s] child %d said into %s: "%s"', pool, pid, name, text)
+        if eof or final:
+            self.sel.unregister(fd)
+            os.close(fd)
+            del self.outputs[fd]
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            self._child_exited(child, status)
+
+    def _child_exited(self, child: _Child, status: int) -> None:
+        run = child.run
+        run.children.pop(child.pid, None)
+        run.scoreboard.release(child.slot)
+        lived = time.monotonic() - child.started
+        pool = run.config.name
+        if os.WIFSIGNALED(status):
+            signum = os.WTERMSIG(status)
+            try:
+                name = signal.Signals(signum).name
+            except ValueError:
+                name = str(signum)
+            abnormal = not child.stopping
+            level = logging.WARNING if abnormal or signum == signal.SIGKILL else logging.INFO
+            log.log(level, "[pool %s] child %d exited on signal %d (%s) after %.6f seconds from start",
+                    pool, child.pid, signum, name, lived)
+        else:
+            code = os.WEXITSTATUS(status)
+            abnormal = code != 0 and not child.stopping
+            if code == EXIT_APP_LOAD:
+                log.error("[pool %s] child %d could not import the app (%s)", pool, child.pid, run.config.app)
+            log.log(logging.WARNING if abnormal else logging.INFO,
+                    "[pool %s] child %d exited with code %d after %.6f seconds from start", pool, child.pid, code, lived)
+        if abnormal:
+            self._count_death()
+        # Replacements come from the next tick, not from here: a child that
+        # dies at start (its app broke since the check) is not forked again in a
+        # tight loop.
+        if run.retiring and not run.children:
+            self._close_run(run)
+
+    def _count_death(self) -> None:
+        glob = self.pool_file.global_
+        if glob.emergency_restart_threshold <= 0 or glob.emergency_restart_interval <= 0 or self.exiting:
+            return
+        now = time.monotonic()
+        self.deaths.append(now)
+        while self.deaths and self.deaths[0] < now - glob.emergency_restart_interval:
+            self.deaths.popleft()
+        if len(self.deaths) >= glob.emergency_restart_threshold:
+            log.warning("failed processes threshold (%d in %g sec) is reached, initiating reload",
+                        glob.emergency_restart_threshold, glob.emergency_restart_interval)
+            self.deaths.clear()
+            self._reload()
+
+    def _signal_child(self, child: _Child, signum: int, why: str, timeout: float | None) -> None:
+        if not child.stopping or why == "term" or why == "stuck":
+            child.stopping = why
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            child.kill_at = deadline if child.kill_at is None else min(child.kill_at, deadline)
+        try:
+            os.kill(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def _quit_timeout(self) -> float | None:
+        control = self.pool_file.global_.process_control_timeout
+        # The child's own graceful timeout is the same; SIGKILL only if it overruns.
+        return control + 2.0 if control > 0 else None
+
+    def _stop_all(self, how: str) -> None:
+        if self.pending_retire is not None:
+            self._retire(self.pending_retire[0])
+            self.pending_retire = None
+        self.exiting = how
+        for run in self.runs + self.old_runs:
+            self._mute(run)
+        for child in list(self.children.values()):
+            if how == "term":
+                control = self.pool_file.global_.process_control_timeout
+                self._signal_child(child, signal.SIGTERM, "term", control if control > 0 else 1.0)
+            else:
+                self._signal_child(child, signal.SIGQUIT, "quit", self._quit_timeout())
+
+    def _reopen_logs(self) -> None:
+        if isinstance(self.handler, logging.FileHandler):
+            self.handler.acquire()
+            try:
+                if self.handler.stream is not None:
+                    self.handler.stream.close()
+                    self.handler.stream = None
+            finally:
+                self.handler.release()
+        for child in list(self.children.values()):
+            try:
+                os.kill(child.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+
+    # --- reload -----------------------------------------------------------------------
+
+    def _reload(self) -> None:
+        path = self.pool_file.path
+        try:
+            new_file = self.loader(path) if path else self.pool_file
+            for pool in new_file.pools:
+                reason = check_app(pool)
+                if reason is not None:
+                    raise PoolStartError(f"{_where(pool, 'app')}: app: {reason}")
+            reuse = {run.config.name: (run.config, run.sock) for run in self.runs}
+            sockets = open_listeners(new_file.pools, reuse)
+        except (PoolConfigError, PoolStartError) as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return
+        except Exception as exc:  # a reader's own failure must not take the running pools down
+            log.error("reload failed, keeping the running configuration: %s: %s", type(exc).__name__, exc)
+            return
+        if self.pending_retire is not None:
+            # A reload during a reload: the previous old generation goes now.
+            self._retire(self.pending_retire[0])
+            self.pending_retire = None
+        old = self.runs
+        self.pool_file = new_file
+        self.runs = [self._new_run(pool, sockets[pool.name]) for pool in new_file.pools]
+        for run in old:
+            self._mute(run)
+        # Old children keep serving until the new ones accept: then they finish.
+        # (Set before forking: new children must not inherit the old sockets.)
+        self.pending_retire = (old, time.monotonic() + RELOAD_START_TIMEOUT)
+        for run in self.runs:
+            self._start_run(run)
+        self._check_pending_retire()
+
+    def _check_pending_retire(self) -> None:
+        if self.pending_retire is None:
+            return
+        old, deadline = self.pending_retire
+        starting = any(
+            run.scoreboard.slot_state(child.slot)[1] == STARTING
+            for run in self.runs for child in run.children.values()
+        )
+        if starting and time.monotonic() < deadline:
+            return
+        self.pending_retire = None
+        self._retire(old)
+        log.info("reload done: %s", ", ".join(f"[pool {run.config.name}] {len(run.children)} children" for run in self.runs))
+
+    def _retire(self, old: list[_PoolRun]) -> None:
+        for run in old:
+            run.retiring = True
+            self.old_runs.append(run)
+            for child in list(run.children.values()):
+                self._signal_child(child, signal.SIGQUIT, "quit", self._quit_timeout())
+            if not run.children:
+                self._close_run(run)
+
+    def _watch(self, run: _PoolRun) -> None:
+        """ondemand: wake up when a connection waits in the listen queue (the socket is readable)."""
+        if not run.watching:
+            self.sel.register(run.sock, selectors.EVENT_READ, lambda fd, run=run: self._on_pending(run))
+            run.watching = True
+
+    def _mute(self, run: _PoolRun) -> None:
+        if run.watching:
+            run.watching = False
+            self.sel.unregister(run.sock)
+
+    def _close_run(self, run: _PoolRun) -> None:
+        """Release a generation whose children are gone (retired, or at exit)."""
+        self._mute(run)
+        if run in self.old_runs:
+            self.old_runs.remove(run)
+        shared = any(other.sock is run.sock for other in self.runs if other is not run)
+        if not shared and run.sock.fileno() >= 0:
+            if self.exiting:
+                _close_listener(run.sock)  # a unix socket's file goes too, as php-fpm's does
+            else:
+                run.sock.close()
+        try:
+            run.scoreboard.close()
+        except BufferError:
+            pass
+
+    # --- pm -----------------------------------------------------------------------------
+
+    def _live(self, run: _PoolRun) -> list[tuple[_Child, int, int, float, float, float]]:
+        """The children that count for the pm, with (state, in flight, request start, progress, idle since)."""
+        live = []
+        for child in run.children.values():
+            if child.stopping:
+                continue
+            _, state, in_flight, req_start, progress, idle_since = run.scoreboard.slot_state(child.slot)
+            if state in (FINISHING, STUCK):
+                continue
+            live.append((child, state, in_flight, req_start, progress, idle_since))
+        return live
+
+    def _tick(self, now: float) -> None:
+        self._check_pending_retire()
+        for child in list(self.children.values()):
+            if child.kill_at is not None and now >= child.kill_at:
+                log.warning("[pool %s] child %d, still alive after %s: sending SIGKILL",
+                            child.run.config.name, child.pid, "stop" if child.stopping != "stuck" else "timeout")
+                child.kill_at = None
+                try:
+                    os.kill(child.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self.exiting:
+            return
+        for run in self.runs:
+            self._kill_stuck(run, now)
+            queue, _ = listen_queue(run.sock, run.config.listen_backlog)
+            live = self._live(run)
+            run.scoreboard.note(active=sum(1 for c in live if c[2] > 0), queue=queue)
+            if run.config.pm == "static":
+                self._fill_static(run)
+            elif now >= run.next_pm:
+                run.next_pm = now + PM_INTERVAL
+                if run.config.pm == "dynamic":
+                    self._dynamic(run, live)
+                else:
+                    self._ondemand(run, live, now)
+
+    def _kill_stuck(self, run: _PoolRun, now: float) -> None:
+        limit = run.config.request_terminate_timeout
+        for child in list(run.children.values()):
+            if child.stopping == "stuck":
+                continue
+            _, state, in_flight, req_start, progress, _ = run.scoreboard.slot_state(child.slot)
+            # STUCK: the worker could not end a request at request_terminate_timeout.
+            # Backstop: requests in flight and none has finished for longer than that.
+            stuck = state == STUCK or (limit > 0 and in_flight > 0 and now - progress > limit + STUCK_GRACE)
+            if stuck:
+                log.warning("[pool %s] child %d, request running for %.1f s, execution timed out (%g sec), terminating",
+                            run.config.name, child.pid, now - req_start, limit)
+                self._signal_child(child, signal.SIGKILL, "stuck", None)
+
+    def _fill_static(self, run: _PoolRun) -> None:
+        missing = run.config.pm_max_children - len(self._live(run))
+        for _ in range(missing):
+            if not self._spawn(run):
+                break
+
+    def _dynamic(self, run: _PoolRun, live: list) -> None:
+        pool = run.config
+        idle = [c for c in live if c[2] == 0 and c[1] in (IDLE, STARTING)]
+        if len(idle) > pool.pm_max_spare_servers:
+            # The one idle the longest goes (php-fpm: one a second).
+            child = min(idle, key=lambda c: c[5])[0]
+            self._signal_child(child, signal.SIGQUIT, "idle", self._quit_timeout())
+            run.spawn_rate = 1
+            return
+        if len(idle) < pool.pm_min_spare_servers:
+            if len(live) >= pool.pm_max_children:
+                self._reached_max(run)
+                run.spawn_rate = 1
+                return
+            run.warned_max = False
+            count = min(run.spawn_rate, pool.pm_min_spare_servers - len(idle), pool.pm_max_children - len(live))
+            if run.spawn_rate >= 8:
+                log.warning("[pool %s] seems busy (you may need to increase pm.start_servers, or pm.min/max_spare_servers), "
+                            "spawning %d children, there are %d idle, and %d total children",
+                            pool.name, count, len(idle), len(live))
+            for _ in range(count):
+                self._spawn(run)
+            run.spawn_rate = min(run.spawn_rate * 2, MAX_SPAWN_RATE)
+        else:
+            run.spawn_rate = 1
+
+    def _reached_max(self, run: _PoolRun) -> None:
+        if not run.warned_max:
+            run.warned_max = True
+            run.scoreboard.note(max_children_reached=True)
+            log.warning("[pool %s] server reached pm.max_children setting (%d), consider raising it",
+                        run.config.name, run.config.pm_max_children)
+
+    def _ondemand(self, run: _PoolRun, live: list, now: float) -> None:
+        for child, state, in_flight, _, _, idle_since in live:
+            if state == IDLE and in_flight == 0 and now - idle_since > run.config.pm_process_idle_timeout:
+                self._signal_child(child, signal.SIGQUIT, "idle", self._quit_timeout())
+        if now >= run.muted_until and not self.exiting and not run.retiring:
+            self._watch(run)
+
+    def _on_pending(self, run: _PoolRun) -> None:
+        """ondemand: a connection waits in the listen queue."""
+        live = self._live(run)
+        if not any(c[2] == 0 and c[1] in (IDLE, STARTING) for c in live):
+            if len(live) >= run.config.pm_max_children:
+                self._reached_max(run)
+            else:
+                run.warned_max = False
+                self._spawn(run)
+        # The queue stays readable until a child accepts: look again at the next pm tick.
+        self._mute(run)
+        run.muted_until = time.monotonic() + TICK
+        run.next_pm = min(run.next_pm, run.muted_until)
+
+
+def run_pools(pool_file: PoolFile, *, loader: Callable[[str], PoolFile] = load_pool_config) -> int:
+    """Run the master of ``pool_file`` until SIGINT/SIGTERM/SIGQUIT; returns the exit status.
+
+    Args:
+        pool_file: the pools to serve.
+        loader: reads the file again on SIGUSR2 (``load_pool_config``).
+
+    Raises:
+        PoolConfigError: a listen address that does not parse.
+        PoolStartError: an app does not import, an address cannot be bound, the
+            error log or pid file cannot be written. Raised before any child
+            runs; nothing is left behind.
+    """
+    handler = setup_error_log(pool_file.global_, pool_file.path)
+    sockets = check_pools(pool_file, bind=True)
+    pid_path = pool_file.global_.pid
+    try:
+        if pid_path:
+            try:
+                with open(pid_path, "w") as f:
+                    f.write(f"{os.getpid()}\n")
+            except OSError as exc:
+                raise PoolStartError(f"{pool_file.path or '<config>'}: pid: cannot write {pid_path}: {exc.strerror}") from None
+        try:
+            master = _Master(pool_file, sockets, loader, handler)
+            return master.run()
+        finally:
+            if pid_path:
+                try:
+                    os.unlink(pid_path)
+                except OSError:
+                    pass
+    finally:
+        for sock in sockets.values():
+            if sock.fileno() >= 0:
+                _close_listener(sock)
+

@@ -1,0 +1,182 @@
+"""The pool scoreboard: children's hooks, the status summed over slots, the listen queue."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+from fcgi_cluster.worker._pm_bridge import bridge_app
+from fcgi_cluster.worker._pool_config import GlobalConfig, PoolConfig
+from fcgi_cluster.worker._pm_child import worker_config
+from fcgi_cluster.worker._scoreboard import FINISHING, IDLE, RUNNING, STARTING, ChildHooks, Scoreboard, listen_queue
+from fcgi_cluster.worker._status import RequestInfo
+
+POOL = PoolConfig(name="www", listen="127.0.0.1:0", app="workers.echo:app", pm="dynamic", listen_backlog=7)
+
+
+def _info(uri: str = "/a?b=1") -> RequestInfo:
+    return RequestInfo(method="POST", uri=uri, content_length=12, script="/srv/app.py", start=time.monotonic())
+
+
+def test_hooks_fill_the_childs_slot_and_status_sums_the_pool():
+    board = Scoreboard(4)
+    board.reserve(0)
+    board.set_pid(0, 1111)
+    board.reserve(2)
+    board.set_pid(2, 2222)
+    one, two = ChildHooks(board, 0), ChildHooks(board, 2)
+    one.ready()
+    two.ready()
+    one.connection_accepted()
+    two.connection_accepted()
+    two.connection_accepted()
+    running = _info("/slow?x=1")
+    one.request_started(running)
+    done = _info()
+    two.request_started(done)
+    two.request_finished(done)
+    two.slow_request(done)
+
+    status = board.status(POOL, None)
+    assert (status.pool, status.process_manager) == ("www", "dynamic")
+    assert status.accepted_conn == 3
+    assert status.slow_requests == 1
+    assert (status.idle_processes, status.active_processes, status.total_processes) == (1, 1, 2)
+    rows = {row.pid: row for row in status.processes}
+    assert rows[1111].state == "Running" and rows[1111].request_uri == "/slow?x=1"
+    assert rows[1111].request_method == "POST" and rows[1111].content_length == 12
+    assert rows[2222].state == "Idle" and rows[2222].requests == 1 and rows[2222].script == "/srv/app.py"
+    assert status.listen_queue_len == 7  # no socket: the configured backlog
+
+
+def test_a_dead_childs_counters_stay_in_the_pool_and_its_slot_is_reused():
+    board = Scoreboard(1)
+    board.reserve(0)
+    board.set_pid(0, 1234)
+    hooks = ChildHooks(board, 0)
+    hooks.ready()
+    for _ in range(3):
+        hooks.connection_accepted()
+        info = _info()
+        hooks.request_started(info)
+        hooks.request_finished(info)
+    assert board.free_slot() is None
+    board.release(0)
+    assert board.free_slot() == 0
+    status = board.status(POOL, None)
+    assert status.accepted_conn == 3 and status.total_processes == 0
+    board.reserve(0)
+    board.set_pid(0, 5678)
+    assert board.slot_state(0)[:2] == (5678, STARTING)
+    assert board.status(POOL, None).accepted_conn == 3
+
+
+def test_states_and_max_requests_retire_the_child_once():
+    board = Scoreboard(1)
+    board.reserve(0)
+    board.set_pid(0, 1)
+    hooks = ChildHooks(board, 0, max_requests=2)
+    retired = []
+    hooks.on_retire = lambda: retired.append(True)
+    hooks.ready()
+    assert board.slot_state(0)[1] == IDLE
+    a, b = _info(), _info()
+    hooks.request_started(a)
+    hooks.request_started(b)
+    assert board.slot_state(0)[1:3] == (RUNNING, 2)
+    hooks.request_finished(a)
+    hooks.request_finished(b)
+    assert board.slot_state(0)[1:3] == (IDLE, 0)
+    assert retired == [True]
+    hooks.finishing()
+    c = _info()
+    hooks.request_started(c)
+    hooks.request_finished(c)
+    assert retired == [True]
+    assert board.slot_state(0)[1] == FINISHING
+    assert board.requests_of(0) == 3
+
+
+def test_master_maxima_are_reported():
+    board = Scoreboard(2)
+    board.note(active=2, queue=5)
+    board.note(active=1, max_children_reached=True, queue=1)
+    status = board.status(POOL, None)
+    assert status.max_active_processes == 2
+    assert status.max_listen_queue == 5
+    assert status.max_children_reached == 1
+
+
+def test_listen_queue_from_tcp_info():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(9)
+    clients = []
+    try:
+        for _ in range(3):
+            client = socket.create_connection(listener.getsockname())
+            clients.append(client)
+        deadline = time.monotonic() + 5
+        while listen_queue(listener, 9)[0] < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert listen_queue(listener, 9) == (3, 9)
+        status = Scoreboard(1).status(POOL, listener)
+        assert (status.listen_queue, status.listen_queue_len) == (3, 9)
+        assert status.max_listen_queue >= 3
+        listener.accept()[0].close()
+        assert listen_queue(listener, 9) == (2, 9)
+    finally:
+        for client in clients:
+            client.close()
+        listener.close()
+
+
+def test_unix_listener_queue_is_the_backlog():
+    path = f"/tmp/fcgi-sb-{os.getpid()}.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    try:
+        listener.bind(path)
+        listener.listen(4)
+        assert listen_queue(listener, 4) == (0, 4)
+    finally:
+        listener.close()
+        os.unlink(path)
+
+
+def test_the_bridge_reports_wsgi_requests_until_the_worker_does():
+    board = Scoreboard(1)
+    board.reserve(0)
+    hooks = ChildHooks(board, 0)
+    hooks.ready()
+    seen = []
+
+    def app(environ, start_response):
+        seen.append(board.slot_state(0)[2])  # in flight while the app runs
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    bridged = bridge_app(app, hooks)
+    environ = {"REQUEST_METHOD": "GET", "REQUEST_URI": "/x", "CONTENT_LENGTH": "", "SCRIPT_FILENAME": ""}
+    result = bridged(environ, lambda status, headers: None)
+    assert list(result) == [b"ok"]
+    result.close()
+    assert seen == [1] and board.requests_of(0) == 1 and board.slot_state(0)[2] == 0
+    # Once the worker calls the hooks itself the bridge only passes requests through.
+    info = _info()
+    hooks.request_started(info)
+    result = bridged(environ, lambda status, headers: None)
+    assert result == [b"ok"]
+    hooks.request_finished(info)
+    assert board.requests_of(0) == 2
+
+
+def test_child_worker_config_advertises_the_pools_limits():
+    pool = PoolConfig(name="www", listen="127.0.0.1:0", app="x:app", fcgi_max_reqs=7, fcgi_max_conns=33,
+                      threads=3, listen_backlog=99, ping_path="/ping", pm_status_path="/status")
+    board = Scoreboard(2)
+    config = worker_config(pool, GlobalConfig(process_control_timeout=4.0), board, None)
+    assert (config.max_requests, config.max_conns, config.threads, config.backlog) == (7, 33, 3, 99)
+    assert config.graceful_timeout == 4.0
+    assert (config.ping_path, config.status_path) == ("/ping", "/status")
+    assert config.status_source().pool == "www"
