@@ -14,6 +14,10 @@ nginx       nginx
 haproxy     haproxy
 php-fpm*    php-fpm
 wrk         wrk
+redis-server    redis-server
+redis-cli       redis-tools
+redis-sentinel  redis-sentinel
+memcached       memcached
 '
 
 # Servers' binaries live in sbin, which a non-root PATH often lacks.

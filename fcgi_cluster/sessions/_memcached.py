@@ -1,0 +1,213 @@
+"""The ``memcached`` store, on pymemcache, keyed as php-memcached keys.
+
+Keys are php-memcached's (php_memcached_session.c): data at ``<prefix><sid>``
+(``memc.sess.key.`` by default), the lock at ``<prefix>lock.<sid>``, taken with
+``add`` (which fails when the key exists) with an expiry, retried every
+``retry_interval`` until ``wait`` runs out. php-memcached stores ``"1"`` as the
+lock value and deletes the lock unconditionally; we store a random token and
+release by compare: ``gets`` the lock, and only if it still holds our token,
+``cas`` it to an already-expired item (memcached expires an item stored with a
+negative expiry at once). The cas fails if anyone changed the lock in between, so
+a lock that expired and was taken over is never released by its old owner.
+memcached's text protocol has no compare-and-delete; this is the same thing.
+
+Servers: each server has a pymemcache ``PooledClient`` (thread-safe, a pool of
+connections); a key goes to the server that pymemcache's rendezvous hash (HRW,
+murmur3) picks among all configured servers. Why not pymemcache's HashClient: on a
+failure it takes the server out of the ring, so its sessions silently move to
+another server and come back stale when it returns (an old session resurrected
+over newer writes). Here a server that is down gives ``StoreError`` for its
+sessions and nothing moves. The hash differs from libmemcached's ketama, so PHP and
+Python share memcached sessions on one server, not across several.
+
+Expiry: memcached reads an expiry over 30 days as a unix time; longer TTLs are
+sent as one.
+
+Error handling: every pymemcache and socket error becomes ``StoreError`` with a
+one-line reason naming the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pymemcache.exceptions
+from pymemcache.client.base import PooledClient
+from pymemcache.client.rendezvous import RendezvousHash
+
+from ._save_path import MemcachedPath, MemcachedServer
+from ._store import LockTimeout, LockToken, SessionStore, StoreError
+
+__all__ = ["MemcachedStore"]
+
+# See _redis.DEFAULT_TIMEOUT: a store slower than this is down for a web request.
+DEFAULT_TIMEOUT = 2.0
+DEFAULT_MAX_CONNECTIONS = 64
+LOCK_INFIX = "lock."
+# memcached: an expiry larger than this is an absolute unix time.
+_RELATIVE_EXPIRY_LIMIT = 30 * 24 * 3600
+
+
+def _expiry(ttl: float) -> int:
+    seconds = max(1, int(ttl))
+    if seconds > _RELATIVE_EXPIRY_LIMIT:
+        return int(time.time()) + seconds
+    return seconds
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError):
+        return f"connection failed: {exc.strerror or exc}"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class MemcachedStore(SessionStore):
+    """Sessions on one or more memcached servers.
+
+    Args:
+        path: The parsed save_path (servers, prefix, timeouts).
+        timeout: Default command timeout when the save_path gives none.
+        max_connections: Connections per server in this process's pool.
+
+    Raises:
+        StoreError: a server does not answer at open (one ``version`` per server).
+    """
+
+    def __init__(
+        self,
+        path: MemcachedPath,
+        *,
+        timeout: float | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        command_timeout = path.timeout if path.timeout is not None else (timeout or DEFAULT_TIMEOUT)
+        connect_timeout = path.connect_timeout if path.connect_timeout is not None else command_timeout
+        self._prefix = path.prefix
+        self._clients: dict[str, tuple[PooledClient, str]] = {}
+        for server in path.servers:
+            name = server.describe()
+            self._clients[name] = (self._client(server, connect_timeout, command_timeout, max_connections), name)
+        self._ring = RendezvousHash(nodes=list(self._clients))
+        try:
+            for client, name in self._clients.values():
+                with self._errors(name):
+                    client.version()
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _client(server: MemcachedServer, connect_timeout: float, timeout: float, max_connections: int) -> PooledClient:
+        spec: Any = server.host if server.port is None else (server.host, server.port)
+        return PooledClient(
+            spec,
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+            no_delay=True,
+            max_pool_size=max_connections,
+            # Results, not fire-and-forget: a failed write must be seen.
+            default_noreply=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"MemcachedStore({', '.join(self._clients)})"
+
+    def _locate(self, key: str) -> tuple[PooledClient, str]:
+        return self._clients[self._ring.get_node(key)]
+
+    def server_for(self, sid: str) -> str:
+        """Which server (``host:port``) holds ``sid``'s data: for logs and tests."""
+        return self._locate(self._prefix + sid)[1]
+
+    @contextlib.contextmanager
+    def _errors(self, where: str) -> Iterator[None]:
+        try:
+            yield
+        except (pymemcache.exceptions.MemcacheError, OSError) as exc:
+            raise StoreError(f"memcached {where}: {_reason(exc)}") from None
+
+    def read(self, sid: str) -> bytes | None:
+        """``get <prefix><sid>``."""
+        key = self._prefix + sid
+        client, where = self._locate(key)
+        with self._errors(where):
+            return client.get(key)
+
+    def write(self, sid: str, data: bytes, ttl: int) -> None:
+        """``set <prefix><sid>`` with the TTL as its expiry."""
+        key = self._prefix + sid
+        client, where = self._locate(key)
+        with self._errors(where):
+            if not client.set(key, data, expire=_expiry(ttl)):
+                raise StoreError(f"memcached {where}: the server did not store {key}")
+
+    def touch(self, sid: str, ttl: int) -> None:
+        """``touch <prefix><sid> ttl`` (nothing happens when the key is gone)."""
+        key = self._prefix + sid
+        client, where = self._locate(key)
+        with self._errors(where):
+            client.touch(key, expire=_expiry(ttl))
+
+    def destroy(self, sid: str) -> None:
+        """``delete <prefix><sid>``."""
+        key = self._prefix + sid
+        client, where = self._locate(key)
+        with self._errors(where):
+            client.delete(key)
+
+    def exists(self, sid: str) -> bool:
+        """Whether ``get`` finds it (memcached has no exists command)."""
+        return self.read(sid) is not None
+
+    def gc(self, max_lifetime: int) -> int:
+        """Nothing to do: memcached expires items itself."""
+        return 0
+
+    def acquire_lock(self, sid: str, *, expire: float, wait: float, retry_interval: float) -> LockToken:
+        """``add <prefix>lock.<sid> <token>`` with expiry ``expire``, retried until ``wait``.
+
+        memcached's expiry has a one-second granularity: ``expire`` is rounded up.
+
+        Raises:
+            LockTimeout: someone else held it for all of ``wait``.
+            StoreError: the server cannot be used.
+        """
+        key = self._prefix + LOCK_INFIX + sid
+        client, where = self._locate(key)
+        token = f"{socket.gethostname()}|{os.getpid()}|{secrets.token_hex(16)}".encode()
+        expiry = _expiry(-(-expire // 1))
+        deadline = time.monotonic() + wait
+        with self._errors(where):
+            while True:
+                if client.add(key, token, expire=expiry):
+                    return token
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LockTimeout(f"session {sid} is locked by another request (waited {wait:g}s)")
+                time.sleep(min(retry_interval, remaining))
+
+    def release_lock(self, sid: str, token: LockToken) -> None:
+        """Expire the lock at once if ``token`` still holds it (``gets`` + ``cas``)."""
+        key = self._prefix + LOCK_INFIX + sid
+        client, where = self._locate(key)
+        with self._errors(where):
+            value, cas = client.gets(key)
+            if value == token:
+                client.cas(key, b"", cas, expire=-1)
+
+    def close(self) -> None:
+        """Close every server's connections."""
+        for client, _ in self._clients.values():
+            with contextlib.suppress(Exception):
+                client.close()

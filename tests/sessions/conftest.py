@@ -1,0 +1,48 @@
+"""Fixtures for the session store tests: real servers, one per test module.
+
+A redis-server with a password and an ACL user, a second plain one (two-host
+spread), a Redis Cluster of three masters, a redis-sentinel, and two memcached;
+each starts in well under a second and is stopped when its module ends (see
+``tests/sessions/_servers.py``). Tests get their data emptied between them by the
+function-scoped store fixtures.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from tests.sessions._servers import RedisServer, memcached, redis_cluster
+
+REDIS_PASSWORD = "s3cret pass"  # a space, to check it is quoted properly
+ACL_USER = "alice"
+ACL_PASSWORD = "wonderland"
+CLUSTER_PASSWORD = "cluster-secret"
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """A redis-server with ``requirepass`` and an ACL user ``alice``."""
+    directory = tmp_path_factory.mktemp("redis")
+    with RedisServer(
+        directory,
+        password=REDIS_PASSWORD,
+        acl_users=[f"{ACL_USER} on >{ACL_PASSWORD} ~* &* +@all"],
+    ) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_cluster_servers(tmp_path_factory: pytest.TempPathFactory):
+    """Three redis-server masters in cluster mode, with a password."""
+    with redis_cluster(tmp_path_factory.mktemp("cluster"), password=CLUSTER_PASSWORD) as servers:
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def memcached_servers(tmp_path_factory: pytest.TempPathFactory):
+    """Two memcached servers: ``[(host, port), (host, port)]``."""
+    base: pathlib.Path = tmp_path_factory.mktemp("memcached")
+    with memcached(base / "a") as first, memcached(base / "b") as second:
+        yield [first, second]
