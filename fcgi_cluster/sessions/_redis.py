@@ -42,7 +42,7 @@ from typing import Any
 import redis
 import redis.exceptions
 from redis.backoff import NoBackoff
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import ClusterNode, LoadBalancingStrategy, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
@@ -152,7 +152,8 @@ class _RedisLikeStore(SessionStore):
         """``SETEX <prefix><sid> ttl data``."""
         client, key, where = self._locate(sid)
         with self._errors(where):
-            client.setex(key, max(1, int(ttl)), data)
+            # phpredis' exact command (redis-py deprecates its setex() helper).
+            client.execute_command("SETEX", key, max(1, int(ttl)), data)
 
     def touch(self, sid: str, ttl: int) -> None:
         """``EXPIRE <prefix><sid> ttl`` (nothing happens when the key is gone)."""
@@ -357,6 +358,10 @@ class RedisClusterStore(_RedisLikeStore):
     ) -> None:
         default = DEFAULT_TIMEOUT if timeout is None else timeout
         kwargs = _connection_kwargs(path.timeout, path.read_timeout, default)
+        # For RedisCluster, ``retry`` is the cluster-level policy (redirections,
+        # reconnects to other nodes): one more attempt, so a down cluster fails
+        # within a few timeouts rather than redis-py's default of several.
+        kwargs["retry"] = Retry(NoBackoff(), 1)
         self._where = ",".join(f"{host}:{port}" for host, port in path.seeds)
         self._prefix = path.prefix
         with self._errors(self._where):
@@ -365,11 +370,8 @@ class RedisClusterStore(_RedisLikeStore):
                 username=path.username,
                 password=path.password,
                 # phpredis' failover=error/distribute read from replicas too.
-                read_from_replicas=path.failover != "none",
+                load_balancing_strategy=None if path.failover == "none" else LoadBalancingStrategy.ROUND_ROBIN,
                 max_connections=max_connections,
-                # Fail within a few timeouts when the cluster is down, rather than
-                # redis-py's default of ten attempts.
-                cluster_error_retry_attempts=2,
                 **kwargs,
             )
             try:

@@ -1,8 +1,8 @@
 """Fixtures for the session store tests: real servers, one per test module.
 
-A redis-server with a password and an ACL user, a second plain one (two-host
-spread), a Redis Cluster of three masters, a redis-sentinel, and two memcached;
-each starts in well under a second and is stopped when its module ends (see
+A redis-server with a password and an ACL user, a Redis Cluster of three
+masters (shared by the whole session), and two memcached; each starts in well
+under a second and is stopped when its module ends (see
 ``tests/sessions/_servers.py``). Tests get their data emptied between them by the
 function-scoped store fixtures.
 """
@@ -33,9 +33,13 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory):
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def redis_cluster_servers(tmp_path_factory: pytest.TempPathFactory):
-    """Three redis-server masters in cluster mode, with a password."""
+    """Three redis-server masters in cluster mode, with a password.
+
+    One per test session: ``redis-cli --cluster create`` waits about 3 s for the
+    nodes to agree, and no test stops a cluster node.
+    """
     with redis_cluster(tmp_path_factory.mktemp("cluster"), password=CLUSTER_PASSWORD) as servers:
         yield servers
 
