@@ -95,7 +95,7 @@ def _reason(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     lowered = text.lower()
     # NOAUTH first: redis-py raises it as an AuthenticationError too.
-    if "noauth" in lowered or "authentication required" in lowered:
+    if "noauth" in lowered or "authentication required" in lowered or "already authenticated" in lowered:
         return "authentication required: the server has a password and none was given (auth=...)"
     if isinstance(exc, redis.exceptions.AuthenticationError) or "wrongpass" in lowered or (
         "invalid" in lowered and "password" in lowered
@@ -227,6 +227,9 @@ def _connection_kwargs(timeout: float | None, read_timeout: float | None, defaul
         "socket_timeout": read_timeout if read_timeout is not None else connect,
         "retry": _retry(),
         "health_check_interval": 0,
+        # RESP2, as phpredis speaks: works with every Redis (HELLO needs 6+), and the
+        # replies we use are the same bytes either way.
+        "protocol": 2,
     }
 
 

@@ -168,7 +168,8 @@ def redis_sentinel(directory: pathlib.Path, master: RedisServer, *, name: str = 
         f"sentinel down-after-milliseconds {name} 5000",
     ]
     if master.password is not None:
-        lines.append(f"sentinel auth-pass {name} {master.password}")
+        quoted = master.password.replace("\\", "\\\\").replace('"', '\\"')
+        lines.append(f'sentinel auth-pass {name} "{quoted}"')
     config.write_text("\n".join(lines) + "\n")
     with run_process([_require_binary("redis-sentinel"), str(config)], cwd=directory, ready_port=port,
                      name="redis-sentinel", log_path=directory / "sentinel.log"):

@@ -23,13 +23,16 @@ CLUSTER_PASSWORD = "cluster-secret"
 
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory):
-    """A redis-server with ``requirepass`` and an ACL user ``alice``."""
+    """A redis-server with ``requirepass``, an ACL user ``alice`` and a unix socket
+    (``server.unix_socket``)."""
     directory = tmp_path_factory.mktemp("redis")
     with RedisServer(
         directory,
         password=REDIS_PASSWORD,
         acl_users=[f"{ACL_USER} on >{ACL_PASSWORD} ~* &* +@all"],
+        extra=["--unixsocket", str(directory / "redis.sock"), "--unixsocketperm", "700"],
     ) as server:
+        server.unix_socket = directory / "redis.sock"
         yield server
 
 
