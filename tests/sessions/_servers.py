@@ -126,8 +126,9 @@ def redis_cluster(directory: pathlib.Path, *, nodes: int = 3, password: str | No
             server = RedisServer(
                 directory / f"node{index}",
                 password=password,
+                # The bus port is given, not derived (port + 10000 fails past 55535).
                 extra=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                       "--cluster-node-timeout", "5000"],
+                       "--cluster-node-timeout", "5000", "--cluster-port", str(free_port())],
                 name=f"redis-node{index}",
             )
             stack.enter_context(server)
