@@ -22,8 +22,13 @@ The forms accepted:
         rediss://...                     (TLS; ssl_* options below)
 
     ``auth`` is a password, or (phpredis 5.3+, Redis 6 ACLs) ``auth[]=user&auth[]=pass``.
-    Sessions are spread over the servers as phpredis spreads them (see
-    ``fcgi_cluster.sessions._redis.pick_server``).
+    ``read_timeout=0`` means "same as timeout" (phpredis). ``persistent``,
+    ``persistent_id`` and ``retry_interval`` are accepted for phpredis' sake and
+    have no effect: our connections are always pooled, and a failed one is replaced
+    on the next command. Sessions are spread over the servers as phpredis spreads
+    them (see ``fcgi_cluster.sessions._redis.pick_server``). ``rediss://`` takes
+    ``ssl_cert_reqs`` (none/optional/required), ``ssl_ca_certs``, ``ssl_certfile``,
+    ``ssl_keyfile`` and ``ssl_check_hostname``, as redis-py names them.
 
     Or one Redis Sentinel deployment (our form; phpredis has none for sessions)::
 
@@ -73,6 +78,7 @@ __all__ = [
     "parse_memcached_path",
     "parse_redis_path",
     "parse_rediscluster_path",
+    "describe_servers",
 ]
 
 DEFAULT_REDIS_PORT = 6379

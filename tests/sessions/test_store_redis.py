@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
+import subprocess
 import time
 import urllib.parse
 
@@ -194,3 +196,54 @@ def test_hung_server_times_out_and_recovers(tmp_path) -> None:
         store.close()
     finally:
         server.stop()
+
+
+_PHP_SESSIONS = r"""
+$mode = $argv[1];
+foreach (array_slice($argv, 2) as $id) {
+    session_id($id);
+    session_start();
+    if ($mode === 'write') {
+        $_SESSION['from'] = 'php';
+    } else {
+        echo $id, ' ', json_encode($_SESSION), "\n";
+    }
+    session_write_close();
+}
+"""
+
+
+def test_phpredis_finds_sessions_on_the_same_hosts(two_servers) -> None:
+    """phpredis and this store agree on which of two weighted hosts holds each session."""
+    php = shutil.which("php")
+    assert php is not None, "the php CLI is missing: run `make deps`"
+    first, second = two_servers
+    save_path = f"tcp://{first.address}?weight=1, tcp://{second.address}?weight=2"
+    php_ids = [secrets.token_hex(13) for _ in range(12)]
+    our_ids = [secrets.token_hex(13) for _ in range(12)]
+
+    def run_php(mode: str, ids: list[str]) -> str:
+        result = subprocess.run(
+            [php, "-d", "session.save_handler=redis",
+             "-d", f'session.save_path="{save_path}"', "-d", "session.serialize_handler=php",
+             "-d", "session.use_strict_mode=0", "-d", "session.gc_maxlifetime=600",
+             "-r", _PHP_SESSIONS, mode, *ids],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode == 0 and "Warning" not in result.stdout, result.stdout + result.stderr
+        return result.stdout
+
+    run_php("write", php_ids)
+    store = open_store("redis", save_path)
+    try:
+        for key in php_ids:
+            assert store.read(key) == b'from|s:3:"php";', key
+        for key in our_ids:
+            store.write(key, b'from|s:6:"python";', 600)
+    finally:
+        store.close()
+    lines = run_php("read", our_ids).splitlines()
+    assert [line.split(" ", 1) for line in lines if line] == [[key, '{"from":"python"}'] for key in our_ids]
+    with first.client() as a, second.client() as b:
+        homes = {bool(a.exists(f"PHPREDIS_SESSION:{key}")) for key in php_ids + our_ids}
+        assert homes == {True, False}, "both hosts hold sessions"
