@@ -99,6 +99,8 @@ class MemcachedStore(SessionStore):
             name = server.describe()
             self._clients[name] = (self._client(server, connect_timeout, command_timeout, max_connections), name)
         self._ring = RendezvousHash(nodes=list(self._clients))
+        # One server: no hashing (pymemcache's murmur3 is pure Python).
+        self._single = next(iter(self._clients.values())) if len(self._clients) == 1 else None
         try:
             for client, name in self._clients.values():
                 with self._errors(name):
@@ -124,7 +126,7 @@ class MemcachedStore(SessionStore):
         return f"MemcachedStore({', '.join(self._clients)})"
 
     def _locate(self, key: str) -> tuple[PooledClient, str]:
-        return self._clients[self._ring.get_node(key)]
+        return self._single or self._clients[self._ring.get_node(key)]
 
     def server_for(self, sid: str) -> str:
         """Which server (``host:port``) holds ``sid``'s data: for logs and tests."""

@@ -57,7 +57,7 @@ import math
 import re
 import types
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
@@ -78,7 +78,6 @@ __all__ = [
     "parse_memcached_path",
     "parse_redis_path",
     "parse_rediscluster_path",
-    "describe_servers",
 ]
 
 DEFAULT_REDIS_PORT = 6379
@@ -328,11 +327,6 @@ def _cert_reqs(value: str | list[str]) -> str:
     if text not in ("none", "optional", "required"):
         raise ValueError(f"expected none, optional or required, got {text!r}")
     return text
-
-
-def _ignored(value: str | list[str]) -> None:
-    """A phpredis option that has no meaning here (our clients always pool)."""
-    return None
 
 
 # The option tables. Read-only, so a caller cannot widen what a save_path may say.
@@ -683,7 +677,3 @@ def parse_memcached_path(save_path: str) -> MemcachedPath:
         connect_timeout=options.get("connect_timeout"),
     )
 
-
-def describe_servers(servers: Sequence[RedisServer | MemcachedServer]) -> str:
-    """``a:1, b:2`` for messages."""
-    return ", ".join(server.describe() for server in servers)

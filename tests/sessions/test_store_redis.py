@@ -245,5 +245,5 @@ def test_phpredis_finds_sessions_on_the_same_hosts(two_servers) -> None:
     lines = run_php("read", our_ids).splitlines()
     assert [line.split(" ", 1) for line in lines if line] == [[key, '{"from":"python"}'] for key in our_ids]
     with first.client() as a, second.client() as b:
-        homes = {bool(a.exists(f"PHPREDIS_SESSION:{key}")) for key in php_ids + our_ids}
-        assert homes == {True, False}, "both hosts hold sessions"
+        homes = {(a.exists(f"PHPREDIS_SESSION:{key}"), b.exists(f"PHPREDIS_SESSION:{key}")) for key in php_ids + our_ids}
+        assert homes == {(1, 0), (0, 1)}, "each session on one host, and both hosts used"
