@@ -30,6 +30,7 @@ one-line reason naming the server.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import secrets
 import socket
@@ -179,7 +180,9 @@ class MemcachedStore(SessionStore):
     def acquire_lock(self, sid: str, *, expire: float, wait: float, retry_interval: float) -> LockToken:
         """``add <prefix>lock.<sid> <token>`` with expiry ``expire``, retried until ``wait``.
 
-        memcached's expiry has a one-second granularity: ``expire`` is rounded up.
+        memcached's clock ticks once a second, so an item given N seconds lives
+        between N-1 and N; the lock is stored with ``ceil(expire) + 1`` so it lives
+        at least ``expire`` (php-memcached adds the same second).
 
         Raises:
             LockTimeout: someone else held it for all of ``wait``.
@@ -188,7 +191,7 @@ class MemcachedStore(SessionStore):
         key = self._prefix + LOCK_INFIX + sid
         client, where = self._locate(key)
         token = f"{socket.gethostname()}|{os.getpid()}|{secrets.token_hex(16)}".encode()
-        expiry = _expiry(-(-expire // 1))
+        expiry = _expiry(math.ceil(expire) + 1)
         deadline = time.monotonic() + wait
         with self._errors(where):
             while True:
