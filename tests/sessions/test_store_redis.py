@@ -15,6 +15,7 @@ import pytest
 
 from fcgi_cluster.sessions import StoreError, open_store
 from fcgi_cluster.sessions._redis import RELEASE_SCRIPT, pick_server
+from tests._peers import free_port, run_process
 from tests.sessions._servers import RedisServer, redis_sentinel
 from tests.sessions.conftest import ACL_PASSWORD, ACL_USER, REDIS_PASSWORD
 
@@ -247,3 +248,32 @@ def test_phpredis_finds_sessions_on_the_same_hosts(two_servers) -> None:
     with first.client() as a, second.client() as b:
         homes = {(a.exists(f"PHPREDIS_SESSION:{key}"), b.exists(f"PHPREDIS_SESSION:{key}")) for key in php_ids + our_ids}
         assert homes == {(1, 0), (0, 1)}, "each session on one host, and both hosts used"
+
+
+def test_rediss_tls(tmp_path) -> None:
+    """rediss:// with the server's CA verifies it; without it the handshake fails clearly."""
+    openssl = shutil.which("openssl")
+    assert openssl is not None, "openssl is missing"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    port = free_port()
+    argv = [
+        "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+        "--tls-auth-clients", "no", "--requirepass", "pw", "--dir", str(tmp_path),
+    ]
+    with run_process(argv, ready_port=port, name="redis-tls", log_path=tmp_path / "redis-tls.log"):
+        store = open_store("redis", f"rediss://:pw@127.0.0.1:{port}?ssl_ca_certs={cert}")
+        try:
+            store.write("tlssession0000", b"secret data", 60)
+            assert store.read("tlssession0000") == b"secret data"
+        finally:
+            store.close()
+        with pytest.raises(StoreError, match=f"redis 127.0.0.1:{port}: .*certificate verify failed"):
+            open_store("redis", f"rediss://:pw@127.0.0.1:{port}")
+        with pytest.raises(StoreError):
+            open_store("redis", f"tcp://127.0.0.1:{port}?auth=pw", timeout=1)
