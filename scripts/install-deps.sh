@@ -21,6 +21,7 @@ redis-cli       redis-tools
 redis-sentinel  redis-sentinel
 memcached       memcached
 /usr/lib/php/*/redis.so php-redis
+/usr/lib/php/*/memcached.so php-memcached
 '
 
 # Servers' binaries live in sbin, which a non-root PATH often lacks.

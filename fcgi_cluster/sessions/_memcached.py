@@ -12,13 +12,18 @@ a lock that expired and was taken over is never released by its old owner.
 memcached's text protocol has no compare-and-delete; this is the same thing.
 
 Servers: each server has a pymemcache ``PooledClient`` (thread-safe, a pool of
-connections); a key goes to the server that pymemcache's rendezvous hash (HRW,
-murmur3) picks among all configured servers. Why not pymemcache's HashClient: on a
-failure it takes the server out of the ring, so its sessions silently move to
-another server and come back stale when it returns (an old session resurrected
-over newer writes). Here a server that is down gives ``StoreError`` for its
-sessions and nothing moves. The hash differs from libmemcached's ketama, so PHP and
-Python share memcached sessions on one server, not across several.
+connections). A key goes to the server php-memcached would pick, so PHP and Python
+share sessions over several servers: php-memcached turns on libmemcached's
+consistent (ketama) distribution for sessions (``memcached.sess_consistent_hash``,
+on by default, type ``ketama``), which puts 100 points per server on a ring, at
+the one-at-a-time (Jenkins) hash of ``host:port-N`` (``host-N`` on port 11211),
+N = 0..99, and sends a key to the first point at or after the key's own hash. The
+hash is of the key without the prefix (``<sid>``, ``lock.<sid>``), as libmemcached
+hashes keys without their namespace. See ``KetamaRing``. Why not pymemcache's
+HashClient: on a failure it takes the server out of the ring, so its sessions
+silently move to another server and come back stale when it returns (an old
+session resurrected over newer writes). Here a server that is down gives
+``StoreError`` for its sessions and nothing moves.
 
 Expiry: memcached reads an expiry over 30 days as a unix time; longer TTLs are
 sent as one.
@@ -29,6 +34,7 @@ one-line reason naming the server.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 import os
@@ -40,12 +46,11 @@ from typing import Any
 
 import pymemcache.exceptions
 from pymemcache.client.base import PooledClient
-from pymemcache.client.rendezvous import RendezvousHash
 
 from ._save_path import MemcachedPath, MemcachedServer
 from ._store import LockTimeout, LockToken, SessionStore, StoreError
 
-__all__ = ["MemcachedStore"]
+__all__ = ["KetamaRing", "MemcachedStore", "one_at_a_time"]
 
 # See _redis.DEFAULT_TIMEOUT: a store slower than this is down for a web request.
 DEFAULT_TIMEOUT = 2.0
@@ -53,6 +58,51 @@ DEFAULT_MAX_CONNECTIONS = 64
 LOCK_INFIX = "lock."
 # memcached: an expiry larger than this is an absolute unix time.
 _RELATIVE_EXPIRY_LIMIT = 30 * 24 * 3600
+
+
+# libmemcached's MEMCACHED_POINTS_PER_SERVER (unweighted ketama) and default port.
+POINTS_PER_SERVER = 100
+_DEFAULT_PORT = 11211
+_MASK = 0xFFFFFFFF
+
+
+def one_at_a_time(data: bytes) -> int:
+    """Bob Jenkins' one-at-a-time hash, libmemcached's default key hash (hashkit_one_at_a_time)."""
+    value = 0
+    for byte in data:
+        value = (value + byte) & _MASK
+        value = (value + (value << 10)) & _MASK
+        value ^= value >> 6
+    value = (value + (value << 3)) & _MASK
+    value ^= value >> 11
+    return (value + (value << 15)) & _MASK
+
+
+class KetamaRing:
+    """libmemcached's unweighted ketama continuum, as php-memcached uses it for sessions.
+
+    Args:
+        servers: The servers in the order written (the order does not matter to the
+            ring, only the names).
+    """
+
+    def __init__(self, servers: list[MemcachedServer]) -> None:
+        points = []
+        for index, server in enumerate(servers):
+            if server.port == _DEFAULT_PORT:
+                name = server.host
+            else:
+                name = f"{server.host}:{server.port or 0}"
+            for point in range(POINTS_PER_SERVER):
+                points.append((one_at_a_time(f"{name}-{point}".encode()), index))
+        points.sort()
+        self._values = [value for value, _ in points]
+        self._owners = [owner for _, owner in points]
+
+    def index_for(self, key: str) -> int:
+        """The index (into ``servers``) of the server that holds ``key`` (unprefixed)."""
+        position = bisect.bisect_left(self._values, one_at_a_time(key.encode()))
+        return self._owners[position if position < len(self._values) else 0]
 
 
 def _expiry(ttl: float) -> int:
@@ -95,15 +145,15 @@ class MemcachedStore(SessionStore):
         command_timeout = path.timeout if path.timeout is not None else (timeout or DEFAULT_TIMEOUT)
         connect_timeout = path.connect_timeout if path.connect_timeout is not None else command_timeout
         self._prefix = path.prefix
-        self._clients: dict[str, tuple[PooledClient, str]] = {}
-        for server in path.servers:
-            name = server.describe()
-            self._clients[name] = (self._client(server, connect_timeout, command_timeout, max_connections), name)
-        self._ring = RendezvousHash(nodes=list(self._clients))
-        # One server: no hashing (pymemcache's murmur3 is pure Python).
-        self._single = next(iter(self._clients.values())) if len(self._clients) == 1 else None
+        self._clients: list[tuple[PooledClient, str]] = [
+            (self._client(server, connect_timeout, command_timeout, max_connections), server.describe())
+            for server in path.servers
+        ]
+        self._ring = KetamaRing(list(path.servers))
+        # One server: no hashing (the hash is pure Python).
+        self._single = self._clients[0] if len(self._clients) == 1 else None
         try:
-            for client, name in self._clients.values():
+            for client, name in self._clients:
                 with self._errors(name):
                     client.version()
         except BaseException:
@@ -124,14 +174,14 @@ class MemcachedStore(SessionStore):
         )
 
     def __repr__(self) -> str:
-        return f"MemcachedStore({', '.join(self._clients)})"
+        return f"MemcachedStore({', '.join(name for _, name in self._clients)})"
 
-    def _locate(self, key: str) -> tuple[PooledClient, str]:
-        return self._single or self._clients[self._ring.get_node(key)]
+    def _locate(self, unprefixed: str) -> tuple[PooledClient, str]:
+        return self._single or self._clients[self._ring.index_for(unprefixed)]
 
     def server_for(self, sid: str) -> str:
         """Which server (``host:port``) holds ``sid``'s data: for logs and tests."""
-        return self._locate(self._prefix + sid)[1]
+        return self._locate(sid)[1]
 
     @contextlib.contextmanager
     def _errors(self, where: str) -> Iterator[None]:
@@ -143,14 +193,14 @@ class MemcachedStore(SessionStore):
     def read(self, sid: str) -> bytes | None:
         """``get <prefix><sid>``."""
         key = self._prefix + sid
-        client, where = self._locate(key)
+        client, where = self._locate(sid)
         with self._errors(where):
             return client.get(key)
 
     def write(self, sid: str, data: bytes, ttl: int) -> None:
         """``set <prefix><sid>`` with the TTL as its expiry."""
         key = self._prefix + sid
-        client, where = self._locate(key)
+        client, where = self._locate(sid)
         with self._errors(where):
             if not client.set(key, data, expire=_expiry(ttl)):
                 raise StoreError(f"memcached {where}: the server did not store {key}")
@@ -158,14 +208,14 @@ class MemcachedStore(SessionStore):
     def touch(self, sid: str, ttl: int) -> None:
         """``touch <prefix><sid> ttl`` (nothing happens when the key is gone)."""
         key = self._prefix + sid
-        client, where = self._locate(key)
+        client, where = self._locate(sid)
         with self._errors(where):
             client.touch(key, expire=_expiry(ttl))
 
     def destroy(self, sid: str) -> None:
         """``delete <prefix><sid>``."""
         key = self._prefix + sid
-        client, where = self._locate(key)
+        client, where = self._locate(sid)
         with self._errors(where):
             client.delete(key)
 
@@ -189,7 +239,7 @@ class MemcachedStore(SessionStore):
             StoreError: the server cannot be used.
         """
         key = self._prefix + LOCK_INFIX + sid
-        client, where = self._locate(key)
+        client, where = self._locate(LOCK_INFIX + sid)
         token = f"{socket.gethostname()}|{os.getpid()}|{secrets.token_hex(16)}".encode()
         expiry = _expiry(math.ceil(expire) + 1)
         deadline = time.monotonic() + wait
@@ -205,7 +255,7 @@ class MemcachedStore(SessionStore):
     def release_lock(self, sid: str, token: LockToken) -> None:
         """Expire the lock at once if ``token`` still holds it (``gets`` + ``cas``)."""
         key = self._prefix + LOCK_INFIX + sid
-        client, where = self._locate(key)
+        client, where = self._locate(LOCK_INFIX + sid)
         with self._errors(where):
             value, cas = client.gets(key)
             if value == token:
@@ -213,6 +263,6 @@ class MemcachedStore(SessionStore):
 
     def close(self) -> None:
         """Close every server's connections."""
-        for client, _ in self._clients.values():
+        for client, _ in self._clients:
             with contextlib.suppress(Exception):
                 client.close()

@@ -1,15 +1,20 @@
-"""The memcached store against real memcached servers: php-memcached's keys, two servers,
-and a server that stops and comes back under a live store."""
+"""The memcached store against real memcached servers: php-memcached's keys and its
+choice of server (shared with PHP over three servers), and a server that stops and
+comes back under a live store."""
 
 from __future__ import annotations
 
 import secrets
+import shutil
+import subprocess
 import time
 
 import pytest
 from pymemcache.client.base import Client
 
 from fcgi_cluster.sessions import StoreError, open_store
+from fcgi_cluster.sessions._memcached import KetamaRing, one_at_a_time
+from fcgi_cluster.sessions._save_path import MemcachedServer
 from tests.sessions._servers import memcached
 
 SLACK = 3.0
@@ -121,3 +126,79 @@ def test_long_ttl_is_sent_as_a_unix_time(memcached_servers) -> None:
         assert store.read(key) == b"long"
     finally:
         store.close()
+
+
+_PHP_SESSIONS = r"""
+// Output before a session_start() would stop it ("headers already sent"): buffer it.
+ob_start();
+$mode = $argv[1];
+foreach (array_slice($argv, 2) as $id) {
+    session_id($id);
+    if (!@session_start()) {
+        echo $id, " locked\n";
+        continue;
+    }
+    if ($mode === 'write') {
+        $_SESSION['from'] = 'php';
+    } else {
+        echo $id, ' ', json_encode($_SESSION), "\n";
+    }
+    session_write_close();
+}
+"""
+
+
+def _run_php(save_path: str, mode: str, ids: list[str]) -> list[list[str]]:
+    php = shutil.which("php")
+    assert php is not None, "the php CLI is missing: run `make deps`"
+    result = subprocess.run(
+        [php, "-d", "session.save_handler=memcached", "-d", f'session.save_path="{save_path}"',
+         "-d", "session.serialize_handler=php", "-d", "session.use_strict_mode=0",
+         "-d", "memcached.sess_lock_retries=2", "-d", "memcached.sess_lock_wait_min=50",
+         "-d", "memcached.sess_lock_wait_max=50", "-r", _PHP_SESSIONS, mode, *ids],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [line.split(" ", 1) for line in result.stdout.splitlines() if line]
+
+
+def test_php_memcached_shares_sessions_and_locks_over_servers(tmp_path, memcached_servers) -> None:
+    """php-memcached and this store pick the same server (libmemcached's ketama) for
+    each session and each lock, over three servers."""
+    with memcached(tmp_path / "third") as third:
+        servers = [*memcached_servers, third]
+        save_path = ",".join(f"{host}:{port}" for host, port in servers)
+        php_ids = [secrets.token_hex(13) for _ in range(15)]
+        our_ids = [secrets.token_hex(13) for _ in range(15)]
+        _run_php(save_path, "write", php_ids)
+        store = open_store("memcached", save_path)
+        try:
+            assert [store.read(key) for key in php_ids] == [b'from|s:3:"php";'] * len(php_ids)
+            assert len({store.server_for(key) for key in php_ids + our_ids}) == 3
+            for key in our_ids:
+                store.write(key, b'from|s:6:"python";', 600)
+            assert _run_php(save_path, "read", our_ids) == [[key, '{"from":"python"}'] for key in our_ids]
+            # While we hold a session's lock, PHP cannot start that session.
+            tokens = {key: store.acquire_lock(key, expire=30, wait=1, retry_interval=0.01) for key in our_ids[:6]}
+            assert _run_php(save_path, "read", our_ids[:6]) == [[key, "locked"] for key in our_ids[:6]]
+            for key, token in tokens.items():
+                store.release_lock(key, token)
+            assert _run_php(save_path, "read", our_ids[:6]) == [[key, '{"from":"python"}'] for key in our_ids[:6]]
+        finally:
+            store.close()
+
+
+def test_one_at_a_time_known_values() -> None:
+    # The published test vectors of Jenkins' one-at-a-time hash.
+    assert one_at_a_time(b"a") == 0xCA2E9442
+    assert one_at_a_time(b"The quick brown fox jumps over the lazy dog") == 0x519E91F5
+
+
+def test_ketama_names_default_port_servers_without_the_port() -> None:
+    """libmemcached names a server on 11211 ``host-N``, any other ``host:port-N``:
+    moving a server off the default port changes its points."""
+    on_default = KetamaRing([MemcachedServer("10.0.0.1", 11211), MemcachedServer("10.0.0.2", 11211)])
+    elsewhere = KetamaRing([MemcachedServer("10.0.0.1", 11212), MemcachedServer("10.0.0.2", 11212)])
+    keys = [f"k{n}" for n in range(200)]
+    assert [on_default.index_for(k) for k in keys] != [elsewhere.index_for(k) for k in keys]
+    assert {on_default.index_for(k) for k in keys} == {0, 1}

@@ -200,10 +200,15 @@ def test_hung_server_times_out_and_recovers(tmp_path) -> None:
 
 
 _PHP_SESSIONS = r"""
+// Output before a session_start() would stop it ("headers already sent"): buffer it.
+ob_start();
 $mode = $argv[1];
 foreach (array_slice($argv, 2) as $id) {
     session_id($id);
-    session_start();
+    if (!session_start()) {
+        echo $id, " failed\n";
+        continue;
+    }
     if ($mode === 'write') {
         $_SESSION['from'] = 'php';
     } else {
