@@ -282,3 +282,37 @@ def test_rediss_tls(tmp_path) -> None:
             open_store("redis", f"rediss://:pw@127.0.0.1:{port}")
         with pytest.raises(StoreError):
             open_store("redis", f"tcp://127.0.0.1:{port}?auth=pw", timeout=1)
+
+
+def test_phpredis_respects_our_lock(two_servers) -> None:
+    """With phpredis' locking on, a PHP request cannot write a session we hold locked."""
+    php = shutil.which("php")
+    assert php is not None, "the php CLI is missing: run `make deps`"
+    first, second = two_servers
+    save_path = f"tcp://{first.address}, tcp://{second.address}"
+    store = open_store("redis", save_path)
+    ids = [secrets.token_hex(13) for _ in range(6)]
+    try:
+        for key in ids:
+            store.write(key, b'from|s:6:"python";', 600)
+        tokens = {key: store.acquire_lock(key, expire=30, wait=1, retry_interval=0.01) for key in ids}
+        result = subprocess.run(
+            [php, "-d", "session.save_handler=redis", "-d", f'session.save_path="{save_path}"',
+             "-d", "session.use_strict_mode=0", "-d", "redis.session.locking_enabled=1",
+             "-d", "redis.session.lock_retries=2", "-d", "redis.session.lock_wait_time=10000",
+             "-r", _PHP_SESSIONS, "write", *ids],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode == 0, result.stderr
+        assert [store.read(key) for key in ids] == [b'from|s:6:"python";'] * len(ids)
+        for key, token in tokens.items():
+            store.release_lock(key, token)
+        subprocess.run(
+            [php, "-d", "session.save_handler=redis", "-d", f'session.save_path="{save_path}"',
+             "-d", "session.use_strict_mode=0", "-d", "redis.session.locking_enabled=1",
+             "-r", _PHP_SESSIONS, "write", *ids],
+            check=True, capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+        assert [store.read(key) for key in ids] == [b'from|s:3:"php";'] * len(ids)
+    finally:
+        store.close()
