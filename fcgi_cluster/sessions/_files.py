@@ -14,23 +14,30 @@ PHP would honour); pass the same value as ``max_lifetime`` to ``open_store``.
 
 Locking: ``fcntl.flock`` on a separate file ``sess_<sid>.lock``, not on the data
 file, because a write renames a new inode over the data file: a lock taken on the
-old inode would no longer guard the name. flock locks belong to an open file
-description, so two threads of one process (each opening the lock file) exclude
-each other as two processes do, and the kernel drops the lock when its holder
-dies. A holder that lives past ``expire`` is taken over: a waiter that finds the
-lock file's recorded deadline passed unlinks it (under a short flock on the
-directory, so two waiters cannot both take over) and locks a fresh one. Every
-acquirer checks, once it has the flock, that the name still points at the inode it
-locked, and starts again if not.
+old inode would no longer guard the name. The kernel drops an flock when its
+holder dies, so a crashed worker never leaves a session locked. A holder that
+lives past ``expire`` is taken over: a waiter that finds the lock file's recorded
+deadline passed unlinks it and locks a fresh one. Unlinking (by a taker, or by the
+owner on release) happens under a short flock on a guard file in the directory
+(``.sess-lock-guard``), so two waiters cannot both take over; and every acquirer
+checks, once it has the flock, that the name still points at the inode it locked,
+and starts again if not. Threads of one process first queue on the store's own
+condition (one thread per session at a time, no polling), then take the flock
+against other processes.
 
-NFS: Linux emulates flock over NFSv4 (and NFSv3 with ``local_lock=none``) with POSIX
-byte-range locks handled by the server, so the lock works across machines
-sharing the directory; the rename is atomic on NFS too. What NFS lacks is a
-shared clock: expiry compares mtimes set by the server with this machine's clock,
-so keep the clocks in sync (NTP).
+NFS: Linux emulates flock over NFS (v4, and v3 unless ``local_lock`` says
+otherwise) with POSIX byte-range locks held by the server, so the lock works
+across machines sharing the directory, and the rename is atomic on NFS too. POSIX
+locks belong to a process, not to an open file, which is why this process's
+threads also exclude each other in memory (above). What NFS lacks is a shared
+clock: expiry compares times written by other machines with this one's clock, so
+keep the clocks in sync (NTP).
 
-Thread safety: no shared mutable state but the table of held locks, guarded by a
-``threading.Lock``.
+PHP's own files handler locks the data file itself (flock on ``sess_<sid>``), so
+PHP and Python share the files and their format, but not each other's locks.
+
+Thread safety: the tables of held and queued locks are guarded by one
+``threading.Condition``.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ DEFAULT_MAX_LIFETIME = 1440
 _PREFIX = "sess_"
 _LOCK_SUFFIX = ".lock"
 _TEMP_MARK = ".tmp-"
+# Per directory: flocked while a lock file is unlinked. Not "sess_": PHP's gc and ours skip it.
+_GUARD = ".sess-lock-guard"
 
 
 class FileStore(SessionStore):
@@ -76,8 +85,11 @@ class FileStore(SessionStore):
         # Subdirectories: the file mode plus search permission wherever it allows reading.
         self._dir_mode = path.mode | ((path.mode & 0o444) >> 2)
         self._max_lifetime = max_lifetime
+        # Guards _held, _reserved and the guard files; its waiters are this process's
+        # threads queued for a session another thread of the process holds.
+        self._gate = threading.Condition()
         self._held: dict[LockToken, tuple[str, int]] = {}
-        self._held_guard = threading.Lock()
+        self._reserved: dict[str, tuple[LockToken, float]] = {}
         self._owner = f"{socket.gethostname()}|{os.getpid()}"
         try:
             if create:
@@ -213,7 +225,10 @@ class FileStore(SessionStore):
                 if mtime >= cutoff:
                     continue
                 if name.endswith(_LOCK_SUFFIX):
-                    self._remove_stale_lock(directory, path)
+                    with self._gate:
+                        mine = path in self._reserved
+                    if not mine:
+                        self._remove_stale_lock(directory, path)
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
@@ -243,16 +258,20 @@ class FileStore(SessionStore):
 
     @contextlib.contextmanager
     def _directory_guard(self, directory: str) -> Iterator[None]:
-        """A short exclusive flock on the directory: serializes unlinking lock files.
+        """Exclusive use of a directory's lock files: serializes unlinking them.
 
-        Held only around a stat and an unlink, so its contention is negligible.
+        An flock on a guard file in the directory (between processes) taken under
+        the store's condition lock (between this process's threads, since over NFS
+        flock becomes a POSIX lock, which a process's threads share). Held only
+        around a stat and an unlink.
         """
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+        with self._gate:
+            fd = os.open(os.path.join(directory, _GUARD), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self._mode)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
 
     def acquire_lock(self, sid: str, *, expire: float, wait: float, retry_interval: float) -> LockToken:
         """Lock the session with flock on ``sess_<sid>.lock``; see the module docstring.
@@ -263,9 +282,46 @@ class FileStore(SessionStore):
         """
         deadline = time.monotonic() + wait
         token = f"{self._owner}|{secrets.token_hex(16)}".encode()
+        path = self._lock_path(sid)
+        self._reserve(sid, path, token, expire, deadline, wait)
+        try:
+            return self._flock(sid, path, token, expire, deadline, wait, retry_interval)
+        except BaseException:
+            self._unreserve(path, token)
+            raise
+
+    def _reserve(self, sid: str, path: str, token: LockToken, expire: float, deadline: float, wait: float) -> None:
+        """Take the session within this process first: one thread at a time per session.
+
+        flock alone would do on a local disk (each open file is its own lock owner),
+        but over NFS it is a POSIX lock, owned by the process: two threads would both
+        "hold" it. A holder past its expiry is taken over here too.
+        """
+        with self._gate:
+            while True:
+                current = self._reserved.get(path)
+                now = time.time()
+                if current is None or current[1] <= now:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LockTimeout(f"session {sid} is locked by another request (waited {wait:g}s)")
+                self._gate.wait(min(remaining, current[1] - now))
+            self._reserved[path] = (token, time.time() + expire)
+
+    def _unreserve(self, path: str, token: LockToken) -> None:
+        with self._gate:
+            current = self._reserved.get(path)
+            if current is not None and current[0] == token:
+                del self._reserved[path]
+                self._gate.notify_all()
+
+    def _flock(
+        self, sid: str, path: str, token: LockToken, expire: float, deadline: float, wait: float, retry_interval: float
+    ) -> LockToken:
+        """Take the session between processes: flock on its lock file (module docstring)."""
         with self._errors("lock", sid):
             directory = self._ensure_dir(sid)
-            path = self._lock_path(sid)
             while True:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self._mode)
                 try:
@@ -295,7 +351,7 @@ class FileStore(SessionStore):
                 except BaseException:
                     os.close(fd)
                     raise
-                with self._held_guard:
+                with self._gate:
                     self._held[token] = (path, fd)
                 return token
 
@@ -316,15 +372,13 @@ class FileStore(SessionStore):
 
     def release_lock(self, sid: str, token: LockToken) -> None:
         """Release the lock if ``token`` (from this store object) still owns it."""
-        with self._held_guard:
-            held = self._held.pop(token, None)
-        if held is None:
-            return
-        path, fd = held
-        if path != self._lock_path(sid):
-            with self._held_guard:
-                self._held[token] = held
-            return
+        path = self._lock_path(sid)
+        with self._gate:
+            held = self._held.get(token)
+            if held is None or held[0] != path:
+                return
+            del self._held[token]
+        fd = held[1]
         try:
             with self._errors("unlock", sid):
                 with self._directory_guard(os.path.dirname(path)):
@@ -333,18 +387,20 @@ class FileStore(SessionStore):
                         os.unlink(path)
         finally:
             os.close(fd)
+            self._unreserve(path, token)
 
     def close(self) -> None:
         """Release every lock this store still holds."""
-        with self._held_guard:
+        with self._gate:
             held, self._held = self._held, {}
-        for path, fd in held.values():
+        for token, (path, fd) in held.items():
             with contextlib.suppress(OSError):
                 with self._directory_guard(os.path.dirname(path)):
                     if _same_inode(fd, path):
                         os.unlink(path)
             with contextlib.suppress(OSError):
                 os.close(fd)
+            self._unreserve(path, token)
 
 
 def _same_inode(fd: int, path: str) -> bool:

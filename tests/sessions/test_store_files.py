@@ -191,3 +191,34 @@ def test_php_files_handler_shares_the_directory(tmp_path: pathlib.Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("42")
     assert store.read(key) == b'n|i:42;who|s:3:"php";'
+
+
+def test_two_stores_exclude_each_other_by_flock(tmp_path: pathlib.Path) -> None:
+    """Two store objects (as two worker processes would have) on one directory: the
+    flock, not the in-process gate, keeps their increments apart."""
+    import threading
+
+    stores = [open_store("files", str(tmp_path)) for _ in range(2)]
+    key = sid()
+    stores[0].write(key, b"0", 1440)
+    errors: list[BaseException] = []
+
+    def work(store) -> None:
+        try:
+            for _ in range(40):
+                token = store.acquire_lock(key, expire=30, wait=30, retry_interval=0.001)
+                try:
+                    store.write(key, str(int(store.read(key)) + 1).encode(), 1440)
+                finally:
+                    store.release_lock(key, token)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(stores[n % 2],)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == [] and not any(thread.is_alive() for thread in threads)
+    assert stores[0].read(key) == b"160"
+    assert not (tmp_path / f"sess_{key}.lock").exists()
