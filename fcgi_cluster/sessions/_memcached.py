@@ -130,9 +130,10 @@ class MemcachedStore(SessionStore):
         path: The parsed save_path (servers, prefix, timeouts).
         timeout: Default command timeout when the save_path gives none.
         max_connections: Connections per server in this process's pool.
+        check: Ask every server its ``version`` at open; False connects on first use.
 
     Raises:
-        StoreError: a server does not answer at open (one ``version`` per server).
+        StoreError: with ``check``, a server does not answer.
     """
 
     def __init__(
@@ -141,6 +142,7 @@ class MemcachedStore(SessionStore):
         *,
         timeout: float | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        check: bool = True,
     ) -> None:
         command_timeout = path.timeout if path.timeout is not None else (timeout or DEFAULT_TIMEOUT)
         connect_timeout = path.connect_timeout if path.connect_timeout is not None else command_timeout
@@ -153,7 +155,7 @@ class MemcachedStore(SessionStore):
         # One server: no hashing (the hash is pure Python).
         self._single = self._clients[0] if len(self._clients) == 1 else None
         try:
-            for client, name in self._clients:
+            for client, name in self._clients if check else ():
                 with self._errors(name):
                     client.version()
         except BaseException:

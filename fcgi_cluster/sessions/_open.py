@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from collections.abc import Callable, Mapping
 
@@ -21,33 +22,55 @@ DEFAULT_MAX_CONNECTIONS = 64
 DEFAULT_MAX_LIFETIME = 1440
 
 
-def _open_files(save_path: str, timeout: float | None, max_connections: int, max_lifetime: int) -> SessionStore:
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """open_store's keyword options, passed whole to the handler's opener."""
+
+    timeout: float | None
+    max_connections: int
+    max_lifetime: int
+    check: bool
+
+
+def _open_files(save_path: str, options: _Options) -> SessionStore:
     from ._files import FileStore
 
-    return FileStore(parse_files_path(save_path), max_lifetime=max_lifetime)
+    return FileStore(parse_files_path(save_path), max_lifetime=options.max_lifetime)
 
 
-def _open_redis(save_path: str, timeout: float | None, max_connections: int, max_lifetime: int) -> SessionStore:
+def _open_redis(save_path: str, options: _Options) -> SessionStore:
     from ._redis import RedisStore
 
-    return RedisStore(parse_redis_path(save_path), timeout=timeout, max_connections=max_connections)
+    return RedisStore(
+        parse_redis_path(save_path),
+        timeout=options.timeout,
+        max_connections=options.max_connections,
+        check=options.check,
+    )
 
 
-def _open_rediscluster(save_path: str, timeout: float | None, max_connections: int, max_lifetime: int) -> SessionStore:
+def _open_rediscluster(save_path: str, options: _Options) -> SessionStore:
     from ._redis import RedisClusterStore
 
-    return RedisClusterStore(parse_rediscluster_path(save_path), timeout=timeout, max_connections=max_connections)
+    return RedisClusterStore(
+        parse_rediscluster_path(save_path), timeout=options.timeout, max_connections=options.max_connections
+    )
 
 
-def _open_memcached(save_path: str, timeout: float | None, max_connections: int, max_lifetime: int) -> SessionStore:
+def _open_memcached(save_path: str, options: _Options) -> SessionStore:
     from ._memcached import MemcachedStore
 
-    return MemcachedStore(parse_memcached_path(save_path), timeout=timeout, max_connections=max_connections)
+    return MemcachedStore(
+        parse_memcached_path(save_path),
+        timeout=options.timeout,
+        max_connections=options.max_connections,
+        check=options.check,
+    )
 
 
 #: ``session.save_handler`` values and the function opening each store. The client
 #: libraries are imported only by the handler that needs them.
-SAVE_HANDLERS: Mapping[str, Callable[[str, float | None, int, int], SessionStore]] = types.MappingProxyType(
+SAVE_HANDLERS: Mapping[str, Callable[[str, _Options], SessionStore]] = types.MappingProxyType(
     {
         "files": _open_files,
         "memcached": _open_memcached,
@@ -64,6 +87,7 @@ def open_store(
     timeout: float | None = None,
     max_connections: int = DEFAULT_MAX_CONNECTIONS,
     max_lifetime: int = DEFAULT_MAX_LIFETIME,
+    check: bool = True,
 ) -> SessionStore:
     """Open the session store a worker process shares among its threads.
 
@@ -77,6 +101,11 @@ def open_store(
             worker's thread count is a good value).
         max_lifetime: ``files`` only: seconds after its last write that a session
             file expires (give ``session.gc_maxlifetime``).
+        check: One round trip per server at open (PING, memcached's version), so
+            a wrong password or a server that is down stops the worker at start.
+            False opens without connecting (``rediscluster`` always connects: it
+            needs the slot map), for a worker that should start while the store
+            is down and answer 503 until it returns.
 
     Returns:
         An open store; call ``close()`` when the worker stops.
@@ -85,8 +114,7 @@ def open_store(
         ValueError: an unknown handler, or a bad save_path (the message names the
             option at fault).
         StoreError: the store cannot be used now: a server refuses the connection
-            or the password, a directory is not writable (one round trip per
-            server at open, so a wrong password stops the worker at start).
+            or the password (with ``check``), a directory is not writable.
     """
     try:
         opener = SAVE_HANDLERS[save_handler]
@@ -100,4 +128,4 @@ def open_store(
         raise ValueError(f"max_connections must be at least 1, got {max_connections!r}")
     if max_lifetime < 1:
         raise ValueError(f"max_lifetime must be at least 1, got {max_lifetime!r}")
-    return opener(save_path, timeout, max_connections, max_lifetime)
+    return opener(save_path, _Options(timeout, max_connections, max_lifetime, check))

@@ -127,12 +127,12 @@ def _retry() -> Retry:
 class _RedisLikeStore(SessionStore):
     """What the single-server, multi-server, sentinel and cluster stores share.
 
-    A subclass provides ``_locate(sid) -> (client, data key, where)``.
+    A subclass provides ``_locate(sid) -> (client, data key, where, release script)``.
     """
 
     _name = "redis"
 
-    def _locate(self, sid: str) -> tuple[Any, str, str]:
+    def _locate(self, sid: str) -> tuple[Any, str, str, Any]:
         raise NotImplementedError
 
     @contextlib.contextmanager
@@ -144,32 +144,32 @@ class _RedisLikeStore(SessionStore):
 
     def read(self, sid: str) -> bytes | None:
         """``GET <prefix><sid>``."""
-        client, key, where = self._locate(sid)
+        client, key, where, _ = self._locate(sid)
         with self._errors(where):
             return client.get(key)
 
     def write(self, sid: str, data: bytes, ttl: int) -> None:
         """``SETEX <prefix><sid> ttl data``."""
-        client, key, where = self._locate(sid)
+        client, key, where, _ = self._locate(sid)
         with self._errors(where):
             # phpredis' exact command (redis-py deprecates its setex() helper).
             client.execute_command("SETEX", key, max(1, int(ttl)), data)
 
     def touch(self, sid: str, ttl: int) -> None:
         """``EXPIRE <prefix><sid> ttl`` (nothing happens when the key is gone)."""
-        client, key, where = self._locate(sid)
+        client, key, where, _ = self._locate(sid)
         with self._errors(where):
             client.expire(key, max(1, int(ttl)))
 
     def destroy(self, sid: str) -> None:
         """``DEL <prefix><sid>``."""
-        client, key, where = self._locate(sid)
+        client, key, where, _ = self._locate(sid)
         with self._errors(where):
             client.delete(key)
 
     def exists(self, sid: str) -> bool:
         """``EXISTS <prefix><sid>``."""
-        client, key, where = self._locate(sid)
+        client, key, where, _ = self._locate(sid)
         with self._errors(where):
             return bool(client.exists(key))
 
@@ -184,7 +184,7 @@ class _RedisLikeStore(SessionStore):
             LockTimeout: someone else held it for all of ``wait``.
             StoreError: Redis cannot be used.
         """
-        client, key, where = self._locate(sid)
+        client, key, where, _ = self._locate(sid)
         token = _lock_value()
         expire_ms = max(1, int(expire * 1000))
         deadline = time.monotonic() + wait
@@ -199,12 +199,9 @@ class _RedisLikeStore(SessionStore):
 
     def release_lock(self, sid: str, token: LockToken) -> None:
         """phpredis' compare-and-delete script: deletes the lock only if ``token`` holds it."""
-        client, key, where = self._locate(sid)
+        _, key, where, release = self._locate(sid)
         with self._errors(where):
-            self._release_script(client)(keys=[key + LOCK_SUFFIX], args=[token])
-
-    def _release_script(self, client: Any) -> Any:
-        raise NotImplementedError
+            release(keys=[key + LOCK_SUFFIX], args=[token])
 
 
 class _Server:
@@ -240,10 +237,12 @@ class RedisStore(_RedisLikeStore):
         path: The parsed save_path.
         timeout: Default connect/command timeout when the save_path gives none.
         max_connections: Connections per server in this process's pool.
+        check: PING every server at open (so a wrong password or a server that
+            is down fails the worker's start); False connects on first use.
 
     Raises:
-        StoreError: a server cannot be reached or refuses the credentials (one PING
-            per server at open, so a wrong password fails the worker's start).
+        StoreError: with ``check``, a server cannot be reached or refuses the
+            credentials.
     """
 
     def __init__(
@@ -252,6 +251,7 @@ class RedisStore(_RedisLikeStore):
         *,
         timeout: float | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        check: bool = True,
     ) -> None:
         default = DEFAULT_TIMEOUT if timeout is None else timeout
         self._servers: list[_Server] = []
@@ -263,7 +263,7 @@ class RedisStore(_RedisLikeStore):
                 for server in path.servers:
                     self._servers.append(self._open_server(server, default, max_connections))
                     self._weights.append(server.weight)
-            for server in self._servers:
+            for server in self._servers if check else ():
                 with self._errors(server.where):
                     server.client.ping()
         except BaseException:
@@ -311,19 +311,13 @@ class RedisStore(_RedisLikeStore):
     def __repr__(self) -> str:
         return f"RedisStore({', '.join(server.where for server in self._servers)})"
 
-    def _locate(self, sid: str) -> tuple[Any, str, str]:
+    def _locate(self, sid: str) -> tuple[Any, str, str, Any]:
         server = self._single or self._servers[pick_server(sid, self._weights)]
-        return server.client, server.prefix + sid, server.where
+        return server.client, server.prefix + sid, server.where, server.release
 
     def server_for(self, sid: str) -> str:
         """Which server (``host:port``) holds ``sid``: for logs and tests."""
         return self._locate(sid)[2]
-
-    def _release_script(self, client: Any) -> Any:
-        for server in self._servers:
-            if server.client is client:
-                return server.release
-        raise AssertionError("unknown client")
 
     def close(self) -> None:
         """Close every server's connections."""
@@ -338,7 +332,8 @@ class RedisClusterStore(_RedisLikeStore):
 
     redis-py's ``RedisCluster`` learns the slot map from the seeds, sends each
     command to the slot's master, follows MOVED/ASK redirections and refreshes the
-    map after a MOVED. Thread-safe: each node has its own connection pool.
+    map after a MOVED. Thread-safe: each node has its own connection pool. It
+    always connects at open (the slot map is needed before any command).
 
     Args:
         path: The parsed save_path (seeds, auth, prefix, timeouts, failover).
@@ -387,11 +382,8 @@ class RedisClusterStore(_RedisLikeStore):
     def __repr__(self) -> str:
         return f"RedisClusterStore({self._where})"
 
-    def _locate(self, sid: str) -> tuple[Any, str, str]:
-        return self._client, self._prefix + sid, self._where
-
-    def _release_script(self, client: Any) -> Any:
-        return self._release
+    def _locate(self, sid: str) -> tuple[Any, str, str, Any]:
+        return self._client, self._prefix + sid, self._where, self._release
 
     def close(self) -> None:
         """Close the connections to every node."""

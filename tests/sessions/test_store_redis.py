@@ -316,3 +316,20 @@ def test_phpredis_respects_our_lock(two_servers) -> None:
         assert [store.read(key) for key in ids] == [b'from|s:3:"php";'] * len(ids)
     finally:
         store.close()
+
+
+def test_open_without_check_starts_while_redis_is_down(tmp_path) -> None:
+    """check=False: the store opens with Redis down, fails per call, and works once it is up."""
+    server = RedisServer(tmp_path / "late", password="pw")
+    store = open_store("redis", f"tcp://{server.address}?auth=pw", timeout=1, check=False)
+    try:
+        with pytest.raises(StoreError, match="connection refused"):
+            store.read("latesession0000")
+        with server:
+            store.write("latesession0000", b"now", 60)
+            assert store.read("latesession0000") == b"now"
+    finally:
+        store.close()
+    # With the check (the default) the same situation is an error at open.
+    with pytest.raises(StoreError, match="connection refused"):
+        open_store("redis", f"tcp://{server.address}?auth=pw", timeout=1)
