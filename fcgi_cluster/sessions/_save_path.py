@@ -386,6 +386,23 @@ _MEMCACHED_OPTIONS: Mapping[str, Callable[[Any], Any]] = types.MappingProxyType(
 _TLS_OPTIONS = frozenset({"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"})
 
 
+_AUTH_VALUE = re.compile(r"((?:sentinel_auth|auth)(?:\[\]|%5B%5D)?=)[^&\s,]*", re.IGNORECASE)
+_USERINFO = re.compile(r"(://)([^@/\s,?]*)@")
+
+
+def _redact(text: str) -> str:
+    """``text`` with its passwords (``auth=``, ``user:password@``) shown as ``***``.
+
+    Error messages quote the save_path, and a startup error ends up in logs.
+    """
+
+    def userinfo(match: re.Match[str]) -> str:
+        user, colon, _ = match.group(2).partition(":")
+        return f"{match.group(1)}{user}:***@" if colon else f"{match.group(1)}***@"
+
+    return _USERINFO.sub(userinfo, _AUTH_VALUE.sub(r"\1***", text))
+
+
 def _query_options(
     handler: str, where: str, query: str, table: Mapping[str, Callable[[Any], Any]]
 ) -> dict[str, Any]:
@@ -489,7 +506,8 @@ def parse_redis_path(save_path: str) -> RedisPath | SentinelPath:
     """Parse a ``redis`` save_path: phpredis' server list, redis-py URLs, or a sentinel URL.
 
     Raises:
-        ValueError: no server, an unknown scheme, a bad host/port or option.
+        ValueError: no server, an unknown scheme, a bad host/port or option (the
+            message quotes the save_path with its passwords as ``***``).
     """
     stripped = save_path.strip()
     if stripped.lower().startswith("sentinel://"):
@@ -500,10 +518,11 @@ def parse_redis_path(save_path: str) -> RedisPath | SentinelPath:
     return RedisPath(servers=tuple(_parse_redis_server(entry) for entry in entries))
 
 
-def _parse_redis_server(entry: str) -> RedisServer:
-    scheme, has_scheme, rest = entry.partition("://")
+def _parse_redis_server(raw_entry: str) -> RedisServer:
+    entry = _redact(raw_entry)  # for messages
+    scheme, has_scheme, rest = raw_entry.partition("://")
     if not has_scheme:
-        scheme, rest = "tcp", entry
+        scheme, rest = "tcp", raw_entry
     scheme = scheme.lower()
     if scheme not in ("tcp", "unix", "redis", "rediss"):
         raise ValueError(f"redis save_path: {entry}: unknown scheme {scheme!r}; expected tcp, unix, redis or rediss")
@@ -566,8 +585,9 @@ def _parse_redis_server(entry: str) -> RedisServer:
     )
 
 
-def _parse_sentinel(save_path: str) -> SentinelPath:
-    rest = save_path[len("sentinel://") :]
+def _parse_sentinel(raw: str) -> SentinelPath:
+    save_path = _redact(raw)  # for messages
+    rest = raw[len("sentinel://") :]
     location, _, query = rest.partition("?")
     netloc, slash, master = location.partition("/")
     if not master or "/" in master:
@@ -613,13 +633,14 @@ def parse_rediscluster_path(save_path: str) -> RedisClusterPath:
     Raises:
         ValueError: no ``seed[]``, a bad seed, an unknown option or value.
     """
-    options = _query_options("rediscluster", save_path, save_path.strip(), _CLUSTER_OPTIONS)
+    shown = _redact(save_path)
+    options = _query_options("rediscluster", shown, save_path.strip(), _CLUSTER_OPTIONS)
     seeds_value = options.get("seed")
     if not seeds_value:
         raise ValueError("rediscluster save_path: no seed given (expected seed[]=host:port&seed[]=...)")
     if isinstance(seeds_value, str):
         seeds_value = [seeds_value]
-    seeds = tuple(_host_port("rediscluster", save_path, seed, DEFAULT_REDIS_PORT) for seed in seeds_value)
+    seeds = tuple(_host_port("rediscluster", shown, seed, DEFAULT_REDIS_PORT) for seed in seeds_value)
     username, password = options.get("auth", (None, None))
     prefix = options.get("prefix") or DEFAULT_CLUSTER_PREFIX
     return RedisClusterPath(

@@ -272,3 +272,27 @@ def test_pick_server_is_weighted() -> None:
     for first in range(48, 48 + 64):
         counts[pick_server(chr(first) + "xyzxyz", [1, 3])] += 1
     assert counts == [16, 48]
+
+
+@pytest.mark.parametrize(
+    "save_path",
+    [
+        "tcp://h:1?auth=hunter2&wieght=2",
+        "tcp://h:1?auth[]=alice&auth[]=hunter2&database=x",
+        "redis://alice:hunter2@h:1?timeout=-1",
+        "redis://hunter2@h:1?bogus=1",
+        "sentinel://:hunter2@h:1/m?sentinel_auth=hunter2&nope=1",
+        "tcp://h:1?auth=hunter%32&weight=0",
+    ],
+)
+def test_passwords_stay_out_of_redis_errors(save_path: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_redis_path(save_path)
+    assert "hunter" not in str(info.value)
+    assert "***" in str(info.value)
+
+
+def test_passwords_stay_out_of_cluster_errors() -> None:
+    with pytest.raises(ValueError) as info:
+        parse_rediscluster_path("seed[]=a:1&auth=hunter2&failover=maybe")
+    assert "hunter2" not in str(info.value) and "option 'failover'" in str(info.value)
