@@ -18,7 +18,7 @@ The forms accepted:
         tcp://host:port?weight=1&timeout=2.5&read_timeout=2.5&auth=secret&database=0&prefix=P
         unix:///run/redis.sock?auth=secret
         host:port?...                   (no scheme: tcp)
-        redis://[[user]:password@]host[:port][/db]?...
+        redis://[[user]:password@]host[:port][/db]?...   (a lone ``secret@`` is a password)
         rediss://...                     (TLS; ssl_* options below)
 
     ``auth`` is a password, or (phpredis 5.3+, Redis 6 ACLs) ``auth[]=user&auth[]=pass``.
