@@ -8,12 +8,20 @@ set -euo pipefail
 # One line per peer: the binary the tests run, then the Debian package that ships it.
 # To add a peer, add a line. A binary ending in `*` is installed under a versioned name
 # (php-fpm8.2 on Debian 12, php-fpm8.3 elsewhere): any command with that prefix will do.
+# A name with a `/` is a file pattern instead, for packages without a binary (a PHP
+# extension): present when any file matches it.
 DEPS_TABLE='
 cgi-fcgi    libfcgi-bin
 nginx       nginx
 haproxy     haproxy
 php-fpm*    php-fpm
 wrk         wrk
+redis-server    redis-server
+redis-cli       redis-tools
+redis-sentinel  redis-sentinel
+memcached       memcached
+/usr/lib/php/*/redis.so php-redis
+/usr/lib/php/*/memcached.so php-memcached
 '
 
 # Servers' binaries live in sbin, which a non-root PATH often lacks.
@@ -22,7 +30,9 @@ export PATH="${PATH}:/usr/local/sbin:/usr/sbin:/sbin"
 # True when the binary (or, for `prefix*`, any command starting with prefix) is on PATH.
 have_binary() {
     local binary="$1"
-    if [[ "${binary}" == *'*' ]]; then
+    if [[ "${binary}" == */* ]]; then
+        compgen -G "${binary}" >/dev/null
+    elif [[ "${binary}" == *'*' ]]; then
         [[ -n "$(compgen -c -- "${binary%'*'}" || true)" ]]
     else
         command -v "${binary}" >/dev/null 2>&1

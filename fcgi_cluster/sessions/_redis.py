@@ -1,0 +1,391 @@
+"""The ``redis`` and ``rediscluster`` stores, on redis-py (hiredis parser), keyed as phpredis keys.
+
+Keys and commands are phpredis' (redis_session.c), so a PHP page with phpredis and
+a Python app share sessions:
+
+* data at ``<prefix><sid>`` (``PHPREDIS_SESSION:`` by default,
+  ``PHPREDIS_CLUSTER_SESSION:`` for the cluster handler), written with ``SETEX``
+  (TTL = gc_maxlifetime), read with ``GET``; touch is ``EXPIRE``, exists is
+  ``EXISTS``, destroy is ``DEL``; gc does nothing (Redis expires keys itself);
+* the lock at ``<data key>_LOCK``, taken with ``SET key value NX PX expire_ms``,
+  retried every ``retry_interval`` until ``wait`` runs out, and released with
+  phpredis' own Lua compare-and-delete (same script, so same SHA1). phpredis
+  writes ``hostname|pid`` as the lock value; one of our processes runs many
+  requests at once, so we write ``hostname|pid|<128 random bits>``: the same
+  shape for whoever reads it in ``redis-cli``, unique per acquisition.
+
+Several servers (phpredis' comma-separated save_path) share the sessions as
+phpredis shares them, so both pick the same server for an id: see
+``pick_server``.
+
+Connections: each server has a ``BlockingConnectionPool`` (thread-safe; a
+thread waits up to the timeout for a free connection rather than opening
+unbounded ones). A connection that fails is dropped and the next command opens a
+new one, so the store recovers by itself when Redis returns. A command is retried
+once, at once, on a connection error (a pooled connection the server closed);
+timeouts are not retried, so no call takes much longer than its timeout.
+
+Error handling: every redis-py exception becomes ``StoreError`` with a one-line
+reason naming the server (``redis 127.0.0.1:6379: connection refused``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import redis
+import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, LoadBalancingStrategy, RedisCluster
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+from ._save_path import RedisClusterPath, RedisPath, RedisServer, SentinelPath
+from ._store import LockTimeout, LockToken, SessionStore, StoreError
+
+__all__ = ["RedisClusterStore", "RedisStore", "pick_server"]
+
+# A session store that answers in more than a couple of seconds is down for a web
+# request's purposes; phpredis' default (86400 s) would hang a worker's thread.
+DEFAULT_TIMEOUT = 2.0
+# Per server, per worker process: at least the worker's request threads, so a
+# thread waits for a connection only when the process is saturated.
+DEFAULT_MAX_CONNECTIONS = 64
+LOCK_SUFFIX = "_LOCK"
+# phpredis' LOCK_RELEASE_LUA_STR, byte for byte (its SHA1 is b70c2384...).
+RELEASE_SCRIPT = (
+    'if redis.call("get",KEYS[1]) == ARGV[1] then return redis.call("del",KEYS[1]) else return 0 end'
+)
+
+
+def pick_server(sid: str, weights: Sequence[int]) -> int:
+    """The index of the server phpredis would pick for ``sid`` (redis_pool_get_sock).
+
+    phpredis reads the id's first four bytes as a native (little-endian on x86 and
+    ARM) unsigned int, takes it modulo the total weight, and walks its server list,
+    each server owning ``weight`` consecutive positions. Its list is built by
+    prepending, so it walks the servers in reverse of the order written. Matching
+    this exactly is what lets PHP and Python agree on where a session lives.
+
+    Args:
+        sid: The session id (PHP's ids are at least 22 characters; a shorter one is
+            padded with zero bytes).
+        weights: The servers' weights, in the order written in the save_path.
+
+    Returns:
+        The index into ``weights`` (order written).
+    """
+    position = int.from_bytes(sid.encode()[:4].ljust(4, b"\0"), "little") % sum(weights)
+    start = 0
+    for index in range(len(weights) - 1, -1, -1):
+        if position < start + weights[index]:
+            return index
+        start += weights[index]
+    raise AssertionError("unreachable: position < total weight")
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why a Redis call failed, without a traceback or a password."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    lowered = text.lower()
+    # NOAUTH first: redis-py raises it as an AuthenticationError too.
+    if "noauth" in lowered or "authentication required" in lowered or "already authenticated" in lowered:
+        return "authentication required: the server has a password and none was given (auth=...)"
+    if isinstance(exc, redis.exceptions.AuthenticationError) or "wrongpass" in lowered or (
+        "invalid" in lowered and "password" in lowered
+    ):
+        return "authentication failed: wrong user or password"
+    if isinstance(exc, redis.exceptions.NoPermissionError) or "noperm" in lowered:
+        return f"permission denied for this user: {text}"
+    if isinstance(exc, redis.exceptions.TimeoutError) or "timed out" in lowered:
+        return "timed out"
+    if "connection refused" in lowered:
+        return "connection refused"
+    if isinstance(exc, (redis.exceptions.ClusterDownError, redis.exceptions.SlotNotCoveredError)):
+        return f"cluster down: {text}"
+    if isinstance(exc, redis.exceptions.ConnectionError):
+        return f"connection failed: {text}"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _lock_value() -> bytes:
+    return f"{socket.gethostname()}|{os.getpid()}|{secrets.token_hex(16)}".encode()
+
+
+def _retry() -> Retry:
+    # One immediate retry on a connection error (a pooled connection the server
+    # closed); no retry on a timeout, which would double the time to fail.
+    return Retry(NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
+
+
+class _RedisLikeStore(SessionStore):
+    """What the single-server, multi-server, sentinel and cluster stores share.
+
+    A subclass provides ``_locate(sid) -> (client, data key, where, release script)``.
+    """
+
+    _name = "redis"
+
+    def _locate(self, sid: str) -> tuple[Any, str, str, Any]:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def _errors(self, where: str) -> Iterator[None]:
+        try:
+            yield
+        except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
+            raise StoreError(f"{self._name} {where}: {_reason(exc)}") from None
+
+    def read(self, sid: str) -> bytes | None:
+        """``GET <prefix><sid>``."""
+        client, key, where, _ = self._locate(sid)
+        with self._errors(where):
+            return client.get(key)
+
+    def write(self, sid: str, data: bytes, ttl: int) -> None:
+        """``SETEX <prefix><sid> ttl data``."""
+        client, key, where, _ = self._locate(sid)
+        with self._errors(where):
+            # phpredis' exact command (redis-py deprecates its setex() helper).
+            client.execute_command("SETEX", key, max(1, int(ttl)), data)
+
+    def touch(self, sid: str, ttl: int) -> None:
+        """``EXPIRE <prefix><sid> ttl`` (nothing happens when the key is gone)."""
+        client, key, where, _ = self._locate(sid)
+        with self._errors(where):
+            client.expire(key, max(1, int(ttl)))
+
+    def destroy(self, sid: str) -> None:
+        """``DEL <prefix><sid>``."""
+        client, key, where, _ = self._locate(sid)
+        with self._errors(where):
+            client.delete(key)
+
+    def exists(self, sid: str) -> bool:
+        """``EXISTS <prefix><sid>``."""
+        client, key, where, _ = self._locate(sid)
+        with self._errors(where):
+            return bool(client.exists(key))
+
+    def gc(self, max_lifetime: int) -> int:
+        """Nothing to do: Redis expires session keys itself."""
+        return 0
+
+    def acquire_lock(self, sid: str, *, expire: float, wait: float, retry_interval: float) -> LockToken:
+        """``SET <key>_LOCK <value> NX PX <expire ms>``, retried until ``wait`` runs out.
+
+        Raises:
+            LockTimeout: someone else held it for all of ``wait``.
+            StoreError: Redis cannot be used.
+        """
+        client, key, where, _ = self._locate(sid)
+        token = _lock_value()
+        expire_ms = max(1, int(expire * 1000))
+        deadline = time.monotonic() + wait
+        with self._errors(where):
+            while True:
+                if client.set(key + LOCK_SUFFIX, token, nx=True, px=expire_ms):
+                    return token
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LockTimeout(f"session {sid} is locked by another request (waited {wait:g}s)")
+                time.sleep(min(retry_interval, remaining))
+
+    def release_lock(self, sid: str, token: LockToken) -> None:
+        """phpredis' compare-and-delete script: deletes the lock only if ``token`` holds it."""
+        _, key, where, release = self._locate(sid)
+        with self._errors(where):
+            release(keys=[key + LOCK_SUFFIX], args=[token])
+
+
+class _Server:
+    """One Redis server of a store: its client, prefix, and name for messages."""
+
+    __slots__ = ("client", "prefix", "where", "release")
+
+    def __init__(self, client: redis.Redis, prefix: str, where: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.where = where
+        # EVALSHA with a fallback to EVAL (redis-py's Script), like phpredis.
+        self.release = client.register_script(RELEASE_SCRIPT)
+
+
+def _connection_kwargs(timeout: float | None, read_timeout: float | None, default: float) -> dict[str, Any]:
+    connect = timeout if timeout is not None else default
+    return {
+        "socket_connect_timeout": connect,
+        "socket_timeout": read_timeout if read_timeout is not None else connect,
+        "retry": _retry(),
+        "health_check_interval": 0,
+        # RESP2, as phpredis speaks: works with every Redis (HELLO needs 6+), and the
+        # replies we use are the same bytes either way.
+        "protocol": 2,
+    }
+
+
+class RedisStore(_RedisLikeStore):
+    """Sessions on one or more Redis servers (phpredis' save_path), or behind Sentinel.
+
+    Args:
+        path: The parsed save_path.
+        timeout: Default connect/command timeout when the save_path gives none.
+        max_connections: Connections per server in this process's pool.
+        check: PING every server at open (so a wrong password or a server that
+            is down fails the worker's start); False connects on first use.
+
+    Raises:
+        StoreError: with ``check``, a server cannot be reached or refuses the
+            credentials.
+    """
+
+    def __init__(
+        self,
+        path: RedisPath | SentinelPath,
+        *,
+        timeout: float | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        check: bool = True,
+    ) -> None:
+        default = DEFAULT_TIMEOUT if timeout is None else timeout
+        self._servers: list[_Server] = []
+        self._weights: list[int] = []
+        try:
+            if isinstance(path, SentinelPath):
+                self._open_sentinel(path, default, max_connections)
+            else:
+                for server in path.servers:
+                    self._servers.append(self._open_server(server, default, max_connections))
+                    self._weights.append(server.weight)
+            for server in self._servers if check else ():
+                with self._errors(server.where):
+                    server.client.ping()
+        except BaseException:
+            self.close()
+            raise
+        self._single = self._servers[0] if len(self._servers) == 1 else None
+
+    def _open_server(self, server: RedisServer, default: float, max_connections: int) -> _Server:
+        kwargs = _connection_kwargs(server.timeout, server.read_timeout, default)
+        kwargs.update(db=server.database, username=server.username, password=server.password)
+        if server.unix_path is not None:
+            kwargs.update(connection_class=redis.UnixDomainSocketConnection, path=server.unix_path)
+        else:
+            kwargs.update(host=server.host, port=server.port)
+            if server.tls:
+                kwargs.update(connection_class=redis.SSLConnection, **server.tls_options)
+        pool = redis.BlockingConnectionPool(max_connections=max_connections, timeout=kwargs["socket_connect_timeout"], **kwargs)
+        client = redis.Redis(connection_pool=pool)
+        return _Server(client, server.prefix, server.describe())
+
+    def _open_sentinel(self, path: SentinelPath, default: float, max_connections: int) -> None:
+        kwargs = _connection_kwargs(path.timeout, path.read_timeout, default)
+        sentinel_kwargs = {
+            "socket_connect_timeout": kwargs["socket_connect_timeout"],
+            "socket_timeout": kwargs["socket_timeout"],
+            "username": path.sentinel_username,
+            "password": path.sentinel_password,
+        }
+        where = f"sentinel {path.master}@" + ",".join(f"{host}:{port}" for host, port in path.sentinels)
+        with self._errors(where):
+            sentinel = Sentinel(list(path.sentinels), sentinel_kwargs=sentinel_kwargs, **kwargs)
+            # SentinelConnectionPool asks the sentinels for the master's address on
+            # each new connection and drops its connections when the master moves.
+            client = sentinel.master_for(
+                path.master,
+                connection_pool_class=SentinelConnectionPool,
+                db=path.database,
+                username=path.username,
+                password=path.password,
+                max_connections=max_connections,
+            )
+        self._servers.append(_Server(client, path.prefix, where))
+        self._weights.append(1)
+
+    def __repr__(self) -> str:
+        return f"RedisStore({', '.join(server.where for server in self._servers)})"
+
+    def _locate(self, sid: str) -> tuple[Any, str, str, Any]:
+        server = self._single or self._servers[pick_server(sid, self._weights)]
+        return server.client, server.prefix + sid, server.where, server.release
+
+    def server_for(self, sid: str) -> str:
+        """Which server (``host:port``) holds ``sid``: for logs and tests."""
+        return self._locate(sid)[2]
+
+    def close(self) -> None:
+        """Close every server's connections."""
+        for server in self._servers:
+            with contextlib.suppress(Exception):
+                server.client.close()
+                server.client.connection_pool.disconnect()
+
+
+class RedisClusterStore(_RedisLikeStore):
+    """Sessions in a Redis Cluster (phpredis' ``rediscluster`` handler).
+
+    redis-py's ``RedisCluster`` learns the slot map from the seeds, sends each
+    command to the slot's master, follows MOVED/ASK redirections and refreshes the
+    map after a MOVED. Thread-safe: each node has its own connection pool. It
+    always connects at open (the slot map is needed before any command).
+
+    Args:
+        path: The parsed save_path (seeds, auth, prefix, timeouts, failover).
+        timeout: Default connect/command timeout when the save_path gives none.
+        max_connections: Connections per node in this process's pool.
+
+    Raises:
+        StoreError: no seed answers, the credentials are refused, or the cluster
+            does not cover every slot.
+    """
+
+    _name = "rediscluster"
+
+    def __init__(
+        self,
+        path: RedisClusterPath,
+        *,
+        timeout: float | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        default = DEFAULT_TIMEOUT if timeout is None else timeout
+        kwargs = _connection_kwargs(path.timeout, path.read_timeout, default)
+        # For RedisCluster, ``retry`` is the cluster-level policy (redirections,
+        # reconnects to other nodes): one more attempt, so a down cluster fails
+        # within a few timeouts rather than redis-py's default of several.
+        kwargs["retry"] = Retry(NoBackoff(), 1)
+        self._where = ",".join(f"{host}:{port}" for host, port in path.seeds)
+        self._prefix = path.prefix
+        with self._errors(self._where):
+            self._client = RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in path.seeds],
+                username=path.username,
+                password=path.password,
+                # phpredis' failover=error/distribute read from replicas too.
+                load_balancing_strategy=None if path.failover == "none" else LoadBalancingStrategy.ROUND_ROBIN,
+                max_connections=max_connections,
+                **kwargs,
+            )
+            try:
+                self._client.ping(target_nodes=RedisCluster.ALL_NODES)
+            except BaseException:
+                self._client.close()
+                raise
+        self._release = self._client.register_script(RELEASE_SCRIPT)
+
+    def __repr__(self) -> str:
+        return f"RedisClusterStore({self._where})"
+
+    def _locate(self, sid: str) -> tuple[Any, str, str, Any]:
+        return self._client, self._prefix + sid, self._where, self._release
+
+    def close(self) -> None:
+        """Close the connections to every node."""
+        with contextlib.suppress(Exception):
+            self._client.close()

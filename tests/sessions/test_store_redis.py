@@ -1,0 +1,335 @@
+"""The redis store against real redis-servers: passwords and ACL users, phpredis' keys,
+several hosts, Sentinel, and a server killed, hung and restarted under a live store."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+import urllib.parse
+
+import pytest
+
+from fcgi_cluster.sessions import StoreError, open_store
+from fcgi_cluster.sessions._redis import RELEASE_SCRIPT, pick_server
+from tests._peers import free_port, run_process
+from tests.sessions._servers import RedisServer, redis_sentinel
+from tests.sessions.conftest import ACL_PASSWORD, ACL_USER, REDIS_PASSWORD
+
+SLACK = 3.0
+AUTH = urllib.parse.quote(REDIS_PASSWORD)
+# phpredis' LOCK_RELEASE_SHA_STR: the same script, so PHP and Python share one cached script.
+PHPREDIS_RELEASE_SHA = "b70c2384248f88e6b75b9f89241a180f856ad852"
+
+
+@pytest.fixture
+def flushed(redis_server: RedisServer) -> RedisServer:
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server
+
+
+def sid() -> str:
+    return secrets.token_hex(16)
+
+
+def test_wrong_password_is_a_clear_error_at_open(redis_server: RedisServer) -> None:
+    with pytest.raises(StoreError) as info:
+        open_store("redis", f"tcp://{redis_server.address}?auth=not-the-password")
+    message = str(info.value)
+    assert message == f"redis {redis_server.address}: authentication failed: wrong user or password"
+    assert "not-the-password" not in message
+
+
+def test_missing_password_is_a_clear_error_at_open(redis_server: RedisServer) -> None:
+    with pytest.raises(StoreError, match="authentication required"):
+        open_store("redis", f"tcp://{redis_server.address}")
+
+
+def test_acl_user_and_password(flushed: RedisServer) -> None:
+    key = sid()
+    store = open_store("redis", f"tcp://{flushed.address}?auth[]={ACL_USER}&auth[]={ACL_PASSWORD}")
+    try:
+        store.write(key, b"via acl", 60)
+        with flushed.client() as client:
+            assert client.get(f"PHPREDIS_SESSION:{key}") == b"via acl"
+            # The connection really is alice's.
+            names = {entry.get("user") for entry in client.client_list()}
+            assert ACL_USER in names
+    finally:
+        store.close()
+    url_store = open_store("redis", f"redis://{ACL_USER}:{ACL_PASSWORD}@{flushed.address}")
+    try:
+        assert url_store.read(key) == b"via acl"
+    finally:
+        url_store.close()
+    with pytest.raises(StoreError, match="authentication failed"):
+        open_store("redis", f"tcp://{flushed.address}?auth[]={ACL_USER}&auth[]=wrong")
+
+
+def test_phpredis_keys_lock_and_release_script(flushed: RedisServer) -> None:
+    store = open_store("redis", f"tcp://{flushed.address}?auth={AUTH}")
+    key = sid()
+    try:
+        store.write(key, b'n|i:1;', 600)
+        token = store.acquire_lock(key, expire=7, wait=1, retry_interval=0.01)
+        with flushed.client() as client:
+            assert client.get(f"PHPREDIS_SESSION:{key}") == b"n|i:1;"
+            assert client.get(f"PHPREDIS_SESSION:{key}_LOCK") == token
+            assert 6000 < client.pttl(f"PHPREDIS_SESSION:{key}_LOCK") <= 7000
+            hostname, pid, secret = token.decode().split("|")
+            assert pid == str(os.getpid()) and len(secret) == 32
+            store.release_lock(key, token)
+            assert client.get(f"PHPREDIS_SESSION:{key}_LOCK") is None
+            assert client.script_exists(PHPREDIS_RELEASE_SHA) == [True]
+    finally:
+        store.close()
+    import hashlib
+
+    assert hashlib.sha1(RELEASE_SCRIPT.encode()).hexdigest() == PHPREDIS_RELEASE_SHA
+
+
+def test_prefix_database_and_unix_socket(flushed: RedisServer) -> None:
+    key = sid()
+    store = open_store("redis", f"unix://{flushed.unix_socket}?auth={AUTH}&database=5&prefix=APP:")
+    try:
+        store.write(key, b"in db 5", 60)
+        with flushed.client(db=5) as client:
+            assert client.get(f"APP:{key}") == b"in db 5"
+        with flushed.client(db=0) as client:
+            assert client.dbsize() == 0
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def two_servers(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("two")
+    with RedisServer(base / "a") as first, RedisServer(base / "b") as second:
+        yield first, second
+
+
+def test_two_hosts_share_sessions_like_phpredis(two_servers) -> None:
+    first, second = two_servers
+    save_path = f"tcp://{first.address}?weight=1, tcp://{second.address}?weight=2"
+    store = open_store("redis", save_path)
+    ids = [sid() for _ in range(60)]
+    try:
+        for key in ids:
+            store.write(key, key.encode(), 600)
+    finally:
+        store.close()
+    placed = {first.address: 0, second.address: 0}
+    with first.client() as a, second.client() as b:
+        for key in ids:
+            expected = (first, second)[pick_server(key, [1, 2])]
+            on_first = a.exists(f"PHPREDIS_SESSION:{key}")
+            on_second = b.exists(f"PHPREDIS_SESSION:{key}")
+            assert (on_first, on_second) == ((1, 0) if expected is first else (0, 1)), key
+            placed[expected.address] += 1
+    assert placed[first.address] > 0 and placed[second.address] > 0
+    # A new store (another worker, another day) finds every session where it was put.
+    again = open_store("redis", save_path)
+    try:
+        assert [again.read(key) for key in ids] == [key.encode() for key in ids]
+        assert {again.server_for(key) for key in ids} == {first.address, second.address}
+    finally:
+        again.close()
+
+
+def test_sentinel(flushed: RedisServer, tmp_path) -> None:
+    with redis_sentinel(tmp_path / "sentinel", flushed, name="sessions") as (host, port):
+        store = open_store("redis", f"sentinel://{host}:{port}/sessions?auth={AUTH}&timeout=2")
+        key = sid()
+        try:
+            store.write(key, b"through sentinel", 60)
+            assert store.read(key) == b"through sentinel"
+            token = store.acquire_lock(key, expire=5, wait=1, retry_interval=0.01)
+            store.release_lock(key, token)
+        finally:
+            store.close()
+    with flushed.client() as client:
+        assert client.get(f"PHPREDIS_SESSION:{key}") == b"through sentinel"
+
+
+def test_server_killed_and_restarted_under_a_live_store(tmp_path) -> None:
+    server = RedisServer(tmp_path / "r", password="pw")
+    server.start()
+    try:
+        store = open_store("redis", f"tcp://{server.address}?auth=pw", timeout=1)
+        key = sid()
+        store.write(key, b"before", 60)
+        server.kill()
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=f"redis {server.address}: connection refused"):
+            store.read(key)
+        with pytest.raises(StoreError):
+            store.acquire_lock(key, expire=5, wait=1, retry_interval=0.01)
+        assert time.monotonic() - started < 2 + SLACK
+        server.start()  # same port, empty (no persistence)
+        assert store.read(key) is None
+        store.write(key, b"after", 60)
+        assert store.read(key) == b"after"
+        store.close()
+    finally:
+        server.stop()
+
+
+def test_hung_server_times_out_and_recovers(tmp_path) -> None:
+    server = RedisServer(tmp_path / "r")
+    server.start()
+    try:
+        store = open_store("redis", f"tcp://{server.address}?read_timeout=0.5")
+        key = sid()
+        store.write(key, b"x", 60)
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="timed out"):
+                store.read(key)
+            assert time.monotonic() - started < 0.5 + SLACK
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        assert store.read(key) == b"x"
+        store.close()
+    finally:
+        server.stop()
+
+
+_PHP_SESSIONS = r"""
+// Output before a session_start() would stop it ("headers already sent"): buffer it.
+ob_start();
+$mode = $argv[1];
+foreach (array_slice($argv, 2) as $id) {
+    session_id($id);
+    if (!session_start()) {
+        echo $id, " failed\n";
+        continue;
+    }
+    if ($mode === 'write') {
+        $_SESSION['from'] = 'php';
+    } else {
+        echo $id, ' ', json_encode($_SESSION), "\n";
+    }
+    session_write_close();
+}
+"""
+
+
+def test_phpredis_finds_sessions_on_the_same_hosts(two_servers) -> None:
+    """phpredis and this store agree on which of two weighted hosts holds each session."""
+    php = shutil.which("php")
+    assert php is not None, "the php CLI is missing: run `make deps`"
+    first, second = two_servers
+    save_path = f"tcp://{first.address}?weight=1, tcp://{second.address}?weight=2"
+    php_ids = [secrets.token_hex(13) for _ in range(12)]
+    our_ids = [secrets.token_hex(13) for _ in range(12)]
+
+    def run_php(mode: str, ids: list[str]) -> str:
+        result = subprocess.run(
+            [php, "-d", "session.save_handler=redis",
+             "-d", f'session.save_path="{save_path}"', "-d", "session.serialize_handler=php",
+             "-d", "session.use_strict_mode=0", "-d", "session.gc_maxlifetime=600",
+             "-r", _PHP_SESSIONS, mode, *ids],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode == 0 and "Warning" not in result.stdout, result.stdout + result.stderr
+        return result.stdout
+
+    run_php("write", php_ids)
+    store = open_store("redis", save_path)
+    try:
+        for key in php_ids:
+            assert store.read(key) == b'from|s:3:"php";', key
+        for key in our_ids:
+            store.write(key, b'from|s:6:"python";', 600)
+    finally:
+        store.close()
+    lines = run_php("read", our_ids).splitlines()
+    assert [line.split(" ", 1) for line in lines if line] == [[key, '{"from":"python"}'] for key in our_ids]
+    with first.client() as a, second.client() as b:
+        homes = {(a.exists(f"PHPREDIS_SESSION:{key}"), b.exists(f"PHPREDIS_SESSION:{key}")) for key in php_ids + our_ids}
+        assert homes == {(1, 0), (0, 1)}, "each session on one host, and both hosts used"
+
+
+def test_rediss_tls(tmp_path) -> None:
+    """rediss:// with the server's CA verifies it; without it the handshake fails clearly."""
+    openssl = shutil.which("openssl")
+    assert openssl is not None, "openssl is missing"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    port = free_port()
+    argv = [
+        "redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+        "--tls-auth-clients", "no", "--requirepass", "pw", "--dir", str(tmp_path),
+    ]
+    with run_process(argv, ready_port=port, name="redis-tls", log_path=tmp_path / "redis-tls.log"):
+        store = open_store("redis", f"rediss://:pw@127.0.0.1:{port}?ssl_ca_certs={cert}")
+        try:
+            store.write("tlssession0000", b"secret data", 60)
+            assert store.read("tlssession0000") == b"secret data"
+        finally:
+            store.close()
+        with pytest.raises(StoreError, match=f"redis 127.0.0.1:{port}: .*certificate verify failed"):
+            open_store("redis", f"rediss://:pw@127.0.0.1:{port}")
+        with pytest.raises(StoreError):
+            open_store("redis", f"tcp://127.0.0.1:{port}?auth=pw", timeout=1)
+
+
+def test_phpredis_respects_our_lock(two_servers) -> None:
+    """With phpredis' locking on, a PHP request cannot write a session we hold locked."""
+    php = shutil.which("php")
+    assert php is not None, "the php CLI is missing: run `make deps`"
+    first, second = two_servers
+    save_path = f"tcp://{first.address}, tcp://{second.address}"
+    store = open_store("redis", save_path)
+    ids = [secrets.token_hex(13) for _ in range(6)]
+    try:
+        for key in ids:
+            store.write(key, b'from|s:6:"python";', 600)
+        tokens = {key: store.acquire_lock(key, expire=30, wait=1, retry_interval=0.01) for key in ids}
+        result = subprocess.run(
+            [php, "-d", "session.save_handler=redis", "-d", f'session.save_path="{save_path}"',
+             "-d", "session.use_strict_mode=0", "-d", "redis.session.locking_enabled=1",
+             "-d", "redis.session.lock_retries=2", "-d", "redis.session.lock_wait_time=10000",
+             "-r", _PHP_SESSIONS, "write", *ids],
+            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+        assert result.returncode == 0, result.stderr
+        assert [store.read(key) for key in ids] == [b'from|s:6:"python";'] * len(ids)
+        for key, token in tokens.items():
+            store.release_lock(key, token)
+        subprocess.run(
+            [php, "-d", "session.save_handler=redis", "-d", f'session.save_path="{save_path}"',
+             "-d", "session.use_strict_mode=0", "-d", "redis.session.locking_enabled=1",
+             "-r", _PHP_SESSIONS, "write", *ids],
+            check=True, capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+        assert [store.read(key) for key in ids] == [b'from|s:3:"php";'] * len(ids)
+    finally:
+        store.close()
+
+
+def test_open_without_check_starts_while_redis_is_down(tmp_path) -> None:
+    """check=False: the store opens with Redis down, fails per call, and works once it is up."""
+    server = RedisServer(tmp_path / "late", password="pw")
+    store = open_store("redis", f"tcp://{server.address}?auth=pw", timeout=1, check=False)
+    try:
+        with pytest.raises(StoreError, match="connection refused"):
+            store.read("latesession0000")
+        with server:
+            store.write("latesession0000", b"now", 60)
+            assert store.read("latesession0000") == b"now"
+    finally:
+        store.close()
+    # With the check (the default) the same situation is an error at open.
+    with pytest.raises(StoreError, match="connection refused"):
+        open_store("redis", f"tcp://{server.address}?auth=pw", timeout=1)
