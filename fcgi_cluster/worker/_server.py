@@ -164,7 +164,16 @@ async def serve(
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     pool: ThreadPool | None = None
     lifespan: Lifespan | None = None
+    store: Any = None
     try:
+        if config.session is not None:
+            # One store client per process, opened before the first request.
+            from ..sessions import session_middleware
+            from ..sessions._open import open_store
+
+            s = config.session
+            store = await trio.to_thread.run_sync(lambda: open_store(s.save_handler, s.save_path, timeout=s.store_timeout))
+            app = session_middleware(app, store, s, app_interface(app))
         async with trio.open_nursery() as nursery:
             if app_interface(app) == "asgi":
                 lifespan = Lifespan(app)
@@ -200,6 +209,8 @@ async def serve(
     finally:
         if pool is not None:
             pool.close()
+        if store is not None:
+            store.close()
         await listener.aclose()
 
 
