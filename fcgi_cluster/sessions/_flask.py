@@ -52,19 +52,12 @@ class FlaskSession(SessionMixin):
     def __len__(self) -> int:
         return len(self.session)
 
-    # Flask's SessionMixin flags: the cluster session tracks changes itself (it
-    # compares the serialized data), so these only inform Flask.
+    # Flask's SessionMixin flags (``accessed`` and ``modified`` are plain
+    # attributes Flask sets): the cluster session tracks changes itself, by
+    # comparing the serialized data, so they decide nothing here.
     @property
     def new(self) -> bool:  # type: ignore[override]
         return self.session.is_new
-
-    @property
-    def accessed(self) -> bool:  # type: ignore[override]
-        return self.session.loaded
-
-    @property
-    def modified(self) -> bool:  # type: ignore[override]
-        return self.session.loaded
 
     def regenerate(self, *, delete_old: bool = True) -> str:
         """See ``Session.regenerate``."""
