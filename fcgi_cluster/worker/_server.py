@@ -172,7 +172,8 @@ async def serve(
             from ..sessions._open import open_store
 
             s = config.session
-            store = await trio.to_thread.run_sync(lambda: open_store(s.save_handler, s.save_path, timeout=s.store_timeout))
+            store = await trio.to_thread.run_sync(lambda: open_store(
+                s.save_handler, s.save_path, timeout=s.store_timeout, max_lifetime=s.gc_maxlifetime))
             app = session_middleware(app, store, s, app_interface(app))
         async with trio.open_nursery() as nursery:
             if app_interface(app) == "asgi":
