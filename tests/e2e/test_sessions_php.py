@@ -7,6 +7,7 @@ keep sessions in one password-protected Redis in PHP's ``php`` format under the
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 
@@ -108,6 +109,33 @@ def test_one_counter_incremented_by_both(site):
     finally:
         browser.close()
     assert values == [1, 2, 3, 4, 4]
+
+
+def test_concurrent_increments_from_php_and_python_lose_nothing(site):
+    # phpredis' lock and ours are the same Redis key: 10 browsers through PHP and 10
+    # through Python, 5 increments each, on one session: every one counts.
+    port, _ = site
+    first = CookieClient(port)
+    get_json(first, "/user?set=shared")
+    sid = first.sid
+    statuses: list[int] = []
+
+    def browser(i: int) -> None:
+        client = CookieClient(port)
+        client.sid = sid
+        target = "/php/session.php?n=1" if i % 2 else "/"
+        try:
+            for _ in range(5):
+                statuses.append(client.get(target)[0])
+        finally:
+            client.close()
+
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        list(pool.map(browser, range(20)))
+    final = get_json(first, "/peek")["n"]
+    first.close()
+    assert statuses == [200] * 100
+    assert final == 100
 
 
 def test_unknown_id_is_refused_by_both(site):

@@ -30,6 +30,8 @@ from tests._peers import (
 REDIS_PASSWORD = "s3cret-sessions"
 #: The directory the front-end maps /php/... into: tests/e2e/php/session.php is /php/session.php.
 PHP_ROOT = REPO_ROOT / "tests" / "e2e"
+#: php-fpm's pm.max_children, and the front-end's max_conns to it.
+PHP_CHILDREN = 4
 
 
 class RedisProcess:
@@ -111,7 +113,9 @@ def frontend(directory: pathlib.Path, app_ports: list[int], php_port: int | None
     config = f'[frontend]\nlisten = "{LOOPBACK}:{port}"\naccess_log = false\n[upstream.app]\nservers = [{servers}]\n'
     if php_port is not None:
         config += (
-            f'[upstream.php]\nservers = ["{LOOPBACK}:{php_port}"]\n'
+            # max_conns = php-fpm's children: each child holds a kept-alive connection
+            # for itself, so a connection past them would wait in its backlog forever.
+            f'[upstream.php]\nservers = [{{ address = "{LOOPBACK}:{php_port}", max_conns = {PHP_CHILDREN} }}]\n'
             f'[[route]]\nprefix = "/php/"\nupstream = "php"\nroot = "{PHP_ROOT}"\n'
         )
     config += '[[route]]\nprefix = "/"\nupstream = "app"\n'
@@ -142,11 +146,15 @@ def php_fpm_with_redis_sessions(directory: pathlib.Path, redis: RedisProcess) ->
         "session.cookie_path": "/",
         "session.cookie_httponly": "1",
         "session.gc_maxlifetime": "1440",
+        # phpredis locks the same key as our workers (<key>_LOCK): with it on, PHP
+        # and Python requests of one session take turns. Waits: 5 ms x 2000.
         "redis.session.locking_enabled": "1",
+        "redis.session.lock_wait_time": "5000",
+        "redis.session.lock_retries": "2000",
     }
     # Quoted: php-fpm reads the pool file as INI, where "=" and "?" in a value need quotes.
     extra = {f"php_admin_value[{key}]": f'"{value}"' for key, value in settings.items()}
-    with php_fpm(directory=directory / "php-fpm", max_children=2, extra_pool=extra) as fpm:
+    with php_fpm(directory=directory / "php-fpm", max_children=PHP_CHILDREN, extra_pool=extra) as fpm:
         yield fpm.port
 
 
