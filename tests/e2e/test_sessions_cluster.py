@@ -10,6 +10,7 @@ import concurrent.futures
 import contextlib
 import http.cookiejar
 import json
+import subprocess
 import time
 import urllib.request
 
@@ -220,3 +221,46 @@ def test_redis_killed_and_restarted_under_load(tmp_path):
         assert [status for status, _, _ in proceed_down] == [200] * 3
         assert [json.loads(body)["n"] for _, _, body in proceed_down] == [1, 1, 1]
         assert all(headers["set-cookie"] == "" for _, headers, _ in proceed_down)
+
+
+def test_files_store_shared_by_two_workers_counts_every_increment(tmp_path):
+    # The embedded default: one directory, flock locks, no server at all.
+    sessions = tmp_path / "sessions"
+    sessions.mkdir()
+    with contextlib.ExitStack() as stack:
+        settings = ("save_handler=files", f"save_path={sessions}")
+        w1, _ = stack.enter_context(session_worker(tmp_path, *settings))
+        w2, _ = stack.enter_context(session_worker(tmp_path, *settings))
+        port = stack.enter_context(frontend(tmp_path, [w1, w2]))
+        client, sid = new_session(port)
+        statuses, values = concurrent_increments(port, sid, clients=10, each=5)
+        final = json.loads(client.get("/peek")[2])["n"]
+        client.close()
+    assert statuses == [200] * 50
+    assert sorted(values) == list(range(1, 51)) and final == 50
+
+
+def test_bad_session_setting_is_one_line_and_exit_2():
+    from tests._peers import REPO_ROOT
+    from tests.sessions._php_servers import worker_argv
+
+    result = subprocess.run(worker_argv("workers.counter:app", 1, "lock_wait=soon"), cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "fcgi-cluster worker: --session session.lock_wait: expected seconds, e.g. 2, 0.5, 5ms, got 'soon'"
+    )
+
+
+def test_wrong_redis_password_is_a_clear_startup_error(tmp_path):
+    from tests._peers import REPO_ROOT, free_port
+    from tests.sessions._php_servers import worker_argv
+
+    with RedisProcess(tmp_path) as redis:
+        argv = worker_argv("workers.counter:app", free_port(), "save_handler=redis",
+                           f"save_path=tcp://127.0.0.1:{redis.port}?auth=wrong")
+        result = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("fcgi-cluster worker: session store:") and "password" in last.lower(), result.stderr
