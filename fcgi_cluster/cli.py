@@ -78,10 +78,13 @@ def _worker_main(argv: list[str]) -> int:
         root_path=args.root_path.rstrip("/"),
         session=session,
     )
-    from .sessions import StoreError
+    from .sessions import SessionConfigError, StoreError
 
     try:
         run_worker(app, address, config)
+    except SessionConfigError as exc:
+        print(f"fcgi-cluster worker: --session {exc}", file=sys.stderr)
+        return 2
     except StoreError as exc:
         print(f"fcgi-cluster worker: session store: {exc}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@ from ._middleware import SESSION_KEY as SESSION_KEY
 from ._middleware import STORE_KEY as STORE_KEY
 from ._middleware import ASGISessionMiddleware as ASGISessionMiddleware
 from ._middleware import WSGISessionMiddleware as WSGISessionMiddleware
+from ._middleware import open_session_store as open_session_store
 from ._middleware import session_middleware as session_middleware
 from ._serializers import SerializationError as SerializationError
 from ._serializers import Serializer as Serializer
@@ -37,6 +38,7 @@ __all__ = [
     "StoreError",
     "WSGISessionMiddleware",
     "get_serializer",
+    "open_session_store",
     "parse_session_settings",
     "php_serialize",
     "php_unserialize",

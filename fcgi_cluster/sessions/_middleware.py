@@ -26,10 +26,12 @@ import logging
 from typing import Any, Callable, Iterable
 
 from ._session import Session
-from ._settings import SessionSettings
+from ._settings import SessionConfigError, SessionSettings
 from ._store import LockTimeout, SessionStore, StoreError
 
-__all__ = ["SESSION_KEY", "STORE_KEY", "WSGISessionMiddleware", "ASGISessionMiddleware", "session_middleware"]
+__all__ = [
+    "SESSION_KEY", "STORE_KEY", "WSGISessionMiddleware", "ASGISessionMiddleware", "open_session_store", "session_middleware",
+]
 
 log = logging.getLogger("fcgi_cluster.sessions")
 
@@ -63,6 +65,25 @@ def _failure_body(exc: BaseException | None) -> bytes:
 
 def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, (LockTimeout, StoreError))
+
+
+def open_session_store(settings: SessionSettings) -> SessionStore:
+    """Open the store the settings name (blocking: connects, checks the password).
+
+    Raises:
+        SessionConfigError: the save_path is malformed or has unknown options
+            (key ``session.save_path``).
+        StoreError: the store cannot be used (down, refused, wrong password).
+    """
+    from ._open import open_store
+
+    try:
+        return open_store(settings.save_handler, settings.save_path, timeout=settings.store_timeout,
+                          max_lifetime=settings.gc_maxlifetime)
+    except StoreError:
+        raise
+    except ValueError as exc:
+        raise SessionConfigError("session.save_path", str(exc)) from None
 
 
 def session_middleware(app: Any, store: SessionStore, settings: SessionSettings, interface: str) -> Any:

@@ -154,6 +154,7 @@ async def serve(
     Raises:
         ListenError: the address cannot be bound.
         RuntimeError: an ASGI app's lifespan startup failed.
+        StoreError, SessionConfigError: ``config.session`` is set and its store cannot be opened.
     """
     if isinstance(listen, socket.socket):
         sock = listen
@@ -168,13 +169,10 @@ async def serve(
     try:
         if config.session is not None:
             # One store client per process, opened before the first request.
-            from ..sessions import session_middleware
-            from ..sessions._open import open_store
+            from ..sessions import open_session_store, session_middleware
 
-            s = config.session
-            store = await trio.to_thread.run_sync(lambda: open_store(
-                s.save_handler, s.save_path, timeout=s.store_timeout, max_lifetime=s.gc_maxlifetime))
-            app = session_middleware(app, store, s, app_interface(app))
+            store = await trio.to_thread.run_sync(open_session_store, config.session)
+            app = session_middleware(app, store, config.session, app_interface(app))
         async with trio.open_nursery() as nursery:
             if app_interface(app) == "asgi":
                 lifespan = Lifespan(app)

@@ -240,16 +240,24 @@ def test_files_store_shared_by_two_workers_counts_every_increment(tmp_path):
     assert sorted(values) == list(range(1, 51)) and final == 50
 
 
-def test_bad_session_setting_is_one_line_and_exit_2():
-    from tests._peers import REPO_ROOT
+@pytest.mark.parametrize(
+    "settings, line",
+    [
+        (("lock_wait=soon",),
+         "fcgi-cluster worker: --session session.lock_wait: expected seconds, e.g. 2, 0.5, 5ms, got 'soon'"),
+        (("save_handler=redis", "save_path=tcp://127.0.0.1:1?colour=blue"),
+         "fcgi-cluster worker: --session session.save_path: "),
+    ],
+    ids=["value", "save_path-option"],
+)
+def test_bad_session_setting_is_one_line_and_exit_2(settings, line):
+    from tests._peers import REPO_ROOT, free_port
     from tests.sessions._php_servers import worker_argv
 
-    result = subprocess.run(worker_argv("workers.counter:app", 1, "lock_wait=soon"), cwd=REPO_ROOT,
+    result = subprocess.run(worker_argv("workers.counter:app", free_port(), *settings), cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "fcgi-cluster worker: --session session.lock_wait: expected seconds, e.g. 2, 0.5, 5ms, got 'soon'"
-    )
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith(line), result.stderr
 
 
 def test_wrong_redis_password_is_a_clear_startup_error(tmp_path):
