@@ -13,7 +13,6 @@ from fcgi_cluster.sessions import (
     SESSION_KEY,
     STORE_KEY,
     ASGISessionMiddleware,
-    LockTimeout,
     SessionSettings,
     StoreError,
     WSGISessionMiddleware,

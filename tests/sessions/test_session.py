@@ -294,3 +294,17 @@ async def test_async_mode_needs_aload(store):
     s["n"] = 7
     await s.asave()
     assert store.data[KNOWN] == b'{"n":7}'
+
+
+def test_package_exports_resolve_are_documented_and_sorted():
+    import fcgi_cluster.sessions as package
+
+    assert package.__all__ == sorted(package.__all__, key=str.lower) or package.__all__ == sorted(package.__all__)
+    for name in package.__all__:
+        obj = getattr(package, name)
+        if callable(obj) and not isinstance(obj, (str, bytes)):
+            assert obj.__doc__, name
+    ours = {"ASGISessionMiddleware", "ClusterSessionInterface", "SESSION_KEY", "STORE_KEY", "SerializationError",
+            "Session", "SessionConfigError", "SessionSettings", "WSGISessionMiddleware", "open_session_store",
+            "parse_session_settings", "php_serialize", "php_unserialize", "session_middleware"}
+    assert ours <= set(package.__all__)
