@@ -53,10 +53,15 @@ def test_twenty_sequential_requests_with_a_cookie_jar_count_on_both_workers(clus
     assert cookie.has_nonstandard_attr("HttpOnly")
 
 
-def concurrent_increments(port: int, sid: str, clients: int = 20, each: int = 5) -> tuple[list[int], list[int]]:
-    """``clients`` browsers sharing one session id, ``each`` increments apiece; (statuses, n values)."""
+def concurrent_increments(port: int, sid: str, clients: int = 20, each: int = 5) -> tuple[list[int], list[int], set[str]]:
+    """``clients`` browsers sharing one session id, ``each`` increments apiece.
+
+    Returns:
+        (statuses, n values answered, the workers that answered).
+    """
     statuses: list[int] = []
     values: list[int] = []
+    served: set[str] = set()
 
     def browser(_: int) -> None:
         client = CookieClient(port)
@@ -66,13 +71,15 @@ def concurrent_increments(port: int, sid: str, clients: int = 20, each: int = 5)
                 status, _, body = client.get("/")
                 statuses.append(status)
                 if status == 200:
-                    values.append(json.loads(body)["n"])
+                    answer = json.loads(body)
+                    values.append(answer["n"])
+                    served.add(answer["worker"].split()[0])
         finally:
             client.close()
 
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         list(pool.map(browser, range(clients)))
-    return statuses, values
+    return statuses, values, served
 
 
 def new_session(port: int) -> tuple[CookieClient, str]:
@@ -86,10 +93,11 @@ def new_session(port: int) -> tuple[CookieClient, str]:
 def test_hundred_concurrent_increments_lose_nothing_with_locking(cluster):
     port, workers, _ = cluster
     client, sid = new_session(port)
-    statuses, values = concurrent_increments(port, sid)
+    statuses, values, served = concurrent_increments(port, sid)
     status, _, body = client.get("/peek")
     client.close()
     assert statuses == [200] * 100
+    assert served == {f"127.0.0.1:{w}" for w in workers}
     # Every increment saw the one before it: each value from 1 to 100 exactly once.
     assert sorted(values) == list(range(1, 101))
     assert json.loads(body)["n"] == 100
@@ -107,7 +115,7 @@ def test_without_locking_concurrent_increments_are_lost(tmp_path):
         # it is given three tries before the test calls it absent.
         for _ in range(3):
             client, sid = new_session(port)
-            statuses, _ = concurrent_increments(port, sid)
+            statuses, _, _ = concurrent_increments(port, sid)
             final = json.loads(client.get("/peek")[2])["n"]
             client.close()
             assert statuses == [200] * 100
@@ -233,7 +241,7 @@ def test_files_store_shared_by_two_workers_counts_every_increment(tmp_path):
         w2, _ = stack.enter_context(session_worker(tmp_path, *settings))
         port = stack.enter_context(frontend(tmp_path, [w1, w2]))
         client, sid = new_session(port)
-        statuses, values = concurrent_increments(port, sid, clients=10, each=5)
+        statuses, values, _ = concurrent_increments(port, sid, clients=10, each=5)
         final = json.loads(client.get("/peek")[2])["n"]
         client.close()
     assert statuses == [200] * 50
