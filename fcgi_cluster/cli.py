@@ -44,6 +44,9 @@ def _worker_main(argv: list[str]) -> int:
     parser.add_argument("--graceful-timeout", type=float, default=defaults.graceful_timeout,
                         help="seconds in-flight requests may run after SIGTERM (default %(default)s)")
     parser.add_argument("--root-path", default="", help="SCRIPT_NAME of the app when the web server sends no PATH_INFO")
+    parser.add_argument("--session", action="append", default=[], metavar="KEY=VALUE",
+                        help="a session.* setting (PHP's names, e.g. save_handler=redis), repeatable; "
+                             "any of them turns sessions on")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
     if args.config:
@@ -55,6 +58,23 @@ def _worker_main(argv: list[str]) -> int:
     if not args.app:
         parser.error("give APP (module:attribute) or -c FILE")
     _setup_logging(args.log_level)
+    session = None
+    if args.session:
+        from .sessions import SessionConfigError, parse_session_settings
+
+        raw: dict[str, str] = {}
+        for item in args.session:
+            key, eq, value = item.partition("=")
+            key = key.strip()
+            if not eq or not key:
+                print(f"fcgi-cluster worker: --session {item!r}: expected KEY=VALUE", file=sys.stderr)
+                return 2
+            raw[key if key.startswith("session.") else f"session.{key}"] = value
+        try:
+            session = parse_session_settings(raw)
+        except SessionConfigError as exc:
+            print(f"fcgi-cluster worker: --session {exc}", file=sys.stderr)
+            return 2
     if args.threads < 0:
         parser.error("--threads must be 0 or more")
     for name, value in (("--max-requests", args.max_requests), ("--max-conns", args.max_conns)):
@@ -72,9 +92,18 @@ def _worker_main(argv: list[str]) -> int:
         max_conns=args.max_conns,
         graceful_timeout=args.graceful_timeout,
         root_path=args.root_path.rstrip("/"),
+        session=session,
     )
+    from .sessions import SessionConfigError, StoreError
+
     try:
         run_worker(app, address, config)
+    except SessionConfigError as exc:
+        print(f"fcgi-cluster worker: --session {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"fcgi-cluster worker: session store: {exc}", file=sys.stderr)
+        return 1
     except ListenError as exc:
         print(f"fcgi-cluster worker: {exc}", file=sys.stderr)
         return 1

@@ -167,6 +167,7 @@ async def serve(
         ListenError: the address cannot be bound.
         OSError: the access log or slow log cannot be opened.
         RuntimeError: an ASGI app's lifespan startup failed.
+        StoreError, SessionConfigError: ``config.session`` is set and its store cannot be opened.
     """
     if isinstance(listen, socket.socket):
         sock = listen
@@ -183,7 +184,14 @@ async def serve(
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
     pool: ThreadPool | None = None
     lifespan: Lifespan | None = None
+    store: Any = None
     try:
+        if config.session is not None:
+            # One store client per process, opened before the first request.
+            from ..sessions import open_session_store, session_middleware
+
+            store = await trio.to_thread.run_sync(open_session_store, config.session)
+            app = session_middleware(app, store, config.session, app_interface(app))
         async with trio.open_nursery() as nursery:
             if app_interface(app) == "asgi":
                 lifespan = Lifespan(app)
@@ -232,6 +240,8 @@ async def serve(
         if pool is not None:
             pool.close()
         features.close()
+        if store is not None:
+            store.close()
         await listener.aclose()
 
 

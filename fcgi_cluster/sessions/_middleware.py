@@ -1,0 +1,401 @@
+"""WSGI and ASGI middleware giving every request its lazy ``Session``.
+
+WSGI apps find the session in ``environ["fcgi_cluster.session"]`` and the store
+client in ``environ["fcgi_cluster.session_store"]``; ASGI apps in
+``scope["extensions"]`` under the same keys, and in ``scope["state"]`` (when the
+server provides one) as ``session`` and ``session_store``, which Starlette shows
+as ``request.state.session``.
+
+When the session is saved: once the app's response is complete, before it is
+handed to the server, so the next request of the same browser always sees it.
+To be able to still answer 503 when the store fails at that point, the response
+head (and the first 64 KiB of body) are held back until then; a longer streamed
+response is passed on as it comes, and a save failure after that is logged and
+ends the response early. ``Set-Cookie`` is added to the head when it is passed on.
+
+Error handling: ``LockTimeout`` or a ``StoreError`` (with ``on_store_error =
+fail``) escaping the app, or caught by the app but recorded in
+``session.failure``, gives ``503 Service Unavailable`` with ``Retry-After: 1``
+and a short text body, never a traceback. Any other exception of the app
+releases the session's lock unsaved and propagates (the worker answers 500).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Iterable
+
+from ._session import Session
+from ._settings import SessionConfigError, SessionSettings
+from ._store import LockTimeout, SessionStore, StoreError
+
+__all__ = [
+    "SESSION_KEY", "STORE_KEY", "WSGISessionMiddleware", "ASGISessionMiddleware", "open_session_store", "session_middleware",
+]
+
+log = logging.getLogger("fcgi_cluster.sessions")
+
+#: environ / scope["extensions"] keys.
+SESSION_KEY = "fcgi_cluster.session"
+STORE_KEY = "fcgi_cluster.session_store"
+#: scope["state"] keys (attribute names for Starlette's request.state).
+STATE_SESSION_KEY = "session"
+STATE_STORE_KEY = "session_store"
+
+#: Response bytes held back while the session may still fail to save (the
+#: worker's own batch size: holding them costs no extra latency).
+HOLD_LIMIT = 64 * 1024
+
+_UNAVAILABLE_BODY = b"Service Unavailable: session store unavailable, try again\n"
+_LOCKED_BODY = b"Service Unavailable: session busy, try again\n"
+
+
+def _unavailable_head(body: bytes) -> tuple[str, list[tuple[str, str]]]:
+    return "503 Service Unavailable", [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("Retry-After", "1"),
+        ("Cache-Control", "no-store"),
+    ]
+
+
+def _failure_body(exc: BaseException | None) -> bytes:
+    return _LOCKED_BODY if isinstance(exc, LockTimeout) else _UNAVAILABLE_BODY
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    return isinstance(exc, (LockTimeout, StoreError))
+
+
+def open_session_store(settings: SessionSettings) -> SessionStore:
+    """Open the store the settings name (blocking: connects, checks the password).
+
+    Raises:
+        SessionConfigError: the save_path is malformed or has unknown options
+            (key ``session.save_path``).
+        StoreError: the store cannot be used (down, refused, wrong password).
+    """
+    from ._open import open_store
+
+    try:
+        return open_store(settings.save_handler, settings.save_path, timeout=settings.store_timeout,
+                          max_lifetime=settings.gc_maxlifetime)
+    except StoreError:
+        raise
+    except ValueError as exc:
+        raise SessionConfigError("session.save_path", str(exc)) from None
+
+
+def session_middleware(app: Any, store: SessionStore, settings: SessionSettings, interface: str) -> Any:
+    """Wrap ``app`` (``interface`` "wsgi" or "asgi") with the matching middleware."""
+    if interface == "asgi":
+        return ASGISessionMiddleware(app, store, settings)
+    return WSGISessionMiddleware(app, store, settings)
+
+
+# --- WSGI -------------------------------------------------------------------------
+
+
+class WSGISessionMiddleware:
+    """A WSGI app giving ``app`` a session per request.
+
+    Args:
+        app: the WSGI app.
+        store: the worker's store client (one per process, thread-safe).
+        settings: the pool's session settings.
+    """
+
+    def __init__(self, app: Callable, store: SessionStore, settings: SessionSettings) -> None:
+        self.app = app
+        self.store = store
+        self.settings = settings
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        session = Session(self.store, self.settings, environ.get("HTTP_COOKIE"))
+        environ[SESSION_KEY] = session
+        environ[STORE_KEY] = self.store
+        response = _WSGIResponse(start_response, session, self.settings)
+        try:
+            result = self.app(environ, response.start_response)
+        except Exception as exc:
+            session.abort()
+            if _is_unavailable(exc) and not response.passed:
+                log.warning("session unavailable: %s", exc)
+                return response.unavailable(exc)
+            raise
+        except BaseException:
+            session.abort()
+            raise
+        return _WSGIBody(result, response, session)
+
+
+class _WSGIResponse:
+    """The app's ``start_response``, held back until the session is saved."""
+
+    def __init__(self, start_response: Callable, session: Session, settings: SessionSettings) -> None:
+        self.real_start_response = start_response
+        self.session = session
+        self.settings = settings
+        self.status: str | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.exc_info: Any = None
+        #: Whether the head went to the server (no 503 possible any more).
+        self.passed = False
+        self.write_through: Callable[[bytes], Any] | None = None
+
+    def start_response(self, status: str, headers: list, exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info is not None and self.passed:
+            # PEP 3333: too late to change the head; let the server see the error.
+            return self.real_start_response(status, headers, exc_info)
+        self.status, self.headers, self.exc_info = status, list(headers), exc_info
+        return self.write
+
+    def write(self, data: bytes) -> None:
+        # The old-style write() callable: the head has to go now.
+        if not self.passed:
+            self.pass_head()
+        assert self.write_through is not None
+        self.write_through(data)
+
+    def pass_head(self) -> None:
+        if self.status is None:
+            raise AssertionError("the app sent a body before calling start_response()")
+        headers = self.headers
+        cookie = self.session.cookie()
+        if cookie is not None:
+            headers = [*headers, ("Set-Cookie", cookie)]
+        self.session.headers_sent = True
+        self.passed = True
+        self.write_through = self.real_start_response(self.status, headers, self.exc_info)
+        self.exc_info = None
+
+    def unavailable(self, exc: BaseException | None) -> list[bytes]:
+        body = _failure_body(exc)
+        status, headers = _unavailable_head(body)
+        self.passed = True
+        self.session.headers_sent = True
+        self.real_start_response(status, headers)
+        return [body]
+
+
+class _WSGIBody:
+    """The app's response iterable, saving the session when it is exhausted."""
+
+    def __init__(self, result: Iterable[bytes], response: _WSGIResponse, session: Session) -> None:
+        self.result = result
+        self.response = response
+        self.session = session
+
+    def __iter__(self):
+        response, session = self.response, self.session
+        held: list[bytes] = []
+        held_size = 0
+        try:
+            for chunk in self.result:
+                if response.passed:
+                    if chunk:
+                        yield chunk
+                    continue
+                if chunk:
+                    held.append(chunk)
+                    held_size += len(chunk)
+                    if held_size > HOLD_LIMIT:
+                        response.pass_head()
+                        yield from held
+                        held = []
+        except Exception as exc:
+            session.abort()
+            if _is_unavailable(exc) and not response.passed:
+                log.warning("session unavailable: %s", exc)
+                yield from response.unavailable(exc)
+                return
+            raise
+        except BaseException:
+            session.abort()
+            raise
+        try:
+            session.save()
+        except Exception as exc:
+            if not _is_unavailable(exc):
+                raise
+            log.warning("session not saved: %s", exc)
+            if response.passed:
+                raise
+        if session.unavailable and not response.passed:
+            yield from response.unavailable(session.failure)
+            return
+        if not response.passed:
+            response.pass_head()
+        yield from held
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.result, "close", None)
+            if close is not None:
+                close()
+        finally:
+            # An aborted request (or an unsaved one) must not keep the lock.
+            self.session.abort()
+
+
+# --- ASGI -------------------------------------------------------------------------
+
+
+async def _run_in_thread(fn: Callable[[], Any]) -> Any:
+    """Run a blocking store call off the event loop, under trio or asyncio."""
+    try:
+        import sniffio
+
+        library = sniffio.current_async_library()
+    except Exception:
+        library = "trio"
+    if library == "trio":
+        import trio
+
+        return await trio.to_thread.run_sync(fn)
+    import asyncio
+
+    return await asyncio.to_thread(fn)
+
+
+async def _shielded(fn: Callable[[], Any]) -> None:
+    """Await ``fn()`` even when the request is being cancelled (a lock must be released)."""
+    try:
+        import sniffio
+
+        library = sniffio.current_async_library()
+    except Exception:
+        library = "trio"
+    if library == "trio":
+        import trio
+
+        with trio.CancelScope(shield=True):
+            await fn()
+    else:
+        # asyncio.to_thread runs its thread to the end even when cancelled.
+        await fn()
+
+
+class ASGISessionMiddleware:
+    """An ASGI 3 app giving ``app`` a session per HTTP request.
+
+    The app must ``await session.aload()`` before using the session (its store
+    calls run in a thread); saving happens in a thread when the response ends.
+
+    Args:
+        app: the ASGI app.
+        store: the worker's store client.
+        settings: the pool's session settings.
+    """
+
+    def __init__(self, app: Any, store: SessionStore, settings: SessionSettings) -> None:
+        self.app = app
+        self.store = store
+        self.settings = settings
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        cookie = None
+        for name, value in scope.get("headers") or ():
+            if name.lower() == b"cookie":
+                cookie = value.decode("latin-1") if cookie is None else f"{cookie}; {value.decode('latin-1')}"
+        session = Session(self.store, self.settings, cookie, async_mode=True, run_sync=_run_in_thread)
+        scope = dict(scope)
+        extensions = dict(scope.get("extensions") or {})
+        extensions[SESSION_KEY] = session
+        extensions[STORE_KEY] = self.store
+        scope["extensions"] = extensions
+        if isinstance(scope.get("state"), dict):
+            state = dict(scope["state"])
+            state[STATE_SESSION_KEY] = session
+            state[STATE_STORE_KEY] = self.store
+            scope["state"] = state
+        response = _ASGIResponse(send, session)
+        try:
+            await self.app(scope, receive, response.send)
+        except Exception as exc:
+            if _is_unavailable(exc) and not response.passed:
+                log.warning("session unavailable: %s", exc)
+                await response.unavailable(exc)
+                return
+            raise
+        finally:
+            await _shielded(session.aabort)
+
+
+class _ASGIResponse:
+    """The app's ``send``, holding the response head until the session is saved."""
+
+    def __init__(self, send: Callable, session: Session) -> None:
+        self.real_send = send
+        self.session = session
+        self.start: dict | None = None
+        self.held: list[dict] = []
+        self.held_size = 0
+        self.passed = False
+
+    async def send(self, message: dict) -> None:
+        kind = message.get("type")
+        if self.passed:
+            if kind == "http.response.body" and not message.get("more_body", False):
+                await self._save_late()
+            await self.real_send(message)
+            return
+        if kind == "http.response.start":
+            self.start = message
+            return
+        if kind != "http.response.body":
+            await self.real_send(message)
+            return
+        self.held.append(message)
+        self.held_size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            try:
+                await self.session.asave()
+            except Exception as exc:
+                if not _is_unavailable(exc):
+                    raise
+                log.warning("session not saved: %s", exc)
+            if self.session.unavailable:
+                await self.unavailable(self.session.failure)
+                return
+            await self._pass()
+        elif self.held_size > HOLD_LIMIT:
+            await self._pass()
+
+    async def _save_late(self) -> None:
+        try:
+            await self.session.asave()
+        except Exception as exc:
+            if not _is_unavailable(exc):
+                raise
+            log.warning("session not saved after the response started: %s", exc)
+
+    async def _pass(self) -> None:
+        if self.start is None:
+            raise RuntimeError("the ASGI app sent a body before http.response.start")
+        start = self.start
+        cookie = self.session.cookie()
+        if cookie is not None:
+            start = dict(start)
+            start["headers"] = [*start.get("headers", ()), (b"set-cookie", cookie.encode("latin-1"))]
+        self.session.headers_sent = True
+        self.passed = True
+        await self.real_send(start)
+        held, self.held = self.held, []
+        for message in held:
+            await self.real_send(message)
+
+    async def unavailable(self, exc: BaseException | None) -> None:
+        body = _failure_body(exc)
+        status, headers = _unavailable_head(body)
+        self.passed = True
+        self.session.headers_sent = True
+        await self.real_send({
+            "type": "http.response.start",
+            "status": int(status[:3]),
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
+        })
+        await self.real_send({"type": "http.response.body", "body": body})

@@ -1,0 +1,319 @@
+"""The session middleware behind a real FastCGI exchange (the worker's WSGI/ASGI adapters)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import pytest
+import trio
+
+from fcgi_cluster.sessions import (
+    SESSION_KEY,
+    STORE_KEY,
+    ASGISessionMiddleware,
+    SessionSettings,
+    StoreError,
+    WSGISessionMiddleware,
+)
+from fcgi_cluster.worker import WorkerConfig
+from fcgi_cluster.worker._server import serve
+from tests.worker._harness import params, serving
+from workers import counter
+
+from ._memory_store import MemoryStore
+
+SETTINGS = SessionSettings(gc_probability=0, lock_wait=0.2, lock_retry_interval=0.01)
+KNOWN = "k" * 32
+
+
+def cookie_of(answer) -> str | None:
+    for line in answer.head.split(b"\r\n"):
+        if line.lower().startswith(b"set-cookie:"):
+            return line.split(b":", 1)[1].strip().decode()
+    return None
+
+
+def with_cookie(uri: str, sid: str | None, **extra: str):
+    if sid is not None:
+        extra["HTTP_COOKIE"] = f"PHPSESSID={sid}"
+    return params(uri, **extra)
+
+
+async def test_counter_through_wsgi_keeps_counting_with_its_cookie():
+    store = MemoryStore()
+    async with serving(WSGISessionMiddleware(counter.app, store, SETTINGS)) as web:
+        first = await web.request(params("/"))
+        cookie = cookie_of(first)
+        sid = cookie.split(";")[0].split("=")[1]
+        seen = [json.loads(first.body)["n"]]
+        for _ in range(3):
+            answer = await web.request(with_cookie("/", sid))
+            assert cookie_of(answer) is None
+            seen.append(json.loads(answer.body)["n"])
+    assert seen == [1, 2, 3, 4]
+    assert store.data[sid] == b'{"n":4}'
+    assert not store.locks
+
+
+async def test_environ_has_session_and_store_and_untouched_means_no_store_call():
+    store = MemoryStore()
+    seen = {}
+
+    def app(environ, start_response):
+        seen.update(environ)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    async with serving(WSGISessionMiddleware(app, store, SETTINGS)) as web:
+        answer = await web.request(with_cookie("/", KNOWN))
+    assert answer.status == 200 and answer.body == b"ok"
+    assert seen[STORE_KEY] is store and not seen[SESSION_KEY].loaded
+    assert store.calls == []
+
+
+@pytest.mark.parametrize("cookie", ["garbage", "x" * 10_000, "\xe4" * 30, "../../../../etc/passwd"])
+async def test_bad_cookies_get_a_new_session_not_an_error(cookie):
+    store = MemoryStore()
+    async with serving(WSGISessionMiddleware(counter.app, store, SETTINGS)) as web:
+        answer = await web.request(params("/", HTTP_COOKIE=f"PHPSESSID={cookie}"))
+    assert answer.status == 200 and json.loads(answer.body)["n"] == 1
+    assert cookie_of(answer).startswith("PHPSESSID=")
+    assert [name for name, sid in store.calls] == ["write"]
+
+
+async def test_locked_session_gives_503():
+    store = MemoryStore()
+    store.data[KNOWN] = b'{"n":1}'
+    store.locks[KNOWN] = (b"other", float("inf"))
+    async with serving(WSGISessionMiddleware(counter.app, store, SETTINGS)) as web:
+        answer = await web.request(with_cookie("/", KNOWN))
+    assert answer.status == 503
+    assert b"Retry-After: 1" in answer.head
+    assert b"session busy" in answer.body and b"Traceback" not in answer.body
+    assert store.data[KNOWN] == b'{"n":1}'
+
+
+async def test_store_down_gives_503_even_when_the_app_swallows_the_error():
+    store = MemoryStore()
+    store.down = True
+
+    def app(environ, start_response):
+        try:
+            environ[SESSION_KEY].get("n")
+        except StoreError:
+            pass
+        start_response("200 OK", [])
+        return [b"pretending all is well"]
+
+    async with serving(WSGISessionMiddleware(app, store, SETTINGS)) as web:
+        plain = await web.request(with_cookie("/", KNOWN))
+    async with serving(WSGISessionMiddleware(counter.app, store, SETTINGS)) as web:
+        counted = await web.request(with_cookie("/", KNOWN))
+    assert plain.status == 503 and counted.status == 503
+    assert b"session store unavailable" in counted.body
+
+
+async def test_store_down_with_proceed_serves_without_a_session():
+    store = MemoryStore()
+    store.down = True
+    settings = SessionSettings(gc_probability=0, on_store_error="proceed")
+    async with serving(WSGISessionMiddleware(counter.app, store, settings)) as web:
+        answer = await web.request(with_cookie("/", KNOWN))
+    assert answer.status == 200 and json.loads(answer.body)["n"] == 1
+    assert cookie_of(answer) is None
+
+
+async def test_store_failing_at_save_gives_503_before_the_response_leaves():
+    class FailingWrites(MemoryStore):
+        def write(self, sid, data, ttl):
+            raise StoreError("write refused")
+
+    store = FailingWrites()
+    store.data[KNOWN] = b'{"n":1}'
+    async with serving(WSGISessionMiddleware(counter.app, store, SETTINGS)) as web:
+        answer = await web.request(with_cookie("/", KNOWN))
+    assert answer.status == 503
+    assert not store.locks
+
+
+async def test_app_exception_releases_the_lock_unsaved():
+    store = MemoryStore()
+    store.data[KNOWN] = b'{"n":1}'
+
+    def app(environ, start_response):
+        environ[SESSION_KEY]["n"] = 99
+        raise RuntimeError("boom")
+
+    async with serving(WSGISessionMiddleware(app, store, SETTINGS)) as web:
+        answer = await web.request(with_cookie("/", KNOWN))
+    assert answer.status == 500
+    assert store.data[KNOWN] == b'{"n":1}' and not store.locks
+
+
+async def test_early_save_releases_the_lock_before_the_body_ends():
+    store = MemoryStore()
+    store.data[KNOWN] = b'{"n":1}'
+    locked_during_body = []
+
+    def app(environ, start_response):
+        session = environ[SESSION_KEY]
+        session["n"] += 1
+        session.close()
+        start_response("200 OK", [])
+
+        def body():
+            locked_during_body.append(KNOWN in store.locks)
+            yield b"x" * 10
+
+        return body()
+
+    async with serving(WSGISessionMiddleware(app, store, SETTINGS)) as web:
+        answer = await web.request(with_cookie("/", KNOWN))
+    assert answer.status == 200 and locked_during_body == [False]
+    assert store.data[KNOWN] == b'{"n":2}'
+
+
+async def test_streamed_response_past_the_hold_limit_still_saves_and_sets_cookie():
+    store = MemoryStore()
+
+    def app(environ, start_response):
+        environ[SESSION_KEY]["big"] = True
+        start_response("200 OK", [])
+        return (b"y" * 32768 for _ in range(8))
+
+    async with serving(WSGISessionMiddleware(app, store, SETTINGS)) as web:
+        answer = await web.request(params("/"))
+    sid = cookie_of(answer).split(";")[0].split("=")[1]
+    assert len(answer.body) == 8 * 32768
+    assert store.data[sid] == b'{"big":true}'
+
+
+async def test_write_callable_sends_the_cookie_first():
+    store = MemoryStore()
+
+    def app(environ, start_response):
+        environ[SESSION_KEY]["w"] = 1
+        write = start_response("200 OK", [])
+        write(b"written")
+        return [b"+returned"]
+
+    async with serving(WSGISessionMiddleware(app, store, SETTINGS)) as web:
+        answer = await web.request(params("/"))
+    assert answer.body == b"written+returned" and cookie_of(answer) is not None
+    assert list(store.data.values()) == [b'{"w":1}']
+
+
+# --- ASGI -------------------------------------------------------------------------------
+
+
+async def asgi_counter(scope, receive, send):
+    session = scope["extensions"][SESSION_KEY]
+    assert scope["state"]["session"] is session
+    assert scope["extensions"][STORE_KEY] is scope["state"]["session_store"]
+    await session.aload()
+    session["n"] = session.get("n", 0) + 1
+    body = json.dumps({"n": session["n"]}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def test_asgi_counter_saves_and_sets_cookie():
+    store = MemoryStore()
+    app = ASGISessionMiddleware(asgi_counter, store, SETTINGS)
+    async with serving(app, interface="asgi") as web:
+        first = await web.request(params("/"))
+        sid = cookie_of(first).split(";")[0].split("=")[1]
+        second = await web.request(with_cookie("/", sid))
+    assert json.loads(first.body) == {"n": 1} and json.loads(second.body) == {"n": 2}
+    assert cookie_of(second) is None
+    assert store.data[sid] == b'{"n":2}' and not store.locks
+
+
+async def test_asgi_lock_timeout_gives_503_and_the_loop_keeps_running():
+    store = MemoryStore()
+    store.data[KNOWN] = b'{"n":1}'
+    store.locks[KNOWN] = (b"other", float("inf"))
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.sleep(0.01)
+
+    app = ASGISessionMiddleware(asgi_counter, store, SessionSettings(lock_wait=0.3, lock_retry_interval=0.01))
+    async with serving(app, interface="asgi") as web:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            answer = await web.request(with_cookie("/", KNOWN))
+            nursery.cancel_scope.cancel()
+    assert answer.status == 503 and b"session busy" in answer.body
+    # The store waited in a thread: the event loop ran meanwhile.
+    assert ticks >= 5
+
+
+async def test_starlette_app_sees_the_session_in_request_state():
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def endpoint(request):
+        session = request.state.session
+        await session.aload()
+        session["hits"] = session.get("hits", 0) + 1
+        return JSONResponse({"hits": session["hits"]})
+
+    store = MemoryStore()
+    app = ASGISessionMiddleware(Starlette(routes=[Route("/", endpoint)]), store, SETTINGS)
+    async with serving(app, interface="asgi") as web:
+        first = await web.request(params("/"))
+        sid = cookie_of(first).split(";")[0].split("=")[1]
+        second = await web.request(with_cookie("/", sid))
+    assert json.loads(second.body) == {"hits": 2}
+
+
+# --- the worker's injection ---------------------------------------------------------------
+
+
+async def test_serve_opens_one_store_wraps_the_app_and_closes_the_store(monkeypatch):
+    # The store factory is swapped for one returning the in-memory store, so this
+    # checks serve()'s wiring alone; the real stores are in tests/e2e.
+    opened = []
+
+    def open_store(save_handler, save_path, *, timeout=None, max_lifetime=1440):
+        store = MemoryStore()
+        opened.append((save_handler, save_path, timeout, store))
+        return store
+
+    fake = types.ModuleType("fcgi_cluster.sessions._open")
+    fake.open_store = open_store
+    monkeypatch.setitem(sys.modules, "fcgi_cluster.sessions._open", fake)
+    settings = SessionSettings(save_handler="redis", save_path="tcp://x:1", store_timeout=2.0, gc_probability=0)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        where = await nursery.start(lambda task_status: serve(counter.app, "127.0.0.1:0", WorkerConfig(session=settings), stop=stop, task_status=task_status))
+        answers = [await _fcgi_get(where, None)]
+        sid = answers[0][0]
+        answers.append(await _fcgi_get(where, sid))
+        stop.set()
+    assert [(h, p, t) for h, p, t, _ in opened] == [("redis", "tcp://x:1", 2.0)]
+    store = opened[0][3]
+    assert store.closed
+    assert [n for _, n in answers] == [1, 2]
+
+
+async def _fcgi_get(where: str, sid: str | None) -> tuple[str, int]:
+    from tests.worker._harness import WebServer
+
+    host, _, port = where.rpartition(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    web = WebServer(stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(web.reader)
+        answer = await web.request(with_cookie("/", sid))
+        nursery.cancel_scope.cancel()
+    await stream.aclose()
+    cookie = cookie_of(answer)
+    return (cookie.split(";")[0].split("=")[1] if cookie else sid), json.loads(answer.body)["n"]
