@@ -70,8 +70,9 @@ RECEIVE_SIZE = 256 * 1024
 #: Linux only; elsewhere the delayed-ACK stall it avoids is left alone.
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
-#: The variables a GET_VALUES query asks for by default (all the spec defines).
-_ALL_VALUES = ("FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS")
+#: The variables a GET_VALUES query asks for by default: all the spec defines,
+#: and ours (FCGI_CLUSTER_PROCESSES), which other workers leave unanswered.
+_ALL_VALUES = ("FCGI_MAX_CONNS", "FCGI_MAX_REQS", "FCGI_MPXS_CONNS", "FCGI_CLUSTER_PROCESSES")
 
 Params = Mapping[str, str] | Mapping[bytes, bytes] | Mapping[str | bytes, str | bytes]
 Body = bytes | bytearray | memoryview | AsyncIterable[bytes]

@@ -6,10 +6,13 @@ spoken to, by asking FCGI_GET_VALUES:
 
 * ``FCGI_MPXS_CONNS=1`` (our worker, flup's multiplexed server): requests
   are multiplexed, up to the worker's ``FCGI_MAX_REQS`` on one connection, over
-  at most ``connections`` connections. A request goes to an idle connection
-  if there is one, else a new connection is opened while under the cap, else
-  it shares the least busy one: concurrent requests spread over processes
-  that share the worker's socket, while a quiet pool keeps one connection.
+  at most ``connections`` connections: with "auto", one per process serving
+  the address when the worker says how many (our FCGI_CLUSTER_PROCESSES; a
+  pool says its pm.max_children), else ``AUTO_CONNECTIONS``. A request goes
+  to an idle connection if there is one, else a new connection is opened
+  while under the cap, else it shares the least busy one: concurrent
+  requests spread over the processes that share the worker's socket, while
+  a quiet pool keeps one connection.
 * Otherwise (php-fpm answers 0; some workers do not answer at all, after
   ``GET_VALUES_TIMEOUT``): one request per connection at a time, and up to
   ``keepalive`` idle connections kept for reuse, as nginx's ``keepalive``.
@@ -57,6 +60,15 @@ GET_VALUES_TIMEOUT = 1.0
 #: default of our worker and of HAProxy's ``max-reqs`` tuning advice.
 DEFAULT_MAX_REQS = 100
 
+#: Connections per multiplexing server under ``connections = "auto"`` when
+#: the worker does not say how many processes it has: two, so that one
+#: stalled reader cannot hold up every request to it.
+AUTO_CONNECTIONS = 2
+
+#: The most connections "auto" opens to one address, however many processes
+#: it claims.
+MAX_AUTO_CONNECTIONS = 64
+
 
 class _Waiter:
     __slots__ = ("ready", "conn")
@@ -75,7 +87,7 @@ class Server:
         nursery: trio.Nursery,
         *,
         multiplex: bool = True,
-        connections: int = 2,
+        connections: int | str = "auto",
         keepalive: int = 32,
         connect_timeout: float = 5.0,
         send_timeout: float = 60.0,
@@ -85,7 +97,8 @@ class Server:
         self._address: Address = parse_address(address)
         self._nursery = nursery
         self._allow_multiplex = multiplex
-        self._max_connections = max(1, connections)
+        self._auto_connections = connections == "auto"
+        self._max_connections = AUTO_CONNECTIONS if connections == "auto" else max(1, int(connections))
         #: Connections at most when one request per connection (0: no cap).
         self._max_conns = max_conns
         self._keepalive = keepalive
@@ -265,10 +278,15 @@ class Server:
         if text.isdigit() and int(text) > 0:
             max_reqs = int(text)
         self.max_reqs = max_reqs if multiplexed else 1
+        if self._auto_connections:
+            text = values.get("FCGI_CLUSTER_PROCESSES", "")
+            processes = int(text) if text.isdigit() and int(text) > 0 else 0
+            self._max_connections = min(processes, MAX_AUTO_CONNECTIONS) if processes else AUTO_CONNECTIONS
         self.multiplexed = multiplexed
         log.info(
             "upstream %s: %s", self.address,
-            f"multiplexing up to {max_reqs} requests per connection" if multiplexed else "one request per connection",
+            f"multiplexing up to {max_reqs} requests per connection over {self._max_connections}"
+            if multiplexed else "one request per connection",
         )
 
     def close_all(self) -> None:

@@ -11,6 +11,7 @@ from ._connection import ServerConnection as ServerConnection
 from ._constants import DEFAULT_MAX_BUFFER_SIZE as DEFAULT_MAX_BUFFER_SIZE
 from ._constants import DEFAULT_MAX_PARAMS_SIZE as DEFAULT_MAX_PARAMS_SIZE
 from ._constants import DEFAULT_MAX_REQUESTS as DEFAULT_MAX_REQUESTS
+from ._constants import FCGI_CLUSTER_PROCESSES as FCGI_CLUSTER_PROCESSES
 from ._constants import KEEP_CONN as KEEP_CONN
 from ._constants import ProtocolStatus as ProtocolStatus
 from ._constants import RecordType as RecordType
@@ -37,7 +38,7 @@ from ._records import encode_record as encode_record
 
 __all__ = [
     "ClientConnection", "ConnectionState", "ServerConnection",
-    "DEFAULT_MAX_BUFFER_SIZE", "DEFAULT_MAX_PARAMS_SIZE", "DEFAULT_MAX_REQUESTS", "KEEP_CONN",
+    "DEFAULT_MAX_BUFFER_SIZE", "DEFAULT_MAX_PARAMS_SIZE", "DEFAULT_MAX_REQUESTS", "FCGI_CLUSTER_PROCESSES", "KEEP_CONN",
     "ProtocolStatus", "RecordType", "Role",
     "LocalProtocolError", "ProtocolError", "RemoteProtocolError",
     "NEED_DATA", "AbortRequest", "ConnectionClosed", "Data", "EndRequest", "Event",

@@ -37,6 +37,7 @@ from ._constants import (
     DEFAULT_MAX_BUFFER_SIZE,
     DEFAULT_MAX_PARAMS_SIZE,
     DEFAULT_MAX_REQUESTS,
+    FCGI_CLUSTER_PROCESSES,
     FCGI_MAX_CONNS,
     FCGI_MAX_REQS,
     FCGI_MPXS_CONNS,
@@ -213,6 +214,8 @@ class ServerConnection(_Core):
         roles: the roles served; others are refused with UNKNOWN_ROLE.
         max_params_size: bytes of PARAMS per request.
         max_buffer_size: bytes held for PARAMS of all requests at once.
+        processes: processes serving this address, advertised as
+            FCGI_CLUSTER_PROCESSES; None to leave it out.
     """
 
     def __init__(
@@ -224,6 +227,7 @@ class ServerConnection(_Core):
         roles: frozenset[Role] = frozenset({Role.RESPONDER}),
         max_params_size: int = DEFAULT_MAX_PARAMS_SIZE,
         max_buffer_size: int = DEFAULT_MAX_BUFFER_SIZE,
+        processes: int | None = None,
     ) -> None:
         super().__init__()
         self.max_requests = max_requests
@@ -236,6 +240,8 @@ class ServerConnection(_Core):
             FCGI_MAX_REQS: str(max_requests if multiplex else 1).encode(),
             FCGI_MPXS_CONNS: b"1" if multiplex else b"0",
         }
+        if processes is not None:
+            self.values[FCGI_CLUSTER_PROCESSES] = str(processes).encode()
         self._requests: dict[int, _ServerRequest] = {}
         self._held = 0
         #: Set when a request without KEEP_CONN has ended: close after sending.

@@ -60,6 +60,12 @@ KEEP_CONN = 1
 FCGI_MAX_CONNS = b"FCGI_MAX_CONNS"
 FCGI_MAX_REQS = b"FCGI_MAX_REQS"
 FCGI_MPXS_CONNS = b"FCGI_MPXS_CONNS"
+#: Our own GET_VALUES variable (the spec lets an application answer names it
+#: knows and skip the others): how many processes serve this address. A web
+#: server multiplexing over one connection per process spreads its requests
+#: over all of them and keeps each connection's batches large; peers that do
+#: not know the name never answer it.
+FCGI_CLUSTER_PROCESSES = b"FCGI_CLUSTER_PROCESSES"
 
 # --- Limits -----------------------------------------------------------------
 

@@ -49,6 +49,9 @@ class WorkerConfig:
         pool_name: the pool's name in the slow log, warnings and this
             process's own status page.
         hooks: told of connections and requests (the pool's scoreboard).
+        processes: processes serving the listen address (a pool's
+            pm.max_children), advertised to web servers as
+            FCGI_CLUSTER_PROCESSES so that they open a connection per process.
         session: session settings injected into the app (``fcgi_cluster.sessions``); None = off.
     """
 
@@ -74,4 +77,5 @@ class WorkerConfig:
     access_log: str | None = None
     pool_name: str = "www"
     hooks: RequestHooks = field(default_factory=RequestHooks)
+    processes: int | None = 1
     session: Any = None

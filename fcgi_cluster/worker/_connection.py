@@ -125,6 +125,7 @@ class WorkerConnection:
             max_conns=config.max_conns,
             max_params_size=config.max_params_size,
             max_buffer_size=config.max_buffer_size,
+            processes=config.processes,
         )
         self.requests: dict[int, RequestContext] = {}
         self._handler = handler

@@ -88,6 +88,7 @@ def worker_config(pool: PoolConfig, global_: GlobalConfig, scoreboard: Scoreboar
     return WorkerConfig(
         max_requests=pool.fcgi_max_reqs,
         max_conns=pool.fcgi_max_conns,
+        processes=pool.pm_max_children,
         threads=pool.threads,
         backlog=pool.listen_backlog,
         # 0 = php-fpm's "no limit": a day is as good as forever for a request.

@@ -163,6 +163,7 @@ class PoolConfig:
         fields: dict[str, Any] = dict(
             max_requests=self.fcgi_max_reqs,
             max_conns=self.fcgi_max_conns,
+            processes=self.pm_max_children,
             threads=self.threads,
             backlog=self.listen_backlog,
             allowed_clients=self.listen_allowed_clients,

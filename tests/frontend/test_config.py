@@ -102,7 +102,7 @@ def test_defaults_fill_every_key_not_written() -> None:
     upstream = config.upstreams["app"]
     assert upstream == UpstreamConfig(servers=(ServerSpec("127.0.0.1:9001"),))
     assert (upstream.balance, upstream.hash_key, upstream.multiplex) == ("round_robin", "", "auto")
-    assert (upstream.connections, upstream.keepalive, upstream.tries) == (2, 32, 0)
+    assert (upstream.connections, upstream.keepalive, upstream.tries) == ("auto", 32, 0)
     assert (upstream.connect_timeout, upstream.send_timeout, upstream.read_timeout) == (5, 60, 60)
     assert upstream.next_upstream_timeout == 0 and upstream.next_upstream_non_idempotent is False
     assert upstream.health_check is None

@@ -213,3 +213,52 @@ async def test_max_connections_holds_new_clients_until_one_leaves() -> None:
                 answer = echo_json(await third.response())
             await third_stream.aclose()
     assert answer["environ"]["REQUEST_URI"] == "/third"
+
+
+async def test_auto_connections_open_one_per_process_the_worker_declares() -> None:
+    # connections = "auto" (the default): a worker saying FCGI_CLUSTER_PROCESSES=3
+    # gets up to three connections under a burst, one saying 1 gets one.
+    from fcgi_cluster.worker import WorkerConfig
+
+    for processes in (1, 3):
+        async with workers(echo, config=WorkerConfig(processes=processes)) as addresses, frontend(
+            upstream_config(addresses)
+        ) as (port, server):
+            upstream = server.upstreams["app"].servers[0]
+            peak = 0
+
+            async def one(i: int) -> None:
+                nonlocal peak
+                echo_json(await get(port, f"/p{i}?sleep_ms=100"))
+                peak = max(peak, upstream.connection_count)
+
+            with trio.fail_after(10):
+                async with trio.open_nursery() as nursery:
+                    for i in range(12):
+                        nursery.start_soon(one, i)
+            assert upstream.multiplexed is True
+            assert peak == processes
+
+
+async def test_auto_connections_without_a_process_count_use_two() -> None:
+    # A multiplexing worker that does not answer FCGI_CLUSTER_PROCESSES (as
+    # flup's would not) gets AUTO_CONNECTIONS under a burst.
+    from fcgi_cluster.frontend._upstream import AUTO_CONNECTIONS
+    from fcgi_cluster.worker import WorkerConfig
+
+    async with workers(echo, config=WorkerConfig(processes=None)) as addresses, frontend(
+        upstream_config(addresses)
+    ) as (port, server):
+        upstream = server.upstreams["app"].servers[0]
+        peak = 0
+
+        async def one(i: int) -> None:
+            nonlocal peak
+            echo_json(await get(port, f"/q{i}?sleep_ms=100"))
+            peak = max(peak, upstream.connection_count)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for i in range(12):
+                    nursery.start_soon(one, i)
+    assert peak == AUTO_CONNECTIONS == 2

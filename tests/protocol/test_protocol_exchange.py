@@ -567,3 +567,14 @@ def test_send_request_is_the_same_bytes_as_the_events(params: dict, body: bytes 
     server.receive_data(data)
     request = server.next_event()
     assert isinstance(request, Request) and request.params == params and request.keep_conn == keep_conn
+
+
+def test_the_process_count_is_answered_only_when_set() -> None:
+    from fcgi_cluster.protocol import FCGI_CLUSTER_PROCESSES, GetValues, GetValuesResult
+
+    for processes, expected in ((None, {}), (4, {FCGI_CLUSTER_PROCESSES: b"4"})):
+        client, server = ClientConnection(), ServerConnection(processes=processes)
+        server.receive_data(client.send(GetValues((FCGI_CLUSTER_PROCESSES,))))
+        assert server.next_event() is NEED_DATA
+        client.receive_data(server.data_to_send())
+        assert client.next_event() == GetValuesResult(expected)

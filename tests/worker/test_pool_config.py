@@ -342,5 +342,5 @@ def test_worker_config_of_a_pool() -> None:
         max_requests=8, max_conns=9, threads=5, backlog=100, graceful_timeout=7.0, allowed_clients=("127.0.0.1",),
         ping_path="/ping", ping_response="ok", status_path="/status", request_terminate_timeout=5.0,
         request_slowlog_timeout=2.0, slowlog="/tmp/s", request_slowlog_trace_depth=4, access_log="/tmp/a",
-        pool_name="www", hooks=config.hooks,
+        pool_name="www", hooks=config.hooks, processes=5,
     )
