@@ -108,32 +108,16 @@ def parse_cgi_head(data: bytes | bytearray) -> tuple[int, list[tuple[bytes, byte
     status: int | None = None
     headers: list[tuple[bytes, bytes]] = []
     has_location = False
-    if _WELL_FORMED_BLOCK.fullmatch(block) is not None:
-        for line in block.split(b"\n")[:-1]:
-            name, _, value = line.partition(b":")
-            # The block's regex allows CR only right before LF.
-            value = value.strip(b" \t\r")
-            lower = name.lower()
-            if lower == b"status":
-                if status is not None:
-                    raise UpstreamProtocolError("more than one CGI Status header")
-                status = _status_code(value)
-                continue
-            if lower == b"location":
-                has_location = True
-            headers.append((name, value))
-        if status is None:
-            status = 302 if has_location else 200
-        return status, headers, bytes(data[body_start:])
+    # The usual block passes one regex, and its lines need no checks of their
+    # own (the regex allows CR only right before LF); any other is checked line
+    # by line, to say what is wrong.
+    checked = _WELL_FORMED_BLOCK.fullmatch(block) is not None
     for line in block.split(b"\n")[:-1]:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.fullmatch(name):
-            raise UpstreamProtocolError(f"malformed CGI header line {line[:80]!r}")
-        value = value.strip(b" \t")
-        if b"\r" in value or b"\0" in value:
-            raise UpstreamProtocolError(f"CGI header {name.decode('latin-1')} holds CR or NUL")
+        if checked:
+            name, _, value = line.partition(b":")
+            value = value.strip(b" \t\r")
+        else:
+            name, value = _checked_line(line)
         lower = name.lower()
         if lower == b"status":
             if status is not None:
@@ -146,6 +130,18 @@ def parse_cgi_head(data: bytes | bytearray) -> tuple[int, list[tuple[bytes, byte
     if status is None:
         status = 302 if has_location else 200
     return status, headers, bytes(data[body_start:])
+
+
+def _checked_line(line: bytes) -> tuple[bytes, bytes]:
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    name, sep, value = line.partition(b":")
+    if not sep or not _TOKEN.fullmatch(name):
+        raise UpstreamProtocolError(f"malformed CGI header line {line[:80]!r}")
+    value = value.strip(b" \t")
+    if b"\r" in value or b"\0" in value:
+        raise UpstreamProtocolError(f"CGI header {name.decode('latin-1')} holds CR or NUL")
+    return name, value
 
 
 def _status_code(value: bytes) -> int:

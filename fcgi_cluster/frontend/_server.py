@@ -332,16 +332,8 @@ class _ClientConnection:
         if fd < 0:
             return await self._receive(timeout)
         if try_first:
-            try:
-                data = os.read(fd, RECEIVE_SIZE)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise _ClientGone() from exc
-            else:
-                # Yield as trio's receive does, so that a client pipelining
-                # answers that need no worker cannot starve the others.
-                await trio.lowlevel.cancel_shielded_checkpoint()
+            data = await self._read_ready(fd)
+            if data is not None:
                 return data
         deadlines = self.server.deadlines
         self.timed_out = False
@@ -367,6 +359,26 @@ class _ClientConnection:
             # next connection once this one closes.
             deadlines.reads.pop(self, None)
 
+    @staticmethod
+    async def _read_ready(fd: int) -> bytes | None:
+        """What the client socket holds now, or None when reading would block.
+
+        Yields to the scheduler after a read, as trio's own receive does, so
+        that a client pipelining requests that need no worker (static files,
+        errors) cannot starve the others.
+
+        Raises:
+            _ClientGone: the connection was reset.
+        """
+        try:
+            data = os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise _ClientGone() from exc
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+
     async def _receive(self, timeout: float) -> bytes | None:
         """The next bytes from the client (b"" at EOF), or None after ``timeout`` seconds of silence.
 
@@ -375,19 +387,10 @@ class _ClientConnection:
         """
         fd = self._fd
         if fd >= 0:
-            # A busy client's next request is often there already: try to read
-            # it first, which spares the whole wait (a cancel scope and two
-            # epoll changes). Still yield to the scheduler, as trio's own
-            # receive does, so a client pipelining answers that need no
-            # worker (static files, errors) cannot starve the others.
-            try:
-                data = os.read(fd, RECEIVE_SIZE)
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                raise _ClientGone() from exc
-            else:
-                await trio.lowlevel.cancel_shielded_checkpoint()
+            # A body's next bytes are often there already: reading first
+            # spares the whole wait (a cancel scope and two epoll changes).
+            data = await self._read_ready(fd)
+            if data is not None:
                 return data
             with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
                 try:

@@ -215,29 +215,33 @@ async def test_max_connections_holds_new_clients_until_one_leaves() -> None:
     assert answer["environ"]["REQUEST_URI"] == "/third"
 
 
+async def _burst_peak(worker_config: object, requests: int = 12) -> tuple[object, int]:
+    """Concurrent slow requests through the front-end to one worker: (its Server, peak connections)."""
+    async with workers(echo, config=worker_config) as addresses, frontend(upstream_config(addresses)) as (port, server):
+        upstream = server.upstreams["app"].servers[0]
+        peak = 0
+
+        async def one(i: int) -> None:
+            nonlocal peak
+            echo_json(await get(port, f"/p{i}?sleep_ms=100"))
+            peak = max(peak, upstream.connection_count)
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for i in range(requests):
+                    nursery.start_soon(one, i)
+    return upstream, peak
+
+
 async def test_auto_connections_open_one_per_process_the_worker_declares() -> None:
     # connections = "auto" (the default): a worker saying FCGI_CLUSTER_PROCESSES=3
     # gets up to three connections under a burst, one saying 1 gets one.
     from fcgi_cluster.worker import WorkerConfig
 
     for processes in (1, 3):
-        async with workers(echo, config=WorkerConfig(processes=processes)) as addresses, frontend(
-            upstream_config(addresses)
-        ) as (port, server):
-            upstream = server.upstreams["app"].servers[0]
-            peak = 0
-
-            async def one(i: int) -> None:
-                nonlocal peak
-                echo_json(await get(port, f"/p{i}?sleep_ms=100"))
-                peak = max(peak, upstream.connection_count)
-
-            with trio.fail_after(10):
-                async with trio.open_nursery() as nursery:
-                    for i in range(12):
-                        nursery.start_soon(one, i)
-            assert upstream.multiplexed is True
-            assert peak == processes
+        upstream, peak = await _burst_peak(WorkerConfig(processes=processes))
+        assert upstream.multiplexed is True
+        assert peak == processes
 
 
 async def test_auto_connections_without_a_process_count_use_two() -> None:
@@ -246,19 +250,6 @@ async def test_auto_connections_without_a_process_count_use_two() -> None:
     from fcgi_cluster.frontend._upstream import AUTO_CONNECTIONS
     from fcgi_cluster.worker import WorkerConfig
 
-    async with workers(echo, config=WorkerConfig(processes=None)) as addresses, frontend(
-        upstream_config(addresses)
-    ) as (port, server):
-        upstream = server.upstreams["app"].servers[0]
-        peak = 0
-
-        async def one(i: int) -> None:
-            nonlocal peak
-            echo_json(await get(port, f"/q{i}?sleep_ms=100"))
-            peak = max(peak, upstream.connection_count)
-
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                for i in range(12):
-                    nursery.start_soon(one, i)
+    upstream, peak = await _burst_peak(WorkerConfig(processes=None))
+    assert upstream.multiplexed is True
     assert peak == AUTO_CONNECTIONS == 2
