@@ -15,6 +15,7 @@ cgi-fcgi    libfcgi-bin
 nginx       nginx
 haproxy     haproxy
 php-fpm*    php-fpm
+php         php-cli
 wrk         wrk
 redis-server    redis-server
 redis-cli       redis-tools
