@@ -15,6 +15,12 @@ import trio
 
 __all__ = ["RequestBody", "BodyAborted"]
 
+#: One lock for every body in the process. Its critical sections are a few
+#: deque operations; a Condition and a Lock made for every request cost more
+#: than all of them. A body gets a Condition (on this lock) only when a thread
+#: has to wait for it.
+_LOCK = threading.Lock()
+
 
 class BodyAborted(OSError):
     """The web server aborted the request (its client went away)."""
@@ -30,7 +36,7 @@ class RequestBody:
         self._size = 0
         self._ended = False
         self._aborted = False
-        self._cond = threading.Condition(threading.Lock())
+        self._cond: threading.Condition | None = None
         self._token = trio.lowlevel.current_trio_token()
         self._trio_waiter: trio.Event | None = None
         self._room: trio.Event | None = None
@@ -40,13 +46,14 @@ class RequestBody:
 
     def feed(self, data: bytes) -> None:
         """Append a chunk; b"" marks the end of the body."""
-        with self._cond:
+        with _LOCK:
             if data:
                 self._chunks.append(data)
                 self._size += len(data)
             else:
                 self._ended = True
-            self._cond.notify_all()
+            if self._cond is not None:
+                self._cond.notify_all()
         if self._trio_waiter is not None:
             self._trio_waiter.set()
 
@@ -62,11 +69,12 @@ class RequestBody:
 
     def abort(self) -> None:
         """The request is over: wake every reader and writer for good."""
-        with self._cond:
+        with _LOCK:
             self._aborted = True
             self._chunks.clear()
             self._size = 0
-            self._cond.notify_all()
+            if self._cond is not None:
+                self._cond.notify_all()
         self._release_room()
         if self._trio_waiter is not None:
             self._trio_waiter.set()
@@ -91,7 +99,7 @@ class RequestBody:
     async def receive(self, size: int = -1) -> bytes:
         """The next chunk (at most ``size`` bytes if >= 0); b"" at the end."""
         while True:
-            with self._cond:
+            with _LOCK:
                 if self._aborted:
                     raise BodyAborted("request aborted by the web server")
                 if self._chunks:
@@ -129,7 +137,7 @@ class RequestBody:
         """
         out = []
         wanted = size
-        with self._cond:
+        with _LOCK:
             while wanted != 0:
                 if self._aborted:
                     raise BodyAborted("request aborted by the web server")
@@ -144,14 +152,14 @@ class RequestBody:
                 if out and size > 0:
                     break  # a short read is fine; do not wait with data in hand
                 self._wake_room_from_thread()
-                self._cond.wait()
+                self._wait_locked()
             self._wake_room_from_thread()
         return b"".join(out)
 
     def readline_blocking(self, limit: int = -1) -> bytes:
         """One line (up to ``limit`` bytes) from a worker thread."""
         out = bytearray()
-        with self._cond:
+        with _LOCK:
             while limit < 0 or len(out) < limit:
                 if self._aborted:
                     raise BodyAborted("request aborted by the web server")
@@ -167,9 +175,15 @@ class RequestBody:
                 if self._ended:
                     break
                 self._wake_room_from_thread()
-                self._cond.wait()
+                self._wait_locked()
             self._wake_room_from_thread()
         return bytes(out)
+
+    def _wait_locked(self) -> None:
+        # Called with _LOCK held, from an app thread.
+        if self._cond is None:
+            self._cond = threading.Condition(_LOCK)
+        self._cond.wait()
 
     def _after_read(self) -> None:
         if self._room is not None and self._size < self.limit:

@@ -133,7 +133,8 @@ class _Call:
         self.headers_sent = False
         self.batch: list[bytes] = []
         self.batch_size = 0
-        self.resume = threading.Event()
+        #: Made when the thread first hands output over mid-response.
+        self.resume: threading.Event | None = None
         self.aborted = False
         #: Output held before a hand-off to trio; never, on the loop's thread.
         self.batch_limit = BATCH_SIZE
@@ -187,15 +188,25 @@ class _Call:
     def abort(self) -> None:
         """From trio: the request is over; make the thread stop at its next step."""
         self.aborted = True
-        self.resume.set()
+        resume = self.resume
+        if resume is not None:
+            resume.set()
 
     def _emit(self) -> None:
         if self.aborted or self.handoff.closed:
             raise _Aborted
         data = self._take_output()
-        self.resume.clear()
+        resume = self.resume
+        if resume is None:
+            resume = self.resume = threading.Event()
+        else:
+            resume.clear()
+        # abort() may have run before the event existed or was cleared: it
+        # then set nothing this wait would see.
+        if self.aborted:
+            raise _Aborted
         self.handoff.deliver((_CHUNK, data, self.errors.take()))
-        self.resume.wait()
+        resume.wait()
         if self.aborted:
             raise _Aborted
 
@@ -302,7 +313,7 @@ class WSGIHandler:
                 if kind != _CHUNK:
                     break
                 await ctx.send(data)
-                call.resume.set()
+                call.resume.set()  # type: ignore[union-attr]  # made before the chunk
         except BaseException:
             # Cancelled (aborted by the web server, or the worker is stopping):
             # answer now; the thread stops at its next step and closes the app.
