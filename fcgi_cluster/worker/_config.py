@@ -50,6 +50,11 @@ class WorkerConfig:
             process's own status page.
         hooks: told of connections and requests (the pool's scoreboard).
         session: session settings injected into the app (``fcgi_cluster.sessions``); None = off.
+        session_check: connect to the session store at start, so that a store
+            that is down or a wrong password stops the worker before it serves.
+            Pool children use False: their master checked the store once, and a
+            child started while the store is down answers 503 until it returns
+            instead of failing and being restarted in a loop.
     """
 
     max_requests: int = DEFAULT_MAX_REQUESTS
@@ -75,3 +80,4 @@ class WorkerConfig:
     pool_name: str = "www"
     hooks: RequestHooks = field(default_factory=RequestHooks)
     session: Any = None
+    session_check: bool = True
