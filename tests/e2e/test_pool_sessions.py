@@ -14,13 +14,17 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
+import trio
 
+from fcgi_cluster.client import cgi_params, open_connection
 from tests._peers import LOOPBACK, REPO_ROOT, free_port, run_process
 from tests.e2e.test_pool_master import children, wait_until
 from tests.sessions._servers import RedisServer
@@ -135,7 +139,7 @@ def _start_fails(tmp_path: pathlib.Path, path: pathlib.Path, port: int) -> subpr
     result = subprocess.run(worker_argv(path), cwd=REPO_ROOT, env=env(), capture_output=True, text=True,
                             timeout=60, start_new_session=True)
     # Nothing left behind: the address is free again, no process serves it.
-    with contextlib.closing(__import__("socket").socket()) as probe:
+    with contextlib.closing(socket.socket()) as probe:
         probe.bind((LOOPBACK, port))
     return result
 
@@ -168,3 +172,34 @@ def test_a_bad_save_path_and_a_wrong_password_are_caught_at_start(tmp_path, redi
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert result.stderr.startswith(f"fcgi-cluster worker: {path}:11: session.save_path: ")
     assert "authentication failed" in result.stderr and "wrong-password" not in result.stderr
+
+
+def test_a_child_started_while_redis_is_down_serves_503_then_recovers(tmp_path):
+    """The master checks the store once; children open theirs without a round trip,
+    so a child replaced while Redis is down starts (no restart loop) and answers
+    503 until Redis is back."""
+    async def status(port: int) -> int:
+        async with open_connection(f"{LOOPBACK}:{port}") as conn:
+            return (await conn.request(cgi_params("GET", "/"))).status
+
+    redis_server = RedisServer(tmp_path / "redis", password=PASSWORD)
+    redis_server.start()
+    try:
+        port = free_port()
+        path = pool_file(tmp_path, port, f"tcp://{LOOPBACK}:{redis_server.port}?auth={PASSWORD}&timeout=1")
+        with pool_master(tmp_path, path, port) as master:
+            assert trio.run(status, port) == 200
+            redis_server.kill()
+            victim = min(children(master.pid))
+            os.kill(victim, signal.SIGKILL)
+            wait_until(lambda: len(children(master.pid) - {victim}) == 2, what="a replacement child")
+            replacement = children(master.pid)
+            time.sleep(1.5)  # a child failing at start would have been replaced by now
+            assert children(master.pid) == replacement
+            assert {trio.run(status, port) for _ in range(6)} == {503}
+            redis_server.start()
+            wait_until(lambda: trio.run(status, port) == 200, what="answers once Redis is back")
+            assert {trio.run(status, port) for _ in range(6)} == {200}
+            assert children(master.pid) == replacement
+    finally:
+        redis_server.stop()
