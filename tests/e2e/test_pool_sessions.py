@@ -203,3 +203,28 @@ def test_a_child_started_while_redis_is_down_serves_503_then_recovers(tmp_path):
             assert children(master.pid) == replacement
     finally:
         redis_server.stop()
+
+
+def test_sample_sessions_conf_counts_one_visitor(tmp_path, redis_server):
+    """workers/sessions.conf as shipped, but for its fixed port and Redis address."""
+    port = free_port()
+    text = (REPO_ROOT / "workers" / "sessions.conf").read_text()
+    for old, new in (("listen = 127.0.0.1:9003", f"listen = {LOOPBACK}:{port}"),
+                     ('session.save_path = "tcp://127.0.0.1:6379?timeout=2"',
+                      f'session.save_path = "tcp://{LOOPBACK}:{redis_server.port}?timeout=2&auth={PASSWORD}"')):
+        assert old in text
+        text = text.replace(old, new)
+    path = tmp_path / "sessions.conf"
+    path.write_text(text)
+
+    async def visit(cookie: str | None) -> tuple[int, str]:
+        headers = [("Cookie", cookie)] if cookie else []
+        async with open_connection(f"{LOOPBACK}:{port}") as conn:
+            answer = await conn.request(cgi_params("GET", "/", headers=headers))
+        set_cookie = dict(answer.headers).get("Set-Cookie", "")
+        return json.loads(answer.body)["n"], set_cookie.split(";", 1)[0]
+
+    with pool_master(tmp_path, path, port):
+        n, cookie = trio.run(visit, None)
+        assert n == 1 and cookie.startswith("PHPSESSID=")
+        assert [trio.run(visit, cookie)[0] for _ in range(3)] == [2, 3, 4]
