@@ -9,7 +9,7 @@ Why no locks are needed:
 - A child writes only its own slot; the master writes only the header and the
   identity of a slot (pid, state "starting") before the child exists or after it
   is gone. So every byte has a single writer at any moment.
-- Counters (accepted connections, requests, slow requests) are per-child fields
+- Counters (accepted requests, finished requests, slow requests) are per-child fields
   that readers sum. A reader can see a slot half-written (the state of one
   request and the counter of the previous one): the status page and the pm
   decisions tolerate a figure that is one request old.
