@@ -203,3 +203,38 @@ def test_child_worker_config_advertises_the_pools_limits():
     assert config.graceful_timeout == 4.0
     assert (config.ping_path, config.status_path) == ("/ping", "/status")
     assert config.status_source().pool == "www"
+
+
+def test_session_keys_become_the_childs_settings_and_errors_name_the_line():
+    from fcgi_cluster.sessions import SessionSettings
+    from fcgi_cluster.worker import PoolConfigError, parse_pool_config
+    from fcgi_cluster.worker._master import check_sessions
+    from fcgi_cluster.worker._pm_child import session_settings
+
+    head = "[www]\nlisten = 127.0.0.1:9001\napp = workers.counter:app\n"
+    (pool,) = parse_pool_config(head + "session.save_handler = redis\n"
+                                "php_value[session.save_path] = tcp://127.0.0.1:1?auth=x\n"
+                                "session.lock_wait = 2s\n", "p.conf").pools
+    settings = session_settings(pool)
+    assert isinstance(settings, SessionSettings) and settings.lock_wait == 2.0
+    config = worker_config(pool, GlobalConfig(), None, None, session=settings)
+    assert config.session is settings and config.session_check is False
+    check_sessions(pool, connect=False)  # parses the save_path, connects to nothing
+    (plain,) = parse_pool_config(head, "p.conf").pools
+    assert session_settings(plain) is None and worker_config(plain, GlobalConfig(), None, None).session is None
+
+    def error(body: str) -> str:
+        (bad,) = parse_pool_config(head + body, "p.conf").pools
+        try:
+            check_sessions(bad, connect=False)
+        except PoolConfigError as exc:
+            return str(exc)
+        raise AssertionError("no error")
+
+    assert error("\nphp_value[session.cookie_samesite] = Sometimes\n").startswith(
+        "p.conf:5: session.cookie_samesite: expected one of")
+    # A key missing from the file: the line of the handler that needs it.
+    assert error("session.save_handler = memcached\n") == \
+        "p.conf:4: session.save_path: required with session.save_handler = memcached"
+    assert error("session.save_handler = redis\nsession.save_path = tcp://h:1?colour=red\n").startswith(
+        "p.conf:5: session.save_path: redis save_path: tcp://h:1?colour=red: unknown option 'colour'")
