@@ -115,8 +115,7 @@ def _worker_main(argv: list[str]) -> int:
 
 def _pool_main(path: str, test: bool, loader: object = None) -> int:
     """``worker -c FILE``: the pool master; every startup failure is one line on stderr."""
-    from .worker._master import PoolStartError, check_pools, run_pools
-    from .worker._pool_config import PoolConfigError, PoolFile, load_pool_config
+    from .worker import PoolConfigError, PoolFile, PoolStartError, check_pools, load_pool_config, run_pools
 
     load = loader or load_pool_config
     try:

@@ -67,8 +67,13 @@ def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, (LockTimeout, StoreError))
 
 
-def open_session_store(settings: SessionSettings) -> SessionStore:
+def open_session_store(settings: SessionSettings, *, check: bool = True) -> SessionStore:
     """Open the store the settings name (blocking: connects, checks the password).
+
+    Args:
+        settings: the pool's session settings.
+        check: connect and check the password now (``open_store``'s ``check``);
+            False for a process that must start even while the store is down.
 
     Raises:
         SessionConfigError: the save_path is malformed or has unknown options
@@ -79,7 +84,7 @@ def open_session_store(settings: SessionSettings) -> SessionStore:
 
     try:
         return open_store(settings.save_handler, settings.save_path, timeout=settings.store_timeout,
-                          max_lifetime=settings.gc_maxlifetime)
+                          max_lifetime=settings.gc_maxlifetime, check=check)
     except StoreError:
         raise
     except ValueError as exc:

@@ -53,6 +53,11 @@ class WorkerConfig:
             pm.max_children), advertised to web servers as
             FCGI_CLUSTER_PROCESSES so that they open a connection per process.
         session: session settings injected into the app (``fcgi_cluster.sessions``); None = off.
+        session_check: connect to the session store at start, so that a store
+            that is down or a wrong password stops the worker before it serves.
+            Pool children use False: their master checked the store once, and a
+            child started while the store is down answers 503 until it returns
+            instead of failing and being restarted in a loop.
     """
 
     max_requests: int = DEFAULT_MAX_REQUESTS
@@ -79,3 +84,4 @@ class WorkerConfig:
     hooks: RequestHooks = field(default_factory=RequestHooks)
     processes: int | None = 1
     session: Any = None
+    session_check: bool = True

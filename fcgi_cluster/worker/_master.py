@@ -36,8 +36,9 @@ scoreboard. A child that stopped accepting (``pm.max_requests``) or was told
 to stop no longer counts: its replacement starts while it finishes.
 
 Error handling: problems found before anything runs (an address in use, an app
-that does not import) raise ``PoolStartError`` naming file, line and key, and
-nothing is left running. Once running, a child's death is logged and the child
+that does not import, a bad ``session.*`` value, a session store that does not
+answer) raise ``PoolStartError`` or ``PoolConfigError`` naming file, line and
+key, and nothing is left running. Once running, a child's death is logged and the child
 replaced; ``emergency_restart_threshold`` abnormal deaths within
 ``emergency_restart_interval`` reload everything.
 """
@@ -57,12 +58,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .._address import parse_address
-from ._pm_child import EXIT_APP_LOAD, ChildSpec, child_main, prepare_process
+from ._pm_child import EXIT_APP_LOAD, ChildSpec, child_main, prepare_process, session_settings
 from ._pool_config import GlobalConfig, PoolConfig, PoolConfigError, PoolFile, load_pool_config
 from ._scoreboard import FINISHING, IDLE, STARTING, STUCK, Scoreboard, listen_queue
 from ._server import ListenError, open_listener
 
-__all__ = ["run_pools", "check_pools", "PoolStartError", "setup_error_log"]
+__all__ = ["run_pools", "check_pools", "check_sessions", "PoolStartError", "setup_error_log"]
 
 log = logging.getLogger("fcgi_cluster.pool")
 
@@ -212,22 +213,54 @@ def _waitpid_retrying(pid: int) -> tuple[int, int]:
             continue
 
 
+def check_sessions(pool: PoolConfig, *, connect: bool) -> None:
+    """Check the pool's ``session.*`` keys, and with ``connect`` its store.
+
+    The master opens the store once, with one round trip per server, and
+    closes it: a store that is down or a wrong password stops the pool at
+    start. Children open their own store without that round trip.
+
+    Raises:
+        PoolConfigError: a bad key or value, or a save_path that does not
+            parse (``file:line: session.KEY: reason``).
+        PoolStartError: with ``connect``, the store cannot be used now
+            (``file:line: session.save_path: reason``).
+    """
+    settings = session_settings(pool)
+    if settings is None:
+        return
+    from ..sessions import SessionConfigError, StoreError, open_session_store
+
+    key = "session.save_path" if "session.save_path" in pool.lines else "session.save_handler"
+    try:
+        store = open_session_store(settings, check=connect)
+    except SessionConfigError as exc:
+        raise pool.error(key, exc.reason) from None
+    except StoreError as exc:
+        raise PoolStartError(f"{_where(pool, key)}: {key}: {exc}") from None
+    store.close()
+
+
 def check_pools(pool_file: PoolFile, *, bind: bool = False) -> dict[str, socket.socket]:
-    """Check every pool can start: listen parses (and binds, with ``bind``), app imports.
+    """Check every pool can start: listen parses (and binds, with ``bind``),
+    ``session.*`` settings are valid (and the store answers, with ``bind``), app imports.
 
     Returns:
         With ``bind``, each pool's listening socket by pool name; else {}.
 
     Raises:
-        PoolConfigError: a listen address that does not parse.
-        PoolStartError: the app does not import, or the address cannot be bound.
-            No socket is left open.
+        PoolConfigError: a listen address or a ``session.*`` value that does not parse.
+        PoolStartError: the app does not import, the session store cannot be
+            used, or the address cannot be bound. No socket is left open.
     """
     for pool in pool_file.pools:
         try:
             parse_address(pool.listen)
         except ValueError as exc:
             raise PoolConfigError(pool.path or pool_file.path, pool.lines.get("listen", 0), "listen", str(exc)) from None
+        session_settings(pool)
+    for pool in pool_file.pools:
+        check_sessions(pool, connect=bind)
     for pool in pool_file.pools:
         reason = check_app(pool)
         if reason is not None:
@@ -637,6 +670,9 @@ class _Master:
         try:
             new_file = self.loader(path) if path else self.pool_file
             for pool in new_file.pools:
+                # No round trip to the store: a reload must not wait on it (or
+                # fail) while the running children answer 503 without it.
+                check_sessions(pool, connect=False)
                 reason = check_app(pool)
                 if reason is not None:
                     raise PoolStartError(f"{_where(pool, 'app')}: app: {reason}")

@@ -7,7 +7,7 @@ its own ``trio.run`` until told to stop:
 - SIGTERM / SIGINT: stop now (in-flight requests are cancelled);
 - SIGQUIT: stop accepting, finish in-flight requests (within
   ``process_control_timeout``), exit; the same after ``pm.max_requests``;
-- SIGUSR1: reopen the log files this process writes.
+- SIGUSR1: reopen the log files this process writes (error, access and slow logs).
 
 It never returns: ``os._exit`` ends it, so nothing of the master's state (atexit
 hooks, buffered files) runs twice.
@@ -22,15 +22,20 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._app import AppLoadError, load_app
 from ._config import WorkerConfig
-from ._pm_bridge import bridge_app
-from ._pool_config import GlobalConfig, PoolConfig
+from ._pool_config import GlobalConfig, PoolConfig, PoolConfigError
+from ._request_logs import reopen_logs
 from ._scoreboard import ChildHooks, Scoreboard
+from ._status import RequestHooks
 
-__all__ = ["ChildSpec", "child_main", "prepare_process", "reopen_log_files", "worker_config", "EXIT_APP_LOAD"]
+if TYPE_CHECKING:
+    from ..sessions import SessionSettings
+
+__all__ = ["ChildSpec", "child_main", "prepare_process", "reopen_log_files", "session_settings", "worker_config",
+           "EXIT_APP_LOAD"]
 
 log = logging.getLogger("fcgi_cluster.worker")
 
@@ -77,33 +82,58 @@ class ChildSpec:
 
 
 def worker_config(pool: PoolConfig, global_: GlobalConfig, scoreboard: Scoreboard | None,
-                  sock: socket.socket | None, hooks: Any = None) -> WorkerConfig:
+                  sock: socket.socket | None, hooks: RequestHooks | None = None,
+                  session: SessionSettings | None = None) -> WorkerConfig:
     """The ``WorkerConfig`` of a pool's child.
 
     FCGI_MAX_REQS is per child connection (``fcgi.max_reqs``); FCGI_MAX_CONNS
     is the pool's (``fcgi.max_conns``), which also caps the connections one
     child holds, so that one child never takes more than the pool promises.
+
+    Args:
+        pool / global_: the pool and the file's ``[global]``.
+        scoreboard / sock: the status page shows the whole pool from them
+            (None: the child's own figures).
+        hooks: the child's scoreboard hooks.
+        session: the pool's checked ``session.*`` settings (None: no sessions).
+            The child opens its own store client without a round trip to it
+            (the master checked it at start), so a child started while the
+            store is down serves 503s rather than failing in a loop.
     """
     control = global_.process_control_timeout
-    return WorkerConfig(
-        max_requests=pool.fcgi_max_reqs,
-        max_conns=pool.fcgi_max_conns,
-        processes=pool.pm_max_children,
-        threads=pool.threads,
-        backlog=pool.listen_backlog,
+    extra: dict[str, Any] = {}
+    if hooks is not None:
+        extra["hooks"] = hooks
+    if scoreboard is not None:
+        extra["status_source"] = functools.partial(scoreboard.status, pool, sock)
+    return pool.worker_config(
+        global_,
         # 0 = php-fpm's "no limit": a day is as good as forever for a request.
         graceful_timeout=control if control > 0 else 86400.0,
-        allowed_clients=pool.listen_allowed_clients,
-        ping_path=pool.ping_path,
-        ping_response=pool.ping_response,
-        status_path=pool.pm_status_path,
-        status_source=functools.partial(scoreboard.status, pool, sock) if scoreboard is not None else None,
-        request_terminate_timeout=pool.request_terminate_timeout,
-        request_slowlog_timeout=pool.request_slowlog_timeout,
-        slowlog=pool.slowlog,
-        access_log=pool.access_log,
-        **({"hooks": hooks} if hooks is not None else {}),
+        session=session,
+        session_check=False,
+        **extra,
     )
+
+
+def session_settings(pool: PoolConfig) -> SessionSettings | None:
+    """The pool's ``session.*`` keys checked (None when it has none: sessions off).
+
+    Raises:
+        PoolConfigError: a bad key or value, naming its file and line.
+    """
+    if not pool.session:
+        return None
+    from ..sessions import SessionConfigError, parse_session_settings
+
+    try:
+        return parse_session_settings(pool.session)
+    except SessionConfigError as exc:
+        # A reason about keys together (save_path missing for redis) names a
+        # key that may not be in the file: point at the handler's line then.
+        line = pool.lines.get(exc.key) or pool.lines.get("session.save_handler") \
+            or min((pool.lines[k] for k in pool.session if k in pool.lines), default=0)
+        raise PoolConfigError(pool.path, line, exc.key, exc.reason) from None
 
 
 def prepare_process(pool: PoolConfig) -> None:
@@ -196,8 +226,10 @@ def _child(spec: ChildSpec) -> int:
         log.error("[pool %s] child %d: %s", pool.name, os.getpid(), exc)
         return EXIT_APP_LOAD
     hooks = ChildHooks(spec.scoreboard, spec.slot, pool.pm_max_requests)
-    config = worker_config(pool, spec.global_, spec.scoreboard, spec.sock, hooks)
-    return _serve(bridge_app(app, hooks), spec.sock, config, hooks, early)
+    # Checked by the master before this child was forked; parsed again here
+    # (cheap) rather than carried, so a child only needs the pool's config.
+    config = worker_config(pool, spec.global_, spec.scoreboard, spec.sock, hooks, session_settings(pool))
+    return _serve(app, spec.sock, config, hooks, early)
 
 
 def _die_with_master(master_pid: int) -> None:
@@ -225,17 +257,8 @@ def _serve(app: Any, sock: socket.socket, config: WorkerConfig, hooks: ChildHook
             hooks.finishing()
             stop.set()
 
-        token = trio.lowlevel.current_trio_token()
-
-        def retire_soon() -> None:
-            # Hooks may be called from an app thread (the WSGI bridge): the
-            # stop event is set in the trio thread.
-            try:
-                token.run_sync_soon(retire)
-            except trio.RunFinishedError:
-                pass
-
-        hooks.on_retire = retire_soon
+        # The worker calls the hooks in this trio thread (never an app thread).
+        hooks.on_retire = retire
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1) as signals:
             async with trio.open_nursery() as nursery:
 
@@ -253,6 +276,7 @@ def _serve(app: Any, sock: socket.socket, config: WorkerConfig, hooks: ChildHook
                         retire()
                     elif signum == signal.SIGUSR1:
                         reopen_log_files()
+                        reopen_logs()  # the access and slow logs
 
                 for signum in early:
                     handle(signum)

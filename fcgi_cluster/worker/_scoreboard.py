@@ -9,7 +9,7 @@ Why no locks are needed:
 - A child writes only its own slot; the master writes only the header and the
   identity of a slot (pid, state "starting") before the child exists or after it
   is gone. So every byte has a single writer at any moment.
-- Counters (accepted connections, requests, slow requests) are per-child fields
+- Counters (accepted requests, finished requests, slow requests) are per-child fields
   that readers sum. A reader can see a slot half-written (the state of one
   request and the counter of the previous one): the status page and the pm
   decisions tolerate a figure that is one request old.
@@ -164,7 +164,8 @@ class Scoreboard:
         Where each figure comes from:
 
         - accepted conn, slow requests: the header's counters of dead children
-          plus every slot's own (connections accepted, requests past
+          plus every slot's own (requests accepted, as php-fpm counts them,
+          status and ping requests included; requests past
           ``request_slowlog_timeout``).
         - idle / active / total processes: slots with a child, active = at least
           one request in flight (a child multiplexes; idle = none).
@@ -236,8 +237,6 @@ class ChildHooks(RequestHooks):
         self.max_requests = max_requests
         #: Called once when the child has served ``max_requests`` (set by the child's main).
         self.on_retire: Callable[[], None] | None = None
-        #: True once the worker itself calls the hooks (see ``_pm_bridge``).
-        self.driven_by_worker = False
         self.in_flight = 0
         self.accepted = 0
         self.requests = 0
@@ -262,17 +261,6 @@ class ChildHooks(RequestHooks):
         self.state = FINISHING
         self._write()
 
-    def connection_accepted(self) -> None:
-        self.accepted += 1
-        self._write()
-
-    def request_started(self, info: RequestInfo) -> None:
-        self.driven_by_worker = True
-        self._started(info)
-
-    def request_finished(self, info: RequestInfo) -> None:
-        self._finished(info)
-
     def slow_request(self, info: RequestInfo) -> None:
         self.slow += 1
         self._write()
@@ -282,7 +270,12 @@ class ChildHooks(RequestHooks):
         self.state = STUCK
         self._write()
 
-    def _started(self, info: RequestInfo) -> None:
+    def request_started(self, info: RequestInfo) -> None:
+        # php-fpm's "accepted conn" counts requests (it increments it as each
+        # request's headers are read), not connections: with kept-alive and
+        # multiplexed connections only requests say how busy the pool is. A
+        # process without a master counts the same way (PoolFeatures.own_status).
+        self.accepted += 1
         if self.in_flight == 0:
             self.progress = info.start
         self.in_flight += 1
@@ -294,7 +287,7 @@ class ChildHooks(RequestHooks):
                            info.script.encode("utf-8", "replace"))
         self._write()
 
-    def _finished(self, info: RequestInfo) -> None:
+    def request_finished(self, info: RequestInfo) -> None:
         now = time.monotonic()
         self.in_flight -= 1
         self.requests += 1

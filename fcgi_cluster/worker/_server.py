@@ -10,6 +10,7 @@ slow logs (php-fpm's log rotation signal).
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import signal
@@ -190,7 +191,8 @@ async def serve(
             # One store client per process, opened before the first request.
             from ..sessions import open_session_store, session_middleware
 
-            store = await trio.to_thread.run_sync(open_session_store, config.session)
+            store = await trio.to_thread.run_sync(
+                functools.partial(open_session_store, config.session, check=config.session_check))
             app = session_middleware(app, store, config.session, app_interface(app))
         async with trio.open_nursery() as nursery:
             if app_interface(app) == "asgi":

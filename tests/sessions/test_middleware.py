@@ -282,7 +282,7 @@ async def test_serve_opens_one_store_wraps_the_app_and_closes_the_store(monkeypa
     # checks serve()'s wiring alone; the real stores are in tests/e2e.
     opened = []
 
-    def open_store(save_handler, save_path, *, timeout=None, max_lifetime=1440):
+    def open_store(save_handler, save_path, *, timeout=None, max_lifetime=1440, check=True):
         store = MemoryStore()
         opened.append((save_handler, save_path, timeout, store))
         return store

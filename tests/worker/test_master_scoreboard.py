@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
 
-from fcgi_cluster.worker._pm_bridge import bridge_app
+import pytest
+import trio
+
+from fcgi_cluster.client import cgi_params, open_connection
+from fcgi_cluster.worker import serve
 from fcgi_cluster.worker._pool_config import GlobalConfig, PoolConfig
 from fcgi_cluster.worker._pm_child import worker_config
 from fcgi_cluster.worker._scoreboard import FINISHING, IDLE, RUNNING, STARTING, ChildHooks, Scoreboard, listen_queue
@@ -28,8 +33,8 @@ def test_hooks_fill_the_childs_slot_and_status_sums_the_pool():
     one, two = ChildHooks(board, 0), ChildHooks(board, 2)
     one.ready()
     two.ready()
+    # php-fpm's "accepted conn" counts requests: connections alone add nothing.
     one.connection_accepted()
-    two.connection_accepted()
     two.connection_accepted()
     running = _info("/slow?x=1")
     one.request_started(running)
@@ -40,7 +45,7 @@ def test_hooks_fill_the_childs_slot_and_status_sums_the_pool():
 
     status = board.status(POOL, None)
     assert (status.pool, status.process_manager) == ("www", "dynamic")
-    assert status.accepted_conn == 3
+    assert status.accepted_conn == 2
     assert status.slow_requests == 1
     assert (status.idle_processes, status.active_processes, status.total_processes) == (1, 1, 2)
     rows = {row.pid: row for row in status.processes}
@@ -57,7 +62,6 @@ def test_a_dead_childs_counters_stay_in_the_pool_and_its_slot_is_reused():
     hooks = ChildHooks(board, 0)
     hooks.ready()
     for _ in range(3):
-        hooks.connection_accepted()
         info = _info()
         hooks.request_started(info)
         hooks.request_finished(info)
@@ -144,31 +148,50 @@ def test_unix_listener_queue_is_the_backlog():
         os.unlink(path)
 
 
-def test_the_bridge_reports_wsgi_requests_until_the_worker_does():
-    board = Scoreboard(1)
-    board.reserve(0)
-    hooks = ChildHooks(board, 0)
-    hooks.ready()
-    seen = []
-
+def _seen_in_flight(board: Scoreboard, seen: list[int]):
     def app(environ, start_response):
-        seen.append(board.slot_state(0)[2])  # in flight while the app runs
-        start_response("200 OK", [])
+        seen.append(board.slot_state(0)[2])  # in flight, as the status page reads it
+        start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"ok"]
 
-    bridged = bridge_app(app, hooks)
-    environ = {"REQUEST_METHOD": "GET", "REQUEST_URI": "/x", "CONTENT_LENGTH": "", "SCRIPT_FILENAME": ""}
-    result = bridged(environ, lambda status, headers: None)
-    assert list(result) == [b"ok"]
-    result.close()
-    assert seen == [1] and board.requests_of(0) == 1 and board.slot_state(0)[2] == 0
-    # Once the worker calls the hooks itself the bridge only passes requests through.
-    info = _info()
-    hooks.request_started(info)
-    result = bridged(environ, lambda status, headers: None)
-    assert result == [b"ok"]
-    hooks.request_finished(info)
-    assert board.requests_of(0) == 2
+    async def asgi(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        seen.append(board.slot_state(0)[2])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return app, asgi
+
+
+@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
+async def test_the_workers_own_hooks_feed_the_scoreboard(interface):
+    """A pool child's worker calls its ChildHooks itself: no wrapper around the app."""
+    board = Scoreboard(1)
+    board.reserve(0)
+    board.set_pid(0, os.getpid())
+    hooks = ChildHooks(board, 0)
+    pool = PoolConfig(name="www", listen="127.0.0.1:0", app="x:app", pm_status_path="/status")
+    seen: list[int] = []
+    wsgi, asgi = _seen_in_flight(board, seen)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    config = worker_config(pool, GlobalConfig(), board, sock, hooks)
+    async with trio.open_nursery() as nursery:
+        where = await nursery.start(lambda task_status: serve(wsgi if interface == "wsgi" else asgi, sock, config,
+                                                              task_status=task_status))
+        hooks.ready()
+        async with open_connection(where) as conn:
+            for _ in range(3):
+                assert (await conn.request(cgi_params("GET", "/x"))).status == 200
+            status = await conn.request(cgi_params("GET", "/status?json"))
+        nursery.cancel_scope.cancel()
+    assert seen == [1, 1, 1]
+    assert board.requests_of(0) == 4 and board.slot_state(0)[1:3] == (IDLE, 0)
+    doc = json.loads(status.body)
+    # Counted at the status request: 3 app requests finished, the status one accepted and running.
+    assert (doc["accepted conn"], doc["active processes"], doc["idle processes"]) == (4, 1, 0)
 
 
 def test_child_worker_config_advertises_the_pools_limits():
@@ -180,3 +203,38 @@ def test_child_worker_config_advertises_the_pools_limits():
     assert config.graceful_timeout == 4.0
     assert (config.ping_path, config.status_path) == ("/ping", "/status")
     assert config.status_source().pool == "www"
+
+
+def test_session_keys_become_the_childs_settings_and_errors_name_the_line():
+    from fcgi_cluster.sessions import SessionSettings
+    from fcgi_cluster.worker import PoolConfigError, parse_pool_config
+    from fcgi_cluster.worker._master import check_sessions
+    from fcgi_cluster.worker._pm_child import session_settings
+
+    head = "[www]\nlisten = 127.0.0.1:9001\napp = workers.counter:app\n"
+    (pool,) = parse_pool_config(head + "session.save_handler = redis\n"
+                                "php_value[session.save_path] = tcp://127.0.0.1:1?auth=x\n"
+                                "session.lock_wait = 2s\n", "p.conf").pools
+    settings = session_settings(pool)
+    assert isinstance(settings, SessionSettings) and settings.lock_wait == 2.0
+    config = worker_config(pool, GlobalConfig(), None, None, session=settings)
+    assert config.session is settings and config.session_check is False
+    check_sessions(pool, connect=False)  # parses the save_path, connects to nothing
+    (plain,) = parse_pool_config(head, "p.conf").pools
+    assert session_settings(plain) is None and worker_config(plain, GlobalConfig(), None, None).session is None
+
+    def error(body: str) -> str:
+        (bad,) = parse_pool_config(head + body, "p.conf").pools
+        try:
+            check_sessions(bad, connect=False)
+        except PoolConfigError as exc:
+            return str(exc)
+        raise AssertionError("no error")
+
+    assert error("\nphp_value[session.cookie_samesite] = Sometimes\n").startswith(
+        "p.conf:5: session.cookie_samesite: expected one of")
+    # A key missing from the file: the line of the handler that needs it.
+    assert error("session.save_handler = memcached\n") == \
+        "p.conf:4: session.save_path: required with session.save_handler = memcached"
+    assert error("session.save_handler = redis\nsession.save_path = tcp://h:1?colour=red\n").startswith(
+        "p.conf:5: session.save_path: redis save_path: tcp://h:1?colour=red: unknown option 'colour'")
