@@ -217,6 +217,13 @@ def connections_to(port: int) -> int:
     return len(out.splitlines())
 
 
+def closing_at(port: int) -> int:
+    """Connections to 127.0.0.1:``port`` that the client closed and the server has not yet."""
+    out = subprocess.run(["ss", "-tnH", "state", "close-wait", f"( sport = :{port} )"],
+                         capture_output=True, text=True).stdout
+    return len(out.splitlines())
+
+
 def port_is_free(port: int) -> tuple[bool, str]:
     """Whether a server could listen on 127.0.0.1:``port`` now, and if not, why."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -523,12 +530,21 @@ def test_300_keepalive_clients_are_served_and_released() -> None:
         frontend_process("--upstream", f"127.0.0.1:{worker}") as (port, process),
     ):
         assert http_get(port, "/warm-up")[0] == 200
+        # The warm-up client has closed; wait for the front-end to close its end too.
+        deadline = time.monotonic() + 5
+        while closing_at(port) and time.monotonic() < deadline:
+            time.sleep(0.02)
         fds_before = open_fds(process.pid)
+        upstream_before = connections_to(worker)
         # Every client connects, then waits for all the others, so all are open at once.
         everyone_connected = threading.Barrier(CLIENTS + 1, timeout=30)
-        busy: list[int] = []
-        # Counted when every client has its answers and none has closed yet.
-        all_done = threading.Barrier(CLIENTS + 1, action=lambda: busy.append(open_fds(process.pid)), timeout=60)
+        busy: list[tuple[int, int]] = []
+        # Counted when every client has its answers and none has closed yet:
+        # the front-end's descriptors, and how many of them are worker connections
+        # (a burst may open a few more for a while).
+        all_done = threading.Barrier(
+            CLIENTS + 1, action=lambda: busy.append((open_fds(process.pid), connections_to(worker))), timeout=60,
+        )
 
         def client(n: int) -> list[tuple[int, str]]:
             conn = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
@@ -558,10 +574,11 @@ def test_300_keepalive_clients_are_served_and_released() -> None:
             time.sleep(0.05)
         worker_connections = connections_to(worker)
     print(f"\n{CLIENTS} clients x {REQUESTS_PER_CLIENT} requests in {elapsed:.2f} s; "
-          f"front-end fds: {fds_before} before, {busy[0]} with all connected, {fds_after} after")
+          f"front-end fds: {fds_before} before, {busy[0][0]} with all connected, {fds_after} after")
     for n, answers in enumerate(results):
         assert answers == [(200, f"/many/{n}/{i}") for i in range(REQUESTS_PER_CLIENT)]
-    assert busy[0] >= fds_before + CLIENTS
+    busy_fds, busy_upstream = busy[0]
+    assert busy_fds - busy_upstream >= fds_before - upstream_before + CLIENTS
     assert fds_after <= fds_before + FD_SLACK, (
         f"{fds_after - fds_before} descriptors more than before the clients came; "
         f"{worker_connections} connections to the worker are open"
