@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 PYTEST_ARGS ?=
 
-.PHONY: .venv install install-test deps test run bench bench-http clean
+.PHONY: .venv install install-test install-bench deps test run bench bench-quick bench-http clean
 
 .venv: $(PY)
 
@@ -41,11 +41,24 @@ test: install-test deps
 run: install
 	$(VENV)/bin/fcgi-cluster up -c workers/cluster.toml
 
-bench: install
-	$(PY) benchmarks/transport.py
-	$(PY) benchmarks/end_to_end.py
+install-bench: $(VENV)/.installed-bench
 
-bench-http: install
+$(VENV)/.installed-bench: pyproject.toml | $(PY)
+	$(PIP) install --quiet -e '.[bench]'
+	@touch $@ $(VENV)/.installed
+
+# The benchmark suite (benchmarks/suite.py): every part, our stack beside nginx, HAProxy,
+# php-fpm and flup in one run; results in benchmarks/results/<UTC timestamp>/.
+# BENCH_OUT moves them elsewhere.
+BENCH_OUT ?= benchmarks/results
+
+bench: install-bench deps
+	$(PY) benchmarks/suite.py --out $(BENCH_OUT)
+
+bench-quick: install-bench deps
+	$(PY) benchmarks/suite.py --quick --out $(BENCH_OUT)
+
+bench-http: install-bench deps
 	$(PY) benchmarks/end_to_end.py
 
 clean:

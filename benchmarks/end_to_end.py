@@ -1,32 +1,34 @@
-"""End-to-end HTTP throughput and latency with wrk: our front-end vs nginx and haproxy.
+"""End-to-end HTTP throughput, latency and CPU per request with wrk: front doors x workers.
 
-HTTP in, FastCGI behind: ``wrk`` loads each contender's HTTP port with
-``wrk -t2 -c<N> -d<S>s --latency``. The front-ends under test share ONE worker
-pool, two ``fcgi-cluster worker workers.hello:app`` processes, so only the
-front-end differs:
+HTTP in, FastCGI behind. Every stack is a front door in front of a worker pool:
 
-* ``ours``: ``fcgi-cluster frontend`` with both workers as upstreams;
-* ``nginx``: an upstream of both workers, ``keepalive`` and ``fastcgi_keep_conn on``
-  (the baseline every ratio is taken against);
-* ``haproxy``: an ``fcgi-app`` with ``option mpxs-conns`` and ``http-reuse always``.
+* front doors: ``ours`` (``fcgi-cluster frontend``), ``nginx`` (upstream ``keepalive``,
+  ``fastcgi_keep_conn on``) and ``haproxy`` (``fcgi-app``; ``option mpxs-conns`` to
+  workers that multiplex);
+* workers: ``ours`` (two ``fcgi-cluster worker workers.echo:app`` processes), ``flup``
+  (two tuned flup processes, benchmarks/_flup_worker.py, the same app) and
+  ``php-fpm`` (``pm = static``, 4 children, tests/e2e/php/big.php and upload.php).
 
-Two references bring their own back-end, to place the numbers among what users run:
+haproxy -> php-fpm is left out: the fcgi-app of tests/_peers.py mounts the app at the
+root and sends no SCRIPT_FILENAME. nginx and ours talk to php-fpm without multiplexing
+(it answers FCGI_MPXS_CONNS=0); nginx without keep-alive (its default: a php-fpm child
+pins a kept connection, and connections past the children would wait behind idle
+ones), ours with keep-alive and ``max_conns`` = the children, so extra requests queue.
 
-* ``nginx+php-fpm``: ``hello.php`` on php-fpm (``pm = static``, 4 children);
-* ``nginx+flup``: two flup workers (benchmarks/_flup_worker.py, tuned) running the same app.
+Scenarios: answers of 5 B, 16 KiB and 1 MiB (``?size=N`` of workers.echo,
+``big.php?n=N``) and 1 MiB uploads (a POST, answered with a few bytes). Every front
+door gets one core's worth of processes (nginx ``worker_processes 1``, haproxy
+``nbthread 1``, ours one process) and logs no requests; wrk, the front door and the
+workers share the machine's cores, equally for every stack.
 
-Every front-end gets one core's worth of processes (nginx ``worker_processes 1``,
-haproxy ``nbthread 1``) and logs no requests. The machine's cores are shared with
-wrk and the workers, equally for every contender. A contender that cannot start,
-or does not answer its page correctly, is reported as not available and skipped.
-
-Each contender gets a warm-up run, then the rounds interleave (A B C A B C ...)
-so drift hits all alike; the report gives the median of the rounds. Any non-2xx/3xx
-answer or socket error is printed next to the figure it taints.
+Each run also reads the CPU seconds (user+sys, /proc) of every process of the stack,
+front door and workers, and reports them per 10,000 requests: the figure that stays
+honest on a busy machine. Stacks interleave within each round (A B C A B C) so drift
+hits all alike; the report gives medians over the rounds.
 
 Usage: python benchmarks/end_to_end.py [--quick] [--duration S] [--connections N] [--rounds R]
-Writes benchmarks/results/<UTC timestamp>-http/results.json and table.md; the peers'
-configs and logs are kept beside them, under peers/.
+Writes benchmarks/results/<UTC timestamp>-http/results.json and report.md (the full
+suite, benchmarks/suite.py, runs this as one of its parts).
 """
 
 from __future__ import annotations
@@ -34,21 +36,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime
 import http.client
 import json
 import os
 import pathlib
-import platform
 import re
 import shutil
 import statistics
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import _measure  # noqa: E402
+from _progress import Progress  # noqa: E402
 
 from tests._peers import (  # noqa: E402
     LOOPBACK,
@@ -60,47 +65,71 @@ from tests._peers import (  # noqa: E402
     python_executable,
 )
 
-BASELINE = "nginx"
-APP = "workers.hello:app"
-# What each back-end answers to its page: the check that a contender serves the app
-# (a fast 404 would otherwise look like a win).
-APP_BODY = b"hello"
-PHP_BODY = b"Hello, World!"
-# The workers in the shared pool, and the flup workers of the reference.
+APP = "workers.echo:app"
+FRONT_DOORS = ("ours", "nginx", "haproxy")
+WORKERS = ("ours", "flup", "php-fpm")
+# Every pairing but haproxy -> php-fpm (see the module docstring).
+STACKS = tuple(f"{front} -> {back}" for front in FRONT_DOORS for back in WORKERS
+               if (front, back) != ("haproxy", "php-fpm"))
+# Ratios are taken against nginx in front of the same workers as ours: only the front
+# door differs.
+BASELINE = "nginx -> ours"
+# scenario: (bytes answered, bytes uploaded)
+SCENARIOS = {
+    "5 B": (5, 0),
+    "16 KiB": (16 * 1024, 0),
+    "1 MiB": (1024 * 1024, 0),
+    "1 MiB up": (2, 1024 * 1024),
+}
+# Processes in each pool of Python workers (ours, flup).
 POOL_SIZE = 2
-# php-fpm children for the reference: a small static pool, the common starting point.
+# php-fpm children: a small static pool, the common starting point.
 PHP_CHILDREN = 4
 # wrk threads: one per core of a 2-core machine; more only adds context switches.
 WRK_THREADS = 2
 # Seconds of the warm-up run: long enough to open every connection, fill php-fpm's
-# opcache and let the pools fork their children.
+# opcache and let the pools start their threads.
 WARMUP_SECONDS = 1.0
 # Seconds a whole wrk run may take beyond its duration before it counts as hung.
 WRK_GRACE_SECONDS = 30.0
+# Requests per CPU figure: "CPU seconds per 10,000 requests".
+CPU_PER = 10_000
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """What every contender is run with."""
+    """What every stack is run with."""
 
     duration: float
-    connections: int
     rounds: int
-    workers: tuple[int, ...] = ()
+    connections: tuple[int, ...] = (64,)
+    scenarios: tuple[str, ...] = tuple(SCENARIOS)
+    stacks: tuple[str, ...] = STACKS
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Target:
-    """A contender ready for load: the URL wrk hits and the body it must answer."""
+    """A stack ready for load: its HTTP port, how its workers spell a page, its processes."""
 
-    url: str
-    body: bytes
+    port: int
+    php: bool
+    pids: list[int]
+
+    def path(self, scenario: str) -> str:
+        size, upload = SCENARIOS[scenario]
+        if self.php:
+            return "/upload.php" if upload else f"/big.php?n={size}"
+        return f"/?size={size}"
+
+    def url(self, scenario: str) -> str:
+        return f"http://{LOOPBACK}:{self.port}{self.path(scenario)}"
 
 
 class Unavailable(Exception):
-    """A contender cannot be run here; the message says why, in one line."""
+    """A stack cannot be run here; the message says why, in one line."""
 
 
-# --- the contenders --------------------------------------------------------------------
+# --- the workers and the front doors ------------------------------------------------
 
 
 def fcgi_cluster_command() -> list[str]:
@@ -111,160 +140,197 @@ def fcgi_cluster_command() -> list[str]:
     return [python_executable(), "-m", "fcgi_cluster.cli"]
 
 
-def start_pool(peers: Peers) -> tuple[int, ...]:
-    """Start the shared pool of ``fcgi-cluster worker`` processes; their ports."""
-    ports = []
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    for _ in range(POOL_SIZE):
-        port = free_port()
-        peers.process(
-            [*fcgi_cluster_command(), "worker", APP, "--listen", f"{LOOPBACK}:{port}",
-             "--log-level", "warning"],
-            name="fcgi-worker", cwd=ROOT, env=env, ready_port=port,
-        )
-        ports.append(port)
-    return tuple(ports)
+class Pools:
+    """The worker pools, each started on first use.
+
+    Our workers are shared by every front door: they take any number of connections.
+    flup and php-fpm give each front door a pool of its own, because each of their
+    threads or children is pinned to one connection while it stays open: the idle
+    kept-alive connections of one front door would otherwise hold every thread or child,
+    and the next front door's requests would wait behind them (measured: resets from
+    flup, timeouts from php-fpm).
+    """
+
+    def __init__(self, peers: Peers) -> None:
+        self._peers = peers
+        self._started: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+
+    def get(self, kind: str, front: str) -> tuple[list[int], list[int]]:
+        """``(ports, pids)`` of the pool of ``kind`` ("ours", "flup" or "php-fpm") for ``front``."""
+        key = (kind, "" if kind == "ours" else front)
+        if key not in self._started:
+            self._started[key] = getattr(self, "_" + kind.replace("-", "_"))()
+        return self._started[key]
+
+    def _python_pool(self, argv: Callable[[int], list], name: str) -> tuple[list[int], list[int]]:
+        ports, pids = [], []
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        for _ in range(POOL_SIZE):
+            port = free_port()
+            process = self._peers.process(argv(port), name=name, cwd=ROOT, env=env, ready_port=port)
+            ports.append(port)
+            pids.append(process.pid)
+        return ports, pids
+
+    def _ours(self) -> tuple[list[int], list[int]]:
+        return self._python_pool(
+            lambda port: [*fcgi_cluster_command(), "worker", APP, "--listen", f"{LOOPBACK}:{port}",
+                          "--log-level", "warning"], "fcgi-worker")
+
+    def _flup(self) -> tuple[list[int], list[int]]:
+        return self._python_pool(
+            lambda port: [python_executable(), ROOT / "benchmarks" / "_flup_worker.py", APP, LOOPBACK,
+                          str(port), "0"], "flup")
+
+    def _php_fpm(self) -> tuple[list[int], list[int]]:
+        find_php_fpm()  # raises PeerStartError, reported as not available
+        fpm = self._peers.php_fpm(pm="static", max_children=PHP_CHILDREN)
+        return [fpm.port], [fpm.process.pid]
 
 
-def ours(peers: Peers, settings: Settings) -> Target:
-    command = fcgi_cluster_command()
-    try:
-        probe = subprocess.run([*command, "frontend", "--help"], cwd=ROOT, capture_output=True,
-                               text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise Unavailable(f"`fcgi-cluster frontend --help` failed: {exc}") from None
-    if probe.returncode != 0:
-        raise Unavailable(_last_line(probe.stderr or probe.stdout) or f"exit status {probe.returncode}")
+def our_front_door(peers: Peers, ports: list[int], php: bool, directory: pathlib.Path,
+                   max_clients: int) -> tuple[int, int]:
+    """``fcgi-cluster frontend -c`` in front of ``ports``; its port and pid."""
     port = free_port()
-    upstreams = [arg for worker in settings.workers for arg in ("--upstream", f"{LOOPBACK}:{worker}")]
-    peers.process(
-        [*command, "frontend", "--listen", f"{LOOPBACK}:{port}", *upstreams],
-        name="fcgi-frontend", cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), ready_port=port,
-    )
-    return Target(f"http://{LOOPBACK}:{port}/hello", APP_BODY)
+    # php-fpm children each pin a connection: cap it at the children, and queue the rest.
+    cap = f", max_conns = {PHP_CHILDREN}" if php else ""
+    servers = ", ".join(f'{{ address = "{LOOPBACK}:{p}"{cap} }}' for p in ports)
+    config = directory / f"frontend-{port}.toml"
+    directory.mkdir(parents=True, exist_ok=True)
+    config.write_text(textwrap.dedent(f"""\
+        [frontend]
+        listen = "{LOOPBACK}:{port}"
+        access_log = false
+        max_body_size = 0
+        max_connections = {max_clients}
+        root = "{PHP_PAGES}"
+
+        [upstream.app]
+        servers = [{servers}]
+        """))
+    process = peers.process([*fcgi_cluster_command(), "frontend", "-c", config], name="fcgi-frontend",
+                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), ready_port=port)
+    return port, process.pid
 
 
-def nginx(peers: Peers, settings: Settings) -> Target:
-    first, *more = settings.workers
-    peer = peers.nginx(
-        LOOPBACK, first, keepalive=True, more_upstreams=[(LOOPBACK, port) for port in more],
-        # Room to keep every connection open: at most one per client connection.
-        keepalive_connections=settings.connections, access_log=False,
-    )
-    return Target(peer.url("/hello"), APP_BODY)
-
-
-def haproxy(peers: Peers, settings: Settings) -> Target:
-    first, *more = settings.workers
-    peer = peers.haproxy(
-        LOOPBACK, first, mpxs=True, more_upstreams=[(LOOPBACK, port) for port in more],
-        access_log=False, nbthread=1,
-    )
-    return Target(peer.url("/hello"), APP_BODY)
-
-
-def nginx_php_fpm(peers: Peers, settings: Settings) -> Target:
-    find_php_fpm()  # raises PeerStartError, reported as not available
-    fpm = peers.php_fpm(pm="static", max_children=PHP_CHILDREN)
-    # Without keep-alive, as nginx is set up by default: a php-fpm child serves one
-    # connection until nginx closes it, so kept-alive connections beyond the 4 children
-    # would wait in php-fpm's listen queue behind idle ones, and time out.
-    peer = peers.nginx_php(fpm.port, PHP_PAGES, keepalive=False, access_log=False)
-    return Target(peer.url("/hello.php"), PHP_BODY)
-
-
-def nginx_flup(peers: Peers, settings: Settings) -> Target:
-    ports = []
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    for _ in range(POOL_SIZE):
-        port = free_port()
-        peers.process(
-            [python_executable(), ROOT / "benchmarks" / "_flup_worker.py", APP, LOOPBACK, str(port), "0"],
-            name="flup", cwd=ROOT, env=env, ready_port=port,
-        )
-        ports.append(port)
+def start_stack(name: str, peers: Peers, pools: Pools, settings: Settings, directory: pathlib.Path) -> Target:
+    """Start the front door of stack ``name`` (and its workers, when not yet running)."""
+    front, _, back = name.partition(" -> ")
+    ports, worker_pids = pools.get(back, front)
+    php = back == "php-fpm"
     first, *more = ports
-    peer = peers.nginx(
-        LOOPBACK, first, keepalive=True, more_upstreams=[(LOOPBACK, port) for port in more],
-        keepalive_connections=settings.connections, access_log=False,
-    )
-    return Target(peer.url("/hello"), APP_BODY)
+    keep = max(settings.connections)
+    if front == "ours":
+        port, pid = our_front_door(peers, ports, php, directory, max(4096, keep * 2))
+    elif front == "nginx" and php:
+        peer = peers.nginx_php(first, PHP_PAGES, keepalive=False, access_log=False)
+        port, pid = peer.port, peer.process.pid
+    elif front == "nginx":
+        peer = peers.nginx(LOOPBACK, first, keepalive=True, more_upstreams=[(LOOPBACK, p) for p in more],
+                           keepalive_connections=keep, access_log=False)
+        port, pid = peer.port, peer.process.pid
+    else:
+        peer = peers.haproxy(LOOPBACK, first, mpxs=back == "ours", more_upstreams=[(LOOPBACK, p) for p in more],
+                             access_log=False, nbthread=1)
+        port, pid = peer.port, peer.process.pid
+    return Target(port, php, [pid, *worker_pids])
 
 
-CONTENDERS: dict[str, Callable[[Peers, Settings], Target]] = {
-    "ours": ours,
-    "nginx": nginx,
-    "haproxy": haproxy,
-    "nginx+php-fpm": nginx_php_fpm,
-    "nginx+flup": nginx_flup,
-}
-
-
-def check_answer(target: Target) -> None:
-    """One GET of the target; raises ``Unavailable`` unless it is 200 with the right body."""
-    url = target.url.removeprefix("http://")
-    address, _, path = url.partition("/")
-    host, _, port = address.partition(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+def check_answer(target: Target, scenario: str) -> None:
+    """One request of ``scenario``; raises ``Unavailable`` unless it is 200 with the right body."""
+    size, upload = SCENARIOS[scenario]
+    connection = http.client.HTTPConnection(LOOPBACK, target.port, timeout=10)
     try:
-        connection.request("GET", "/" + path)
+        connection.request("POST" if upload else "GET", target.path(scenario),
+                           body=b"u" * upload if upload else None)
         response = connection.getresponse()
         body = response.read()
     except OSError as exc:
-        raise Unavailable(f"GET {target.url} failed: {exc}") from None
+        raise Unavailable(f"{scenario}: {target.url(scenario)} failed: {exc}") from None
     finally:
         connection.close()
-    if (response.status, body) != (200, target.body):
-        raise Unavailable(f"GET {target.url} answered {response.status} {body[:80]!r}")
+    # An upload is answered with the worker's own few bytes; a download with exactly size.
+    if response.status != 200 or (not upload and len(body) != size):
+        raise Unavailable(f"{scenario}: {target.url(scenario)} answered {response.status} "
+                          f"with {len(body)} bytes: {body[:80]!r}")
 
 
 # --- wrk -------------------------------------------------------------------------------
 
 _UNITS_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
 _REQUESTS_PER_SEC = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
-_PERCENTILE = re.compile(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
+_PERCENTILE = re.compile(r"^\s+(50|75|90|99|99\.9)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
 _TOTAL = re.compile(r"^\s+(\d+) requests in ([\d.]+)(us|ms|s|m|h)", re.M)
 _SOCKET_ERRORS = re.compile(
     r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
 _NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+# wrk's --latency prints 50/75/90/99; this script adds 99.9 from wrk's own histogram.
+_LUA_PERCENTILE = textwrap.dedent("""\
+    done = function(summary, latency, requests)
+       io.write(string.format("  99.9%%  %.2fus\\n", latency:percentile(99.9)))
+    end
+    """)
 
 
 def parse_wrk(output: str) -> dict:
     """The figures of one ``wrk --latency`` run.
 
     Returns:
-        ``rps``, ``requests``, ``p50_ms``, ``p75_ms``, ``p90_ms``, ``p99_ms``,
-        ``non_2xx`` (wrk counts statuses of 400 and up) and ``socket_errors``
-        (``connect``, ``read``, ``write``, ``timeout``; zero when wrk prints no such line).
+        ``rps``, ``requests``, ``p50_ms``, ``p75_ms``, ``p90_ms``, ``p99_ms`` (and
+        ``p99.9_ms`` when the script printed it), ``non_2xx`` (wrk counts statuses of 400
+        and up) and ``socket_errors`` (``connect``, ``read``, ``write``, ``timeout``; zero
+        when wrk prints no such line).
 
     Raises:
         ValueError: the output has no Requests/sec or no latency distribution.
     """
     rps = _REQUESTS_PER_SEC.search(output)
     total = _TOTAL.search(output)
-    percentiles = {int(p): float(value) * _UNITS_US[unit] / 1e3
-                   for p, value, unit in _PERCENTILE.findall(output)}
-    if rps is None or total is None or not {50, 99} <= percentiles.keys():
+    percentiles = {p: float(value) * _UNITS_US[unit] / 1e3 for p, value, unit in _PERCENTILE.findall(output)}
+    if rps is None or total is None or not {"50", "99"} <= percentiles.keys():
         raise ValueError(f"cannot read wrk's output:\n{output}")
     errors = _SOCKET_ERRORS.search(output)
     non_2xx = _NON_2XX.search(output)
     return {
         "rps": float(rps[1]),
         "requests": int(total[1]),
-        **{f"p{p}_ms": percentiles[p] for p in sorted(percentiles)},
+        **{f"p{p}_ms": percentiles[p] for p in percentiles},
         "non_2xx": int(non_2xx[1]) if non_2xx else 0,
         "socket_errors": dict(zip(("connect", "read", "write", "timeout"),
                                   map(int, errors.groups()) if errors else (0, 0, 0, 0))),
     }
 
 
-def run_wrk(wrk: str, url: str, seconds: float, connections: int) -> dict:
-    """Run wrk once against ``url``; its parsed figures, with the raw output under ``raw``."""
-    argv = [wrk, f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds:g}s", "--latency", url]
+def wrk_script(directory: pathlib.Path, scenario: str) -> pathlib.Path:
+    """The Lua script of ``scenario``: the 99.9th percentile, and the upload body if any."""
+    _, upload = SCENARIOS[scenario]
+    script = directory / f"wrk-{upload}.lua"
+    if not script.exists():
+        body = ""
+        if upload:
+            body = ('wrk.method = "POST"\n'
+                    f'wrk.body = string.rep("u", {upload})\n'
+                    'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+        directory.mkdir(parents=True, exist_ok=True)
+        script.write_text(body + _LUA_PERCENTILE)
+    return script
+
+
+def run_wrk(wrk: str, url: str, seconds: float, connections: int, script: pathlib.Path,
+            pids: list[int]) -> dict:
+    """Run wrk once against ``url``: its figures, the CPU the stack spent, and wrk's output."""
+    argv = [wrk, f"-t{min(WRK_THREADS, connections)}", f"-c{connections}", f"-d{seconds:g}s",
+            "--latency", "-s", str(script), url]
+    processes = _measure.tree(pids)
+    before = _measure.cpu_seconds(processes)
     result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + WRK_GRACE_SECONDS)
+    cpu = _measure.cpu_between(before, _measure.cpu_seconds(processes))
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited with {result.returncode}: {result.stderr.strip()}")
-    return {**parse_wrk(result.stdout), "raw": result.stdout}
+    figures = parse_wrk(result.stdout)
+    figures["cpu_s"] = cpu
+    figures["cpu_per_10k_s"] = cpu / figures["requests"] * CPU_PER if figures["requests"] else None
+    return {**figures, "raw": result.stdout}
 
 
 def trouble(run: dict) -> str:
@@ -281,147 +347,109 @@ def trouble(run: dict) -> str:
 # --- the run ---------------------------------------------------------------------------
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of one wrk run (default %(default)s)")
-    parser.add_argument("--connections", type=int, default=64, help="wrk's open connections (default %(default)s)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    args = parser.parse_args()
-    if args.quick:
-        args.duration, args.rounds = 2.0, 1
-    if args.connections < WRK_THREADS:
-        parser.error(f"--connections must be at least {WRK_THREADS} (one per wrk thread)")
+def steps(settings: Settings) -> int:
+    """How many wrk runs ``run`` makes, warm-ups included: for the progress display."""
+    return len(settings.stacks) * len(settings.scenarios) * (1 + len(settings.connections) * settings.rounds)
+
+
+def run(settings: Settings, out: pathlib.Path, progress: Progress) -> dict:
+    """Load every stack of ``settings`` with wrk; the part of results.json it makes.
+
+    Resource handling: every process it starts is stopped before it returns, even when a
+    run fails; the peers' configs and logs stay under ``out/peers``.
+
+    Error handling: a stack that cannot start or answers a scenario wrongly is reported
+    as not available (with the reason) and the others still run.
+    """
     wrk = shutil.which("wrk")
     if wrk is None:
-        print("end_to_end.py: wrk is not installed: run `make deps` (scripts/install-deps.sh)", file=sys.stderr)
-        return 1
-
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = pathlib.Path(args.out) / f"{stamp}-http"
-    out.mkdir(parents=True, exist_ok=True)
+        raise Unavailable("wrk is not installed: run `make deps` (scripts/install-deps.sh)")
     runs: list[dict] = []
     status: dict[str, dict] = {}
     with contextlib.ExitStack() as stack:
         peers = Peers(stack, out / "peers")
-        settings = Settings(args.duration, args.connections, args.rounds, start_pool(peers))
+        pools = Pools(peers)
         targets: dict[str, Target] = {}
-        for name, start in CONTENDERS.items():
+        for name in settings.stacks:
             try:
-                targets[name] = start(peers, settings)
-                check_answer(targets[name])
-                warmup = run_wrk(wrk, targets[name].url, WARMUP_SECONDS, args.connections)
+                target = start_stack(name, peers, pools, settings, out / "peers")
+                for scenario in settings.scenarios:
+                    check_answer(target, scenario)
+                    warm = run_wrk(wrk, target.url(scenario), WARMUP_SECONDS, max(settings.connections),
+                                   wrk_script(out, scenario), target.pids)
+                    progress.step(f"{name}: warm-up {scenario} {warm['rps']:,.0f} req/s")
             except (Unavailable, PeerStartError, RuntimeError, ValueError) as exc:
-                targets.pop(name, None)
                 reason = _last_line(str(exc)) if isinstance(exc, Unavailable) else _first_line(str(exc))
                 status[name] = {"available": False, "reason": reason}
-                print(f"{name}: not available ({reason})", flush=True)
+                progress.skip(len(settings.scenarios) * (1 + len(settings.connections) * settings.rounds),
+                              f"{name}: not available ({reason})")
                 continue
-            status[name] = {"available": True, "url": targets[name].url}
-            note = trouble(warmup)
-            print(f"{name}: warm-up {warmup['rps']:,.0f} req/s" + (f"  [{note}]" if note else ""),
-                  flush=True)
-
-        total = args.rounds * len(targets)
-        step = 0
-        for round_no in range(args.rounds):
-            for name, target in targets.items():
-                step += 1
-                run = run_wrk(wrk, target.url, args.duration, args.connections)
-                runs.append({"contender": name, "round": round_no, "url": target.url,
-                             "seconds": args.duration, "connections": args.connections, **run})
-                note = trouble(run)
-                print(f"[{step}/{total}] {name:14} {run['rps']:10,.0f} req/s  p50 {run['p50_ms']:7.2f} ms"
-                      f"  p99 {run['p99_ms']:7.2f} ms" + (f"  [{note}]" if note else ""), flush=True)
-
-    summary = summarize(runs, status)
-    table = report(summary, status)
-    (out / "results.json").write_text(json.dumps({
-        "benchmark": "http",
-        "machine": machine(wrk),
-        "settings": {"duration": args.duration, "connections": args.connections, "rounds": args.rounds,
-                     "wrk_threads": WRK_THREADS, "pool_size": POOL_SIZE, "php_children": PHP_CHILDREN,
-                     "app": APP, "baseline": BASELINE},
-        "contenders": status,
-        "summary": summary,
-        "runs": runs,
-    }, indent=2))
-    (out / "table.md").write_text(table)
-    print()
-    print(table)
-    print(f"results: {out}")
-    return 0
+            targets[name] = target
+            status[name] = {"available": True, "port": target.port}
+        for round_no in range(settings.rounds):
+            for scenario in settings.scenarios:
+                for connections in settings.connections:
+                    for name, target in targets.items():
+                        result = run_wrk(wrk, target.url(scenario), settings.duration, connections,
+                                         wrk_script(out, scenario), target.pids)
+                        runs.append({"stack": name, "scenario": scenario, "connections": connections,
+                                     "round": round_no, "seconds": settings.duration, **result})
+                        note = trouble(result)
+                        progress.step(
+                            f"{scenario:8} c{connections:<4} {name:20} {result['rps']:9,.0f} req/s"
+                            f"  p99 {result['p99_ms']:7.2f} ms  cpu/10k {result['cpu_per_10k_s'] or 0:5.2f} s"
+                            + (f"  [{note}]" if note else ""))
+    return {"settings": dataclasses.asdict(settings), "app": APP, "pool_size": POOL_SIZE,
+            "php_children": PHP_CHILDREN, "wrk_threads": WRK_THREADS, "baseline": BASELINE,
+            "stacks": status, "summary": summarize(runs), "runs": runs}
 
 
-def summarize(runs: list[dict], status: dict[str, dict]) -> dict[str, dict]:
-    """Per contender: the medians over its rounds, and its errors summed."""
-    summary = {}
-    for name, state in status.items():
-        mine = [run for run in runs if run["contender"] == name]
-        if not state["available"] or not mine:
-            continue
-        summary[name] = {
-            "rps": statistics.median(run["rps"] for run in mine),
-            "p50_ms": statistics.median(run["p50_ms"] for run in mine),
-            "p99_ms": statistics.median(run["p99_ms"] for run in mine),
-            "requests": sum(run["requests"] for run in mine),
-            "non_2xx": sum(run["non_2xx"] for run in mine),
-            "socket_errors": {kind: sum(run["socket_errors"][kind] for run in mine)
-                              for kind in ("connect", "read", "write", "timeout")},
-        }
+def summarize(runs: list[dict]) -> list[dict]:
+    """Per (scenario, connections, stack): the medians over its rounds, errors summed."""
+    groups: dict[tuple, list[dict]] = {}
+    for one in runs:
+        groups.setdefault((one["scenario"], one["connections"], one["stack"]), []).append(one)
+    summary = []
+    for (scenario, connections, name), mine in groups.items():
+        row = {"scenario": scenario, "connections": connections, "stack": name}
+        for key in ("rps", "p50_ms", "p99_ms", "p99.9_ms", "cpu_per_10k_s"):
+            values = [one[key] for one in mine if one.get(key) is not None]
+            row[key] = statistics.median(values) if values else None
+        row["requests"] = sum(one["requests"] for one in mine)
+        row["non_2xx"] = sum(one["non_2xx"] for one in mine)
+        row["socket_errors"] = {kind: sum(one["socket_errors"][kind] for one in mine)
+                                for kind in ("connect", "read", "write", "timeout")}
+        summary.append(row)
     return summary
 
 
-def report(summary: dict[str, dict], status: dict[str, dict]) -> str:
-    """A markdown table: medians, ratios to the baseline, and any errors."""
-    base = summary.get(BASELINE)
-
-    def ratio(name: str, key: str) -> str:
-        if base is None or not base[key]:
-            return "-"
-        return f"{summary[name][key] / base[key]:.2f}x"
-
-    lines = [
-        f"| contender | req/s | p50 ms | p99 ms | req/s vs {BASELINE} | p50 vs {BASELINE} "
-        f"| p99 vs {BASELINE} | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for name, state in status.items():
-        if name not in summary:
-            lines.append(f"| {name} | not available: {state.get('reason', 'no runs')} | | | | | | |")
-            continue
-        figures = summary[name]
-        errors = trouble(figures) or "none"
-        lines.append(
-            f"| {name} | {figures['rps']:,.0f} | {figures['p50_ms']:.2f} | {figures['p99_ms']:.2f} "
-            f"| {ratio(name, 'rps')} | {ratio(name, 'p50_ms')} | {ratio(name, 'p99_ms')} | {errors} |"
-        )
-    return "\n".join(lines) + "\n"
+def report(part: dict) -> str:
+    """Markdown tables: one per scenario and client count, with ratios to the baseline."""
+    lines = []
+    for name, state in part["stacks"].items():
+        if not state["available"]:
+            lines.append(f"- {name}: not available: {state['reason']}")
+    keys = dict.fromkeys((row["scenario"], row["connections"]) for row in part["summary"])
+    for scenario, connections in keys:
+        rows = [row for row in part["summary"] if (row["scenario"], row["connections"]) == (scenario, connections)]
+        base = next((row for row in rows if row["stack"] == BASELINE), None)
+        best_peer = max((row["rps"] for row in rows if not row["stack"].startswith("ours ")), default=None)
+        lines += ["", f"**{scenario}, {connections} client connections**", "",
+                  f"| stack | req/s | vs {BASELINE} | vs best peer | p50 ms | p99 ms | p99.9 ms "
+                  "| CPU s / 10k req | errors |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for row in sorted(rows, key=lambda row: -row["rps"]):
+            ratio = f"{row['rps'] / base['rps']:.2f}x" if base and base["rps"] else "-"
+            vs_best = f"{row['rps'] / best_peer:.2f}x" if best_peer else "-"
+            lines.append(
+                f"| {row['stack']} | {row['rps']:,.0f} | {ratio} | {vs_best} | {_ms(row['p50_ms'])} "
+                f"| {_ms(row['p99_ms'])} | {_ms(row.get('p99.9_ms'))} | {_ms(row['cpu_per_10k_s'])} "
+                f"| {trouble(row) or 'none'} |")
+    return "\n".join(lines).strip() + "\n"
 
 
-def machine(wrk: str) -> dict:
-    versions = {}
-    for name, argv in {
-        "wrk": [wrk, "-v"],
-        "nginx": ["nginx", "-v"],
-        "haproxy": ["haproxy", "-v"],
-        "php-fpm": ["php-fpm", "-v"],
-    }.items():
-        try:
-            if name == "php-fpm":
-                argv[0] = find_php_fpm()
-            binary = shutil.which(argv[0]) or shutil.which(argv[0], path="/usr/sbin:/sbin") or argv[0]
-            result = subprocess.run([binary, *argv[1:]], capture_output=True, text=True, timeout=10)
-            versions[name] = _first_line(result.stdout or result.stderr)
-        except (OSError, PeerStartError, subprocess.TimeoutExpired) as exc:
-            versions[name] = f"unknown ({exc})"
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        **versions,
-    }
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _first_line(text: str) -> str:
@@ -430,6 +458,40 @@ def _first_line(text: str) -> str:
 
 def _last_line(text: str) -> str:
     return next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of one wrk run (default %(default)s)")
+    parser.add_argument("--connections", type=int, nargs="+", default=[64],
+                        help="wrk's open connections; several values sweep (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default %(default)s)")
+    parser.add_argument("--scenario", action="append", choices=list(SCENARIOS), help="only these scenarios")
+    parser.add_argument("--stack", action="append", choices=list(STACKS), help="only these stacks")
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.rounds = 2.0, 1
+    settings = Settings(args.duration, args.rounds, tuple(args.connections),
+                        tuple(args.scenario or SCENARIOS), tuple(args.stack or STACKS))
+    from suite import machine, stamp  # the suite's machine facts and folder names
+
+    out = pathlib.Path(args.out) / f"{stamp()}-http"
+    out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(steps(settings))
+    try:
+        part = run(settings, out, progress)
+    except Unavailable as exc:
+        print(f"end_to_end.py: {exc}", file=sys.stderr)
+        return 1
+    (out / "results.json").write_text(json.dumps({"machine": machine(), "http": part}, indent=2))
+    table = report(part)
+    (out / "report.md").write_text(table)
+    print()
+    print(table)
+    print(f"results: {out}")
+    return 0
 
 
 if __name__ == "__main__":

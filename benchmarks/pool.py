@@ -20,7 +20,8 @@ Memory: after the runs and a second of rest, each child's ``Rss`` and ``Pss`` fr
 siblings and master between them: the figure that adds up).
 
 Usage: python benchmarks/pool.py [--seconds 3] [--rounds 3] [--quick]
-Writes benchmarks/results/<UTC timestamp>-pool/results.json and table.md.
+Writes benchmarks/results/<UTC timestamp>-pool/results.json and report.md (the full
+suite, benchmarks/suite.py, runs this as one of its parts).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import transport  # noqa: E402  (the load generator)
+from _progress import Progress  # noqa: E402
 
 from fcgi_cluster.client import cgi_params, open_connection  # noqa: E402
 from fcgi_cluster.worker._pool_config import GlobalConfig, PoolConfig, PoolFile  # noqa: E402
@@ -146,15 +148,22 @@ def check_answer(port: int, params: dict, body: bytes) -> None:
     trio.run(one)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="1 s runs, 1 round")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    args = parser.parse_args()
-    if args.quick:
-        args.seconds, args.rounds = 1.0, 1
+def steps(rounds: int) -> int:
+    """How many load runs ``run`` makes (php-fpm's counted when it is installed)."""
+    try:
+        find_php_fpm()
+        pools = 2
+    except PeerStartError:
+        pools = 1
+    per_size = sum(rounds * (pools if for_fpm else 1) for *_, for_fpm in SCENARIOS.values())
+    return len(SIZES) * per_size
+
+
+def run(seconds: float, rounds: int, progress: Progress) -> dict:
+    """Load pools of each size; the part of results.json it makes (runs and idle memory).
+
+    Resource handling: each size's pools are stopped before the next size starts.
+    """
     ours_params = cgi_params("GET", "/hello")
     php_params = cgi_params("GET", "/hello.php", document_root=str(PHP_PAGES))
     try:
@@ -176,30 +185,45 @@ def main() -> int:
                     run_load(port, params, "new-conn 8", 0.5, name == "php-fpm")
                 for scenario, (_, _, _, for_fpm) in SCENARIOS.items():
                     names = [n for n in targets if n == "ours" or for_fpm]
-                    for round_no in range(args.rounds):
+                    for round_no in range(rounds):
                         for name in names if round_no % 2 == 0 else names[::-1]:
                             (port, _), params = targets[name]
-                            ok, failed = run_load(port, params, scenario, args.seconds, name == "php-fpm")
+                            ok, failed = run_load(port, params, scenario, seconds, name == "php-fpm")
                             runs.append({"pool": name, "children": size, "scenario": scenario, "round": round_no,
-                                         "requests": ok, "failed": failed, "rps": ok / args.seconds})
-                            print(f"{name:8} {size} children {scenario:14} {ok / args.seconds:9.0f} req/s"
-                                  + (f" ({failed} failed)" if failed else ""), flush=True)
+                                         "requests": ok, "failed": failed, "rps": ok / seconds})
+                            progress.step(f"pool {name:8} {size} children {scenario:14} {ok / seconds:9.0f} req/s"
+                                          + (f" ({failed} failed)" if failed else ""))
                 time.sleep(1.0)
                 for name, ((_, pid), _) in targets.items():
                     mem[f"{name} {size}"] = memory(pid)
-    table = report(runs, mem)
+    return {"app": APP, "sizes": list(SIZES), "runs": runs, "memory": mem}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="1 s runs, 1 round")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds = 1.0, 1
+    part = run(args.seconds, args.rounds, Progress(steps(args.rounds)))
+    table = report(part)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     out = pathlib.Path(args.out) / f"{stamp}-pool"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"machine": transport.machine(), "runs": runs, "memory": mem}, indent=2))
-    (out / "table.md").write_text(table)
+    (out / "results.json").write_text(json.dumps({"machine": transport.machine(), "pool": part}, indent=2))
+    (out / "report.md").write_text(table)
     print()
     print(table)
     print(f"results: {out}")
     return 0
 
 
-def report(runs: list[dict], mem: dict[str, dict]) -> str:
+def report(part: dict) -> str:
+    """Markdown tables: median req/s per pool size and scenario, then memory per idle child."""
+    runs, mem = part["runs"], part["memory"]
     lines = ["| pool | scenario | " + " | ".join(f"{n} child{'ren' if n > 1 else ''} req/s" for n in SIZES) + " |",
              "|---|---|" + "---|" * len(SIZES)]
     for name in ("ours", "php-fpm"):

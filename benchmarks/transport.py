@@ -17,7 +17,8 @@ flup. The load generator shares the machine's cores with the contender, equally
 for every contender.
 
 Usage: python benchmarks/transport.py [--seconds 3] [--rounds 3] [--quick]
-Writes benchmarks/results/<UTC timestamp>/transport.json and transport.md.
+Writes benchmarks/results/<UTC timestamp>-transport/results.json and report.md (the
+full suite, benchmarks/suite.py, runs this as one of its parts).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ import trio
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from _progress import Progress  # noqa: E402
 
 from fcgi_cluster.client import cgi_params, open_connection  # noqa: E402
 from fcgi_cluster.protocol import NEED_DATA, ClientConnection, EndRequest, Request, Stdin, Stdout  # noqa: E402
@@ -197,6 +201,42 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def steps(rounds: int, generators: tuple[str, ...] = GENERATORS) -> int:
+    """How many load runs ``run`` makes: for the progress display."""
+    return len(SCENARIOS) * len(generators) * rounds * len(contenders("workers.hello:app"))
+
+
+def run(seconds: float, rounds: int, progress: Progress, app: str = "workers.hello:app",
+        generators: tuple[str, ...] = GENERATORS) -> dict:
+    """Load every contender with every scenario; the part of results.json it makes.
+
+    Resource handling: the contenders are stopped before it returns, even on failure.
+    """
+    runs = []
+    names = list(contenders(app))
+    with contextlib.ExitStack() as stack:
+        ports = {}
+        for name, (argv, port, env) in contenders(app).items():
+            stack.enter_context(started(argv, port, env))
+            ports[name] = port
+        for name, port in ports.items():  # warm up
+            trio.run(load_core, port, 1, 8, False, 0.5)
+        for generator in generators:
+            load = load_core if generator == "core" else load_client
+            for scenario, (conns, inflight, new_conn) in SCENARIOS.items():
+                for round_no in range(rounds):
+                    order = names if round_no % 2 == 0 else names[::-1]
+                    for name in order:
+                        ok, failed = trio.run(load, ports[name], conns, inflight, new_conn, seconds)
+                        rate = ok / seconds
+                        runs.append({"generator": generator, "scenario": scenario, "contender": name,
+                                     "round": round_no, "requests": ok, "failed": failed,
+                                     "seconds": seconds, "rps": rate})
+                        progress.step(f"{generator:6} {scenario:14} {name:22} {rate:9.0f} req/s"
+                                      + (f"  ({failed} failed)" if failed else ""))
+    return {"app": app, "contenders": names, "generators": list(generators), "runs": runs}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="length of one run")
@@ -207,50 +247,28 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds = 1.0, 2
-    runs = []
-    names = list(contenders(args.app))
-    with contextlib.ExitStack() as stack:
-        ports = {}
-        for name, (argv, port, env) in contenders(args.app).items():
-            stack.enter_context(started(argv, port, env))
-            ports[name] = port
-        for name, port in ports.items():  # warm up
-            trio.run(load_core, port, 1, 8, False, 0.5)
-        total = len(SCENARIOS) * len(GENERATORS) * args.rounds * len(names)
-        step = 0
-        for generator in GENERATORS:
-            load = load_core if generator == "core" else load_client
-            for scenario, (conns, inflight, new_conn) in SCENARIOS.items():
-                for round_no in range(args.rounds):
-                    order = names if round_no % 2 == 0 else names[::-1]
-                    for name in order:
-                        step += 1
-                        ok, failed = trio.run(load, ports[name], conns, inflight, new_conn, args.seconds)
-                        rate = ok / args.seconds
-                        runs.append({"generator": generator, "scenario": scenario, "contender": name,
-                                     "round": round_no, "requests": ok, "failed": failed,
-                                     "seconds": args.seconds, "rps": rate})
-                        print(f"[{step}/{total}] {generator:6} {scenario:14} {name:22} {rate:9.0f} req/s"
-                              + (f"  ({failed} failed)" if failed else ""), flush=True)
-    table = report(runs, names)
+    part = run(args.seconds, args.rounds, Progress(steps(args.rounds)), args.app)
+    table = report(part)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = pathlib.Path(args.out) / stamp
+    out = pathlib.Path(args.out) / f"{stamp}-transport"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "transport.json").write_text(json.dumps({"machine": machine(), "app": args.app, "runs": runs}, indent=2))
-    (out / "transport.md").write_text(table)
+    (out / "results.json").write_text(json.dumps({"machine": machine(), "transport": part}, indent=2))
+    (out / "report.md").write_text(table)
     print()
     print(table)
     print(f"results: {out}")
     return 0
 
 
-def report(runs: list[dict], names: list[str]) -> str:
+def report(part: dict) -> str:
+    """A markdown table: median req/s per generator and scenario, and the ratio to flup."""
+    runs, names = part["runs"], part["contenders"]
     baseline = names[1]
     lines = [
         "| generator | scenario | " + " | ".join(f"{n} req/s" for n in names) + f" | ratio to {baseline} |",
         "|---" * (len(names) + 3) + "|",
     ]
-    for generator in GENERATORS:
+    for generator in part["generators"]:
         for scenario in SCENARIOS:
             medians = {
                 n: statistics.median(r["rps"] for r in runs

@@ -459,8 +459,8 @@ def _nginx(
             error_log {workdir}/error.log info;
 
             events {{
-                # Room for a benchmark's clients plus as many upstream connections.
-                worker_connections 1024;
+                # Room for a benchmark's 1,024 clients plus as many upstream connections.
+                worker_connections 4096;
             }}
 
             http {{
@@ -612,7 +612,8 @@ def haproxy_fastcgi(
             # Written by tests/_peers.py:haproxy_fastcgi.
             global
                 log stderr format raw local0 info
-                maxconn 1024
+                # Room for a benchmark's 1,024 clients plus their upstream connections.
+                maxconn 4096
                 {nbthread_line}
 
             defaults

@@ -1,0 +1,293 @@
+"""The whole benchmark suite in one run: `make bench` (about 10 minutes), `make bench-quick` (about 1).
+
+Parts, each our stack beside its peers in the same run, interleaved:
+
+* ``transport``: FastCGI requests/s into one worker process, no HTTP (benchmarks/transport.py);
+* ``http``: wrk through every front door x worker pairing, answers of 5 B / 16 KiB /
+  1 MiB and 1 MiB uploads, with CPU seconds per 10,000 requests (benchmarks/end_to_end.py);
+* ``scaling``: the same, 5 B answers, as client connections go from 1 to 1,024;
+* ``pool``: a pool of 1, 2 and 4 children, ours and php-fpm, and memory per idle child
+  (benchmarks/pool.py).
+
+Writes ``benchmarks/results/<UTC timestamp>/``: ``results.json`` (every run, the machine,
+the version of every peer), ``report.md`` (the headline, the goals, every table) and PNG
+plots (throughput vs client connections, latency percentiles, CPU per request).
+
+Usage: python benchmarks/suite.py [--quick] [--only PART ...] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import end_to_end  # noqa: E402
+import pool  # noqa: E402
+import transport  # noqa: E402
+from _progress import Progress  # noqa: E402
+
+from tests._peers import PeerStartError, find_php_fpm  # noqa: E402
+
+PARTS = ("transport", "http", "scaling", "pool")
+# The stacks of the scaling sweep: every front door before our workers, and the PHP reference.
+SCALING_STACKS = ("ours -> ours", "nginx -> ours", "haproxy -> ours", "nginx -> php-fpm")
+# Where the headline figures are read: small answers at a moderate load.
+HEADLINE = ("5 B", 64)
+
+
+def plan(quick: bool) -> dict:
+    """The settings of every part, full or quick."""
+    if quick:
+        return {
+            "transport": {"seconds": 0.5, "rounds": 1, "generators": ("core",)},
+            "http": end_to_end.Settings(1.0, 1, (64,), ("5 B",)),
+            "scaling": end_to_end.Settings(1.0, 1, (1, 64, 256), ("5 B",), SCALING_STACKS[:3]),
+            "pool": {"seconds": 0.5, "rounds": 1},
+        }
+    return {
+        "transport": {"seconds": 2.0, "rounds": 3, "generators": transport.GENERATORS},
+        "http": end_to_end.Settings(3.0, 2, (64,)),
+        "scaling": end_to_end.Settings(3.0, 2, (1, 16, 64, 256, 1024), ("5 B",), SCALING_STACKS),
+        "pool": {"seconds": 2.0, "rounds": 2},
+    }
+
+
+def stamp() -> str:
+    """The UTC timestamp that names a results folder."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def machine() -> dict:
+    """The machine and the version of every program and package measured."""
+    facts = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                facts["cpu"] = line.split(":", 1)[1].strip()
+                break
+        facts["memory_kib"] = int(pathlib.Path("/proc/meminfo").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        facts["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                                         text=True, timeout=10).stdout.strip()
+    except OSError:
+        pass
+    programs = {"wrk": ["wrk", "-v"], "nginx": ["nginx", "-v"], "haproxy": ["haproxy", "-v"],
+                "php-fpm": [None, "-v"], "redis-server": ["redis-server", "--version"]}
+    for name, argv in programs.items():
+        try:
+            binary = find_php_fpm() if argv[0] is None else (
+                shutil.which(argv[0]) or shutil.which(argv[0], path="/usr/sbin:/sbin"))
+            if binary is None:
+                facts[name] = "not installed"
+                continue
+            result = subprocess.run([binary, *argv[1:]], capture_output=True, text=True, timeout=10)
+            text = result.stdout or result.stderr
+            facts[name] = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        except (OSError, PeerStartError, subprocess.TimeoutExpired) as exc:
+            facts[name] = f"unknown ({exc})"
+    for dist in ("fcgi-cluster", "trio", "httptools", "flup", "redis", "pymemcache"):
+        try:
+            facts[dist] = version(dist)
+        except PackageNotFoundError:
+            facts[dist] = "not installed"
+    return facts
+
+
+def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
+    """Run ``parts``; the whole of results.json. A part that fails is recorded with its error."""
+    settings = plan(quick)
+    progress = Progress()
+    counts = {
+        "transport": lambda: transport.steps(settings["transport"]["rounds"], settings["transport"]["generators"]),
+        "http": lambda: end_to_end.steps(settings["http"]),
+        "scaling": lambda: end_to_end.steps(settings["scaling"]),
+        "pool": lambda: pool.steps(settings["pool"]["rounds"]),
+    }
+    for part in parts:
+        progress.add(counts[part]())
+    results: dict = {"quick": quick, "machine": machine(), "parts": {}}
+    for part in parts:
+        progress._print(f"--- {part} ---")
+        try:
+            if part == "transport":
+                results["parts"][part] = transport.run(progress=progress, **settings["transport"])
+            elif part in ("http", "scaling"):
+                results["parts"][part] = end_to_end.run(settings[part], out / part, progress)
+            else:
+                results["parts"][part] = pool.run(progress=progress, **settings["pool"])
+        except (end_to_end.Unavailable, PeerStartError, RuntimeError, OSError, ValueError) as exc:
+            results["parts"][part] = {"error": f"{type(exc).__name__}: {exc}"}
+            progress._print(f"{part}: failed: {exc}")
+    return results
+
+
+# --- the report ----------------------------------------------------------------------
+
+
+def _row(part: dict, scenario: str, connections: int, stack: str) -> dict | None:
+    return next((row for row in part.get("summary", ())
+                 if (row["scenario"], row["connections"], row["stack"]) == (scenario, connections, stack)), None)
+
+
+def goals(results: dict) -> list[str]:
+    """The issue's goals, each with the figures of this run and whether it is met."""
+    lines = []
+    http = results["parts"].get("http", {})
+    scenario, connections = HEADLINE
+    ours = _row(http, scenario, connections, "ours -> ours")
+
+    def check(label: str, mine: float | None, theirs: float | None, at_least: bool = True, factor: float = 1.0):
+        if mine is None or theirs is None:
+            lines.append(f"| {label} | - | - | not measured |")
+            return
+        met = mine >= theirs * factor if at_least else mine <= theirs * factor
+        lines.append(f"| {label} | {mine:,.2f} | {theirs:,.2f} | {'met' if met else 'not met'} "
+                     f"({mine / theirs:.2f}x) |")
+
+    lines += ["| goal | ours | peer | |", "|---|---:|---:|---|"]
+    transport_part = results["parts"].get("transport", {})
+    if "runs" in transport_part:
+        medians = transport_medians(transport_part)
+        mine = medians.get(("core", "mpx 1x32", transport_part["contenders"][0]))
+        theirs = medians.get(("core", "mpx 1x32", transport_part["contenders"][1]))
+        check("one worker process, mpx 1x32 req/s, at least 3x flup", mine, theirs, factor=3.0)
+    for peer in ("nginx -> ours", "nginx -> php-fpm"):
+        row = _row(http, scenario, connections, peer)
+        check(f"ours -> ours req/s at least {peer} (5 B, 64 clients)",
+              ours and ours["rps"], row and row["rps"])
+    row = _row(http, scenario, connections, "nginx -> php-fpm")
+    check("CPU s / 10k req of our stack within 1.5x nginx -> php-fpm",
+          ours and ours["cpu_per_10k_s"], row and row["cpu_per_10k_s"], at_least=False, factor=1.5)
+    return lines
+
+
+def transport_medians(part: dict) -> dict:
+    import statistics
+
+    groups: dict[tuple, list[float]] = {}
+    for one in part["runs"]:
+        groups.setdefault((one["generator"], one["scenario"], one["contender"]), []).append(one["rps"])
+    return {key: statistics.median(values) for key, values in groups.items()}
+
+
+def report(results: dict, plots: list[str]) -> str:
+    """report.md: the headline table, the goals, then every part's tables and the plots."""
+    lines = ["# fcgi-cluster benchmark report", ""]
+    facts = results["machine"]
+    lines.append(f"{facts.get('cpus')} CPUs ({facts.get('cpu', '?')}), Python {facts['python']}, "
+                 f"commit {facts.get('commit', '?')[:12]}; {'quick' if results['quick'] else 'full'} run. "
+                 "wrk, the front doors and the workers share the machine's cores.")
+    lines += ["", "## Goals", "", *goals(results)]
+    names = {"transport": "Transport: FastCGI into one worker process",
+             "http": "End to end: front doors x workers (64 client connections)",
+             "scaling": "Scaling: client connections", "pool": "Pool: children and memory"}
+    for part, data in results["parts"].items():
+        lines += ["", f"## {names[part]}", ""]
+        if "error" in data:
+            lines.append(f"failed: {data['error']}")
+        elif part == "transport":
+            lines.append(transport.report(data).strip())
+        elif part == "pool":
+            lines.append(pool.report(data).strip())
+        else:
+            lines.append(end_to_end.report(data).strip())
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, out: pathlib.Path) -> list[str]:
+    """PNG plots of the run; the file names written (none when matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no plots: matplotlib is not installed (`make bench` installs it)", file=sys.stderr)
+        return []
+    written = []
+    scaling = results["parts"].get("scaling", {})
+    if scaling.get("summary"):
+        figure, axis = plt.subplots(figsize=(7, 4.5))
+        for stack in dict.fromkeys(row["stack"] for row in scaling["summary"]):
+            rows = sorted((row for row in scaling["summary"] if row["stack"] == stack),
+                          key=lambda row: row["connections"])
+            axis.plot([row["connections"] for row in rows], [row["rps"] for row in rows], marker="o", label=stack)
+        axis.set(xscale="log", xlabel="client connections", ylabel="requests/s",
+                 title="Throughput vs client connections (5 B answers)")
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+        figure.tight_layout()
+        figure.savefig(out / "throughput.png", dpi=100)
+        plt.close(figure)
+        written.append("throughput.png")
+    http = results["parts"].get("http", {})
+    rows = [row for row in http.get("summary", ()) if (row["scenario"], row["connections"]) == HEADLINE]
+    if rows:
+        rows.sort(key=lambda row: -row["rps"])
+        labels = [row["stack"] for row in rows]
+        figure, axis = plt.subplots(figsize=(8, 4.5))
+        width = 0.27
+        for index, key in enumerate(("p50_ms", "p99_ms", "p99.9_ms")):
+            axis.bar([i + (index - 1) * width for i in range(len(rows))],
+                     [row.get(key) or 0 for row in rows], width, label=key.removesuffix("_ms"))
+        axis.set_xticks(range(len(rows)), labels, rotation=30, ha="right")
+        axis.set(ylabel="ms", yscale="log", title="Latency percentiles (5 B answers, 64 clients)")
+        axis.legend()
+        figure.tight_layout()
+        figure.savefig(out / "latency.png", dpi=100)
+        plt.close(figure)
+        written.append("latency.png")
+        figure, axis = plt.subplots(figsize=(8, 4.5))
+        axis.bar(labels, [(row["cpu_per_10k_s"] or 0) * 100 for row in rows])
+        axis.set_xticks(range(len(rows)), labels, rotation=30, ha="right")
+        axis.set(ylabel="CPU µs per request (front door + workers)",
+                 title="CPU per request (5 B answers, 64 clients)")
+        figure.tight_layout()
+        figure.savefig(out / "cpu.png", dpi=100)
+        plt.close(figure)
+        written.append("cpu.png")
+    return written
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs of every part: about a minute")
+    parser.add_argument("--only", action="append", choices=PARTS, help="run only these parts")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"),
+                        help="the folder under which the run's own folder is made")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("suite.py: wrk is not installed: run `make deps` (scripts/install-deps.sh)", file=sys.stderr)
+        return 1
+    out = pathlib.Path(args.out) / stamp()
+    out.mkdir(parents=True, exist_ok=True)
+    results = run(tuple(args.only or PARTS), args.quick, out)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plots = plot(results, out)
+    text = report(results, plots)
+    (out / "report.md").write_text(text)
+    print()
+    print(text)
+    print(f"results: {out}")
+    failed = [part for part, data in results["parts"].items() if "error" in data]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

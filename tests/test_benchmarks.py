@@ -1,0 +1,60 @@
+"""Smoke test of the benchmark suite: `make bench-quick` runs and writes a well-formed results.json.
+
+Not a speed test: no figure is compared with a threshold. It checks that every part ran
+against real peers, that every run measured something, and that the report and plots
+were written.
+"""
+
+import json
+import pathlib
+import subprocess
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_bench_quick_writes_results(tmp_path):
+    result = subprocess.run(["make", "--no-print-directory", "bench-quick", f"BENCH_OUT={tmp_path}"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [run_dir] = [path for path in tmp_path.iterdir() if path.is_dir()]
+    results = json.loads((run_dir / "results.json").read_text())
+
+    assert results["quick"] is True
+    for fact in ("python", "cpus", "nginx", "haproxy", "wrk", "php-fpm", "flup", "trio"):
+        assert results["machine"].get(fact), fact
+    parts = results["parts"]
+    assert set(parts) == {"transport", "http", "scaling", "pool"}
+    for name, part in parts.items():
+        assert "error" not in part, (name, part.get("error"))
+
+    transport_runs = parts["transport"]["runs"]
+    assert {run["contender"] for run in transport_runs} == set(parts["transport"]["contenders"])
+    assert all(run["requests"] > 0 and run["failed"] == 0 for run in transport_runs)
+
+    for name in ("http", "scaling"):
+        stacks = parts[name]["stacks"]
+        unavailable = {stack: state["reason"] for stack, state in stacks.items() if not state["available"]}
+        assert not unavailable, unavailable
+        summary = parts[name]["summary"]
+        assert {row["stack"] for row in summary} == set(stacks)
+        for row in summary:
+            assert row["rps"] > 0 and row["requests"] > 0, row
+            assert row["p50_ms"] <= row["p99_ms"], row
+            # Every process of the stack was found and charged: serving costs CPU.
+            assert row["cpu_per_10k_s"] > 0, row
+            # Our own front-end answers every request; a peer's errors are its own, and the
+            # report shows them beside its figure.
+            if row["stack"].startswith("ours -> "):
+                assert row["non_2xx"] == 0 and not any(row["socket_errors"].values()), row
+    sweep = {row["connections"] for row in parts["scaling"]["summary"]}
+    assert len(sweep) >= 3
+
+    pool_runs = parts["pool"]["runs"]
+    assert {run["children"] for run in pool_runs} == set(parts["pool"]["sizes"])
+    assert all(run["requests"] > 0 for run in pool_runs)
+    assert all(figures["children"] >= 1 and figures["rss_kib"] > 0 for figures in parts["pool"]["memory"].values())
+
+    report = (run_dir / "report.md").read_text()
+    assert "## Goals" in report and "ours -> ours" in report
+    for plot in ("throughput.png", "latency.png", "cpu.png"):
+        assert (run_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
