@@ -636,7 +636,7 @@ def test_dynamic_pool_at_max_children_says_so(tmp_path):
     cfg = pool(port, pm="dynamic", pm_max_children=2, pm_start_servers=1, pm_min_spare_servers=1, pm_max_spare_servers=2)
     with master(tmp_path, cfg) as proc:
         wait_until(lambda: children(proc.pid), what="a child")
-        ok, failures, _ = load(port, "/?sleep_ms=300", total=60, concurrency=6, seconds=4.0)
+        ok, failures, _ = load(port, "/?sleep_ms=300", total=120, concurrency=12, seconds=6.0)
         assert failures == [] and ok > 0
         assert len(children(proc.pid)) == 2
         assert "[pool www] server reached pm.max_children setting (2), consider raising it" in log_of(proc)
