@@ -10,7 +10,7 @@ import threading
 import pytest
 import trio
 
-from fcgi_cluster.protocol import ProtocolStatus
+from fcgi_cluster.protocol import ProtocolStatus, Stdin
 from fcgi_cluster.worker import WorkerConfig
 from workers import echo, hello
 
@@ -97,6 +97,60 @@ async def test_large_body_is_streamed_to_wsgi_input_in_order():
     doc = json.loads(answer.body)
     assert doc["body_length"] == 2_000_000
     assert doc["body_sha256"] == expected
+
+
+async def test_more_interleaved_uploads_than_threads_on_one_connection_all_finish():
+    # Two threads, six uploads over one connection, their records interleaved:
+    # the apps holding the threads wait for bodies that come after the other
+    # four's. Those four overflow to a temporary file rather than stop the
+    # connection, which would leave everyone waiting for good.
+    config = WorkerConfig(threads=2, input_buffer=64 * 1024)
+    uploads = [[bytes([n, r]) * 32 * 1024 for r in range(5)] for n in range(6)]  # 5 x 64 KiB each
+    async with serving(echo.app, config=config) as web:
+        size = str(5 * 64 * 1024)
+        rids = [await web.start(params("/", method="POST", CONTENT_LENGTH=size), end_body=False) for _ in uploads]
+        spooled = 0
+        with trio.fail_after(10):
+            for r in range(5):
+                for rid, chunks in zip(rids, uploads):
+                    out = web.core.send(Stdin(rid, chunks[r]))
+                    if r == 4:  # the end with the last bytes: the app answers as soon as it has them all
+                        out += web.core.send(Stdin(rid, b""))
+                    await web.stream.send_all(out)
+                await trio.sleep(0.01)
+                spooled = max([spooled] + [ctx.body.spooled for ctx in web.worker.requests.values()])
+            for rid in rids:
+                await web.answers[rid].done.wait()
+    assert spooled > 0  # the waiting requests' bodies did go to the file
+    for rid, chunks in zip(rids, uploads):
+        doc = json.loads(web.answers[rid].body)
+        assert doc["body_length"] == 5 * 64 * 1024
+        assert doc["body_sha256"] == hashlib.sha256(b"".join(chunks)).hexdigest()
+
+
+async def test_wsgi_input_readline_from_a_spooled_body():
+    lines = [b"line %d " % i + b"x" * 1000 + b"\n" for i in range(400)]  # 400 KB
+    seen = []
+
+    def app(environ, start_response):
+        seen.extend(environ["wsgi.input"])
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    config = WorkerConfig(threads=1, input_buffer=64 * 1024)
+    async with serving(app, config=config) as web:
+        # The one thread is busy with a first request that waits for its body,
+        # so the second request's lines overflow to its file before it reads.
+        first = await web.start(params("/", method="POST", CONTENT_LENGTH="3"), end_body=False)
+        second = await web.start(params("/", method="POST", CONTENT_LENGTH=str(sum(map(len, lines)))), b"".join(lines))
+        await trio.sleep(0.05)
+        assert web.worker.requests[second].body.spooled > 0
+        await web.send_body(first, b"abc")
+        await web.send_body(first, b"")
+        with trio.fail_after(10):
+            await web.answers[first].done.wait()
+            await web.answers[second].done.wait()
+    assert seen == [b"abc"] + lines
 
 
 async def test_wsgi_input_readline_and_iteration():
