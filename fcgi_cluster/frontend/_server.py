@@ -53,6 +53,12 @@ RECEIVE_SIZE = 64 * 1024
 #: nginx's client_body_buffer_size is 16 KiB (past it nginx spools to disk).
 BUFFERED_BODY_SIZE = 64 * 1024
 
+#: After closing our side with a request body unread: how long in all, and
+#: how long between two reads, the client's remaining bytes are read and
+#: dropped (nginx's lingering_time and lingering_timeout).
+LINGERING_TIME = 30.0
+LINGERING_TIMEOUT = 5.0
+
 #: How long a request may wait for its upstream's answer before the
 #: front-end also watches the client socket, so a client that hangs up on a
 #: slow request has that request aborted at once. Fast answers (the usual
@@ -259,7 +265,7 @@ class FrontendServer:
 class _ClientConnection:
     """One client's keep-alive connection: requests in, responses out, in order."""
 
-    __slots__ = ("server", "stream", "http", "params", "base", "remote_addr", "_received", "_fd", "timed_out")
+    __slots__ = ("server", "stream", "http", "params", "base", "remote_addr", "_received", "_fd", "timed_out", "_body_stream")
 
     def __init__(self, server: FrontendServer, stream: trio.abc.Stream, params: ConnectionParams) -> None:
         self.server = server
@@ -275,8 +281,16 @@ class _ClientConnection:
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         #: Set by ``_Deadlines`` when a wait for the client ran out.
         self.timed_out = False
+        #: The current request's body while a worker's connection reads it.
+        self._body_stream: _BodyStream | None = None
 
     async def run(self) -> None:
+        """Serve the connection's requests until it closes; then linger if the client may be sending."""
+        if await self._serve() and self._fd >= 0:
+            await self._linger()
+
+    async def _serve(self) -> bool:
+        """Serve requests; True when closing while the client may still send (an unread body)."""
         fe = self.server.frontend
         http = self.http
         served = 0
@@ -289,12 +303,12 @@ class _ClientConnection:
                     if data is None:
                         if self._received:
                             await self._send_error(408)
-                        return
+                        return False
                     self._received = True
                     http.receive_data(data)
                     event = http.next_event()
                 if type(event) is ConnectionClosed or event is ConnectionClosed:
-                    return
+                    return False
                 served += 1
                 if served >= fe.keepalive_requests:
                     http.keep_alive = False
@@ -306,17 +320,37 @@ class _ClientConnection:
                 except Exception:
                     # A bug of ours must cost this request only: log it, tell
                     # the client no more than "500", and close.
-                    log.exception("request %r failed", event.target)  # type: ignore[union-attr]
+                    log.exception("request %r failed", getattr(event, "target", event))
                     await self._send_error(500)
-                    return
+                    return not http.request_complete
                 finally:
                     self.server._request_ended()
                 if not keep or not http.keep_alive:
-                    return
+                    return not http.request_complete
                 http.start_next_cycle()
                 self._received = False
         except HTTPError as exc:
             await self._send_error(exc.status, getattr(exc, "reason", None))
+            return True
+
+    async def _linger(self) -> None:
+        """Close our side, then read and drop what the client still sends (nginx's lingering close).
+
+        Closing with unread bytes in the socket makes the kernel answer with a
+        reset, which can destroy the response the client has not read yet (a
+        413 or an early answer to an upload). Bounded as nginx's
+        ``lingering_time`` and ``lingering_timeout``.
+        """
+        try:
+            self.stream.socket.shutdown(socket.SHUT_WR)  # type: ignore[attr-defined]
+        except OSError:
+            return
+        with trio.move_on_after(LINGERING_TIME):
+            try:
+                while await self._receive(LINGERING_TIMEOUT):
+                    pass
+            except _ClientGone:
+                pass
 
     async def _receive_next(self, timeout: float, try_first: bool) -> bytes | None:
         """``_receive`` for request heads, the hot path: its deadline is kept by ``_Deadlines``.
@@ -478,14 +512,19 @@ class _ClientConnection:
         return await self._finish_request_body()
 
     async def _finish_request_body(self) -> bool:
-        """After an answer that did not read the request body: drop a small body, or close."""
-        dropped = 0
+        """After an answer that did not read all of the request body: read and drop the rest.
+
+        As nginx does (ngx_http_discard_request_body): the client sends its
+        body anyway, and dropping it keeps the connection for the next request
+        instead of closing it under a client that is still sending. Each read
+        is bounded by ``body_timeout`` (a client that stalls gets no more
+        answers on this connection, only a close).
+        """
+        if self._body_stream is not None:
+            await self._body_stream.close()
+            self._body_stream = None
         while not self.http.request_complete:
-            if dropped > BUFFERED_BODY_SIZE:
-                return False
-            event = await self._next_body_event()
-            if type(event) is not EndOfMessage:
-                dropped += len(event.data)  # type: ignore[union-attr]
+            await self._next_body_event()
         return True
 
     # --- static files -----------------------------------------------------------
@@ -718,7 +757,8 @@ class _ClientConnection:
         await self._send(http.send_continue())
         length = head.content_length
         if length is not None and length > BUFFERED_BODY_SIZE:
-            return _BodyStream(self, b""), length
+            self._body_stream = _BodyStream(self, b"")
+            return self._body_stream, length
         buffered = bytearray()
         while True:
             event = await self._next_body_event()
@@ -727,7 +767,8 @@ class _ClientConnection:
             buffered += event.data  # type: ignore[union-attr]
             if len(buffered) > BUFFERED_BODY_SIZE:
                 if length is not None:
-                    return _BodyStream(self, bytes(buffered)), length
+                    self._body_stream = _BodyStream(self, bytes(buffered))
+                    return self._body_stream, length
                 return await self._spool_chunked_body(buffered)
 
     async def _spool_chunked_body(self, first: bytearray) -> tuple[AsyncIterator[bytes], int]:
@@ -773,22 +814,41 @@ class _ClientConnection:
 
 
 class _BodyStream:
-    """A large request body, read from the client as the worker's connection takes it."""
+    """A large request body, read from the client as the worker's connection takes it.
+
+    It is read by the upstream connection's body task, not by the client
+    connection's own task. When the answer is over before the body, the
+    client connection takes the reading back (``close``): two tasks reading
+    one socket could feed the parser out of order.
+    """
 
     def __init__(self, conn: _ClientConnection, first: bytes) -> None:
         self._conn = conn
         self._first = first
+        self._closed = False
+        self._reading: trio.Event | None = None
         self.error: BaseException | None = None
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._chunks()
 
+    async def close(self) -> None:
+        """Read no more; return once a read in progress has given its bytes to the parser."""
+        self._closed = True
+        while self._reading is not None:
+            await self._reading.wait()
+
     async def _chunks(self) -> AsyncIterator[bytes]:
         try:
             if self._first:
                 yield self._first
-            while True:
-                event = await self._conn._next_body_event()
+            while not self._closed:
+                self._reading = reading = trio.Event()
+                try:
+                    event = await self._conn._next_body_event()
+                finally:
+                    self._reading = None
+                    reading.set()
                 if type(event) is EndOfMessage:
                     return
                 yield event.data  # type: ignore[union-attr]

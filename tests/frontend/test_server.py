@@ -71,6 +71,23 @@ async def test_bodies_content_length_and_chunked() -> None:
     assert chunked["environ"]["CONTENT_LENGTH"] == "19"  # read whole: the worker gets its true length
 
 
+async def test_an_answer_before_the_body_keeps_the_connection() -> None:
+    # As nginx: the rest of the body is read and dropped, and the next
+    # request is served on the same connection.
+    def early(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"early " + environ["REQUEST_URI"].encode()]
+
+    body = b"u" * (2 * 1024 * 1024)
+    async with workers(early) as addresses, frontend(upstream_config(addresses, frontend="max_body_size = 0")) as (port, _):
+        async with RawClient.connect(port) as conn:
+            for i in range(3):
+                await conn.send(f"POST /r{i} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+                response = await conn.response()
+                assert (response.status, response.body) == (200, b"early /r%d" % i)
+            assert not conn.closed
+
+
 async def test_large_download_is_streamed_whole() -> None:
     size = 5 * 1024 * 1024
     async with workers(echo) as addresses, frontend(upstream_config(addresses)) as (port, _):
