@@ -85,6 +85,8 @@ SCENARIOS = {
 POOL_SIZE = 2
 # php-fpm children: a small static pool, the common starting point.
 PHP_CHILDREN = 4
+#: Streams per multiplexed connection for HAProxy (see start_stack).
+HAPROXY_MAX_REQS = 32
 # wrk threads: one per core of a 2-core machine; more only adds context switches.
 WRK_THREADS = 2
 # Seconds of the warm-up run: long enough to open every connection, fill php-fpm's
@@ -230,8 +232,12 @@ def start_stack(name: str, peers: Peers, pools: Pools, settings: Settings, direc
                            keepalive_connections=keep, access_log=False)
         port, pid = peer.port, peer.process.pid
     else:
+        # HAProxy 2.6's FastCGI mux answers some requests with its own 500 (state "IH",
+        # internal error) once a connection carries more than about 32 streams, with
+        # flup as with ours (haproxy issue #2568, fixed in later versions): 32 is the
+        # most it serves cleanly here.
         peer = peers.haproxy(LOOPBACK, first, mpxs=back == "ours", more_upstreams=[(LOOPBACK, p) for p in more],
-                             access_log=False, nbthread=1)
+                             access_log=False, nbthread=1, max_reqs=HAPROXY_MAX_REQS)
         port, pid = peer.port, peer.process.pid
     return Target(port, php, [pid, *worker_pids])
 
