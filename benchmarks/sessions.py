@@ -1,0 +1,426 @@
+"""Sessions in Redis under load, with wrk: our stack vs nginx -> php-fpm + phpredis.
+
+Every request increments a counter in the visitor's session and answers it:
+
+* ``ours``: ``fcgi-cluster frontend`` (no access log) in front of two
+  ``fcgi-cluster worker workers.counter:app`` processes with
+  ``--session save_handler=redis``, ``save_path=tcp://...?auth=...&database=1`` and
+  ``serialize_handler=php``; locking on (our default);
+* ``nginx -> php-fpm``: nginx (no upstream keep-alive, as in benchmarks/end_to_end.py)
+  in front of php-fpm (``pm = static``, 4 children) serving tests/e2e/php/session.php
+  ``?n=1`` with phpredis sessions in database 0, ``redis.session.locking_enabled=1``
+  (tests/sessions/_php_servers.py).
+
+Both stacks share one redis-server started for the run, with ``requirepass``, each in a
+database of its own; both use PHP's ``php`` format and the ``PHPSESSID`` cookie.
+
+The load: wrk with a Lua script (``LUA``) in which every wrk thread keeps a cookie jar
+of its share of ``--sessions`` sessions (256 by default). Until its jar is full, a
+thread sends requests without a cookie and takes the id of each new session from the
+answer's Set-Cookie; after that every request carries one of the jar's ids, round
+robin, so the sessions are revisited evenly and a session is rarely in two requests
+at once. Every wrk run starts with an empty jar (new visitors). The script counts
+answers that are 200, other answers, requests sent and sessions started.
+
+Figures per run: req/s, p50/p99/p99.9 latency, non-2xx answers, socket errors and CPU
+seconds per 10,000 requests of the stack's own processes (front door and workers, with
+every child; not wrk). Redis serves both stacks and is reported on its own (its CPU
+per 10,000 requests of the stack that loaded it), not added to the stack's figure.
+Stacks interleave within each round (A B A B); the report gives medians.
+
+The lost-update check, after all runs: the counters in a stack's Redis database are
+summed and compared with what wrk saw (warm-ups included). Every 200 answer is one
+increment the stack acknowledged, so with locking the sum is at least the 200 answers
+and at most the requests sent (requests in flight when wrk stops may still be counted
+by the server, unanswered). A sum below the 200 answers is updates lost.
+
+Usage: python benchmarks/sessions.py [--quick] [--duration S] [--rounds R]
+       [--connections N] [--sessions N] [--out DIR]
+Writes <out>/<UTC timestamp>-sessions/results.json and report.md (the full suite,
+benchmarks/suite.py, runs this as its part "sessions").
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import http.client
+import json
+import os
+import pathlib
+import re
+import shutil
+import statistics
+import sys
+import textwrap
+from urllib.parse import urlsplit
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import _measure  # noqa: E402
+import end_to_end  # noqa: E402
+from _progress import Progress  # noqa: E402
+
+from tests._peers import LOOPBACK, PHP_PAGES, Peers, PeerStartError, free_port  # noqa: E402
+from tests.sessions._php_servers import (  # noqa: E402
+    PHP_CHILDREN,
+    RedisProcess,
+    php_fpm_with_redis_sessions,
+    php_has_redis,
+)
+
+STACKS = ("ours", "nginx -> php-fpm")
+APP = "workers.counter:app"
+# Our workers: the same pool size as the HTTP part.
+POOL_SIZE = end_to_end.POOL_SIZE
+# The cookie of both stacks: ours defaults to PHP's name.
+COOKIE = "PHPSESSID"
+# Redis databases: one per stack, so each stack's counters are summed apart.
+DATABASES = {"ours": 1, "nginx -> php-fpm": 0}
+# Where the data of a session is, in both: phpredis' key prefix.
+KEY_PREFIX = "PHPREDIS_SESSION:"
+# The counter in PHP's ``php`` format: ``n|i:42;``.
+_COUNTER = re.compile(rb"(?:^|[;}])n\|i:(-?\d+);")
+_COUNTS = re.compile(r"^sessions: ok (\d+) other (\d+) sent (\d+) started (\d+)$", re.M)
+# Keys read per SCAN call when summing the counters.
+SCAN_COUNT = 1000
+
+# Each wrk thread has a Lua state of its own: the jar and the counts are per thread, and
+# done() (in the main state) sums the threads' counts. wrk keeps one header of each
+# name, so a single Set-Cookie is seen; both stacks send only the session's.
+LUA = textwrap.dedent("""\
+    local cookie = "{cookie}"
+    local target = {per_thread}
+    local jar, known, turn = {{}}, {{}}, 0
+    local threads = {{}}
+    ok, other, sent, started = 0, 0, 0, 0
+
+    function setup(thread)
+       table.insert(threads, thread)
+    end
+
+    function request()
+       sent = sent + 1
+       if #jar < target then
+          return wrk.format(nil, nil, {{}})
+       end
+       turn = turn % #jar + 1
+       return wrk.format(nil, nil, {{Cookie = cookie .. "=" .. jar[turn]}})
+    end
+
+    function response(status, headers, body)
+       if status == 200 then ok = ok + 1 else other = other + 1 end
+       for name, value in pairs(headers) do
+          if string.lower(name) == "set-cookie" then
+             local sid = string.match(value, "^" .. cookie .. "=([^;]+)")
+             if sid and not known[sid] then
+                known[sid] = true
+                started = started + 1
+                if #jar < target then table.insert(jar, sid) end
+             end
+          end
+       end
+    end
+
+    function done(summary, latency, requests)
+       local t = {{ok = 0, other = 0, sent = 0, started = 0}}
+       for _, thread in ipairs(threads) do
+          for key in pairs(t) do t[key] = t[key] + thread:get(key) end
+       end
+       io.write(string.format("sessions: ok %d other %d sent %d started %d\\n",
+                              t.ok, t.other, t.sent, t.started))
+       io.write(string.format("  99.9%%  %.2fus\\n", latency:percentile(99.9)))
+    end
+    """)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What both stacks are run with."""
+
+    duration: float
+    rounds: int
+    connections: int = 64
+    sessions: int = 256
+
+
+@dataclasses.dataclass
+class Target:
+    """A stack ready for load: its URL, its own processes, its Redis database."""
+
+    url: str
+    pids: list[int]
+    database: int
+
+
+def steps(settings: Settings) -> int:
+    """How many wrk runs ``run`` makes, warm-ups included: for the progress display."""
+    return len(STACKS) * (1 + settings.rounds)
+
+
+# --- the stacks ------------------------------------------------------------------------
+
+
+def start_ours(peers: Peers, redis: RedisProcess, directory: pathlib.Path, max_clients: int) -> Target:
+    """Two counter workers with Redis sessions and our front-end before them."""
+    save_path = f"{redis.save_path}&database={DATABASES['ours']}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    ports, pids = [], []
+    for _ in range(POOL_SIZE):
+        port = free_port()
+        argv = [*end_to_end.fcgi_cluster_command(), "worker", APP, "--listen", f"{LOOPBACK}:{port}",
+                "--log-level", "warning", "--session", "save_handler=redis",
+                "--session", f"save_path={save_path}", "--session", "serialize_handler=php",
+                "--session", f"name={COOKIE}"]
+        process = peers.process(argv, name="fcgi-worker", cwd=ROOT, env=env, ready_port=port)
+        ports.append(port)
+        pids.append(process.pid)
+    port, pid = end_to_end.our_front_door(peers, ports, False, directory, max_clients)
+    return Target(f"http://{LOOPBACK}:{port}/", [pid, *pids], DATABASES["ours"])
+
+
+def start_php(peers: Peers, stack: contextlib.ExitStack, redis: RedisProcess,
+              directory: pathlib.Path) -> Target:
+    """php-fpm with phpredis sessions (locking on) and nginx before it."""
+    if not php_has_redis():
+        raise end_to_end.Unavailable("PHP's redis extension is missing: apt-get install php-redis")
+    fpm_port = stack.enter_context(php_fpm_with_redis_sessions(directory, redis))
+    # It yields the port only; its master wrote its pid where its config says.
+    fpm_pid = int((directory / "php-fpm" / "php-fpm.pid").read_text().strip())
+    nginx = peers.nginx_php(fpm_port, PHP_PAGES, keepalive=False, access_log=False)
+    return Target(nginx.url("/session.php?n=1"), [nginx.process.pid, fpm_pid], DATABASES["nginx -> php-fpm"])
+
+
+def check_answer(target: Target) -> None:
+    """Two requests of one visitor: 200 with n = 1 and a cookie, then n = 2; else ``Unavailable``."""
+    parts = urlsplit(target.url)
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        cookie = None
+        for expected in (1, 2):
+            connection.request("GET", path, headers={"Cookie": cookie} if cookie else {})
+            response = connection.getresponse()
+            body = response.read()
+            set_cookie = response.headers.get("Set-Cookie") or ""
+            if set_cookie.startswith(f"{COOKIE}="):
+                cookie = set_cookie.split(";", 1)[0]
+            try:
+                n = json.loads(body).get("n")
+            except ValueError:
+                n = None
+            if response.status != 200 or n != expected or cookie is None:
+                raise end_to_end.Unavailable(
+                    f"{target.url} answered {response.status} {body[:120]!r} (Set-Cookie {set_cookie!r}), "
+                    f"expected n = {expected} and a {COOKIE} cookie")
+    except OSError as exc:
+        raise end_to_end.Unavailable(f"{target.url} failed: {exc}") from None
+    finally:
+        connection.close()
+
+
+# --- wrk and the check -----------------------------------------------------------------
+
+
+def lua_script(directory: pathlib.Path, settings: Settings) -> pathlib.Path:
+    """The wrk script for ``settings``: a jar of its share of the sessions per wrk thread."""
+    threads = min(end_to_end.WRK_THREADS, settings.connections)
+    script = directory / f"sessions-{settings.sessions}.lua"
+    directory.mkdir(parents=True, exist_ok=True)
+    script.write_text(LUA.format(cookie=COOKIE, per_thread=max(1, settings.sessions // threads)))
+    return script
+
+
+def run_wrk(wrk: str, target: Target, seconds: float, settings: Settings, script: pathlib.Path,
+            redis_pid: int) -> dict:
+    """One wrk run: end_to_end's figures, the script's counts and Redis' CPU beside them."""
+    redis_before = _measure.cpu_seconds([redis_pid])
+    result = end_to_end.run_wrk(wrk, target.url, seconds, settings.connections, script, target.pids)
+    redis_cpu = _measure.cpu_between(redis_before, _measure.cpu_seconds([redis_pid]))
+    counts = _COUNTS.search(result["raw"])
+    if counts is None:
+        raise ValueError(f"no session counts in wrk's output:\n{result['raw']}")
+    result.update(zip(("ok", "other", "sent", "started"), map(int, counts.groups())))
+    result["redis_cpu_s"] = redis_cpu
+    result["redis_cpu_per_10k_s"] = (redis_cpu / result["requests"] * end_to_end.CPU_PER
+                                     if result["requests"] else None)
+    return result
+
+
+def counters(redis: RedisProcess, database: int) -> dict:
+    """The sessions of ``database``: how many, how many hold a counter, the counters' sum."""
+    import redis as redis_py
+
+    client = redis_py.Redis(host=LOOPBACK, port=redis.port, password=redis.password, db=database)
+    keys = with_counter = total = 0
+    try:
+        for key in client.scan_iter(match=f"{KEY_PREFIX}*", count=SCAN_COUNT):
+            if key.endswith(b"_LOCK"):
+                continue
+            keys += 1
+            match = _COUNTER.search(client.get(key) or b"")
+            if match:
+                with_counter += 1
+                total += int(match[1])
+    finally:
+        client.close()
+    return {"sessions": keys, "with_counter": with_counter, "sum_n": total}
+
+
+def check(runs: list[dict], stored: dict) -> dict:
+    """The lost-update check of one stack: its runs (warm-ups included) against its counters."""
+    ok = sum(one["ok"] for one in runs)
+    sent = sum(one["sent"] for one in runs)
+    started = sum(one["started"] for one in runs)
+    lost = max(0, ok - stored["sum_n"])
+    return {**stored, "ok": ok, "sent": sent, "started": started, "lost": lost,
+            "consistent": ok <= stored["sum_n"] <= sent}
+
+
+# --- the run ---------------------------------------------------------------------------
+
+
+def run(settings: Settings, out: pathlib.Path, progress: Progress) -> dict:
+    """Load both stacks with wrk in interleaved rounds; the part of results.json it makes.
+
+    Resource handling: Redis and every stack process are stopped before it returns, even
+    when a run fails; configs and logs stay under ``out/peers``.
+
+    Error handling: a stack that cannot start or counts wrongly is reported as not
+    available (with the reason) and the other still runs; no Redis or no wrk raises
+    ``end_to_end.Unavailable``.
+    """
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise end_to_end.Unavailable("wrk is not installed: run `make deps` (scripts/install-deps.sh)")
+    directory = out / "peers"
+    directory.mkdir(parents=True, exist_ok=True)
+    script = lua_script(out, settings)
+    runs: list[dict] = []
+    warmups: list[dict] = []
+    status: dict[str, dict] = {}
+    checks: dict[str, dict] = {}
+    with contextlib.ExitStack() as stack:
+        peers = Peers(stack, directory)
+        redis = stack.enter_context(RedisProcess(directory))
+        targets: dict[str, Target] = {}
+        for name in STACKS:
+            try:
+                if name == "ours":
+                    target = start_ours(peers, redis, directory, max(4096, settings.connections * 2))
+                else:
+                    target = start_php(peers, stack, redis, directory)
+                check_answer(target)
+                warm = run_wrk(wrk, target, end_to_end.WARMUP_SECONDS, settings, script, redis.process.pid)
+                warm.update(stack=name, round=-1, seconds=end_to_end.WARMUP_SECONDS)
+                warmups.append(warm)
+                progress.step(f"sessions {name}: warm-up {warm['rps']:,.0f} req/s")
+            except (end_to_end.Unavailable, PeerStartError, RuntimeError, ValueError) as exc:
+                reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+                status[name] = {"available": False, "reason": reason}
+                progress.skip(1 + settings.rounds, f"sessions {name}: not available ({reason})")
+                continue
+            targets[name] = target
+            status[name] = {"available": True, "url": target.url, "database": target.database}
+        for round_no in range(settings.rounds):
+            for name, target in targets.items():
+                result = run_wrk(wrk, target, settings.duration, settings, script, redis.process.pid)
+                result.update(stack=name, round=round_no, seconds=settings.duration)
+                runs.append(result)
+                note = end_to_end.trouble(result)
+                progress.step(
+                    f"sessions {name:18} {result['rps']:9,.0f} req/s  p99 {result['p99_ms']:7.2f} ms"
+                    f"  cpu/10k {result['cpu_per_10k_s'] or 0:5.2f} s  sessions {result['started']}"
+                    + (f"  [{note}]" if note else ""))
+        for name, target in targets.items():
+            mine = [one for one in warmups + runs if one["stack"] == name]
+            checks[name] = check(mine, counters(redis, target.database))
+    return {"settings": dataclasses.asdict(settings), "app": APP, "pool_size": POOL_SIZE,
+            "php_children": PHP_CHILDREN, "wrk_threads": end_to_end.WRK_THREADS, "cookie": COOKIE,
+            "stacks": status, "summary": summarize(runs), "checks": checks, "runs": runs,
+            "warmups": warmups}
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """Per stack: the medians over its rounds, errors and counts summed."""
+    summary = []
+    for name in dict.fromkeys(one["stack"] for one in runs):
+        mine = [one for one in runs if one["stack"] == name]
+        row: dict = {"stack": name}
+        for key in ("rps", "p50_ms", "p99_ms", "p99.9_ms", "cpu_per_10k_s", "redis_cpu_per_10k_s"):
+            values = [one[key] for one in mine if one.get(key) is not None]
+            row[key] = statistics.median(values) if values else None
+        for key in ("requests", "non_2xx", "ok", "other", "started"):
+            row[key] = sum(one[key] for one in mine)
+        row["socket_errors"] = {kind: sum(one["socket_errors"][kind] for one in mine)
+                                for kind in ("connect", "read", "write", "timeout")}
+        summary.append(row)
+    return summary
+
+
+def report(part: dict) -> str:
+    """Markdown: the figures of both stacks, then the lost-update check."""
+    settings = part["settings"]
+    lines = [f"{settings['connections']} client connections over about {settings['sessions']} sessions "
+             f"per wrk run; CPU of the stack's own processes; Redis (shared) apart.", ""]
+    for name, state in part["stacks"].items():
+        if not state["available"]:
+            lines.append(f"- {name}: not available: {state['reason']}")
+    base = next((row for row in part["summary"] if row["stack"] == "nginx -> php-fpm"), None)
+    lines += ["", "| stack | req/s | vs nginx -> php-fpm | p50 ms | p99 ms | p99.9 ms | CPU s / 10k req "
+              "| Redis CPU s / 10k req | errors |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for row in part["summary"]:
+        ratio = f"{row['rps'] / base['rps']:.2f}x" if base and base["rps"] else "-"
+        lines.append(f"| {row['stack']} | {row['rps']:,.0f} | {ratio} | {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} "
+                     f"| {_ms(row.get('p99.9_ms'))} | {_ms(row['cpu_per_10k_s'])} "
+                     f"| {_ms(row['redis_cpu_per_10k_s'])} | {end_to_end.trouble(row) or 'none'} |")
+    lines += ["", "Lost updates (all runs, warm-ups included): the counters stored in Redis against the "
+              "200 answers wrk got and the requests it sent.", "",
+              "| stack | sessions started | sessions in Redis | 200 answers | sum of n | requests sent "
+              "| lost | consistent |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, c in part["checks"].items():
+        lines.append(f"| {name} | {c['started']:,} | {c['sessions']:,} | {c['ok']:,} | {c['sum_n']:,} "
+                     f"| {c['sent']:,} | {c['lost']:,} | {'yes' if c['consistent'] else 'NO'} |")
+    return "\n".join(lines).strip() + "\n"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of one wrk run (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default %(default)s)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk's connections (default %(default)s)")
+    parser.add_argument("--sessions", type=int, default=256, help="sessions per wrk run (default %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    if args.quick:
+        args.duration, args.rounds = 2.0, 1
+    settings = Settings(args.duration, args.rounds, args.connections, args.sessions)
+    from suite import machine, stamp  # the suite's machine facts and folder names
+
+    out = pathlib.Path(args.out) / f"{stamp()}-sessions"
+    out.mkdir(parents=True, exist_ok=True)
+    progress = Progress(steps(settings))
+    try:
+        part = run(settings, out, progress)
+    except (end_to_end.Unavailable, PeerStartError) as exc:
+        print(f"sessions.py: {exc}", file=sys.stderr)
+        return 1
+    (out / "results.json").write_text(json.dumps({"machine": machine(), "sessions": part}, indent=2))
+    table = report(part)
+    (out / "report.md").write_text(table)
+    print()
+    print(table)
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
