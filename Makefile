@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 PYTEST_ARGS ?=
 
-.PHONY: .venv install install-test install-bench deps test run bench bench-quick bench-http clean
+.PHONY: .venv install install-test install-bench deps test run bench bench-quick bench-http bench-sessions clean
 
 .venv: $(PY)
 
@@ -60,6 +60,10 @@ bench-quick: install-bench deps
 
 bench-http: install-bench deps
 	$(PY) benchmarks/end_to_end.py
+
+# Sessions in Redis under wrk (benchmarks/sessions.py): ours vs nginx -> php-fpm + phpredis.
+bench-sessions: install-bench deps
+	$(PY) benchmarks/sessions.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

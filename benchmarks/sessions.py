@@ -365,7 +365,7 @@ def report(part: dict) -> str:
     """Markdown: the figures of both stacks, then the lost-update check."""
     settings = part["settings"]
     lines = [f"{settings['connections']} client connections over about {settings['sessions']} sessions "
-             f"per wrk run; CPU of the stack's own processes; Redis (shared) apart.", ""]
+             f"per wrk run; CPU of the stack's own processes; Redis (shared) apart."]
     for name, state in part["stacks"].items():
         if not state["available"]:
             lines.append(f"- {name}: not available: {state['reason']}")

@@ -7,7 +7,9 @@ Parts, each our stack beside its peers in the same run, interleaved:
   1 MiB, with CPU seconds per 10,000 requests (benchmarks/end_to_end.py);
 * ``scaling``: the same, 5 B answers, as client connections go from 1 to 1,024;
 * ``pool``: a pool of 1, 2 and 4 children, ours and php-fpm, and memory per idle child
-  (benchmarks/pool.py).
+  (benchmarks/pool.py);
+* ``sessions``: sessions in one Redis under wrk, ours vs nginx -> php-fpm + phpredis,
+  with a lost-update check (benchmarks/sessions.py).
 
 Writes ``benchmarks/results/<UTC timestamp>/``: ``results.json`` (every run, the machine,
 the version of every peer), ``report.md`` (the headline, the goals, every table) and PNG
@@ -35,12 +37,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import end_to_end  # noqa: E402
 import pool  # noqa: E402
+import sessions  # noqa: E402
 import transport  # noqa: E402
 from _progress import Progress  # noqa: E402
 
 from tests._peers import PeerStartError, find_php_fpm  # noqa: E402
 
-PARTS = ("transport", "http", "scaling", "pool")
+PARTS = ("transport", "http", "scaling", "pool", "sessions")
 # The stacks of the scaling sweep: every front door before our workers, and the PHP reference.
 SCALING_STACKS = ("ours -> ours", "nginx -> ours", "haproxy -> ours", "nginx -> php-fpm")
 # Where the headline figures are read: small answers at a moderate load.
@@ -55,6 +58,7 @@ def plan(quick: bool) -> dict:
             "http": end_to_end.Settings(1.0, 1, (64,), ("5 B",)),
             "scaling": end_to_end.Settings(1.0, 1, (1, 64, 256), ("5 B",), SCALING_STACKS[:3]),
             "pool": {"seconds": 0.5, "rounds": 1},
+            "sessions": sessions.Settings(1.0, 1),
         }
     return {
         "transport": {"seconds": 2.0, "rounds": 3, "generators": transport.GENERATORS},
@@ -63,6 +67,7 @@ def plan(quick: bool) -> dict:
         "http": end_to_end.Settings(3.0, 2, (64,), ("5 B", "16 KiB", "1 MiB")),
         "scaling": end_to_end.Settings(3.0, 2, (1, 16, 64, 256, 1024), ("5 B",), SCALING_STACKS),
         "pool": {"seconds": 2.0, "rounds": 2},
+        "sessions": sessions.Settings(3.0, 2),
     }
 
 
@@ -118,6 +123,7 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
         "http": lambda: end_to_end.steps(settings["http"]),
         "scaling": lambda: end_to_end.steps(settings["scaling"]),
         "pool": lambda: pool.steps(settings["pool"]["rounds"]),
+        "sessions": lambda: sessions.steps(settings["sessions"]),
     }
     for part in parts:
         progress.add(counts[part]())
@@ -129,6 +135,8 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
                 results["parts"][part] = transport.run(progress=progress, **settings["transport"])
             elif part in ("http", "scaling"):
                 results["parts"][part] = end_to_end.run(settings[part], out / part, progress)
+            elif part == "sessions":
+                results["parts"][part] = sessions.run(settings[part], out / part, progress)
             else:
                 results["parts"][part] = pool.run(progress=progress, **settings["pool"])
         except (end_to_end.Unavailable, PeerStartError, RuntimeError, OSError, ValueError) as exc:
@@ -174,6 +182,10 @@ def goals(results: dict) -> list[str]:
     row = _row(http, scenario, connections, "nginx -> php-fpm")
     check("CPU s / 10k req of our stack within 1.5x nginx -> php-fpm",
           ours and ours["cpu_per_10k_s"], row and row["cpu_per_10k_s"], at_least=False, factor=1.5)
+    rows = {row["stack"]: row for row in results["parts"].get("sessions", {}).get("summary", ())}
+    mine, theirs = rows.get("ours"), rows.get("nginx -> php-fpm")
+    check("Redis sessions: ours at least nginx -> php-fpm + phpredis (req/s)",
+          mine and mine["rps"], theirs and theirs["rps"])
     return lines
 
 
@@ -196,7 +208,8 @@ def report(results: dict, plots: list[str]) -> str:
     lines += ["", "## Goals", "", *goals(results)]
     names = {"transport": "Transport: FastCGI into one worker process",
              "http": "End to end: front doors x workers (64 client connections)",
-             "scaling": "Scaling: client connections", "pool": "Pool: children and memory"}
+             "scaling": "Scaling: client connections", "pool": "Pool: children and memory",
+             "sessions": "Sessions in Redis: ours vs nginx -> php-fpm + phpredis"}
     for part, data in results["parts"].items():
         lines += ["", f"## {names[part]}", ""]
         if "error" in data:
@@ -205,6 +218,8 @@ def report(results: dict, plots: list[str]) -> str:
             lines.append(transport.report(data).strip())
         elif part == "pool":
             lines.append(pool.report(data).strip())
+        elif part == "sessions":
+            lines.append(sessions.report(data).strip())
         else:
             lines.append(end_to_end.report(data).strip())
     if plots:

@@ -23,7 +23,7 @@ def test_bench_quick_writes_results(tmp_path):
     for fact in ("python", "cpus", "nginx", "haproxy", "wrk", "php-fpm", "flup", "trio"):
         assert results["machine"].get(fact), fact
     parts = results["parts"]
-    assert set(parts) == {"transport", "http", "scaling", "pool"}
+    assert set(parts) == {"transport", "http", "scaling", "pool", "sessions"}
     for name, part in parts.items():
         assert "error" not in part, (name, part.get("error"))
 
@@ -53,6 +53,16 @@ def test_bench_quick_writes_results(tmp_path):
     assert {run["children"] for run in pool_runs} == set(parts["pool"]["sizes"])
     assert all(run["requests"] > 0 for run in pool_runs)
     assert all(figures["children"] >= 1 and figures["rss_kib"] > 0 for figures in parts["pool"]["memory"].values())
+
+    session_part = parts["sessions"]
+    unavailable = {stack: state["reason"] for stack, state in session_part["stacks"].items() if not state["available"]}
+    assert not unavailable, unavailable
+    assert {row["stack"] for row in session_part["summary"]} == {"ours", "nginx -> php-fpm"}
+    for row in session_part["summary"]:
+        assert row["rps"] > 0 and row["ok"] > 0 and row["cpu_per_10k_s"] > 0, row
+    for stack, figures in session_part["checks"].items():
+        # Locking is on in both stacks: every acknowledged increment is in Redis.
+        assert figures["lost"] == 0 and figures["consistent"], (stack, figures)
 
     report = (run_dir / "report.md").read_text()
     assert "## Goals" in report and "ours -> ours" in report
