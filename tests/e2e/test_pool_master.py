@@ -184,39 +184,59 @@ def _zombie_or_gone(pid: int) -> bool:
 
 def test_static_keeps_max_children_and_replaces_a_killed_one(tmp_path):
     port = free_port()
-    with master(tmp_path, pool(port, pm="static", pm_max_children=3)) as proc:
+    # fcgi.max_conns = 1: the child serving the slow request holds no other
+    # connection, so another child answers the status page and that child's
+    # row (the last request it started) is the slow request.
+    cfg = pool(port, pm="static", pm_max_children=3, pm_status_path="/status", fcgi_max_conns=1)
+    with master(tmp_path, cfg) as proc:
         first = wait_until(lambda: len(children(proc.pid)) == 3 and children(proc.pid), what="3 children")
         ok, failures, _ = load(port, total=20, concurrency=2)
         assert (ok, failures) == (20, [])
         assert children(proc.pid) == first
 
-        # SIGKILL one child in the middle of a request: the master replaces it.
-        async def killed_mid_request() -> None:
+        # SIGKILL the child serving a request, while it serves it: the request
+        # is lost with its child, the master replaces the child.
+        slow = "/?sleep_ms=5000"
+
+        async def killed_mid_request() -> tuple[int, dict]:
+            outcome: dict = {}
             async with open_connection(f"127.0.0.1:{port}") as conn:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(conn.request, cgi_params("GET", "/?sleep_ms=3000"))
-                    await trio.sleep(0.5)
-                    busy = [pid for pid in first if _busy(pid)]
-                    victim = busy[0] if busy else sorted(first)[0]
-                    os.kill(victim, signal.SIGKILL)
-                    nursery.cancel_scope.cancel()
+                    async def request() -> None:
+                        try:
+                            outcome["status"] = (await conn.request(cgi_params("GET", slow))).status
+                        except Exception as exc:  # the connection dies with the child
+                            outcome["error"] = exc
 
-        with contextlib.suppress(Exception):
-            trio.run(killed_mid_request)
-        after = wait_until(lambda: len(children(proc.pid)) == 3 and children(proc.pid) != first and children(proc.pid),
-                           what="a replacement child")
-        assert len(after & first) == 2
+                    nursery.start_soon(request)
+                    victim = await _serving(port, slow)
+                    os.kill(victim, signal.SIGKILL)
+                    with trio.fail_after(10):
+                        while not outcome:
+                            await trio.sleep(0.05)
+            return victim, outcome
+
+        victim, outcome = trio.run(killed_mid_request)
+        assert victim in first
+        assert "status" not in outcome, outcome
+        after = wait_until(lambda: len(children(proc.pid)) == 3 and victim not in children(proc.pid)
+                           and children(proc.pid), what="a replacement child")
+        assert after & first == first - {victim}
         ok, failures, _ = load(port, total=10)
         assert (ok, failures) == (10, [])
-        assert "exited on signal 9 (SIGKILL)" in log_of(proc)
+        assert f"child {victim} exited on signal 9 (SIGKILL)" in log_of(proc)
 
 
-def _busy(pid: int) -> bool:
-    # A child serving the sleeping request has more than its main thread.
-    try:
-        return len(os.listdir(f"/proc/{pid}/task")) > 1
-    except FileNotFoundError:
-        return False
+async def _serving(port: int, uri: str, timeout: float = 5.0) -> int:
+    """The pid of the child running ``uri``, from the pool's status page (``/status``)."""
+    with trio.fail_after(timeout):
+        while True:
+            async with open_connection(f"127.0.0.1:{port}") as conn:
+                doc = json.loads((await conn.request(cgi_params("GET", "/status?json&full"))).body)
+            running = [p["pid"] for p in doc["processes"] if p["state"] == "Running" and p["request uri"] == uri]
+            if running:
+                return running[0]
+            await trio.sleep(0.05)
 
 
 def test_dynamic_grows_under_load_and_shrinks_when_idle(tmp_path):
