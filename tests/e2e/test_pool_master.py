@@ -25,7 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import trio
 
-from fcgi_cluster.client import cgi_params, open_connection
+from fcgi_cluster.client import ConnectionLost, cgi_params, open_connection
+from fcgi_cluster.client._connection import _attach
 from fcgi_cluster.worker._pool_config import GlobalConfig, PoolConfig, PoolFile
 from tests._peers import REPO_ROOT, free_port, nginx_fastcgi, run_process, stop_process, wait_for_port
 
@@ -330,6 +331,67 @@ def test_reload_under_load_refuses_nothing_and_new_children_serve(tmp_path):
         assert "Reloading in progress" in log_of(proc)
 
 
+def test_reload_reads_the_changed_app_code_under_load(tmp_path):
+    port = free_port()
+    app_dir = tmp_path / "app"
+    app_dir.mkdir()
+    module = app_dir / "versioned.py"
+    source = ("import os, time\n"
+              "VERSION = {!r}\n"
+              "def app(environ, start_response):\n"
+              "    time.sleep(0.02)\n"
+              "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+              "    return [f'{{VERSION}} {{os.getpid()}}'.encode()]\n")
+    module.write_text(source.format("one"))
+    cfg = pool(port, pm="static", pm_max_children=2, app="versioned:app", chdir=str(app_dir))
+    with master(tmp_path, cfg) as proc:
+        before = wait_until(lambda: len(children(proc.pid)) == 2 and children(proc.pid), what="2 children")
+        seen: list[str] = []
+        failures: list[str] = []
+
+        async def loop(deadline: float) -> None:
+            for _ in range(2000):
+                if trio.current_time() > deadline:
+                    return
+                try:
+                    with trio.fail_after(30):
+                        async with open_connection(f"127.0.0.1:{port}") as conn:
+                            answer = await conn.request(cgi_params("GET", "/"))
+                except Exception as exc:  # every failure is counted, with its reason
+                    failures.append(repr(exc))
+                    continue
+                if answer.status != 200:
+                    failures.append(f"status {answer.status}")
+                else:
+                    seen.append(answer.body.decode().split()[0])
+
+        async def load_and_reload() -> None:
+            async with trio.open_nursery() as nursery:
+                for _ in range(3):
+                    nursery.start_soon(loop, trio.current_time() + 3.0)
+                await trio.sleep(1.0)
+                # Another size than the first text: the bytecode cache compares
+                # mtime (in seconds) and size, so it cannot be taken for the old one.
+                module.write_text(source.format("second"))
+                proc.send_signal(signal.SIGUSR2)
+
+        trio.run(load_and_reload)
+        assert failures == []
+        assert "one" in seen and "second" in seen
+        # Once the old generation answered its last request, only the new code answers.
+        assert seen.index("second") > seen.index("one")
+        wait_until(lambda: "reload done" in log_of(proc), what="the reload")
+        wait_until(lambda: not children(proc.pid) & before, what="old children gone")
+        assert {_status_body(port) for _ in range(4)} == {"second"}
+
+
+def _status_body(port: int) -> str:
+    async def one() -> str:
+        async with open_connection(f"127.0.0.1:{port}") as conn:
+            return (await conn.request(cgi_params("GET", "/"))).body.decode().split()[0]
+    return trio.run(one)
+
+
 def test_reload_with_a_broken_app_keeps_the_old_config(tmp_path):
     port = free_port()
     with master(tmp_path, pool(port, pm="static", pm_max_children=1)) as proc:
@@ -418,6 +480,44 @@ def test_pid_file_output_and_reopened_log(tmp_path):
         proc.send_signal(signal.SIGQUIT)
         assert proc.wait(10) == 0
     assert not pid_file.exists()
+
+
+# --- access control ---------------------------------------------------------------------
+
+
+def test_allowed_clients_refuses_another_address_before_the_app(tmp_path):
+    port = free_port()
+    access = tmp_path / "access.log"
+    cfg = pool(port, pm="static", pm_max_children=1, listen_allowed_clients=("127.0.0.1",),
+               access_log=str(access), pm_status_path="/status")
+
+    async def request_from(source: str, uri: str = "/") -> tuple[int, bytes] | None:
+        """A request from ``source``: (status, body), or None when the pool closed the connection."""
+        sock = trio.socket.socket()
+        await sock.bind((source, 0))
+        await sock.connect(("127.0.0.1", port))
+        stream = trio.SocketStream(sock)
+        try:
+            async with _attach(stream, f"127.0.0.1:{port}") as conn:
+                with trio.fail_after(10):
+                    answer = await conn.request(cgi_params("GET", uri))
+        except (ConnectionLost, trio.BrokenResourceError):
+            return None
+        return answer.status, answer.body
+
+    with master(tmp_path, cfg) as proc:
+        wait_until(lambda: children(proc.pid), what="a child")
+        assert trio.run(request_from, "127.0.0.2") is None
+        wait_until(lambda: "connection from 127.0.0.2 refused: not in listen.allowed_clients" in log_of(proc),
+                   what="the refusal logged")
+        status, body = trio.run(request_from, "127.0.0.1", "/status?json")
+        assert status == 200
+        # The readiness probe's connection and the refused one were never accepted: this is the first.
+        assert json.loads(body)["accepted conn"] == 1
+        status, _ = trio.run(request_from, "127.0.0.1")
+        assert status == 200
+    lines = access.read_text().splitlines()
+    assert len(lines) == 2 and all(line.startswith("127.0.0.1 ") for line in lines), lines
 
 
 # --- bad starts ---------------------------------------------------------------------------
