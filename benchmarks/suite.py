@@ -9,7 +9,9 @@ Parts, each our stack beside its peers in the same run, interleaved:
 * ``pool``: a pool of 1, 2 and 4 children, ours and php-fpm, and memory per idle child
   (benchmarks/pool.py);
 * ``sessions``: sessions in one Redis under wrk, ours vs nginx -> php-fpm + phpredis,
-  with a lost-update check (benchmarks/sessions.py).
+  with a lost-update check (benchmarks/sessions.py);
+* ``idle``: front-door memory per idle keep-alive client, 10,000 of them (1,000 quick),
+  ours vs nginx vs HAProxy (benchmarks/idle.py).
 
 Writes ``benchmarks/results/<UTC timestamp>/``: ``results.json`` (every run, the machine,
 the version of every peer), ``report.md`` (the headline, the goals, every table) and PNG
@@ -36,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import end_to_end  # noqa: E402
+import idle  # noqa: E402
 import pool  # noqa: E402
 import sessions  # noqa: E402
 import transport  # noqa: E402
@@ -43,7 +46,7 @@ from _progress import Progress  # noqa: E402
 
 from tests._peers import PeerStartError, find_php_fpm  # noqa: E402
 
-PARTS = ("transport", "http", "scaling", "pool", "sessions")
+PARTS = ("transport", "http", "scaling", "pool", "sessions", "idle")
 # The stacks of the scaling sweep: every front door before our workers, and the PHP reference.
 SCALING_STACKS = ("ours -> ours", "nginx -> ours", "haproxy -> ours", "nginx -> php-fpm")
 # Where the headline figures are read: small answers at a moderate load.
@@ -59,6 +62,7 @@ def plan(quick: bool) -> dict:
             "scaling": end_to_end.Settings(1.0, 1, (1, 64, 256), ("5 B",), SCALING_STACKS[:3]),
             "pool": {"seconds": 0.5, "rounds": 1},
             "sessions": sessions.Settings(1.0, 1),
+            "idle": idle.Settings(idle.QUICK_CLIENTS),
         }
     return {
         "transport": {"seconds": 2.0, "rounds": 3, "generators": transport.GENERATORS},
@@ -68,6 +72,7 @@ def plan(quick: bool) -> dict:
         "scaling": end_to_end.Settings(3.0, 2, (1, 16, 64, 256, 1024), ("5 B",), SCALING_STACKS),
         "pool": {"seconds": 2.0, "rounds": 2},
         "sessions": sessions.Settings(3.0, 2),
+        "idle": idle.Settings(idle.CLIENTS),
     }
 
 
@@ -124,6 +129,7 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
         "scaling": lambda: end_to_end.steps(settings["scaling"]),
         "pool": lambda: pool.steps(settings["pool"]["rounds"]),
         "sessions": lambda: sessions.steps(settings["sessions"]),
+        "idle": lambda: idle.steps(settings["idle"]),
     }
     for part in parts:
         progress.add(counts[part]())
@@ -137,6 +143,8 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
                 results["parts"][part] = end_to_end.run(settings[part], out / part, progress)
             elif part == "sessions":
                 results["parts"][part] = sessions.run(settings[part], out / part, progress)
+            elif part == "idle":
+                results["parts"][part] = idle.run(settings[part], out / part, progress)
             else:
                 results["parts"][part] = pool.run(progress=progress, **settings["pool"])
         except (end_to_end.Unavailable, PeerStartError, RuntimeError, OSError, ValueError) as exc:
@@ -209,7 +217,8 @@ def report(results: dict, plots: list[str]) -> str:
     names = {"transport": "Transport: FastCGI into one worker process",
              "http": "End to end: front doors x workers (64 client connections)",
              "scaling": "Scaling: client connections", "pool": "Pool: children and memory",
-             "sessions": "Sessions in Redis: ours vs nginx -> php-fpm + phpredis"}
+             "sessions": "Sessions in Redis: ours vs nginx -> php-fpm + phpredis",
+             "idle": "Idle keep-alive clients: front-door memory per client"}
     for part, data in results["parts"].items():
         lines += ["", f"## {names[part]}", ""]
         if "error" in data:
@@ -220,6 +229,8 @@ def report(results: dict, plots: list[str]) -> str:
             lines.append(pool.report(data).strip())
         elif part == "sessions":
             lines.append(sessions.report(data).strip())
+        elif part == "idle":
+            lines.append(idle.report(data).strip())
         else:
             lines.append(end_to_end.report(data).strip())
     if plots:

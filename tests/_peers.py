@@ -285,6 +285,8 @@ def nginx_fastcgi(
     more_upstreams: Sequence[tuple[str, int | None]] = (),
     keepalive_connections: int = 8,
     access_log: bool = True,
+    worker_connections: int = 4096,
+    keepalive_timeout: float | None = None,
 ) -> Iterator[Peer]:
     """Run nginx as an HTTP front-end passing every request to a FastCGI upstream.
 
@@ -308,6 +310,11 @@ def nginx_fastcgi(
             kept; nginx closes the least recently used past it.
         access_log: Log each request (with its upstream) to ``access.log``. Off for
             benchmarks, where the disk write would be measured too.
+        worker_connections: nginx's ``worker_connections``: client and upstream
+            connections of its one worker together. Above the default, the worker's
+            descriptor limit is raised to match (``worker_rlimit_nofile``).
+        keepalive_timeout: Seconds an idle client connection stays open
+            (``keepalive_timeout``); None for nginx's default, 75.
 
     Yields:
         The running nginx, as a ``Peer``; ``peer.port`` is its HTTP port.
@@ -334,6 +341,8 @@ def nginx_fastcgi(
         directory=directory,
         port=port,
         access_log=access_log,
+        worker_connections=worker_connections,
+        keepalive_timeout=keepalive_timeout,
     ) as peer:
         yield peer
 
@@ -429,12 +438,15 @@ def _nginx(
     directory: str | os.PathLike[str] | None,
     port: int | None,
     access_log: bool,
+    worker_connections: int = 4096,
+    keepalive_timeout: float | None = None,
 ) -> Iterator[Peer]:
     """nginx with an upstream ``fcgi_app`` of ``servers`` and a server block's body.
 
     ``locations`` is the inside of the ``server`` block after ``listen``; its locations
     pass to ``fcgi_app``. ``keepalive`` is the upstream's ``keepalive`` count, 0 for a
-    connection per request.
+    connection per request. ``worker_connections`` and ``keepalive_timeout`` are as in
+    ``nginx_fastcgi``.
     """
     nginx = _require_binary("nginx")
     with _peer_directory(directory, "nginx") as workdir:
@@ -448,19 +460,25 @@ def _nginx(
         keepalive_upstream = f"keepalive {keepalive};" if keepalive else ""
         keep_conn = "on" if keepalive else "off"
         access_log_line = f"access_log {workdir}/access.log upstream;" if access_log else "access_log off;"
+        # Each connection is a descriptor, plus a few for logs and the listening socket.
+        rlimit_line = f"worker_rlimit_nofile {worker_connections + 64};" if worker_connections > 4096 else ""
+        keepalive_timeout_line = (
+            "" if keepalive_timeout is None else f"keepalive_timeout {keepalive_timeout:g}s;")
         config = textwrap.dedent(
             """\
             # Written by tests/_peers.py:{function}.
             daemon off;
             master_process on;
             worker_processes 1;
+            {rlimit_line}
             {user_line}
             pid {workdir}/nginx.pid;
             error_log {workdir}/error.log info;
 
             events {{
-                # Room for a benchmark's 1,024 clients plus as many upstream connections.
-                worker_connections 4096;
+                # By default, room for a benchmark's 1,024 clients plus as many upstream
+                # connections.
+                worker_connections {worker_connections};
             }}
 
             http {{
@@ -476,6 +494,7 @@ def _nginx(
                 scgi_temp_path {workdir}/scgi_temp;
                 client_max_body_size 0;
                 fastcgi_keep_conn {keep_conn};
+                {keepalive_timeout_line}
 
                 upstream fcgi_app {{
             {server_lines}
@@ -492,6 +511,9 @@ def _nginx(
             """
         ).format(
             function=function,
+            rlimit_line=rlimit_line,
+            worker_connections=worker_connections,
+            keepalive_timeout_line=keepalive_timeout_line,
             user_line=user_line,
             workdir=workdir,
             access_log_line=access_log_line,
@@ -551,6 +573,8 @@ def haproxy_fastcgi(
     more_upstreams: Sequence[tuple[str, int | None]] = (),
     access_log: bool = True,
     nbthread: int | None = None,
+    maxconn: int = 4096,
+    client_timeout: float = 60.0,
 ) -> Iterator[Peer]:
     """Run haproxy (2.6) as an HTTP front-end to FastCGI servers (``proto fcgi``).
 
@@ -576,6 +600,11 @@ def haproxy_fastcgi(
         access_log: Log each request to stderr (``option httplog``). Off for
             benchmarks; the app's FCGI_STDERR is logged either way.
         nbthread: haproxy's threads; None for its default, one per CPU.
+        maxconn: The global ``maxconn``: client connections at once. haproxy raises its
+            own descriptor limit to match, within the hard limit it inherits.
+        client_timeout: Seconds a client connection may stay silent (``timeout
+            client``); with no ``timeout http-keep-alive`` set, also how long an idle
+            kept-alive connection stays open.
 
     Yields:
         The running haproxy, as a ``Peer``; ``peer.port`` is its HTTP port.
@@ -612,8 +641,9 @@ def haproxy_fastcgi(
             # Written by tests/_peers.py:haproxy_fastcgi.
             global
                 log stderr format raw local0 info
-                # Room for a benchmark's 1,024 clients plus their upstream connections.
-                maxconn 4096
+                # By default, room for a benchmark's 1,024 clients plus their upstream
+                # connections.
+                maxconn {maxconn}
                 {nbthread_line}
 
             defaults
@@ -621,7 +651,7 @@ def haproxy_fastcgi(
                 log global
                 {access_log_lines}
                 timeout connect 5s
-                timeout client 60s
+                timeout client {client_timeout:g}s
                 timeout server 60s
 
             fcgi-app app
@@ -652,6 +682,8 @@ def haproxy_fastcgi(
             server_lines=server_lines,
             nbthread_line=nbthread_line,
             access_log_lines=access_log_lines,
+            maxconn=maxconn,
+            client_timeout=client_timeout,
         )
         config_path = workdir / "haproxy.cfg"
         config_path.write_text(config)

@@ -23,7 +23,7 @@ def test_bench_quick_writes_results(tmp_path):
     for fact in ("python", "cpus", "nginx", "haproxy", "wrk", "php-fpm", "flup", "trio"):
         assert results["machine"].get(fact), fact
     parts = results["parts"]
-    assert set(parts) == {"transport", "http", "scaling", "pool", "sessions"}
+    assert set(parts) == {"transport", "http", "scaling", "pool", "sessions", "idle"}
     for name, part in parts.items():
         assert "error" not in part, (name, part.get("error"))
 
@@ -63,6 +63,15 @@ def test_bench_quick_writes_results(tmp_path):
     for stack, figures in session_part["checks"].items():
         # Locking is on in both stacks: every acknowledged increment is in Redis.
         assert figures["lost"] == 0 and figures["consistent"], (stack, figures)
+
+    front_doors = parts["idle"]["front_doors"]
+    assert set(front_doors) == {"ours", "nginx", "haproxy"}
+    for name, row in front_doors.items():
+        assert row["available"], (name, row.get("reason"))
+        # Every client stayed open and idle, and the sampled ones were still served.
+        assert row["still_open"] == row["clients"] > 0, (name, row)
+        assert row["sample_answered"] == row["sample"] > 0, (name, row)
+        assert row["loaded"]["rss_kib"] > 0, (name, row)
 
     report = (run_dir / "report.md").read_text()
     assert "## Goals" in report and "ours -> ours" in report
