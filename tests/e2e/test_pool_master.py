@@ -240,29 +240,36 @@ async def _serving(port: int, uri: str, timeout: float = 5.0) -> int:
             await trio.sleep(0.05)
 
 
+def _load_watching(proc: subprocess.Popen, port: int, uri: str, total: int, concurrency: int,
+                   seconds: float) -> tuple[int, int, list[str], set[int]]:
+    """``_load`` while the master's children are counted every 0.1 s: (peak, ok, failures, pids)."""
+    peak = 0
+
+    async def run() -> tuple[int, list[str], set[int]]:
+        nonlocal peak
+
+        async def watch() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, len(children(proc.pid)))
+                await trio.sleep(0.1)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            result = await _load(port, uri, total, concurrency, seconds)
+            nursery.cancel_scope.cancel()
+        return result
+
+    ok, failures, pids = trio.run(run)
+    return peak, ok, failures, pids
+
+
 def test_dynamic_grows_under_load_and_shrinks_when_idle(tmp_path):
     port = free_port()
     cfg = pool(port, pm="dynamic", pm_max_children=4, pm_start_servers=1, pm_min_spare_servers=1, pm_max_spare_servers=1)
     with master(tmp_path, cfg) as proc:
         wait_until(lambda: len(children(proc.pid)) == 1, what="start_servers = 1")
-        peak = 0
-
-        async def busy_and_watch() -> tuple[int, list[str], set[int]]:
-            nonlocal peak
-
-            async def watch() -> None:
-                nonlocal peak
-                while True:
-                    peak = max(peak, len(children(proc.pid)))
-                    await trio.sleep(0.1)
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(watch)
-                result = await _load(port, "/?sleep_ms=400", 60, 6, 6.0)
-                nursery.cancel_scope.cancel()
-            return result
-
-        ok, failures, pids = trio.run(busy_and_watch)
+        peak, ok, failures, pids = _load_watching(proc, port, "/?sleep_ms=400", 60, 6, 6.0)
         assert failures == [] and ok > 0
         assert 2 <= peak <= 4, peak
         assert len(pids) >= 2  # more than one child served
@@ -286,6 +293,12 @@ def test_ondemand_starts_on_a_connection_and_stops_idle_children(tmp_path):
         wait_until(lambda: children(proc.pid) == set(), what="idle children stopped")
         ok, failures, _ = load(port, total=2)
         assert (ok, failures) == (2, [])
+        # Under concurrent load: more children, never above pm.max_children; idle, none.
+        peak, ok, failures, pids = _load_watching(proc, port, "/?sleep_ms=400", 60, 6, 6.0)
+        assert failures == [] and ok > 0
+        assert 2 <= peak <= 3, peak
+        assert len(pids) >= 2
+        wait_until(lambda: children(proc.pid) == set(), what="idle children stopped after the load")
 
 
 def test_max_requests_recycles_children_without_losing_a_request(tmp_path):
