@@ -638,6 +638,34 @@ def test_nginx_in_front_of_a_dynamic_pool_sees_no_5xx_during_a_reload(tmp_path):
         assert log_of(proc).count("reload done") == 2
 
 
+def test_nginx_keeping_connections_sees_no_error_while_children_are_recycled(tmp_path):
+    # A child at pm.max_requests closes the connections nginx keeps to it. A
+    # request nginx wrote on one just then is reset (as with php-fpm) and nginx
+    # sends it again on a new connection: its clients must see no error.
+    port = free_port()
+    cfg = pool(port, pm="static", pm_max_children=2, pm_max_requests=5)
+    with master(tmp_path, cfg) as proc, \
+            nginx_fastcgi("127.0.0.1", port, keepalive=True, directory=tmp_path / "nginx") as nginx:
+        first = wait_until(lambda: len(children(proc.pid)) == 2 and children(proc.pid), what="2 children")
+        url = nginx.url("/")
+
+        def client(_: int) -> list[int]:
+            codes = []
+            for _ in range(50):
+                try:
+                    with urllib.request.urlopen(url, timeout=20) as response:
+                        codes.append(response.status)
+                except urllib.error.HTTPError as exc:
+                    codes.append(exc.code)
+            return codes
+
+        with ThreadPoolExecutor(4) as pool_:
+            codes = [code for future in [pool_.submit(client, i) for i in range(4)] for code in future.result()]
+        assert len(codes) == 200 and set(codes) == {200}
+        assert not children(proc.pid) & first
+        wait_until(lambda: log_of(proc).count("exited with code 0") >= 20, what="recycled children")
+
+
 # --- more of the master's duties ---------------------------------------------------------
 
 
