@@ -1,4 +1,4 @@
-"""FastCGI transport throughput: our worker vs flup (and php-fpm when installed).
+"""FastCGI transport throughput: our worker vs flup and php-fpm (when installed).
 
 No HTTP: load generators built on our client send FastCGI requests straight to
 each contender. ``core`` drives the sans-IO ``fcgi_cluster.protocol.ClientConnection``
@@ -10,6 +10,12 @@ client's own cost). Three ways of sending:
 * ``mpx``: many requests in flight multiplexed over 1-2 connections;
 * ``keepalive``: 8 connections, one request at a time each (nginx's way);
 * ``new-conn``: a new connection per request, 8 at a time.
+
+php-fpm (``hello.php``, ``tests/_peers.py:php_fpm``, ``pm = static`` with one child:
+one process, like the others) does not multiplex (it answers FCGI_MPXS_CONNS=0), so it
+runs the ``keepalive`` and ``new-conn`` scenarios only. Its one child serves one
+connection at a time until that connection closes: in ``keepalive 8x1`` the other 7
+connections wait in its listen queue, so the figure is one connection's.
 
 Contenders run one after the other, interleaved (A B A B ...) so drift hits all,
 for ``--rounds`` rounds; the report gives the median requests/s and the ratio to
@@ -46,9 +52,15 @@ from _progress import Progress  # noqa: E402
 
 from fcgi_cluster.client import cgi_params, open_connection  # noqa: E402
 from fcgi_cluster.protocol import NEED_DATA, ClientConnection, EndRequest, Request, Stdin, Stdout  # noqa: E402
+from tests._peers import PHP_PAGES, PeerStartError, find_php_fpm, php_fpm  # noqa: E402
 
 PARAMS = cgi_params("GET", "/hello")
+# SCRIPT_FILENAME is the document root plus the path: the hello.php the helper serves.
+PHP_PARAMS = cgi_params("GET", "/hello.php", document_root=str(PHP_PAGES))
+PHP_FPM = "php-fpm (1 child)"
 GENERATORS = ("core", "client")
+# Seconds a load run may take past its length (answers still in flight) before it is cut.
+GRACE_SECONDS = 10.0
 
 SCENARIOS = {
     # name: (connections, in flight per connection, new connection per request)
@@ -57,6 +69,19 @@ SCENARIOS = {
     "keepalive 8x1": (8, 1, False),
     "new-conn 8": (8, 1, True),
 }
+# The scenarios a contender that does not multiplex (php-fpm) runs.
+UNMULTIPLEXED = ("keepalive 8x1", "new-conn 8")
+
+
+def answered_ok(head: bytes) -> bool:
+    """Whether the first FCGI_STDOUT bytes of an answer are a 200.
+
+    A CGI answer without a ``Status`` header is a 200: PHP sends none for one.
+    """
+    for line in head.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line[:7].lower() == b"status:":
+            return line[7:].strip().startswith(b"200")
+    return True
 
 
 def free_port() -> int:
@@ -107,8 +132,13 @@ def contenders(app: str) -> dict[str, tuple[list[str], int, dict | None]]:
     return out
 
 
-async def load_core(port: int, connections: int, inflight: int, new_conn: bool, seconds: float) -> tuple[int, int]:
-    """Requests answered (and failed) in ``seconds``, driving the sans-IO core."""
+async def load_core(port: int, connections: int, inflight: int, new_conn: bool, seconds: float,
+                    params: dict | None = None) -> tuple[int, int]:
+    """Requests answered (and failed) in ``seconds``, driving the sans-IO core.
+
+    ``params`` default to the module's PARAMS (read at each call).
+    """
+    params = PARAMS if params is None else params
     done = [0, 0]
     deadline = trio.current_time() + seconds
 
@@ -119,7 +149,7 @@ async def load_core(port: int, connections: int, inflight: int, new_conn: bool, 
 
         def one() -> bytes:
             rid = core.new_request_id()
-            return core.send(Request(rid, PARAMS, keep_conn=not new_conn)) + core.send(Stdin(rid, b""))
+            return core.send(Request(rid, params, keep_conn=not new_conn)) + core.send(Stdin(rid, b""))
 
         async with stream:
             await stream.send_all(b"".join(one() for _ in range(inflight)))
@@ -132,7 +162,7 @@ async def load_core(port: int, connections: int, inflight: int, new_conn: bool, 
                 out = []
                 while (event := core.next_event()) is not NEED_DATA:
                     if type(event) is Stdout and event.data and event.request_id not in head_ok:
-                        head_ok[event.request_id] = event.data.startswith(b"Status: 200")
+                        head_ok[event.request_id] = answered_ok(event.data)
                     elif type(event) is EndRequest:
                         done[0 if head_ok.pop(event.request_id, False) else 1] += 1
                         if new_conn:
@@ -148,27 +178,30 @@ async def load_core(port: int, connections: int, inflight: int, new_conn: bool, 
         while trio.current_time() < deadline:
             await connection()
 
-    async with trio.open_nursery() as nursery:
-        for _ in range(connections):
-            nursery.start_soon(fresh if new_conn else connection)
+    with trio.move_on_after(seconds + GRACE_SECONDS):
+        async with trio.open_nursery() as nursery:
+            for _ in range(connections):
+                nursery.start_soon(fresh if new_conn else connection)
     return done[0], done[1]
 
 
-async def load_client(port: int, connections: int, inflight: int, new_conn: bool, seconds: float) -> tuple[int, int]:
+async def load_client(port: int, connections: int, inflight: int, new_conn: bool, seconds: float,
+                      params: dict | None = None) -> tuple[int, int]:
     """Requests answered (and failed) in ``seconds``, through ``fcgi_cluster.client``."""
+    params = PARAMS if params is None else params
     done = [0, 0]
     deadline = trio.current_time() + seconds
     address = f"127.0.0.1:{port}"
 
     async def keep(conn) -> None:
         while trio.current_time() < deadline:
-            response = await conn.request(PARAMS)
+            response = await conn.request(params)
             done[0 if response.status == 200 else 1] += 1
 
     async def fresh() -> None:
         while trio.current_time() < deadline:
             async with open_connection(address) as conn:
-                response = await conn.request(PARAMS, keep_conn=False)
+                response = await conn.request(params, keep_conn=False)
             done[0 if response.status == 200 else 1] += 1
 
     async def connection() -> None:
@@ -176,9 +209,10 @@ async def load_client(port: int, connections: int, inflight: int, new_conn: bool
             for _ in range(inflight):
                 inner.start_soon(keep, conn)
 
-    async with trio.open_nursery() as nursery:
-        for _ in range(connections):
-            nursery.start_soon(fresh if new_conn else connection)
+    with trio.move_on_after(seconds + GRACE_SECONDS):
+        async with trio.open_nursery() as nursery:
+            for _ in range(connections):
+                nursery.start_soon(fresh if new_conn else connection)
     return done[0], done[1]
 
 
@@ -201,9 +235,21 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def php_fpm_installed() -> bool:
+    """Whether php-fpm is here to be measured."""
+    try:
+        find_php_fpm()
+    except PeerStartError:
+        return False
+    return True
+
+
 def steps(rounds: int, generators: tuple[str, ...] = GENERATORS) -> int:
     """How many load runs ``run`` makes: for the progress display."""
-    return len(SCENARIOS) * len(generators) * rounds * len(contenders("workers.hello:app"))
+    runs = len(SCENARIOS) * len(contenders("workers.hello:app"))
+    if php_fpm_installed():
+        runs += len(UNMULTIPLEXED)
+    return runs * len(generators) * rounds
 
 
 def run(seconds: float, rounds: int, progress: Progress, app: str = "workers.hello:app",
@@ -214,20 +260,29 @@ def run(seconds: float, rounds: int, progress: Progress, app: str = "workers.hel
     """
     runs = []
     names = list(contenders(app))
+    params = {name: PARAMS for name in names}
     with contextlib.ExitStack() as stack:
         ports = {}
         for name, (argv, port, env) in contenders(app).items():
             stack.enter_context(started(argv, port, env))
             ports[name] = port
-        for name, port in ports.items():  # warm up
-            trio.run(load_core, port, 1, 8, False, 0.5)
+        if php_fpm_installed():
+            peer = stack.enter_context(php_fpm(pm="static", max_children=1))
+            names.append(PHP_FPM)
+            ports[PHP_FPM], params[PHP_FPM] = peer.port, PHP_PARAMS
+        for name, port in ports.items():  # warm up (and fill php-fpm's opcache)
+            ok, _ = trio.run(load_core, port, 1, 1 if name == PHP_FPM else 8, False, 0.5, params[name])
+            if not ok:
+                raise RuntimeError(f"{name} answered no request with a 200")
         for generator in generators:
             load = load_core if generator == "core" else load_client
             for scenario, (conns, inflight, new_conn) in SCENARIOS.items():
                 for round_no in range(rounds):
                     order = names if round_no % 2 == 0 else names[::-1]
                     for name in order:
-                        ok, failed = trio.run(load, ports[name], conns, inflight, new_conn, seconds)
+                        if name == PHP_FPM and scenario not in UNMULTIPLEXED:
+                            continue
+                        ok, failed = trio.run(load, ports[name], conns, inflight, new_conn, seconds, params[name])
                         rate = ok / seconds
                         runs.append({"generator": generator, "scenario": scenario, "contender": name,
                                      "round": round_no, "requests": ok, "failed": failed,
@@ -261,23 +316,33 @@ def main() -> int:
 
 
 def report(part: dict) -> str:
-    """A markdown table: median req/s per generator and scenario, and the ratio to flup."""
+    """A markdown table: median req/s per generator and scenario, and ours' ratio to flup (and php-fpm).
+
+    php-fpm's cell of a multiplexed scenario says it was not run: it does not multiplex.
+    """
     runs, names = part["runs"], part["contenders"]
-    baseline = names[1]
+    baselines = names[1:]
     lines = [
-        "| generator | scenario | " + " | ".join(f"{n} req/s" for n in names) + f" | ratio to {baseline} |",
-        "|---" * (len(names) + 3) + "|",
+        "| generator | scenario | " + " | ".join(f"{n} req/s" for n in names) + " | "
+        + " | ".join(f"ours / {b}" for b in baselines) + " |",
+        "|---" * (2 + len(names) + len(baselines)) + "|",
     ]
     for generator in part["generators"]:
         for scenario in SCENARIOS:
-            medians = {
-                n: statistics.median(r["rps"] for r in runs
-                                     if (r["generator"], r["scenario"], r["contender"]) == (generator, scenario, n))
-                for n in names
-            }
-            ratio = medians[names[0]] / medians[baseline] if medians[baseline] else float("inf")
-            lines.append(f"| {generator} | {scenario} | " + " | ".join(f"{medians[n]:,.0f}" for n in names)
-                         + f" | {ratio:.2f}x |")
+            medians = {}
+            for n in names:
+                values = [r["rps"] for r in runs
+                          if (r["generator"], r["scenario"], r["contender"]) == (generator, scenario, n)]
+                medians[n] = statistics.median(values) if values else None
+            cells = [f"{medians[n]:,.0f}" if medians[n] is not None else "not run (no multiplexing)"
+                     for n in names]
+            ratios = [f"{medians[names[0]] / medians[b]:.2f}x" if medians[b] and medians[names[0]] else "-"
+                      for b in baselines]
+            lines.append(f"| {generator} | {scenario} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    if PHP_FPM in names:
+        lines.append(f"\n{PHP_FPM}: hello.php, `pm = static`, one child (one process, like the others); "
+                     "it answers FCGI_MPXS_CONNS=0, so it runs the keep-alive and new-connection scenarios "
+                     "only, and in keepalive 8x1 serves one of the 8 connections at a time.")
     return "\n".join(lines) + "\n"
 
 
