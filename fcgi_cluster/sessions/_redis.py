@@ -14,6 +14,14 @@ a Python app share sessions:
   requests at once, so we write ``hostname|pid|<128 random bits>``: the same
   shape for whoever reads it in ``redis-cli``, unique per acquisition.
 
+A locked request costs two round trips, not four: ``lock_and_read`` sends the
+lock's ``SET NX PX`` and the ``GET`` in one Lua script, and saving sends the
+``SETEX`` (or ``EXPIRE``) and the compare-and-delete in another. The commands,
+keys and values are the ones above, so PHP sees no difference. The cluster
+store keeps the four separate commands: the data key and its lock key hash to
+different slots (phpredis' key names have no hash tag), and a script may only
+touch keys of one slot.
+
 Several servers (phpredis' comma-separated save_path) share the sessions as
 phpredis shares them, so both pick the same server for an id: see
 ``pick_server``.
@@ -61,6 +69,23 @@ LOCK_SUFFIX = "_LOCK"
 # phpredis' LOCK_RELEASE_LUA_STR, byte for byte (its SHA1 is b70c2384...).
 RELEASE_SCRIPT = (
     'if redis.call("get",KEYS[1]) == ARGV[1] then return redis.call("del",KEYS[1]) else return 0 end'
+)
+# The two ends of a locked request, one round trip each (KEYS[1] = data key,
+# KEYS[2] = lock key, on one server). Taking the lock is phpredis' SET NX PX; when
+# it is taken the data comes back in a one-element array (empty: no session),
+# otherwise the integer 0 and the caller retries as phpredis does.
+LOCK_READ_SCRIPT = (
+    'if redis.call("set",KEYS[2],ARGV[1],"NX","PX",ARGV[2]) then'
+    ' return {redis.call("get",KEYS[1])} else return 0 end'
+)
+# phpredis' SETEX (or EXPIRE for an unchanged session), then its compare-and-delete.
+WRITE_RELEASE_SCRIPT = (
+    'redis.call("setex",KEYS[1],ARGV[2],ARGV[3])'
+    ' if redis.call("get",KEYS[2]) == ARGV[1] then return redis.call("del",KEYS[2]) else return 0 end'
+)
+TOUCH_RELEASE_SCRIPT = (
+    'redis.call("expire",KEYS[1],ARGV[2])'
+    ' if redis.call("get",KEYS[2]) == ARGV[1] then return redis.call("del",KEYS[2]) else return 0 end'
 )
 
 
@@ -114,8 +139,16 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+_lock_owner: tuple[int, str] = (0, "")
+
+
 def _lock_value() -> bytes:
-    return f"{socket.gethostname()}|{os.getpid()}|{secrets.token_hex(16)}".encode()
+    # hostname|pid is built once per process (a forked child builds its own).
+    global _lock_owner
+    pid = os.getpid()
+    if _lock_owner[0] != pid:
+        _lock_owner = (pid, f"{socket.gethostname()}|{pid}|")
+    return (_lock_owner[1] + secrets.token_hex(16)).encode()
 
 
 def _retry() -> Retry:
@@ -205,16 +238,19 @@ class _RedisLikeStore(SessionStore):
 
 
 class _Server:
-    """One Redis server of a store: its client, prefix, and name for messages."""
+    """One Redis server of a store: its client, prefix, scripts, and name for messages."""
 
-    __slots__ = ("client", "prefix", "where", "release")
+    __slots__ = ("client", "prefix", "where", "release", "lock_read", "write_release", "touch_release")
 
     def __init__(self, client: redis.Redis, prefix: str, where: str) -> None:
         self.client = client
         self.prefix = prefix
         self.where = where
-        # EVALSHA with a fallback to EVAL (redis-py's Script), like phpredis.
+        # EVALSHA, loading the script on NOSCRIPT (redis-py's Script), like phpredis.
         self.release = client.register_script(RELEASE_SCRIPT)
+        self.lock_read = client.register_script(LOCK_READ_SCRIPT)
+        self.write_release = client.register_script(WRITE_RELEASE_SCRIPT)
+        self.touch_release = client.register_script(TOUCH_RELEASE_SCRIPT)
 
 
 def _connection_kwargs(timeout: float | None, read_timeout: float | None, default: float) -> dict[str, Any]:
@@ -311,9 +347,64 @@ class RedisStore(_RedisLikeStore):
     def __repr__(self) -> str:
         return f"RedisStore({', '.join(server.where for server in self._servers)})"
 
+    def _server(self, sid: str) -> _Server:
+        return self._single or self._servers[pick_server(sid, self._weights)]
+
     def _locate(self, sid: str) -> tuple[Any, str, str, Any]:
-        server = self._single or self._servers[pick_server(sid, self._weights)]
+        server = self._server(sid)
         return server.client, server.prefix + sid, server.where, server.release
+
+    def lock_and_read(
+        self, sid: str, *, expire: float, wait: float, retry_interval: float
+    ) -> tuple[LockToken, bytes | None]:
+        """Take the lock and read the data in one round trip (``LOCK_READ_SCRIPT``).
+
+        The same lock as ``acquire_lock`` (phpredis' key, value and expiry), retried
+        every ``retry_interval`` until ``wait`` runs out; the data read is the one
+        stored when the lock was taken.
+
+        Raises:
+            LockTimeout: someone else held the lock for all of ``wait``.
+            StoreError: Redis cannot be used.
+        """
+        server = self._server(sid)
+        key = server.prefix + sid
+        keys = (key, key + LOCK_SUFFIX)
+        token = _lock_value()
+        args = (token, max(1, int(expire * 1000)))
+        deadline = time.monotonic() + wait
+        with self._errors(server.where):
+            while True:
+                reply = server.lock_read(keys=keys, args=args)
+                if reply != 0:
+                    return token, reply[0] if reply else None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LockTimeout(f"session {sid} is locked by another request (waited {wait:g}s)")
+                time.sleep(min(retry_interval, remaining))
+
+    def write_and_release(self, sid: str, data: bytes, ttl: int, token: LockToken) -> None:
+        """``SETEX`` the data and release the lock if ``token`` holds it, in one round trip.
+
+        Raises:
+            StoreError: Redis cannot be used (the write may or may not have been
+                done; the caller releases the lock again, which is harmless).
+        """
+        server = self._server(sid)
+        key = server.prefix + sid
+        with self._errors(server.where):
+            server.write_release(keys=(key, key + LOCK_SUFFIX), args=(token, max(1, int(ttl)), data))
+
+    def touch_and_release(self, sid: str, ttl: int, token: LockToken) -> None:
+        """``EXPIRE`` the data and release the lock if ``token`` holds it, in one round trip.
+
+        Raises:
+            StoreError: as ``write_and_release``.
+        """
+        server = self._server(sid)
+        key = server.prefix + sid
+        with self._errors(server.where):
+            server.touch_release(keys=(key, key + LOCK_SUFFIX), args=(token, max(1, int(ttl))))
 
     def server_for(self, sid: str) -> str:
         """Which server (``host:port``) holds ``sid``: for logs and tests."""

@@ -16,7 +16,8 @@ Life of a session in one request (the middleware drives the ends)::
 - Saving: the data is serialized and compared with what was read (so changes
   inside nested values count); unchanged -> ``touch`` (lazy write), changed ->
   ``write``; then ids left behind by ``regenerate``/``invalidate`` are destroyed
-  and the lock is released. A new session that stays empty is not stored and
+  and the lock is released (in the same store call as the write or touch when
+  no old id is left to destroy). A new session that stays empty is not stored and
   gets no cookie.
 - ``save()``/``close()`` may be called early to let other requests of the same
   session run (PHP's ``session_write_close``); the data stays readable.
@@ -170,12 +171,13 @@ class Session(MutableMapping[str, Any]):
         settings = self._settings
         try:
             if settings.lock:
-                self._token = self._store.acquire_lock(
+                self._token, raw = self._store.lock_and_read(
                     sid, expire=settings.lock_expire, wait=settings.lock_wait,
                     retry_interval=settings.lock_retry_interval,
                 )
                 self._locked_sid = sid
-            raw = self._store.read(sid)
+            else:
+                raw = self._store.read(sid)
         except StoreError as exc:
             self._release_lock()
             self._fail(exc)
@@ -359,11 +361,24 @@ class Session(MutableMapping[str, Any]):
             self._release_lock()
             raise
         self._state = _CLOSED
+        token = self._token
+        # Saving and unlocking in one store call is safe only when the lock is
+        # this id's and no old id waits to be destroyed: the old id's lock must
+        # be held until its data is gone, or a waiting request could read the
+        # old data and write it back.
+        together = token is not None and self._locked_sid == sid and not self._doomed
         try:
             if self._new and not self._data:
                 pass  # never stored, nothing to keep
             elif data != self._read or not settings.lazy_write:
-                store.write(sid, data, settings.gc_maxlifetime)
+                if together:
+                    store.write_and_release(sid, data, settings.gc_maxlifetime, token)
+                    self._token = self._locked_sid = None
+                else:
+                    store.write(sid, data, settings.gc_maxlifetime)
+            elif together:
+                store.touch_and_release(sid, settings.gc_maxlifetime, token)
+                self._token = self._locked_sid = None
             else:
                 store.touch(sid, settings.gc_maxlifetime)
             for old in self._doomed:

@@ -5,16 +5,24 @@ Modelled on PHP's ``SessionHandlerInterface`` (read, write, destroy, gc) plus
 The API is synchronous: WSGI apps call it from their threads; ASGI apps through
 a thread. One store object per worker process, shared by its threads, so every
 backend is thread-safe and keeps its own connection pool.
+
+A locked request uses the store at its two ends only: ``lock_and_read`` when the
+session is first used, ``write_and_release`` or ``touch_and_release`` when it is
+saved. Their defaults here are the primitives called one after the other; a
+backend that can do either end in one round trip (redis) overrides them.
 """
 
 from __future__ import annotations
 
 import abc
+import logging
 
 __all__ = ["SessionStore", "StoreError", "LockTimeout", "LockToken"]
 
 #: An opaque value proving ownership of a lock (released only by its owner).
 LockToken = bytes
+
+log = logging.getLogger("fcgi_cluster.sessions")
 
 
 class StoreError(Exception):
@@ -67,6 +75,52 @@ class SessionStore(abc.ABC):
     @abc.abstractmethod
     def release_lock(self, sid: str, token: LockToken) -> None:
         """Release the lock if ``token`` still owns it (compare-and-delete)."""
+
+    def lock_and_read(
+        self, sid: str, *, expire: float, wait: float, retry_interval: float
+    ) -> tuple[LockToken, bytes | None]:
+        """``acquire_lock`` then ``read``: the lock's token and the session's data.
+
+        Raises:
+            LockTimeout: as ``acquire_lock``.
+            StoreError: the store failed; the lock, if it was taken, is let go
+                (or left to expire when the store is down).
+        """
+        token = self.acquire_lock(sid, expire=expire, wait=wait, retry_interval=retry_interval)
+        try:
+            return token, self.read(sid)
+        except BaseException:
+            try:
+                self.release_lock(sid, token)
+            except StoreError as exc:
+                log.warning("session lock not released: %s", exc)
+            raise
+
+    def write_and_release(self, sid: str, data: bytes, ttl: int, token: LockToken) -> None:
+        """``write`` then ``release_lock``.
+
+        Raises:
+            StoreError: the write failed (the caller still owns the lock and
+                releases it). A failed release is only logged: the lock expires
+                by itself.
+        """
+        self.write(sid, data, ttl)
+        self._release_after_save(sid, token)
+
+    def touch_and_release(self, sid: str, ttl: int, token: LockToken) -> None:
+        """``touch`` then ``release_lock`` (an unchanged session under lazy_write).
+
+        Raises:
+            StoreError: as ``write_and_release``.
+        """
+        self.touch(sid, ttl)
+        self._release_after_save(sid, token)
+
+    def _release_after_save(self, sid: str, token: LockToken) -> None:
+        try:
+            self.release_lock(sid, token)
+        except StoreError as exc:
+            log.warning("session lock not released: %s", exc)
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -308,3 +308,82 @@ def test_package_exports_resolve_are_documented_and_sorted():
             "Session", "SessionConfigError", "SessionSettings", "WSGISessionMiddleware", "open_session_store",
             "parse_session_settings", "php_serialize", "php_unserialize", "session_middleware"}
     assert ours <= set(package.__all__)
+
+
+class OneTripStore(MemoryStore):
+    """A MemoryStore whose two ends of a locked request are one call each, as redis' are."""
+
+    def lock_and_read(self, sid, *, expire, wait, retry_interval):
+        self._call("lock_and_read", sid)
+        calls = len(self.calls)
+        token = self.acquire_lock(sid, expire=expire, wait=wait, retry_interval=retry_interval)
+        data = self.data.get(sid)
+        del self.calls[calls:]  # one call, not three
+        return token, data
+
+    def write_and_release(self, sid, data, ttl, token):
+        self._call("write_and_release", sid)
+        self.data[sid], self.ttl[sid] = data, ttl
+        self._drop_lock(sid, token)
+
+    def touch_and_release(self, sid, ttl, token):
+        self._call("touch_and_release", sid)
+        if sid in self.data:
+            self.ttl[sid] = ttl
+        self._drop_lock(sid, token)
+
+    def _drop_lock(self, sid, token):
+        with self._mutex:
+            if self.locks.get(sid, (None,))[0] == token:
+                del self.locks[sid]
+
+
+@pytest.fixture
+def one_trip():
+    store = OneTripStore()
+    store.data[KNOWN] = b'{"n":1}'
+    return store
+
+
+def test_a_locked_session_costs_one_store_call_at_each_end(one_trip):
+    s = session(one_trip, f"PHPSESSID={KNOWN}")
+    s["n"] += 1
+    s.save()
+    assert one_trip.names() == ["lock_and_read", "write_and_release"]
+    assert one_trip.data[KNOWN] == b'{"n":2}' and one_trip.ttl[KNOWN] == 1440
+    assert KNOWN not in one_trip.locks
+
+
+def test_an_unchanged_session_is_touched_and_released_in_one_call(one_trip):
+    s = session(one_trip, f"PHPSESSID={KNOWN}")
+    assert s["n"] == 1
+    s.save()
+    assert one_trip.names() == ["lock_and_read", "touch_and_release"]
+    assert KNOWN not in one_trip.locks
+
+
+def test_regenerate_keeps_the_old_lock_until_the_old_id_is_destroyed(one_trip):
+    """A request waiting on the old id must not read its data before it is gone."""
+    s = session(one_trip, f"PHPSESSID={KNOWN}")
+    new = s.regenerate()
+    s.save()
+    assert one_trip.names() == ["lock_and_read", "write", "destroy", "release_lock"]
+    assert KNOWN not in one_trip.data and one_trip.data[new] == b'{"n":1}'
+    assert KNOWN not in one_trip.locks
+
+
+def test_a_failed_save_and_release_still_tries_to_release(one_trip):
+    s = session(one_trip, f"PHPSESSID={KNOWN}")
+    s["n"] += 1
+    one_trip.down = True
+    with pytest.raises(StoreError):
+        s.save()
+    assert one_trip.names() == ["lock_and_read", "write_and_release", "release_lock"]
+    assert s.unavailable
+
+
+def test_lock_and_read_without_locking_is_a_plain_read(one_trip):
+    s = session(one_trip, f"PHPSESSID={KNOWN}", lock=False)
+    s["n"] += 1
+    s.save()
+    assert one_trip.names() == ["read", "write"]

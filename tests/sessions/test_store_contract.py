@@ -301,3 +301,111 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# --- the two ends of a locked request: lock_and_read, write/touch_and_release ---------
+
+
+def test_lock_and_read_returns_the_data_and_holds_the_lock(backend: Backend) -> None:
+    store, sid = backend.store, new_sid()
+    token, data = store.lock_and_read(sid, expire=30, wait=1, retry_interval=0.01)
+    assert data is None  # no such session yet: locked all the same
+    with pytest.raises(LockTimeout):
+        store.acquire_lock(sid, expire=30, wait=0.2, retry_interval=0.02)
+    store.write_and_release(sid, b"first", 600, token)
+    token, data = store.lock_and_read(sid, expire=30, wait=1, retry_interval=0.01)
+    assert data == b"first"
+    store.release_lock(sid, token)
+
+
+def test_lock_and_read_waits_for_the_holder_then_reads_its_write(backend: Backend) -> None:
+    """The lock is held by another: wait (not fail), then see what the holder saved."""
+    store, sid = backend.store, new_sid()
+    store.write(sid, b"old", 600)
+    holder = store.acquire_lock(sid, expire=30, wait=1, retry_interval=0.01)
+    got: list[tuple[bytes, bytes | None]] = []
+    errors: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            got.append(store.lock_and_read(sid, expire=30, wait=10 + SLACK, retry_interval=0.01))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.3)
+    assert got == [] and thread.is_alive(), "the lock was taken while held"
+    store.write_and_release(sid, b"new", 600, holder)
+    thread.join(10 + 2 * SLACK)
+    assert not thread.is_alive()
+    assert errors == []
+    token, data = got[0]
+    assert data == b"new"
+    store.release_lock(sid, token)
+
+
+def test_lock_and_read_timeout(backend: Backend) -> None:
+    store, sid = backend.store, new_sid()
+    holder = store.acquire_lock(sid, expire=30, wait=1, retry_interval=0.01)
+    started = time.monotonic()
+    with pytest.raises(LockTimeout, match=sid):
+        store.lock_and_read(sid, expire=30, wait=0.5, retry_interval=0.05)
+    assert 0.5 <= time.monotonic() - started < 0.5 + SLACK
+    store.release_lock(sid, holder)
+
+
+def test_touch_and_release_moves_the_ttl_and_frees_the_lock(backend: Backend) -> None:
+    store, sid = backend.store, new_sid()
+    if backend.name == "files":
+        pytest.skip("files expire by mtime: test_write_sets_ttl_and_touch_moves_it covers touch")
+    store.write(sid, b"x", 100)
+    token, data = store.lock_and_read(sid, expire=30, wait=1, retry_interval=0.01)
+    assert data == b"x"
+    store.touch_and_release(sid, 5000, token)
+    moved = backend.remaining_ttl(sid)
+    assert moved is not None and 4900 <= moved <= 5000
+    assert store.read(sid) == b"x"
+    store.release_lock(sid, store.acquire_lock(sid, expire=30, wait=0.5, retry_interval=0.01))
+
+
+def test_a_late_save_does_not_free_the_next_owners_lock(backend: Backend) -> None:
+    """The first owner's lock expired and was taken over: its save still writes
+    (phpredis writes without checking the lock) but must not release the new lock."""
+    store, sid = backend.store, new_sid()
+    stale, _ = store.lock_and_read(sid, expire=1, wait=1, retry_interval=0.01)
+    fresh, _ = store.lock_and_read(sid, expire=30, wait=5 + SLACK, retry_interval=0.05)
+    store.write_and_release(sid, b"late", 600, stale)
+    assert store.read(sid) == b"late"
+    with pytest.raises(LockTimeout):
+        store.acquire_lock(sid, expire=30, wait=0.2, retry_interval=0.02)
+    store.touch_and_release(sid, 600, stale)
+    with pytest.raises(LockTimeout):
+        store.acquire_lock(sid, expire=30, wait=0.2, retry_interval=0.02)
+    store.write_and_release(sid, b"fresh", 600, fresh)
+    store.release_lock(sid, store.acquire_lock(sid, expire=30, wait=0.5, retry_interval=0.01))
+    assert store.read(sid) == b"fresh"
+
+
+def test_lock_and_read_contention_loses_no_update(backend: Backend) -> None:
+    """As test_lock_contention_loses_no_update, through the calls a session makes."""
+    store, sid = backend.store, new_sid()
+    store.write(sid, b"0", 600)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(25):
+                token, data = store.lock_and_read(sid, expire=30, wait=60, retry_interval=0.002)
+                store.write_and_release(sid, str(int(data or b"0") + 1).encode(), 600, token)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    assert store.read(sid) == b"200"

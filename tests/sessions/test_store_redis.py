@@ -92,6 +92,44 @@ def test_phpredis_keys_lock_and_release_script(flushed: RedisServer) -> None:
     assert hashlib.sha1(RELEASE_SCRIPT.encode()).hexdigest() == PHPREDIS_RELEASE_SHA
 
 
+def test_a_locked_request_is_two_round_trips_of_phpredis_commands(flushed: RedisServer) -> None:
+    """lock_and_read and write/touch_and_release: one EVALSHA each, running phpredis'
+    own commands on its keys (the lock value as acquire_lock writes it), and
+    loading the scripts again after a SCRIPT FLUSH."""
+    store = open_store("redis", f"tcp://{flushed.address}?auth={AUTH}")
+    key = sid()
+    data_key, lock_key = f"PHPREDIS_SESSION:{key}", f"PHPREDIS_SESSION:{key}_LOCK"
+    try:
+        store.write(key, b"n|i:1;", 600)
+        with flushed.client() as client:
+            client.script_flush()
+            client.config_resetstat()
+            token, data = store.lock_and_read(key, expire=7, wait=1, retry_interval=0.01)
+            assert data == b"n|i:1;"
+            assert client.get(lock_key) == token
+            assert 6000 < client.pttl(lock_key) <= 7000
+            hostname, pid, secret = token.decode().split("|")
+            assert pid == str(os.getpid()) and len(secret) == 32
+            store.write_and_release(key, b"n|i:2;", 900, token)
+            assert client.get(lock_key) is None
+            assert client.get(data_key) == b"n|i:2;"
+            assert 890 < client.ttl(data_key) <= 900
+            token, data = store.lock_and_read(key, expire=7, wait=1, retry_interval=0.01)
+            assert data == b"n|i:2;"
+            store.touch_and_release(key, 1200, token)
+            assert client.get(lock_key) is None
+            assert 1190 < client.ttl(data_key) <= 1200
+            stats = client.info("commandstats")
+            # Four EVALSHAs (after the flush, the first of each script meets
+            # NOSCRIPT and is sent again once SCRIPT LOAD answered).
+            evalsha = stats["cmdstat_evalsha"]
+            assert evalsha["calls"] - evalsha.get("rejected_calls", 0) - evalsha.get("failed_calls", 0) >= 4
+            # The scripts' own commands are phpredis': SET NX PX, GET, SETEX, EXPIRE, DEL.
+            assert stats["cmdstat_setex"]["calls"] == 1 and stats["cmdstat_expire"]["calls"] == 1
+    finally:
+        store.close()
+
+
 def test_prefix_database_and_unix_socket(flushed: RedisServer) -> None:
     key = sid()
     store = open_store("redis", f"unix://{flushed.unix_socket}?auth={AUTH}&database=5&prefix=APP:")
@@ -168,11 +206,19 @@ def test_server_killed_and_restarted_under_a_live_store(tmp_path) -> None:
             store.read(key)
         with pytest.raises(StoreError):
             store.acquire_lock(key, expire=5, wait=1, retry_interval=0.01)
-        assert time.monotonic() - started < 2 + SLACK
-        server.start()  # same port, empty (no persistence)
+        with pytest.raises(StoreError, match=f"redis {server.address}: connection refused"):
+            store.lock_and_read(key, expire=5, wait=1, retry_interval=0.01)
+        with pytest.raises(StoreError, match=f"redis {server.address}: connection refused"):
+            store.write_and_release(key, b"lost", 60, b"token")
+        assert time.monotonic() - started < 3 + SLACK
+        server.start()  # same port, empty (no persistence), no scripts loaded
         assert store.read(key) is None
         store.write(key, b"after", 60)
         assert store.read(key) == b"after"
+        token, data = store.lock_and_read(key, expire=5, wait=1, retry_interval=0.01)
+        assert data == b"after"
+        store.write_and_release(key, b"again", 60, token)
+        assert store.read(key) == b"again"
         store.close()
     finally:
         server.stop()
@@ -295,7 +341,11 @@ def test_phpredis_respects_our_lock(two_servers) -> None:
     try:
         for key in ids:
             store.write(key, b'from|s:6:"python";', 600)
-        tokens = {key: store.acquire_lock(key, expire=30, wait=1, retry_interval=0.01) for key in ids}
+        # Both ways of taking the lock: alone, and with the read in one round trip.
+        tokens = {key: store.acquire_lock(key, expire=30, wait=1, retry_interval=0.01) for key in ids[:3]}
+        for key in ids[3:]:
+            tokens[key], data = store.lock_and_read(key, expire=30, wait=1, retry_interval=0.01)
+            assert data == b'from|s:6:"python";'
         result = subprocess.run(
             [php, "-d", "session.save_handler=redis", "-d", f'session.save_path="{save_path}"',
              "-d", "session.use_strict_mode=0", "-d", "redis.session.locking_enabled=1",
@@ -305,8 +355,10 @@ def test_phpredis_respects_our_lock(two_servers) -> None:
         )
         assert result.returncode == 0, result.stderr
         assert [store.read(key) for key in ids] == [b'from|s:6:"python";'] * len(ids)
-        for key, token in tokens.items():
-            store.release_lock(key, token)
+        for key in ids[:3]:
+            store.release_lock(key, tokens[key])
+        for key in ids[3:]:
+            store.touch_and_release(key, 600, tokens[key])
         subprocess.run(
             [php, "-d", "session.save_handler=redis", "-d", f'session.save_path="{save_path}"',
              "-d", "session.use_strict_mode=0", "-d", "redis.session.locking_enabled=1",
