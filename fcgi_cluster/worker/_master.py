@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .._address import parse_address
+from .._limits import raise_open_file_limit
 from ._pm_child import EXIT_APP_LOAD, ChildSpec, child_main, prepare_process, session_settings
 from ._pool_config import GlobalConfig, PoolConfig, PoolConfigError, PoolFile, load_pool_config
 from ._scoreboard import FINISHING, IDLE, STARTING, STUCK, Scoreboard, listen_queue
@@ -880,6 +881,8 @@ def run_pools(pool_file: PoolFile, *, loader: Callable[[str], PoolFile] = load_p
             runs; nothing is left behind.
     """
     handler = setup_error_log(pool_file.global_, pool_file.path)
+    # Children inherit the limit; each serves up to its pool's fcgi.max_conns.
+    raise_open_file_limit(max(pool.fcgi_max_conns for pool in pool_file.pools), log=log)
     sockets = check_pools(pool_file, bind=True)
     pid_path = pool_file.global_.pid
     try:

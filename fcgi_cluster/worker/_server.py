@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from .._address import Address, bound_address, parse_address
+from .._limits import raise_open_file_limit
 from ._app import app_interface
 from ._asgi import ASGIHandler, Lifespan
 from ._config import WorkerConfig
@@ -256,6 +257,7 @@ def run_worker(app: Any, listen: str | Address | socket.socket, config: WorkerCo
         ListenError: the address cannot be bound (raised before anything runs).
         RuntimeError: an ASGI app's lifespan startup failed.
     """
+    raise_open_file_limit(config.max_conns, log=log)
     if not isinstance(listen, socket.socket):
         listen = open_listener(parse_address(listen) if isinstance(listen, str) else listen, config.backlog)
 

@@ -7,6 +7,8 @@ import contextlib
 import http.client
 import json
 import os
+import pathlib
+import resource
 import signal
 import subprocess
 import time
@@ -186,3 +188,43 @@ def test_up_starts_the_cluster_and_stops_it(tmp_path) -> None:
     for pid in descendants:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def _open_file_limit(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-file limit in /proc")
+
+
+@pytest.mark.parametrize("hard", [4096, 512])
+@pytest.mark.parametrize("role", ["frontend", "worker"])
+def test_servers_raise_their_open_file_limit_to_the_hard_limit(tmp_path: pathlib.Path, role: str, hard: int) -> None:
+    # Started with the common soft limit far below the hard one, as from a
+    # shell: the server takes all the hard limit allows, and says when that
+    # is less than its configuration may need (1,024 connections by default).
+    port = free_port()
+    if role == "frontend":
+        argv = frontend_argv("--listen", f"127.0.0.1:{port}", "--upstream", "127.0.0.1:9")
+    else:
+        argv = [python_executable(), "-m", "fcgi_cluster.cli", "worker", "workers.hello:app", "--listen", f"127.0.0.1:{port}"]
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(argv, cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+                                   stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                   preexec_fn=low_limit)
+    try:
+        deadline = time.monotonic() + 15
+        while "listening on" not in log_path.read_text() and "serving" not in log_path.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        assert _open_file_limit(process.pid) == hard
+    finally:
+        process.terminate()
+        process.wait(15)
+    warned = "open-file limit is 512" in log_path.read_text()
+    assert warned is (hard == 512), log_path.read_text()
