@@ -242,6 +242,12 @@ class ChildHooks(RequestHooks):
         self.requests = 0
         self.slow = 0
         self.state = STARTING
+        #: The requests in flight, oldest first (a dict as an ordered set). A
+        #: child multiplexes, but its status row has room for one request: it
+        #: shows the oldest, so a long-running request stays in view (its
+        #: duration is what an operator looks for) behind the short ones
+        #: served beside it, the status request itself included.
+        self._open: dict[int, RequestInfo] = {}
         self.req_start = 0.0
         self.duration = 0.0
         self.progress = time.monotonic()
@@ -279,13 +285,19 @@ class ChildHooks(RequestHooks):
         if self.in_flight == 0:
             self.progress = info.start
         self.in_flight += 1
-        self.req_start = info.start
         if self.state == IDLE:
             self.state = RUNNING
+        self._open[id(info)] = info
+        if len(self._open) == 1:
+            self._show(info)
+        self._write()
+
+    def _show(self, info: RequestInfo) -> None:
+        """Put ``info`` in this child's status row (as the request it is running)."""
+        self.req_start = info.start
         _REQUEST.pack_into(self.mem, self.at + _REQUEST_AT, info.content_length,
                            info.method.encode(), info.uri.encode("utf-8", "replace"),
                            info.script.encode("utf-8", "replace"))
-        self._write()
 
     def request_finished(self, info: RequestInfo) -> None:
         now = time.monotonic()
@@ -293,6 +305,10 @@ class ChildHooks(RequestHooks):
         self.requests += 1
         self.duration = now - info.start
         self.progress = now
+        shown = next(iter(self._open), None)
+        self._open.pop(id(info), None)
+        if shown == id(info) and self._open:
+            self._show(next(iter(self._open.values())))
         if self.in_flight == 0:
             self.idle_since = now
             if self.state == RUNNING:

@@ -185,10 +185,9 @@ def _zombie_or_gone(pid: int) -> bool:
 
 def test_static_keeps_max_children_and_replaces_a_killed_one(tmp_path):
     port = free_port()
-    # fcgi.max_conns = 1: the child serving the slow request holds no other
-    # connection, so another child answers the status page and that child's
-    # row (the last request it started) is the slow request.
-    cfg = pool(port, pm="static", pm_max_children=3, pm_status_path="/status", fcgi_max_conns=1)
+    # A child's status row shows its oldest request in flight: the slow one,
+    # whichever child answers the status page.
+    cfg = pool(port, pm="static", pm_max_children=3, pm_status_path="/status")
     with master(tmp_path, cfg) as proc:
         first = wait_until(lambda: len(children(proc.pid)) == 3 and children(proc.pid), what="3 children")
         ok, failures, _ = load(port, total=20, concurrency=2)

@@ -55,6 +55,33 @@ def test_hooks_fill_the_childs_slot_and_status_sums_the_pool():
     assert status.listen_queue_len == 7  # no socket: the configured backlog
 
 
+def test_a_multiplexing_childs_row_shows_its_oldest_request_in_flight():
+    board = Scoreboard(1)
+    board.reserve(0)
+    board.set_pid(0, 1111)
+    hooks = ChildHooks(board, 0)
+    hooks.ready()
+
+    def row():
+        (only,) = board.status(POOL, None).processes
+        return only
+
+    slow, status_page, other = _info("/slow"), _info("/status?json&full"), _info("/other")
+    hooks.request_started(slow)
+    hooks.request_started(status_page)
+    # The status request served beside it does not hide the long one.
+    assert (row().state, row().request_uri) == ("Running", "/slow")
+    hooks.request_finished(status_page)
+    hooks.request_started(other)
+    assert row().request_uri == "/slow"
+    hooks.request_finished(slow)
+    # The oldest still in flight takes its place, with its own start.
+    assert (row().state, row().request_uri) == ("Running", "/other")
+    assert hooks.req_start == other.start
+    hooks.request_finished(other)
+    assert (row().state, row().request_uri, row().requests) == ("Idle", "/other", 3)
+
+
 def test_a_dead_childs_counters_stay_in_the_pool_and_its_slot_is_reused():
     board = Scoreboard(1)
     board.reserve(0)
