@@ -11,8 +11,9 @@ a Python app share sessions:
   retried every ``retry_interval`` until ``wait`` runs out, and released with
   phpredis' own Lua compare-and-delete (same script, so same SHA1). phpredis
   writes ``hostname|pid`` as the lock value; one of our processes runs many
-  requests at once, so we write ``hostname|pid|<128 random bits>``: the same
-  shape for whoever reads it in ``redis-cli``, unique per acquisition.
+  requests at once, so we write ``hostname|pid|<32 hex digits>`` (64 random bits
+  drawn once per process, then a 64-bit counter): the same shape for whoever
+  reads it in ``redis-cli``, unique per acquisition.
 
 A locked request costs two round trips, not four: ``lock_and_read`` sends the
 lock's ``SET NX PX`` and the ``GET`` in one Lua script, and saving sends the
@@ -40,6 +41,7 @@ reason naming the server (``redis 127.0.0.1:6379: connection refused``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import socket
@@ -139,16 +141,18 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-_lock_owner: tuple[int, str] = (0, "")
+# (pid, "hostname|pid|<64 random bits>", counter): built once per process (a forked
+# child builds its own), so a lock value costs no system call.
+_lock_owner: tuple[int, str, Iterator[int]] = (0, "", itertools.count())
 
 
 def _lock_value() -> bytes:
-    # hostname|pid is built once per process (a forked child builds its own).
     global _lock_owner
     pid = os.getpid()
     if _lock_owner[0] != pid:
-        _lock_owner = (pid, f"{socket.gethostname()}|{pid}|")
-    return (_lock_owner[1] + secrets.token_hex(16)).encode()
+        _lock_owner = (pid, f"{socket.gethostname()}|{pid}|{secrets.token_hex(8)}", itertools.count())
+    # next() on a count is atomic under the GIL: unique across the process's threads.
+    return f"{_lock_owner[1]}{next(_lock_owner[2]):016x}".encode()
 
 
 def _retry() -> Retry:

@@ -385,3 +385,39 @@ def test_open_without_check_starts_while_redis_is_down(tmp_path) -> None:
     # With the check (the default) the same situation is an error at open.
     with pytest.raises(StoreError, match="connection refused"):
         open_store("redis", f"tcp://{server.address}?auth=pw", timeout=1)
+
+
+def test_lock_values_are_unique_across_threads_and_forks() -> None:
+    """Each acquisition's value differs: from many threads, and in a forked child
+    (which must not repeat its parent's values)."""
+    import threading
+
+    from fcgi_cluster.sessions._redis import _lock_value
+
+    values: list[bytes] = []
+
+    def draw() -> None:
+        values.extend(_lock_value() for _ in range(2000))
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(set(values)) == len(values) == 8000
+    assert all(len(value.decode().split("|")[2]) == 32 for value in values)
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:
+        os.close(read_end)
+        os.write(write_end, _lock_value())
+        os._exit(0)
+    os.close(write_end)
+    try:
+        from_child = os.read(read_end, 4096)
+    finally:
+        os.close(read_end)
+        os.waitpid(child, 0)
+    hostname, pid, secret = from_child.decode().split("|")
+    assert pid == str(child) and len(secret) == 32
+    assert secret[:16] != values[0].decode().split("|")[2][:16]
