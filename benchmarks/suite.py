@@ -66,9 +66,7 @@ def plan(quick: bool) -> dict:
         }
     return {
         "transport": {"seconds": 2.0, "rounds": 3, "generators": transport.GENERATORS},
-        # "1 MiB up" is left out until a worker multiplexing more uploads than it has app
-        # threads no longer stalls (README, Benchmarks); end_to_end.py --scenario runs it.
-        "http": end_to_end.Settings(3.0, 2, (64,), ("5 B", "16 KiB", "1 MiB")),
+        "http": end_to_end.Settings(3.0, 2, (64,), ("5 B", "16 KiB", "1 MiB", "1 MiB up")),
         "scaling": end_to_end.Settings(3.0, 2, (1, 16, 64, 256, 1024), ("5 B",), SCALING_STACKS),
         "pool": {"seconds": 2.0, "rounds": 2},
         "sessions": sessions.Settings(3.0, 2),
