@@ -317,3 +317,42 @@ async def _fcgi_get(where: str, sid: str | None) -> tuple[str, int]:
     await stream.aclose()
     cookie = cookie_of(answer)
     return (cookie.split(";")[0].split("=")[1] if cookie else sid), json.loads(answer.body)["n"]
+
+
+async def test_counter_on_redis_waits_for_a_held_lock_then_counts_on_fresh_data(redis_server):
+    """The real redis store through the middleware: a lock held by another request
+    gives 503 after lock_wait; held briefly, the request waits, then reads what the
+    holder saved (the lock and the read are one round trip)."""
+    import urllib.parse
+
+    from fcgi_cluster.sessions import open_store
+    from tests.sessions.conftest import REDIS_PASSWORD
+
+    store = open_store("redis", f"tcp://{redis_server.address}?auth={urllib.parse.quote(REDIS_PASSWORD)}")
+    sid = "r" * 32
+    settings = SessionSettings(gc_probability=0, lock_wait=0.3, lock_retry_interval=0.01, serialize_handler="php")
+    try:
+        store.write(sid, b"n|i:1;", 600)
+        holder = store.acquire_lock(sid, expire=30, wait=1, retry_interval=0.01)
+        async with serving(WSGISessionMiddleware(counter.app, store, settings)) as web:
+            busy = await web.request(with_cookie("/", sid))
+            assert busy.status == 503 and b"session busy" in busy.body
+            waiting_settings = SessionSettings(gc_probability=0, lock_wait=10, lock_retry_interval=0.01,
+                                               serialize_handler="php")
+        async with serving(WSGISessionMiddleware(counter.app, store, waiting_settings)) as web:
+            answers = []
+
+            async def ask() -> None:
+                answers.append(await web.request(with_cookie("/", sid)))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask)
+                await trio.sleep(0.3)
+                assert answers == []
+                await trio.to_thread.run_sync(store.write_and_release, sid, b"n|i:41;", 600, holder)
+        assert answers[0].status == 200 and json.loads(answers[0].body)["n"] == 42
+        assert store.read(sid) == b"n|i:42;"
+        token, _ = store.lock_and_read(sid, expire=30, wait=0.5, retry_interval=0.01)  # left unlocked
+        store.release_lock(sid, token)
+    finally:
+        store.close()

@@ -187,10 +187,16 @@ def test_sentinel(flushed: RedisServer, tmp_path) -> None:
             assert store.read(key) == b"through sentinel"
             token = store.acquire_lock(key, expire=5, wait=1, retry_interval=0.01)
             store.release_lock(key, token)
+            token, data = store.lock_and_read(key, expire=5, wait=1, retry_interval=0.01)
+            assert data == b"through sentinel"
+            store.touch_and_release(key, 60, token)
+            token, _ = store.lock_and_read(key, expire=5, wait=1, retry_interval=0.01)
+            store.write_and_release(key, b"through sentinel, locked", 60, token)
         finally:
             store.close()
     with flushed.client() as client:
-        assert client.get(f"PHPREDIS_SESSION:{key}") == b"through sentinel"
+        assert client.get(f"PHPREDIS_SESSION:{key}") == b"through sentinel, locked"
+        assert client.get(f"PHPREDIS_SESSION:{key}_LOCK") is None
 
 
 def test_server_killed_and_restarted_under_a_live_store(tmp_path) -> None:
