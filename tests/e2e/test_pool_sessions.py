@@ -122,11 +122,15 @@ def test_twenty_requests_of_one_browser_count_on_both_children(tmp_path, redis_s
         jar = http.cookiejar.CookieJar()
         opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
         answers = []
-        for _ in range(20):
+        served: set[int] = set()
+        # Which child accepts a new connection is the kernel's choice, and an
+        # idle machine often gives one child a run of them: go on past 20
+        # until both have served (one child 200 times in a row would be a bug).
+        while len(answers) < 20 or (served != kids and len(answers) < 200):
             with opener.open(f"http://{LOOPBACK}:{http_port}/", timeout=15) as response:
                 answers.append(json.loads(response.read()))
-    assert [a["n"] for a in answers] == list(range(1, 21))
-    served = {int(a["worker"].rsplit(" ", 1)[1]) for a in answers}
+            served.add(int(answers[-1]["worker"].rsplit(" ", 1)[1]))
+    assert [a["n"] for a in answers] == list(range(1, len(answers) + 1))
     assert served == kids  # both children, one session
     (cookie,) = list(jar)
     assert cookie.name == "PHPSESSID" and len(cookie.value) == 32
