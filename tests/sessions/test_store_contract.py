@@ -358,13 +358,22 @@ def test_lock_and_read_timeout(backend: Backend) -> None:
 def test_touch_and_release_moves_the_ttl_and_frees_the_lock(backend: Backend) -> None:
     store, sid = backend.store, new_sid()
     if backend.name == "files":
-        pytest.skip("files expire by mtime: test_write_sets_ttl_and_touch_moves_it covers touch")
-    store.write(sid, b"x", 100)
-    token, data = store.lock_and_read(sid, expire=30, wait=1, retry_interval=0.01)
-    assert data == b"x"
-    store.touch_and_release(sid, 5000, token)
-    moved = backend.remaining_ttl(sid)
-    assert moved is not None and 4900 <= moved <= 5000
+        # Files expire by mtime against the one gc_maxlifetime: age the file, then touch it.
+        store.write(sid, b"x", 1440)
+        path = next(p for p in _session_files(store) if p.endswith(sid))
+        os.utime(path, (time.time() - 1000, time.time() - 1000))
+        token, data = store.lock_and_read(sid, expire=30, wait=1, retry_interval=0.01)
+        assert data == b"x"
+        store.touch_and_release(sid, 1440, token)
+        moved = backend.remaining_ttl(sid)
+        assert moved is not None and moved > 1400
+    else:
+        store.write(sid, b"x", 100)
+        token, data = store.lock_and_read(sid, expire=30, wait=1, retry_interval=0.01)
+        assert data == b"x"
+        store.touch_and_release(sid, 5000, token)
+        moved = backend.remaining_ttl(sid)
+        assert moved is not None and 4900 <= moved <= 5000
     assert store.read(sid) == b"x"
     store.release_lock(sid, store.acquire_lock(sid, expire=30, wait=0.5, retry_interval=0.01))
 
