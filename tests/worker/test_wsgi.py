@@ -131,8 +131,10 @@ async def test_more_interleaved_uploads_than_threads_on_one_connection_all_finis
 async def test_wsgi_input_readline_from_a_spooled_body():
     lines = [b"line %d " % i + b"x" * 1000 + b"\n" for i in range(400)]  # 400 KB
     seen = []
+    running = threading.Event()
 
     def app(environ, start_response):
+        running.set()
         seen.extend(environ["wsgi.input"])
         start_response("200 OK", [])
         return [b"ok"]
@@ -142,6 +144,9 @@ async def test_wsgi_input_readline_from_a_spooled_body():
         # The one thread is busy with a first request that waits for its body,
         # so the second request's lines overflow to its file before it reads.
         first = await web.start(params("/", method="POST", CONTENT_LENGTH="3"), end_body=False)
+        with trio.fail_after(10):
+            while not running.is_set():
+                await trio.sleep(0.005)
         second = await web.start(params("/", method="POST", CONTENT_LENGTH=str(sum(map(len, lines)))), b"".join(lines))
         await trio.sleep(0.05)
         assert web.worker.requests[second].body.spooled > 0
