@@ -51,16 +51,6 @@ __all__ = ["Server", "Upstream", "GET_VALUES_TIMEOUT"]
 
 log = logging.getLogger("fcgi_cluster.frontend")
 
-#: Seconds a request waits for a free slot when every multiplexed connection to
-#: a server carries FCGI_MAX_REQS requests, before one more connection is
-#: opened past the cap (closed again once idle; the worker's FCGI_MAX_CONNS
-#: bounds them). Short, because the wait is not first come, first served (a
-#: request arriving as a slot frees takes it at once): under sustained
-#: overload a longer wait let some requests starve for seconds (1,024 wrk
-#: clients before two workers: p99 1.5-1.7 s and ~120 requests past 2 s with
-#: 5 s, 0.86-0.91 s and 0-29 with 0.1 s). The worker's own queue is FIFO.
-MPX_SLOT_WAIT = 0.1
-
 #: Seconds to wait for a GET_VALUES answer on a server's first connection.
 #: A worker that ignores management records costs this once per learning,
 #: not per request; one second is long for a worker on the same LAN.
@@ -153,7 +143,7 @@ class Server:
             else:
                 await self._learning.wait()
         if self.multiplexed:
-            deadline = trio.current_time() + MPX_SLOT_WAIT
+            deadline = trio.current_time() + self._connect_timeout
             while True:
                 best: Connection | None = None
                 for conn in self._live:

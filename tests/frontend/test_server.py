@@ -209,37 +209,6 @@ async def test_a_burst_past_fcgi_max_reqs_opens_few_connections_and_closes_the_e
         assert upstream.connection_count <= 2
 
 
-async def test_full_multiplexed_connections_open_one_more_soon_rather_than_queue_for_long() -> None:
-    # Two slots per connection, one connection allowed, three requests of a
-    # second each: the third does not wait for a slot to free (which, under
-    # load, others arriving later could take first), it gets a connection of
-    # its own after a short wait, and is answered with the other two.
-    from fcgi_cluster.frontend._upstream import MPX_SLOT_WAIT
-    from fcgi_cluster.worker import WorkerConfig
-
-    async with workers(echo, config=WorkerConfig(max_requests=2)) as addresses, frontend(
-        upstream_config(addresses, upstream="connections = 1")
-    ) as (port, server):
-        upstream = server.upstreams["app"].servers[0]
-        echo_json(await get(port, "/learn"))  # the first connection learns FCGI_MAX_REQS
-        done: list[float] = []
-        started = trio.current_time()
-
-        async def one(i: int) -> None:
-            echo_json(await get(port, f"/s{i}?sleep_ms=1000"))
-            done.append(trio.current_time() - started)
-
-        with trio.fail_after(10):
-            async with trio.open_nursery() as nursery:
-                for i in range(3):
-                    nursery.start_soon(one, i)
-                await trio.sleep(0.5)
-                opened = upstream.connection_count
-    assert upstream.max_reqs == 2 and opened == 2
-    # All three ran at once: none waited a second for a slot.
-    assert max(done) < 1.0 + MPX_SLOT_WAIT + 0.6, done
-
-
 async def test_max_connections_holds_new_clients_until_one_leaves() -> None:
     async with workers(echo) as addresses, frontend(
         upstream_config(addresses, frontend="max_connections = 2")
