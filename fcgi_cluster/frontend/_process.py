@@ -28,7 +28,7 @@ import time
 import trio
 
 from .._address import Address, bound_address, parse_address
-from .._limits import raise_open_file_limit
+from .._limits import keep_buffers_on_the_heap, raise_open_file_limit
 from ._server import serve_frontend
 
 __all__ = ["run_frontend", "bind_listeners", "BindError", "SHUTDOWN_GRACE"]
@@ -161,6 +161,7 @@ def run_frontend(config: object, *, ready: object = None) -> int:
     processes = fe.processes if isinstance(fe.processes, int) else (os.cpu_count() or 1)
     # Every client may hold an upstream connection too, in the worst case.
     raise_open_file_limit(2 * fe.max_connections, log=log)
+    keep_buffers_on_the_heap()
     groups = bind_listeners(list(fe.listen), processes)
     bound = [bound_address(sock) for sock in groups[0]]
     for text in bound:
