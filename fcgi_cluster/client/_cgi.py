@@ -55,14 +55,15 @@ def _find_blank_line(data: bytes | bytearray) -> tuple[int, int] | None:
         return 0, 1
     if data[:2] == b"\r\n":
         return 0, 2
-    ends = []
-    lf_lf = data.find(b"\n\n")
-    if lf_lf >= 0:
-        ends.append((lf_lf + 1, lf_lf + 2))
+    # The usual end first; the other is then looked for only before it, so a
+    # first STDOUT record of 64 KiB is not scanned to its end for nothing.
     lf_crlf = data.find(b"\n\r\n")
+    lf_lf = data.find(b"\n\n", 0, lf_crlf + 1) if lf_crlf >= 0 else data.find(b"\n\n")
+    if lf_lf >= 0:
+        return lf_lf + 1, lf_lf + 2
     if lf_crlf >= 0:
-        ends.append((lf_crlf + 1, lf_crlf + 3))
-    return min(ends) if ends else None
+        return lf_crlf + 1, lf_crlf + 3
+    return None
 
 
 def parse_cgi_headers(data: bytes | bytearray) -> tuple[int, list[tuple[str, str]], bytes] | None:

@@ -222,8 +222,15 @@ class ResponseStream:
                     if buf
                     else "the worker ended the request without a response"
                 )
-            buf += chunk
-            parsed = parse_cgi_head(buf)
+            if buf:
+                buf += chunk
+                parsed = parse_cgi_head(buf)
+            else:
+                # The usual case, the whole head in the first record: parse it
+                # where it is rather than copy the record into the buffer.
+                parsed = parse_cgi_head(chunk)
+                if parsed is None:
+                    buf += chunk
             if parsed is not None:
                 self.status, self.raw_headers, self._pending = parsed
                 buf.clear()

@@ -73,6 +73,11 @@ def test_default_status_is_200_and_order_and_repeats_are_kept() -> None:
         (b"A: 1\r\n\nx", b"x"),  # mixed line ends, as some scripts write
         (b"A: 1\n\r\nx", b"x"),
         (b"\r\nx", b"x"),  # an empty header block
+        # The first blank line ends the block, whichever its line ending and
+        # whatever the body holds after it.
+        (b"A: 1\n\nx\n\r\ny", b"x\n\r\ny"),
+        (b"A: 1\r\n\r\nx\n\ny", b"x\n\ny"),
+        (b"A: 1\nB: 2\n\r\nx" + b"\n\n" * 1000, b"x" + b"\n\n" * 1000),
     ],
 )
 def test_either_line_ending_ends_the_block(data: bytes, rest: bytes) -> None:
