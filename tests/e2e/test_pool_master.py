@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import pathlib
 import signal
@@ -603,6 +604,20 @@ def test_get_values_advertise_the_pool_limits(tmp_path):
 # --- nginx in front -------------------------------------------------------------------------
 
 
+def _http_codes(url: str, count: int, deadline: float = math.inf) -> list[int]:
+    """The status of each of up to ``count`` GETs of ``url``, one after another, until ``deadline``."""
+    codes = []
+    for _ in range(count):
+        if time.monotonic() > deadline:
+            break
+        try:
+            with urllib.request.urlopen(url, timeout=20) as response:
+                codes.append(response.status)
+        except urllib.error.HTTPError as exc:
+            codes.append(exc.code)
+    return codes
+
+
 def test_nginx_in_front_of_a_dynamic_pool_sees_no_5xx_during_a_reload(tmp_path):
     port = free_port()
     cfg = pool(port, pm="dynamic", pm_max_children=4, pm_start_servers=2, pm_min_spare_servers=1, pm_max_spare_servers=3)
@@ -612,20 +627,8 @@ def test_nginx_in_front_of_a_dynamic_pool_sees_no_5xx_during_a_reload(tmp_path):
         url = nginx.url("/?sleep_ms=10")
         deadline = time.monotonic() + 3.5
 
-        def client(_: int) -> list[int]:
-            codes = []
-            for _ in range(400):
-                if time.monotonic() > deadline:
-                    break
-                try:
-                    with urllib.request.urlopen(url, timeout=20) as response:
-                        codes.append(response.status)
-                except urllib.error.HTTPError as exc:
-                    codes.append(exc.code)
-            return codes
-
         with ThreadPoolExecutor(4) as pool_:
-            futures = [pool_.submit(client, i) for i in range(4)]
+            futures = [pool_.submit(_http_codes, url, 400, deadline) for _ in range(4)]
             time.sleep(0.8)
             proc.send_signal(signal.SIGUSR2)
             time.sleep(1.2)
@@ -648,18 +651,8 @@ def test_nginx_keeping_connections_sees_no_error_while_children_are_recycled(tmp
         first = wait_until(lambda: len(children(proc.pid)) == 2 and children(proc.pid), what="2 children")
         url = nginx.url("/")
 
-        def client(_: int) -> list[int]:
-            codes = []
-            for _ in range(50):
-                try:
-                    with urllib.request.urlopen(url, timeout=20) as response:
-                        codes.append(response.status)
-                except urllib.error.HTTPError as exc:
-                    codes.append(exc.code)
-            return codes
-
         with ThreadPoolExecutor(4) as pool_:
-            codes = [code for future in [pool_.submit(client, i) for i in range(4)] for code in future.result()]
+            codes = [code for future in [pool_.submit(_http_codes, url, 50) for _ in range(4)] for code in future.result()]
         assert len(codes) == 200 and set(codes) == {200}
         assert not children(proc.pid) & first
         wait_until(lambda: log_of(proc).count("exited with code 0") >= 20, what="recycled children")

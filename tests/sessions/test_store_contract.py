@@ -211,21 +211,15 @@ def test_threads_on_distinct_sessions(backend: Backend) -> None:
     assert mismatches == []
 
 
-def test_lock_contention_loses_no_update(backend: Backend) -> None:
-    """8 threads each do lock-read-increment-write-unlock 25 times: exactly 200."""
-    store, sid = backend.store, new_sid()
+def _increment_200_times_from_8_threads(store, sid: str, increment: Callable[[], None]) -> None:
+    """Run ``increment`` 25 times in each of 8 threads; the counter must end at exactly 200."""
     store.write(sid, b"0", 600)
     errors: list[BaseException] = []
 
     def work() -> None:
         try:
             for _ in range(25):
-                token = store.acquire_lock(sid, expire=30, wait=60, retry_interval=0.002)
-                try:
-                    value = int(store.read(sid) or b"0")
-                    store.write(sid, str(value + 1).encode(), 600)
-                finally:
-                    store.release_lock(sid, token)
+                increment()
         except BaseException as exc:
             errors.append(exc)
 
@@ -237,6 +231,21 @@ def test_lock_contention_loses_no_update(backend: Backend) -> None:
     assert not any(thread.is_alive() for thread in threads)
     assert errors == []
     assert store.read(sid) == b"200"
+
+
+def test_lock_contention_loses_no_update(backend: Backend) -> None:
+    """8 threads each do lock-read-increment-write-unlock 25 times: exactly 200."""
+    store, sid = backend.store, new_sid()
+
+    def increment() -> None:
+        token = store.acquire_lock(sid, expire=30, wait=60, retry_interval=0.002)
+        try:
+            value = int(store.read(sid) or b"0")
+            store.write(sid, str(value + 1).encode(), 600)
+        finally:
+            store.release_lock(sid, token)
+
+    _increment_200_times_from_8_threads(store, sid, increment)
 
 
 def test_lock_timeout(backend: Backend) -> None:
@@ -399,22 +408,9 @@ def test_a_late_save_does_not_free_the_next_owners_lock(backend: Backend) -> Non
 def test_lock_and_read_contention_loses_no_update(backend: Backend) -> None:
     """As test_lock_contention_loses_no_update, through the calls a session makes."""
     store, sid = backend.store, new_sid()
-    store.write(sid, b"0", 600)
-    errors: list[BaseException] = []
 
-    def work() -> None:
-        try:
-            for _ in range(25):
-                token, data = store.lock_and_read(sid, expire=30, wait=60, retry_interval=0.002)
-                store.write_and_release(sid, str(int(data or b"0") + 1).encode(), 600, token)
-        except BaseException as exc:
-            errors.append(exc)
+    def increment() -> None:
+        token, data = store.lock_and_read(sid, expire=30, wait=60, retry_interval=0.002)
+        store.write_and_release(sid, str(int(data or b"0") + 1).encode(), 600, token)
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert not any(thread.is_alive() for thread in threads)
-    assert errors == []
-    assert store.read(sid) == b"200"
+    _increment_200_times_from_8_threads(store, sid, increment)
