@@ -324,18 +324,28 @@ def wrk_script(directory: pathlib.Path, scenario: str) -> pathlib.Path:
 
 def run_wrk(wrk: str, url: str, seconds: float, connections: int, script: pathlib.Path,
             pids: list[int]) -> dict:
-    """Run wrk once against ``url``: its figures, the CPU the stack spent, and wrk's output."""
+    """Run wrk once against ``url``: its figures, the CPU the stack spent, and wrk's output.
+
+    ``pids[0]`` is the front door: its process tree's share of the CPU is
+    reported apart too (``front_cpu_per_10k_s``), the rest being the workers'.
+    """
     argv = [wrk, f"-t{min(WRK_THREADS, connections)}", f"-c{connections}", f"-d{seconds:g}s",
             "--latency", "-s", str(script), url]
     processes = _measure.tree(pids)
+    front = set(_measure.tree(pids[:1]))
     before = _measure.cpu_seconds(processes)
     result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + WRK_GRACE_SECONDS)
-    cpu = _measure.cpu_between(before, _measure.cpu_seconds(processes))
+    after = _measure.cpu_seconds(processes)
+    cpu = _measure.cpu_between(before, after)
+    front_cpu = _measure.cpu_between({pid: t for pid, t in before.items() if pid in front},
+                                     {pid: t for pid, t in after.items() if pid in front})
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited with {result.returncode}: {result.stderr.strip()}")
     figures = parse_wrk(result.stdout)
     figures["cpu_s"] = cpu
+    figures["front_cpu_s"] = front_cpu
     figures["cpu_per_10k_s"] = cpu / figures["requests"] * CPU_PER if figures["requests"] else None
+    figures["front_cpu_per_10k_s"] = front_cpu / figures["requests"] * CPU_PER if figures["requests"] else None
     return {**figures, "raw": result.stdout}
 
 
@@ -418,7 +428,7 @@ def summarize(runs: list[dict]) -> list[dict]:
     summary = []
     for (scenario, connections, name), mine in groups.items():
         row = {"scenario": scenario, "connections": connections, "stack": name}
-        for key in ("rps", "p50_ms", "p99_ms", "p99.9_ms", "cpu_per_10k_s"):
+        for key in ("rps", "p50_ms", "p99_ms", "p99.9_ms", "cpu_per_10k_s", "front_cpu_per_10k_s"):
             values = [one[key] for one in mine if one.get(key) is not None]
             row[key] = statistics.median(values) if values else None
         row["requests"] = sum(one["requests"] for one in mine)
@@ -442,15 +452,15 @@ def report(part: dict) -> str:
         best_peer = max((row["rps"] for row in rows if not row["stack"].startswith("ours ")), default=None)
         lines += ["", f"**{scenario}, {connections} client connections**", "",
                   f"| stack | req/s | vs {BASELINE} | vs best peer | p50 ms | p99 ms | p99.9 ms "
-                  "| CPU s / 10k req | errors |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+                  "| CPU s / 10k req | of it, front door | errors |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for row in sorted(rows, key=lambda row: -row["rps"]):
             ratio = f"{row['rps'] / base['rps']:.2f}x" if base and base["rps"] else "-"
             vs_best = f"{row['rps'] / best_peer:.2f}x" if best_peer else "-"
             lines.append(
                 f"| {row['stack']} | {row['rps']:,.0f} | {ratio} | {vs_best} | {_ms(row['p50_ms'])} "
                 f"| {_ms(row['p99_ms'])} | {_ms(row.get('p99.9_ms'))} | {_ms(row['cpu_per_10k_s'])} "
-                f"| {trouble(row) or 'none'} |")
+                f"| {_ms(row.get('front_cpu_per_10k_s'))} | {trouble(row) or 'none'} |")
     return "\n".join(lines).strip() + "\n"
 
 
