@@ -232,9 +232,11 @@ class MemcachedStore(SessionStore):
     def acquire_lock(self, sid: str, *, expire: float, wait: float, retry_interval: float) -> LockToken:
         """``add <prefix>lock.<sid> <token>`` with expiry ``expire``, retried until ``wait``.
 
-        memcached's clock ticks once a second, so an item given N seconds lives
-        between N-1 and N; the lock is stored with ``ceil(expire) + 1`` so it lives
-        at least ``expire`` (php-memcached adds the same second).
+        memcached's clock is whole seconds, updated by a timer once a second,
+        so an item given N seconds can live a little less than N-1 (a 2 s item
+        was seen gone after 0.91 s); the lock is stored with ``ceil(expire) + 2``
+        so it lives at least ``expire`` (php-memcached adds one second, which
+        is not always enough).
 
         Raises:
             LockTimeout: someone else held it for all of ``wait``.
@@ -243,7 +245,7 @@ class MemcachedStore(SessionStore):
         key = self._prefix + LOCK_INFIX + sid
         client, where = self._locate(LOCK_INFIX + sid)
         token = f"{socket.gethostname()}|{os.getpid()}|{secrets.token_hex(16)}".encode()
-        expiry = _expiry(math.ceil(expire) + 1)
+        expiry = _expiry(math.ceil(expire) + 2)
         deadline = time.monotonic() + wait
         with self._errors(where):
             while True:
