@@ -48,7 +48,7 @@ import pymemcache.exceptions
 from pymemcache.client.base import PooledClient
 
 from ._save_path import MemcachedPath, MemcachedServer
-from ._store import LockTimeout, LockToken, SessionStore, StoreError
+from ._store import LockToken, SessionStore, StoreError, poll_lock
 
 __all__ = ["KetamaRing", "MemcachedStore", "one_at_a_time"]
 
@@ -246,15 +246,9 @@ class MemcachedStore(SessionStore):
         client, where = self._locate(LOCK_INFIX + sid)
         token = f"{socket.gethostname()}|{os.getpid()}|{secrets.token_hex(16)}".encode()
         expiry = _expiry(math.ceil(expire) + 2)
-        deadline = time.monotonic() + wait
         with self._errors(where):
-            while True:
-                if client.add(key, token, expire=expiry):
-                    return token
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise LockTimeout(f"session {sid} is locked by another request (waited {wait:g}s)")
-                time.sleep(min(retry_interval, remaining))
+            return poll_lock(lambda: token if client.add(key, token, expire=expiry) else None,
+                             sid, wait, retry_interval)
 
     def release_lock(self, sid: str, token: LockToken) -> None:
         """Expire the lock at once if ``token`` still holds it (``gets`` + ``cas``)."""

@@ -45,7 +45,6 @@ import itertools
 import os
 import secrets
 import socket
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -57,7 +56,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from ._save_path import RedisClusterPath, RedisPath, RedisServer, SentinelPath
-from ._store import LockTimeout, LockToken, SessionStore, StoreError
+from ._store import LockToken, SessionStore, StoreError, poll_lock
 
 __all__ = ["RedisClusterStore", "RedisStore", "pick_server"]
 
@@ -224,15 +223,11 @@ class _RedisLikeStore(SessionStore):
         client, key, where, _ = self._locate(sid)
         token = _lock_value()
         expire_ms = max(1, int(expire * 1000))
-        deadline = time.monotonic() + wait
         with self._errors(where):
-            while True:
-                if client.set(key + LOCK_SUFFIX, token, nx=True, px=expire_ms):
-                    return token
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise LockTimeout(f"session {sid} is locked by another request (waited {wait:g}s)")
-                time.sleep(min(retry_interval, remaining))
+            return poll_lock(
+                lambda: token if client.set(key + LOCK_SUFFIX, token, nx=True, px=expire_ms) else None,
+                sid, wait, retry_interval,
+            )
 
     def release_lock(self, sid: str, token: LockToken) -> None:
         """phpredis' compare-and-delete script: deletes the lock only if ``token`` holds it."""
@@ -376,16 +371,13 @@ class RedisStore(_RedisLikeStore):
         keys = (key, key + LOCK_SUFFIX)
         token = _lock_value()
         args = (token, max(1, int(expire * 1000)))
-        deadline = time.monotonic() + wait
+
+        def attempt() -> tuple[LockToken, bytes | None] | None:
+            reply = server.lock_read(keys=keys, args=args)
+            return None if reply == 0 else (token, reply[0] if reply else None)
+
         with self._errors(server.where):
-            while True:
-                reply = server.lock_read(keys=keys, args=args)
-                if reply != 0:
-                    return token, reply[0] if reply else None
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise LockTimeout(f"session {sid} is locked by another request (waited {wait:g}s)")
-                time.sleep(min(retry_interval, remaining))
+            return poll_lock(attempt, sid, wait, retry_interval)
 
     def write_and_release(self, sid: str, data: bytes, ttl: int, token: LockToken) -> None:
         """``SETEX`` the data and release the lock if ``token`` holds it, in one round trip.

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import abc
 import logging
+import time
+from typing import Callable, TypeVar
 
 __all__ = ["SessionStore", "StoreError", "LockTimeout", "LockToken"]
 
@@ -23,6 +25,27 @@ __all__ = ["SessionStore", "StoreError", "LockTimeout", "LockToken"]
 LockToken = bytes
 
 log = logging.getLogger("fcgi_cluster.sessions")
+
+T = TypeVar("T")
+
+
+def poll_lock(attempt: Callable[[], T | None], sid: str, wait: float, retry_interval: float) -> T:
+    """Call ``attempt`` every ``retry_interval`` until it returns something, for ``wait`` seconds.
+
+    The retry loop of the lock-taking backends (phpredis' and php-memcached's).
+
+    Raises:
+        LockTimeout: ``attempt`` returned None until ``wait`` ran out.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        got = attempt()
+        if got is not None:
+            return got
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LockTimeout(f"session {sid} is locked by another request (waited {wait:g}s)")
+        time.sleep(min(retry_interval, remaining))
 
 
 class StoreError(Exception):
@@ -90,10 +113,7 @@ class SessionStore(abc.ABC):
         try:
             return token, self.read(sid)
         except BaseException:
-            try:
-                self.release_lock(sid, token)
-            except StoreError as exc:
-                log.warning("session lock not released: %s", exc)
+            self._release_after_save(sid, token)
             raise
 
     def write_and_release(self, sid: str, data: bytes, ttl: int, token: LockToken) -> None:
@@ -117,6 +137,7 @@ class SessionStore(abc.ABC):
         self._release_after_save(sid, token)
 
     def _release_after_save(self, sid: str, token: LockToken) -> None:
+        """Release the lock; a failure is only logged (the lock expires by itself)."""
         try:
             self.release_lock(sid, token)
         except StoreError as exc:
