@@ -287,6 +287,7 @@ class _ClientConnection:
     async def run(self) -> None:
         """Serve the connection's requests until it closes; then linger if the client may be sending."""
         if await self._serve() and self._fd >= 0:
+            await self._take_body_back()
             await self._linger()
 
     async def _serve(self) -> bool:
@@ -511,6 +512,12 @@ class _ClientConnection:
         self._log(head, status, len(body), started)
         return await self._finish_request_body()
 
+    async def _take_body_back(self) -> None:
+        """Stop a worker's connection reading this client's body, before reading the client here."""
+        if self._body_stream is not None:
+            await self._body_stream.close()
+            self._body_stream = None
+
     async def _finish_request_body(self) -> bool:
         """After an answer that did not read all of the request body: read and drop the rest.
 
@@ -520,9 +527,7 @@ class _ClientConnection:
         is bounded by ``body_timeout`` (a client that stalls gets no more
         answers on this connection, only a close).
         """
-        if self._body_stream is not None:
-            await self._body_stream.close()
-            self._body_stream = None
+        await self._take_body_back()
         while not self.http.request_complete:
             await self._next_body_event()
         return True
