@@ -64,8 +64,10 @@ class _RequestState:
         if self.forgotten:
             return
         self.chunks.append(data)
-        if self._reader is not None:
-            _wake(self, "_reader")
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            _reschedule(reader)
         if len(self.chunks) >= STREAM_BUFFER and not self.forgotten:
             await _park(self, "_feeder")
 
@@ -87,8 +89,10 @@ class _RequestState:
         self.finished = True
         if self.body_scope is not None:
             self.body_scope.cancel()
-        if self._reader is not None:
-            _wake(self, "_reader")
+        reader = self._reader
+        if reader is not None:
+            self._reader = None
+            _reschedule(reader)
 
     def forget(self) -> None:
         """The caller is done with this request: drop whatever is still buffered."""
@@ -120,7 +124,13 @@ class _RequestState:
                 if self.error is not None:
                     raise self.error from self.error.__cause__
                 return None
-            await _park(self, "_reader")
+            # _park, inlined: every response waits here at least once.
+            self._reader = _current_task()
+            await _wait_task_rescheduled(self._abort_reader)
+
+    def _abort_reader(self, _: object) -> trio.lowlevel.Abort:
+        self._reader = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 async def _park(state: _RequestState, slot: str) -> None:
@@ -132,6 +142,11 @@ async def _park(state: _RequestState, slot: str) -> None:
         return trio.lowlevel.Abort.SUCCEEDED
 
     await trio.lowlevel.wait_task_rescheduled(abort)
+
+
+_current_task = trio.lowlevel.current_task
+_reschedule = trio.lowlevel.reschedule
+_wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
 
 
 def _wake(state: _RequestState, slot: str) -> None:
@@ -192,6 +207,11 @@ class ResponseStream:
         return bytes(self._state.stderr)
 
     @property
+    def has_stderr(self) -> bool:
+        """True when the worker wrote to STDERR (cheaper than testing ``stderr``, a copy)."""
+        return bool(self._state.stderr)
+
+    @property
     def app_status(self) -> int | None:
         """The application's exit status, or None until the body has been read."""
         return self._state.app_status
@@ -215,7 +235,7 @@ class ResponseStream:
         state = self._state
         buf = state.head_buffer
         while True:
-            chunk = await state.receive()
+            chunk = state.take() if state.chunks else await state.receive()
             if chunk is None:
                 raise UpstreamProtocolError(
                     "the worker ended the request before the end of its CGI headers"
@@ -242,6 +262,16 @@ class ResponseStream:
             chunk, self._pending = self._pending, b""
             return chunk
         return self._state.take()
+
+    def raise_if_failed(self) -> None:
+        """Raise the request's error if it failed (refused, or its connection died).
+
+        For a caller that found the response ``complete`` and took all of its
+        body with ``take_ready``: what the end of ``async for`` would raise.
+        """
+        error = self._state.error
+        if error is not None:
+            raise error from error.__cause__
 
     def interrupt(self, error: BaseException) -> bool:
         """Make a ``read_head`` or body read parked on this response raise ``error`` now.

@@ -162,7 +162,7 @@ async def open_upstream_response(
         conn = None
         response = None
         try:
-            conn = await server.acquire()
+            conn = server.ready_connection() or await server.acquire()
             response = conn.start_request(params, body)
             deadline = trio.current_time() + read_timeout
             if wait_head is None:

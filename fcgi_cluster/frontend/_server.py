@@ -575,7 +575,15 @@ class _ClientConnection:
         server = self.server
         upstream = server.upstreams[route.upstream]  # type: ignore[attr-defined]
         http = self.http
-        body, length = await self._request_body(head)
+        if http.request_complete:
+            # No body (the usual GET): no await, and the answer's head is
+            # waited for with the client watched.
+            body: bytes | AsyncIterator[bytes] = b""
+            length = head.content_length
+            wait = self._wait_head
+        else:
+            body, length = await self._request_body(head)
+            wait = self._wait_head if http.request_complete else None
         script, info = split_path(path, route.split_path_info, server._route_index[number])  # type: ignore[attr-defined]
         params = request_params(
             self.base, head.method, head.target, head.query, path, head.headers,
@@ -585,7 +593,10 @@ class _ClientConnection:
             extra=server._route_extra[number],
         )
         try:
-            result = await self._upstream_head(upstream, params, body, head)
+            result = await open_upstream_response(
+                upstream, params, body, method=head.method,
+                hash_key=self._hash_key(upstream, head) if upstream.hashed else None, wait_head=wait,  # type: ignore[arg-type]
+            )
         except UpstreamFailure as exc:
             if isinstance(body, _BodyStream) and body.error is not None:
                 raise body.error
@@ -614,10 +625,7 @@ class _ClientConnection:
                     out = b""
                     continue
                 if response.complete:
-                    # Raises the request's error, if it failed.
-                    async for chunk in response:
-                        out += http.send_body(chunk)
-                        sent += len(chunk)
+                    response.raise_if_failed()
                     out += http.send_end()
                     await self._send(out)
                     ok = True
@@ -644,18 +652,13 @@ class _ClientConnection:
         finally:
             result.finish(upstream_failed)
             self._log(head, response.status, sent, started)
-            if response.stderr:
+            if response.has_stderr:
                 _log_stderr(upstream.servers[result.index].address, response.stderr)
         if not ok:
             return False  # the client cannot tell a cut body from a whole one otherwise
+        if self._body_stream is None and http.request_complete:
+            return True
         return await self._finish_request_body()
-
-    async def _upstream_head(self, upstream: Upstream, params: dict, body: object, head: RequestHead):
-        key = self._hash_key(upstream, head)
-        wait = self._wait_head if self.http.request_complete else None
-        return await open_upstream_response(
-            upstream, params, body, method=head.method, hash_key=key, wait_head=wait  # type: ignore[arg-type]
-        )
 
     async def _wait_head(self, response: ResponseStream, deadline: float) -> None:
         """Wait for an answer's head until ``deadline``; a client that hangs up meanwhile aborts it.
