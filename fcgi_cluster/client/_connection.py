@@ -327,7 +327,8 @@ class Connection:
         if data:
             self._outbox.append(data)
             self._queued += len(data)
-            self._outbox_lot.unpark_all()
+            if self._outbox_lot:  # an empty lot's unpark still costs a generator
+                self._outbox_lot.unpark_all()
         return self._queued
 
     async def _wait_sent(self, mark: int) -> None:
@@ -366,7 +367,8 @@ class Connection:
                         )
                         return
                 self._sent += total
-                self._sent_lot.unpark_all()
+                if self._sent_lot:
+                    self._sent_lot.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._fail(ConnectionLost, f"connection to {self.address} lost while sending: {_reason(exc)}", exc)
 

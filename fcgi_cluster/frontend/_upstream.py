@@ -241,7 +241,8 @@ class Server:
         if self.multiplexed:
             if conn.requests_in_flight == 0 and len(self._live) > self._max_connections:
                 conn.close()  # opened past the cap in a burst: not kept once idle
-            self._room.unpark()
+            if self._room:  # an empty lot's unpark still costs a generator
+                self._room.unpark()
             return
         if conn.is_usable and conn.requests_in_flight == 0:
             if self._queue:

@@ -240,7 +240,8 @@ class WorkerConnection:
             del self.requests[ctx.request_id]
             if self.core.should_close or (self._draining and not self.requests):
                 self._close_when_idle()
-            self._writer_lot.unpark()
+            if self._writer_lot:
+                self._writer_lot.unpark()
 
     def _close_when_idle(self) -> None:
         self._closing = True
@@ -251,11 +252,13 @@ class WorkerConnection:
 
     def write_nowait(self, data: bytes) -> None:
         self._out += data
-        self._writer_lot.unpark()
+        if self._writer_lot:  # an empty lot's unpark still costs a generator
+            self._writer_lot.unpark()
 
     async def write(self, data: bytes) -> None:
         self._out += data
-        self._writer_lot.unpark()
+        if self._writer_lot:
+            self._writer_lot.unpark()
         while len(self._out) > self._high_water:
             await self._space_lot.park()
 
@@ -268,7 +271,8 @@ class WorkerConnection:
                 await self._writer_lot.park()
             data = self._out
             self._out = bytearray()
-            self._space_lot.unpark_all()
+            if self._space_lot:
+                self._space_lot.unpark_all()
             try:
                 await stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
