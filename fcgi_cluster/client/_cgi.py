@@ -106,6 +106,9 @@ def parse_cgi_head(data: bytes | bytearray) -> tuple[int, list[tuple[bytes, byte
     if body_start > MAX_HEADER_SIZE:
         raise UpstreamProtocolError(f"CGI header block exceeds {MAX_HEADER_SIZE} bytes")
     block = bytes(data[:end])
+    known = _parsed_heads.get(block)
+    if known is not None:
+        return known[0], list(known[1]), bytes(data[body_start:])
     status: int | None = None
     headers: list[tuple[bytes, bytes]] = []
     has_location = False
@@ -130,7 +133,17 @@ def parse_cgi_head(data: bytes | bytearray) -> tuple[int, list[tuple[bytes, byte
         headers.append((name, value))
     if status is None:
         status = 302 if has_location else 200
+    if len(_parsed_heads) >= _PARSED_HEADS_SIZE:
+        _parsed_heads.clear()
+    _parsed_heads[block] = (status, tuple(headers))
     return status, headers, bytes(data[body_start:])
+
+
+#: Header blocks parsed before, by their bytes: an app sends the same few
+#: heads again and again. Emptied when full, so heads that never repeat
+#: (a cookie per response) cost memory only up to the bound.
+_parsed_heads: dict[bytes, tuple[int, tuple[tuple[bytes, bytes], ...]]] = {}
+_PARSED_HEADS_SIZE = 256
 
 
 def _checked_line(line: bytes) -> tuple[bytes, bytes]:

@@ -202,7 +202,7 @@ class Connection:
         finally:
             response.close()
 
-    def start_request(self, params: Params, body: Body = b"", *, keep_conn: bool = True) -> ResponseStream:
+    def start_request(self, params: Params | bytes, body: Body = b"", *, keep_conn: bool = True) -> ResponseStream:
         """Queue one request and return its response, before anything has arrived.
 
         The low-level form of ``stream``, for callers that manage the
@@ -211,7 +211,9 @@ class Connection:
         ``response.close()`` at the end, which aborts the request if the
         worker has not ended it.
 
-        Args: as for ``request``.
+        Args: as for ``request``, and ``params`` may also be bytes: the
+            name-value block already encoded,
+            for a caller that encodes the parts common to many requests once.
 
         Raises:
             ConnectionLost, UpstreamProtocolError: the connection is already dead.
@@ -248,32 +250,29 @@ class Connection:
 
     # --- the per-request steps ----------------------------------------------
 
-    def _begin(self, params: Params, body: Body, keep_conn: bool) -> _RequestState:
+    def _begin(self, params: Params | bytes, body: Body, keep_conn: bool) -> _RequestState:
         self._raise_if_failed()
         # Everything that can fail on bad arguments runs before the core
         # records the request, so a refused call leaves nothing in flight.
         is_bytes = isinstance(body, (bytes, bytearray, memoryview))
         iterator = None if is_bytes else aiter(body)  # type: ignore[arg-type]
         core = self._core
-        if iterator is None and _all_bytes(params):
-            # The proxy's case, in one call. Small or large, all of the body is
-            # queued now, so BEGIN_REQUEST, PARAMS and STDIN leave in one
-            # write; the writer applies backpressure.
-            rid, out = core.send_request(params, bytes(body), keep_conn)  # type: ignore[arg-type]
+        if type(params) is bytes or _all_bytes(params):
+            # The proxy's case, in one call. A body given whole is queued now,
+            # small or large, so BEGIN_REQUEST, PARAMS and STDIN leave in one
+            # write (the writer applies backpressure); an iterable one follows
+            # from a task of its own.
+            rid, out = core.send_request(params, None if iterator is not None else bytes(body), keep_conn)  # type: ignore[arg-type]
             state = _RequestState(rid)
-            self._requests[rid] = state
-            if not keep_conn:
-                self._closing = True
-            self._queue(out)
-            return state
-        rid = core.new_request_id()
-        state = _RequestState(rid)
-        out = core.send(Request(rid, params, Role.RESPONDER, keep_conn))  # type: ignore[arg-type]
-        if iterator is None:
-            if body:
-                out += core.send(Stdin(rid, bytes(body)))  # type: ignore[arg-type]
-            out += core.send(Stdin(rid, b""))
         else:
+            rid = core.new_request_id()
+            state = _RequestState(rid)
+            out = core.send(Request(rid, params, Role.RESPONDER, keep_conn))  # type: ignore[arg-type]
+            if iterator is None:
+                if body:
+                    out += core.send(Stdin(rid, bytes(body)))  # type: ignore[arg-type]
+                out += core.send(Stdin(rid, b""))
+        if iterator is not None:
             assert self._nursery is not None
             state.body_scope = trio.CancelScope()
             self._nursery.start_soon(self._send_body, state, iterator)
@@ -392,7 +391,9 @@ class Connection:
                     )
                     return
                 else:
-                    await self._dispatch(event)
+                    full = self._dispatch(event)
+                    if full is not None:
+                        await full.wait_for_room()
         except RemoteProtocolError as exc:
             self._fail(UpstreamProtocolError, f"{self.address} broke the FastCGI protocol: {exc}", exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -416,14 +417,19 @@ class Connection:
             except OSError as exc:
                 raise trio.BrokenResourceError(exc.strerror) from exc
 
-    async def _dispatch(self, event: object) -> None:
+    def _dispatch(self, event: object) -> _RequestState | None:
+        """Hand an event to whoever waits for it; returns a request whose buffer is now full.
+
+        The reader then waits for that request's caller to take some (the
+        backpressure of ``feed_stdout``) before it reads on.
+        """
         # The two events of every request first, by exact type.
         kind = type(event)
         if kind is Stdout:
             state = self._requests.get(event.request_id)  # type: ignore[attr-defined]
-            if state is not None and event.data:  # type: ignore[attr-defined]
-                await state.feed_stdout(event.data)  # type: ignore[attr-defined]
-            return
+            if state is not None and event.data and state.feed_stdout(event.data):  # type: ignore[attr-defined]
+                return state
+            return None
         if kind is EndRequest:
             state = self._requests.pop(event.request_id, None)  # type: ignore[attr-defined]
             if state is None:
@@ -433,24 +439,12 @@ class Connection:
             else:
                 status = event.protocol_status  # type: ignore[attr-defined]
                 state.fail(RequestRefused(f"{self.address} refused the request: {status.name}", status))
-            return
+            return None
         match event:
-            case Stdout(request_id=rid, data=data):
-                state = self._requests.get(rid)
-                if state is not None and data:
-                    await state.feed_stdout(data)
             case Stderr(request_id=rid, data=data):
                 state = self._requests.get(rid)
                 if state is not None:
                     state.feed_stderr(data)
-            case EndRequest(request_id=rid, app_status=app_status, protocol_status=status):
-                state = self._requests.pop(rid, None)
-                if state is None:
-                    pass
-                elif status is ProtocolStatus.REQUEST_COMPLETE:
-                    state.complete(app_status)
-                else:
-                    state.fail(RequestRefused(f"{self.address} refused the request: {status.name}", status))
             case GetValuesResult(values=values):
                 # Management records carry no ID: answers come in query order.
                 # One nobody asked for is harmless and dropped.
@@ -463,6 +457,7 @@ class Connection:
                     self._values_waiters.popleft().done.set()
             case _:
                 pass  # UNKNOWN_TYPE for a record we never send: nothing waits for it
+        return None
 
     # --- failure and shutdown -----------------------------------------------
 

@@ -45,7 +45,7 @@ class _RequestState:
     def __init__(self, request_id: int) -> None:
         self.request_id = request_id
         self.chunks: deque[bytes] = deque()
-        self.stderr = bytearray()
+        self.stderr: bytes | bytearray = b""  # a bytearray once STDERR arrives
         self.app_status: int | None = None
         self.error: BaseException | None = None
         #: Ended, failed or given up: nothing more may be sent for it.
@@ -54,26 +54,33 @@ class _RequestState:
         self.forgotten = False
         #: Covers the task sending an async-iterable body, if there is one.
         self.body_scope: trio.CancelScope | None = None
-        #: STDOUT read while looking for the end of the CGI header block.
-        self.head_buffer = bytearray()
+        #: STDOUT read while looking for the end of the CGI header block,
+        #: when it spans records (None while it does not).
+        self.head_buffer: bytearray | None = None
         self._reader: trio.lowlevel.Task | None = None
         self._feeder: trio.lowlevel.Task | None = None
 
-    async def feed_stdout(self, data: bytes) -> None:
-        """Pass body bytes to the caller; waits while the caller's buffer is full."""
+    def feed_stdout(self, data: bytes) -> bool:
+        """Pass body bytes to the caller; True when its buffer is full (then ``wait_for_room``)."""
         if self.forgotten:
-            return
+            return False
         self.chunks.append(data)
         reader = self._reader
         if reader is not None:
             self._reader = None
             _reschedule(reader)
-        if len(self.chunks) >= STREAM_BUFFER and not self.forgotten:
+        return len(self.chunks) >= STREAM_BUFFER
+
+    async def wait_for_room(self) -> None:
+        """Wait until the caller takes a chunk from a full buffer, or gives the request up."""
+        if not self.forgotten:
             await _park(self, "_feeder")
 
     def feed_stderr(self, data: bytes) -> None:
         room = MAX_STDERR_SIZE - len(self.stderr)
         if room > 0:
+            if not self.stderr:
+                self.stderr = bytearray()
             self.stderr += data[:room]
 
     def complete(self, app_status: int) -> None:
@@ -233,27 +240,27 @@ class ResponseStream:
             FastCGIError: the request was refused or its connection died.
         """
         state = self._state
-        buf = state.head_buffer
         while True:
             chunk = state.take() if state.chunks else await state.receive()
+            buf = state.head_buffer
             if chunk is None:
                 raise UpstreamProtocolError(
                     "the worker ended the request before the end of its CGI headers"
                     if buf
                     else "the worker ended the request without a response"
                 )
-            if buf:
-                buf += chunk
-                parsed = parse_cgi_head(buf)
-            else:
+            if buf is None:
                 # The usual case, the whole head in the first record: parse it
-                # where it is rather than copy the record into the buffer.
+                # where it is rather than copy the record into a buffer.
                 parsed = parse_cgi_head(chunk)
                 if parsed is None:
-                    buf += chunk
+                    state.head_buffer = bytearray(chunk)
+            else:
+                buf += chunk
+                parsed = parse_cgi_head(buf)
             if parsed is not None:
                 self.status, self.raw_headers, self._pending = parsed
-                buf.clear()
+                state.head_buffer = None
                 return self
 
     def take_ready(self) -> bytes | None:

@@ -189,7 +189,8 @@ def request_params(
     """The FastCGI params of one HTTP request.
 
     Args:
-        base: ``ConnectionParams.base()`` of the client's connection.
+        base: ``ConnectionParams.base()`` of the client's connection, or {} for the
+            request's own params only (the caller adds the connection's, encoded once).
         method, target, query: from the request line (target as sent).
         path: the normalised path (``normalize_path``).
         headers: (lower-cased name, value) pairs as received.

@@ -33,6 +33,7 @@ import trio
 
 from ..client import FastCGIError
 from ..client._response import ResponseStream
+from ..protocol._records import encode_params
 from ._access_log import AccessLog
 from ._cgi import BadPath, ConnectionParams, normalize_path, request_params, split_path
 from ._http import NEED_DATA, Body, ConnectionClosed, EndOfMessage, HTTPError, HTTPServerConnection, RequestHead, error_page
@@ -265,14 +266,15 @@ class FrontendServer:
 class _ClientConnection:
     """One client's keep-alive connection: requests in, responses out, in order."""
 
-    __slots__ = ("server", "stream", "http", "params", "base", "remote_addr", "_received", "_fd", "timed_out", "_body_stream")
+    __slots__ = ("server", "stream", "http", "params", "base_block", "remote_addr", "_received", "_fd", "timed_out", "_body_stream")
 
     def __init__(self, server: FrontendServer, stream: trio.abc.Stream, params: ConnectionParams) -> None:
         self.server = server
         self.stream = stream
         self.http = HTTPServerConnection(server.limits)
         self.params = params
-        self.base = params.base()
+        #: The connection's part of every request's params, encoded once.
+        self.base_block = encode_params(params.base())
         self.remote_addr = params.remote_addr
         self._received = False  # bytes of the next request seen (408 vs silent close)
         # Plain TCP and unix connections are read and written through their
@@ -585,13 +587,18 @@ class _ClientConnection:
             body, length = await self._request_body(head)
             wait = self._wait_head if http.request_complete else None
         script, info = split_path(path, route.split_path_info, server._route_index[number])  # type: ignore[attr-defined]
-        params = request_params(
-            self.base, head.method, head.target, head.query, path, head.headers,
+        # A route's own params may override any other, so they need one dict
+        # of all; otherwise the connection's part is encoded already.
+        extra = server._route_extra[number]
+        params: dict[bytes, bytes] | bytes = request_params(
+            self.params.base() if extra else {}, head.method, head.target, head.query, path, head.headers,
             script_name=script, path_info=info, document_root=server._route_roots[number],
             http_version=head.http_version, content_length=length,
             underscores_in_headers=server.frontend.underscores_in_headers,
-            extra=server._route_extra[number],
+            extra=extra,
         )
+        if not extra:
+            params = self.base_block + encode_params(params)  # type: ignore[arg-type]
         try:
             result = await open_upstream_response(
                 upstream, params, body, method=head.method,

@@ -500,14 +500,17 @@ class ClientConnection(_Core):
 
     # --- sending --------------------------------------------------------
 
-    def send_request(self, params: Mapping[bytes, bytes], body: bytes | None = b"", keep_conn: bool = True) -> tuple[int, bytes]:
+    def send_request(
+        self, params: Mapping[bytes, bytes] | bytes, body: bytes | None = b"", keep_conn: bool = True
+    ) -> tuple[int, bytes]:
         """Start a RESPONDER request in one call: a new ID and its records.
 
         The same bytes as ``send(Request(...))`` then ``send(Stdin(...))`` for
         ``body`` and the end of STDIN, without the events: the proxy's hot path.
 
         Args:
-            params: the CGI params, names and values as bytes.
+            params: the CGI params, names and values as bytes; or the
+                name-value block already encoded.
             body: the whole request body (STDIN is ended after it), or None
                 when the body follows with ``send(Stdin(...))``.
             keep_conn: set FCGI_KEEP_CONN.
@@ -523,7 +526,7 @@ class ClientConnection(_Core):
         rid = self.new_request_id()
         parts = [
             encode_begin_request(rid, Role.RESPONDER, KEEP_CONN if keep_conn else 0),
-            encode_stream(_T.PARAMS, rid, encode_params(params)),  # type: ignore[arg-type]
+            encode_stream(_T.PARAMS, rid, params if type(params) is bytes else encode_params(params)),  # type: ignore[arg-type]
             encode_record(_T.PARAMS, rid),
         ]
         req = _ClientRequest(Role.RESPONDER)
