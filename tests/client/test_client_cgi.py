@@ -65,6 +65,35 @@ def test_default_status_is_200_and_order_and_repeats_are_kept() -> None:
     assert rest == b"body\n\nmore"
 
 
+def test_a_head_seen_before_parses_the_same_and_its_headers_are_the_callers_own() -> None:
+    from fcgi_cluster.client._cgi import parse_cgi_head
+
+    data = b"Status: 404 Not Found\r\nX-A: 1\r\nX-B: 2\r\n\r\nbody one"
+    first = parse_cgi_head(data)
+    assert first == (404, [(b"X-A", b"1"), (b"X-B", b"2")], b"body one")
+    first[1].append((b"X-Added", b"by the caller"))
+    # The same head again (remembered now), with another body after it.
+    again = parse_cgi_head(data[:-3] + b"two")
+    assert again == (404, [(b"X-A", b"1"), (b"X-B", b"2")], b"body two")
+    assert again[1] is not first[1]
+
+
+def test_remembered_heads_stay_bounded() -> None:
+    from fcgi_cluster.client import _cgi
+
+    for n in range(3 * _cgi._PARSED_HEADS_SIZE):
+        status, headers, rest = _cgi.parse_cgi_head(b"Set-Cookie: id=%d\r\n\r\nx" % n)  # type: ignore[misc]
+        assert (status, headers, rest) == (200, [(b"Set-Cookie", b"id=%d" % n)], b"x")
+        assert len(_cgi._parsed_heads) <= _cgi._PARSED_HEADS_SIZE
+
+
+def test_a_malformed_head_is_refused_every_time_not_remembered() -> None:
+    bad = b"Status: 20x\r\n\r\n"
+    for _ in range(2):
+        with pytest.raises(UpstreamProtocolError):
+            parse_cgi_headers(bad)
+
+
 @pytest.mark.parametrize(
     "data, rest",
     [

@@ -492,6 +492,36 @@ async def test_async_iterable_body_is_streamed_with_backpressure() -> None:
     assert response.body.decode() == digest
 
 
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_params_given_already_encoded_reach_the_worker_as_a_mapping_would(streamed: bool) -> None:
+    from fcgi_cluster.protocol._records import encode_params
+
+    seen: list[dict[bytes, bytes]] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        peer = Peer(stream)
+        while (got := await peer.next_request()) is not None:
+            request, received = got
+            seen.append(dict(request.params))
+            await peer.respond(request.request_id, ok(received))
+
+    async def pieces():
+        yield b"streamed "
+        yield b"body"
+
+    params = {b"REQUEST_METHOD": b"POST", b"SCRIPT_NAME": b"/", b"X_LONG": b"v" * 300}
+    async with fake_worker(handler) as address, open_connection(address) as conn:
+        body = pieces() if streamed else b"whole body"
+        response = conn.start_request(encode_params(params), body)
+        try:
+            await response.read_head()
+            chunks = [chunk async for chunk in response]
+        finally:
+            response.close()
+    assert seen == [params]
+    assert b"".join(chunks) == (b"streamed body" if streamed else b"whole body")
+
+
 async def test_worker_answering_before_reading_the_body() -> None:
     produced = []
 
