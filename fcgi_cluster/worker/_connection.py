@@ -81,6 +81,15 @@ class RequestContext:
                 self.status = _status_of(data)
             await self._conn.write(self._conn.encode(Stdout(self.request_id, data)))
 
+    async def wait_for_space(self) -> None:
+        """Wait while the connection holds more unsent output than ``output_buffer``."""
+        await self._conn.wait_for_space()
+
+    @property
+    def over_high_water(self) -> bool:
+        """The connection holds more unsent output than ``output_buffer``."""
+        return self._conn.over_high_water
+
     def send_nowait(self, data: bytes) -> None:
         """Send response bytes without waiting (for small, final pieces)."""
         if data and not self.ended:
@@ -259,6 +268,15 @@ class WorkerConnection:
         self._out += data
         if self._writer_lot:
             self._writer_lot.unpark()
+        await self.wait_for_space()
+
+    @property
+    def over_high_water(self) -> bool:
+        """More is queued than ``output_buffer``: writers should wait (``wait_for_space``)."""
+        return len(self._out) > self._high_water
+
+    async def wait_for_space(self) -> None:
+        """Return once the queued output is back under ``output_buffer``."""
         while len(self._out) > self._high_water:
             await self._space_lot.park()
 

@@ -206,6 +206,7 @@ async def serve(
                 pool = ThreadPool(config.threads or 1)
                 nursery.start_soon(pool.watch)
                 handler = WSGIHandler(app, pool, config, {"fcgi_cluster.listen": where})
+                nursery.start_soon(handler.flusher.run)
             # Ping/status pages, hooks, logs and timeouts around every request.
             handler = features.wrap(handler)
             if features.needs_watch:

@@ -137,6 +137,7 @@ async def serving(app, *, interface: str = "wsgi", config: WorkerConfig = Worker
         async with trio.open_nursery() as nursery:
             if pool is not None:
                 nursery.start_soon(pool.watch)
+                nursery.start_soon(handler.flusher.run)
             nursery.start_soon(conn.run)
             nursery.start_soon(web.reader)
             web.worker = conn

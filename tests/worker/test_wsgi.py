@@ -268,6 +268,31 @@ async def test_large_response_is_split_into_records_and_complete():
     assert set(answer.body) == {ord("x")}
 
 
+async def test_a_streamed_chunk_leaves_while_the_app_waits_before_its_next_one():
+    # PEP 3333: a server must not delay a yielded block. The app yields a few
+    # bytes and then waits, inside its generator, until the web server has them.
+    seen = threading.Event()
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"first "
+        if not seen.wait(10):
+            yield b"(never seen) "
+        yield b"second"
+
+    async with serving(app) as web:
+        rid = await web.start(params("/"))
+        with trio.fail_after(5):
+            while b"first" not in web.answers[rid].stdout:
+                await trio.sleep(0.005)
+        assert b"second" not in web.answers[rid].stdout
+        seen.set()
+        with trio.fail_after(5):
+            await web.answers[rid].done.wait()
+    assert web.answers[rid].body == b"first second"
+    assert web.answers[rid].head.startswith(b"Status: 200 OK\r\n")
+
+
 async def test_abort_cancels_a_streaming_request_and_closes_its_iterable():
     gate = threading.Event()
     slow = Closing([b"x" * 70_000] * 1000, gate=gate)
@@ -390,3 +415,45 @@ async def test_inline_large_response_and_failure():
         again = await web.request(params("/"))
     assert answer.status == 500 and b"secret" not in answer.body and answer.end.app_status == 1
     assert again.status == 500  # the worker goes on
+
+
+class _RecordingContext:
+    """What OutputFlusher uses of a request context: its sends and the connection's fill."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.over_high_water = False
+
+    def send_nowait(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+def test_the_flusher_sends_only_old_batches_and_never_past_the_output_buffer():
+    from fcgi_cluster.worker._wsgi import FLUSH_DELAY, OutputFlusher, WSGIErrors, _Call
+
+    async def main():
+        ctx = _RecordingContext()
+        call = _Call(lambda environ, start_response: [], {}, WSGIErrors(), ctx)  # type: ignore[arg-type]
+        call.start_response("200 OK", [("X-A", "1")])
+        flusher = OutputFlusher()
+        flusher.add(call)
+        call.write(b"early")
+        born = call.batch_since
+        flusher.flush_due(born + FLUSH_DELAY / 2)
+        assert ctx.sent == []  # not old enough yet
+        ctx.over_high_water = True
+        flusher.flush_due(born + 2 * FLUSH_DELAY)
+        assert ctx.sent == []  # the connection is full: the thread's own hand-off waits for room
+        ctx.over_high_water = False
+        call.delivering = True
+        flusher.flush_due(born + 2 * FLUSH_DELAY)
+        assert ctx.sent == []  # the thread is handing a batch over: nothing may overtake it
+        call.delivering = False
+        flusher.flush_due(born + 2 * FLUSH_DELAY)
+        assert ctx.sent == [b"Status: 200 OK\r\nX-A: 1\r\n\r\nearly"]
+        call.write(b"later")
+        flusher.flush_due(call.batch_since + 2 * FLUSH_DELAY)
+        assert ctx.sent[1:] == [b"later"]  # the head goes once
+        flusher.discard(call)
+
+    trio.run(main)
