@@ -111,11 +111,31 @@ class Settings:
 
 @dataclasses.dataclass
 class Target:
-    """A stack ready for load: its HTTP port, how its workers spell a page, its processes."""
+    """A stack ready for load: its HTTP port, how its workers spell a page, its processes.
+
+    ``front`` is the front door's process and ``logs`` its logs, to tell a crash
+    (``crash``) from a wrong answer.
+    """
 
     port: int
     php: bool
     pids: list[int]
+    front: subprocess.Popen | None = None
+    logs: tuple[pathlib.Path, ...] = ()
+
+    def crash(self) -> str | None:
+        """Why the front door is gone (its fatal log line, or its exit status), or None while it runs."""
+        if self.front is None or self.front.poll() is None:
+            return None
+        for path in self.logs:
+            try:
+                text = path.read_text(errors="replace")
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if "FATAL" in line or "ALERT" in line or "Traceback" in line:
+                    return f"the front door crashed: {line.strip()}"
+        return f"the front door exited with status {self.front.returncode}"
 
     def path(self, scenario: str) -> str:
         size, upload = SCENARIOS[scenario]
@@ -191,8 +211,8 @@ class Pools:
 
 
 def our_front_door(peers: Peers, ports: list[int], php: bool, directory: pathlib.Path,
-                   max_clients: int) -> tuple[int, int]:
-    """``fcgi-cluster frontend -c`` in front of ``ports``; its port and pid."""
+                   max_clients: int) -> tuple[int, subprocess.Popen]:
+    """``fcgi-cluster frontend -c`` in front of ``ports``; its port and process."""
     port = free_port()
     # php-fpm children each pin a connection: cap it at the children, and queue the rest.
     cap = f", max_conns = {PHP_CHILDREN}" if php else ""
@@ -212,7 +232,7 @@ def our_front_door(peers: Peers, ports: list[int], php: bool, directory: pathlib
         """))
     process = peers.process([*fcgi_cluster_command(), "frontend", "-c", config], name="fcgi-frontend",
                             cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), ready_port=port)
-    return port, process.pid
+    return port, process
 
 
 def start_stack(name: str, peers: Peers, pools: Pools, settings: Settings, directory: pathlib.Path) -> Target:
@@ -222,24 +242,26 @@ def start_stack(name: str, peers: Peers, pools: Pools, settings: Settings, direc
     php = back == "php-fpm"
     first, *more = ports
     keep = max(settings.connections)
+    logs: tuple[pathlib.Path, ...] = ()
     if front == "ours":
-        port, pid = our_front_door(peers, ports, php, directory, max(4096, keep * 2))
-    elif front == "nginx" and php:
+        port, process = our_front_door(peers, ports, php, directory, max(4096, keep * 2))
+        logs = (pathlib.Path(process.log_path),)  # type: ignore[attr-defined]
+        return Target(port, php, [process.pid, *worker_pids], process, logs)
+    if front == "nginx" and php:
         peer = peers.nginx_php(first, PHP_PAGES, keepalive=False, access_log=False)
-        port, pid = peer.port, peer.process.pid
     elif front == "nginx":
         peer = peers.nginx(LOOPBACK, first, keepalive=True, more_upstreams=[(LOOPBACK, p) for p in more],
                            keepalive_connections=keep, access_log=False)
-        port, pid = peer.port, peer.process.pid
     else:
         # HAProxy 2.6's FastCGI mux answers some requests with its own 500 (state "IH",
         # internal error) once a connection carries more than about 32 streams, with
         # flup as with ours (haproxy issue #2568, fixed in later versions): 32 is the
-        # most it serves cleanly here.
+        # most it serves cleanly here. Debian 12's 2.6.12 can also die of a failed
+        # assertion in that mux on large answers (issue #2150, fixed in 2.6.14): the run
+        # then reports the crash for that scenario and goes on with a new HAProxy.
         peer = peers.haproxy(LOOPBACK, first, mpxs=back == "ours", more_upstreams=[(LOOPBACK, p) for p in more],
                              access_log=False, nbthread=1, max_reqs=HAPROXY_MAX_REQS)
-        port, pid = peer.port, peer.process.pid
-    return Target(port, php, [pid, *worker_pids])
+    return Target(peer.port, php, [peer.process.pid, *worker_pids], peer.process, tuple(peer.log_paths))
 
 
 def check_answer(target: Target, scenario: str) -> None:
@@ -374,40 +396,70 @@ def run(settings: Settings, out: pathlib.Path, progress: Progress) -> dict:
     Resource handling: every process it starts is stopped before it returns, even when a
     run fails; the peers' configs and logs stay under ``out/peers``.
 
-    Error handling: a stack that cannot start or answers a scenario wrongly is reported
-    as not available (with the reason) and the others still run.
+    Error handling: a stack that cannot start is reported as not available (with the
+    reason) and the others still run. A scenario a stack answers wrongly, or during which
+    its front door dies, is reported as not measured for that stack (with the reason: the
+    front door's fatal log line when it crashed), and a crashed front door is started
+    again for the scenarios left.
     """
     wrk = shutil.which("wrk")
     if wrk is None:
         raise Unavailable("wrk is not installed: run `make deps` (scripts/install-deps.sh)")
     runs: list[dict] = []
     status: dict[str, dict] = {}
+    per_scenario = 1 + len(settings.connections) * settings.rounds
     with contextlib.ExitStack() as stack:
         peers = Peers(stack, out / "peers")
         pools = Pools(peers)
         targets: dict[str, Target] = {}
+
+        def failed(name: str, scenario: str, exc: Exception, steps: int) -> None:
+            """Record that ``scenario`` of stack ``name`` failed; a crashed front door is started again."""
+            target = targets[name]
+            crash = target.crash()
+            reason = crash or (_last_line(str(exc)) if isinstance(exc, Unavailable) else _first_line(str(exc)))
+            status[name]["failed"][scenario] = reason
+            progress.skip(steps, f"{name}: {scenario}: not measured ({reason})")
+            if crash:
+                try:
+                    targets[name] = start_stack(name, peers, pools, settings, out / "peers")
+                except (Unavailable, PeerStartError, RuntimeError, ValueError):
+                    pass  # each scenario left fails with the same reason, and tries again
+
         for name in settings.stacks:
             try:
-                target = start_stack(name, peers, pools, settings, out / "peers")
-                for scenario in settings.scenarios:
+                targets[name] = start_stack(name, peers, pools, settings, out / "peers")
+            except (Unavailable, PeerStartError, RuntimeError, ValueError) as exc:
+                reason = _last_line(str(exc)) if isinstance(exc, Unavailable) else _first_line(str(exc))
+                status[name] = {"available": False, "reason": reason}
+                progress.skip(len(settings.scenarios) * per_scenario, f"{name}: not available ({reason})")
+                continue
+            status[name] = {"available": True, "port": targets[name].port, "failed": {}}
+            for scenario in settings.scenarios:
+                target = targets[name]
+                try:
                     check_answer(target, scenario)
                     warm = run_wrk(wrk, target.url(scenario), WARMUP_SECONDS, max(settings.connections),
                                    wrk_script(out, scenario), target.pids)
                     progress.step(f"{name}: warm-up {scenario} {warm['rps']:,.0f} req/s")
-            except (Unavailable, PeerStartError, RuntimeError, ValueError) as exc:
-                reason = _last_line(str(exc)) if isinstance(exc, Unavailable) else _first_line(str(exc))
-                status[name] = {"available": False, "reason": reason}
-                progress.skip(len(settings.scenarios) * (1 + len(settings.connections) * settings.rounds),
-                              f"{name}: not available ({reason})")
-                continue
-            targets[name] = target
-            status[name] = {"available": True, "port": target.port}
+                except (Unavailable, RuntimeError, ValueError) as exc:
+                    failed(name, scenario, exc, per_scenario)
         for round_no in range(settings.rounds):
             for scenario in settings.scenarios:
                 for connections in settings.connections:
-                    for name, target in targets.items():
-                        result = run_wrk(wrk, target.url(scenario), settings.duration, connections,
-                                         wrk_script(out, scenario), target.pids)
+                    for name, target in list(targets.items()):
+                        if scenario in status[name]["failed"]:
+                            continue
+                        try:
+                            result = run_wrk(wrk, target.url(scenario), settings.duration, connections,
+                                             wrk_script(out, scenario), target.pids)
+                        except (RuntimeError, ValueError) as exc:
+                            # Its runs of this scenario so far are dropped with it: a crash
+                            # mid-scenario leaves no figure to trust.
+                            runs[:] = [one for one in runs if (one["stack"], one["scenario"]) != (name, scenario)]
+                            left = (settings.rounds - round_no) * len(settings.connections)
+                            failed(name, scenario, exc, left)
+                            continue
                         runs.append({"stack": name, "scenario": scenario, "connections": connections,
                                      "round": round_no, "seconds": settings.duration, **result})
                         note = trouble(result)
@@ -445,6 +497,8 @@ def report(part: dict) -> str:
     for name, state in part["stacks"].items():
         if not state["available"]:
             lines.append(f"- {name}: not available: {state['reason']}")
+        for scenario, reason in state.get("failed", {}).items():
+            lines.append(f"- {name}, {scenario}: not measured: {reason}")
     keys = dict.fromkeys((row["scenario"], row["connections"]) for row in part["summary"])
     for scenario, connections in keys:
         rows = [row for row in part["summary"] if (row["scenario"], row["connections"]) == (scenario, connections)]

@@ -178,7 +178,8 @@ def start_ours(peers: Peers, redis: RedisProcess, directory: pathlib.Path, max_c
         process = peers.process(argv, name="fcgi-worker", cwd=ROOT, env=env, ready_port=port)
         ports.append(port)
         pids.append(process.pid)
-    port, pid = end_to_end.our_front_door(peers, ports, False, directory, max_clients)
+    port, process = end_to_end.our_front_door(peers, ports, False, directory, max_clients)
+    pid = process.pid
     return Target(f"http://{LOOPBACK}:{port}/", [pid, *pids], DATABASES["ours"])
 
 
