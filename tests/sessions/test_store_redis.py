@@ -427,3 +427,42 @@ def test_lock_values_are_unique_across_threads_and_forks() -> None:
     hostname, pid, secret = from_child.decode().split("|")
     assert pid == str(child) and len(secret) == 32
     assert secret[:16] != values[0].decode().split("|")[2][:16]
+
+
+def test_a_forked_child_never_uses_its_parents_connection(flushed: RedisServer) -> None:
+    """The scripts run on a connection of the calling thread: after a fork the
+    child opens its own (the inherited socket is the parent's too), and both
+    processes go on working."""
+    store = open_store("redis", f"tcp://{flushed.address}?auth={AUTH}")
+    key = sid()
+    try:
+        store.write(key, b"n|i:1;", 600)
+        token, _ = store.lock_and_read(key, expire=5, wait=1, retry_interval=0.01)
+        store.write_and_release(key, b"n|i:2;", 600, token)
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: one locked request of its own, then report which connection served it
+            status = 1
+            try:
+                token, data = store.lock_and_read(key, expire=5, wait=1, retry_interval=0.01)
+                store.write_and_release(key, b"n|i:3;", 600, token)
+                conn = store._servers[0]._local.conn
+                os.write(write, f"{data.decode()} {conn._sock.getsockname()[1]}".encode())
+                status = 0
+            finally:
+                os._exit(status)
+        os.close(write)
+        reply = os.read(read, 200).decode()
+        os.close(read)
+        _, code = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(code) == 0
+        data, child_port = reply.split()
+        assert data == "n|i:2;"
+        parent_port = store._servers[0]._local.conn._sock.getsockname()[1]
+        assert int(child_port) != parent_port
+        # The parent's connection still works and sees the child's write.
+        token, data = store.lock_and_read(key, expire=5, wait=1, retry_interval=0.01)
+        assert data == b"n|i:3;"
+        store.touch_and_release(key, 600, token)
+    finally:
+        store.close()
