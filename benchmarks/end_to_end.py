@@ -94,6 +94,8 @@ WRK_THREADS = 2
 WARMUP_SECONDS = 1.0
 # Seconds a whole wrk run may take beyond its duration before it counts as hung.
 WRK_GRACE_SECONDS = 30.0
+# Seconds given a front door to die after a run before the run counts as sound.
+CRASH_GRACE = 0.2
 # Requests per CPU figure: "CPU seconds per 10,000 requests".
 CPU_PER = 10_000
 
@@ -123,9 +125,21 @@ class Target:
     front: subprocess.Popen | None = None
     logs: tuple[pathlib.Path, ...] = ()
 
-    def crash(self) -> str | None:
-        """Why the front door is gone (its fatal log line, or its exit status), or None while it runs."""
-        if self.front is None or self.front.poll() is None:
+    def crash(self, grace: float = 0.0) -> str | None:
+        """Why the front door is gone (its fatal log line, or its exit status), or None while it runs.
+
+        Args:
+            grace: seconds to wait for it to die first: a front door can die of the
+                clients' hang-up at the end of a run (HAProxy 2.6.12 does), just after wrk
+                has returned.
+        """
+        if self.front is None:
+            return None
+        try:
+            self.front.wait(grace)
+        except subprocess.TimeoutExpired:
+            return None
+        if self.front.poll() is None:
             return None
         for path in self.logs:
             try:
@@ -413,7 +427,7 @@ def run(settings: Settings, out: pathlib.Path, progress: Progress) -> dict:
         pools = Pools(peers)
         targets: dict[str, Target] = {}
 
-        def failed(name: str, scenario: str, exc: Exception, steps: int) -> None:
+        def failed(name: str, scenario: str, exc: Exception | None, steps: int) -> None:
             """Record that ``scenario`` of stack ``name`` failed; a crashed front door is started again."""
             target = targets[name]
             crash = target.crash()
@@ -441,6 +455,8 @@ def run(settings: Settings, out: pathlib.Path, progress: Progress) -> dict:
                     check_answer(target, scenario)
                     warm = run_wrk(wrk, target.url(scenario), WARMUP_SECONDS, max(settings.connections),
                                    wrk_script(out, scenario), target.pids)
+                    if target.crash(CRASH_GRACE):
+                        raise RuntimeError("the front door died during the warm-up")  # failed() says why
                     progress.step(f"{name}: warm-up {scenario} {warm['rps']:,.0f} req/s")
                 except (Unavailable, RuntimeError, ValueError) as exc:
                     failed(name, scenario, exc, per_scenario)
@@ -450,15 +466,19 @@ def run(settings: Settings, out: pathlib.Path, progress: Progress) -> dict:
                     for name, target in list(targets.items()):
                         if scenario in status[name]["failed"]:
                             continue
+                        error: Exception | None = None
                         try:
                             result = run_wrk(wrk, target.url(scenario), settings.duration, connections,
                                              wrk_script(out, scenario), target.pids)
                         except (RuntimeError, ValueError) as exc:
-                            # Its runs of this scenario so far are dropped with it: a crash
-                            # mid-scenario leaves no figure to trust.
+                            error = exc
+                        if error is not None or target.crash(CRASH_GRACE):
+                            # wrk may end "well" with only socket errors to show for a front door
+                            # that died under it. The stack's runs of this scenario are dropped
+                            # with the scenario: a crash in it leaves no figure to trust.
                             runs[:] = [one for one in runs if (one["stack"], one["scenario"]) != (name, scenario)]
                             left = (settings.rounds - round_no) * len(settings.connections)
-                            failed(name, scenario, exc, left)
+                            failed(name, scenario, error, left)
                             continue
                         runs.append({"stack": name, "scenario": scenario, "connections": connections,
                                      "round": round_no, "seconds": settings.duration, **result})
