@@ -263,7 +263,7 @@ class _Server:
     """
 
     __slots__ = ("client", "prefix", "where", "release", "lock_read", "write_release", "touch_release",
-                 "_local", "_own_connections")
+                 "_local", "_own_connections", "_kept", "_kept_forks", "_kept_lock")
 
     def __init__(self, client: redis.Redis, prefix: str, where: str, *, own_connections: bool = False) -> None:
         self.client = client
@@ -276,6 +276,11 @@ class _Server:
         self.touch_release = client.register_script(TOUCH_RELEASE_SCRIPT)
         self._local = threading.local()
         self._own_connections = own_connections
+        #: Connections kept by threads, at most half the pool's: the rest stay
+        #: for the other commands and for threads past that many.
+        self._kept = 0
+        self._kept_forks = _forks
+        self._kept_lock = threading.Lock()
 
     def run(self, script: Any, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """``script(keys=keys, args=args)``, on this thread's own connection when the server allows.
@@ -293,8 +298,20 @@ class _Server:
             # Taken from the pool for good: the pool's bound still counts it, and
             # close() (the pool's disconnect) closes it. One inherited from the
             # parent process is left alone: its socket is the parent's too.
-            conn = local.conn = self.client.connection_pool.get_connection()
-            local.forks = _forks
+            pool = self.client.connection_pool
+            with self._kept_lock:
+                if self._kept_forks != _forks:  # a child keeps none of its parent's
+                    self._kept, self._kept_forks = 0, _forks
+                if self._kept >= max(1, pool.max_connections // 2):
+                    return script(keys=keys, args=args)
+                self._kept += 1
+            try:
+                conn = pool.get_connection()
+            except BaseException:
+                with self._kept_lock:
+                    self._kept -= 1
+                raise
+            local.conn, local.forks = conn, _forks
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         for attempt in (1, 2):
             try:

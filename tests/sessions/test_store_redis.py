@@ -466,3 +466,35 @@ def test_a_forked_child_never_uses_its_parents_connection(flushed: RedisServer) 
         store.touch_and_release(key, 600, token)
     finally:
         store.close()
+
+
+def test_threads_keep_at_most_half_the_pool_and_the_others_share_it(flushed: RedisServer) -> None:
+    """Each thread's scripts run on a connection it keeps, up to half the pool
+    (here 1 of 2); more threads than that still work, on pooled connections."""
+    import threading
+
+    store = open_store("redis", f"tcp://{flushed.address}?auth={AUTH}", max_connections=2)
+    keys = [sid() for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def visitor(key: str) -> None:
+        try:
+            for n in range(20):
+                token, data = store.lock_and_read(key, expire=5, wait=2, retry_interval=0.005)
+                assert data == (None if n == 0 else b"n|i:%d;" % n)
+                store.write_and_release(key, b"n|i:%d;" % (n + 1), 600, token)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=visitor, args=(key,)) for key in keys]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert not errors
+        assert store._servers[0]._kept == 1
+        for key in keys:
+            assert store.read(key) == b"n|i:20;"
+    finally:
+        store.close()
