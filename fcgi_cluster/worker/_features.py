@@ -173,7 +173,9 @@ class PoolFeatures:
         if not self.enabled:
             return handler
         # A partial, not a closure calling _serve: one coroutine per request, not two.
-        return functools.partial(self._serve, handler)
+        wrapped = functools.partial(self._serve, handler)
+        wrapped.needs_cancel_scope = getattr(handler, "needs_cancel_scope", True)  # type: ignore[attr-defined]
+        return wrapped
 
     async def _serve(self, handler: Handler, ctx: RequestContext) -> None:
         params = ctx.params
@@ -313,7 +315,7 @@ class PoolFeatures:
                 info.timed_out = True
                 log.warning('[pool %s] pid %d, script %r (request: "%s %s") execution timed out (%.6f sec), ending it',
                             self.config.pool_name, os.getpid(), info.script, info.method, info.uri, age)
-                ctx.cancel_scope.cancel()
+                ctx.cancel()
                 self._timed_out.append((info, ctx, now))
         if self._timed_out:
             self._check_stuck(now)

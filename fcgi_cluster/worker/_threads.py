@@ -169,6 +169,17 @@ class Handoff:
 
         return await trio.lowlevel.wait_task_rescheduled(abort)
 
+    def interrupt(self, error: BaseException) -> None:
+        """From trio: make a ``receive`` in progress raise ``error``, and close the handoff.
+
+        A task not parked in ``receive`` (woken already, or not there yet) is
+        left alone: it finds ``closed`` and the caller's own flag.
+        """
+        self.closed = True
+        task, self._task = self._task, None
+        if task is not None:
+            trio.lowlevel.reschedule(task, outcome.Error(error))
+
     def deliver(self, value: Any) -> None:
         """From the thread: wake the task with ``value`` (dropped once closed)."""
         try:

@@ -39,7 +39,7 @@ import trio
 
 from ._body import BodyAborted, RequestBody
 from ._config import WorkerConfig
-from ._connection import RequestContext
+from ._connection import RequestCancelled, RequestContext
 from ._environ import cgi_environ, split_path
 from ._threads import Handoff, ThreadPool
 
@@ -332,12 +332,18 @@ class OutputFlusher:
 class WSGIHandler:
     """Serve requests of one WSGI app.
 
+    Needs no cancel scope per request: it waits only for its app thread
+    (``Handoff.receive``, which ``ctx.interrupt`` stops) or, on the loop's
+    thread, for the body (which an abort ends).
+
     Args:
         app: the WSGI callable.
         pool: the threads that run it.
         config: root_path and friends.
         extra_environ: keys added to every environ (e.g. the listen address).
     """
+
+    needs_cancel_scope = False
 
     def __init__(self, app: Callable, pool: ThreadPool, config: WorkerConfig, extra_environ: dict[str, Any]) -> None:
         self.app = app
@@ -377,23 +383,37 @@ class WSGIHandler:
     async def __call__(self, ctx: RequestContext) -> None:
         environ, errors = self.environ(ctx)
         call = _Call(self.app, environ, errors, ctx)
-        if self.inline and await ctx.body.wait_buffered():
-            call.batch_limit = math.inf
-            kind, data, stderr = call._run()
-            ctx.log(stderr)
-            self._finish(ctx, call, kind, data)
-            return
+        if self.inline:
+            whole = await ctx.body.wait_buffered()
+            if ctx.cancelled:
+                raise RequestCancelled()
+            if whole:
+                call.batch_limit = math.inf
+                kind, data, stderr = call._run()
+                ctx.log(stderr)
+                self._finish(ctx, call, kind, data)
+                return
         self.flusher.add(call)
+        ctx.interrupt = call.handoff.interrupt
         self.pool.start(call.run)
         try:
             while True:
                 kind, data, stderr = await call.handoff.receive()
+                if ctx.cancelled:
+                    raise RequestCancelled()
                 ctx.log(stderr)
                 if kind != _CHUNK:
                     break
                 ctx.send_nowait(data)
                 call.delivering = False  # queued: the flusher may send what follows
-                await ctx.wait_for_space()
+                if ctx.over_high_water:
+                    # The web server reads slowly (rare): this wait gets a scope of its own.
+                    with trio.CancelScope() as waiting:
+                        ctx.interrupt = lambda _error: waiting.cancel()
+                        await ctx.wait_for_space()
+                    ctx.interrupt = call.handoff.interrupt
+                    if ctx.cancelled:
+                        raise RequestCancelled()
                 call.resume.set()  # type: ignore[union-attr]  # made before the chunk
         except BaseException:
             # Cancelled (aborted by the web server, or the worker is stopping):
@@ -401,6 +421,7 @@ class WSGIHandler:
             call.abort()
             raise
         finally:
+            ctx.interrupt = None
             self.flusher.discard(call)
         self._finish(ctx, call, kind, data)
 

@@ -78,9 +78,13 @@ class WebServer:
         self.core = ClientConnection()
         self.answers: dict[int, Answer] = {}
         self.closed = trio.Event()
+        #: While True the web server reads nothing (a slow reader, with ``lockstep``).
+        self.paused = False
 
     async def reader(self) -> None:
         while True:
+            while self.paused:
+                await trio.sleep(0.01)
             data = await self.stream.receive_some(65536)
             self.core.receive_data(data)
             while (event := self.core.next_event()) is not NEED_DATA:
@@ -122,9 +126,14 @@ class WebServer:
 
 
 @asynccontextmanager
-async def serving(app, *, interface: str = "wsgi", config: WorkerConfig = WorkerConfig(threads=8), state=None):
-    """Yield a WebServer connected to a worker connection serving ``app``."""
-    ours, theirs = trio.testing.memory_stream_pair()
+async def serving(app, *, interface: str = "wsgi", config: WorkerConfig = WorkerConfig(threads=8), state=None,
+                  lockstep: bool = False):
+    """Yield a WebServer connected to a worker connection serving ``app``.
+
+    ``lockstep``: the worker's sends wait until the web server reads them (as a
+    socket with full buffers would), so ``WebServer.paused`` makes a slow reader.
+    """
+    ours, theirs = trio.testing.lockstep_stream_pair() if lockstep else trio.testing.memory_stream_pair()
     pool = None
     if interface == "wsgi":
         pool = ThreadPool(config.threads or 1)

@@ -457,3 +457,51 @@ def test_the_flusher_sends_only_old_batches_and_never_past_the_output_buffer():
         flusher.discard(call)
 
     trio.run(main)
+
+
+async def test_an_abort_while_the_app_waits_for_its_body_on_the_loop_ends_the_request_unrun():
+    ran = []
+
+    def app(environ, start_response):
+        ran.append(environ["REQUEST_METHOD"])
+        start_response("200 OK", [])
+        return [b"ran"]
+
+    async with serving(app, config=WorkerConfig(threads=0)) as web:
+        rid = await web.start(params("/", method="POST", CONTENT_LENGTH="100"), b"only part", end_body=False)
+        await trio.sleep(0.05)
+        assert list(web.worker.requests) == [rid]  # type: ignore[union-attr]
+        await web.abort(rid)
+        # (The web server's core drops the END_REQUEST of a request it aborted.)
+        with trio.fail_after(5):
+            while web.worker.requests:  # type: ignore[union-attr]
+                await trio.sleep(0.01)
+        assert web.answers[rid].stdout == b""
+        after = await web.request(params("/"))
+    assert after.body == b"ran"
+    assert ran == ["GET"]  # the aborted POST never reached the app
+
+
+async def test_an_abort_while_the_answer_waits_for_room_ends_it_and_closes_the_iterable():
+    # The answer is far larger than the connection's output buffer and the web
+    # server does not read: the handler waits for room when the abort comes.
+    slow = Closing([b"x" * 300_000] * 100)
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return slow if environ["PATH_INFO"] == "/big" else [b"next"]
+
+    async with serving(app, config=WorkerConfig(threads=2, output_buffer=64 * 1024), lockstep=True) as web:
+        web.paused = True
+        rid = await web.start(params("/big"))
+        with trio.fail_after(5):
+            while not web.worker.over_high_water:  # type: ignore[union-attr]
+                await trio.sleep(0.01)
+        await web.abort(rid)
+        web.paused = False
+        with trio.fail_after(5):
+            while not slow.closed.is_set() or web.worker.requests:  # type: ignore[union-attr]
+                await trio.sleep(0.01)
+        after = await web.request(params("/next"))
+    assert after.body == b"next"
+    assert len(web.answers[rid].stdout) < 30_000_000
