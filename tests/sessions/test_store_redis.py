@@ -452,10 +452,17 @@ def test_a_forked_child_never_uses_its_parents_connection(flushed: RedisServer) 
             finally:
                 os._exit(status)
         os.close(write)
+        # Bounded: a child stuck on a lock inherited mid-use must fail the test, not hang it.
+        deadline = time.monotonic() + 20
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise AssertionError("the forked child did not finish in 20 s")
+            time.sleep(0.01)
         reply = os.read(read, 200).decode()
         os.close(read)
-        _, code = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(code) == 0
+        assert os.waitstatus_to_exitcode(done[1]) == 0
         data, child_port = reply.split()
         assert data == "n|i:2;"
         parent_port = store._servers[0]._local.conn._sock.getsockname()[1]
@@ -492,6 +499,7 @@ def test_threads_keep_at_most_half_the_pool_and_the_others_share_it(flushed: Red
             thread.start()
         for thread in threads:
             thread.join(30)
+        assert not any(thread.is_alive() for thread in threads)
         assert not errors
         assert store._servers[0]._kept == 1
         for key in keys:
