@@ -381,6 +381,8 @@ class WSGIHandler:
         return env, errors
 
     async def __call__(self, ctx: RequestContext) -> None:
+        if ctx.cancelled:  # aborted before this task first ran (in the same read as the request)
+            raise RequestCancelled()
         environ, errors = self.environ(ctx)
         call = _Call(self.app, environ, errors, ctx)
         if self.inline:

@@ -505,3 +505,29 @@ async def test_an_abort_while_the_answer_waits_for_room_ends_it_and_closes_the_i
         after = await web.request(params("/next"))
     assert after.body == b"next"
     assert len(web.answers[rid].stdout) < 30_000_000
+
+
+async def test_a_request_aborted_in_the_same_write_as_it_never_reaches_the_app():
+    from fcgi_cluster.protocol import AbortRequest, Request
+
+    from ._harness import Answer
+
+    ran = []
+
+    def app(environ, start_response):
+        ran.append(environ["PATH_INFO"])
+        start_response("200 OK", [])
+        return [b"ran"]
+
+    async with serving(app) as web:
+        # BEGIN_REQUEST, PARAMS, STDIN and ABORT_REQUEST in one write: the worker
+        # reads them together, before the request's task first runs.
+        rid = web.core.new_request_id()
+        web.answers[rid] = Answer()
+        out = web.core.send(Request(rid, params("/aborted")))
+        out += web.core.send(Stdin(rid, b""))
+        out += web.core.send(AbortRequest(rid))
+        await web.stream.send_all(out)
+        after = await web.request(params("/next"))  # served after the aborted one, in order
+    assert after.body == b"ran"
+    assert ran == ["/next"]
