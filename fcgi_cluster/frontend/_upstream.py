@@ -135,6 +135,17 @@ class Server:
         """
         if not self.multiplexed:
             return None
+        best = self._least_busy()
+        if best is not None and best.requests_in_flight == 0:
+            return best
+        if len(self._live) + self._opening < self._max_connections:
+            return None
+        if best is not None and best.requests_in_flight < self.max_reqs:
+            return best
+        return None
+
+    def _least_busy(self) -> Connection | None:
+        """An idle usable connection if there is one, else the usable one with the fewest requests."""
         best: Connection | None = None
         for conn in self._live:
             if conn.is_usable:
@@ -143,11 +154,7 @@ class Server:
                     return conn
                 if best is None or load < best.requests_in_flight:
                     best = conn
-        if len(self._live) + self._opening < self._max_connections:
-            return None
-        if best is not None and best.requests_in_flight < self.max_reqs:
-            return best
-        return None
+        return best
 
     async def acquire(self) -> Connection:
         """A connection ready for one more request.
@@ -168,14 +175,9 @@ class Server:
         if self.multiplexed:
             deadline = trio.current_time() + self._connect_timeout
             while True:
-                best: Connection | None = None
-                for conn in self._live:
-                    if conn.is_usable:
-                        load = conn.requests_in_flight
-                        if load == 0:
-                            return conn
-                        if best is None or load < best.requests_in_flight:
-                            best = conn
+                best = self._least_busy()
+                if best is not None and best.requests_in_flight == 0:
+                    return best
                 if len(self._live) + self._opening < self._max_connections:
                     conn = await self._open()
                     if self._has_room(conn):
