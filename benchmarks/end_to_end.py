@@ -5,9 +5,12 @@ HTTP in, FastCGI behind. Every stack is a front door in front of a worker pool:
 * front doors: ``ours`` (``fcgi-cluster frontend``), ``nginx`` (upstream ``keepalive``,
   ``fastcgi_keep_conn on``) and ``haproxy`` (``fcgi-app``; ``option mpxs-conns`` to
   workers that multiplex);
-* workers: ``ours`` (two ``fcgi-cluster worker workers.echo:app`` processes), ``flup``
-  (two tuned flup processes, benchmarks/_flup_worker.py, the same app) and
-  ``php-fpm`` (``pm = static``, 4 children, tests/e2e/php/big.php and upload.php).
+* workers: ``ours`` (two ``fcgi-cluster worker workers.echo:app`` processes, as they
+  start by default: the app in threads), ``ours (threads 0)`` (the same two with
+  ``--threads 0``: the app on each process's event loop, one request at a time, as a
+  php-fpm child runs its script; behind ours and nginx only), ``flup`` (two tuned flup
+  processes, benchmarks/_flup_worker.py, the same app) and ``php-fpm`` (``pm =
+  static``, 4 children, tests/e2e/php/big.php and upload.php).
 
 haproxy -> php-fpm is left out: the fcgi-app of tests/_peers.py mounts the app at the
 root and sends no SCRIPT_FILENAME. nginx and ours talk to php-fpm without multiplexing
@@ -17,9 +20,14 @@ ones), ours with keep-alive and ``max_conns`` = the children, so extra requests 
 
 Scenarios: answers of 5 B, 16 KiB and 1 MiB (``?size=N`` of workers.echo,
 ``big.php?n=N``) and 1 MiB uploads (a POST, answered with a few bytes). Every front
-door gets one core's worth of processes (nginx ``worker_processes 1``, haproxy
-``nbthread 1``, ours one process) and logs no requests; wrk, the front door and the
-workers share the machine's cores, equally for every stack.
+door runs as it ships, one process (haproxy: thread) per CPU: nginx
+``worker_processes auto`` (Debian's nginx.conf), haproxy's default ``nbthread``, ours
+``processes = "auto"`` (``--front-processes N`` gives all three N). None logs
+requests. wrk, the front door and the workers share the machine's cores, equally for
+every stack. The scheduler gives each busy process its turn: a front door of one
+process that needs more than one turn of CPU waits for it (ours, in front of
+``ours (threads 0)``: 0.82x nginx in front of the same workers with one process
+each, 0.92x with two; nginx needs a quarter of ours and gains nothing).
 
 Each run also reads the CPU seconds (user+sys, /proc) of every process of the stack,
 front door and workers, and reports them per 10,000 requests: the figure that stays
@@ -67,10 +75,12 @@ from tests._peers import (  # noqa: E402
 
 APP = "workers.echo:app"
 FRONT_DOORS = ("ours", "nginx", "haproxy")
-WORKERS = ("ours", "flup", "php-fpm")
-# Every pairing but haproxy -> php-fpm (see the module docstring).
+# Our workers with the app on the event loop: php-fpm's model, for an app that never blocks.
+INLINE = "ours (threads 0)"
+WORKERS = ("ours", INLINE, "flup", "php-fpm")
+# Every pairing but haproxy -> php-fpm (see the module docstring) and haproxy -> INLINE.
 STACKS = tuple(f"{front} -> {back}" for front in FRONT_DOORS for back in WORKERS
-               if (front, back) != ("haproxy", "php-fpm"))
+               if (front, back) not in (("haproxy", "php-fpm"), ("haproxy", INLINE)))
 # Ratios are taken against nginx in front of the same workers as ours: only the front
 # door differs.
 BASELINE = "nginx -> ours"
@@ -98,6 +108,8 @@ WRK_GRACE_SECONDS = 30.0
 CRASH_GRACE = 0.2
 # Requests per CPU figure: "CPU seconds per 10,000 requests".
 CPU_PER = 10_000
+# Processes (haproxy: threads) of every front door: each one's own default, one per CPU.
+FRONT_PROCESSES = os.cpu_count() or 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +121,8 @@ class Settings:
     connections: tuple[int, ...] = (64,)
     scenarios: tuple[str, ...] = tuple(SCENARIOS)
     stacks: tuple[str, ...] = STACKS
+    #: Processes (haproxy: threads) of every front door.
+    front_processes: int = FRONT_PROCESSES
 
 
 @dataclasses.dataclass
@@ -192,10 +206,12 @@ class Pools:
         self._started: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
 
     def get(self, kind: str, front: str) -> tuple[list[int], list[int]]:
-        """``(ports, pids)`` of the pool of ``kind`` ("ours", "flup" or "php-fpm") for ``front``."""
-        key = (kind, "" if kind == "ours" else front)
+        """``(ports, pids)`` of the pool of ``kind`` (one of ``WORKERS``) for ``front``."""
+        ours = kind in ("ours", INLINE)
+        key = (kind, "" if ours else front)
         if key not in self._started:
-            self._started[key] = getattr(self, "_" + kind.replace("-", "_"))()
+            start = {"ours": self._ours, INLINE: self._ours_inline, "flup": self._flup, "php-fpm": self._php_fpm}
+            self._started[key] = start[kind]()
         return self._started[key]
 
     def _python_pool(self, argv: Callable[[int], list], name: str) -> tuple[list[int], list[int]]:
@@ -208,10 +224,13 @@ class Pools:
             pids.append(process.pid)
         return ports, pids
 
-    def _ours(self) -> tuple[list[int], list[int]]:
+    def _ours(self, *options: str) -> tuple[list[int], list[int]]:
         return self._python_pool(
             lambda port: [*fcgi_cluster_command(), "worker", APP, "--listen", f"{LOOPBACK}:{port}",
-                          "--log-level", "warning"], "fcgi-worker")
+                          "--log-level", "warning", *options], "fcgi-worker")
+
+    def _ours_inline(self) -> tuple[list[int], list[int]]:
+        return self._ours("--threads", "0")
 
     def _flup(self) -> tuple[list[int], list[int]]:
         return self._python_pool(
@@ -225,7 +244,7 @@ class Pools:
 
 
 def our_front_door(peers: Peers, ports: list[int], php: bool, directory: pathlib.Path,
-                   max_clients: int) -> tuple[int, subprocess.Popen]:
+                   max_clients: int, processes: int = 1) -> tuple[int, subprocess.Popen]:
     """``fcgi-cluster frontend -c`` in front of ``ports``; its port and process."""
     port = free_port()
     # php-fpm children each pin a connection: cap it at the children, and queue the rest.
@@ -239,6 +258,7 @@ def our_front_door(peers: Peers, ports: list[int], php: bool, directory: pathlib
         access_log = false
         max_body_size = 0
         max_connections = {max_clients}
+        processes = {processes}
         root = "{PHP_PAGES}"
 
         [upstream.app]
@@ -258,14 +278,16 @@ def start_stack(name: str, peers: Peers, pools: Pools, settings: Settings, direc
     keep = max(settings.connections)
     logs: tuple[pathlib.Path, ...] = ()
     if front == "ours":
-        port, process = our_front_door(peers, ports, php, directory, max(4096, keep * 2))
+        port, process = our_front_door(peers, ports, php, directory, max(4096, keep * 2), settings.front_processes)
         logs = (pathlib.Path(process.log_path),)  # type: ignore[attr-defined]
         return Target(port, php, [process.pid, *worker_pids], process, logs)
     if front == "nginx" and php:
-        peer = peers.nginx_php(first, PHP_PAGES, keepalive=False, access_log=False)
+        peer = peers.nginx_php(first, PHP_PAGES, keepalive=False, access_log=False,
+                               worker_processes=settings.front_processes)
     elif front == "nginx":
         peer = peers.nginx(LOOPBACK, first, keepalive=True, more_upstreams=[(LOOPBACK, p) for p in more],
-                           keepalive_connections=keep, access_log=False)
+                           keepalive_connections=keep, access_log=False,
+                           worker_processes=settings.front_processes)
     else:
         # HAProxy 2.6's FastCGI mux answers some requests with its own 500 (state "IH",
         # internal error) once a connection carries more than about 32 streams, with
@@ -273,8 +295,8 @@ def start_stack(name: str, peers: Peers, pools: Pools, settings: Settings, direc
         # most it serves cleanly here. Debian 12's 2.6.12 can also die of a failed
         # assertion in that mux on large answers (issue #2150, fixed in 2.6.14): the run
         # then reports the crash for that scenario and goes on with a new HAProxy.
-        peer = peers.haproxy(LOOPBACK, first, mpxs=back == "ours", more_upstreams=[(LOOPBACK, p) for p in more],
-                             access_log=False, nbthread=1, max_reqs=HAPROXY_MAX_REQS)
+        peer = peers.haproxy(LOOPBACK, first, mpxs=back in ("ours", INLINE), more_upstreams=[(LOOPBACK, p) for p in more],
+                             access_log=False, nbthread=settings.front_processes, max_reqs=HAPROXY_MAX_REQS)
     return Target(peer.port, php, [peer.process.pid, *worker_pids], peer.process, tuple(peer.log_paths))
 
 
@@ -558,13 +580,15 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default %(default)s)")
     parser.add_argument("--scenario", action="append", choices=list(SCENARIOS), help="only these scenarios")
     parser.add_argument("--stack", action="append", choices=list(STACKS), help="only these stacks")
+    parser.add_argument("--front-processes", type=int, default=FRONT_PROCESSES,
+                        help="processes (haproxy: threads) of every front door (default %(default)s)")
     parser.add_argument("--quick", action="store_true", help="1 round of 2 s")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     if args.quick:
         args.duration, args.rounds = 2.0, 1
     settings = Settings(args.duration, args.rounds, tuple(args.connections),
-                        tuple(args.scenario or SCENARIOS), tuple(args.stack or STACKS))
+                        tuple(args.scenario or SCENARIOS), tuple(args.stack or STACKS), args.front_processes)
     from suite import machine, stamp  # the suite's machine facts and folder names
 
     out = pathlib.Path(args.out) / f"{stamp()}-http"

@@ -6,8 +6,8 @@ Every request increments a counter in the visitor's session and answers it:
   ``fcgi-cluster worker workers.counter:app`` processes with
   ``--session save_handler=redis``, ``save_path=tcp://...?auth=...&database=1`` and
   ``serialize_handler=php``; locking on (our default);
-* ``nginx -> php-fpm``: nginx (no upstream keep-alive, as in benchmarks/end_to_end.py)
-  in front of php-fpm (``pm = static``, 4 children) serving tests/e2e/php/session.php
+* ``nginx -> php-fpm``: nginx (no upstream keep-alive; both front doors with one
+  process per CPU, as in benchmarks/end_to_end.py) in front of php-fpm (``pm = static``, 4 children) serving tests/e2e/php/session.php
   ``?n=1`` with phpredis sessions in database 0, ``redis.session.locking_enabled=1``
   (tests/sessions/_php_servers.py).
 
@@ -178,7 +178,8 @@ def start_ours(peers: Peers, redis: RedisProcess, directory: pathlib.Path, max_c
         process = peers.process(argv, name="fcgi-worker", cwd=ROOT, env=env, ready_port=port)
         ports.append(port)
         pids.append(process.pid)
-    port, process = end_to_end.our_front_door(peers, ports, False, directory, max_clients)
+    port, process = end_to_end.our_front_door(peers, ports, False, directory, max_clients,
+                                              end_to_end.FRONT_PROCESSES)
     pid = process.pid
     return Target(f"http://{LOOPBACK}:{port}/", [pid, *pids], DATABASES["ours"])
 
@@ -191,7 +192,8 @@ def start_php(peers: Peers, stack: contextlib.ExitStack, redis: RedisProcess,
     fpm_port = stack.enter_context(php_fpm_with_redis_sessions(directory, redis))
     # It yields the port only; its master wrote its pid where its config says.
     fpm_pid = int((directory / "php-fpm" / "php-fpm.pid").read_text().strip())
-    nginx = peers.nginx_php(fpm_port, PHP_PAGES, keepalive=False, access_log=False)
+    nginx = peers.nginx_php(fpm_port, PHP_PAGES, keepalive=False, access_log=False,
+                            worker_processes=end_to_end.FRONT_PROCESSES)
     return Target(nginx.url("/session.php?n=1"), [nginx.process.pid, fpm_pid], DATABASES["nginx -> php-fpm"])
 
 

@@ -287,6 +287,7 @@ def nginx_fastcgi(
     access_log: bool = True,
     worker_connections: int = 4096,
     keepalive_timeout: float | None = None,
+    worker_processes: int = 1,
 ) -> Iterator[Peer]:
     """Run nginx as an HTTP front-end passing every request to a FastCGI upstream.
 
@@ -311,10 +312,11 @@ def nginx_fastcgi(
         access_log: Log each request (with its upstream) to ``access.log``. Off for
             benchmarks, where the disk write would be measured too.
         worker_connections: nginx's ``worker_connections``: client and upstream
-            connections of its one worker together. Above the default, the worker's
+            connections of each worker process together. Above the default, the worker's
             descriptor limit is raised to match (``worker_rlimit_nofile``).
         keepalive_timeout: Seconds an idle client connection stays open
             (``keepalive_timeout``); None for nginx's default, 75.
+        worker_processes: nginx's ``worker_processes``: processes sharing the clients.
 
     Yields:
         The running nginx, as a ``Peer``; ``peer.port`` is its HTTP port.
@@ -343,6 +345,7 @@ def nginx_fastcgi(
         access_log=access_log,
         worker_connections=worker_connections,
         keepalive_timeout=keepalive_timeout,
+        worker_processes=worker_processes,
     ) as peer:
         yield peer
 
@@ -358,6 +361,7 @@ def nginx_php(
     port: int | None = None,
     keepalive_connections: int = 8,
     access_log: bool = True,
+    worker_processes: int = 1,
 ) -> Iterator[Peer]:
     """Run nginx in front of php-fpm, configured the way PHP sites are.
 
@@ -383,6 +387,7 @@ def nginx_php(
         port: The HTTP port to listen on, on 127.0.0.1. Default: a free one.
         keepalive_connections: The ``N`` of ``keepalive N``.
         access_log: Log each request to ``access.log``.
+        worker_processes: nginx's ``worker_processes``.
 
     Yields:
         The running nginx, as a ``Peer``; ``peer.port`` is its HTTP port.
@@ -424,6 +429,7 @@ def nginx_php(
         directory=directory,
         port=port,
         access_log=access_log,
+        worker_processes=worker_processes,
     ) as peer:
         yield peer
 
@@ -440,13 +446,14 @@ def _nginx(
     access_log: bool,
     worker_connections: int = 4096,
     keepalive_timeout: float | None = None,
+    worker_processes: int = 1,
 ) -> Iterator[Peer]:
     """nginx with an upstream ``fcgi_app`` of ``servers`` and a server block's body.
 
     ``locations`` is the inside of the ``server`` block after ``listen``; its locations
     pass to ``fcgi_app``. ``keepalive`` is the upstream's ``keepalive`` count, 0 for a
-    connection per request. ``worker_connections`` and ``keepalive_timeout`` are as in
-    ``nginx_fastcgi``.
+    connection per request. ``worker_connections``, ``keepalive_timeout`` and
+    ``worker_processes`` are as in ``nginx_fastcgi``.
     """
     nginx = _require_binary("nginx")
     with _peer_directory(directory, "nginx") as workdir:
@@ -469,7 +476,7 @@ def _nginx(
             # Written by tests/_peers.py:{function}.
             daemon off;
             master_process on;
-            worker_processes 1;
+            worker_processes {worker_processes};
             {rlimit_line}
             {user_line}
             pid {workdir}/nginx.pid;
@@ -512,6 +519,7 @@ def _nginx(
         ).format(
             function=function,
             rlimit_line=rlimit_line,
+            worker_processes=worker_processes,
             worker_connections=worker_connections,
             keepalive_timeout_line=keepalive_timeout_line,
             user_line=user_line,
