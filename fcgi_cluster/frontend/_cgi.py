@@ -31,7 +31,8 @@ from urllib.parse import unquote_to_bytes
 
 from ..client._cgi import SERVER_SOFTWARE
 
-__all__ = ["BadPath", "ConnectionParams", "normalize_path", "split_path", "request_params"]
+__all__ = ["BadPath", "ConnectionParams", "header_params", "line_params", "normalize_path", "split_path",
+           "request_params"]
 
 #: Distinct header names whose HTTP_* key is remembered. Real traffic uses a
 #: few dozen names; the cap keeps a client that invents a new name per request
@@ -203,20 +204,58 @@ def request_params(
         extra: params added last (a route's ``params``), overriding any.
 
     Returns:
-        A new dict of bytes.
+        A new dict of bytes: ``line_params`` and ``header_params`` together.
     """
     params = dict(base)
-    params[b"QUERY_STRING"] = query
-    params[b"REQUEST_METHOD"] = method
-    params[b"CONTENT_TYPE"] = b""
-    params[b"CONTENT_LENGTH"] = b""
-    params[b"SCRIPT_NAME"] = script_name
-    params[b"REQUEST_URI"] = target
-    params[b"DOCUMENT_URI"] = path
-    params[b"DOCUMENT_ROOT"] = document_root
-    params[b"SERVER_PROTOCOL"] = b"HTTP/" + http_version
-    params[b"SCRIPT_FILENAME"] = document_root.rstrip(b"/") + script_name
-    params[b"PATH_INFO"] = path_info
+    params.update(line_params(
+        method, target, query, path, script_name=script_name, path_info=path_info,
+        document_root=document_root, http_version=http_version, content_length=content_length,
+    ))
+    params.update(header_params(headers, underscores_in_headers))
+    if content_length is not None:
+        params[b"CONTENT_LENGTH"] = b"%d" % content_length
+    if extra:
+        params.update(extra)
+    return params
+
+
+def line_params(
+    method: bytes,
+    target: bytes,
+    query: bytes,
+    path: bytes,
+    *,
+    script_name: bytes,
+    path_info: bytes,
+    document_root: bytes,
+    http_version: bytes = b"1.1",
+    content_length: int | None = None,
+) -> dict[bytes, bytes]:
+    """The params of a request that do not come from its header fields (see ``request_params``).
+
+    CONTENT_LENGTH is among them: the body's length when known, else b"" (a
+    Content-Length header, in ``header_params``, then says it).
+    """
+    return {
+        b"QUERY_STRING": query,
+        b"REQUEST_METHOD": method,
+        b"CONTENT_LENGTH": b"" if content_length is None else b"%d" % content_length,
+        b"SCRIPT_NAME": script_name,
+        b"REQUEST_URI": target,
+        b"DOCUMENT_URI": path,
+        b"DOCUMENT_ROOT": document_root,
+        b"SERVER_PROTOCOL": b"HTTP/" + http_version,
+        b"SCRIPT_FILENAME": document_root.rstrip(b"/") + script_name,
+        b"PATH_INFO": path_info,
+    }
+
+
+def header_params(headers: Iterable[tuple[bytes, bytes]], underscores_in_headers: bool = False) -> dict[bytes, bytes]:
+    """The params of a request's header fields: CONTENT_TYPE (b"" when absent),
+    CONTENT_LENGTH (when sent) and HTTP_*. Repeated fields are joined with ", "
+    (Cookie with "; ").
+    """
+    params = {b"CONTENT_TYPE": b""}
     seen: set[bytes] = set()
     for name, value in headers:
         key = _header_key(name, underscores_in_headers)
@@ -227,8 +266,4 @@ def request_params(
         else:
             seen.add(key)
             params[key] = value
-    if content_length is not None:
-        params[b"CONTENT_LENGTH"] = b"%d" % content_length
-    if extra:
-        params.update(extra)
     return params

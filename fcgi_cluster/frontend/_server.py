@@ -35,7 +35,7 @@ from ..client import FastCGIError
 from ..client._response import ResponseStream
 from ..protocol._records import encode_params
 from ._access_log import AccessLog
-from ._cgi import BadPath, ConnectionParams, normalize_path, request_params, split_path
+from ._cgi import BadPath, ConnectionParams, header_params, line_params, normalize_path, request_params, split_path
 from ._http import NEED_DATA, Body, ConnectionClosed, EndOfMessage, HTTPError, HTTPServerConnection, RequestHead, error_page
 from ._proxy import UpstreamFailure, open_upstream_response, response_headers
 from ._static import plan_static, read_file_range
@@ -266,7 +266,8 @@ class FrontendServer:
 class _ClientConnection:
     """One client's keep-alive connection: requests in, responses out, in order."""
 
-    __slots__ = ("server", "stream", "http", "params", "base_block", "remote_addr", "_received", "_fd", "timed_out", "_body_stream")
+    __slots__ = ("server", "stream", "http", "params", "base_block", "remote_addr", "_received", "_fd", "timed_out",
+                 "_body_stream", "_last_headers", "_headers_block")
 
     def __init__(self, server: FrontendServer, stream: trio.abc.Stream, params: ConnectionParams) -> None:
         self.server = server
@@ -285,6 +286,11 @@ class _ClientConnection:
         self.timed_out = False
         #: The current request's body while a worker's connection reads it.
         self._body_stream: _BodyStream | None = None
+        # A client sends much the same header fields in every request of a
+        # connection: the params made of the last ones, encoded, are reused
+        # while they stay the same (a list comparison).
+        self._last_headers: list[tuple[bytes, bytes]] | None = None
+        self._headers_block = b""
 
     async def run(self) -> None:
         """Serve the connection's requests until it closes; then linger if the client may be sending."""
@@ -577,9 +583,13 @@ class _ClientConnection:
         server = self.server
         upstream = server.upstreams[route.upstream]  # type: ignore[attr-defined]
         http = self.http
+        if not http.request_complete and not head.chunked and not head.content_length:
+            # A request without a body: its EndOfMessage came with the head.
+            http.next_event()
         if http.request_complete:
             # No body (the usual GET): no await, and the answer's head is
-            # waited for with the client watched.
+            # waited for with the client watched. CONTENT_LENGTH is then b""
+            # (or "0" as sent), as nginx's $content_length.
             body: bytes | AsyncIterator[bytes] = b""
             length = head.content_length
             wait = self._wait_head
@@ -588,17 +598,28 @@ class _ClientConnection:
             wait = self._wait_head if http.request_complete else None
         script, info = split_path(path, route.split_path_info, server._route_index[number])  # type: ignore[attr-defined]
         # A route's own params may override any other, so they need one dict
-        # of all; otherwise the connection's part is encoded already.
+        # of all; otherwise the connection's and the header fields' parts are
+        # encoded already.
         extra = server._route_extra[number]
-        params: dict[bytes, bytes] | bytes = request_params(
-            self.params.base() if extra else {}, head.method, head.target, head.query, path, head.headers,
-            script_name=script, path_info=info, document_root=server._route_roots[number],
-            http_version=head.http_version, content_length=length,
-            underscores_in_headers=server.frontend.underscores_in_headers,
-            extra=extra,
-        )
-        if not extra:
-            params = self.base_block + encode_params(params)  # type: ignore[arg-type]
+        params: dict[bytes, bytes] | bytes
+        if extra:
+            params = request_params(
+                self.params.base(), head.method, head.target, head.query, path, head.headers,
+                script_name=script, path_info=info, document_root=server._route_roots[number],
+                http_version=head.http_version, content_length=length,
+                underscores_in_headers=server.frontend.underscores_in_headers, extra=extra,
+            )
+        else:
+            headers = head.headers
+            if headers != self._last_headers:
+                fields = header_params(headers, server.frontend.underscores_in_headers)
+                fields.pop(b"CONTENT_LENGTH", None)  # the body's length is in line_params
+                self._headers_block = encode_params(fields)
+                self._last_headers = headers
+            params = self.base_block + encode_params(line_params(
+                head.method, head.target, head.query, path, script_name=script, path_info=info,
+                document_root=server._route_roots[number], http_version=head.http_version, content_length=length,
+            )) + self._headers_block
         try:
             result = await open_upstream_response(
                 upstream, params, body, method=head.method,

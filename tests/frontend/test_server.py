@@ -38,6 +38,32 @@ async def test_get_passes_the_nginx_params() -> None:
     assert response.header(b"content-type") == b"application/json"
 
 
+async def test_header_params_follow_each_request_of_a_kept_connection() -> None:
+    # The params of a connection's header fields are reused while the fields stay the
+    # same: a field that changes, appears or goes must show in that very request.
+    heads = [
+        "Host: t\r\nCookie: a=1\r\nX-Step: one\r\n",
+        "Host: t\r\nCookie: a=1\r\nX-Step: one\r\n",
+        "Host: t\r\nCookie: a=2\r\nX-Step: one\r\n",
+        "Host: t\r\nCookie: a=2\r\n",
+        "Host: t\r\nCookie: a=2\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n",
+        "Host: t\r\nCookie: a=2\r\n",
+    ]
+    async with workers(echo) as addresses, frontend(upstream_config(addresses)) as (port, _):
+        async with RawClient.connect(port) as client:
+            envs = []
+            for number, head in enumerate(heads):
+                body = "abc" if "Content-Length" in head else ""
+                method = "POST" if body else "GET"
+                await client.send(f"{method} /r{number} HTTP/1.1\r\n{head}\r\n{body}".encode())
+                envs.append(echo_json(await client.response())["environ"])
+    assert [env["REQUEST_URI"] for env in envs] == [f"/r{number}" for number in range(len(heads))]
+    assert [env.get("HTTP_COOKIE") for env in envs] == ["a=1", "a=1", "a=2", "a=2", "a=2", "a=2"]
+    assert [env.get("HTTP_X_STEP") for env in envs] == ["one", "one", "one", None, None, None]
+    assert [env.get("CONTENT_TYPE") for env in envs] == ["", "", "", "", "text/plain", ""]
+    assert [env.get("CONTENT_LENGTH") for env in envs] == ["", "", "", "", "3", ""]
+
+
 async def test_keep_alive_and_pipelining_answer_in_order() -> None:
     async with workers(echo) as addresses, frontend(upstream_config(addresses)) as (port, _):
         async with RawClient.connect(port) as client:
