@@ -247,8 +247,11 @@ def our_front_door(peers: Peers, ports: list[int], php: bool, directory: pathlib
                    max_clients: int, processes: int = 1) -> tuple[int, subprocess.Popen]:
     """``fcgi-cluster frontend -c`` in front of ``ports``; its port and process."""
     port = free_port()
-    # php-fpm children each pin a connection: cap it at the children, and queue the rest.
-    cap = f", max_conns = {PHP_CHILDREN}" if php else ""
+    # php-fpm children each pin a connection: cap them at the children, and queue the
+    # rest. max_conns holds per front-end process (as nginx's without a shared zone), so
+    # the children are shared out; past them, a process's connections would wait in
+    # php-fpm's listen queue behind the other's idle ones (the 1 MiB uploads timed out).
+    cap = f", max_conns = {max(1, PHP_CHILDREN // processes)}" if php else ""
     servers = ", ".join(f'{{ address = "{LOOPBACK}:{p}"{cap} }}' for p in ports)
     config = directory / f"frontend-{port}.toml"
     directory.mkdir(parents=True, exist_ok=True)

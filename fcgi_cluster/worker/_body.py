@@ -116,8 +116,8 @@ class RequestBody:
         return self._spool_end
 
     async def wait_for_room(self) -> None:
-        """Wait until the app has read enough, or the request is over."""
-        while self._size >= self.limit and not self._aborted:
+        """Wait until the app has read enough, the request is over, or nobody reads it for now."""
+        while self.full:
             self._room = trio.Event()
             await self._room.wait()
 
@@ -192,7 +192,15 @@ class RequestBody:
             self._trio_waiter = waiter = trio.Event()
             await waiter.wait()
             self._trio_waiter = None
-        return self._ended and not self._spool_end  # a body in a file is read from a thread
+        whole = self._ended and not self._spool_end  # a body in a file is read from a thread
+        if not whole:
+            # Its app goes to a thread, which may be busy with an app whose
+            # body comes after this one's: until the app reads, the rest of
+            # this body goes to the file and the connection reads on.
+            with _LOCK:
+                self._reading = False
+            self._release_room()
+        return whole
 
     @property
     def at_end(self) -> bool:

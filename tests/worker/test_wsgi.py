@@ -99,12 +99,15 @@ async def test_large_body_is_streamed_to_wsgi_input_in_order():
     assert doc["body_sha256"] == expected
 
 
-async def test_more_interleaved_uploads_than_threads_on_one_connection_all_finish():
-    # Two threads, six uploads over one connection, their records interleaved:
-    # the apps holding the threads wait for bodies that come after the other
-    # four's. Those four overflow to a temporary file rather than stop the
-    # connection, which would leave everyone waiting for good.
-    config = WorkerConfig(threads=2, input_buffer=64 * 1024)
+@pytest.mark.parametrize("threads", [2, 0])
+async def test_more_interleaved_uploads_than_threads_on_one_connection_all_finish(threads):
+    # Two threads (or the one kept for large bodies by threads = 0), six uploads
+    # over one connection, their records interleaved: the apps holding the threads
+    # wait for bodies that come after the others'. Those overflow to a temporary
+    # file rather than stop the connection, which would leave everyone waiting for
+    # good. With threads = 0 every body is first awaited on the loop, to run its
+    # app there when whole: one too large for that must stop counting as read.
+    config = WorkerConfig(threads=threads, input_buffer=64 * 1024)
     uploads = [[bytes([n, r]) * 32 * 1024 for r in range(5)] for n in range(6)]  # 5 x 64 KiB each
     async with serving(echo.app, config=config) as web:
         size = str(5 * 64 * 1024)
