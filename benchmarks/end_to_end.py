@@ -288,8 +288,10 @@ def start_stack(name: str, peers: Peers, pools: Pools, settings: Settings, direc
         peer = peers.nginx_php(first, PHP_PAGES, keepalive=False, access_log=False,
                                worker_processes=settings.front_processes)
     elif front == "nginx":
+        # keepalive N is per nginx worker process: the processes together keep as many
+        # idle connections as there are clients (flup's threads are counted for that).
         peer = peers.nginx(LOOPBACK, first, keepalive=True, more_upstreams=[(LOOPBACK, p) for p in more],
-                           keepalive_connections=keep, access_log=False,
+                           keepalive_connections=max(1, keep // settings.front_processes), access_log=False,
                            worker_processes=settings.front_processes)
     else:
         # HAProxy 2.6's FastCGI mux answers some requests with its own 500 (state "IH",

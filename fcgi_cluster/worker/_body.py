@@ -22,6 +22,8 @@ from collections import deque
 
 import trio
 
+from ._threads import waits_for_loop
+
 __all__ = ["RequestBody", "BodyAborted"]
 
 #: One lock for every body in the process. Its critical sections are a few
@@ -267,7 +269,8 @@ class RequestBody:
         # Called with _LOCK held, from an app thread.
         if self._cond is None:
             self._cond = threading.Condition(_LOCK)
-        self._cond.wait()
+        with waits_for_loop:
+            self._cond.wait()
 
     def _after_read(self) -> None:
         if self._room is not None and self._size < self.limit:

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import outcome
 import trio
 
-__all__ = ["ThreadPool", "Handoff", "process_busy_time"]
+__all__ = ["ThreadPool", "Handoff", "process_busy_time", "waits_for_loop"]
 
 log = logging.getLogger("fcgi_cluster.worker")
 
@@ -33,6 +33,33 @@ log = logging.getLogger("fcgi_cluster.worker")
 IDLE_BELOW = 0.9
 
 _TASKS = "/proc/self/task"
+
+
+class _LoopWaits:
+    """How many app threads wait for the event loop right now (``with waits_for_loop:``).
+
+    A thread waiting for its request body's next bytes, or for the loop to
+    take its output, is blocked on the network whatever the process's load:
+    the pool may give waiting work another thread at once.
+    """
+
+    __slots__ = ("_lock", "count")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+#: Entered by app threads around their waits for the loop (``worker._body``, ``worker._wsgi``).
+waits_for_loop = _LoopWaits()
 
 
 def process_busy_time() -> float | None:
@@ -70,9 +97,11 @@ class ThreadPool:
     looks at work that waits: when the busy threads finish nothing for two
     ``patience`` periods, they are blocked (I/O, sleep, a lock), or only slow
     to get the CPU (a loaded machine, the GIL held by the loop). Waiting work
-    goes to more threads, up to ``size``, in the first case only: when the
-    process's threads, all together, neither ran nor waited to run for part of
-    that time (``busy_time``). Before, any such stall counted as a block, and
+    goes to more threads, up to ``size``, in the first case only: when a
+    thread waits for the loop (``waits_for_loop``: a body's next bytes, room
+    for output), or when the process's threads, all together, neither ran nor
+    waited to run for part of that time (``busy_time``: the app waits for
+    something else). Before, any such stall counted as a block, and
     under load a hello app ended on all 16 threads, at about 1.2 times the CPU
     per request of one. The default patience is the GIL switch interval.
 
@@ -141,7 +170,8 @@ class ThreadPool:
             began, busy = time.monotonic(), self._busy_time()
             await trio.sleep(2 * self.patience)
             now = time.monotonic()
-            blocked = self._completed == progress and self._idle_between(began, busy, now)
+            blocked = self._completed == progress and (
+                waits_for_loop.count > 0 or self._idle_between(began, busy, now))
             with self._lock:
                 if blocked:
                     stale = now - 2 * self.patience

@@ -41,7 +41,7 @@ from ._body import BodyAborted, RequestBody
 from ._config import WorkerConfig
 from ._connection import RequestCancelled, RequestContext
 from ._environ import cgi_environ, split_path
-from ._threads import Handoff, ThreadPool
+from ._threads import Handoff, ThreadPool, waits_for_loop
 
 __all__ = ["WSGIHandler"]
 
@@ -234,7 +234,8 @@ class _Call:
         if self.aborted:
             raise _Aborted
         self.handoff.deliver((_CHUNK, data, self.errors.take()))
-        resume.wait()
+        with waits_for_loop:
+            resume.wait()
         if self.aborted:
             raise _Aborted
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import trio
 
-from fcgi_cluster.worker._threads import ThreadPool, process_busy_time
+from fcgi_cluster.worker._threads import ThreadPool, process_busy_time, waits_for_loop
 
 PATIENCE = 0.01
 
@@ -65,6 +65,31 @@ async def test_a_stalled_thread_gets_no_second_one_while_the_process_is_busy() -
         nursery.cancel_scope.cancel()
     pool.close()
     assert not started and threads == 1
+
+
+async def test_a_thread_waiting_for_the_loop_gets_a_second_one_even_while_the_process_is_busy() -> None:
+    # Waiting for a body's next bytes or for room for output is waiting on the
+    # network, however busy the loop is: queued work must not wait behind it.
+    pool = ThreadPool(4, patience=PATIENCE, busy_time=time.monotonic)
+    release = threading.Event()
+    second = threading.Event()
+
+    def waits() -> None:
+        with waits_for_loop:
+            release.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.watch)
+        pool.start(waits)
+        await trio.sleep(PATIENCE)
+        pool.start(second.set)
+        with trio.fail_after(1):
+            while not second.is_set():
+                await trio.sleep(PATIENCE / 2)
+        release.set()
+        nursery.cancel_scope.cancel()
+    pool.close()
+    assert pool.threads == 2
 
 
 async def test_a_burst_of_short_jobs_runs_on_one_thread() -> None:
