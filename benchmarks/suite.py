@@ -148,6 +148,11 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
         except (end_to_end.Unavailable, PeerStartError, RuntimeError, OSError, ValueError) as exc:
             results["parts"][part] = {"error": f"{type(exc).__name__}: {exc}"}
             progress._print(f"{part}: failed: {exc}")
+        except Exception as exc:  # a fault in one part (a load generator's, say) costs that part only
+            import traceback
+
+            results["parts"][part] = {"error": f"{type(exc).__name__}: {exc}"}
+            progress._print(f"{part}: failed:\n{traceback.format_exc()}")
     return results
 
 

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _progress import Progress  # noqa: E402
 
-from fcgi_cluster.client import cgi_params, open_connection  # noqa: E402
+from fcgi_cluster.client import FastCGIError, cgi_params, open_connection  # noqa: E402
 from fcgi_cluster.protocol import NEED_DATA, ClientConnection, EndRequest, Request, Stdin, Stdout  # noqa: E402
 from tests._peers import PHP_PAGES, PeerStartError, find_php_fpm, php_fpm  # noqa: E402
 
@@ -143,7 +143,15 @@ async def load_core(port: int, connections: int, inflight: int, new_conn: bool, 
     deadline = trio.current_time() + seconds
 
     async def connection() -> None:
+        # A connection the contender refuses or resets costs its requests in flight
+        # (counted as failed), not the run.
         core = ClientConnection()
+        try:
+            await exchange(core)
+        except (OSError, trio.BrokenResourceError):
+            done[1] += max(1, core.requests_in_flight)
+
+    async def exchange(core: ClientConnection) -> None:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -193,21 +201,33 @@ async def load_client(port: int, connections: int, inflight: int, new_conn: bool
     deadline = trio.current_time() + seconds
     address = f"127.0.0.1:{port}"
 
+    # A refused or reset connection counts as a failed request, not as the run's end.
     async def keep(conn) -> None:
         while trio.current_time() < deadline:
-            response = await conn.request(params)
+            try:
+                response = await conn.request(params)
+            except FastCGIError:
+                done[1] += 1
+                return  # the connection is gone
             done[0 if response.status == 200 else 1] += 1
 
     async def fresh() -> None:
         while trio.current_time() < deadline:
-            async with open_connection(address) as conn:
-                response = await conn.request(params, keep_conn=False)
+            try:
+                async with open_connection(address) as conn:
+                    response = await conn.request(params, keep_conn=False)
+            except FastCGIError:
+                done[1] += 1
+                continue
             done[0 if response.status == 200 else 1] += 1
 
     async def connection() -> None:
-        async with open_connection(address) as conn, trio.open_nursery() as inner:
-            for _ in range(inflight):
-                inner.start_soon(keep, conn)
+        try:
+            async with open_connection(address) as conn, trio.open_nursery() as inner:
+                for _ in range(inflight):
+                    inner.start_soon(keep, conn)
+        except FastCGIError:
+            done[1] += 1
 
     with trio.move_on_after(seconds + GRACE_SECONDS):
         async with trio.open_nursery() as nursery:

@@ -77,3 +77,31 @@ def test_bench_quick_writes_results(tmp_path):
     assert "## Goals" in report and "ours -> ours" in report
     for plot in ("throughput.png", "latency.png", "cpu.png"):
         assert (run_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+
+
+async def test_the_fastcgi_load_generators_count_reset_connections_as_failed():
+    # php-fpm reset one of the transport part's new connections once and the whole
+    # suite stopped: a contender's reset costs requests, not the run.
+    import functools
+    import socket
+    import struct
+    import sys
+
+    import trio
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import transport
+
+    async def reset(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()  # with linger 0: a reset
+
+    async with trio.open_nursery() as nursery:
+        [listener] = await nursery.start(functools.partial(trio.serve_tcp, reset, 0, host="127.0.0.1"))
+        port = listener.socket.getsockname()[1]
+        for load in (transport.load_core, transport.load_client):
+            for new_conn in (True, False):
+                ok, failed = await load(port, 2, 2, new_conn, 0.3)
+                assert ok == 0 and failed > 0, (load.__name__, new_conn)
+        nursery.cancel_scope.cancel()
