@@ -322,12 +322,31 @@ class Connection:
     # --- sending ------------------------------------------------------------
 
     def _queue(self, data: bytes) -> int:
-        """Queue bytes for the writer task; returns the mark ``_wait_sent`` waits for."""
-        if data:
-            self._outbox.append(data)
-            self._queued += len(data)
-            if self._outbox_lot:  # an empty lot's unpark still costs a generator
-                self._outbox_lot.unpark_all()
+        """Queue bytes for the writer task; returns the mark ``_wait_sent`` waits for.
+
+        The only request in flight, with the writer idle, is written at once:
+        nothing could join it in a batch, and waking the writer would cost a
+        task switch per request (a connection to php-fpm carries one request
+        at a time). What the socket does not take, and any error, is left to
+        the writer.
+        """
+        if not data:
+            return self._queued
+        self._queued += len(data)
+        if self._fd >= 0 and not self._outbox and self._outbox_lot and len(self._requests) <= 1:
+            try:
+                written = os.write(self._fd, data)
+            except OSError:  # BlockingIOError included: the writer waits, or reports the failure
+                written = 0
+            self._sent += written
+            if written == len(data):
+                if self._sent_lot:
+                    self._sent_lot.unpark_all()
+                return self._queued
+            data = data[written:]
+        self._outbox.append(data)
+        if self._outbox_lot:  # an empty lot's unpark still costs a generator
+            self._outbox_lot.unpark_all()
         return self._queued
 
     async def _wait_sent(self, mark: int) -> None:
@@ -375,13 +394,17 @@ class Connection:
 
     async def _read_loop(self) -> None:
         core = self._core
+        received = False
         try:
             while True:
                 event = core.next_event()
                 if event is NEED_DATA:
-                    core.receive_data(await self._receive())
-                    if self._quickack:
+                    # Only a response still coming needs our ACKs at once; once
+                    # every answer is in, the next request carries the ACK.
+                    if received and self._quickack and self._requests:
                         _rearm_quickack(self._stream)
+                    core.receive_data(await self._receive())
+                    received = True
                 elif type(event) is ConnectionClosed:
                     pending = len(self._requests)
                     self._fail(
