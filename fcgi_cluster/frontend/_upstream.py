@@ -198,7 +198,7 @@ class Server:
                     if self._has_room(conn):
                         return conn
                     continue
-                with trio.move_on_at(deadline):
+                with trio.CancelScope(deadline=deadline):  # move_on_at, without its generator
                     await self._room.park()
         deadline = trio.current_time() + self._connect_timeout
         while True:
@@ -215,7 +215,7 @@ class Server:
             # children would wait in its backlog behind ones we keep idle.
             waiter = _Waiter()
             self._queue.append(waiter)
-            with trio.move_on_at(deadline):
+            with trio.CancelScope(deadline=deadline):  # move_on_at, without its generator
                 await waiter.ready.wait()
             if waiter.conn is not None:
                 return waiter.conn
