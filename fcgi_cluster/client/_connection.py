@@ -394,17 +394,15 @@ class Connection:
 
     async def _read_loop(self) -> None:
         core = self._core
-        received = False
         try:
             while True:
                 event = core.next_event()
                 if event is NEED_DATA:
                     # Only a response still coming needs our ACKs at once; once
                     # every answer is in, the next request carries the ACK.
-                    if received and self._quickack and self._requests:
+                    if self._quickack and self._requests:
                         _rearm_quickack(self._stream)
                     core.receive_data(await self._receive())
-                    received = True
                 elif type(event) is ConnectionClosed:
                     pending = len(self._requests)
                     self._fail(
