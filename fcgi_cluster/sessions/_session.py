@@ -36,7 +36,7 @@ import random
 import re
 import secrets
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Generator, Iterator, MutableMapping
 from email.utils import formatdate
 from typing import Any, Awaitable, Callable
 
@@ -57,6 +57,12 @@ _VALID_SID = re.compile(r"[A-Za-z0-9,-]{%d,%d}" % (MIN_SID_LENGTH, MAX_SID_LENGT
 MAX_COOKIE_HEADER = 16 * 1024
 
 _UNLOADED, _LOADED, _DETACHED, _CLOSED = "unloaded", "loaded", "detached", "closed"
+
+#: Loading, saving and unlocking are written once, as generators of the store
+#: calls they need: each yields ``(method name, args, kwargs)`` and is sent the
+#: result (or thrown its exception). ``Session._run`` makes the calls on the
+#: blocking store, ``Session._arun`` awaits them on a loop store.
+_Steps = Generator[tuple[str, tuple, dict], Any, None]
 
 
 def new_session_id(settings: SessionSettings) -> str:
@@ -101,7 +107,11 @@ class Session(MutableMapping[str, Any]):
         async_mode: True for ASGI apps: the session then never blocks the event
             loop; the app calls ``await session.aload()`` before using it, and
             sync access to an unloaded session raises ``RuntimeError``.
-        run_sync: with ``async_mode``, how to run blocking store calls in a thread.
+        run_sync: how ``aload``/``asave``/``aabort`` run blocking store calls in
+            a thread (None: they block).
+        loop_store: the store's client on the running trio loop (its methods are
+            the store's, as coroutines); ``aload``/``asave``/``aabort`` then use
+            it instead of a thread.
 
     Attributes:
         failure: the store error met, if any (the middleware answers 503 for it).
@@ -117,8 +127,10 @@ class Session(MutableMapping[str, Any]):
         *,
         async_mode: bool = False,
         run_sync: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
+        loop_store: Any = None,
     ) -> None:
         self._store = store
+        self._loop_store = loop_store
         self._settings = settings
         self._serializer: Serializer = get_serializer(settings.serialize_handler)
         self._incoming = session_id_from_cookies(cookie_header, settings.name)
@@ -159,11 +171,14 @@ class Session(MutableMapping[str, Any]):
             self._load()
 
     async def aload(self) -> None:
-        """``load()`` for ASGI apps: the store is called in a thread."""
+        """``load()`` without blocking the loop: on the loop store, else in a thread."""
         if self._state == _UNLOADED:
-            await self._call(self._load)
+            await self._acall(self._load_steps)
 
     def _load(self) -> None:
+        self._run(self._load_steps())
+
+    def _load_steps(self) -> _Steps:
         sid = self._incoming
         if sid is None:
             self._start_new()
@@ -171,29 +186,29 @@ class Session(MutableMapping[str, Any]):
         settings = self._settings
         try:
             if settings.lock:
-                self._token, raw = self._store.lock_and_read(
-                    sid, expire=settings.lock_expire, wait=settings.lock_wait,
-                    retry_interval=settings.lock_retry_interval,
-                )
+                self._token, raw = yield ("lock_and_read", (sid,), {
+                    "expire": settings.lock_expire, "wait": settings.lock_wait,
+                    "retry_interval": settings.lock_retry_interval,
+                })
                 self._locked_sid = sid
             else:
-                raw = self._store.read(sid)
+                raw = yield ("read", (sid,), {})
         except StoreError as exc:
-            self._release_lock()
+            yield from self._release_steps()
             self._fail(exc)
             return
         except BaseException:
-            self._release_lock()
+            yield from self._release_steps()
             raise
         if raw is None and settings.use_strict_mode:
             # An id nobody issued (or long expired): never adopt it.
-            self._release_lock()
+            yield from self._release_steps()
             self._start_new()
             return
         try:
             data = self._serializer.loads(raw or b"")
         except BaseException:
-            self._release_lock()
+            yield from self._release_steps()
             raise
         self._sid = sid
         self._data = data
@@ -331,9 +346,9 @@ class Session(MutableMapping[str, Any]):
     close = save
 
     async def asave(self) -> None:
-        """``save()`` for ASGI apps: the store is called in a thread."""
+        """``save()`` without blocking the loop: on the loop store, else in a thread."""
         if self._state == _LOADED:
-            await self._call(self._commit)
+            await self._acall(self._commit_steps)
         elif self._state == _DETACHED:
             self._state = _CLOSED
 
@@ -344,21 +359,23 @@ class Session(MutableMapping[str, Any]):
             self._release_lock()
 
     async def aabort(self) -> None:
-        """``abort()`` for ASGI: the lock is released in a thread."""
+        """``abort()`` without blocking the loop: on the loop store, else in a thread."""
         if self._state in (_LOADED, _DETACHED):
             self._state = _CLOSED
-            await self._call(self._release_lock)
+            await self._acall(self._release_steps)
 
     def _commit(self) -> None:
+        self._run(self._commit_steps())
+
+    def _commit_steps(self) -> _Steps:
         settings = self._settings
-        store = self._store
         sid = self._sid
         assert sid is not None
         try:
             data = self._serializer.dumps(self._data)
         except BaseException:
             self._state = _CLOSED
-            self._release_lock()
+            yield from self._release_steps()
             raise
         self._state = _CLOSED
         token = self._token
@@ -367,56 +384,92 @@ class Session(MutableMapping[str, Any]):
         # be held until its data is gone, or a waiting request could read the
         # old data and write it back.
         together = token is not None and self._locked_sid == sid and not self._doomed
+        ttl = settings.gc_maxlifetime
         try:
             if self._new and not self._data:
                 pass  # never stored, nothing to keep
             elif data != self._read or not settings.lazy_write:
                 if together:
-                    store.write_and_release(sid, data, settings.gc_maxlifetime, token)
+                    yield ("write_and_release", (sid, data, ttl, token), {})
                     self._token = self._locked_sid = None
                 else:
-                    store.write(sid, data, settings.gc_maxlifetime)
+                    yield ("write", (sid, data, ttl), {})
             elif together:
-                store.touch_and_release(sid, settings.gc_maxlifetime, token)
+                yield ("touch_and_release", (sid, ttl, token), {})
                 self._token = self._locked_sid = None
             else:
-                store.touch(sid, settings.gc_maxlifetime)
+                yield ("touch", (sid, ttl), {})
             for old in self._doomed:
-                store.destroy(old)
+                yield ("destroy", (old,), {})
             if settings.gc_probability and random.randrange(settings.gc_divisor) < settings.gc_probability:
-                self._collect_garbage()
+                try:
+                    removed = yield ("gc", (ttl,), {})
+                except StoreError as exc:
+                    log.warning("session garbage collection failed: %s", exc)
+                else:
+                    if removed:
+                        log.info("session garbage collection removed %d sessions", removed)
         except StoreError as exc:
             self.failure = exc
             if settings.on_store_error == "fail":
                 raise
             log.warning("session store unavailable, session not saved: %s", exc)
         finally:
-            self._release_lock()
+            yield from self._release_steps()
         self._read = data
 
-    def _collect_garbage(self) -> None:
-        try:
-            removed = self._store.gc(self._settings.gc_maxlifetime)
-        except StoreError as exc:
-            log.warning("session garbage collection failed: %s", exc)
-        else:
-            if removed:
-                log.info("session garbage collection removed %d sessions", removed)
-
     def _release_lock(self) -> None:
+        self._run(self._release_steps())
+
+    def _release_steps(self) -> _Steps:
         token, sid = self._token, self._locked_sid
         self._token = self._locked_sid = None
         if token is not None and sid is not None:
             try:
-                self._store.release_lock(sid, token)
+                yield ("release_lock", (sid, token), {})
             except StoreError as exc:
                 # The lock expires by itself after lock_expire.
                 log.warning("session lock not released: %s", exc)
 
-    async def _call(self, fn: Callable[[], Any]) -> Any:
-        if self._run_sync is None:
-            return fn()
-        return await self._run_sync(fn)
+    # --- running the steps against a store ----------------------------------------
+
+    def _run(self, steps: _Steps) -> None:
+        """Drive ``steps`` with the blocking store: each store call they ask for is made here."""
+        store = self._store
+        resume, value = steps.send, None
+        while True:
+            try:
+                name, args, kwargs = resume(value)
+            except StopIteration:
+                return
+            try:
+                value, resume = getattr(store, name)(*args, **kwargs), steps.send
+            except BaseException as exc:
+                value, resume = exc, steps.throw
+
+    async def _arun(self, steps: _Steps) -> None:
+        """``_run`` with the loop store: its calls are awaited on the event loop."""
+        store = self._loop_store
+        resume, value = steps.send, None
+        while True:
+            try:
+                name, args, kwargs = resume(value)
+            except StopIteration:
+                return
+            try:
+                value, resume = await getattr(store, name)(*args, **kwargs), steps.send
+            except BaseException as exc:
+                value, resume = exc, steps.throw
+
+    async def _acall(self, steps: Callable[[], _Steps]) -> None:
+        """Run the steps that ``steps()`` makes without blocking the loop: on the
+        loop store when there is one, else with the blocking store in a thread."""
+        if self._loop_store is not None:
+            await self._arun(steps())
+        elif self._run_sync is None:
+            self._run(steps())
+        else:
+            await self._run_sync(lambda: self._run(steps()))
 
     # --- the cookie -------------------------------------------------------------
 
