@@ -38,6 +38,8 @@ log = logging.getLogger("fcgi_cluster.sessions")
 #: environ / scope["extensions"] keys.
 SESSION_KEY = "fcgi_cluster.session"
 STORE_KEY = "fcgi_cluster.session_store"
+#: Where ``begin`` leaves its ``Preloaded`` for the middleware's ``__call__`` (taken out there).
+_PRELOADED_KEY = "fcgi_cluster.session_preloaded"
 #: scope["state"] keys (attribute names for Starlette's request.state).
 STATE_SESSION_KEY = "session"
 STATE_STORE_KEY = "session_store"
@@ -91,11 +93,16 @@ def open_session_store(settings: SessionSettings, *, check: bool = True) -> Sess
         raise SessionConfigError("session.save_path", str(exc)) from None
 
 
-def session_middleware(app: Any, store: SessionStore, settings: SessionSettings, interface: str) -> Any:
-    """Wrap ``app`` (``interface`` "wsgi" or "asgi") with the matching middleware."""
+def session_middleware(app: Any, store: SessionStore, settings: SessionSettings, interface: str,
+                       loop_store: Any = None) -> Any:
+    """Wrap ``app`` (``interface`` "wsgi" or "asgi") with the matching middleware.
+
+    ``loop_store``: the store's client on the worker's trio loop (``store.loop_store``),
+    used by ASGI sessions and by WSGI ones under ``auto_start``.
+    """
     if interface == "asgi":
-        return ASGISessionMiddleware(app, store, settings)
-    return WSGISessionMiddleware(app, store, settings)
+        return ASGISessionMiddleware(app, store, settings, loop_store)
+    return WSGISessionMiddleware(app, store, settings, loop_store)
 
 
 # --- WSGI -------------------------------------------------------------------------
@@ -104,34 +111,115 @@ def session_middleware(app: Any, store: SessionStore, settings: SessionSettings,
 class WSGISessionMiddleware:
     """A WSGI app giving ``app`` a session per request.
 
+    With ``session.auto_start`` the worker's loop also calls ``begin`` before the
+    app (the session is loaded there) and ``end`` after its response (saved
+    there), so the app's thread never waits on the store for them.
+
     Args:
         app: the WSGI app.
         store: the worker's store client (one per process, thread-safe).
         settings: the pool's session settings.
+        loop_store: the store's client on the worker's trio loop, for ``begin``
+            and ``end`` (None: they call ``store`` in a thread).
     """
 
-    def __init__(self, app: Callable, store: SessionStore, settings: SessionSettings) -> None:
+    def __init__(self, app: Callable, store: SessionStore, settings: SessionSettings, loop_store: Any = None) -> None:
         self.app = app
         self.store = store
         self.settings = settings
+        self.loop_store = loop_store
+        #: Whether the worker is to call ``begin`` and ``end`` around each request.
+        self.loop_ends = settings.auto_start
 
-    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
-        session = Session(self.store, self.settings, environ.get("HTTP_COOKIE"))
+    async def begin(self, environ: dict) -> "Preloaded":
+        """On the worker's loop, before the app: make the request's session and load it.
+
+        A store failure or lock timeout is kept, and the app is not called: the
+        request is answered 503.
+
+        Returns:
+            What ``end`` needs.
+        """
+        import trio
+
+        session = Session(self.store, self.settings, environ.get("HTTP_COOKIE"),
+                          run_sync=trio.to_thread.run_sync, loop_store=self.loop_store)
+        preloaded = Preloaded(session)
         environ[SESSION_KEY] = session
         environ[STORE_KEY] = self.store
+        environ[_PRELOADED_KEY] = preloaded
+        try:
+            await session.aload()
+        except (LockTimeout, StoreError) as exc:
+            preloaded.failure = exc
+        return preloaded
+
+    async def end(self, preloaded: "Preloaded", completed: bool) -> tuple[str, list[tuple[str, str]], bytes] | None:
+        """On the worker's loop, after the app: save the session (``completed``), or let it go.
+
+        Returns:
+            None, or the 503 answer to give instead of the app's when the save
+            failed (the worker gives it when none of the app's answer left yet).
+
+        Raises:
+            Exception: a value the session's format cannot hold (as ``save``).
+        """
+        session = preloaded.session
+        if not completed or preloaded.failure is not None:
+            await session.aabort()
+            return None
+        try:
+            await session.asave()
+        except Exception as exc:
+            if not _is_unavailable(exc):
+                raise
+            log.warning("session not saved: %s", exc)
+        if session.unavailable:
+            body = _failure_body(session.failure)
+            return (*_unavailable_head(body), body)
+        return None
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        preloaded: Preloaded | None = environ.pop(_PRELOADED_KEY, None)
+        if preloaded is None:
+            session = Session(self.store, self.settings, environ.get("HTTP_COOKIE"))
+            environ[SESSION_KEY] = session
+            environ[STORE_KEY] = self.store
+        else:
+            session = preloaded.session
         response = _WSGIResponse(start_response, session, self.settings)
+        if preloaded is not None and preloaded.failure is not None:
+            log.warning("session unavailable: %s", preloaded.failure)
+            return response.unavailable(preloaded.failure)
         try:
             result = self.app(environ, response.start_response)
         except Exception as exc:
-            session.abort()
+            if preloaded is None:
+                session.abort()
             if _is_unavailable(exc) and not response.passed:
                 log.warning("session unavailable: %s", exc)
                 return response.unavailable(exc)
             raise
         except BaseException:
-            session.abort()
+            if preloaded is None:
+                session.abort()
             raise
-        return _WSGIBody(result, response, session)
+        return _WSGIBody(result, response, session, saved_by_loop=preloaded is not None)
+
+
+class Preloaded:
+    """A session ``WSGISessionMiddleware.begin`` loaded, for its ``end``.
+
+    Attributes:
+        session: the request's session.
+        failure: the store error or lock timeout of the load, if any (answer 503).
+    """
+
+    __slots__ = ("session", "failure")
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.failure: BaseException | None = None
 
 
 class _WSGIResponse:
@@ -184,12 +272,18 @@ class _WSGIResponse:
 
 
 class _WSGIBody:
-    """The app's response iterable, saving the session when it is exhausted."""
+    """The app's response iterable, saving the session when it is exhausted.
 
-    def __init__(self, result: Iterable[bytes], response: _WSGIResponse, session: Session) -> None:
+    ``saved_by_loop``: the worker's loop saves (or lets go) the session after
+    the response instead (``begin``/``end``); the head is passed on unsaved.
+    """
+
+    def __init__(self, result: Iterable[bytes], response: _WSGIResponse, session: Session, *,
+                 saved_by_loop: bool = False) -> None:
         self.result = result
         self.response = response
         self.session = session
+        self.saved_by_loop = saved_by_loop
 
     def __iter__(self):
         response, session = self.response, self.session
@@ -209,15 +303,22 @@ class _WSGIBody:
                         yield from held
                         held = []
         except Exception as exc:
-            session.abort()
+            if not self.saved_by_loop:
+                session.abort()
             if _is_unavailable(exc) and not response.passed:
                 log.warning("session unavailable: %s", exc)
                 yield from response.unavailable(exc)
                 return
             raise
         except BaseException:
-            session.abort()
+            if not self.saved_by_loop:
+                session.abort()
             raise
+        if self.saved_by_loop:
+            if not response.passed:
+                response.pass_head()
+            yield from held
+            return
         try:
             session.save()
         except Exception as exc:
@@ -240,7 +341,8 @@ class _WSGIBody:
                 close()
         finally:
             # An aborted request (or an unsaved one) must not keep the lock.
-            self.session.abort()
+            if not self.saved_by_loop:
+                self.session.abort()
 
 
 # --- ASGI -------------------------------------------------------------------------
@@ -284,19 +386,22 @@ async def _shielded(fn: Callable[[], Any]) -> None:
 class ASGISessionMiddleware:
     """An ASGI 3 app giving ``app`` a session per HTTP request.
 
-    The app must ``await session.aload()`` before using the session (its store
-    calls run in a thread); saving happens in a thread when the response ends.
+    The app must ``await session.aload()`` before using the session; saving
+    happens when the response ends. Store calls go to ``loop_store`` when given
+    (the worker's trio loop), else to ``store`` in a thread.
 
     Args:
         app: the ASGI app.
         store: the worker's store client.
         settings: the pool's session settings.
+        loop_store: the store's client on the running trio loop, or None.
     """
 
-    def __init__(self, app: Any, store: SessionStore, settings: SessionSettings) -> None:
+    def __init__(self, app: Any, store: SessionStore, settings: SessionSettings, loop_store: Any = None) -> None:
         self.app = app
         self.store = store
         self.settings = settings
+        self.loop_store = loop_store
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope.get("type") != "http":
@@ -306,7 +411,8 @@ class ASGISessionMiddleware:
         for name, value in scope.get("headers") or ():
             if name.lower() == b"cookie":
                 cookie = value.decode("latin-1") if cookie is None else f"{cookie}; {value.decode('latin-1')}"
-        session = Session(self.store, self.settings, cookie, async_mode=True, run_sync=_run_in_thread)
+        session = Session(self.store, self.settings, cookie, async_mode=True, run_sync=_run_in_thread,
+                          loop_store=self.loop_store)
         scope = dict(scope)
         extensions = dict(scope.get("extensions") or {})
         extensions[SESSION_KEY] = session

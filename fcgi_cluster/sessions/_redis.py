@@ -370,6 +370,10 @@ class RedisStore(_RedisLikeStore):
         default = DEFAULT_TIMEOUT if timeout is None else timeout
         self._servers: list[_Server] = []
         self._weights: list[int] = []
+        self._default_timeout = default
+        #: What ``loop_store`` connects to: servers at fixed addresses, without TLS.
+        self._loop_servers = None if isinstance(path, SentinelPath) or any(
+            server.tls for server in path.servers) else tuple(path.servers)
         try:
             if isinstance(path, SentinelPath):
                 self._open_sentinel(path, default, max_connections)
@@ -480,6 +484,18 @@ class RedisStore(_RedisLikeStore):
         key = server.prefix + sid
         with self._errors(server.where):
             server.run(server.touch_release, (key, key + LOCK_SUFFIX), (token, max(1, int(ttl))))
+
+    def loop_store(self, nursery: Any) -> Any:
+        """The same servers' client on the running trio loop (``LoopRedisStore``), or None.
+
+        None behind Sentinel (the master moves; redis-py follows it) and with TLS:
+        sessions then load and save in a thread.
+        """
+        if self._loop_servers is None:
+            return None
+        from ._redis_loop import LoopRedisStore
+
+        return LoopRedisStore(self._loop_servers, self._default_timeout, nursery)
 
     def server_for(self, sid: str) -> str:
         """Which server (``host:port``) holds ``sid``: for logs and tests."""

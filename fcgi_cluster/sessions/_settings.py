@@ -97,6 +97,12 @@ class SessionSettings:
         lock_retry_interval: seconds between tries while waiting.
         on_store_error: ``fail``: the request gets a 503 when the store is down;
             ``proceed``: the app runs with an empty session that is not saved.
+        auto_start: every request's session is loaded before the app runs and
+            saved after its response, by the worker's event loop (PHP's
+            ``session.auto_start``). With Redis the commands of all the
+            process's requests share one pipelined connection and no app thread
+            waits on the store. Off: a session is loaded on first use, from
+            the app's thread (a request that never uses it costs no round trip).
     """
 
     save_handler: str = "files"
@@ -122,6 +128,7 @@ class SessionSettings:
     lock_wait: float = 10 * SECONDS
     lock_retry_interval: float = 0.005 * SECONDS
     on_store_error: str = "fail"
+    auto_start: bool = False
 
 
 def _boolean(value: str) -> bool:
@@ -211,6 +218,7 @@ _PARSERS = {
     "lock_wait": _duration(0.0, allow_zero=True),
     "lock_retry_interval": _duration(0.0005),
     "on_store_error": _choice(ON_STORE_ERROR),
+    "auto_start": _boolean,
 }
 
 

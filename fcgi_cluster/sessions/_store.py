@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 __all__ = ["SessionStore", "StoreError", "LockTimeout", "LockToken"]
 
@@ -142,6 +142,17 @@ class SessionStore(abc.ABC):
             self.release_lock(sid, token)
         except StoreError as exc:
             log.warning("session lock not released: %s", exc)
+
+    def loop_store(self, nursery: Any) -> Any:
+        """This store's client on the running trio loop, or None (the default) when it has none.
+
+        A loop store has the methods a session's load and save call
+        (``lock_and_read``, ``read``, ``write``, ``write_and_release``, ``touch``,
+        ``touch_and_release``, ``release_lock``, ``destroy``, ``gc``) as coroutines;
+        its connections' tasks run in ``nursery``. Without one, sessions loaded
+        on the loop go through a thread.
+        """
+        return None
 
     @abc.abstractmethod
     def close(self) -> None:

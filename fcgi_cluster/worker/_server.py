@@ -187,15 +187,21 @@ async def serve(
     pool: ThreadPool | None = None
     lifespan: Lifespan | None = None
     store: Any = None
+    loop_store: Any = None
     try:
         if config.session is not None:
             # One store client per process, opened before the first request.
-            from ..sessions import open_session_store, session_middleware
+            from ..sessions import open_session_store
 
             store = await trio.to_thread.run_sync(
                 functools.partial(open_session_store, config.session, check=config.session_check))
-            app = session_middleware(app, store, config.session, app_interface(app))
         async with trio.open_nursery() as nursery:
+            if store is not None:
+                from ..sessions import session_middleware
+
+                # Its connections' tasks live in this nursery, which outlasts every request.
+                loop_store = store.loop_store(nursery)
+                app = session_middleware(app, store, config.session, app_interface(app), loop_store)
             if app_interface(app) == "asgi":
                 lifespan = Lifespan(app)
                 await nursery.start(lifespan.run)
@@ -244,6 +250,8 @@ async def serve(
         if pool is not None:
             pool.close()
         features.close()
+        if loop_store is not None:
+            loop_store.close()
         if store is not None:
             store.close()
         await listener.aclose()

@@ -64,6 +64,12 @@ _ERROR_500 = (
 _CHUNK, _DONE, _FAILED, _ABORTED = range(4)
 
 
+def _cgi_head(status: str | None, headers: list[tuple[str, str]]) -> bytes:
+    """The CGI header block of a response (Status line, fields, blank line)."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in headers)
+    return f"Status: {status}\r\n{head}\r\n".encode("latin-1")
+
+
 class _Aborted(Exception):
     """Raised inside the app's thread when the request is aborted."""
 
@@ -131,7 +137,7 @@ class _Call:
     __slots__ = (
         "app", "environ", "errors", "handoff", "status", "headers",
         "headers_sent", "batch", "batch_size", "resume", "aborted", "ctx", "batch_limit",
-        "lock", "batch_since", "delivering",
+        "lock", "batch_since", "delivering", "streamed",
     )
 
     def __init__(self, app: Callable, environ: dict, errors: WSGIErrors, ctx: RequestContext) -> None:
@@ -157,6 +163,8 @@ class _Call:
         #: A batch taken by the thread is on its way to trio: the flusher
         #: waits, or later bytes would overtake it.
         self.delivering = False
+        #: Output left before the end of the response (taken when it ends).
+        self.streamed = False
 
     # --- PEP 3333 callables ------------------------------------------------
 
@@ -205,8 +213,7 @@ class _Call:
         parts = self.batch
         if not self.headers_sent:
             self.headers_sent = True
-            head = "".join(f"{name}: {value}\r\n" for name, value in self.headers)
-            parts.insert(0, f"Status: {self.status}\r\n{head}\r\n".encode("latin-1"))
+            parts.insert(0, _cgi_head(self.status, self.headers))
         self.batch = []
         self.batch_size = 0
         return b"".join(parts)
@@ -276,6 +283,7 @@ class _Call:
                 raise AssertionError("the app returned without calling start_response()")
             with self.lock:
                 self.delivering = True
+                self.streamed = self.headers_sent
                 return (_DONE, self._take_output(), self.errors.take())
         except (_Aborted, BodyAborted):
             self._stop_flushing()
@@ -335,7 +343,8 @@ class WSGIHandler:
 
     Needs no cancel scope per request: it waits only for its app thread
     (``Handoff.receive``, which ``ctx.interrupt`` stops) or, on the loop's
-    thread, for the body (which an abort ends).
+    thread, for the body (which an abort ends); the session's load under
+    ``auto_start`` gets a scope of its own, which ``ctx.interrupt`` cancels.
 
     Args:
         app: the WSGI callable.
@@ -349,6 +358,9 @@ class WSGIHandler:
     def __init__(self, app: Callable, pool: ThreadPool, config: WorkerConfig, extra_environ: dict[str, Any]) -> None:
         self.app = app
         self.pool = pool
+        #: The session middleware when it loads and saves sessions on this
+        #: loop around each request (``session.auto_start``), else None.
+        self.session_ends = app if getattr(app, "loop_ends", False) else None
         #: Sends output that waits too long in an app thread; run ``flusher.run``.
         self.flusher = OutputFlusher()
         self.root_path = config.root_path
@@ -385,6 +397,47 @@ class WSGIHandler:
         if ctx.cancelled:  # aborted before this task first ran (in the same read as the request)
             raise RequestCancelled()
         environ, errors = self.environ(ctx)
+        ends = self.session_ends
+        if ends is None:
+            call, kind, data = await self._run_app(ctx, environ, errors)
+            self._finish(ctx, call, kind, data)
+            return
+        preloaded = None
+        with trio.CancelScope() as loading:
+            ctx.interrupt = lambda _error: loading.cancel()
+            preloaded = await ends.begin(environ)
+        ctx.interrupt = None
+        try:
+            if ctx.cancelled:
+                raise RequestCancelled()
+            call, kind, data = await self._run_app(ctx, environ, errors)
+        except BaseException:
+            if preloaded is not None:
+                with trio.CancelScope(shield=True):
+                    await ends.end(preloaded, False)
+            raise
+        if kind == _ABORTED:
+            with trio.CancelScope(shield=True):
+                await ends.end(preloaded, False)
+        else:
+            try:
+                answer = await ends.end(preloaded, kind == _DONE)
+            except Exception as exc:
+                log.error("WSGI session save failed: %s %s\n%s", environ.get("REQUEST_METHOD"),
+                          environ.get("REQUEST_URI", ""), traceback.format_exc().rstrip())
+                ctx.log(f"fcgi-cluster: session save raised {type(exc).__name__}: {exc}\n".encode("utf-8", "replace"))
+                kind, data = _FAILED, b""
+            else:
+                if answer is not None:
+                    if call.streamed:
+                        kind, data = _FAILED, b""  # the head is out: end it short
+                    else:
+                        status, headers, body = answer
+                        data = _cgi_head(status, headers) + body
+        self._finish(ctx, call, kind, data)
+
+    async def _run_app(self, ctx: RequestContext, environ: dict, errors: WSGIErrors) -> tuple[_Call, int, bytes]:
+        """Call the app (on this thread, or in a pool thread) and take its outcome."""
         call = _Call(self.app, environ, errors, ctx)
         if self.inline:
             whole = await ctx.body.wait_buffered()
@@ -394,8 +447,7 @@ class WSGIHandler:
                 call.batch_limit = math.inf
                 kind, data, stderr = call._run()
                 ctx.log(stderr)
-                self._finish(ctx, call, kind, data)
-                return
+                return call, kind, data
         self.flusher.add(call)
         ctx.interrupt = call.handoff.interrupt
         self.pool.start(call.run)
@@ -426,7 +478,7 @@ class WSGIHandler:
         finally:
             ctx.interrupt = None
             self.flusher.discard(call)
-        self._finish(ctx, call, kind, data)
+        return call, kind, data
 
     @staticmethod
     def _finish(ctx: RequestContext, call: _Call, kind: int, data: bytes) -> None:

@@ -114,9 +114,19 @@ def redis_server(tmp_path_factory):
         yield server
 
 
-def test_twenty_requests_of_one_browser_count_on_both_children(tmp_path, redis_server):
+#: Sessions loaded on first use from the app's thread, or by each child's loop
+#: around every request (its Redis commands pipelined), with app threads or none.
+MODES = {
+    "lazy": (),
+    "auto_start": ("session.auto_start = 1",),
+    "auto_start, threads 0": ("session.auto_start = 1", "threads = 0"),
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_twenty_requests_of_one_browser_count_on_both_children(tmp_path, redis_server, mode):
     port = free_port()
-    path = pool_file(tmp_path, port, f"tcp://{LOOPBACK}:{redis_server.port}?auth={PASSWORD}")
+    path = pool_file(tmp_path, port, f"tcp://{LOOPBACK}:{redis_server.port}?auth={PASSWORD}", *MODES[mode])
     with pool_master(tmp_path, path, port) as master, frontend(tmp_path, port) as http_port:
         kids = children(master.pid)
         jar = http.cookiejar.CookieJar()
@@ -178,7 +188,8 @@ def test_a_bad_save_path_and_a_wrong_password_are_caught_at_start(tmp_path, redi
     assert "authentication failed" in result.stderr and "wrong-password" not in result.stderr
 
 
-def test_a_child_started_while_redis_is_down_serves_503_then_recovers(tmp_path):
+@pytest.mark.parametrize("mode", ["lazy", "auto_start"])
+def test_a_child_started_while_redis_is_down_serves_503_then_recovers(tmp_path, mode):
     """The master checks the store once; children open theirs without a round trip,
     so a child replaced while Redis is down starts (no restart loop) and answers
     503 until Redis is back."""
@@ -190,7 +201,8 @@ def test_a_child_started_while_redis_is_down_serves_503_then_recovers(tmp_path):
     redis_server.start()
     try:
         port = free_port()
-        path = pool_file(tmp_path, port, f"tcp://{LOOPBACK}:{redis_server.port}?auth={PASSWORD}&timeout=1")
+        path = pool_file(tmp_path, port, f"tcp://{LOOPBACK}:{redis_server.port}?auth={PASSWORD}&timeout=1",
+                         *MODES[mode])
         with pool_master(tmp_path, path, port) as master:
             assert trio.run(status, port) == 200
             redis_server.kill()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import sys
 import types
@@ -41,9 +43,24 @@ def with_cookie(uri: str, sid: str | None, **extra: str):
     return params(uri, **extra)
 
 
-async def test_counter_through_wsgi_keeps_counting_with_its_cookie():
+@pytest.fixture(params=["lazy", "auto_start", "auto_start, threads 0"])
+def wsgi(request):
+    """``wsgi(app, store, settings)``: a worker connection serving ``app`` with sessions,
+    loaded on first use from the app's thread (lazy), or by the worker's loop before
+    the app and saved there after it (auto_start), with app threads or on the loop."""
+    auto_start = request.param.startswith("auto_start")
+    config = WorkerConfig(threads=0 if request.param.endswith("threads 0") else 8)
+
+    def start(app, store, settings=SETTINGS):
+        settings = dataclasses.replace(settings, auto_start=auto_start)
+        return serving(WSGISessionMiddleware(app, store, settings), config=config)
+
+    return start
+
+
+async def test_counter_through_wsgi_keeps_counting_with_its_cookie(wsgi):
     store = MemoryStore()
-    async with serving(WSGISessionMiddleware(counter.app, store, SETTINGS)) as web:
+    async with wsgi(counter.app, store, SETTINGS) as web:
         first = await web.request(params("/"))
         cookie = cookie_of(first)
         sid = cookie.split(";")[0].split("=")[1]
@@ -74,20 +91,20 @@ async def test_environ_has_session_and_store_and_untouched_means_no_store_call()
 
 
 @pytest.mark.parametrize("cookie", ["garbage", "x" * 10_000, "\xe4" * 30, "../../../../etc/passwd"])
-async def test_bad_cookies_get_a_new_session_not_an_error(cookie):
+async def test_bad_cookies_get_a_new_session_not_an_error(cookie, wsgi):
     store = MemoryStore()
-    async with serving(WSGISessionMiddleware(counter.app, store, SETTINGS)) as web:
+    async with wsgi(counter.app, store, SETTINGS) as web:
         answer = await web.request(params("/", HTTP_COOKIE=f"PHPSESSID={cookie}"))
     assert answer.status == 200 and json.loads(answer.body)["n"] == 1
     assert cookie_of(answer).startswith("PHPSESSID=")
     assert [name for name, sid in store.calls] == ["write"]
 
 
-async def test_locked_session_gives_503():
+async def test_locked_session_gives_503(wsgi):
     store = MemoryStore()
     store.data[KNOWN] = b'{"n":1}'
     store.locks[KNOWN] = (b"other", float("inf"))
-    async with serving(WSGISessionMiddleware(counter.app, store, SETTINGS)) as web:
+    async with wsgi(counter.app, store, SETTINGS) as web:
         answer = await web.request(with_cookie("/", KNOWN))
     assert answer.status == 503
     assert b"Retry-After: 1" in answer.head
@@ -95,7 +112,7 @@ async def test_locked_session_gives_503():
     assert store.data[KNOWN] == b'{"n":1}'
 
 
-async def test_store_down_gives_503_even_when_the_app_swallows_the_error():
+async def test_store_down_gives_503_even_when_the_app_swallows_the_error(wsgi):
     store = MemoryStore()
     store.down = True
 
@@ -107,38 +124,38 @@ async def test_store_down_gives_503_even_when_the_app_swallows_the_error():
         start_response("200 OK", [])
         return [b"pretending all is well"]
 
-    async with serving(WSGISessionMiddleware(app, store, SETTINGS)) as web:
+    async with wsgi(app, store, SETTINGS) as web:
         plain = await web.request(with_cookie("/", KNOWN))
-    async with serving(WSGISessionMiddleware(counter.app, store, SETTINGS)) as web:
+    async with wsgi(counter.app, store, SETTINGS) as web:
         counted = await web.request(with_cookie("/", KNOWN))
     assert plain.status == 503 and counted.status == 503
     assert b"session store unavailable" in counted.body
 
 
-async def test_store_down_with_proceed_serves_without_a_session():
+async def test_store_down_with_proceed_serves_without_a_session(wsgi):
     store = MemoryStore()
     store.down = True
     settings = SessionSettings(gc_probability=0, on_store_error="proceed")
-    async with serving(WSGISessionMiddleware(counter.app, store, settings)) as web:
+    async with wsgi(counter.app, store, settings) as web:
         answer = await web.request(with_cookie("/", KNOWN))
     assert answer.status == 200 and json.loads(answer.body)["n"] == 1
     assert cookie_of(answer) is None
 
 
-async def test_store_failing_at_save_gives_503_before_the_response_leaves():
+async def test_store_failing_at_save_gives_503_before_the_response_leaves(wsgi):
     class FailingWrites(MemoryStore):
         def write(self, sid, data, ttl):
             raise StoreError("write refused")
 
     store = FailingWrites()
     store.data[KNOWN] = b'{"n":1}'
-    async with serving(WSGISessionMiddleware(counter.app, store, SETTINGS)) as web:
+    async with wsgi(counter.app, store, SETTINGS) as web:
         answer = await web.request(with_cookie("/", KNOWN))
     assert answer.status == 503
     assert not store.locks
 
 
-async def test_app_exception_releases_the_lock_unsaved():
+async def test_app_exception_releases_the_lock_unsaved(wsgi):
     store = MemoryStore()
     store.data[KNOWN] = b'{"n":1}'
 
@@ -146,13 +163,13 @@ async def test_app_exception_releases_the_lock_unsaved():
         environ[SESSION_KEY]["n"] = 99
         raise RuntimeError("boom")
 
-    async with serving(WSGISessionMiddleware(app, store, SETTINGS)) as web:
+    async with wsgi(app, store, SETTINGS) as web:
         answer = await web.request(with_cookie("/", KNOWN))
     assert answer.status == 500
     assert store.data[KNOWN] == b'{"n":1}' and not store.locks
 
 
-async def test_early_save_releases_the_lock_before_the_body_ends():
+async def test_early_save_releases_the_lock_before_the_body_ends(wsgi):
     store = MemoryStore()
     store.data[KNOWN] = b'{"n":1}'
     locked_during_body = []
@@ -169,13 +186,13 @@ async def test_early_save_releases_the_lock_before_the_body_ends():
 
         return body()
 
-    async with serving(WSGISessionMiddleware(app, store, SETTINGS)) as web:
+    async with wsgi(app, store, SETTINGS) as web:
         answer = await web.request(with_cookie("/", KNOWN))
     assert answer.status == 200 and locked_during_body == [False]
     assert store.data[KNOWN] == b'{"n":2}'
 
 
-async def test_streamed_response_past_the_hold_limit_still_saves_and_sets_cookie():
+async def test_streamed_response_past_the_hold_limit_still_saves_and_sets_cookie(wsgi):
     store = MemoryStore()
 
     def app(environ, start_response):
@@ -183,14 +200,14 @@ async def test_streamed_response_past_the_hold_limit_still_saves_and_sets_cookie
         start_response("200 OK", [])
         return (b"y" * 32768 for _ in range(8))
 
-    async with serving(WSGISessionMiddleware(app, store, SETTINGS)) as web:
+    async with wsgi(app, store, SETTINGS) as web:
         answer = await web.request(params("/"))
     sid = cookie_of(answer).split(";")[0].split("=")[1]
     assert len(answer.body) == 8 * 32768
     assert store.data[sid] == b'{"big":true}'
 
 
-async def test_write_callable_sends_the_cookie_first():
+async def test_write_callable_sends_the_cookie_first(wsgi):
     store = MemoryStore()
 
     def app(environ, start_response):
@@ -199,7 +216,7 @@ async def test_write_callable_sends_the_cookie_first():
         write(b"written")
         return [b"+returned"]
 
-    async with serving(WSGISessionMiddleware(app, store, SETTINGS)) as web:
+    async with wsgi(app, store, SETTINGS) as web:
         answer = await web.request(params("/"))
     assert answer.body == b"written+returned" and cookie_of(answer) is not None
     assert list(store.data.values()) == [b'{"w":1}']
@@ -356,3 +373,102 @@ async def test_counter_on_redis_waits_for_a_held_lock_then_counts_on_fresh_data(
         store.release_lock(sid, token)
     finally:
         store.close()
+
+
+# --- auto_start on the loop store ----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def redis_sessions(redis_server, settings: SessionSettings, config: WorkerConfig):
+    """A worker connection serving the counter with sessions in the real Redis, loaded and
+    saved by the loop store; the blocking store refuses the calls the loop makes."""
+    import urllib.parse
+
+    from fcgi_cluster.sessions import open_store
+    from tests.sessions.conftest import REDIS_PASSWORD
+
+    store = open_store("redis", f"tcp://{redis_server.address}?auth={urllib.parse.quote(REDIS_PASSWORD)}")
+
+    def not_from_a_thread(*args, **kwargs):
+        raise AssertionError("a blocking store call for a session the loop loads")
+
+    try:
+        async with trio.open_nursery() as nursery:
+            loop_store = store.loop_store(nursery)
+            app = WSGISessionMiddleware(counter.app, store, settings, loop_store)
+            async with serving(app, config=config) as web:
+                web.store = store
+                for name in ("lock_and_read", "write_and_release", "touch_and_release", "release_lock"):
+                    setattr(store, name, not_from_a_thread)
+                yield web
+            loop_store.close()
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("threads", [8, 0])
+async def test_auto_start_counts_concurrent_requests_of_one_session_on_the_loop(redis_server, threads):
+    sid = "c" * 32
+    settings = SessionSettings(gc_probability=0, lock_wait=10, lock_retry_interval=0.002,
+                               serialize_handler="php", auto_start=True)
+    async with redis_sessions(redis_server, settings, WorkerConfig(threads=threads)) as web:
+        web.store.write(sid, b"n|i:0;", 600)
+        # All 30 on the connection at once, before any answer.
+        rids = [await web.start(with_cookie("/", sid)) for _ in range(30)]
+        answers = [web.answers[rid] for rid in rids]
+        with trio.fail_after(10):
+            for answer in answers:
+                await answer.done.wait()
+        stored = web.store.read(sid)
+    assert {answer.status for answer in answers} == {200}
+    assert sorted(json.loads(answer.body)["n"] for answer in answers) == list(range(1, 31))
+    assert stored == b"n|i:30;"
+    with redis_server.client() as client:
+        assert client.keys("*_LOCK") == []
+
+
+async def test_auto_start_an_aborted_request_stops_waiting_for_the_lock(redis_server):
+    sid = "a" * 32
+    settings = SessionSettings(gc_probability=0, lock_wait=10, lock_retry_interval=0.01,
+                               serialize_handler="php", auto_start=True)
+    async with redis_sessions(redis_server, settings, WorkerConfig(threads=8)) as web:
+        store = web.store
+        store.write(sid, b"n|i:5;", 600)
+        holder = type(store).acquire_lock(store, sid, expire=30, wait=1, retry_interval=0.01)
+        rid = await web.start(with_cookie("/", sid))
+        await trio.sleep(0.2)
+        assert not web.answers[rid].done.is_set()
+        await web.abort(rid)
+        # (The web server's core drops the END_REQUEST of a request it aborted.)
+        with trio.fail_after(2):  # not lock_wait's 10 s
+            while web.worker.requests:
+                await trio.sleep(0.01)
+        type(store).release_lock(store, sid, holder)
+        # The lock is free and the session untouched: the next request counts on.
+        answer = await web.request(with_cookie("/", sid))
+    assert json.loads(answer.body)["n"] == 6
+    with redis_server.client() as client:
+        assert client.keys("*_LOCK") == []
+
+
+async def test_auto_start_loads_before_the_app_and_saves_after_its_response():
+    store = MemoryStore()
+    store.data[KNOWN] = b'{"n":1}'
+    seen = {}
+
+    def app(environ, start_response):
+        session = environ[SESSION_KEY]
+        seen["loaded"] = session.loaded
+        seen["locked"] = KNOWN in store.locks
+        seen["calls"] = store.names()
+        start_response("200 OK", [])
+        return [b"did not touch the session"]
+
+    settings = dataclasses.replace(SETTINGS, auto_start=True)
+    async with serving(WSGISessionMiddleware(app, store, settings)) as web:
+        answer = await web.request(with_cookie("/", KNOWN))
+    assert answer.status == 200
+    assert seen["loaded"] and seen["locked"] and "acquire_lock" in seen["calls"]
+    # Unchanged: touched, and the lock let go, once the response was complete.
+    assert "touch" in store.names()[len(seen["calls"]):] and not store.locks
