@@ -4,14 +4,18 @@ Every request increments a counter in the visitor's session and answers it:
 
 * ``ours``: ``fcgi-cluster frontend`` (no access log) in front of two
   ``fcgi-cluster worker workers.counter:app`` processes with
-  ``--session save_handler=redis``, ``save_path=tcp://...?auth=...&database=1`` and
-  ``serialize_handler=php``; locking on (our default);
+  ``--session save_handler=redis``, ``save_path=tcp://...?auth=...&database=1``,
+  ``serialize_handler=php`` and ``auto_start=1`` (every request's session loaded
+  and saved by the worker's loop, as session.php starts its session); locking on
+  (our default);
+* ``ours (threads 0)``: the same with ``--threads 0`` (the app on each worker's
+  event loop, php-fpm's model), in database 2;
 * ``nginx -> php-fpm``: nginx (no upstream keep-alive; both front doors with one
   process per CPU, as in benchmarks/end_to_end.py) in front of php-fpm (``pm = static``, 4 children) serving tests/e2e/php/session.php
   ``?n=1`` with phpredis sessions in database 0, ``redis.session.locking_enabled=1``
   (tests/sessions/_php_servers.py).
 
-Both stacks share one redis-server started for the run, with ``requirepass``, each in a
+The stacks share one redis-server started for the run, with ``requirepass``, each in a
 database of its own; both use PHP's ``php`` format and the ``PHPSESSID`` cookie.
 
 The load: wrk with a Lua script (``LUA``) in which every wrk thread keeps a cookie jar
@@ -24,7 +28,7 @@ answers that are 200, other answers, requests sent and sessions started.
 
 Figures per run: req/s, p50/p99/p99.9 latency, non-2xx answers, socket errors and CPU
 seconds per 10,000 requests of the stack's own processes (front door and workers, with
-every child; not wrk). Redis serves both stacks and is reported on its own (its CPU
+every child; not wrk). Redis serves every stack and is reported on its own (its CPU
 per 10,000 requests of the stack that loaded it), not added to the stack's figure.
 Stacks interleave within each round (A B A B); the report gives medians.
 
@@ -72,14 +76,17 @@ from tests.sessions._php_servers import (  # noqa: E402
     php_has_redis,
 )
 
-STACKS = ("ours", "nginx -> php-fpm")
+STACKS = ("ours", "ours (threads 0)", "nginx -> php-fpm")
+# Our stacks' worker flags beyond the sessions': the app in threads (the default), or
+# on each process's event loop (php-fpm's model, as the HTTP part's "ours (threads 0)").
+WORKER_FLAGS = {"ours": (), "ours (threads 0)": ("--threads", "0")}
 APP = "workers.counter:app"
 # Our workers: the same pool size as the HTTP part.
 POOL_SIZE = end_to_end.POOL_SIZE
 # The cookie of both stacks: ours defaults to PHP's name.
 COOKIE = "PHPSESSID"
 # Redis databases: one per stack, so each stack's counters are summed apart.
-DATABASES = {"ours": 1, "nginx -> php-fpm": 0}
+DATABASES = {"ours": 1, "ours (threads 0)": 2, "nginx -> php-fpm": 0}
 # Where the data of a session is, in both: phpredis' key prefix.
 KEY_PREFIX = "PHPREDIS_SESSION:"
 # The counter in PHP's ``php`` format: ``n|i:42;``.
@@ -164,9 +171,14 @@ def steps(settings: Settings) -> int:
 # --- the stacks ------------------------------------------------------------------------
 
 
-def start_ours(peers: Peers, redis: RedisProcess, directory: pathlib.Path, max_clients: int) -> Target:
-    """Two counter workers with Redis sessions and our front-end before them."""
-    save_path = f"{redis.save_path}&database={DATABASES['ours']}"
+def start_ours(peers: Peers, redis: RedisProcess, directory: pathlib.Path, max_clients: int,
+               name: str = "ours") -> Target:
+    """Two counter workers with Redis sessions and our front-end before them.
+
+    Sessions start with every request (``session.auto_start``), as session.php's
+    ``session_start()``: the workers' loops load and save them, pipelined.
+    """
+    save_path = f"{redis.save_path}&database={DATABASES[name]}"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     ports, pids = [], []
     for _ in range(POOL_SIZE):
@@ -174,14 +186,14 @@ def start_ours(peers: Peers, redis: RedisProcess, directory: pathlib.Path, max_c
         argv = [*end_to_end.fcgi_cluster_command(), "worker", APP, "--listen", f"{LOOPBACK}:{port}",
                 "--log-level", "warning", "--session", "save_handler=redis",
                 "--session", f"save_path={save_path}", "--session", "serialize_handler=php",
-                "--session", f"name={COOKIE}"]
+                "--session", f"name={COOKIE}", "--session", "auto_start=1", *WORKER_FLAGS[name]]
         process = peers.process(argv, name="fcgi-worker", cwd=ROOT, env=env, ready_port=port)
         ports.append(port)
         pids.append(process.pid)
     port, process = end_to_end.our_front_door(peers, ports, False, directory, max_clients,
                                               end_to_end.FRONT_PROCESSES)
     pid = process.pid
-    return Target(f"http://{LOOPBACK}:{port}/", [pid, *pids], DATABASES["ours"])
+    return Target(f"http://{LOOPBACK}:{port}/", [pid, *pids], DATABASES[name])
 
 
 def start_php(peers: Peers, stack: contextlib.ExitStack, redis: RedisProcess,
@@ -312,8 +324,8 @@ def run(settings: Settings, out: pathlib.Path, progress: Progress) -> dict:
         targets: dict[str, Target] = {}
         for name in STACKS:
             try:
-                if name == "ours":
-                    target = start_ours(peers, redis, directory, max(4096, settings.connections * 2))
+                if name in WORKER_FLAGS:
+                    target = start_ours(peers, redis, directory, max(4096, settings.connections * 2), name)
                 else:
                     target = start_php(peers, stack, redis, directory)
                 check_answer(target)

@@ -57,7 +57,7 @@ def test_bench_quick_writes_results(tmp_path):
     session_part = parts["sessions"]
     unavailable = {stack: state["reason"] for stack, state in session_part["stacks"].items() if not state["available"]}
     assert not unavailable, unavailable
-    assert {row["stack"] for row in session_part["summary"]} == {"ours", "nginx -> php-fpm"}
+    assert {row["stack"] for row in session_part["summary"]} == {"ours", "ours (threads 0)", "nginx -> php-fpm"}
     for row in session_part["summary"]:
         assert row["rps"] > 0 and row["ok"] > 0 and row["cpu_per_10k_s"] > 0, row
     for stack, figures in session_part["checks"].items():
