@@ -55,8 +55,9 @@ from ._store import LockTimeout, LockToken, StoreError
 
 __all__ = ["LoopRedisStore"]
 
-#: Bytes asked of the socket per read: many replies of small sessions at once.
-RECV_SIZE = 256 * 1024
+#: Bytes asked of the socket per read: the replies of many small sessions at once,
+#: and under glibc's mmap threshold, so a read's buffer is a plain allocation.
+RECV_SIZE = 64 * 1024
 
 
 class _Lost(Exception):

@@ -4,7 +4,9 @@ Modelled on PHP's ``SessionHandlerInterface`` (read, write, destroy, gc) plus
 ``updateTimestamp`` (touch) and ``validateId`` (exists), and explicit locking.
 The API is synchronous: WSGI apps call it from their threads; ASGI apps through
 a thread. One store object per worker process, shared by its threads, so every
-backend is thread-safe and keeps its own connection pool.
+backend is thread-safe and keeps its own connection pool. A backend may also
+offer a client on the worker's trio loop (``loop_store``), which sessions loaded
+and saved by the loop use instead (redis: ``_redis_loop.LoopRedisStore``).
 
 A locked request uses the store at its two ends only: ``lock_and_read`` when the
 session is first used, ``write_and_release`` or ``touch_and_release`` when it is

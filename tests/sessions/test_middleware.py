@@ -472,3 +472,32 @@ async def test_auto_start_loads_before_the_app_and_saves_after_its_response():
     assert seen["loaded"] and seen["locked"] and "acquire_lock" in seen["calls"]
     # Unchanged: touched, and the lock let go, once the response was complete.
     assert "touch" in store.names()[len(seen["calls"]):] and not store.locks
+
+
+async def test_asgi_sessions_use_the_loop_store_when_there_is_one(redis_server):
+    import urllib.parse
+
+    from fcgi_cluster.sessions import open_store
+    from tests.sessions.conftest import REDIS_PASSWORD
+
+    store = open_store("redis", f"tcp://{redis_server.address}?auth={urllib.parse.quote(REDIS_PASSWORD)}")
+
+    def not_from_a_thread(*args, **kwargs):
+        raise AssertionError("a blocking store call with a loop store at hand")
+
+    for name in ("lock_and_read", "write", "write_and_release", "touch_and_release", "release_lock"):
+        setattr(store, name, not_from_a_thread)
+    try:
+        async with trio.open_nursery() as nursery:
+            app = ASGISessionMiddleware(asgi_counter, store, SETTINGS, store.loop_store(nursery))
+            async with serving(app, interface="asgi") as web:
+                first = await web.request(params("/"))
+                sid = cookie_of(first).split(";")[0].split("=")[1]
+                second = await web.request(with_cookie("/", sid))
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    assert json.loads(first.body) == {"n": 1} and json.loads(second.body) == {"n": 2}
+    with redis_server.client() as client:
+        assert client.get(f"PHPREDIS_SESSION:{sid}") == b'{"n":2}'
+        assert client.keys("*_LOCK") == []
