@@ -48,6 +48,7 @@ from ._redis import (
     TOUCH_RELEASE_SCRIPT,
     WRITE_RELEASE_SCRIPT,
     _lock_value,
+    _reason,
     pick_server,
 )
 from ._save_path import RedisServer
@@ -221,15 +222,8 @@ class _Pipeline:
 
 
 def _reply_error(where: str, reply: hiredis.ReplyError) -> StoreError:
-    text = str(reply)
-    lowered = text.lower()
-    if lowered.startswith("noauth"):
-        return StoreError(f"redis {where}: authentication required: the server has a password and none was given (auth=...)")
-    if lowered.startswith("wrongpass") or ("invalid" in lowered and "password" in lowered):
-        return StoreError(f"redis {where}: authentication failed: wrong user or password")
-    if lowered.startswith("noperm"):
-        return StoreError(f"redis {where}: permission denied for this user: {text}")
-    return StoreError(f"redis {where}: ResponseError: {text}")
+    # The blocking store's wording (wrong password, ACL, ...): it reads the reply's text.
+    return StoreError(f"redis {where}: {_reason(reply)}")
 
 
 class _LoopServer:

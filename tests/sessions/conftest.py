@@ -36,6 +36,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory):
         yield server
 
 
+@pytest.fixture
+def flushed(redis_server: RedisServer) -> RedisServer:
+    """``redis_server`` emptied for this test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server
+
+
 @pytest.fixture(scope="session")
 def redis_cluster_servers(tmp_path_factory: pytest.TempPathFactory):
     """Three redis-server masters in cluster mode, with a password.

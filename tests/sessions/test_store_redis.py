@@ -25,13 +25,6 @@ AUTH = urllib.parse.quote(REDIS_PASSWORD)
 PHPREDIS_RELEASE_SHA = "b70c2384248f88e6b75b9f89241a180f856ad852"
 
 
-@pytest.fixture
-def flushed(redis_server: RedisServer) -> RedisServer:
-    with redis_server.client() as client:
-        client.flushall()
-    return redis_server
-
-
 def sid() -> str:
     return secrets.token_hex(16)
 

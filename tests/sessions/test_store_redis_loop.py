@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import signal
 import urllib.parse
 
@@ -21,19 +20,9 @@ from fcgi_cluster.sessions import LockTimeout, StoreError, open_store
 from tests._peers import LOOPBACK, free_port
 from tests.sessions._servers import RedisServer
 from tests.sessions.conftest import ACL_PASSWORD, ACL_USER, REDIS_PASSWORD
+from tests.sessions.test_store_redis import sid
 
 AUTH = urllib.parse.quote(REDIS_PASSWORD)
-
-
-@pytest.fixture
-def flushed(redis_server: RedisServer) -> RedisServer:
-    with redis_server.client() as client:
-        client.flushall()
-    return redis_server
-
-
-def sid() -> str:
-    return secrets.token_hex(16)
 
 
 @contextlib.asynccontextmanager
