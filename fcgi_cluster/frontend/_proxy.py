@@ -7,8 +7,9 @@ when a server fails:
 
 * Retried on the next server: a connect error, a connection lost or broken
   before any of the response reached the client, a read timeout, a request
-  the worker refused (OVERLOADED, CANT_MPX_CONN). Each counts against that
-  server's ``max_fails`` (a refusal does not: the worker is alive).
+  the worker refused (OVERLOADED, CANT_MPX_CONN), a server whose connections
+  stayed busy at ``max_conns`` for ``connect_timeout``. Each counts against
+  that server's ``max_fails`` but the last two: the worker is alive.
 * Never retried: anything after response bytes reached the client; a
   non-idempotent method (POST, PATCH, LOCK) once the request may have reached
   the worker (only connect errors are safe), unless
@@ -17,7 +18,8 @@ when a server fails:
 * Bounded by ``tries`` (0: each server once) and ``next_upstream_timeout``.
 
 Answers when nothing could be had: 502 (refused, reset, garbage, nothing
-available) or 504 (timeouts). No traceback or worker detail reaches the
+available), 503 (every connection busy, as HAProxy's queue timeout) or 504
+(timeouts). No traceback or worker detail reaches the
 client; the error log gets the reason, tagged with the worker's address.
 """
 
@@ -33,7 +35,7 @@ import trio
 
 from ..client import ConnectError, ConnectionLost, FastCGIError, RequestRefused, UpstreamProtocolError
 from ..client._response import ResponseStream
-from ._upstream import Upstream
+from ._upstream import ServerBusy, Upstream
 
 __all__ = ["UpstreamFailure", "ProxyResult", "open_upstream_response", "response_headers", "IDEMPOTENT"]
 
@@ -186,6 +188,8 @@ async def open_upstream_response(
             balancer.finished(index)
             if isinstance(exc, RequestRefused):
                 status, reason = 502, f"{server.address} refused the request: {exc}"
+            elif isinstance(exc, ServerBusy):
+                status, reason = 503, str(exc)
             else:
                 balancer.failed(index)
                 server.forget_capabilities()

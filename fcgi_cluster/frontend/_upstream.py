@@ -47,7 +47,7 @@ from .._address import Address, parse_address
 from ..client import ConnectError, Connection, FastCGIError, open_connection
 from ._balancer import Balancer
 
-__all__ = ["Server", "Upstream", "GET_VALUES_TIMEOUT"]
+__all__ = ["Server", "ServerBusy", "Upstream", "GET_VALUES_TIMEOUT"]
 
 log = logging.getLogger("fcgi_cluster.frontend")
 
@@ -70,11 +70,23 @@ AUTO_CONNECTIONS = 2
 MAX_AUTO_CONNECTIONS = 64
 
 
-class _Waiter:
-    __slots__ = ("ready", "conn")
+class ServerBusy(ConnectError):
+    """Every connection of a server at ``max_conns`` stayed busy for ``connect_timeout``.
 
-    def __init__(self) -> None:
-        self.ready = trio.Event()
+    The worker is alive, only full: it is not counted against ``max_fails``
+    (marking it down would turn a busy pool into one that refuses everyone),
+    and the request may go to another server, as after a connect error.
+    """
+
+
+class _Waiter:
+    """A request in line for a connection at ``max_conns``: its parked task and what it gets."""
+
+    __slots__ = ("task", "deadline", "conn")
+
+    def __init__(self, deadline: float) -> None:
+        self.task = trio.lowlevel.current_task()
+        self.deadline = deadline
         self.conn: Connection | None = None
 
 
@@ -115,6 +127,8 @@ class Server:
         self._room = trio.lowlevel.ParkingLot()
         #: Requests waiting, in order, for a connection at ``max_conns``.
         self._queue: deque[_Waiter] = deque()
+        #: ``_expire_waiters`` is running.
+        self._expiring = False
 
     def forget_capabilities(self) -> None:
         """Ask GET_VALUES again on the next new connection (the worker may have changed)."""
@@ -213,17 +227,26 @@ class Server:
             # HAProxy queues at a server's maxconn: a php-fpm child serves
             # one connection until it closes, so a connection beyond its
             # children would wait in its backlog behind ones we keep idle.
-            waiter = _Waiter()
+            # The wait costs no cancel scope: one task per server ends the
+            # waits that reach their deadline (see _expire_waiters).
+            waiter = _Waiter(deadline)
             self._queue.append(waiter)
-            with trio.CancelScope(deadline=deadline):  # move_on_at, without its generator
-                await waiter.ready.wait()
+            if not self._expiring:
+                self._expiring = True
+                self._nursery.start_soon(self._expire_waiters)
+
+            def abort(_: object) -> trio.lowlevel.Abort:
+                # Still parked, so still in line (taking it out wakes it).
+                self._queue.remove(waiter)
+                return trio.lowlevel.Abort.SUCCEEDED
+
+            await trio.lowlevel.wait_task_rescheduled(abort)
             if waiter.conn is not None:
                 return waiter.conn
-            if waiter.ready.is_set():
+            if trio.current_time() < waiter.deadline:
                 continue  # a connection closed: room to open one
-            self._queue.remove(waiter)
-            raise ConnectError(
-                f"cannot reach {self.address}: all {self._max_conns} connections (max_conns) "
+            raise ServerBusy(
+                f"{self.address} is busy: all {self._max_conns} connections (max_conns) "
                 f"stayed busy for {self._connect_timeout:g} s"
             )
 
@@ -251,12 +274,35 @@ class Server:
                 # First in line gets it, before any newcomer can.
                 waiter = self._queue.popleft()
                 waiter.conn = conn
-                waiter.ready.set()
+                self._wake(waiter)
                 return
             if len(self._idle) < self._keepalive:
                 self._idle.append(conn)
                 return
         conn.close()
+
+    @staticmethod
+    def _wake(waiter: _Waiter) -> None:
+        """Wake a waiter taken out of the line: with a connection, with room to open one, or at its deadline."""
+        trio.lowlevel.reschedule(waiter.task)
+
+    async def _expire_waiters(self) -> None:
+        """Wake each waiter in line at its deadline (it then fails); runs while the line is not empty.
+
+        The line is in arrival order and every wait has the same timeout, so
+        its head has the earliest deadline: this task sleeps once per
+        ``connect_timeout`` or so, not once per waiter.
+        """
+        try:
+            while self._queue:
+                now = trio.current_time()
+                head = self._queue[0]
+                if now >= head.deadline:
+                    self._wake(self._queue.popleft())
+                else:
+                    await trio.sleep_until(head.deadline)
+        finally:
+            self._expiring = False
 
     async def _open(self, learn: bool = False) -> Connection:
         self._opening += 1
@@ -287,7 +333,7 @@ class Server:
                     if conn in self._idle:
                         self._idle.remove(conn)
                     if self._queue:
-                        self._queue.popleft().ready.set()  # room to open another
+                        self._wake(self._queue.popleft())  # room to open another
         finally:
             if learning is not None:  # the connection failed before learning ended
                 self._learning = None

@@ -20,6 +20,7 @@ _BEGIN_BODY = struct.Struct("!HB5x")
 _END_BODY = struct.Struct("!IB3x")
 _UNKNOWN_TYPE_BODY = struct.Struct("!B7x")
 _LONG_LENGTH = struct.Struct("!I")
+_unpack_long = _LONG_LENGTH.unpack_from
 
 _PADDING = [bytes(n) for n in range(8)]
 _pack_header = HEADER.pack
@@ -102,20 +103,25 @@ def _encode_length(n: int) -> bytes:
     return _LONG_LENGTH.pack(n | 0x80000000)
 
 
+#: The two length bytes of a pair whose name and value are both shorter than
+#: 128 bytes (nearly every CGI param), by name length then value length.
+_SHORT_LENGTHS = [[bytes((n, v)) for v in range(0x80)] for n in range(0x80)]
+
+
 def encode_pairs(pairs: Iterable[tuple[bytes, bytes]]) -> bytes:
     """Name-value pairs: 1-byte lengths below 128, 4-byte lengths (top bit set) above."""
-    out = bytearray()
+    parts: list[bytes] = []
+    append = parts.append
     for name, value in pairs:
         nlen, vlen = len(name), len(value)
         if nlen < 0x80 and vlen < 0x80:
-            out.append(nlen)
-            out.append(vlen)
+            append(_SHORT_LENGTHS[nlen][vlen])
         else:
-            out += _encode_length(nlen)
-            out += _encode_length(vlen)
-        out += name
-        out += value
-    return bytes(out)
+            append(_encode_length(nlen))
+            append(_encode_length(vlen))
+        append(name)
+        append(value)
+    return b"".join(parts)
 
 
 def as_bytes(text: str | bytes) -> bytes:
@@ -142,28 +148,36 @@ def decode_pairs(data: bytes | bytearray | memoryview) -> dict[bytes, bytes]:
     result: dict[bytes, bytes] = {}
     pos = 0
     end = len(data)
-    while pos < end:
-        nlen = data[pos]
-        if nlen & 0x80:
-            if pos + 4 > end:
-                raise RemoteProtocolError("name-value pair truncated in a name length")
-            nlen = int.from_bytes(data[pos : pos + 4], "big") & 0x7FFFFFFF
-            pos += 4
-        else:
-            pos += 1
-        if pos >= end:
-            raise RemoteProtocolError("name-value pair truncated before its value length")
-        vlen = data[pos]
-        if vlen & 0x80:
-            if pos + 4 > end:
-                raise RemoteProtocolError("name-value pair truncated in a value length")
-            vlen = int.from_bytes(data[pos : pos + 4], "big") & 0x7FFFFFFF
-            pos += 4
-        else:
-            pos += 1
-        stop = pos + nlen + vlen
-        if stop > end:
-            raise RemoteProtocolError("name-value pair runs past the end of its stream")
-        result[data[pos : pos + nlen]] = data[pos + nlen : stop]
-        pos = stop
+    try:
+        while pos < end:
+            nlen = data[pos]
+            vlen = data[pos + 1]  # IndexError: a name length with nothing after it
+            if (nlen | vlen) < 0x80:  # two 1-byte lengths: nearly every pair
+                pos += 2
+            else:
+                if nlen & 0x80:
+                    if pos + 4 > end:
+                        raise RemoteProtocolError("name-value pair truncated in a name length")
+                    nlen = _unpack_long(data, pos)[0] & 0x7FFFFFFF
+                    pos += 4
+                else:
+                    pos += 1
+                if pos >= end:
+                    raise RemoteProtocolError("name-value pair truncated before its value length")
+                vlen = data[pos]
+                if vlen & 0x80:
+                    if pos + 4 > end:
+                        raise RemoteProtocolError("name-value pair truncated in a value length")
+                    vlen = _unpack_long(data, pos)[0] & 0x7FFFFFFF
+                    pos += 4
+                else:
+                    pos += 1
+            mid = pos + nlen
+            stop = mid + vlen
+            if stop > end:
+                raise RemoteProtocolError("name-value pair runs past the end of its stream")
+            result[data[pos:mid]] = data[mid:stop]
+            pos = stop
+    except IndexError:
+        raise RemoteProtocolError("name-value pair truncated before its value length") from None
     return result

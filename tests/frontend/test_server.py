@@ -235,6 +235,64 @@ async def test_a_burst_past_fcgi_max_reqs_opens_few_connections_and_closes_the_e
         assert upstream.connection_count <= 2
 
 
+async def test_max_conns_queues_in_order_and_gives_up_after_connect_timeout() -> None:
+    # One request per connection and one connection: requests wait in line for
+    # it and get it in arrival order; one still waiting after connect_timeout
+    # gets a 503 (long before the connection comes back). A busy server is not
+    # a failed one: the next request is served, not refused for fail_timeout.
+    async with workers(echo) as addresses, frontend(
+        upstream_config(addresses, upstream='multiplex = "off"\nconnect_timeout = "0.4s"')
+        .replace(f'"{addresses[0]}"', f'{{ address = "{addresses[0]}", max_conns = 1 }}')
+    ) as (port, server):
+        upstream = server.upstreams["app"].servers[0]
+        answers: dict[str, tuple[int, float]] = {}
+        began = trio.current_time()
+
+        async def one(name: str, target: str) -> None:
+            response = await get(port, target)
+            answers[name] = (response.status, trio.current_time() - began)
+            if response.status == 200:
+                assert echo_json(response)["environ"]["PATH_INFO"] == target.partition("?")[0]
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(one, "first", "/first?sleep_ms=300")
+                await trio.sleep(0.1)
+                nursery.start_soon(one, "second", "/second?sleep_ms=500")
+                await trio.sleep(0.1)
+                nursery.start_soon(one, "third", "/third")
+        after = await get(port, "/after")
+        assert upstream.connection_count == 1
+    assert answers["first"][0] == answers["second"][0] == 200
+    # second waited 0.2 s for the connection, then ran 0.5 s.
+    assert answers["second"][1] >= 0.75
+    # third waited behind both: past its 0.4 s, while second still ran.
+    assert answers["third"][0] == 503
+    assert 0.45 <= answers["third"][1] < answers["second"][1]
+    assert echo_json(after)["environ"]["PATH_INFO"] == "/after"
+
+
+async def test_waiters_in_line_for_a_connection_leave_it_when_cancelled() -> None:
+    # The front-end shuts down (its tasks are cancelled) while requests wait
+    # in line: each leaves the line, and nothing is left waiting.
+    async with workers(echo) as addresses:
+        config = upstream_config(addresses, upstream='multiplex = "off"').replace(
+            f'"{addresses[0]}"', f'{{ address = "{addresses[0]}", max_conns = 1 }}'
+        )
+        async with frontend(config) as (port, server):
+            upstream = server.upstreams["app"].servers[0]
+            async with trio.open_nursery() as nursery:
+                for i in range(3):
+                    nursery.start_soon(get, port, f"/q{i}?sleep_ms=2000")
+                with trio.fail_after(5):
+                    while len(upstream._queue) < 2:
+                        await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+            # The clients hung up; the front-end's own tasks are cancelled as
+            # it stops, and the line empties.
+        assert len(upstream._queue) == 0
+
+
 async def test_max_connections_holds_new_clients_until_one_leaves() -> None:
     async with workers(echo) as addresses, frontend(
         upstream_config(addresses, frontend="max_connections = 2")
