@@ -116,3 +116,41 @@ async def test_a_burst_of_short_jobs_runs_on_one_thread() -> None:
         nursery.cancel_scope.cancel()
     pool.close()
     assert len(done) == 300 and pool.threads == 1
+
+
+async def test_results_a_thread_hands_over_together_wake_the_loop_once_and_arrive_in_order() -> None:
+    from fcgi_cluster.worker._threads import Handoff, _Deliveries
+
+    deliveries = _Deliveries.current()
+    token = deliveries._token
+    calls = []
+
+    class CountingToken:
+        def run_sync_soon(self, fn, *args):
+            calls.append(fn)
+            token.run_sync_soon(fn, *args)
+
+    deliveries._token = CountingToken()  # type: ignore[assignment]
+    try:
+        handoffs = [Handoff() for _ in range(50)]
+        received: list[tuple[int, int]] = []
+
+        async def receive(index: int) -> None:
+            received.append((index, await handoffs[index].receive()))
+
+        def deliver_all() -> None:
+            # One thread's turn: every result before the loop runs again.
+            for index, handoff in enumerate(handoffs):
+                handoff.deliver(index * 10)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(50):
+                nursery.start_soon(receive, index)
+            await trio.testing.wait_all_tasks_blocked()
+            await trio.to_thread.run_sync(deliver_all)
+    finally:
+        deliveries._token = token  # type: ignore[assignment]
+    assert sorted(received) == [(index, index * 10) for index in range(50)]
+    # The loop could not run the first flush while the thread held on:
+    # far fewer wake-ups than values (one when nothing interleaves).
+    assert 1 <= len(calls) < 10
