@@ -15,6 +15,7 @@ keeps serving other connections.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Awaitable, Callable
 
 import trio
@@ -172,6 +173,11 @@ class WorkerConnection:
         self._seen_request = False
         self._read_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
+        # A socket is read and written through its descriptor directly: a
+        # trio stream's receive and send each add a trip through the scheduler
+        # (a checkpoint after an operation that did not block). Other streams
+        # (in-memory ones in tests) go through the stream.
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
 
     async def run(self) -> None:
         """Serve until the peer closes, breaks the protocol, or a drain completes."""
@@ -218,11 +224,15 @@ class WorkerConnection:
         core = self.core
         stream = self.stream
         requests = self.requests
+        fd = self._fd
         while True:
-            try:
-                data = await stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+            if fd >= 0:
+                data = await _receive_fd(fd)
+            else:
+                try:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
             core.receive_data(data)
             while True:
                 try:
@@ -312,6 +322,7 @@ class WorkerConnection:
 
     async def _write_loop(self) -> None:
         stream = self.stream
+        fd = self._fd
         while True:
             while not self._out:
                 if self._closing and not self.requests:
@@ -321,8 +332,36 @@ class WorkerConnection:
             self._out = bytearray()
             if self._space_lot:
                 self._space_lot.unpark_all()
+            if fd >= 0:
+                # The socket buffer nearly always takes the whole batch; only
+                # what it leaves waits, through trio, for room.
+                try:
+                    written = os.write(fd, data)
+                except BlockingIOError:
+                    written = 0
+                except OSError:
+                    self._abandon()
+                    return
+                if written == len(data):
+                    continue
+                del data[:written]
             try:
                 await stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._abandon()
                 return
+
+
+async def _receive_fd(fd: int) -> bytes:
+    """The next bytes from a socket descriptor; b"" at EOF, a reset, or a close by another task."""
+    while True:
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        except (trio.ClosedResourceError, OSError):
+            return b""
+        try:
+            return os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            continue  # a wakeup with nothing to read: wait on
+        except OSError:
+            return b""
