@@ -191,7 +191,13 @@ class WorkerConnection:
         finally:
             for ctx in self.requests.values():
                 ctx.body.abort()
-            await trio.aclose_forcefully(self.stream)
+            if self._fd >= 0:
+                # Every task that used the socket has ended: closed at once,
+                # without aclose's cancel scopes and checkpoint (a connection
+                # per request is how nginx talks FastCGI unless told otherwise).
+                self.stream.socket.close()
+            else:
+                await trio.aclose_forcefully(self.stream)
 
     def encode(self, event: object) -> bytes:
         """The bytes for a response event; nothing once the connection is broken.

@@ -109,7 +109,7 @@ class _Server:
         peer = ""
         if stream.socket.family in (socket.AF_INET, socket.AF_INET6):
             try:
-                stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # (trio's SocketStream has set TCP_NODELAY already.)
                 host, port = stream.socket.getpeername()[:2]
             except OSError:  # reset before we got here
                 host, port = "", 0
