@@ -79,6 +79,21 @@ def _is_stale_socket(path: str) -> bool:
     return False
 
 
+#: Connections taken from the listening socket per wake-up, at most: a burst
+#: is taken in a few, and the other tasks get their turn between them.
+ACCEPT_BATCH = 32
+
+#: accept() errors that concern the one connection being accepted (it went away
+#: first), not the listener: as trio's own ``SocketListener`` skips them.
+_PEER_ACCEPT_ERRORS = frozenset(
+    getattr(errno, name) for name in (
+        "EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+        "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET",
+    ) if hasattr(errno, name)
+)
+
+
 class _Server:
     """The connections of one worker, so that a stop can drain them."""
 
@@ -91,19 +106,41 @@ class _Server:
         #: Set once draining and every connection has closed.
         self.idle = trio.Event()
 
-    async def accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        """Accept connections into ``nursery``, at most ``max_conns`` at once."""
+    async def accept_loop(self, sock: socket.socket, nursery: trio.Nursery) -> None:
+        """Accept connections on ``sock`` into ``nursery``, at most ``max_conns`` at once.
+
+        The listening socket is read directly, every connection already
+        waiting in one wake-up: trio's ``accept`` ends each call with a trip
+        through the scheduler, and a connection per request is how nginx
+        speaks FastCGI unless told to keep them.
+
+        Raises:
+            trio.ClosedResourceError: the listener was closed (a stop).
+            OSError: accepting failed for a reason other than one connection's.
+        """
         # A semaphore, not a CapacityLimiter: acquired here, released by the
         # connection's own task.
         slots = trio.Semaphore(self.config.max_conns)
         while True:
-            await slots.acquire()
-            try:
-                stream = await listener.accept()
-            except BaseException:
-                slots.release()
-                raise
-            nursery.start_soon(self._handle, stream, slots)
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(ACCEPT_BATCH):
+                if slots.value == 0:
+                    await slots.acquire()  # at max_conns: wait for a connection to end
+                else:
+                    slots.acquire_nowait()
+                try:
+                    conn, _ = sock.accept()
+                except BlockingIOError:
+                    slots.release()
+                    break
+                except OSError as exc:
+                    slots.release()
+                    if exc.errno == errno.EBADF or sock.fileno() < 0:
+                        raise trio.ClosedResourceError("the listener was closed") from None
+                    if exc.errno in _PEER_ACCEPT_ERRORS:
+                        continue
+                    raise
+                nursery.start_soon(self._handle, trio.SocketStream(trio.socket.from_stdlib_socket(conn)), slots)
 
     async def _handle(self, stream: trio.SocketStream, slots: trio.Semaphore) -> None:
         peer = ""
@@ -224,7 +261,7 @@ async def serve(
                 async def accept() -> None:
                     with accepting:
                         try:
-                            await server.accept_loop(listener, connections)
+                            await server.accept_loop(sock, connections)
                         except trio.ClosedResourceError:
                             # The stop closed the listener before this task
                             # saw its cancellation: that is the stop, not a failure.
