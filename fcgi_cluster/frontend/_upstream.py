@@ -82,12 +82,15 @@ class ServerBusy(ConnectError):
 class _Waiter:
     """A request in line for a connection at ``max_conns``: its parked task and what it gets."""
 
-    __slots__ = ("task", "deadline", "conn")
+    __slots__ = ("task", "deadline", "conn", "expired")
 
     def __init__(self, deadline: float) -> None:
         self.task = trio.lowlevel.current_task()
         self.deadline = deadline
+        #: Handed over by ``release``.
         self.conn: Connection | None = None
+        #: Woken at its deadline; otherwise, without a connection, there is room to open one.
+        self.expired = False
 
 
 class Server:
@@ -243,7 +246,7 @@ class Server:
             await trio.lowlevel.wait_task_rescheduled(abort)
             if waiter.conn is not None:
                 return waiter.conn
-            if trio.current_time() < waiter.deadline:
+            if not waiter.expired:
                 continue  # a connection closed: room to open one
             raise ServerBusy(
                 f"{self.address} is busy: all {self._max_conns} connections (max_conns) "
@@ -298,6 +301,7 @@ class Server:
                 now = trio.current_time()
                 head = self._queue[0]
                 if now >= head.deadline:
+                    head.expired = True
                     self._wake(self._queue.popleft())
                 else:
                     await trio.sleep_until(head.deadline)

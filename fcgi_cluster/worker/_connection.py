@@ -3,7 +3,7 @@
 The reader task feeds the sans-IO ``ServerConnection`` and starts one task per
 request; each request writes its records into a shared output buffer that one
 writer task sends. Records of several requests finished in the same moment go
-out in one ``send_all`` (batching), and a request waits when the buffer is over
+out in one write (batching), and a request waits when the buffer is over
 its limit (backpressure).
 
 Resource handling: the stream is closed when ``run`` returns. Error handling: a
