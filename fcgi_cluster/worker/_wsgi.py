@@ -483,10 +483,7 @@ class WSGIHandler:
     @staticmethod
     def _finish(ctx: RequestContext, call: _Call, kind: int, data: bytes) -> None:
         if kind == _DONE:
-            ctx.send_nowait(data)
-            ctx.end(0)
+            ctx.end(0, data)
         elif kind == _FAILED:
-            if not call.headers_sent:
-                ctx.send_nowait(_ERROR_500)
-            ctx.end(1)
+            ctx.end(1, b"" if call.headers_sent else _ERROR_500)
         # _ABORTED: the connection ends the request.
