@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import trio
 
+from .._accept import accept_loop
 from ..client import FastCGIError
 from ..client._response import ResponseStream
 from ..protocol._records import encode_params
@@ -143,7 +144,7 @@ class _Deadlines:
 class FrontendServer:
     """Everything one front-end process serves: its routes and upstream pools.
 
-    Made from a ``ClusterConfig``; ``serve`` runs it on listeners.
+    Made from a ``ClusterConfig``; ``serve`` runs it on listening sockets.
     """
 
     def __init__(self, config: object, nursery: trio.Nursery) -> None:
@@ -184,19 +185,20 @@ class FrontendServer:
     # --- accepting ----------------------------------------------------------
 
     async def serve(
-        self, listeners: Sequence[trio.SocketListener], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, sockets: Sequence[socket.socket], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Accept clients on every listener until cancelled."""
+        """Accept clients on every listening socket until cancelled."""
         async with trio.open_nursery() as connections:
             with self._accepting:
                 async with trio.open_nursery() as acceptors:
-                    for listener in listeners:
-                        acceptors.start_soon(self._accept_loop, listener, connections)
+                    for sock in sockets:
+                        acceptors.start_soon(self._accept_loop, sock, connections)
                     task_status.started()
             # Accepting has stopped: close the sockets so new clients are
             # refused rather than left in a backlog nobody reads.
-            for listener in listeners:
-                await listener.aclose()
+            for sock in sockets:
+                trio.lowlevel.notify_closing(sock)
+                sock.close()
             await trio.sleep_forever()
 
     def stop_accepting(self) -> None:
@@ -216,19 +218,11 @@ class FrontendServer:
         if not self.active_requests:
             self._idle_lot.unpark_all()
 
-    async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
-        sock = listener.socket
+    async def _accept_loop(self, sock: socket.socket, nursery: trio.Nursery) -> None:
         local = sock.getsockname()
-        while True:
-            # At max_connections, stop accepting: new clients wait in the
-            # kernel's backlog instead of costing memory here.
-            await self.connections.acquire()
-            try:
-                stream = await listener.accept()
-            except BaseException:
-                self.connections.release()
-                raise
-            nursery.start_soon(self._connection_task, stream, local)
+        # At max_connections, stop accepting: new clients wait in the
+        # kernel's backlog instead of costing memory here.
+        await accept_loop(sock, self.connections, lambda stream: nursery.start_soon(self._connection_task, stream, local))
 
     async def _connection_task(self, stream: trio.SocketStream, local: tuple) -> None:
         try:
@@ -943,9 +937,8 @@ async def serve_frontend(
         for upstream in server.upstreams.values():
             if upstream.config.health_check is not None:  # type: ignore[attr-defined]
                 nursery.start_soon(run_health_checks, upstream)
-        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
         try:
-            await nursery.start(server.serve, listeners)
+            await nursery.start(server.serve, sockets)
             task_status.started(server)
             await trio.sleep_forever()
         finally:

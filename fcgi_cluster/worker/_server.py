@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from .._accept import accept_loop
 from .._address import Address, bound_address, parse_address
 from .._limits import raise_open_file_limit
 from ._app import app_interface
@@ -79,21 +80,6 @@ def _is_stale_socket(path: str) -> bool:
     return False
 
 
-#: Connections taken from the listening socket per wake-up, at most: a burst
-#: is taken in a few, and the other tasks get their turn between them.
-ACCEPT_BATCH = 32
-
-#: accept() errors that concern the one connection being accepted (it went away
-#: first), not the listener: as trio's own ``SocketListener`` skips them.
-_PEER_ACCEPT_ERRORS = frozenset(
-    getattr(errno, name) for name in (
-        "EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
-        "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT",
-        "EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET",
-    ) if hasattr(errno, name)
-)
-
-
 class _Server:
     """The connections of one worker, so that a stop can drain them."""
 
@@ -109,38 +95,13 @@ class _Server:
     async def accept_loop(self, sock: socket.socket, nursery: trio.Nursery) -> None:
         """Accept connections on ``sock`` into ``nursery``, at most ``max_conns`` at once.
 
-        The listening socket is read directly, every connection already
-        waiting in one wake-up: trio's ``accept`` ends each call with a trip
-        through the scheduler, and a connection per request is how nginx
-        speaks FastCGI unless told to keep them.
-
         Raises:
             trio.ClosedResourceError: the listener was closed (a stop).
-            OSError: accepting failed for a reason other than one connection's.
         """
         # A semaphore, not a CapacityLimiter: acquired here, released by the
         # connection's own task.
         slots = trio.Semaphore(self.config.max_conns)
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            for _ in range(ACCEPT_BATCH):
-                if slots.value == 0:
-                    await slots.acquire()  # at max_conns: wait for a connection to end
-                else:
-                    slots.acquire_nowait()
-                try:
-                    conn, _ = sock.accept()
-                except BlockingIOError:
-                    slots.release()
-                    break
-                except OSError as exc:
-                    slots.release()
-                    if exc.errno == errno.EBADF or sock.fileno() < 0:
-                        raise trio.ClosedResourceError("the listener was closed") from None
-                    if exc.errno in _PEER_ACCEPT_ERRORS:
-                        continue
-                    raise
-                nursery.start_soon(self._handle, trio.SocketStream(trio.socket.from_stdlib_socket(conn)), slots)
+        await accept_loop(sock, slots, lambda stream: nursery.start_soon(self._handle, stream, slots))
 
     async def _handle(self, stream: trio.SocketStream, slots: trio.Semaphore) -> None:
         peer = ""
