@@ -18,7 +18,7 @@ import pytest
 
 from tests._peers import REPO_ROOT, flup_responder, free_port, python_executable, run_process
 
-from ._worker import worker_process
+from ._worker import LOW_NOFILE, run_out_of_descriptors, worker_process
 
 
 def frontend_argv(*args: str) -> list[str]:
@@ -234,28 +234,15 @@ def test_out_of_file_descriptors_pauses_accepting_and_the_front_end_serves_on(tm
     # A hard limit the front-end cannot raise, and more idle clients than it
     # allows: accept() fails with EMFILE. It logs that, pauses accepting and
     # serves on once descriptors are free, instead of ending.
-    import socket
-
     with worker_process() as (worker_port, _):
         port = free_port()
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        argv = ["prlimit", "--nofile=48:48", *frontend_argv(
+        argv = ["prlimit", f"--nofile={LOW_NOFILE}:{LOW_NOFILE}", *frontend_argv(
             "--listen", f"127.0.0.1:{port}", "--access-log", "off", "--upstream", f"127.0.0.1:{worker_port}")]
         log_path = tmp_path / "frontend.log"
         with run_process(argv, cwd=REPO_ROOT, env=env, ready_port=port, name="fcgi-frontend",
                          log_path=log_path) as process:
-            held = []
-            try:
-                for _ in range(60):
-                    held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-                deadline = time.monotonic() + 10
-                while "cannot accept connections" not in log_path.read_text() and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                assert "Too many open files" in log_path.read_text()
-                assert process.poll() is None
-            finally:
-                for sock in held:
-                    sock.close()
+            run_out_of_descriptors(port, log_path, process)
             status, _, body = http_get(port, "/after")
             assert status == 200
             assert json.loads(body)["environ"]["PATH_INFO"] == "/after"

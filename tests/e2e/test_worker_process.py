@@ -16,7 +16,7 @@ import pytest
 from fcgi_cluster.protocol import NEED_DATA, ClientConnection, EndRequest, Request, Stdin, Stdout
 from tests._peers import LOOPBACK, REPO_ROOT, free_port, python_executable, run_process
 
-from ._worker import worker_argv, worker_process
+from ._worker import LOW_NOFILE, run_out_of_descriptors, worker_argv, worker_process
 
 pytestmark = pytest.mark.e2e
 
@@ -163,20 +163,9 @@ def test_out_of_file_descriptors_pauses_accepting_and_the_worker_serves_on(tmp_p
     # and serves on once descriptors are free, instead of ending.
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    argv = ["prlimit", "--nofile=48:48", *worker_argv("workers.echo:app", f"127.0.0.1:{port}")]
+    argv = ["prlimit", f"--nofile={LOW_NOFILE}:{LOW_NOFILE}", *worker_argv("workers.echo:app", f"127.0.0.1:{port}")]
     log_path = tmp_path / "worker.log"
     with run_process(argv, cwd=REPO_ROOT, env=env, ready_port=port, name="fcgi-worker", log_path=log_path) as process:
-        held = []
-        try:
-            for _ in range(60):
-                held.append(socket.create_connection((LOOPBACK, port), timeout=5))
-            deadline = time.monotonic() + 10
-            while "cannot accept connections" not in log_path.read_text() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert "Too many open files" in log_path.read_text()
-            assert process.poll() is None
-        finally:
-            for sock in held:
-                sock.close()
+        run_out_of_descriptors(port, log_path, process)
         assert json.loads(roundtrip(port).split(b"\r\n\r\n", 1)[1])["environ"]["QUERY_STRING"] == "x=1"
         assert process.poll() is None
