@@ -309,15 +309,24 @@ class Server:
             self._expiring = False
 
     async def _open(self, learn: bool = False) -> Connection:
+        # Counted in _opening until it is in _live (or failed), never in both:
+        # requests that run between the two would see one connection as two
+        # and open too few.
         self._opening += 1
+        pending = [True]
         try:
-            conn: Connection = await self._nursery.start(self._hold, learn)
+            conn: Connection = await self._nursery.start(self._hold, learn, pending)
         finally:
-            self._opening -= 1
+            self._opened(pending)
             self._room.unpark_all()
         return conn
 
-    async def _hold(self, learn: bool, *, task_status: trio.TaskStatus[Connection]) -> None:
+    def _opened(self, pending: list[bool]) -> None:
+        if pending[0]:
+            pending[0] = False
+            self._opening -= 1
+
+    async def _hold(self, learn: bool, pending: list[bool], *, task_status: trio.TaskStatus[Connection]) -> None:
         learning = self._learning if learn else None
         try:
             async with open_connection(
@@ -328,6 +337,7 @@ class Server:
                     self._learning = None
                     learning.set()
                     learning = None
+                self._opened(pending)
                 self._live.append(conn)
                 try:
                     task_status.started(conn)
@@ -339,6 +349,7 @@ class Server:
                     if self._queue:
                         self._wake(self._queue.popleft())  # room to open another
         finally:
+            self._opened(pending)
             if learning is not None:  # the connection failed before learning ended
                 self._learning = None
                 learning.set()
