@@ -138,6 +138,16 @@ def encode_params(params: Mapping[str | bytes, str | bytes]) -> bytes:
         return encode_pairs((as_bytes(k), as_bytes(v)) for k, v in params.items())
 
 
+def _read_length(data: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
+    """A pair's name or value length at ``pos`` (1 byte, or 4 with the top bit set), and the position after it."""
+    length = data[pos]
+    if not length & 0x80:
+        return length, pos + 1
+    if pos + 4 > end:
+        raise RemoteProtocolError(f"name-value pair truncated in a {what} length")
+    return _unpack_long(data, pos)[0] & 0x7FFFFFFF, pos + 4
+
+
 def decode_pairs(data: bytes | bytearray | memoryview) -> dict[bytes, bytes]:
     """Parse a complete block of name-value pairs (a whole PARAMS stream).
 
@@ -155,23 +165,10 @@ def decode_pairs(data: bytes | bytearray | memoryview) -> dict[bytes, bytes]:
             if (nlen | vlen) < 0x80:  # two 1-byte lengths: nearly every pair
                 pos += 2
             else:
-                if nlen & 0x80:
-                    if pos + 4 > end:
-                        raise RemoteProtocolError("name-value pair truncated in a name length")
-                    nlen = _unpack_long(data, pos)[0] & 0x7FFFFFFF
-                    pos += 4
-                else:
-                    pos += 1
+                nlen, pos = _read_length(data, pos, end, "name")
                 if pos >= end:
                     raise RemoteProtocolError("name-value pair truncated before its value length")
-                vlen = data[pos]
-                if vlen & 0x80:
-                    if pos + 4 > end:
-                        raise RemoteProtocolError("name-value pair truncated in a value length")
-                    vlen = _unpack_long(data, pos)[0] & 0x7FFFFFFF
-                    pos += 4
-                else:
-                    pos += 1
+                vlen, pos = _read_length(data, pos, end, "value")
             mid = pos + nlen
             stop = mid + vlen
             if stop > end:

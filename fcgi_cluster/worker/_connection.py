@@ -97,12 +97,16 @@ class RequestContext:
         elif self.interrupt is not None:
             self.interrupt(RequestCancelled())
 
+    def _stdout(self, data: bytes) -> bytes:
+        """The STDOUT records for response bytes; the first ones set ``status``."""
+        if not self.status:
+            self.status = _status_of(data)
+        return self._conn.encode(Stdout(self.request_id, data))
+
     async def send(self, data: bytes) -> None:
         """Send response bytes (CGI headers and body), waiting while the peer is slow."""
         if data and not self.ended:
-            if not self.status:
-                self.status = _status_of(data)
-            await self._conn.write(self._conn.encode(Stdout(self.request_id, data)))
+            await self._conn.write(self._stdout(data))
 
     async def wait_for_space(self) -> None:
         """Wait while the connection holds more unsent output than ``output_buffer``."""
@@ -116,9 +120,7 @@ class RequestContext:
     def send_nowait(self, data: bytes) -> None:
         """Send response bytes without waiting (for small, final pieces)."""
         if data and not self.ended:
-            if not self.status:
-                self.status = _status_of(data)
-            self._conn.write_nowait(self._conn.encode(Stdout(self.request_id, data)))
+            self._conn.write_nowait(self._stdout(data))
 
     def log(self, data: bytes) -> None:
         """Send bytes to the web server's error log (FastCGI STDERR)."""
@@ -134,11 +136,7 @@ class RequestContext:
                 write (``send_nowait(last)`` then ``end()``, cheaper).
         """
         if not self.ended:
-            out = b""
-            if last:
-                if not self.status:
-                    self.status = _status_of(last)
-                out = self._conn.encode(Stdout(self.request_id, last))
+            out = self._stdout(last) if last else b""
             self.ended = True
             self.body.abort()
             self._conn.write_last(out + self._conn.encode(EndRequest(self.request_id, app_status)))
