@@ -39,7 +39,7 @@ class _RequestState:
 
     __slots__ = (
         "request_id", "chunks", "stderr", "app_status", "error", "finished", "forgotten",
-        "body_scope", "head_buffer", "_reader", "_feeder",
+        "body_scope", "head_buffer", "_reader", "_feeder", "callback",
     )
 
     def __init__(self, request_id: int) -> None:
@@ -59,6 +59,10 @@ class _RequestState:
         self.head_buffer: bytearray | None = None
         self._reader: trio.lowlevel.Task | None = None
         self._feeder: trio.lowlevel.Task | None = None
+        #: Called (by the reader task) instead of waking a reader, when STDOUT
+        #: arrives or the request ends, while no task reads the response: for
+        #: a caller that answers small responses without a task of its own.
+        self.callback: Callable[[], None] | None = None
 
     def feed_stdout(self, data: bytes) -> bool:
         """Pass body bytes to the caller; True when its buffer is full (then ``wait_for_room``)."""
@@ -69,6 +73,8 @@ class _RequestState:
         if reader is not None:
             self._reader = None
             _reschedule(reader)
+        elif self.callback is not None:
+            self.callback()
         return len(self.chunks) >= STREAM_BUFFER
 
     async def wait_for_room(self) -> None:
@@ -100,9 +106,12 @@ class _RequestState:
         if reader is not None:
             self._reader = None
             _reschedule(reader)
+        elif self.callback is not None:
+            self.callback()
 
     def forget(self) -> None:
         """The caller is done with this request: drop whatever is still buffered."""
+        self.callback = None
         self.forgotten = True
         self._finish()
         self.chunks.clear()
@@ -242,26 +251,51 @@ class ResponseStream:
         state = self._state
         while True:
             chunk = state.take() if state.chunks else await state.receive()
-            buf = state.head_buffer
             if chunk is None:
-                raise UpstreamProtocolError(
-                    "the worker ended the request before the end of its CGI headers"
-                    if buf
-                    else "the worker ended the request without a response"
-                )
-            if buf is None:
-                # The usual case, the whole head in the first record: parse it
-                # where it is rather than copy the record into a buffer.
-                parsed = parse_cgi_head(chunk)
-                if parsed is None:
-                    state.head_buffer = bytearray(chunk)
-            else:
-                buf += chunk
-                parsed = parse_cgi_head(buf)
-            if parsed is not None:
-                self.status, self.raw_headers, self._pending = parsed
-                state.head_buffer = None
+                raise self._no_head()
+            if self._feed_head(chunk):
                 return self
+
+    def head_ready(self) -> bool:
+        """``read_head`` without waiting: True once the head is parsed from what has arrived.
+
+        Raises: as ``read_head``, when what arrived shows it cannot succeed.
+        """
+        if self.status:
+            return True
+        state = self._state
+        while state.chunks:
+            if self._feed_head(state.take()):  # type: ignore[arg-type]
+                return True
+        if state.finished:
+            self.raise_if_failed()
+            raise self._no_head()
+        return False
+
+    def _feed_head(self, chunk: bytes) -> bool:
+        state = self._state
+        buf = state.head_buffer
+        if buf is None:
+            # The usual case, the whole head in the first record: parse it
+            # where it is rather than copy the record into a buffer.
+            parsed = parse_cgi_head(chunk)
+            if parsed is None:
+                state.head_buffer = bytearray(chunk)
+        else:
+            buf += chunk
+            parsed = parse_cgi_head(buf)
+        if parsed is None:
+            return False
+        self.status, self.raw_headers, self._pending = parsed
+        state.head_buffer = None
+        return True
+
+    def _no_head(self) -> UpstreamProtocolError:
+        return UpstreamProtocolError(
+            "the worker ended the request before the end of its CGI headers"
+            if self._state.head_buffer
+            else "the worker ended the request without a response"
+        )
 
     def take_ready(self) -> bytes | None:
         """Body bytes that have already arrived, without waiting (None if none have)."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ..client import ConnectError, ConnectionLost, FastCGIError, RequestRefused, UpstreamProtocolError
+from ..client import Connection, ConnectError, ConnectionLost, FastCGIError, RequestRefused, UpstreamProtocolError
 from ..client._response import ResponseStream
 from ._upstream import ServerBusy, Upstream
 
@@ -123,6 +123,7 @@ async def open_upstream_response(
     method: bytes,
     hash_key: bytes | None,
     wait_head: Callable[[ResponseStream, float], Awaitable[None]] | None = None,
+    chosen: tuple[int, Connection | None, ResponseStream | None] | None = None,
 ) -> ProxyResult:
     """Send one request to the pool and wait for its CGI head, retrying as the module says.
 
@@ -136,6 +137,11 @@ async def open_upstream_response(
             head and raises ``trio.TooSlowError`` at the deadline (default:
             ``read_head`` under that deadline); the server's version also
             watches the client.
+        chosen: the first try, begun already by a caller that went as far
+            as it could without waiting: ``(index, None, None)`` when it
+            chose the server (and called nothing else on the balancer), or
+            ``(index, conn, response)`` when the request is on its way too
+            (``balancer.started`` called).
 
     Returns:
         A ``ProxyResult`` whose response has its status and headers; the
@@ -155,17 +161,23 @@ async def open_upstream_response(
     tried: set[int] = set()
     status, reason = 502, "no live upstream server"
     for _ in range(tries):
-        index = balancer.choose(hash_key, exclude=tried | upstream.unhealthy if upstream.unhealthy else tried)
+        conn = None
+        response = None
+        if chosen is not None:
+            index, conn, response = chosen
+            chosen = None
+        else:
+            index = balancer.choose(hash_key, exclude=tried | upstream.unhealthy if upstream.unhealthy else tried)
         if index is None:
             break
         tried.add(index)
         server = upstream.servers[index]
-        balancer.started(index)
-        conn = None
-        response = None
+        if response is None:
+            balancer.started(index)
         try:
-            conn = server.ready_connection() or await server.acquire()
-            response = conn.start_request(params, body)
+            if response is None:
+                conn = server.ready_connection() or await server.acquire()
+                response = conn.start_request(params, body)
             deadline = trio.current_time() + read_timeout
             if wait_head is None:
                 # A bare CancelScope: fail_after costs a generator per request.

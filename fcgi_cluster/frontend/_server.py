@@ -27,18 +27,19 @@ import tempfile
 import time
 import typing
 from urllib.parse import quote_from_bytes
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import trio
 
 from .._accept import accept_loop
 from ..client import FastCGIError
-from ..client._response import ResponseStream
+from ..client._response import STREAM_BUFFER, ResponseStream
 from ..protocol._records import encode_params
 from ._access_log import AccessLog
 from ._cgi import BadPath, ConnectionParams, header_params, line_params, normalize_path, request_params, split_path
 from ._http import NEED_DATA, Body, ConnectionClosed, EndOfMessage, HTTPError, HTTPServerConnection, RequestHead, error_page
-from ._proxy import UpstreamFailure, open_upstream_response, response_headers
+from ._hub import HUB_AVAILABLE, Hub
+from ._proxy import IDEMPOTENT, ProxyResult, UpstreamFailure, open_upstream_response, response_headers
 from ._static import plan_static, read_file_range
 from ._upstream import Upstream, run_health_checks
 
@@ -66,6 +67,18 @@ LINGERING_TIMEOUT = 5.0
 #: slow request has that request aborted at once. Fast answers (the usual
 #: case) never pay for the watcher.
 WATCH_CLIENT_AFTER = 0.05
+
+
+#: ``_serve``'s result when the connection went idle and to the hub.
+_TO_HUB = object()
+
+#: A request the hub began, for the task that goes on with it: its head, and a
+#: function making the awaitable rest of its answer.
+_Resume = tuple[RequestHead, Callable[[], Awaitable[bool]]]
+
+#: STDOUT records an answer from callbacks may gather before it goes on in a
+#: task (it is large, and then streams).
+_CALLBACK_RECORDS = 4
 
 
 class _ClientGone(Exception):
@@ -103,7 +116,8 @@ class _Deadlines:
 
     def __init__(self) -> None:
         self.reads: dict[_ClientConnection, float] = {}
-        self.heads: dict[ResponseStream, float] = {}
+        #: Responses awaited (or ``_CallbackAnswer``s): anything with ``interrupt``.
+        self.heads: dict[ResponseStream | _CallbackAnswer, float] = {}
         self._parked = False
         self._lot = trio.lowlevel.ParkingLot()
 
@@ -112,7 +126,7 @@ class _Deadlines:
         if self._parked:
             self._lot.unpark_all()
 
-    def watch_head(self, response: ResponseStream, at: float) -> None:
+    def watch_head(self, response: ResponseStream | _CallbackAnswer, at: float) -> None:
         self.heads[response] = at
         if self._parked:
             self._lot.unpark_all()
@@ -131,14 +145,13 @@ class _Deadlines:
             if self.heads:
                 for response, at in list(self.heads.items()):
                     if now >= at and response.interrupt(_WatchClient()):
-                        del self.heads[response]
+                        self.heads.pop(response, None)
             if now >= next_read_check:
                 next_read_check = now + _READ_TICK
                 for conn, deadline in list(self.reads.items()):
                     if now >= deadline:
                         del self.reads[conn]
-                        conn.timed_out = True
-                        trio.lowlevel.notify_closing(conn._fd)
+                        conn.read_expired()
 
 
 class FrontendServer:
@@ -172,6 +185,8 @@ class FrontendServer:
         self.deadlines = _Deadlines()
         nursery.start_soon(self.deadlines.run)
         self.connections = trio.Semaphore(fe.max_connections)
+        #: Idle keep-alive connections' watcher, once serving (see ``_hub``).
+        self.hub: Hub | None = None
         self.active_requests = 0
         self._idle_lot = trio.lowlevel.ParkingLot()
         self._accepting = trio.CancelScope()
@@ -189,6 +204,9 @@ class FrontendServer:
     ) -> None:
         """Accept clients on every listening socket until cancelled."""
         async with trio.open_nursery() as connections:
+            if HUB_AVAILABLE:
+                self.hub = Hub(self, connections)
+                connections.start_soon(self.hub.run)
             with self._accepting:
                 async with trio.open_nursery() as acceptors:
                     for sock in sockets:
@@ -225,47 +243,65 @@ class FrontendServer:
         await accept_loop(sock, self.connections, lambda stream: nursery.start_soon(self._connection_task, stream, local))
 
     async def _connection_task(self, stream: trio.SocketStream, local: tuple) -> None:
+        conn = None
         try:
-            peer = stream.socket.getpeername()
-            if isinstance(peer, tuple):
-                remote_addr, remote_port = peer[0], peer[1]
-                server_addr, server_port = local[0], local[1]
-            else:  # unix socket
-                remote_addr, remote_port, server_addr, server_port = "unix:", 0, "unix:", 0
-            params = ConnectionParams(
-                remote_addr=remote_addr.encode(),
-                remote_port=b"%d" % remote_port,
-                server_addr=server_addr.encode(),
-                server_port=b"%d" % server_port,
-                server_name=(self.frontend.server_name or server_addr).encode(),
-                https=self._ssl_context is not None,
-            )
-            client: trio.abc.Stream = stream
-            if self._ssl_context is not None:
-                client = trio.SSLStream(stream, self._ssl_context, server_side=True)
-                with trio.move_on_after(self.frontend.header_timeout) as scope:
-                    await client.do_handshake()
-                if scope.cancelled_caught:
-                    return
-            await _ClientConnection(self, client, params).run()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, _ClientGone, OSError):
+            conn = await self._client_connection(stream, local)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         except Exception:
             log.exception("client connection failed")
         finally:
-            self.connections.release()
-            await trio.aclose_forcefully(stream)
+            if conn is None:
+                self.connections.release()
+                await trio.aclose_forcefully(stream)
+        if conn is not None:
+            await conn.drive()
+
+    async def _client_connection(self, stream: trio.SocketStream, local: tuple) -> _ClientConnection | None:
+        """A new client's connection, TLS handshake done (None if it did not finish in time)."""
+        peer = stream.socket.getpeername()
+        if isinstance(peer, tuple):
+            remote_addr, remote_port = peer[0], peer[1]
+            server_addr, server_port = local[0], local[1]
+        else:  # unix socket
+            remote_addr, remote_port, server_addr, server_port = "unix:", 0, "unix:", 0
+        params = ConnectionParams(
+            remote_addr=remote_addr.encode(),
+            remote_port=b"%d" % remote_port,
+            server_addr=server_addr.encode(),
+            server_port=b"%d" % server_port,
+            server_name=(self.frontend.server_name or server_addr).encode(),
+            https=self._ssl_context is not None,
+        )
+        client: trio.abc.Stream = stream
+        if self._ssl_context is not None:
+            client = trio.SSLStream(stream, self._ssl_context, server_side=True)
+            with trio.move_on_after(self.frontend.header_timeout) as scope:
+                await client.do_handshake()
+            if scope.cancelled_caught:
+                return None
+        return _ClientConnection(self, client, params, stream)
 
 
 class _ClientConnection:
-    """One client's keep-alive connection: requests in, responses out, in order."""
+    """One client's keep-alive connection: requests in, responses out, in order.
+
+    Served by a task of its own (``drive``) while requests keep coming; an
+    idle plain-TCP connection goes to the server's ``Hub`` instead, which
+    answers the common request from callbacks (``hub_readable``) and starts a
+    task again for any other.
+    """
 
     __slots__ = ("server", "stream", "http", "params", "base_block", "remote_addr", "_received", "_fd", "timed_out",
-                 "_body_stream", "_last_headers", "_headers_block")
+                 "_body_stream", "_last_headers", "_headers_block", "_transport", "_hub", "in_hub", "_armed_once",
+                 "served", "_answer")
 
-    def __init__(self, server: FrontendServer, stream: trio.abc.Stream, params: ConnectionParams) -> None:
+    def __init__(
+        self, server: FrontendServer, stream: trio.abc.Stream, params: ConnectionParams, transport: trio.SocketStream
+    ) -> None:
         self.server = server
         self.stream = stream
+        self._transport = transport  # the socket under a TLS stream, or the stream itself
         self.http = HTTPServerConnection(server.limits)
         self.params = params
         #: The connection's part of every request's params, encoded once.
@@ -285,24 +321,81 @@ class _ClientConnection:
         # while they stay the same (a list comparison).
         self._last_headers: list[tuple[bytes, bytes]] | None = None
         self._headers_block = b""
+        #: The hub this connection goes to when idle (None: TLS, or no epoll).
+        self._hub = server.hub if self._fd >= 0 else None
+        #: Owned by the hub (idle, or answered from callbacks), not by a task.
+        self.in_hub = False
+        self._armed_once = False  # registered in the hub's epoll set
+        #: Requests begun on this connection (keepalive_requests).
+        self.served = 0
+        #: The request being answered from callbacks, while there is one.
+        self._answer: _CallbackAnswer | None = None
 
-    async def run(self) -> None:
-        """Serve the connection's requests until it closes; then linger if the client may be sending."""
-        if await self._serve() and self._fd >= 0:
+    async def drive(self, first: object = None, resume: _Resume | None = None) -> None:
+        """Serve the connection from a task until it closes, or until it goes to the hub.
+
+        Args:
+            first: an event (or an ``HTTPError``) the hub took from the parser.
+            resume: a request the hub began: its head and the rest of its
+                answer, to await first.
+        """
+        adopted = False
+        try:
+            adopted = await self.run(first, resume)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, _ClientGone, OSError):
+            pass
+        except Exception:
+            log.exception("client connection failed")
+        finally:
+            if not adopted:
+                self.server.connections.release()
+                await trio.aclose_forcefully(self._transport)
+
+    async def run(self, first: object = None, resume: _Resume | None = None) -> bool:
+        """Serve the connection's requests until it closes; then linger if the client may be sending.
+
+        Returns:
+            True when the connection went to the hub (and is not closed here).
+        """
+        result = await self._serve(first, resume)
+        if result is _TO_HUB:
+            return True
+        if result and self._fd >= 0:
             await self._take_body_back()
             await self._linger()
+        return False
 
-    async def _serve(self) -> bool:
-        """Serve requests; True when closing while the client may still send (an unread body)."""
+    async def _serve(self, first: object = None, resume: _Resume | None = None) -> bool | object:
+        """Serve requests; True when closing while the client may still send (an unread body).
+
+        ``_TO_HUB`` when the connection went idle and to the hub.
+        """
         fe = self.server.frontend
         http = self.http
-        served = 0
         try:
+            if resume is not None:
+                if not await self._answered(resume[0], resume[1]()):
+                    return not http.request_complete
+            fresh = not self.served
             while True:
-                event = http.next_event()
+                if first is not None:
+                    event, first = first, None
+                    if isinstance(event, HTTPError):
+                        raise event
+                else:
+                    event = http.next_event()
                 while event is NEED_DATA:
-                    timeout = fe.header_timeout if self._received or served == 0 else fe.keepalive_timeout
-                    data = await self._receive_next(timeout, try_first=not served)
+                    data = None
+                    if fresh and self._fd >= 0:
+                        # A new connection's first request usually came with it.
+                        data = await self._read_ready(self._fd)
+                    fresh = False
+                    if data is None:
+                        if self._hub is not None and not self._received and self._body_stream is None:
+                            self._hub.adopt(self)
+                            return _TO_HUB
+                        timeout = fe.header_timeout if self._received or not self.served else fe.keepalive_timeout
+                        data = await self._receive_next(timeout)
                     if data is None:
                         if self._received:
                             await self._send_error(408)
@@ -312,29 +405,160 @@ class _ClientConnection:
                     event = http.next_event()
                 if type(event) is ConnectionClosed or event is ConnectionClosed:
                     return False
-                served += 1
-                if served >= fe.keepalive_requests:
-                    http.keep_alive = False
-                self.server._request_started()
-                try:
-                    keep = await self._respond(event)  # type: ignore[arg-type]
-                except (HTTPError, _ClientGone, trio.BrokenResourceError, trio.ClosedResourceError):
-                    raise
-                except Exception:
-                    # A bug of ours must cost this request only: log it, tell
-                    # the client no more than "500", and close.
-                    log.exception("request %r failed", getattr(event, "target", event))
-                    await self._send_error(500)
+                self._begin_request()
+                if not await self._answered(event, self._respond(event)):  # type: ignore[arg-type]
                     return not http.request_complete
-                finally:
-                    self.server._request_ended()
-                if not keep or not http.keep_alive:
-                    return not http.request_complete
-                http.start_next_cycle()
-                self._received = False
         except HTTPError as exc:
             await self._send_error(exc.status, getattr(exc, "reason", None))
             return True
+
+    def _begin_request(self) -> None:
+        self.served += 1
+        if self.served >= self.server.frontend.keepalive_requests:
+            self.http.keep_alive = False
+        self.server._request_started()
+
+    async def _answered(self, event: object, answer: typing.Awaitable[bool]) -> bool:
+        """Await one request's answer (begun with ``_begin_request``); True when the connection serves on."""
+        try:
+            keep = await answer
+        except (HTTPError, _ClientGone, trio.BrokenResourceError, trio.ClosedResourceError):
+            raise
+        except Exception:
+            # A bug of ours must cost this request only: log it, tell
+            # the client no more than "500", and close.
+            log.exception("request %r failed", getattr(event, "target", event))
+            await self._send_error(500)
+            return False
+        finally:
+            self.server._request_ended()
+        if not keep or not self.http.keep_alive:
+            return False
+        self.http.start_next_cycle()
+        self._received = False
+        return True
+
+    # --- in the hub ------------------------------------------------------------
+
+    def read_expired(self) -> None:
+        """``_Deadlines``: the wait for this client's next bytes ran out."""
+        self.timed_out = True
+        if self.in_hub:
+            self._hub.expire(self)  # type: ignore[union-attr]
+        else:
+            trio.lowlevel.notify_closing(self._fd)
+
+    def hub_readable(self) -> None:
+        """The hub saw this idle connection readable: read, and answer or start a task."""
+        hub = self._hub
+        assert hub is not None
+        self.server.deadlines.reads.pop(self, None)
+        try:
+            data = os.read(self._fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            hub.adopt(self)
+            return
+        except OSError:
+            hub.close(self)
+            return
+        self._received = True
+        self.http.receive_data(data)
+        self._next_in_hub()
+
+    def _next_in_hub(self) -> None:
+        """The parser's next event, for a connection the hub owns: answered here if it can be."""
+        hub = self._hub
+        assert hub is not None
+        try:
+            event = self.http.next_event()
+        except HTTPError as exc:
+            self._to_task(exc)
+            return
+        if event is NEED_DATA:
+            hub.adopt(self)
+        elif type(event) is ConnectionClosed or event is ConnectionClosed:
+            hub.close(self)
+        elif not self._answer_from_callbacks(event):
+            self._to_task(event)
+
+    def _to_task(self, first: object = None, resume: _Resume | None = None) -> None:
+        """Serve on from a task of the connection's own (the hub lets go of it)."""
+        hub = self._hub
+        assert hub is not None
+        hub.release(self)
+        try:
+            hub.nursery.start_soon(self.drive, first, resume)
+        except RuntimeError:  # the front-end is stopping
+            if resume is not None:
+                self.server._request_ended()
+            self.server.connections.release()
+            self._transport.socket.close()
+
+    async def _send_rest(self, data: bytes) -> bool:
+        """The end of an answer the client's socket did not take at once."""
+        await self._send(data)
+        return True
+
+    def _answer_from_callbacks(self, head: object) -> bool:
+        """Begin answering ``head`` with no task: False (and nothing done) when it needs one.
+
+        The common request qualifies: no body, an idempotent method, a route
+        to an upstream, and a worker with room on a multiplexed connection
+        now. Its answer is then written by the worker connection's reader
+        (``_CallbackAnswer``) if it is whole and small when it ends; a slow,
+        large or failed one goes on in a task, from where it is.
+        """
+        if type(head) is not RequestHead or head.method not in IDEMPOTENT:
+            return False
+        http = self.http
+        if not http.request_complete:
+            if head.chunked or head.content_length:
+                return False
+            http.next_event()  # the EndOfMessage that came with the head
+        try:
+            path = normalize_path(head.path)
+        except BadPath:
+            return False
+        server = self.server
+        text_path = path.decode("utf-8", "surrogateescape")
+        for number, route in enumerate(server.routes):
+            if route.match(text_path):
+                break
+        else:
+            return False
+        if route.static is not None:
+            return False
+        upstream = server.upstreams[route.upstream]
+        index = upstream.balancer.choose(
+            self._hash_key(upstream, head) if upstream.hashed else None, exclude=upstream.unhealthy or ()
+        )
+        if index is None:
+            return False  # the task finds none either, and answers 502
+        params = self._upstream_params(head, number, path, head.content_length)
+        self._begin_request()
+        started = time.time()
+        conn = upstream.servers[index].ready_connection()
+        response = None
+        if conn is not None:
+            try:
+                response = conn.start_request(params, b"")
+            except FastCGIError:
+                pass  # the task takes a fresh connection
+        if response is None:
+            self._to_task(resume=(head, lambda: self._proxy(head, number, route, path, started, (index, None, None))))
+            return True
+        upstream.balancer.started(index)
+        answer = self._answer = _CallbackAnswer(self, head, number, route, path, started, upstream, index, conn, response)
+        response._state.callback = answer.ready
+        server.deadlines.watch_head(answer, trio.current_time() + WATCH_CLIENT_AFTER)
+        return True
+
+    def drop_answer(self) -> None:
+        """The connection closes: give up the request being answered from callbacks, if any."""
+        answer = self._answer
+        if answer is not None:
+            self._answer = None
+            answer.drop()
 
     async def _linger(self) -> None:
         """Close our side, then read and drop what the client still sends (nginx's lingering close).
@@ -355,23 +579,11 @@ class _ClientConnection:
             except _ClientGone:
                 pass
 
-    async def _receive_next(self, timeout: float, try_first: bool) -> bytes | None:
-        """``_receive`` for request heads, the hot path: its deadline is kept by ``_Deadlines``.
-
-        Args:
-            timeout: seconds to wait.
-            try_first: read before waiting. Worth it for a new connection,
-                whose first request usually came with it; after an answer, a
-                client has rarely sent its next request yet (a pipelining one
-                sent it with the last, and the parser holds it already).
-        """
+    async def _receive_next(self, timeout: float) -> bytes | None:
+        """``_receive`` for request heads, the hot path: its deadline is kept by ``_Deadlines``."""
         fd = self._fd
         if fd < 0:
             return await self._receive(timeout)
-        if try_first:
-            data = await self._read_ready(fd)
-            if data is not None:
-                return data
         deadlines = self.server.deadlines
         self.timed_out = False
         deadlines.watch_read(self, trio.current_time() + timeout)
@@ -573,7 +785,11 @@ class _ClientConnection:
 
     # --- upstream ------------------------------------------------------------------
 
-    async def _proxy(self, head: RequestHead, number: int, route: object, path: bytes, started: float) -> bool:
+    async def _proxy(
+        self, head: RequestHead, number: int, route: object, path: bytes, started: float,
+        chosen: tuple[int, object, object] | None = None,
+    ) -> bool:
+        """Answer a request from an upstream (``chosen``: the first try, begun by the hub)."""
         server = self.server
         upstream = server.upstreams[route.upstream]  # type: ignore[attr-defined]
         http = self.http
@@ -590,34 +806,12 @@ class _ClientConnection:
         else:
             body, length = await self._request_body(head)
             wait = self._wait_head if http.request_complete else None
-        script, info = split_path(path, route.split_path_info, server._route_index[number])  # type: ignore[attr-defined]
-        # A route's own params may override any other, so they need one dict
-        # of all; otherwise the connection's and the header fields' parts are
-        # encoded already.
-        extra = server._route_extra[number]
-        params: dict[bytes, bytes] | bytes
-        if extra:
-            params = request_params(
-                self.params.base(), head.method, head.target, head.query, path, head.headers,
-                script_name=script, path_info=info, document_root=server._route_roots[number],
-                http_version=head.http_version, content_length=length,
-                underscores_in_headers=server.frontend.underscores_in_headers, extra=extra,
-            )
-        else:
-            headers = head.headers
-            if headers != self._last_headers:
-                fields = header_params(headers, server.frontend.underscores_in_headers)
-                fields.pop(b"CONTENT_LENGTH", None)  # the body's length is in line_params
-                self._headers_block = encode_params(fields)
-                self._last_headers = headers
-            params = self.base_block + encode_params(line_params(
-                head.method, head.target, head.query, path, script_name=script, path_info=info,
-                document_root=server._route_roots[number], http_version=head.http_version, content_length=length,
-            )) + self._headers_block
+        params = self._upstream_params(head, number, path, length)
         try:
             result = await open_upstream_response(
                 upstream, params, body, method=head.method,
-                hash_key=self._hash_key(upstream, head) if upstream.hashed else None, wait_head=wait,  # type: ignore[arg-type]
+                hash_key=self._hash_key(upstream, head) if upstream.hashed else None,
+                wait_head=wait, chosen=chosen,  # type: ignore[arg-type]
             )
         except UpstreamFailure as exc:
             if isinstance(body, _BodyStream) and body.error is not None:
@@ -681,6 +875,33 @@ class _ClientConnection:
         if self._body_stream is None and http.request_complete:
             return True
         return await self._finish_request_body()
+
+    def _upstream_params(self, head: RequestHead, number: int, path: bytes, length: int | None) -> dict[bytes, bytes] | bytes:
+        """A request's FastCGI params for route ``number``: encoded, or a dict when the route adds its own."""
+        server = self.server
+        route = server.routes[number]
+        script, info = split_path(path, route.split_path_info, server._route_index[number])  # type: ignore[attr-defined]
+        # A route's own params may override any other, so they need one dict
+        # of all; otherwise the connection's and the header fields' parts are
+        # encoded already.
+        extra = server._route_extra[number]
+        if extra:
+            return request_params(
+                self.params.base(), head.method, head.target, head.query, path, head.headers,
+                script_name=script, path_info=info, document_root=server._route_roots[number],
+                http_version=head.http_version, content_length=length,
+                underscores_in_headers=server.frontend.underscores_in_headers, extra=extra,
+            )
+        headers = head.headers
+        if headers != self._last_headers:
+            fields = header_params(headers, server.frontend.underscores_in_headers)
+            fields.pop(b"CONTENT_LENGTH", None)  # the body's length is in line_params
+            self._headers_block = encode_params(fields)
+            self._last_headers = headers
+        return self.base_block + encode_params(line_params(
+            head.method, head.target, head.query, path, script_name=script, path_info=info,
+            document_root=server._route_roots[number], http_version=head.http_version, content_length=length,
+        )) + self._headers_block
 
     async def _wait_head(self, response: ResponseStream, deadline: float) -> None:
         """Wait for an answer's head until ``deadline``; a client that hangs up meanwhile aborts it.
@@ -841,6 +1062,145 @@ class _ClientConnection:
         log_ = self.server.access_log
         if log_ is not None:
             log_.write(self.remote_addr, head, status, sent, started)
+
+
+class _CallbackAnswer:
+    """A request answered from callbacks: the worker connection's reader writes its answer.
+
+    ``ready`` runs in that reader task whenever STDOUT arrives or the request
+    ends. A whole answer of a few records leaves for the client in one
+    ``os.write`` the moment its END_REQUEST is read, and the connection goes
+    back to the hub (or on to a request the client pipelined) with no task
+    woken. Anything else (a failed or refused request, a large or slow answer,
+    a client that does not take it all) goes on in a task of the connection's
+    own, from where it is, through the same code as every other request.
+    """
+
+    __slots__ = ("client", "head", "number", "route", "path", "started", "upstream", "index", "conn", "response",
+                 "_finished", "_over")
+
+    def __init__(
+        self, client: _ClientConnection, head: RequestHead, number: int, route: object, path: bytes, started: float,
+        upstream: Upstream, index: int, conn: object, response: ResponseStream,
+    ) -> None:
+        self.client = client
+        self.head = head
+        self.number = number
+        self.route = route
+        self.path = path
+        self.started = started
+        self.upstream = upstream
+        self.index = index
+        self.conn = conn
+        self.response = response
+        self._finished = False  # the response closed and the balancer told
+        self._over = False  # the request counted as ended, or handed to a task that ends it
+
+    def ready(self) -> None:
+        state = self.response._state
+        try:
+            if not state.finished:
+                if len(state.chunks) >= _CALLBACK_RECORDS:
+                    self._to_task()
+            elif state.error is not None:
+                self._to_task()
+            else:
+                self._write()
+        except Exception:
+            # Runs in a worker connection's reader: a bug of ours must cost
+            # this client only, never the requests sharing that connection.
+            log.exception("request %r failed", self.head.target)
+            if not self._over:
+                self.drop()
+                client = self.client
+                if client.in_hub:
+                    client._hub.close(client)  # type: ignore[union-attr]
+
+    def interrupt(self, error: BaseException) -> bool:
+        """``_Deadlines``: the answer is slow; it goes on in a task, which watches the client."""
+        self._to_task()
+        return True
+
+    def _detach(self) -> None:
+        self.response._state.callback = None
+        self.client.server.deadlines.heads.pop(self, None)
+        self.client._answer = None
+
+    def _to_task(self) -> None:
+        self._detach()
+        self._over = True
+        client, head = self.client, self.head
+        chosen = (self.index, self.conn, self.response)
+        number, route, path, started = self.number, self.route, self.path, self.started
+        client._to_task(resume=(head, lambda: client._proxy(head, number, route, path, started, chosen)))
+
+    def drop(self) -> None:
+        """The client connection closes first (or the answer failed here): abort the request."""
+        self._detach()
+        self._finish()
+        if not self._over:
+            self._over = True
+            self.client.server._request_ended()
+
+    def _finish(self) -> None:
+        if not self._finished:
+            self._finished = True
+            ProxyResult(self.response, self.upstream, self.index, self.conn).finish()
+
+    def _write(self) -> None:
+        """The request ended well: send its answer, then serve the connection on."""
+        response = self.response
+        try:
+            response.head_ready()
+        except FastCGIError:
+            self._to_task()  # the task meets the same error, and tries the next server
+            return
+        self._detach()
+        client, upstream = self.client, self.upstream
+        http = client.http
+        server = client.server
+        hub = client._hub
+        assert hub is not None
+        sent = 0
+        keep = True
+        try:
+            headers, declared = response_headers(response.raw_headers)
+            out = http.send_head(response.status, headers, content_length=declared)
+            chunk = response.take_ready()
+            while chunk is not None:
+                sent += len(chunk)
+                out += http.send_body(chunk)
+                chunk = response.take_ready()
+            out += http.send_end()
+        except ValueError as exc:
+            # The worker's body did not match its own Content-Length.
+            log.warning("upstream %s: %s: %s", upstream.name, upstream.servers[self.index].address, exc)
+            out = b""
+            keep = False
+        written = 0
+        if out:
+            try:
+                written = os.write(client._fd, out)
+            except BlockingIOError:
+                pass
+            except OSError:
+                keep = False
+        self._finish()
+        client._log(self.head, response.status, sent, self.started)
+        if response.has_stderr:
+            _log_stderr(upstream.servers[self.index].address, response.stderr)
+        self._over = True
+        if written < len(out) and keep:
+            rest = out[written:]
+            client._to_task(resume=(self.head, lambda: client._send_rest(rest)))
+            return
+        server._request_ended()
+        if not keep or not http.keep_alive:
+            hub.close(client)
+            return
+        http.start_next_cycle()
+        client._received = False
+        client._next_in_hub()
 
 
 class _BodyStream:

@@ -144,13 +144,22 @@ class Server:
         return len(self._live)
 
     def ready_connection(self) -> Connection | None:
-        """A multiplexed connection with room for one more request, if one is there now.
+        """A connection for one more request, if one is there now: ``acquire`` without waiting.
 
-        The proxy's shortcut past ``acquire``, which it calls when this gives
-        None: the worker is not learned yet, not multiplexed, or a new
-        connection is due or must be waited for.
+        A multiplexed connection with room, or (one request per connection)
+        an idle kept-alive one while nobody waits in line. The proxy's
+        shortcut past ``acquire``, which it calls when this gives None: the
+        worker is not learned yet, or a new connection is due or must be
+        waited for.
         """
         if not self.multiplexed:
+            if self.multiplexed is None:
+                return None
+            while self._idle and not self._queue:
+                conn = self._idle.pop()
+                if conn.is_usable and conn.requests_in_flight == 0:
+                    return conn
+                conn.close()
             return None
         best = self._least_busy()
         if best is not None and best.requests_in_flight == 0:

@@ -1,0 +1,122 @@
+"""The hub: one task that watches every idle keep-alive client, so a waiting client costs no task.
+
+A client connection's task serves requests until the connection falls idle
+(its last answer sent, nothing of the next request read). Then, instead of
+parking in ``wait_readable``, the task hands the connection to the hub and
+ends. The hub holds the idle sockets in an epoll set of its own (each one
+armed once, ``EPOLLONESHOT``), and one ``wait_readable`` on that set's
+descriptor stands for all of them: a busy front-end finds many clients ready
+per wake-up and reads them in one pass.
+
+What the hub reads goes to the connection's ``hub_readable``, which answers
+the common request (a GET for a worker with room on a multiplexed connection)
+from callbacks, with no task at all (see ``_ClientConnection`` in
+``_server.py``), and starts a task for anything else. The hub owns the
+connections it holds: it closes them at their deadlines (keep-alive or header
+timeout), when the client hangs up, and when the front-end stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import typing
+
+import trio
+
+if typing.TYPE_CHECKING:
+    from ._server import FrontendServer, _ClientConnection
+
+__all__ = ["Hub", "HUB_AVAILABLE"]
+
+log = logging.getLogger("fcgi_cluster.frontend")
+
+#: epoll is Linux's; elsewhere every connection keeps its own task.
+HUB_AVAILABLE = hasattr(select, "epoll")
+
+_ARM = getattr(select, "EPOLLIN", 1) | getattr(select, "EPOLLONESHOT", 0)
+
+
+class Hub:
+    """The idle client connections of one front-end process, watched by one task.
+
+    Args:
+        server: the front-end, for its deadlines, limits and connection count.
+        nursery: where a connection's task is started again when one is needed.
+    """
+
+    def __init__(self, server: FrontendServer, nursery: trio.Nursery) -> None:
+        self.server = server
+        self.nursery = nursery
+        self._epoll = select.epoll()
+        #: Every connection the hub owns by descriptor: idle ones, and those
+        #: whose request is being answered from callbacks.
+        self._owned: dict[int, _ClientConnection] = {}
+
+    def __len__(self) -> int:
+        return len(self._owned)
+
+    def adopt(self, conn: _ClientConnection) -> None:
+        """Take ``conn`` (idle, or holding part of a head) and wake when it is readable or due."""
+        fd = conn._fd
+        self._owned[fd] = conn
+        conn.in_hub = True
+        fe = self.server.frontend
+        timeout = fe.header_timeout if conn._received or not conn.served else fe.keepalive_timeout
+        self.server.deadlines.watch_read(conn, trio.current_time() + timeout)
+        if conn._armed_once:
+            self._epoll.modify(fd, _ARM)
+        else:
+            self._epoll.register(fd, _ARM)
+            conn._armed_once = True
+
+    def release(self, conn: _ClientConnection) -> None:
+        """Give ``conn`` back to a task of its own (the hub no longer watches or closes it)."""
+        self._owned.pop(conn._fd, None)
+        self.server.deadlines.reads.pop(conn, None)
+        conn.in_hub = False
+
+    def close(self, conn: _ClientConnection) -> None:
+        """Close a connection the hub owns: its answer in progress is dropped, its slot freed."""
+        if self._owned.get(conn._fd) is not conn:
+            return
+        self.release(conn)
+        conn.drop_answer()
+        try:
+            self._epoll.unregister(conn._fd)
+        except OSError:
+            pass
+        self.server.connections.release()
+        conn.stream.socket.close()  # type: ignore[attr-defined]
+
+    def expire(self, conn: _ClientConnection) -> None:
+        """A deadline passed: a client that sent part of a head gets 408, an idle one is just closed."""
+        if conn._received:
+            try:
+                os.write(conn._fd, conn.http.send_error_response(408))
+            except OSError:
+                pass
+        self.close(conn)
+
+    async def run(self) -> None:
+        """Watch the adopted connections until cancelled; then close them."""
+        epoll = self._epoll
+        owned = self._owned
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epoll)
+                for fd, _ in epoll.poll(0):
+                    conn = owned.get(fd)
+                    if conn is None:
+                        continue
+                    try:
+                        conn.hub_readable()
+                    except Exception:
+                        # A bug of ours costs this connection only.
+                        log.exception("client connection failed")
+                        self.close(conn)
+        finally:
+            for conn in list(owned.values()):
+                self.close(conn)
+            epoll.close()

@@ -1,0 +1,161 @@
+"""Idle keep-alive clients in the hub, and requests answered from callbacks.
+
+An idle plain-TCP client is held by the front-end's hub instead of a task of its
+own; the common request (a GET to a multiplexed worker) is answered from the
+worker connection's reader, and anything else goes on in a task from where it
+is. These tests check that the hand-overs keep every answer whole and in order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+import pytest
+import trio
+
+from fcgi_cluster.frontend import _server
+from workers.echo import app as echo
+
+from ._harness import RawClient, frontend, request_bytes, upstream_config, workers
+
+
+async def wait_for(predicate, timeout: float = 2.0) -> bool:
+    with trio.move_on_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+        return True
+    return False
+
+
+async def test_idle_clients_wait_in_the_hub_and_leave_it_when_they_close() -> None:
+    async with workers(echo) as addresses, frontend(upstream_config(addresses)) as (port, server):
+        assert server.hub is not None
+        async with RawClient.connect(port) as a, RawClient.connect(port) as b, RawClient.connect(port) as c:
+            for client in (a, b, c):
+                await client.send(request_bytes("/one"))
+                assert (await client.response()).status == 200
+            assert await wait_for(lambda: len(server.hub) == 3)
+            for client in (a, b, c):
+                await client.send(request_bytes("/two"))
+                response = await client.response()
+                assert json.loads(response.body)["environ"]["REQUEST_URI"] == "/two"
+            assert await wait_for(lambda: len(server.hub) == 3)
+        assert await wait_for(lambda: len(server.hub) == 0)
+        assert server.active_requests == 0
+
+
+async def test_pipelined_requests_of_every_kind_are_answered_in_order() -> None:
+    # Small GETs are answered from callbacks; a large answer, a slow one, an
+    # upload, a 404 and a failing worker request go through a task. Pipelined
+    # together, the hand-overs must keep the answers whole and in request order.
+    routes = '[[route]]\nprefix = "/app"\nupstream = "app"\n'
+    requests = [
+        (request_bytes("/app/a"), 200, None),
+        (request_bytes("/app/big?size=300000"), 200, 300000),
+        (request_bytes("/app/b"), 200, None),
+        (request_bytes("/elsewhere"), 404, None),
+        (request_bytes("/app/slow?sleep_ms=120"), 200, None),
+        (request_bytes("/app/c", method="POST", body=b"hello"), 200, None),
+        (request_bytes("/app/d?status=503"), 503, None),
+        (request_bytes("/app/e"), 200, None),
+    ]
+    async with workers(echo) as addresses, frontend(upstream_config(addresses, routes=routes)) as (port, server):
+        async with RawClient.connect(port) as client:
+            for _ in range(2):
+                await client.send(b"".join(raw for raw, _, _ in requests))
+                with trio.fail_after(10):
+                    for raw, status, size in requests:
+                        response = await client.response()
+                        assert response.status == status, (raw, response.status, response.body[:200])
+                        if size is not None:
+                            assert response.body == b"x" * size
+                        elif status == 200:
+                            target = raw.split(b" ")[1].decode()
+                            assert json.loads(response.body)["environ"]["REQUEST_URI"] == target
+            assert await wait_for(lambda: len(server.hub) == 1)
+        assert await wait_for(lambda: server.active_requests == 0)
+
+
+async def test_an_answer_the_client_socket_cannot_take_at_once_is_finished_by_a_task() -> None:
+    # 150 kB arrives as three records: answered from the callback, but a client
+    # that reads nothing yet (a small receive buffer) leaves most of it unsent.
+    size = 150_000
+    async with workers(echo) as addresses, frontend(upstream_config(addresses)) as (port, server):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await trio.to_thread.run_sync(sock.connect, ("127.0.0.1", port))
+        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+        client = RawClient(stream)
+        try:
+            await client.send(request_bytes("/warm"))
+            assert (await client.response()).status == 200
+            await client.send(request_bytes(f"/big?size={size}"))
+            await trio.sleep(0.3)  # the front-end has written what fits, and waits
+            with trio.fail_after(5):
+                response = await client.response()
+            assert response.status == 200
+            assert response.body == b"x" * size
+            await client.send(request_bytes("/after"))
+            after = await client.response()
+            assert json.loads(after.body)["environ"]["REQUEST_URI"] == "/after"
+        finally:
+            await stream.aclose()
+
+
+async def test_half_a_head_on_a_kept_connection_gets_408_from_the_hub() -> None:
+    options = 'header_timeout = "0.3s"\nkeepalive_timeout = "5s"'
+    async with workers(echo) as addresses, frontend(upstream_config(addresses, frontend=options)) as (port, server):
+        async with RawClient.connect(port) as client:
+            await client.send(request_bytes("/first"))
+            assert (await client.response()).status == 200
+            assert await wait_for(lambda: len(server.hub) == 1)
+            started = trio.current_time()
+            await client.send(b"GET /second HTTP/1.1\r\nHost: t\r\nX-Half: ")
+            with trio.fail_after(2):
+                response = await client.response()
+                closed = await client.at_eof()
+            elapsed = trio.current_time() - started
+    assert response.status == 408
+    assert closed
+    # The header timeout (0.3 s), not the keep-alive one (5 s), once a head began.
+    assert 0.25 <= elapsed < 1.0, elapsed
+
+
+async def test_a_failure_inside_a_callback_answer_costs_that_client_only(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A bug of ours while answering from the worker connection's reader must not
+    # take down that connection: the requests sharing it are answered.
+    real = _server.response_headers
+
+    def response_headers(headers):
+        if any(value == b"boom" for _, value in headers):
+            raise RuntimeError("a bug while answering")
+        return real(headers)
+
+    monkeypatch.setattr(_server, "response_headers", response_headers)
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/boom":
+            start_response("200 OK", [("Content-Type", "text/plain"), ("X-Trouble", "boom")])
+            return [b"never sent"]
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ["PATH_INFO"].encode()]
+
+    caplog.set_level(logging.ERROR, "fcgi_cluster.frontend")
+    async with workers(app) as addresses, frontend(upstream_config(addresses[:1])) as (port, server):
+        async with RawClient.connect(port) as victim, RawClient.connect(port) as other:
+            for client in (victim, other):
+                await client.send(request_bytes("/warm"))
+                assert (await client.response()).body == b"/warm"
+            await victim.send(request_bytes("/boom"))
+            await other.send(request_bytes("/fine"))
+            with trio.fail_after(5):
+                assert (await other.response()).body == b"/fine"
+                assert await victim.at_eof()
+            await other.send(request_bytes("/still"))
+            assert (await other.response()).body == b"/still"
+        assert await wait_for(lambda: server.active_requests == 0)
+    assert any("a bug while answering" in (record.exc_text or "") for record in caplog.records)
