@@ -37,7 +37,7 @@ from ..client import Connection, ConnectError, ConnectionLost, FastCGIError, Req
 from ..client._response import ResponseStream
 from ._upstream import ServerBusy, Upstream
 
-__all__ = ["UpstreamFailure", "ProxyResult", "open_upstream_response", "response_headers", "IDEMPOTENT"]
+__all__ = ["UpstreamFailure", "FirstTry", "ProxyResult", "open_upstream_response", "response_headers", "IDEMPOTENT"]
 
 log = logging.getLogger("fcgi_cluster.frontend")
 
@@ -60,6 +60,25 @@ class UpstreamFailure(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
+
+
+@dataclass(slots=True)
+class FirstTry:
+    """How far a request's first try got before ``open_upstream_response`` took it over.
+
+    Attributes:
+        index: the server chosen.
+        started: ``balancer.started(index)`` was called.
+        conn: the connection it was sent on, with ``response`` its answer
+            so far; None when it was not sent.
+        error: what the try met before it could be sent (it failed then).
+    """
+
+    index: int
+    started: bool = False
+    conn: Connection | None = None
+    response: ResponseStream | None = None
+    error: FastCGIError | None = None
 
 
 @dataclass(slots=True)
@@ -123,7 +142,7 @@ async def open_upstream_response(
     method: bytes,
     hash_key: bytes | None,
     wait_head: Callable[[ResponseStream, float], Awaitable[None]] | None = None,
-    chosen: tuple[int, Connection | None, ResponseStream | None] | None = None,
+    first: FirstTry | None = None,
 ) -> ProxyResult:
     """Send one request to the pool and wait for its CGI head, retrying as the module says.
 
@@ -137,11 +156,8 @@ async def open_upstream_response(
             head and raises ``trio.TooSlowError`` at the deadline (default:
             ``read_head`` under that deadline); the server's version also
             watches the client.
-        chosen: the first try, begun already by a caller that went as far
-            as it could without waiting: ``(index, None, None)`` when it
-            chose the server (and called nothing else on the balancer), or
-            ``(index, conn, response)`` when the request is on its way too
-            (``balancer.started`` called).
+        first: the first try, begun already by a caller that went as far
+            as it could without waiting.
 
     Returns:
         A ``ProxyResult`` whose response has its status and headers; the
@@ -163,18 +179,22 @@ async def open_upstream_response(
     for _ in range(tries):
         conn = None
         response = None
-        if chosen is not None:
-            index, conn, response = chosen
-            chosen = None
+        error = None
+        if first is not None:
+            index, conn, response, error = first.index, first.conn, first.response, first.error
+            if not first.started:
+                balancer.started(index)
+            first = None
         else:
             index = balancer.choose(hash_key, exclude=tried | upstream.unhealthy if upstream.unhealthy else tried)
-        if index is None:
-            break
+            if index is None:
+                break
+            balancer.started(index)
         tried.add(index)
         server = upstream.servers[index]
-        if response is None:
-            balancer.started(index)
         try:
+            if error is not None:
+                raise error
             if response is None:
                 conn = server.ready_connection() or await server.acquire()
                 response = conn.start_request(params, body)

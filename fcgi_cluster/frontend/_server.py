@@ -39,7 +39,7 @@ from ._access_log import AccessLog
 from ._cgi import BadPath, ConnectionParams, header_params, line_params, normalize_path, request_params, split_path
 from ._http import NEED_DATA, Body, ConnectionClosed, EndOfMessage, HTTPError, HTTPServerConnection, RequestHead, error_page
 from ._hub import HUB_AVAILABLE, Hub
-from ._proxy import IDEMPOTENT, ProxyResult, UpstreamFailure, open_upstream_response, response_headers
+from ._proxy import IDEMPOTENT, FirstTry, ProxyResult, UpstreamFailure, open_upstream_response, response_headers
 from ._static import plan_static, read_file_range
 from ._upstream import Upstream, run_health_checks
 
@@ -536,21 +536,22 @@ class _ClientConnection:
             return False  # the task finds none either, and answers 502
         params = self._upstream_params(head, number, path, head.content_length)
         self._begin_request()
-        started = time.time()
-        conn = upstream.servers[index].ready_connection()
-        response = None
+        answer = _CallbackAnswer(self, head, number, route, path, time.time(), upstream, index, params)
+        target = upstream.servers[index]
+        conn = target.ready_connection()
         if conn is not None:
-            try:
-                response = conn.start_request(params, b"")
-            except FastCGIError:
-                pass  # the task takes a fresh connection
-        if response is None:
-            self._to_task(resume=(head, lambda: self._proxy(head, number, route, path, started, (index, None, None))))
-            return True
-        upstream.balancer.started(index)
-        answer = self._answer = _CallbackAnswer(self, head, number, route, path, started, upstream, index, conn, response)
-        response._state.callback = answer.ready
-        server.deadlines.watch_head(answer, trio.current_time() + WATCH_CLIENT_AFTER)
+            if answer.send(conn):
+                upstream.balancer.started(index)
+                return True
+        else:
+            waiter = target.wait_in_line(answer.connection_ready)
+            if waiter is not None:
+                upstream.balancer.started(index)
+                answer.waiter = waiter
+                self._answer = answer
+                return True
+        # No connection without waiting (or the one there was is dead): a task takes one.
+        answer.to_task(FirstTry(index))
         return True
 
     def drop_answer(self) -> None:
@@ -787,9 +788,9 @@ class _ClientConnection:
 
     async def _proxy(
         self, head: RequestHead, number: int, route: object, path: bytes, started: float,
-        chosen: tuple[int, object, object] | None = None,
+        first: FirstTry | None = None,
     ) -> bool:
-        """Answer a request from an upstream (``chosen``: the first try, begun by the hub)."""
+        """Answer a request from an upstream (``first``: its first try, begun by the hub)."""
         server = self.server
         upstream = server.upstreams[route.upstream]  # type: ignore[attr-defined]
         http = self.http
@@ -811,7 +812,7 @@ class _ClientConnection:
             result = await open_upstream_response(
                 upstream, params, body, method=head.method,
                 hash_key=self._hash_key(upstream, head) if upstream.hashed else None,
-                wait_head=wait, chosen=chosen,  # type: ignore[arg-type]
+                wait_head=wait, first=first,  # type: ignore[arg-type]
             )
         except UpstreamFailure as exc:
             if isinstance(body, _BodyStream) and body.error is not None:
@@ -1071,17 +1072,19 @@ class _CallbackAnswer:
     ends. A whole answer of a few records leaves for the client in one
     ``os.write`` the moment its END_REQUEST is read, and the connection goes
     back to the hub (or on to a request the client pipelined) with no task
-    woken. Anything else (a failed or refused request, a large or slow answer,
-    a client that does not take it all) goes on in a task of the connection's
-    own, from where it is, through the same code as every other request.
+    woken. A request that must wait in line for a connection (``max_conns``)
+    waits with a callback too. Anything else (a failed or refused request, a
+    large or slow answer, a client that does not take it all) goes on in a
+    task of the connection's own, from where it is, through the same code as
+    every other request.
     """
 
-    __slots__ = ("client", "head", "number", "route", "path", "started", "upstream", "index", "conn", "response",
-                 "_finished", "_over")
+    __slots__ = ("client", "head", "number", "route", "path", "started", "upstream", "index", "params", "conn",
+                 "response", "waiter", "_finished", "_over")
 
     def __init__(
         self, client: _ClientConnection, head: RequestHead, number: int, route: object, path: bytes, started: float,
-        upstream: Upstream, index: int, conn: object, response: ResponseStream,
+        upstream: Upstream, index: int, params: dict[bytes, bytes] | bytes,
     ) -> None:
         self.client = client
         self.head = head
@@ -1091,53 +1094,97 @@ class _CallbackAnswer:
         self.started = started
         self.upstream = upstream
         self.index = index
-        self.conn = conn
-        self.response = response
+        self.params = params
+        self.conn: object = None
+        self.response: ResponseStream | None = None
+        #: In line for a connection (``Server.wait_in_line``), while it is.
+        self.waiter: object = None
         self._finished = False  # the response closed and the balancer told
         self._over = False  # the request counted as ended, or handed to a task that ends it
 
+    def send(self, conn: object) -> bool:
+        """Send the request on ``conn``; False (nothing sent) when that connection is dead."""
+        try:
+            response = conn.start_request(self.params, b"")  # type: ignore[attr-defined]
+        except FastCGIError:
+            return False
+        self.conn = conn
+        self.response = response
+        self.client._answer = self
+        response._state.callback = self.ready
+        self.client.server.deadlines.watch_head(self, trio.current_time() + WATCH_CLIENT_AFTER)
+        return True
+
+    def connection_ready(self, conn: object, error: FastCGIError | None) -> None:
+        """``Server.wait_in_line``'s callback: this request's turn came (or its wait ended)."""
+        self.waiter = None
+        try:
+            if conn is not None:
+                if self.send(conn):
+                    return
+                self.upstream.servers[self.index].release(conn)  # a dead one: closed
+            self.to_task(FirstTry(self.index, started=True, error=error))
+        except Exception:
+            self._failed_here()
+
     def ready(self) -> None:
-        state = self.response._state
+        state = self.response._state  # type: ignore[union-attr]
         try:
             if not state.finished:
                 if len(state.chunks) >= _CALLBACK_RECORDS:
-                    self._to_task()
+                    self.to_task()
             elif state.error is not None:
-                self._to_task()
+                self.to_task()
             else:
                 self._write()
         except Exception:
-            # Runs in a worker connection's reader: a bug of ours must cost
-            # this client only, never the requests sharing that connection.
-            log.exception("request %r failed", self.head.target)
-            if not self._over:
-                self.drop()
-                client = self.client
-                if client.in_hub:
-                    client._hub.close(client)  # type: ignore[union-attr]
+            self._failed_here()
+
+    def _failed_here(self) -> None:
+        # Runs in a worker connection's reader or in a server's release: a bug
+        # of ours must cost this client only, never the requests sharing
+        # that connection.
+        log.exception("request %r failed", self.head.target)
+        if not self._over:
+            self.drop()
+            client = self.client
+            if client.in_hub:
+                client._hub.close(client)  # type: ignore[union-attr]
 
     def interrupt(self, error: BaseException) -> bool:
         """``_Deadlines``: the answer is slow; it goes on in a task, which watches the client."""
-        self._to_task()
+        self.to_task()
         return True
 
     def _detach(self) -> None:
-        self.response._state.callback = None
+        if self.response is not None:
+            self.response._state.callback = None
         self.client.server.deadlines.heads.pop(self, None)
-        self.client._answer = None
+        if self.client._answer is self:
+            self.client._answer = None
 
-    def _to_task(self) -> None:
+    def to_task(self, first: FirstTry | None = None) -> None:
+        """Go on in a task: from ``first``, or from the request sent and its answer so far."""
         self._detach()
         self._over = True
+        if first is None:
+            first = FirstTry(self.index, started=True, conn=self.conn, response=self.response)  # type: ignore[arg-type]
         client, head = self.client, self.head
-        chosen = (self.index, self.conn, self.response)
         number, route, path, started = self.number, self.route, self.path, self.started
-        client._to_task(resume=(head, lambda: client._proxy(head, number, route, path, started, chosen)))
+        client._to_task(resume=(head, lambda: client._proxy(head, number, route, path, started, first)))
 
     def drop(self) -> None:
         """The client connection closes first (or the answer failed here): abort the request."""
         self._detach()
-        self._finish()
+        if self.waiter is not None:
+            self.upstream.servers[self.index].leave_line(self.waiter)  # type: ignore[arg-type]
+            self.waiter = None
+        if self.response is None:
+            if not self._finished:
+                self._finished = True
+                self.upstream.balancer.finished(self.index)
+        else:
+            self._finish()
         if not self._over:
             self._over = True
             self.client.server._request_ended()
@@ -1145,15 +1192,16 @@ class _CallbackAnswer:
     def _finish(self) -> None:
         if not self._finished:
             self._finished = True
-            ProxyResult(self.response, self.upstream, self.index, self.conn).finish()
+            ProxyResult(self.response, self.upstream, self.index, self.conn).finish()  # type: ignore[arg-type]
 
     def _write(self) -> None:
         """The request ended well: send its answer, then serve the connection on."""
         response = self.response
+        assert response is not None
         try:
             response.head_ready()
         except FastCGIError:
-            self._to_task()  # the task meets the same error, and tries the next server
+            self.to_task()  # the task meets the same error, and tries the next server
             return
         self._detach()
         client, upstream = self.client, self.upstream

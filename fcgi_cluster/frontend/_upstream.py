@@ -39,7 +39,7 @@ import dataclasses
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -80,12 +80,14 @@ class ServerBusy(ConnectError):
 
 
 class _Waiter:
-    """A request in line for a connection at ``max_conns``: its parked task and what it gets."""
+    """A request in line for a connection at ``max_conns``: its parked task (or callback) and what it gets."""
 
-    __slots__ = ("task", "deadline", "conn", "expired")
+    __slots__ = ("task", "deadline", "conn", "expired", "callback")
 
-    def __init__(self, deadline: float) -> None:
-        self.task = trio.lowlevel.current_task()
+    def __init__(self, deadline: float, callback: Callable[[Connection | None, ServerBusy | None], None] | None = None) -> None:
+        self.task = trio.lowlevel.current_task() if callback is None else None
+        #: Called instead of waking a task: see ``Server.wait_in_line``.
+        self.callback = callback
         self.deadline = deadline
         #: Handed over by ``release``.
         self.conn: Connection | None = None
@@ -257,10 +259,42 @@ class Server:
                 return waiter.conn
             if not waiter.expired:
                 continue  # a connection closed: room to open one
-            raise ServerBusy(
-                f"{self.address} is busy: all {self._max_conns} connections (max_conns) "
-                f"stayed busy for {self._connect_timeout:g} s"
-            )
+            raise self._busy()
+
+    def wait_in_line(self, callback: Callable[[Connection | None, ServerBusy | None], None]) -> _Waiter | None:
+        """Queue for a connection at ``max_conns`` with a callback instead of a task.
+
+        For a caller with no task to park (the front-end's hub), when
+        ``ready_connection`` gave None. ``callback(conn, error)`` is then
+        called once, when the waiter leaves the line: with a connection; with
+        neither (a connection closed: there is room to open one, which takes
+        ``acquire``); or with ``ServerBusy`` at the deadline.
+
+        Returns:
+            The waiter (for ``leave_line``), or None when waiting in line is
+            not what it takes (the caller should ``acquire``).
+        """
+        if self.multiplexed is not False or not self._max_conns or len(self._live) + self._opening < self._max_conns:
+            return None
+        waiter = _Waiter(trio.current_time() + self._connect_timeout, callback)
+        self._queue.append(waiter)
+        if not self._expiring:
+            self._expiring = True
+            self._nursery.start_soon(self._expire_waiters)
+        return waiter
+
+    def leave_line(self, waiter: _Waiter) -> None:
+        """Take a ``wait_in_line`` waiter out of the line (its callback is not called)."""
+        try:
+            self._queue.remove(waiter)
+        except ValueError:
+            pass
+
+    def _busy(self) -> ServerBusy:
+        return ServerBusy(
+            f"{self.address} is busy: all {self._max_conns} connections (max_conns) "
+            f"stayed busy for {self._connect_timeout:g} s"
+        )
 
     def _has_room(self, conn: Connection) -> bool:
         # A new connection is visible to other requests as soon as it opens,
@@ -293,10 +327,12 @@ class Server:
                 return
         conn.close()
 
-    @staticmethod
-    def _wake(waiter: _Waiter) -> None:
+    def _wake(self, waiter: _Waiter) -> None:
         """Wake a waiter taken out of the line: with a connection, with room to open one, or at its deadline."""
-        trio.lowlevel.reschedule(waiter.task)
+        if waiter.callback is None:
+            trio.lowlevel.reschedule(waiter.task)
+        else:
+            waiter.callback(waiter.conn, self._busy() if waiter.expired else None)
 
     async def _expire_waiters(self) -> None:
         """Wake each waiter in line at its deadline (it then fails); runs while the line is not empty.

@@ -159,3 +159,67 @@ async def test_a_failure_inside_a_callback_answer_costs_that_client_only(
             assert (await other.response()).body == b"/still"
         assert await wait_for(lambda: server.active_requests == 0)
     assert any("a bug while answering" in (record.exc_text or "") for record in caplog.records)
+
+
+def one_connection_config(addresses: list[str], upstream: str = "") -> str:
+    """A worker spoken to one request per connection, over one connection at most."""
+    return upstream_config(addresses, upstream='multiplex = "off"\n' + upstream).replace(
+        f'"{addresses[0]}"', f'{{ address = "{addresses[0]}", max_conns = 1 }}'
+    )
+
+
+async def test_kept_clients_wait_in_line_with_callbacks_in_order_and_give_up_at_connect_timeout() -> None:
+    # The hub's requests wait in line for a connection at max_conns with a
+    # callback instead of a task: in arrival order, and a 503 for one still
+    # waiting after connect_timeout.
+    async with workers(echo) as addresses, frontend(
+        one_connection_config(addresses[:1], 'connect_timeout = "0.4s"')
+    ) as (port, server):
+        upstream = server.upstreams["app"].servers[0]
+        async with RawClient.connect(port) as a, RawClient.connect(port) as b, RawClient.connect(port) as c:
+            for client in (a, b, c):
+                await client.send(request_bytes("/warm"))
+                assert (await client.response()).status == 200
+            assert await wait_for(lambda: len(server.hub) == 3)
+            began = trio.current_time()
+            await a.send(request_bytes("/first?sleep_ms=300"))
+            await trio.sleep(0.1)
+            await b.send(request_bytes("/second?sleep_ms=500"))
+            await trio.sleep(0.1)
+            await c.send(request_bytes("/third"))
+            await trio.sleep(0.05)
+            assert len(upstream._queue) == 2
+            assert all(waiter.callback is not None for waiter in upstream._queue)
+            with trio.fail_after(5):
+                third = await c.response()
+                third_at = trio.current_time() - began
+                first = await a.response()
+                second = await b.response()
+                second_at = trio.current_time() - began
+            for client, target in ((a, "/again-a"), (c, "/again-c")):
+                await client.send(request_bytes(target))
+                assert json.loads((await client.response()).body)["environ"]["PATH_INFO"] == target
+        assert upstream.connection_count == 1
+    assert json.loads(first.body)["environ"]["PATH_INFO"] == "/first"
+    assert json.loads(second.body)["environ"]["PATH_INFO"] == "/second"
+    assert second_at >= 0.75  # waited 0.2 s for the connection, then ran 0.5 s
+    assert third.status == 503
+    assert 0.45 <= third_at < second_at
+
+
+async def test_kept_clients_in_line_leave_it_when_the_front_end_stops() -> None:
+    async with workers(echo) as addresses:
+        async with frontend(one_connection_config(addresses[:1])) as (port, server):
+            upstream = server.upstreams["app"].servers[0]
+            async with RawClient.connect(port) as a, RawClient.connect(port) as b, RawClient.connect(port) as c:
+                for client in (a, b, c):
+                    await client.send(request_bytes("/warm"))
+                    assert (await client.response()).status == 200
+                for client in (a, b, c):
+                    await client.send(request_bytes("/long?sleep_ms=2000"))
+                assert await wait_for(lambda: len(upstream._queue) == 2)
+                balancer = server.upstreams["app"].balancer
+        # Stopped: every waiter left the line, and the balancer counts no request.
+        assert len(upstream._queue) == 0
+        assert server.active_requests == 0
+        assert [peer.active for peer in balancer._peers] == [0]
