@@ -1,9 +1,18 @@
 """The front-end's trio server: client connections, routing, and the response loop.
 
-One task per client connection reads requests in order (pipelined ones wait
-their turn), routes each one (a static directory or an upstream pool), and
-writes its response before reading the next: answers leave in request order
-without holding later requests' responses in memory.
+A client connection's requests are read in order (pipelined ones wait their
+turn), routed (a static directory or an upstream pool), and each answered
+before the next is read: answers leave in request order without holding later
+requests' responses in memory.
+
+Who does the work: an idle plain-TCP connection belongs to the hub (``_hub``),
+one task for all of them. The common request, a GET to an upstream, is then
+answered from callbacks with no task: the hub reads and parses it and sends it
+to a worker, and the worker connection's reader writes the answer to the
+client (``_CallbackAnswer``). Any other request, and any answer that turns out
+large, slow or failed, is served by a task of the connection's own, from where
+it is, with the code below; the task gives the connection back to the hub
+once it falls idle. TLS connections keep their task throughout.
 
 Timeouts, with nginx's names and defaults: ``header_timeout`` while a request
 head arrives (-> 408), ``body_timeout`` between two reads of a body (-> 408),
@@ -13,7 +22,7 @@ head arrives (-> 408), ``body_timeout`` between two reads of a body (-> 408),
 Error handling: a client's garbage gets its 4xx and that connection closes;
 an upstream failure gets 502/504; anything unexpected is logged with its
 traceback and the client gets a plain 500. No exception leaves a connection's
-task, so one client can never take the server down.
+task or a callback, so one client can never take the server down.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import trio
 
 from .._accept import accept_loop
 from ..client import FastCGIError
-from ..client._response import STREAM_BUFFER, ResponseStream
+from ..client._response import ResponseStream
 from ..protocol._records import encode_params
 from ._access_log import AccessLog
 from ._cgi import BadPath, ConnectionParams, header_params, line_params, normalize_path, request_params, split_path
@@ -503,10 +512,12 @@ class _ClientConnection:
         """Begin answering ``head`` with no task: False (and nothing done) when it needs one.
 
         The common request qualifies: no body, an idempotent method, a route
-        to an upstream, and a worker with room on a multiplexed connection
-        now. Its answer is then written by the worker connection's reader
-        (``_CallbackAnswer``) if it is whole and small when it ends; a slow,
-        large or failed one goes on in a task, from where it is.
+        to an upstream with a live server. It is sent at once on a connection
+        that has room (a multiplexed one, or a kept-alive idle one), or waits
+        in line for one at ``max_conns``; otherwise a task takes it on from
+        the server chosen. Its answer is written by the worker connection's
+        reader (``_CallbackAnswer``) if it is whole and small when it ends; a
+        slow, large or failed one goes on in a task, from where it is.
         """
         if type(head) is not RequestHead or head.method not in IDEMPOTENT:
             return False
