@@ -57,6 +57,11 @@ class Hub:
     def __len__(self) -> int:
         return len(self._owned)
 
+    def take(self, conn: _ClientConnection) -> None:
+        """Own a new connection, before its first read (``hub_readable``), which arms it if need be."""
+        self._owned[conn._fd] = conn
+        conn.in_hub = True
+
     def adopt(self, conn: _ClientConnection) -> None:
         """Take ``conn`` (idle, or holding part of a head) and wake when it is readable or due."""
         fd = conn._fd

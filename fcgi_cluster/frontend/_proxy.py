@@ -37,7 +37,9 @@ from ..client import Connection, ConnectError, ConnectionLost, FastCGIError, Req
 from ..client._response import ResponseStream
 from ._upstream import ServerBusy, Upstream
 
-__all__ = ["UpstreamFailure", "FirstTry", "ProxyResult", "open_upstream_response", "response_headers", "IDEMPOTENT"]
+__all__ = [
+    "UpstreamFailure", "FirstTry", "ProxyResult", "finish_try", "open_upstream_response", "response_headers", "IDEMPOTENT",
+]
 
 log = logging.getLogger("fcgi_cluster.frontend")
 
@@ -98,17 +100,24 @@ class ProxyResult:
                 garbage, timeout): counted against its ``max_fails``. A client
                 that went away is not the worker's fault.
         """
-        self.response.close()
-        server = self.upstream.servers[self.index]
-        # Closing the response aborted the request if it had not ended; the
-        # server keeps the connection only if it is healthy and now idle (a
-        # multiplexed one serves on: other requests may be using it).
-        server.release(self._conn)  # type: ignore[arg-type]
-        self.upstream.balancer.finished(self.index)
-        if upstream_failed:
-            self.upstream.balancer.failed(self.index)
-        else:
-            self.upstream.balancer.succeeded(self.index)
+        finish_try(self.response, self.upstream, self.index, self._conn, upstream_failed)  # type: ignore[arg-type]
+
+
+def finish_try(
+    response: ResponseStream, upstream: Upstream, index: int, conn: Connection, upstream_failed: bool = False
+) -> None:
+    """``ProxyResult.finish``, for a caller that holds the parts rather than a ``ProxyResult``."""
+    response.close()
+    # Closing the response aborted the request if it had not ended; the
+    # server keeps the connection only if it is healthy and now idle (a
+    # multiplexed one serves on: other requests may be using it).
+    upstream.servers[index].release(conn)
+    balancer = upstream.balancer
+    balancer.finished(index)
+    if upstream_failed:
+        balancer.failed(index)
+    else:
+        balancer.succeeded(index)
 
 
 def response_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], int | None]:

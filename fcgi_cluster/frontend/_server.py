@@ -48,7 +48,7 @@ from ._access_log import AccessLog
 from ._cgi import BadPath, ConnectionParams, header_params, line_params, normalize_path, request_params, split_path
 from ._http import NEED_DATA, Body, ConnectionClosed, EndOfMessage, HTTPError, HTTPServerConnection, RequestHead, error_page
 from ._hub import HUB_AVAILABLE, Hub
-from ._proxy import IDEMPOTENT, FirstTry, ProxyResult, UpstreamFailure, open_upstream_response, response_headers
+from ._proxy import IDEMPOTENT, FirstTry, UpstreamFailure, finish_try, open_upstream_response, response_headers
 from ._static import plan_static, read_file_range
 from ._upstream import Upstream, run_health_checks
 
@@ -249,7 +249,31 @@ class FrontendServer:
         local = sock.getsockname()
         # At max_connections, stop accepting: new clients wait in the
         # kernel's backlog instead of costing memory here.
-        await accept_loop(sock, self.connections, lambda stream: nursery.start_soon(self._connection_task, stream, local))
+        await accept_loop(sock, self.connections, lambda stream: self._accepted(stream, local, nursery))
+
+    def _accepted(self, stream: trio.SocketStream, local: tuple, nursery: trio.Nursery) -> None:
+        """A new client: to the hub when it can hold it (plain TCP), else to a task of its own.
+
+        The hub reads the first request now (it usually came with the
+        connection) and answers it as it answers any other, so a client that
+        sends one request per connection costs no task either.
+        """
+        hub = self.hub
+        if hub is None or self._ssl_context is not None:
+            nursery.start_soon(self._connection_task, stream, local)
+            return
+        try:
+            conn = _ClientConnection(self, stream, self._connection_params(stream, local), stream)
+        except OSError:  # reset before we looked at it
+            self.connections.release()
+            stream.socket.close()
+            return
+        hub.take(conn)
+        try:
+            conn.hub_readable()
+        except Exception:
+            log.exception("client connection failed")
+            hub.close(conn)
 
     async def _connection_task(self, stream: trio.SocketStream, local: tuple) -> None:
         conn = None
@@ -268,20 +292,7 @@ class FrontendServer:
 
     async def _client_connection(self, stream: trio.SocketStream, local: tuple) -> _ClientConnection | None:
         """A new client's connection, TLS handshake done (None if it did not finish in time)."""
-        peer = stream.socket.getpeername()
-        if isinstance(peer, tuple):
-            remote_addr, remote_port = peer[0], peer[1]
-            server_addr, server_port = local[0], local[1]
-        else:  # unix socket
-            remote_addr, remote_port, server_addr, server_port = "unix:", 0, "unix:", 0
-        params = ConnectionParams(
-            remote_addr=remote_addr.encode(),
-            remote_port=b"%d" % remote_port,
-            server_addr=server_addr.encode(),
-            server_port=b"%d" % server_port,
-            server_name=(self.frontend.server_name or server_addr).encode(),
-            https=self._ssl_context is not None,
-        )
+        params = self._connection_params(stream, local)
         client: trio.abc.Stream = stream
         if self._ssl_context is not None:
             client = trio.SSLStream(stream, self._ssl_context, server_side=True)
@@ -290,6 +301,22 @@ class FrontendServer:
             if scope.cancelled_caught:
                 return None
         return _ClientConnection(self, client, params, stream)
+
+    def _connection_params(self, stream: trio.SocketStream, local: tuple) -> ConnectionParams:
+        peer = stream.socket.getpeername()
+        if isinstance(peer, tuple):
+            remote_addr, remote_port = peer[0], peer[1]
+            server_addr, server_port = local[0], local[1]
+        else:  # unix socket
+            remote_addr, remote_port, server_addr, server_port = "unix:", 0, "unix:", 0
+        return ConnectionParams(
+            remote_addr=remote_addr.encode(),
+            remote_port=b"%d" % remote_port,
+            server_addr=server_addr.encode(),
+            server_port=b"%d" % server_port,
+            server_name=(self.frontend.server_name or server_addr).encode(),
+            https=self._ssl_context is not None,
+        )
 
 
 class _ClientConnection:
@@ -385,7 +412,7 @@ class _ClientConnection:
             if resume is not None:
                 if not await self._answered(resume[0], resume[1]()):
                     return not http.request_complete
-            fresh = not self.served
+            fresh = not self.served and first is None  # a new connection's task
             while True:
                 if first is not None:
                     event, first = first, None
@@ -1203,7 +1230,7 @@ class _CallbackAnswer:
     def _finish(self) -> None:
         if not self._finished:
             self._finished = True
-            ProxyResult(self.response, self.upstream, self.index, self.conn).finish()  # type: ignore[arg-type]
+            finish_try(self.response, self.upstream, self.index, self.conn)  # type: ignore[arg-type]
 
     def _write(self) -> None:
         """The request ended well: send its answer, then serve the connection on."""
