@@ -223,3 +223,48 @@ async def test_kept_clients_in_line_leave_it_when_the_front_end_stops() -> None:
         assert len(upstream._queue) == 0
         assert server.active_requests == 0
         assert [peer.active for peer in balancer._peers] == [0]
+
+
+async def test_plain_clients_get_no_task_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client that sends one GET per connection, and one that keeps its
+    # connection, are both served by the hub and callbacks: no connection task
+    # is started, and none is started again for a request.
+    started: list[str] = []
+    real_task = _server.FrontendServer._connection_task
+    real_drive = _server._ClientConnection.drive
+
+    async def connection_task(self, *args):
+        started.append("connection task")
+        await real_task(self, *args)
+
+    async def drive(self, *args):
+        started.append("drive")
+        await real_drive(self, *args)
+
+    monkeypatch.setattr(_server.FrontendServer, "_connection_task", connection_task)
+    monkeypatch.setattr(_server._ClientConnection, "drive", drive)
+    async with workers(echo) as addresses, frontend(upstream_config(addresses)) as (port, server):
+        # The first request to each worker opens its connection, which takes a task.
+        for _ in addresses:
+            async with RawClient.connect(port) as client:
+                await client.send(request_bytes("/warm"))
+                assert (await client.response()).status == 200
+        started.clear()
+        for number in range(5):
+            async with RawClient.connect(port) as client:
+                await client.send(request_bytes(f"/new/{number}", headers=[("Connection", "close")]))
+                response = await client.response()
+                assert json.loads(response.body)["environ"]["REQUEST_URI"] == f"/new/{number}"
+                assert await client.at_eof()
+        async with RawClient.connect(port) as client:
+            for number in range(5):
+                await client.send(request_bytes(f"/kept/{number}"))
+                response = await client.response()
+                assert json.loads(response.body)["environ"]["REQUEST_URI"] == f"/kept/{number}"
+        assert started == []
+        # A request the callbacks do not answer (one with a body) takes a
+        # task, and only then.
+        async with RawClient.connect(port) as client:
+            await client.send(request_bytes("/upload", method="POST", body=b"abc"))
+            assert json.loads((await client.response()).body)["body_length"] == 3
+        assert started == ["drive"]
