@@ -1185,9 +1185,9 @@ class _CallbackAnswer:
         log.exception("request %r failed", self.head.target)
         if not self._over:
             self.drop()
-            client = self.client
-            if client.in_hub:
-                client._hub.close(client)  # type: ignore[union-attr]
+        client = self.client
+        if client.in_hub:  # not handed to a task: nothing else will close it
+            client._hub.close(client)  # type: ignore[union-attr]
 
     def interrupt(self, error: BaseException) -> bool:
         """``_Deadlines``: the answer is slow; it goes on in a task, which watches the client."""

@@ -268,3 +268,36 @@ async def test_plain_clients_get_no_task_of_their_own(monkeypatch: pytest.Monkey
             await client.send(request_bytes("/upload", method="POST", body=b"abc"))
             assert json.loads((await client.response()).body)["body_length"] == 3
         assert started == ["drive"]
+
+
+async def test_a_failure_on_a_pipelined_request_closes_that_client(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The answer to the first request is written from the worker connection's
+    # reader, which then begins the next request the client pipelined; a bug
+    # of ours there must close this client (not leave it held by nobody), and
+    # cost nobody else anything.
+    real = _server._ClientConnection._upstream_params
+
+    def upstream_params(self, head, *args):
+        if head.path == b"/explode":
+            raise RuntimeError("a bug while sending")
+        return real(self, head, *args)
+
+    monkeypatch.setattr(_server._ClientConnection, "_upstream_params", upstream_params)
+    caplog.set_level(logging.ERROR, "fcgi_cluster.frontend")
+    async with workers(echo) as addresses, frontend(upstream_config(addresses[:1])) as (port, server):
+        async with RawClient.connect(port) as victim, RawClient.connect(port) as other:
+            for client in (victim, other):
+                await client.send(request_bytes("/warm"))
+                assert (await client.response()).status == 200
+            await victim.send(request_bytes("/first") + request_bytes("/explode"))
+            with trio.fail_after(5):
+                first = await victim.response()
+                assert await victim.at_eof()
+            assert json.loads(first.body)["environ"]["REQUEST_URI"] == "/first"
+            await other.send(request_bytes("/still"))
+            assert json.loads((await other.response()).body)["environ"]["REQUEST_URI"] == "/still"
+            assert await wait_for(lambda: len(server.hub) == 1)
+        assert await wait_for(lambda: server.active_requests == 0)
+    assert any("a bug while sending" in (record.exc_text or "") for record in caplog.records)
