@@ -14,6 +14,7 @@ keeps serving other connections.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Awaitable, Callable
@@ -172,6 +173,9 @@ class WorkerConnection:
         self._handler = handler
         # Handlers that can be told to stop without a cancel scope say so (WSGI).
         self._scoped = getattr(handler, "needs_cancel_scope", True)
+        # Handlers that can start a request with no task of its own (WSGI
+        # with app threads): start_nowait(ctx, done, spawn) -> bool.
+        self._start_nowait = getattr(handler, "start_nowait", None)
         self._input_buffer = config.input_buffer
         self._high_water = config.output_buffer
         self._out = bytearray()
@@ -182,6 +186,7 @@ class WorkerConnection:
         self._seen_request = False
         self._read_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
+        self._over = False  # run() has ended
         # A socket is read and written through its descriptor directly: a
         # trio stream's receive and send each add a trip through the scheduler
         # (a checkpoint after an operation that did not block). Other streams
@@ -198,8 +203,11 @@ class WorkerConnection:
                     await self._read_loop()
                 self._close_when_idle()
         finally:
-            for ctx in self.requests.values():
+            self._over = True
+            for ctx in list(self.requests.values()):
                 ctx.body.abort()
+                if ctx.interrupt is not None and self._start_nowait is not None:
+                    ctx.cancel()  # a request with no task: its thread is told to stop
             if self._fd >= 0:
                 # Every task that used the socket has ended: closed at once,
                 # without aclose's cancel scopes and checkpoint (a connection
@@ -240,6 +248,7 @@ class WorkerConnection:
         stream = self.stream
         requests = self.requests
         fd = self._fd
+        pending: list[RequestContext] = []
         while True:
             if fd >= 0:
                 data = await _receive_fd(fd)
@@ -257,18 +266,27 @@ class WorkerConnection:
                     self._abandon()
                     return
                 if event is NEED_DATA:
+                    if pending:
+                        self._start_pending(pending)
                     break
                 kind = type(event)
                 if kind is Request:
                     self._seen_request = True
                     ctx = RequestContext(self, event, RequestBody(self._input_buffer), scoped=self._scoped)
                     requests[event.request_id] = ctx
-                    self._nursery.start_soon(self._run_request, ctx)
+                    if self._start_nowait is None:
+                        self._nursery.start_soon(self._run_request, ctx)
+                    else:
+                        # Started once this read is processed, as a task would
+                        # be: an ABORT_REQUEST in the same read stops it first.
+                        pending.append(ctx)
                 elif kind is Stdin:
                     ctx = requests.get(event.request_id)
                     if ctx is not None:
                         ctx.body.feed(event.data)
                         if ctx.body.full:
+                            if pending:
+                                self._start_pending(pending)  # its app makes the room
                             await ctx.body.wait_for_room()
                 elif kind is AbortRequest:
                     ctx = requests.get(event.request_id)
@@ -282,6 +300,16 @@ class WorkerConnection:
             out = core.data_to_send()
             if out:
                 self.write_nowait(out)
+
+    def _start_pending(self, pending: list[RequestContext]) -> None:
+        """Start the requests of the read just processed: without a task when the handler can."""
+        start_nowait = self._start_nowait
+        assert start_nowait is not None and self._nursery is not None
+        spawn = self._nursery.start_soon
+        for ctx in pending:
+            if not start_nowait(ctx, functools.partial(self._request_done, ctx), spawn):
+                spawn(self._run_request, ctx)
+        pending.clear()
 
     def _abandon(self) -> None:
         assert self._nursery is not None
@@ -300,12 +328,20 @@ class WorkerConnection:
         except Exception:
             log.exception("request %d failed inside the worker", ctx.request_id)
         finally:
-            ctx.end(1 if ctx.cancelled and (scope is None or scope.cancelled_caught) else 0)
-            del self.requests[ctx.request_id]
-            if self.core.should_close or (self._draining and not self.requests):
-                self._close_when_idle()
-            if self._writer_lot:
-                self._writer_lot.unpark()
+            self._request_done(ctx, scope is None or scope.cancelled_caught)
+
+    def _request_done(self, ctx: RequestContext, cancelled_here: bool = True) -> None:
+        """A request's handler is over: END_REQUEST if it sent none, and the connection's bookkeeping."""
+        if self.requests.get(ctx.request_id) is not ctx:
+            return  # done already
+        ctx.end(1 if ctx.cancelled and cancelled_here else 0)
+        del self.requests[ctx.request_id]
+        if self._over:
+            return
+        if self.core.should_close or (self._draining and not self.requests):
+            self._close_when_idle()
+        if self._writer_lot:
+            self._writer_lot.unpark()
 
     def _close_when_idle(self) -> None:
         self._closing = True

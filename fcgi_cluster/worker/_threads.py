@@ -237,12 +237,15 @@ class Handoff:
     ``closed`` and wind up.
     """
 
-    __slots__ = ("_task", "_deliveries", "closed")
+    __slots__ = ("_task", "_deliveries", "closed", "callback")
 
     def __init__(self) -> None:
         self._task: Any = None
         self._deliveries = _Deliveries.current()
         self.closed = False
+        #: Called on the loop with each value instead of waking a task, while
+        #: set (no task waits then): for a caller that has no task to park.
+        self.callback: Callable[[Any], None] | None = None
 
     async def receive(self) -> Any:
         if self.closed:
@@ -272,8 +275,14 @@ class Handoff:
         self._deliveries.put(self, value)
 
     def _deliver(self, value: Any) -> None:
+        if self.closed:
+            return
+        callback = self.callback
+        if callback is not None:
+            callback(value)
+            return
         task, self._task = self._task, None
-        if task is not None and not self.closed:
+        if task is not None:
             trio.lowlevel.reschedule(task, outcome.Value(value))
 
 

@@ -436,9 +436,82 @@ class WSGIHandler:
                         data = _cgi_head(status, headers) + body
         self._finish(ctx, call, kind, data)
 
-    async def _run_app(self, ctx: RequestContext, environ: dict, errors: WSGIErrors) -> tuple[_Call, int, bytes]:
-        """Call the app (on this thread, or in a pool thread) and take its outcome."""
+    def start_nowait(self, ctx: RequestContext, done: Callable[[], None], spawn: Callable[..., object]) -> bool:
+        """Start a request in the thread pool with no task of its own; False when it needs one.
+
+        The common request (app threads, no sessions on the loop) needs none:
+        its outcome arrives on the loop with the handoff's callback, which
+        ends the request there. An answer streamed in pieces goes on in a task
+        (``spawn``) from its first piece, as ``_run_app`` would have.
+
+        Args:
+            ctx: the request, not yet started.
+            done: called once when the request is over, from the loop (the
+                connection's bookkeeping, what its task would have done after
+                the handler).
+            spawn: the connection's ``nursery.start_soon``.
+        """
+        if self.inline or self.session_ends is not None or ctx.cancelled:
+            return False
+        environ, errors = self.environ(ctx)
         call = _Call(self.app, environ, errors, ctx)
+        handoff = call.handoff
+        flusher = self.flusher
+
+        def over() -> None:
+            ctx.interrupt = None
+            handoff.callback = None
+            flusher.discard(call)
+
+        def interrupted(_error: BaseException) -> None:
+            # ABORT_REQUEST, or the connection going away: as a cancelled
+            # _run_app, answer now; the thread stops at its next step.
+            handoff.closed = True
+            call.abort()
+            over()
+            done()
+
+        def delivered(value: tuple[int, bytes, bytes]) -> None:
+            try:
+                kind, data, stderr = value
+                ctx.log(stderr)
+                over()
+                if kind == _CHUNK:
+                    spawn(self._stream_rest, ctx, call, data, done)
+                    return
+                self._finish(ctx, call, kind, data)
+            except Exception:  # on the loop, outside any task: never raised there
+                log.exception("request %d failed inside the worker", ctx.request_id)
+            done()
+
+        flusher.add(call)
+        ctx.interrupt = interrupted
+        handoff.callback = delivered
+        self.pool.start(call.run)
+        return True
+
+    async def _stream_rest(self, ctx: RequestContext, call: _Call, first: bytes, done: Callable[[], None]) -> None:
+        """``start_nowait``'s request from its first streamed piece on, in a task."""
+        try:
+            call, kind, data = await self._run_app(ctx, call.environ, call.errors, call=call, first=first)
+            self._finish(ctx, call, kind, data)
+        except RequestCancelled:
+            pass
+        except Exception:
+            log.exception("request %d failed inside the worker", ctx.request_id)
+        finally:
+            done()
+
+    async def _run_app(
+        self, ctx: RequestContext, environ: dict, errors: WSGIErrors, *, call: _Call | None = None, first: bytes | None = None,
+    ) -> tuple[_Call, int, bytes]:
+        """Call the app (on this thread, or in a pool thread) and take its outcome.
+
+        ``call`` and ``first``: a call running already, whose first streamed
+        piece arrived (``start_nowait``): go on from there.
+        """
+        if call is None:
+            call = _Call(self.app, environ, errors, ctx)
         if self.inline:
             whole = await ctx.body.wait_buffered()
             if ctx.cancelled:
@@ -450,10 +523,15 @@ class WSGIHandler:
                 return call, kind, data
         self.flusher.add(call)
         ctx.interrupt = call.handoff.interrupt
-        self.pool.start(call.run)
+        if first is None:
+            self.pool.start(call.run)
         try:
             while True:
-                kind, data, stderr = await call.handoff.receive()
+                if first is not None:
+                    kind, data, stderr = _CHUNK, first, b""
+                    first = None
+                else:
+                    kind, data, stderr = await call.handoff.receive()
                 if ctx.cancelled:
                     raise RequestCancelled()
                 ctx.log(stderr)

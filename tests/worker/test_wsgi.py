@@ -534,3 +534,75 @@ async def test_a_request_aborted_in_the_same_write_as_it_never_reaches_the_app()
         after = await web.request(params("/next"))  # served after the aborted one, in order
     assert after.body == b"ran"
     assert ran == ["/next"]
+
+
+async def test_requests_in_app_threads_take_no_task_of_their_own(monkeypatch):
+    # With app threads and no sessions on the loop, a request is started from
+    # the connection's reader and ended by its thread's outcome: no task per
+    # request. Streaming, failures and aborts must answer as they do with one.
+    from fcgi_cluster.worker import _connection
+
+    tasks = []
+    real = _connection.WorkerConnection._run_request
+
+    async def run_request(self, ctx):
+        tasks.append(ctx.request_id)
+        await real(self, ctx)
+
+    monkeypatch.setattr(_connection.WorkerConnection, "_run_request", run_request)
+    gate = threading.Event()
+    blocked = Closing([b"never"], gate=gate)
+
+    def app(environ, start_response):
+        path = environ["PATH_INFO"]
+        if path == "/fail":
+            raise RuntimeError("app failure")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        if path == "/big":
+            return [b"y" * 100_000 for _ in range(20)]  # streamed in pieces
+        if path == "/blocked":
+            return blocked
+        return [path.encode()]
+
+    async with serving(app) as web:
+        plain = [await web.request(params(f"/n{i}")) for i in range(3)]
+        failed = await web.request(params("/fail"))
+        big = await web.request(params("/big"))
+        rid = await web.start(params("/blocked"))
+        await trio.sleep(0.05)
+        await web.abort(rid)
+        after = await web.request(params("/after"))  # answered while /blocked's thread still waits
+        gate.set()
+        with trio.fail_after(5):
+            while not blocked.closed.is_set():  # the thread was told to stop: its iterable closed
+                await trio.sleep(0.01)
+    assert [answer.body for answer in plain] == [b"/n0", b"/n1", b"/n2"]
+    assert failed.status == 500 and failed.end.app_status == 1
+    assert big.body == b"y" * 2_000_000 and big.end.app_status == 0
+    assert web.answers[rid].stdout == b""  # nothing of the aborted one was sent
+    assert after.body == b"/after"
+    assert tasks == []
+
+
+async def test_a_web_server_that_hangs_up_stops_requests_running_without_a_task(caplog):
+    gate = threading.Event()
+    blocked = Closing([b"never"] * 3, gate=gate)
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return blocked
+
+    caplog.set_level("ERROR")
+    async with serving(app) as web:
+        await web.start(params("/blocked"))
+        await trio.sleep(0.05)
+        assert len(web.worker.requests) == 1
+        await web.stream.send_eof()  # the web server hangs up
+        with trio.fail_after(5):
+            while web.worker.requests:  # the request was ended when the connection went
+                await trio.sleep(0.01)
+        gate.set()
+        with trio.fail_after(5):
+            while not blocked.closed.is_set():  # and its thread stopped at its next step
+                await trio.sleep(0.01)
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
