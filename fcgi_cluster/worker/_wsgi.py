@@ -477,9 +477,14 @@ class WSGIHandler:
                 ctx.log(stderr)
                 over()
                 if kind == _CHUNK:
-                    spawn(self._stream_rest, ctx, call, data, done)
-                    return
-                self._finish(ctx, call, kind, data)
+                    try:
+                        spawn(self._stream_rest, ctx, call, data, done)
+                        return
+                    except RuntimeError:  # the connection is closing: nobody will read the rest
+                        call.abort()  # the thread waits for its piece to be taken: let it stop
+                        ctx.cancelled = True
+                else:
+                    self._finish(ctx, call, kind, data)
             except Exception:  # on the loop, outside any task: never raised there
                 log.exception("request %d failed inside the worker", ctx.request_id)
             done()
