@@ -228,6 +228,14 @@ class FrontendServer:
                 sock.close()
             await trio.sleep_forever()
 
+    def route_of(self, path: bytes) -> tuple[int, typing.Any]:
+        """The first route matching a normalised path, and its number; (-1, None) for none."""
+        text_path = path.decode("utf-8", "surrogateescape")
+        for number, route in enumerate(self.routes):
+            if route.match(text_path):
+                return number, route
+        return -1, None
+
     def stop_accepting(self) -> None:
         """Stop taking new clients (shutdown); connections already open go on."""
         self._accepting.cancel()
@@ -558,13 +566,8 @@ class _ClientConnection:
         except BadPath:
             return False
         server = self.server
-        text_path = path.decode("utf-8", "surrogateescape")
-        for number, route in enumerate(server.routes):
-            if route.match(text_path):
-                break
-        else:
-            return False
-        if route.static is not None:
+        number, route = server.route_of(path)
+        if route is None or route.static is not None:
             return False
         upstream = server.upstreams[route.upstream]
         index = upstream.balancer.choose(
@@ -746,11 +749,8 @@ class _ClientConnection:
             await self._send_error(400, str(exc))
             self._log(head, 400, 0, started)
             return False
-        text_path = path.decode("utf-8", "surrogateescape")
-        for number, route in enumerate(self.server.routes):
-            if route.match(text_path):
-                break
-        else:
+        number, route = self.server.route_of(path)
+        if route is None:
             return await self._simple(head, 404, started)
         if route.static is not None:
             return await self._static(head, route, path, started)
@@ -826,9 +826,9 @@ class _ClientConnection:
 
     async def _proxy(
         self, head: RequestHead, number: int, route: object, path: bytes, started: float,
-        first: FirstTry | None = None,
+        first: FirstTry | None = None, params: dict[bytes, bytes] | bytes | None = None,
     ) -> bool:
-        """Answer a request from an upstream (``first``: its first try, begun by the hub)."""
+        """Answer a request from an upstream (``first``: its first try, and ``params``, made by the hub)."""
         server = self.server
         upstream = server.upstreams[route.upstream]  # type: ignore[attr-defined]
         http = self.http
@@ -845,7 +845,8 @@ class _ClientConnection:
         else:
             body, length = await self._request_body(head)
             wait = self._wait_head if http.request_complete else None
-        params = self._upstream_params(head, number, path, length)
+        if params is None:
+            params = self._upstream_params(head, number, path, length)
         try:
             result = await open_upstream_response(
                 upstream, params, body, method=head.method,
@@ -1208,8 +1209,8 @@ class _CallbackAnswer:
         if first is None:
             first = FirstTry(self.index, started=True, conn=self.conn, response=self.response)  # type: ignore[arg-type]
         client, head = self.client, self.head
-        number, route, path, started = self.number, self.route, self.path, self.started
-        client._to_task(resume=(head, lambda: client._proxy(head, number, route, path, started, first)))
+        number, route, path, started, params = self.number, self.route, self.path, self.started, self.params
+        client._to_task(resume=(head, lambda: client._proxy(head, number, route, path, started, first, params)))
 
     def drop(self) -> None:
         """The client connection closes first (or the answer failed here): abort the request."""

@@ -155,14 +155,7 @@ class Server:
         waited for.
         """
         if not self.multiplexed:
-            if self.multiplexed is None:
-                return None
-            while self._idle and not self._queue:
-                conn = self._idle.pop()
-                if conn.is_usable and conn.requests_in_flight == 0:
-                    return conn
-                conn.close()
-            return None
+            return None if self.multiplexed is None else self._take_idle()
         best = self._least_busy()
         if best is not None and best.requests_in_flight == 0:
             return best
@@ -230,11 +223,9 @@ class Server:
                     await self._room.park()
         deadline = trio.current_time() + self._connect_timeout
         while True:
-            while self._idle and not self._queue:
-                conn = self._idle.pop()
-                if conn.is_usable and conn.requests_in_flight == 0:
-                    return conn
-                conn.close()
+            idle = self._take_idle()
+            if idle is not None:
+                return idle
             if not self._max_conns or len(self._live) + self._opening < self._max_conns:
                 return await self._open()
             # At max_conns, wait in line for a connection to come back, as
@@ -295,6 +286,15 @@ class Server:
             f"{self.address} is busy: all {self._max_conns} connections (max_conns) "
             f"stayed busy for {self._connect_timeout:g} s"
         )
+
+    def _take_idle(self) -> Connection | None:
+        """A kept-alive idle connection still fit for a request, unless someone waits in line first."""
+        while self._idle and not self._queue:
+            conn = self._idle.pop()
+            if conn.is_usable and conn.requests_in_flight == 0:
+                return conn
+            conn.close()
+        return None
 
     def _has_room(self, conn: Connection) -> bool:
         # A new connection is visible to other requests as soon as it opens,
