@@ -64,8 +64,9 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 #: management records they do not implement, so the wait must end.
 DEFAULT_GET_VALUES_TIMEOUT = 5.0
 
-#: Bytes asked of the socket per receive: four full records.
-RECEIVE_SIZE = 256 * 1024
+#: Bytes asked of the socket per receive: below glibc's mmap threshold, since
+#: os.read allocates this much per call (see ``worker._connection.RECEIVE_SIZE``).
+RECEIVE_SIZE = 64 * 1024
 
 #: Linux only; elsewhere the delayed-ACK stall it avoids is left alone.
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)

@@ -42,8 +42,12 @@ __all__ = ["RequestContext", "WorkerConnection"]
 
 log = logging.getLogger("fcgi_cluster.worker")
 
-#: Bytes asked of the socket per read: one full record plus headers fits.
-RECEIVE_SIZE = 256 * 1024
+#: Bytes asked of the socket per read. os.read allocates this much for every
+#: call: at 256 KiB (above glibc's mmap threshold) each read cost an mmap, an
+#: mremap, a munmap and page faults, 15 us against 2.5 at 64 KiB (measured on
+#: a socketpair), paid per request behind a web server that sends one request
+#: per connection at a time.
+RECEIVE_SIZE = 64 * 1024
 
 
 class RequestCancelled(Exception):
