@@ -305,11 +305,14 @@ def test_max_requests_recycles_children_without_losing_a_request(tmp_path):
     port = free_port()
     with master(tmp_path, pool(port, pm="static", pm_max_children=2, pm_max_requests=5)) as proc:
         wait_until(lambda: len(children(proc.pid)) == 2, what="2 children")
+        started = time.monotonic()
         ok, failures, pids = load(port, total=100, concurrency=2, seconds=40)
-        assert failures == []
-        assert ok == 100
+        # Which of these went wrong, and what the master saw, if one did.
+        summary = f"{ok} ok in {time.monotonic() - started:.1f} s, {len(pids)} children; log:\n{log_of(proc)[-3000:]}"
+        assert failures == [], summary
+        assert ok == 100, summary
         # 100 requests at 5 per child: about 20 children served them.
-        assert len(pids) >= 15, len(pids)
+        assert len(pids) >= 15, summary
         wait_until(lambda: len(children(proc.pid)) == 2, what="2 children again")
 
 
