@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from ..client._cgi import SERVER_SOFTWARE
+from ..protocol._records import encode_pairs
 
-__all__ = ["BadPath", "ConnectionParams", "header_params", "line_params", "normalize_path", "split_path",
-           "request_params"]
+__all__ = ["BadPath", "ConnectionParams", "encode_line_params", "header_params", "line_params", "normalize_path",
+           "split_path", "request_params"]
 
 #: Distinct header names whose HTTP_* key is remembered. Real traffic uses a
 #: few dozen names; the cap keeps a client that invents a new name per request
@@ -248,6 +249,54 @@ def line_params(
         b"SCRIPT_FILENAME": document_root.rstrip(b"/") + script_name,
         b"PATH_INFO": path_info,
     }
+
+
+#: ``line_params``' names, in its order.
+_LINE_NAMES = (b"QUERY_STRING", b"REQUEST_METHOD", b"CONTENT_LENGTH", b"SCRIPT_NAME", b"REQUEST_URI",
+               b"DOCUMENT_URI", b"DOCUMENT_ROOT", b"SERVER_PROTOCOL", b"SCRIPT_FILENAME", b"PATH_INFO")
+
+
+def _name_heads(name: bytes) -> list[bytes]:
+    """A pair's two length bytes and ``name``, by value length (under 128)."""
+    return [bytes((len(name), length)) + name for length in range(0x80)]
+
+
+(_QUERY, _METHOD, _LENGTH, _SCRIPT, _URI, _DOC_URI, _ROOT, _PROTOCOL, _FILENAME, _INFO) = (
+    _name_heads(name) for name in _LINE_NAMES)
+_PROTOCOLS = {b"1.1": b"HTTP/1.1", b"1.0": b"HTTP/1.0"}
+
+
+def encode_line_params(
+    method: bytes,
+    target: bytes,
+    query: bytes,
+    path: bytes,
+    *,
+    script_name: bytes,
+    path_info: bytes,
+    document_root: bytes,
+    http_version: bytes = b"1.1",
+    content_length: int | None = None,
+) -> bytes:
+    """``encode_pairs(line_params(...).items())``, made for every proxied request.
+
+    Every name is known, so each pair whose value is under 128 bytes (nearly
+    all) is its name's ready-made head and the value, joined in one call: no
+    dict, and a third of the calls of the general encoder.
+    """
+    length = b"" if content_length is None else b"%d" % content_length
+    protocol = _PROTOCOLS.get(http_version) or b"HTTP/" + http_version
+    filename = document_root.rstrip(b"/") + script_name
+    try:
+        return b"".join((
+            _QUERY[len(query)], query, _METHOD[len(method)], method, _LENGTH[len(length)], length,
+            _SCRIPT[len(script_name)], script_name, _URI[len(target)], target, _DOC_URI[len(path)], path,
+            _ROOT[len(document_root)], document_root, _PROTOCOL[len(protocol)], protocol,
+            _FILENAME[len(filename)], filename, _INFO[len(path_info)], path_info,
+        ))
+    except IndexError:  # a value of 128 bytes or more: a 4-byte length
+        values = (query, method, length, script_name, target, path, document_root, protocol, filename, path_info)
+        return encode_pairs(zip(_LINE_NAMES, values))
 
 
 def header_params(headers: Iterable[tuple[bytes, bytes]], underscores_in_headers: bool = False) -> dict[bytes, bytes]:

@@ -45,7 +45,7 @@ from ..client import FastCGIError
 from ..client._response import ResponseStream
 from ..protocol._records import encode_params
 from ._access_log import AccessLog
-from ._cgi import BadPath, ConnectionParams, header_params, line_params, normalize_path, request_params, split_path
+from ._cgi import BadPath, ConnectionParams, encode_line_params, header_params, normalize_path, request_params, split_path
 from ._http import NEED_DATA, Body, ConnectionClosed, EndOfMessage, HTTPError, HTTPServerConnection, RequestHead, error_page
 from ._hub import HUB_AVAILABLE, Hub
 from ._proxy import IDEMPOTENT, FirstTry, UpstreamFailure, finish_try, open_upstream_response, response_headers
@@ -938,10 +938,10 @@ class _ClientConnection:
             fields.pop(b"CONTENT_LENGTH", None)  # the body's length is in line_params
             self._headers_block = encode_params(fields)
             self._last_headers = headers
-        return self.base_block + encode_params(line_params(
+        return self.base_block + encode_line_params(
             head.method, head.target, head.query, path, script_name=script, path_info=info,
             document_root=server._route_roots[number], http_version=head.http_version, content_length=length,
-        )) + self._headers_block
+        ) + self._headers_block
 
     async def _wait_head(self, response: ResponseStream, deadline: float) -> None:
         """Wait for an answer's head until ``deadline``; a client that hangs up meanwhile aborts it.

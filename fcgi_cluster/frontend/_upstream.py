@@ -156,26 +156,28 @@ class Server:
         """
         if not self.multiplexed:
             return None if self.multiplexed is None else self._take_idle()
-        best = self._least_busy()
-        if best is not None and best.requests_in_flight == 0:
+        best, load = self._least_busy()
+        if load == 0:
             return best
         if len(self._live) + self._opening < self._max_connections:
             return None
-        if best is not None and best.requests_in_flight < self.max_reqs:
+        if load < self.max_reqs:
             return best
         return None
 
-    def _least_busy(self) -> Connection | None:
-        """An idle usable connection if there is one, else the usable one with the fewest requests."""
+    def _least_busy(self) -> tuple[Connection | None, int]:
+        """An idle usable connection if there is one, else the usable one with the
+        fewest requests, with its requests in flight (None and -1 when none is usable)."""
         best: Connection | None = None
+        fewest = -1
         for conn in self._live:
             if conn.is_usable:
                 load = conn.requests_in_flight
                 if load == 0:
-                    return conn
-                if best is None or load < best.requests_in_flight:
-                    best = conn
-        return best
+                    return conn, 0
+                if best is None or load < fewest:
+                    best, fewest = conn, load
+        return best, fewest
 
     async def acquire(self) -> Connection:
         """A connection ready for one more request.
@@ -196,15 +198,15 @@ class Server:
         if self.multiplexed:
             deadline = trio.current_time() + self._connect_timeout
             while True:
-                best = self._least_busy()
-                if best is not None and best.requests_in_flight == 0:
+                best, load = self._least_busy()
+                if load == 0:
                     return best
                 if len(self._live) + self._opening < self._max_connections:
                     conn = await self._open()
                     if self._has_room(conn):
                         return conn
                     continue  # others filled it while it opened
-                if best is not None and best.requests_in_flight < self.max_reqs:
+                if best is not None and load < self.max_reqs:
                     return best
                 if self._opening:
                     # A connection on its way takes FCGI_MAX_REQS more: wait
