@@ -66,7 +66,7 @@ import http
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable, NamedTuple, Union
 
 import httptools
 
@@ -131,9 +131,11 @@ class HTTPLimits:
 # --- events -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHead:
+class RequestHead(NamedTuple):
     """A request's line and header fields: the first event of every request.
+
+    Immutable as the other events, but a named tuple: one is made for every
+    request, in 0.4 us against 2 for a frozen dataclass.
 
     Attributes:
         method: as sent, e.g. b"GET" (llhttp knows the method, so it is upper case).
