@@ -6,10 +6,11 @@ limit (1,024) is far below what a front-end is configured for. As nginx's
 to the hard one at start; only the administrator can raise the hard limit.
 
 glibc's malloc gives each allocation from 128 KiB up (adjusted as it goes)
-its own mmap, and returns it at free: a 256 KiB socket read, or the bytes a
-FastCGI record stream is joined into, then costs fresh zeroed pages each
-time (measured: a 256 KiB ``os.read`` 3.5x the cost of a 128 KiB one).
-The front-end keeps such buffers on the heap instead (measured on it; the
+its own mmap, and returns it at free: the bytes a FastCGI record stream is
+joined into, or a large socket read, then cost fresh zeroed pages each time
+(measured: a 256 KiB ``os.read`` 3.5x the cost of a 128 KiB one; sockets are
+now read 64 KiB at a time, below the threshold, in every process). The
+front-end keeps such buffers on the heap instead (measured on it; the
 workers showed no gain and are left with glibc's defaults).
 """
 
@@ -23,7 +24,7 @@ import resource
 __all__ = ["raise_open_file_limit", "keep_buffers_on_the_heap"]
 
 #: Allocations below this come from the heap, not a mmap of their own
-#: (glibc M_MMAP_THRESHOLD): above the 256 KiB reads and their joins.
+#: (glibc M_MMAP_THRESHOLD): above the joins of a large answer's records.
 MMAP_THRESHOLD = 1024 * 1024
 
 #: Free memory at the top of the heap kept, not returned to the kernel
