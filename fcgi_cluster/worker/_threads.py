@@ -104,7 +104,7 @@ class ThreadPool:
     goes to more threads, up to ``size``, in the first case only: when a
     thread waits for the loop (``waits_for_loop``: a body's next bytes, room
     for output), or when the process's threads, all together, neither ran nor
-    waited to run for part of that time (``busy_time``: the app waits for
+    waited to run for part of the second period (``busy_time``: the app waits for
     something else). Before, any such stall counted as a block, and
     under load a hello app ended on all 16 threads, at about 1.2 times the CPU
     per request of one. The default patience is the GIL switch interval.
@@ -171,14 +171,20 @@ class ThreadPool:
         while True:
             await self._waiting.wait()
             progress = self._completed
-            began, busy = time.monotonic(), self._busy_time()
-            await trio.sleep(2 * self.patience)
-            now = time.monotonic()
-            blocked = self._completed == progress and (
-                waits_for_loop.count > 0 or self._idle_between(began, busy, now))
+            await trio.sleep(self.patience)
+            blocked = False
+            if self._completed == progress:
+                # Nothing finished for one period: watch the second with the
+                # process's busy time. Work that moves (the usual case under
+                # load: jobs queued behind a busy thread) costs no /proc read.
+                began, busy = time.monotonic(), self._busy_time()
+                await trio.sleep(self.patience)
+                now = time.monotonic()
+                blocked = self._completed == progress and (
+                    waits_for_loop.count > 0 or self._idle_between(began, busy, now))
             with self._lock:
                 if blocked:
-                    stale = now - 2 * self.patience
+                    stale = time.monotonic() - 2 * self.patience
                     waiting = sum(1 for queued, _, _ in self._jobs if queued <= stale)
                     for _ in range(waiting):
                         if not self._wake_locked():
