@@ -67,6 +67,11 @@ DEFAULT_GET_VALUES_TIMEOUT = 5.0
 #: Bytes asked of the socket per receive: below glibc's mmap threshold, since
 #: os.read allocates this much per call (see ``worker._connection.RECEIVE_SIZE``).
 RECEIVE_SIZE = 64 * 1024
+#: Asked instead after a receive that filled ``RECEIVE_SIZE``, while a large
+#: answer streams in: fewer reads, and fewer records split between two (the
+#: front-end's CPU per 1 MiB answer was 1.55 ms with 256 KiB reads, 1.96 with
+#: 64 KiB ones).
+RECEIVE_LARGE = 256 * 1024
 
 #: Linux only; elsewhere the delayed-ACK stall it avoids is left alone.
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
@@ -109,6 +114,7 @@ class Connection:
         # other stream, used through its own methods).
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self._quickack = quickack
+        self._receive_size = RECEIVE_SIZE  # RECEIVE_LARGE while a large answer streams in
         self._core = ClientConnection()
         self._requests: dict[int, _RequestState] = {}
         self._values_waiters: deque[_ValuesWaiter] = deque()
@@ -432,12 +438,15 @@ class Connection:
                 await trio.lowlevel.wait_readable(fd)
             except OSError as exc:  # the descriptor was closed under us
                 raise trio.ClosedResourceError(str(exc)) from exc
+            size = self._receive_size
             try:
-                return os.read(fd, RECEIVE_SIZE)
+                data = os.read(fd, size)
             except BlockingIOError:
                 continue
             except OSError as exc:
                 raise trio.BrokenResourceError(exc.strerror) from exc
+            self._receive_size = RECEIVE_LARGE if len(data) == size else RECEIVE_SIZE
+            return data
 
     def _dispatch(self, event: object) -> _RequestState | None:
         """Hand an event to whoever waits for it; returns a request whose buffer is now full.

@@ -48,6 +48,9 @@ log = logging.getLogger("fcgi_cluster.worker")
 #: a socketpair), paid per request behind a web server that sends one request
 #: per connection at a time.
 RECEIVE_SIZE = 64 * 1024
+#: Asked instead after a read that filled ``RECEIVE_SIZE`` (a large body is
+#: coming): fewer reads, and fewer records split between two of them.
+RECEIVE_LARGE = 256 * 1024
 
 
 class RequestCancelled(Exception):
@@ -253,9 +256,11 @@ class WorkerConnection:
         requests = self.requests
         fd = self._fd
         pending: list[RequestContext] = []
+        size = RECEIVE_SIZE
         while True:
             if fd >= 0:
-                data = await _receive_fd(fd)
+                data = await _receive_fd(fd, size)
+                size = RECEIVE_LARGE if len(data) == size else RECEIVE_SIZE
             else:
                 try:
                     data = await stream.receive_some(RECEIVE_SIZE)
@@ -426,7 +431,7 @@ class WorkerConnection:
                 return
 
 
-async def _receive_fd(fd: int) -> bytes:
+async def _receive_fd(fd: int, size: int) -> bytes:
     """The next bytes from a socket descriptor; b"" at EOF, a reset, or a close by another task."""
     while True:
         try:
@@ -434,7 +439,7 @@ async def _receive_fd(fd: int) -> bytes:
         except (trio.ClosedResourceError, OSError):
             return b""
         try:
-            return os.read(fd, RECEIVE_SIZE)
+            return os.read(fd, size)
         except BlockingIOError:
             continue  # a wakeup with nothing to read: wait on
         except OSError:
