@@ -42,10 +42,14 @@ def test_bench_quick_writes_results(tmp_path):
             assert row["p50_ms"] <= row["p99_ms"], row
             # Every process of the stack was found and charged: serving costs CPU.
             assert row["cpu_per_10k_s"] > 0, row
-            # Our own front-end answers every request; a peer's errors are its own, and the
-            # report shows them beside its figure.
+            # Our front-end answers every request, whatever its workers do: no reset, no
+            # timeout. A peer worker's failures reach the client as 502s (flup, out of
+            # threads, closes connections; nginx in front of it shows the same), and the
+            # report shows them beside the figure; in front of our own workers there are none.
             if row["stack"].startswith("ours -> "):
-                assert row["non_2xx"] == 0 and not any(row["socket_errors"].values()), row
+                assert not any(row["socket_errors"].values()), row
+            if row["stack"].startswith("ours -> ours"):
+                assert row["non_2xx"] == 0, row
     sweep = {row["connections"] for row in parts["scaling"]["summary"]}
     assert len(sweep) >= 3
 
