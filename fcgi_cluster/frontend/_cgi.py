@@ -220,6 +220,12 @@ def request_params(
     return params
 
 
+#: ``line_params``' names, in its order.
+_LINE_NAMES = (b"QUERY_STRING", b"REQUEST_METHOD", b"CONTENT_LENGTH", b"SCRIPT_NAME", b"REQUEST_URI",
+               b"DOCUMENT_URI", b"DOCUMENT_ROOT", b"SERVER_PROTOCOL", b"SCRIPT_FILENAME", b"PATH_INFO")
+_PROTOCOLS = {b"1.1": b"HTTP/1.1", b"1.0": b"HTTP/1.0"}
+
+
 def line_params(
     method: bytes,
     target: bytes,
@@ -237,23 +243,20 @@ def line_params(
     CONTENT_LENGTH is among them: the body's length when known, else b"" (a
     Content-Length header, in ``header_params``, then says it).
     """
-    return {
-        b"QUERY_STRING": query,
-        b"REQUEST_METHOD": method,
-        b"CONTENT_LENGTH": b"" if content_length is None else b"%d" % content_length,
-        b"SCRIPT_NAME": script_name,
-        b"REQUEST_URI": target,
-        b"DOCUMENT_URI": path,
-        b"DOCUMENT_ROOT": document_root,
-        b"SERVER_PROTOCOL": b"HTTP/" + http_version,
-        b"SCRIPT_FILENAME": document_root.rstrip(b"/") + script_name,
-        b"PATH_INFO": path_info,
-    }
+    return dict(zip(_LINE_NAMES, _line_values(
+        method, target, query, path, script_name, path_info, document_root, http_version, content_length)))
 
 
-#: ``line_params``' names, in its order.
-_LINE_NAMES = (b"QUERY_STRING", b"REQUEST_METHOD", b"CONTENT_LENGTH", b"SCRIPT_NAME", b"REQUEST_URI",
-               b"DOCUMENT_URI", b"DOCUMENT_ROOT", b"SERVER_PROTOCOL", b"SCRIPT_FILENAME", b"PATH_INFO")
+def _line_values(
+    method: bytes, target: bytes, query: bytes, path: bytes, script_name: bytes, path_info: bytes,
+    document_root: bytes, http_version: bytes, content_length: int | None,
+) -> tuple[bytes, ...]:
+    """``line_params``' values, in ``_LINE_NAMES``' order."""
+    return (
+        query, method, b"" if content_length is None else b"%d" % content_length, script_name, target, path,
+        document_root, _PROTOCOLS.get(http_version) or b"HTTP/" + http_version,
+        document_root.rstrip(b"/") + script_name, path_info,
+    )
 
 
 def _name_heads(name: bytes) -> list[bytes]:
@@ -263,7 +266,6 @@ def _name_heads(name: bytes) -> list[bytes]:
 
 (_QUERY, _METHOD, _LENGTH, _SCRIPT, _URI, _DOC_URI, _ROOT, _PROTOCOL, _FILENAME, _INFO) = (
     _name_heads(name) for name in _LINE_NAMES)
-_PROTOCOLS = {b"1.1": b"HTTP/1.1", b"1.0": b"HTTP/1.0"}
 
 
 def encode_line_params(
@@ -284,9 +286,9 @@ def encode_line_params(
     all) is its name's ready-made head and the value, joined in one call: no
     dict, and a third of the calls of the general encoder.
     """
-    length = b"" if content_length is None else b"%d" % content_length
-    protocol = _PROTOCOLS.get(http_version) or b"HTTP/" + http_version
-    filename = document_root.rstrip(b"/") + script_name
+    values = _line_values(
+        method, target, query, path, script_name, path_info, document_root, http_version, content_length)
+    query, method, length, script_name, target, path, document_root, protocol, filename, path_info = values
     try:
         return b"".join((
             _QUERY[len(query)], query, _METHOD[len(method)], method, _LENGTH[len(length)], length,
@@ -295,7 +297,6 @@ def encode_line_params(
             _FILENAME[len(filename)], filename, _INFO[len(path_info)], path_info,
         ))
     except IndexError:  # a value of 128 bytes or more: a 4-byte length
-        values = (query, method, length, script_name, target, path, document_root, protocol, filename, path_info)
         return encode_pairs(zip(_LINE_NAMES, values))
 
 
