@@ -32,6 +32,7 @@ import trio
 from trio.lowlevel import ParkingLot
 
 from .._address import Address, parse_address
+from .._limits import READ_SIZE, next_read_size
 from ..protocol import (
     NEED_DATA,
     AbortRequest,
@@ -63,15 +64,6 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 #: Seconds to wait for a GET_VALUES answer. Some peers never answer the
 #: management records they do not implement, so the wait must end.
 DEFAULT_GET_VALUES_TIMEOUT = 5.0
-
-#: Bytes asked of the socket per receive: below glibc's mmap threshold, since
-#: os.read allocates this much per call (see ``worker._connection.RECEIVE_SIZE``).
-RECEIVE_SIZE = 64 * 1024
-#: Asked instead after a receive that filled ``RECEIVE_SIZE``, while a large
-#: answer streams in: fewer reads, and fewer records split between two (the
-#: front-end's CPU per 1 MiB answer was 1.55 ms with 256 KiB reads, 1.96 with
-#: 64 KiB ones).
-RECEIVE_LARGE = 256 * 1024
 
 #: Linux only; elsewhere the delayed-ACK stall it avoids is left alone.
 _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
@@ -114,7 +106,7 @@ class Connection:
         # other stream, used through its own methods).
         self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else -1
         self._quickack = quickack
-        self._receive_size = RECEIVE_SIZE  # RECEIVE_LARGE while a large answer streams in
+        self._receive_size = READ_SIZE  # READ_SIZE_LARGE while a large answer streams in
         self._core = ClientConnection()
         self._requests: dict[int, _RequestState] = {}
         self._values_waiters: deque[_ValuesWaiter] = deque()
@@ -430,7 +422,7 @@ class Connection:
     async def _receive(self) -> bytes:
         fd = self._fd
         if fd < 0:
-            return await self._stream.receive_some(RECEIVE_SIZE)
+            return await self._stream.receive_some(READ_SIZE)
         # As trio's receive_some, without its per-call checks: wait until
         # readable, then read. A wakeup with nothing to read waits again.
         while True:
@@ -445,7 +437,7 @@ class Connection:
                 continue
             except OSError as exc:
                 raise trio.BrokenResourceError(exc.strerror) from exc
-            self._receive_size = RECEIVE_LARGE if len(data) == size else RECEIVE_SIZE
+            self._receive_size = next_read_size(size, len(data))
             return data
 
     def _dispatch(self, event: object) -> _RequestState | None:

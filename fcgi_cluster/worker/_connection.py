@@ -21,6 +21,7 @@ from typing import Awaitable, Callable
 
 import trio
 
+from .._limits import READ_SIZE, next_read_size
 from ..protocol import (
     NEED_DATA,
     AbortRequest,
@@ -41,16 +42,6 @@ from ._config import WorkerConfig
 __all__ = ["RequestContext", "WorkerConnection"]
 
 log = logging.getLogger("fcgi_cluster.worker")
-
-#: Bytes asked of the socket per read. os.read allocates this much for every
-#: call: at 256 KiB (above glibc's mmap threshold) each read cost an mmap, an
-#: mremap, a munmap and page faults, 15 us against 2.5 at 64 KiB (measured on
-#: a socketpair), paid per request behind a web server that sends one request
-#: per connection at a time.
-RECEIVE_SIZE = 64 * 1024
-#: Asked instead after a read that filled ``RECEIVE_SIZE`` (a large body is
-#: coming): fewer reads, and fewer records split between two of them.
-RECEIVE_LARGE = 256 * 1024
 
 
 class RequestCancelled(Exception):
@@ -256,14 +247,14 @@ class WorkerConnection:
         requests = self.requests
         fd = self._fd
         pending: list[RequestContext] = []
-        size = RECEIVE_SIZE
+        size = READ_SIZE
         while True:
             if fd >= 0:
                 data = await _receive_fd(fd, size)
-                size = RECEIVE_LARGE if len(data) == size else RECEIVE_SIZE
+                size = next_read_size(size, len(data))
             else:
                 try:
-                    data = await stream.receive_some(RECEIVE_SIZE)
+                    data = await stream.receive_some(READ_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
             core.receive_data(data)
