@@ -11,7 +11,11 @@ Three kinds of task touch a connection, and each owns one thing:
   and requests queued together leave together. Because callers never send,
   a caller that is cancelled can never leave half a record on the wire.
 * The reader task is the only one that receives. It feeds the core and hands
-  each event to the request it belongs to.
+  each event to the request it belongs to. It never waits for one request's
+  caller: an answer its caller has not read yet is held in memory, then in a
+  temporary file, up to the request's ``Buffering`` (``_buffer``); one that
+  outgrows it is aborted alone (``ResponseOverflow``), so a slow consumer
+  costs disk, never the other requests' time.
 
 When the connection dies (peer closed it, reset, protocol error, or this side
 closed it) every request waiting on it fails with the same kind of error;
@@ -51,7 +55,15 @@ from ..protocol import (
     Stdout,
     UnknownType,
 )
-from ._errors import ConnectError, ConnectionLost, FastCGIError, RequestRefused, UpstreamProtocolError
+from ._buffer import DEFAULT_BUFFERING, Buffering
+from ._errors import (
+    ConnectError,
+    ConnectionLost,
+    FastCGIError,
+    RequestRefused,
+    ResponseOverflow,
+    UpstreamProtocolError,
+)
 from ._response import Response, ResponseStream, _RequestState
 
 __all__ = ["Connection", "open_connection", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_GET_VALUES_TIMEOUT"]
@@ -97,9 +109,16 @@ class Connection:
     """
 
     def __init__(
-        self, stream: trio.abc.Stream, address: str, *, quickack: bool = False, send_timeout: float = math.inf
+        self,
+        stream: trio.abc.Stream,
+        address: str,
+        *,
+        quickack: bool = False,
+        send_timeout: float = math.inf,
+        buffering: Buffering = DEFAULT_BUFFERING,
     ) -> None:
         self.address = address
+        self._buffering = buffering
         self._send_timeout = send_timeout
         self._stream = stream
         # The socket's descriptor, for the read and write fast paths (-1: any
@@ -109,6 +128,8 @@ class Connection:
         self._receive_size = READ_SIZE  # READ_SIZE_LARGE while a large answer streams in
         self._core = ClientConnection()
         self._requests: dict[int, _RequestState] = {}
+        #: Requests whose callback is due once the records read in one go are dispatched.
+        self._due: list[_RequestState] = []
         self._values_waiters: deque[_ValuesWaiter] = deque()
         self._outbox: list[bytes] = []
         self._queued = 0  # bytes ever queued
@@ -180,28 +201,38 @@ class Connection:
         return Response(response.status, response.headers, b"".join(chunks), response.stderr, response.app_status)
 
     @asynccontextmanager
-    async def stream(self, params: Params, body: Body = b"", *, keep_conn: bool = True) -> AsyncIterator[ResponseStream]:
+    async def stream(
+        self, params: Params, body: Body = b"", *, keep_conn: bool = True, buffering: Buffering | None = None
+    ) -> AsyncIterator[ResponseStream]:
         """Send one request; enter once its CGI headers have arrived, iterate for the body.
 
         ``async with conn.stream(params) as response:`` gives ``status`` and
         ``headers``; ``async for chunk in response`` gives the body as it
         arrives. Leaving the block before the response ends aborts the request.
 
-        Args and Raises: as for ``request``.
+        Args: as for ``request``, and ``buffering``: how much of the answer
+            the connection may hold for a caller that reads slower than the
+            worker writes (default: the connection's, ``open_connection``).
 
-        Resource handling: at most ``STREAM_BUFFER`` records of body are held
-        for a caller that has not read them yet. Past that the connection's
-        reader waits, which stalls every other request on this connection
-        until the caller reads on: read promptly, or give a slow consumer a
-        connection of its own.
+        Raises: as for ``request``, and ``ResponseOverflow`` from the body's
+            iteration when the caller fell so far behind that the answer
+            outgrew its buffering: that request alone is aborted.
+
+        Resource handling: the connection's reader never waits for this
+        caller (unless ``buffering.wait``): what it has not read is held in
+        memory up to ``buffering.memory`` bytes, then in an unlinked
+        temporary file up to ``buffering.max_file``, freed when the block
+        ends. Other requests on the connection go on meanwhile.
         """
-        response = self.start_request(params, body, keep_conn=keep_conn)
+        response = self.start_request(params, body, keep_conn=keep_conn, buffering=buffering)
         try:
             yield await response.read_head()
         finally:
             response.close()
 
-    def start_request(self, params: Params | bytes, body: Body = b"", *, keep_conn: bool = True) -> ResponseStream:
+    def start_request(
+        self, params: Params | bytes, body: Body = b"", *, keep_conn: bool = True, buffering: Buffering | None = None
+    ) -> ResponseStream:
         """Queue one request and return its response, before anything has arrived.
 
         The low-level form of ``stream``, for callers that manage the
@@ -210,14 +241,14 @@ class Connection:
         ``response.close()`` at the end, which aborts the request if the
         worker has not ended it.
 
-        Args: as for ``request``, and ``params`` may also be bytes: the
+        Args: as for ``stream``, and ``params`` may also be bytes: the
             name-value block already encoded,
             for a caller that encodes the parts common to many requests once.
 
         Raises:
             ConnectionLost, UpstreamProtocolError: the connection is already dead.
         """
-        return ResponseStream(self._begin(params, body, keep_conn), self._forget)
+        return ResponseStream(self._begin(params, body, keep_conn, buffering or self._buffering), self._forget)
 
     async def get_values(
         self, names: Iterable[str] = _ALL_VALUES, *, timeout: float = DEFAULT_GET_VALUES_TIMEOUT
@@ -249,7 +280,7 @@ class Connection:
 
     # --- the per-request steps ----------------------------------------------
 
-    def _begin(self, params: Params | bytes, body: Body, keep_conn: bool) -> _RequestState:
+    def _begin(self, params: Params | bytes, body: Body, keep_conn: bool, buffering: Buffering) -> _RequestState:
         self._raise_if_failed()
         # Everything that can fail on bad arguments runs before the core
         # records the request, so a refused call leaves nothing in flight.
@@ -262,10 +293,10 @@ class Connection:
             # write (the writer applies backpressure); an iterable one follows
             # from a task of its own.
             rid, out = core.send_request(params, None if iterator is not None else bytes(body), keep_conn)  # type: ignore[arg-type]
-            state = _RequestState(rid)
+            state = _RequestState(rid, buffering, self._due)
         else:
             rid = core.new_request_id()
-            state = _RequestState(rid)
+            state = _RequestState(rid, buffering, self._due)
             out = core.send(Request(rid, params, Role.RESPONDER, keep_conn))  # type: ignore[arg-type]
             if iterator is None:
                 if body:
@@ -302,6 +333,7 @@ class Connection:
             if self._failure is None:
                 self._abort(state)
                 state.fail(exc)
+                self._run_due()
         finally:
             if hasattr(body, "aclose"):
                 await trio.aclose_forcefully(body)  # type: ignore[arg-type]
@@ -397,6 +429,8 @@ class Connection:
             while True:
                 event = core.next_event()
                 if event is NEED_DATA:
+                    if self._due:
+                        self._run_due()
                     # Only a response still coming needs our ACKs at once; once
                     # every answer is in, the next request carries the ACK.
                     if self._quickack and self._requests:
@@ -413,6 +447,8 @@ class Connection:
                 else:
                     full = self._dispatch(event)
                     if full is not None:
+                        # Buffering.wait, on a connection this request has alone.
+                        self._run_due()
                         await full.wait_for_room()
         except RemoteProtocolError as exc:
             self._fail(UpstreamProtocolError, f"{self.address} broke the FastCGI protocol: {exc}", exc)
@@ -441,17 +477,23 @@ class Connection:
             return data
 
     def _dispatch(self, event: object) -> _RequestState | None:
-        """Hand an event to whoever waits for it; returns a request whose buffer is now full.
+        """Hand an event to whoever waits for it; returns a request the reader must wait for.
 
-        The reader then waits for that request's caller to take some (the
-        backpressure of ``feed_stdout``) before it reads on.
+        That is a request with ``Buffering.wait`` whose memory is full: the
+        reader then waits for its caller to take some before it reads on.
         """
         # The two events of every request first, by exact type.
         kind = type(event)
         if kind is Stdout:
             state = self._requests.get(event.request_id)  # type: ignore[attr-defined]
-            if state is not None and event.data and state.feed_stdout(event.data):  # type: ignore[attr-defined]
-                return state
+            if state is not None and event.data:  # type: ignore[attr-defined]
+                try:
+                    if state.feed_stdout(event.data):  # type: ignore[attr-defined]
+                        return state
+                except ResponseOverflow as exc:
+                    # This answer alone is given up; its neighbours read on.
+                    self._abort(state)
+                    state.overflowed(exc)
             return None
         if kind is EndRequest:
             state = self._requests.pop(event.request_id, None)  # type: ignore[attr-defined]
@@ -498,9 +540,17 @@ class Connection:
             waiter.done.set()
         self._outbox.clear()
         self._sent_lot.unpark_all()
+        self._run_due()
         self._closed.set()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+
+    def _run_due(self) -> None:
+        """Call the callbacks of the requests that got STDOUT or ended since the last call."""
+        due = self._due
+        for state in due:  # a callback may queue another: it is called in this pass
+            state.run_callback()
+        due.clear()
 
     def _error(self) -> FastCGIError:
         # A fresh exception for each waiter: one instance raised in many tasks
@@ -567,7 +617,11 @@ def _reason(exc: BaseException) -> str:
 
 @asynccontextmanager
 async def open_connection(
-    address: Address | str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, send_timeout: float = math.inf
+    address: Address | str,
+    *,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    send_timeout: float = math.inf,
+    buffering: Buffering = DEFAULT_BUFFERING,
 ) -> AsyncIterator[Connection]:
     """Connect to a FastCGI worker: ``async with open_connection("127.0.0.1:9000") as conn:``.
 
@@ -578,6 +632,9 @@ async def open_connection(
         send_timeout: seconds a write may wait for the worker to take our
             bytes (nginx's ``fastcgi_send_timeout``); past it the connection
             is dropped and its requests fail with ConnectionLost.
+        buffering: how much of each answer the connection may hold for a
+            caller that reads slower than the worker writes (``stream`` can
+            say otherwise per request).
 
     Returns:
         An async context manager giving a ``Connection``; leaving the block
@@ -596,7 +653,7 @@ async def open_connection(
         address = parse_address(address)
     stream = await _connect(address, connect_timeout)
     quickack = address.path is None and _TCP_QUICKACK is not None
-    async with _attach(stream, str(address), quickack=quickack, send_timeout=send_timeout) as conn:
+    async with _attach(stream, str(address), quickack=quickack, send_timeout=send_timeout, buffering=buffering) as conn:
         yield conn
 
 
@@ -618,10 +675,15 @@ async def _connect(address: Address, timeout: float) -> trio.SocketStream:
 
 @asynccontextmanager
 async def _attach(
-    stream: trio.abc.Stream, address: str, *, quickack: bool = False, send_timeout: float = math.inf
+    stream: trio.abc.Stream,
+    address: str,
+    *,
+    quickack: bool = False,
+    send_timeout: float = math.inf,
+    buffering: Buffering = DEFAULT_BUFFERING,
 ) -> AsyncIterator[Connection]:
     """Run a ``Connection`` over a stream that is already connected (closed on exit)."""
-    conn = Connection(stream, address, quickack=quickack, send_timeout=send_timeout)
+    conn = Connection(stream, address, quickack=quickack, send_timeout=send_timeout, buffering=buffering)
     body_error: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:

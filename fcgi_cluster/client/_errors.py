@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ..protocol import ProtocolStatus
 
-__all__ = ["FastCGIError", "ConnectError", "ConnectionLost", "UpstreamProtocolError", "RequestRefused"]
+__all__ = ["FastCGIError", "ConnectError", "ConnectionLost", "UpstreamProtocolError", "RequestRefused", "ResponseOverflow"]
 
 
 class FastCGIError(Exception):
@@ -51,3 +51,13 @@ class RequestRefused(FastCGIError):
     def __init__(self, message: str, protocol_status: ProtocolStatus) -> None:
         super().__init__(message)
         self.protocol_status = protocol_status
+
+
+class ResponseOverflow(FastCGIError):
+    """The answer outgrew what its connection may hold for a reader that is too slow.
+
+    Its ``Buffering`` bounds (memory, then the temporary file) were reached
+    before the caller read it, or the file could not be written. That request
+    alone was aborted (ABORT_REQUEST); the connection serves on. Not the
+    worker's fault, and not worth retrying: the answer was already under way.
+    """

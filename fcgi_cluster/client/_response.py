@@ -6,22 +6,17 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+import tempfile
 from typing import Callable
 
 import outcome
 import trio
 
+from ._buffer import DEFAULT_BUFFERING, Buffering, SpillFile
 from ._cgi import parse_cgi_head
-from ._errors import UpstreamProtocolError
+from ._errors import ResponseOverflow, UpstreamProtocolError
 
-__all__ = ["Response", "ResponseStream", "STREAM_BUFFER", "MAX_STDERR_SIZE"]
-
-#: STDOUT records held per request before the connection's reader task waits
-#: for the caller to consume them. A record carries at most 64 KiB, so this
-#: bounds a request's buffered body at 512 KiB. FastCGI has no flow control of
-#: its own, so a caller that reads slowly stalls the reader, and with it every
-#: request multiplexed on the connection (the reason nginx never multiplexes).
-STREAM_BUFFER = 8
+__all__ = ["Response", "ResponseStream", "MAX_STDERR_SIZE"]
 
 #: STDERR bytes kept per request. STDERR is the application's log, not its
 #: answer: past this much the rest is dropped rather than held in memory.
@@ -31,20 +26,30 @@ MAX_STDERR_SIZE = 1024 * 1024
 class _RequestState:
     """What the connection tracks for one request until it ends or is given up.
 
-    Two tasks meet here: the connection's reader task feeds STDOUT in, the
-    caller takes it out. Each side waits for the other by parking its own
-    task, with no channel or lot allocated per request: a request costs a
-    deque and this object.
+    Two sides meet here: the connection's reader task feeds STDOUT in, the
+    caller takes it out. The reader never waits for the caller (unless
+    ``Buffering.wait`` says it may): what the caller has not taken is held in
+    memory up to ``Buffering.memory`` bytes, then in a ``SpillFile``, in order.
+    A caller's task that waits for data parks itself, with no channel or lot
+    allocated per request; a caller without a task (the front-end's callback
+    answers) sets ``callback`` instead.
     """
 
     __slots__ = (
-        "request_id", "chunks", "stderr", "app_status", "error", "finished", "forgotten",
-        "body_scope", "head_buffer", "_reader", "_feeder", "callback",
+        "request_id", "chunks", "buffered", "spill", "buffering", "stderr", "app_status", "error", "finished",
+        "forgotten", "body_scope", "head_buffer", "_reader", "_feeder", "callback", "_due", "_queued",
     )
 
-    def __init__(self, request_id: int) -> None:
+    def __init__(
+        self, request_id: int, buffering: Buffering = DEFAULT_BUFFERING, due: list[_RequestState] | None = None
+    ) -> None:
         self.request_id = request_id
+        #: STDOUT in memory, oldest first, and its size in bytes.
         self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        #: STDOUT past the memory bound, once there is some; it follows ``chunks``.
+        self.spill: SpillFile | None = None
+        self.buffering = buffering
         self.stderr: bytes | bytearray = b""  # a bytearray once STDERR arrives
         self.app_status: int | None = None
         self.error: BaseException | None = None
@@ -59,26 +64,81 @@ class _RequestState:
         self.head_buffer: bytearray | None = None
         self._reader: trio.lowlevel.Task | None = None
         self._feeder: trio.lowlevel.Task | None = None
-        #: Called (by the reader task) instead of waking a reader, when STDOUT
-        #: arrives or the request ends, while no task reads the response: for
-        #: a caller that answers small responses without a task of its own.
+        #: Called instead of waking a reader, when STDOUT arrives or the
+        #: request ends, while no task reads the response: for a caller that
+        #: answers without a task of its own. A connection calls it once the
+        #: records it read in one go are all dispatched (``due``), so an
+        #: answer that came whole is seen whole, and a piece of a streamed one
+        #: is seen the moment it arrived.
         self.callback: Callable[[], None] | None = None
+        #: The connection's list of states whose callback is due (None: call at once).
+        self._due = due
+        self._queued = False
+
+    @property
+    def has_data(self) -> bool:
+        """STDOUT has arrived that the caller has not taken."""
+        return bool(self.chunks) or (self.spill is not None and self.spill.pending > 0)
 
     def feed_stdout(self, data: bytes) -> bool:
-        """Pass body bytes to the caller; True when its buffer is full (then ``wait_for_room``)."""
+        """Hold body bytes for the caller; True when the reader should now ``wait_for_room``.
+
+        That is only with ``Buffering.wait``: otherwise bytes past the memory
+        bound go to the temporary file, and the reader reads on.
+
+        Raises:
+            ResponseOverflow: the answer outgrew its memory and file bounds (or
+                the file could not be written); the connection aborts it.
+        """
         if self.forgotten:
             return False
-        self.chunks.append(data)
-        reader = self._reader
-        if reader is not None:
-            self._reader = None
-            _reschedule(reader)
-        elif self.callback is not None:
-            self.callback()
-        return len(self.chunks) >= STREAM_BUFFER
+        buffering = self.buffering
+        spill = self.spill
+        size = len(data)
+        full = False
+        if (spill is None or not spill.pending) and (
+            self.buffered + size <= buffering.memory or not self.chunks or buffering.wait
+        ):
+            self.chunks.append(data)
+            self.buffered += size
+            full = buffering.wait and self.buffered >= buffering.memory
+        else:
+            self._spill(data)
+        self._signal()
+        return full
+
+    def _spill(self, data: bytes) -> None:
+        buffering = self.buffering
+        limit = buffering.max_file
+        spill = self.spill
+        if spill is None or spill.size + len(data) > limit:
+            if not limit:
+                raise ResponseOverflow(
+                    f"the answer outgrew its {buffering.memory}-byte buffer (no temporary file allowed) "
+                    "before it was read"
+                )
+            if spill is not None:
+                raise ResponseOverflow(
+                    f"the answer outgrew its {buffering.memory}-byte buffer and its {limit}-byte temporary file "
+                    "(max_temp_file_size) before it was read"
+                )
+        try:
+            if spill is None:
+                spill = self.spill = SpillFile(buffering.temp_path)
+            spill.write(data)
+        except OSError as exc:
+            raise ResponseOverflow(
+                f"the answer could not be written to a temporary file in {buffering.temp_path or tempfile.gettempdir()}: "
+                f"{exc.strerror or exc}"
+            ) from exc
+
+    def overflowed(self, error: ResponseOverflow) -> None:
+        """The connection aborted the request for ``error``: drop what it holds, fail it."""
+        self._drop()
+        self.fail(error)
 
     async def wait_for_room(self) -> None:
-        """Wait until the caller takes a chunk from a full buffer, or gives the request up."""
+        """Wait until the caller takes from a full buffer, or gives the request up."""
         if not self.forgotten:
             await _park(self, "_feeder")
 
@@ -102,30 +162,61 @@ class _RequestState:
         self.finished = True
         if self.body_scope is not None:
             self.body_scope.cancel()
+        self._signal()
+
+    def _signal(self) -> None:
         reader = self._reader
         if reader is not None:
             self._reader = None
             _reschedule(reader)
         elif self.callback is not None:
-            self.callback()
+            due = self._due
+            if due is None:
+                self.callback()
+            elif not self._queued:
+                self._queued = True
+                due.append(self)
+
+    def run_callback(self) -> None:
+        """The connection's turn to call ``callback``, queued by ``_signal``."""
+        self._queued = False
+        callback = self.callback
+        if callback is not None:
+            callback()
 
     def forget(self) -> None:
         """The caller is done with this request: drop whatever is still buffered."""
         self.callback = None
         self.forgotten = True
         self._finish()
-        self.chunks.clear()
+        self._drop()
         if self._feeder is not None:
             _wake(self, "_feeder")
 
+    def _drop(self) -> None:
+        self.chunks.clear()
+        self.buffered = 0
+        if self.spill is not None:
+            self.spill.close()
+            self.spill = None
+
     def take(self) -> bytes | None:
         """The next buffered STDOUT chunk, or None when nothing is buffered now."""
-        if not self.chunks:
-            return None
-        chunk = self.chunks.popleft()
-        if self._feeder is not None and len(self.chunks) < STREAM_BUFFER:
-            _wake(self, "_feeder")
-        return chunk
+        chunks = self.chunks
+        if chunks:
+            chunk = chunks.popleft()
+            self.buffered -= len(chunk)
+            if self._feeder is not None and self.buffered < self.buffering.memory:
+                _wake(self, "_feeder")
+            return chunk
+        spill = self.spill
+        if spill is not None and spill.pending:
+            try:
+                return spill.read()
+            except OSError as exc:
+                self._drop()
+                self.fail(ResponseOverflow(f"the answer's temporary file could not be read: {exc.strerror or exc}"))
+        return None
 
     async def receive(self) -> bytes | None:
         """The next STDOUT chunk, or None at the end of a completed request.
@@ -134,8 +225,9 @@ class _RequestState:
             FastCGIError: the request failed (refused, or its connection died).
         """
         while True:
-            if self.chunks:
-                return self.take()
+            chunk = self.take()
+            if chunk is not None:
+                return chunk
             if self.finished:
                 if self.error is not None:
                     raise self.error from self.error.__cause__
@@ -250,7 +342,10 @@ class ResponseStream:
         """
         state = self._state
         while True:
-            chunk = state.take() if state.chunks else await state.receive()
+            # take() first: most heads have arrived already, and need no await.
+            chunk = state.take()
+            if chunk is None:
+                chunk = await state.receive()
             if chunk is None:
                 raise self._no_head()
             if self._feed_head(chunk):
@@ -264,9 +359,11 @@ class ResponseStream:
         if self.status:
             return True
         state = self._state
-        while state.chunks:
-            if self._feed_head(state.take()):  # type: ignore[arg-type]
+        chunk = state.take()
+        while chunk is not None:
+            if self._feed_head(chunk):
                 return True
+            chunk = state.take()
         if state.finished:
             self.raise_if_failed()
             raise self._no_head()

@@ -16,9 +16,10 @@ from fcgi_cluster.client import MAX_HEADER_SIZE, UpstreamProtocolError, cgi_para
 def test_exports_are_exactly_the_public_names() -> None:
     assert sorted(client.__all__) == sorted(
         [
-            "open_connection", "Connection", "Response", "ResponseStream",
+            "open_connection", "Connection", "Response", "ResponseStream", "Buffering",
             "cgi_params", "parse_cgi_headers", "MAX_HEADER_SIZE",
             "FastCGIError", "ConnectError", "ConnectionLost", "UpstreamProtocolError", "RequestRefused",
+            "ResponseOverflow",
         ]
     )
     for name in client.__all__:
