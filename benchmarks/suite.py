@@ -11,7 +11,9 @@ Parts, each our stack beside its peers in the same run, interleaved:
 * ``sessions``: sessions in one Redis under wrk, ours vs nginx -> php-fpm + phpredis,
   with a lost-update check (benchmarks/sessions.py);
 * ``idle``: front-door memory per idle keep-alive client, 10,000 of them (1,000 quick),
-  ours vs nginx vs HAProxy (benchmarks/idle.py).
+  ours vs nginx vs HAProxy (benchmarks/idle.py);
+* ``slow``: small requests beside 0, 8 and 64 clients that read large answers at 20 KB/s,
+  ours vs nginx in front of one worker process (benchmarks/slow_readers.py).
 
 Writes ``benchmarks/results/<UTC timestamp>/``: ``results.json`` (every run, the machine,
 the version of every peer), ``report.md`` (the headline, the goals, every table) and PNG
@@ -41,12 +43,13 @@ import end_to_end  # noqa: E402
 import idle  # noqa: E402
 import pool  # noqa: E402
 import sessions  # noqa: E402
+import slow_readers  # noqa: E402
 import transport  # noqa: E402
 from _progress import Progress  # noqa: E402
 
 from tests._peers import PeerStartError, find_php_fpm  # noqa: E402
 
-PARTS = ("transport", "http", "scaling", "pool", "sessions", "idle")
+PARTS = ("transport", "http", "scaling", "pool", "sessions", "idle", "slow")
 # The stacks of the scaling sweep: every front door before our workers, and the PHP reference.
 SCALING_STACKS = ("ours -> ours", "nginx -> ours", "haproxy -> ours", "nginx -> php-fpm")
 # Where the headline figures are read: small answers at a moderate load.
@@ -63,6 +66,7 @@ def plan(quick: bool) -> dict:
             "pool": {"seconds": 0.5, "rounds": 1},
             "sessions": sessions.Settings(1.0, 1),
             "idle": idle.Settings(idle.QUICK_CLIENTS),
+            "slow": slow_readers.Settings(1.0, (0, 8), 1),
         }
     return {
         "transport": {"seconds": 2.0, "rounds": 3, "generators": transport.GENERATORS},
@@ -71,6 +75,7 @@ def plan(quick: bool) -> dict:
         "pool": {"seconds": 2.0, "rounds": 2},
         "sessions": sessions.Settings(3.0, 2),
         "idle": idle.Settings(idle.CLIENTS),
+        "slow": slow_readers.Settings(4.0, (0, 8, 64), 2),
     }
 
 
@@ -128,6 +133,7 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
         "pool": lambda: pool.steps(settings["pool"]["rounds"]),
         "sessions": lambda: sessions.steps(settings["sessions"]),
         "idle": lambda: idle.steps(settings["idle"]),
+        "slow": lambda: slow_readers.steps(settings["slow"]),
     }
     for part in parts:
         progress.add(counts[part]())
@@ -143,6 +149,8 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
                 results["parts"][part] = sessions.run(settings[part], out / part, progress)
             elif part == "idle":
                 results["parts"][part] = idle.run(settings[part], out / part, progress)
+            elif part == "slow":
+                results["parts"][part] = slow_readers.run(settings[part], out / part, progress)
             else:
                 results["parts"][part] = pool.run(progress=progress, **settings["pool"])
         except (end_to_end.Unavailable, PeerStartError, RuntimeError, OSError, ValueError) as exc:
@@ -219,6 +227,18 @@ def goals(results: dict) -> list[str]:
         mine = rows.get(name)
         check(f"Redis sessions: {name} at least nginx -> php-fpm + phpredis (req/s)",
               mine and mine["rps"], theirs and theirs["rps"])
+    slow = {(row["stack"], row["slow"]): row for row in slow_readers.rows(results["parts"]["slow"])} if (
+        "runs" in results["parts"].get("slow", {})) else {}
+    most = max((count for _, count in slow), default=None)
+    if most:
+        mine, calm = slow.get(("ours -> ours", most)), slow.get(("ours -> ours", 0))
+        nginx = slow.get(("nginx -> ours", most))
+        check(f"slow readers: small requests' p99 with {most} slow readers within 3x of none (ms)",
+              mine and mine["p99_ms"], calm and max(calm["p99_ms"], 1.0), at_least=False, factor=3.0)
+        check(f"slow readers: small req/s with {most} slow readers at least 0.5x nginx's",
+              mine and mine["rps"], nginx and nginx["rps"], factor=0.5)
+        lines.append(f"| slow readers: failed small requests, ours | {mine['failed'] if mine else '-'} | 0 | "
+                     f"{'met' if mine and not mine['failed'] else 'not met'} |")
     if headline:
         counts = ", ".join(f"{stack} {row['runs']}" for stack, row in headline.items())
         lines += ["", "End to end (5 B, 64 clients): the median of every run of it in the http and "
@@ -247,7 +267,8 @@ def report(results: dict, plots: list[str]) -> str:
              "http": "End to end: front doors x workers (64 client connections)",
              "scaling": "Scaling: client connections", "pool": "Pool: children and memory",
              "sessions": "Sessions in Redis: ours vs nginx -> php-fpm + phpredis",
-             "idle": "Idle keep-alive clients: front-door memory per client"}
+             "idle": "Idle keep-alive clients: front-door memory per client",
+             "slow": "Slow readers: small requests beside clients that read large answers slowly"}
     for part, data in results["parts"].items():
         lines += ["", f"## {names[part]}", ""]
         if "error" in data:
@@ -260,6 +281,8 @@ def report(results: dict, plots: list[str]) -> str:
             lines.append(sessions.report(data).strip())
         elif part == "idle":
             lines.append(idle.report(data).strip())
+        elif part == "slow":
+            lines.append(slow_readers.report(data).strip())
         else:
             lines.append(end_to_end.report(data).strip())
     if plots:

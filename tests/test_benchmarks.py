@@ -23,7 +23,7 @@ def test_bench_quick_writes_results(tmp_path):
     for fact in ("python", "cpus", "nginx", "haproxy", "wrk", "php-fpm", "flup", "trio"):
         assert results["machine"].get(fact), fact
     parts = results["parts"]
-    assert set(parts) == {"transport", "http", "scaling", "pool", "sessions", "idle"}
+    assert set(parts) == {"transport", "http", "scaling", "pool", "sessions", "idle", "slow"}
     for name, part in parts.items():
         assert "error" not in part, (name, part.get("error"))
 
@@ -76,6 +76,15 @@ def test_bench_quick_writes_results(tmp_path):
         assert row["still_open"] == row["clients"] > 0, (name, row)
         assert row["sample_answered"] == row["sample"] > 0, (name, row)
         assert row["loaded"]["rss_kib"] > 0, (name, row)
+
+    slow_runs = parts["slow"]["runs"]
+    assert {(run["stack"], run["slow"]) for run in slow_runs} == {
+        (stack, count) for stack in ("ours -> ours", "nginx -> ours") for count in (0, 8)}
+    for run in slow_runs:
+        # Small requests go on beside the slow readers, none lost, in front of either front door.
+        assert run["requests"] > 0 and run["failed"] == 0, run
+        if run["slow"]:
+            assert run["slow_started"] == run["slow"], run
 
     report = (run_dir / "report.md").read_text()
     assert "## Goals" in report and "ours -> ours" in report

@@ -236,6 +236,12 @@ class _RequestState:
             self._reader = _current_task()
             await _wait_task_rescheduled(self._abort_reader)
 
+    async def wait_ready(self) -> None:
+        """Return once STDOUT the caller has not taken is here, or the request ended."""
+        while not self.finished and not self.has_data:
+            self._reader = _current_task()
+            await _wait_task_rescheduled(self._abort_reader)
+
     def _abort_reader(self, _: object) -> trio.lowlevel.Abort:
         self._reader = None
         return trio.lowlevel.Abort.SUCCEEDED
@@ -400,6 +406,15 @@ class ResponseStream:
             chunk, self._pending = self._pending, b""
             return chunk
         return self._state.take()
+
+    async def wait_ready(self) -> None:
+        """Wait until ``take_ready`` has bytes, or the response is ``complete``.
+
+        For a caller that relays at its own pace: it waits here, then takes
+        all that arrived. ``interrupt`` ends the wait too.
+        """
+        if not self._pending:
+            await self._state.wait_ready()
 
     def raise_if_failed(self) -> None:
         """Raise the request's error if it failed (refused, or its connection died).

@@ -356,6 +356,19 @@ class UpstreamConfig:
             0 means no limit.
         next_upstream_non_idempotent: retry POST, PATCH, LOCK on another server.
         health_check: active checks, or None (passive checks only).
+        buffering: hold an answer the client reads slower than the worker
+            writes, so the worker's connection reads on (nginx
+            ``fastcgi_buffering``). Off: a connection the request has alone
+            waits for its client (the worker is slowed); on a multiplexed
+            one the answer may not outgrow ``buffer_size`` and is aborted past it.
+        buffer_size: bytes of one answer held in memory; the rest goes to a
+            temporary file.
+        max_temp_file_size: bytes that file may grow to (nginx
+            ``fastcgi_max_temp_file_size``); past it the request is aborted
+            (ABORT_REQUEST), its neighbours served on. 0: no file.
+        temp_path: directory of the temporary files (nginx
+            ``fastcgi_temp_path``); "" for $TMPDIR, else /tmp. The files have
+            no name: they vanish when the answer ends or the process dies.
     """
 
     servers: tuple[ServerSpec, ...]
@@ -380,6 +393,13 @@ class UpstreamConfig:
     # A repeated POST may charge a card twice: nginx retries them only when asked.
     next_upstream_non_idempotent: bool = False
     health_check: HealthCheck | None = None
+    buffering: bool = True  # nginx fastcgi_buffering
+    # nginx holds 64 KiB in memory (fastcgi_buffers 8 8k) before its temporary
+    # file; 128 KiB keeps answers of that size off the disk, and 100 slow
+    # clients at 12.5 MiB of memory.
+    buffer_size: int = 128 * KiB
+    max_temp_file_size: int = 1024 * MiB  # nginx fastcgi_max_temp_file_size
+    temp_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -403,6 +423,8 @@ class RouteConfig:
         split_path_info: a pattern with two groups splitting the path into
             the script name and PATH_INFO (nginx ``fastcgi_split_path_info``).
         params: extra FastCGI params sent with every request of the route.
+        buffering, buffer_size, max_temp_file_size, temp_path: the
+            upstream's (``UpstreamConfig``), for this route; None: the upstream's.
     """
 
     prefix: str | None = None
@@ -413,6 +435,10 @@ class RouteConfig:
     root: str = DEFAULT_DOCUMENT_ROOT
     split_path_info: re.Pattern[str] | None = None
     params: Mapping[str, str] = field(default_factory=dict)
+    buffering: bool | None = None
+    buffer_size: int | None = None
+    max_temp_file_size: int | None = None
+    temp_path: str | None = None
 
     def match(self, path: str) -> bool:
         """Whether this route takes a request for ``path`` (the decoded URI path)."""
@@ -958,15 +984,17 @@ _FRONTEND_KEYS = (
     "underscores_in_headers", "tls",
 )  # fmt: skip
 _TLS_KEYS = ("cert", "key")
+#: An upstream's answer buffering, which a route may set for itself.
+_BUFFERING_KEYS = ("buffering", "buffer_size", "max_temp_file_size", "temp_path")
 _SERVER_KEYS = ("address", "weight", "max_fails", "fail_timeout", "backup", "down", "max_conns")
 _UPSTREAM_KEYS = (
     "servers", "balance", "hash_key", "multiplex", "connections", "keepalive", "connect_timeout",
     "send_timeout", "read_timeout", "tries", "next_upstream_timeout",
-    "next_upstream_non_idempotent", "health_check",
+    "next_upstream_non_idempotent", "health_check", *_BUFFERING_KEYS,
 )  # fmt: skip
 _HEALTH_KEYS = ("path", "interval", "timeout", "expect_status")
-_ROUTE_KEYS = ("prefix", "regex", "upstream", "static", "index", "root", "split_path_info", "params")
-_UPSTREAM_ROUTE_ONLY = ("root", "split_path_info", "params")
+_ROUTE_KEYS = ("prefix", "regex", "upstream", "static", "index", "root", "split_path_info", "params", *_BUFFERING_KEYS)
+_UPSTREAM_ROUTE_ONLY = ("root", "split_path_info", "params", *_BUFFERING_KEYS)
 _POOL_KEYS = ("listen", "app", "threads", "max_requests", "max_conns", "graceful_timeout", "root_path", "env")
 _TOP_KEYS = ("frontend", "upstream", "route", "pool")
 
@@ -1102,7 +1130,28 @@ def _upstream(ctx: _Context, path: _KeyPath, data: Mapping[str, Any]) -> Upstrea
             "next_upstream_non_idempotent", _boolean, d["next_upstream_non_idempotent"]
         ),
         health_check=None if health is None else _health_check(ctx, path + ("health_check",), health),
+        **_buffering(ctx, path, table, d),
     )
+
+
+def _buffering(ctx: _Context, path: _KeyPath, table: _Table, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The buffering keys of an upstream or route table (absent ones from ``defaults``)."""
+    values = {
+        "buffering": table.get("buffering", _boolean, defaults["buffering"]),
+        "buffer_size": table.get("buffer_size", _size(4 * KiB), defaults["buffer_size"]),
+        "max_temp_file_size": table.get("max_temp_file_size", _size(0), defaults["max_temp_file_size"]),
+        "temp_path": defaults["temp_path"],
+    }
+    if "temp_path" in table:
+        directory = table.get("temp_path", _string)
+        if directory:
+            directory = ctx.file_path(directory)
+            if not os.path.isdir(directory):
+                ctx.fail(path + ("temp_path",), f"no such directory: {directory}")
+            if not os.access(directory, os.W_OK | os.X_OK):
+                ctx.fail(path + ("temp_path",), f"not writable by this user: {directory}")
+        values["temp_path"] = directory
+    return values
 
 
 def _health_check(ctx: _Context, path: _KeyPath, data: Mapping[str, Any]) -> HealthCheck:
@@ -1158,6 +1207,7 @@ def _route(
     values["split_path_info"] = table.get("split_path_info", _split_path_info, None)
     if "params" in table:
         values["params"] = _string_table(ctx, path + ("params",), data["params"])
+    values.update(_buffering(ctx, path, table, dict.fromkeys(_BUFFERING_KEYS)))
     return RouteConfig(**values)
 
 

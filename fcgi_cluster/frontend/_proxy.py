@@ -33,12 +33,21 @@ from dataclasses import dataclass
 
 import trio
 
-from ..client import Connection, ConnectError, ConnectionLost, FastCGIError, RequestRefused, UpstreamProtocolError
+from ..client import (
+    Buffering,
+    Connection,
+    ConnectError,
+    ConnectionLost,
+    FastCGIError,
+    RequestRefused,
+    ResponseOverflow,
+    UpstreamProtocolError,
+)
 from ..client._response import ResponseStream
 from ._upstream import ServerBusy, Upstream
 
 __all__ = [
-    "UpstreamFailure", "FirstTry", "ProxyResult", "finish_try", "open_upstream_response", "response_headers", "IDEMPOTENT",
+    "UpstreamFailure", "FirstTry", "ProxyResult", "finish_try", "open_upstream_response", "IDEMPOTENT",
 ]
 
 log = logging.getLogger("fcgi_cluster.frontend")
@@ -46,15 +55,6 @@ log = logging.getLogger("fcgi_cluster.frontend")
 #: Methods RFC 9110 calls idempotent, plus those nginx treats so: safe to
 #: send twice. nginx's list of the others is POST, LOCK and PATCH.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE", b"PROPFIND", b"MKCOL", b"COPY", b"MOVE", b"UNLOCK", b"PROPPATCH"})
-
-#: Response headers that describe one hop, not the response: the front-end
-#: frames the client side itself. Content-Length is taken apart (it sets the
-#: framing) and not copied.
-_HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
-    b"proxy-connection", b"content-length",
-})
-
 
 class UpstreamFailure(Exception):
     """No server gave an answer; ``status`` is what the client gets (502 or 504)."""
@@ -120,29 +120,6 @@ def finish_try(
         balancer.succeeded(index)
 
 
-def response_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], int | None]:
-    """The worker's CGI headers as HTTP response headers, and the body length they declare.
-
-    Args:
-        headers: ``ResponseStream.raw_headers``.
-
-    Returns:
-        ``(headers, content_length)``: hop-by-hop headers removed;
-        ``content_length`` None when absent or not a plain decimal (then the
-        body is sent chunked and its true length wins).
-    """
-    out: list[tuple[bytes, bytes]] = []
-    length: int | None = None
-    for name, value in headers:
-        lower = name.lower()
-        if lower in _HOP_BY_HOP:
-            if lower == b"content-length" and value.isdigit() and length is None:
-                length = int(value)
-            continue
-        out.append((name, value))
-    return out, length
-
-
 async def open_upstream_response(
     upstream: Upstream,
     params: dict[bytes, bytes],
@@ -152,6 +129,7 @@ async def open_upstream_response(
     hash_key: bytes | None,
     wait_head: Callable[[ResponseStream, float], Awaitable[None]] | None = None,
     first: FirstTry | None = None,
+    buffering: tuple[Buffering, Buffering] | None = None,
 ) -> ProxyResult:
     """Send one request to the pool and wait for its CGI head, retrying as the module says.
 
@@ -167,6 +145,7 @@ async def open_upstream_response(
             watches the client.
         first: the first try, begun already by a caller that went as far
             as it could without waiting.
+        buffering: ``answer_buffering`` of the route (default: the upstream's).
 
     Returns:
         A ``ProxyResult`` whose response has its status and headers; the
@@ -184,6 +163,7 @@ async def open_upstream_response(
     replayable = isinstance(body, bytes)
     idempotent = method in IDEMPOTENT or config.next_upstream_non_idempotent  # type: ignore[attr-defined]
     tried: set[int] = set()
+    shared, alone = buffering or upstream.buffering
     status, reason = 502, "no live upstream server"
     for _ in range(tries):
         conn = None
@@ -206,7 +186,7 @@ async def open_upstream_response(
                 raise error
             if response is None:
                 conn = server.ready_connection() or await server.acquire()
-                response = conn.start_request(params, body)
+                response = conn.start_request(params, body, buffering=shared if server.multiplexed else alone)
             deadline = trio.current_time() + read_timeout
             if wait_head is None:
                 # A bare CancelScope: fail_after costs a generator per request.
@@ -231,6 +211,9 @@ async def open_upstream_response(
                 status, reason = 502, f"{server.address} refused the request: {exc}"
             elif isinstance(exc, ServerBusy):
                 status, reason = 503, str(exc)
+            elif isinstance(exc, ResponseOverflow):
+                # A head too large for the buffering: the worker is alive.
+                status, reason = 502, f"{server.address}: {exc}"
             else:
                 balancer.failed(index)
                 server.forget_capabilities()

@@ -27,6 +27,7 @@ task or a callback, so one client can never take the server down.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -41,20 +42,24 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import trio
 
 from .._accept import accept_loop
-from ..client import FastCGIError
+from ..client import FastCGIError, ResponseOverflow
 from ..client._response import ResponseStream
 from ..protocol._records import encode_params
 from ._access_log import AccessLog
 from ._cgi import BadPath, ConnectionParams, encode_line_params, header_params, normalize_path, request_params, split_path
 from ._http import NEED_DATA, Body, ConnectionClosed, EndOfMessage, HTTPError, HTTPServerConnection, RequestHead, error_page
 from ._hub import HUB_AVAILABLE, Hub
-from ._proxy import IDEMPOTENT, FirstTry, UpstreamFailure, finish_try, open_upstream_response, response_headers
+from ._proxy import IDEMPOTENT, FirstTry, UpstreamFailure, finish_try, open_upstream_response
+from ._relay import Relay
 from ._static import plan_static, read_file_range
-from ._upstream import Upstream, run_health_checks
+from ._upstream import Upstream, answer_buffering, run_health_checks
 
 __all__ = ["FrontendServer", "serve_frontend"]
 
 log = logging.getLogger("fcgi_cluster.frontend")
+
+#: The keys of an upstream's answer buffering that a route may set for itself.
+_BUFFERING_KEYS = ("buffering", "buffer_size", "max_temp_file_size", "temp_path")
 
 #: Bytes asked of a client socket per receive.
 RECEIVE_SIZE = 64 * 1024
@@ -84,10 +89,6 @@ _TO_HUB = object()
 #: A request the hub began, for the task that goes on with it: its head, and a
 #: function making the awaitable rest of its answer.
 _Resume = tuple[RequestHead, Callable[[], Awaitable[bool]]]
-
-#: STDOUT records an answer from callbacks may gather before it goes on in a
-#: task (it is large, and then streams).
-_CALLBACK_RECORDS = 4
 
 
 class _ClientGone(Exception):
@@ -190,6 +191,14 @@ class FrontendServer:
         ]
         self._route_roots = [(route.root or fe.root).encode() for route in self.routes]
         self._route_index = [(route.index or "").encode() for route in self.routes]
+        #: Each upstream route's answer buffering: its own keys over its upstream's.
+        self._route_buffering = [
+            None if route.upstream is None else answer_buffering(dataclasses.replace(
+                config.upstreams[route.upstream],  # type: ignore[attr-defined]
+                **{key: getattr(route, key) for key in _BUFFERING_KEYS if getattr(route, key) is not None},
+            ))
+            for route in self.routes
+        ]
         self.access_log = AccessLog.open(fe.access_log)
         self.deadlines = _Deadlines()
         nursery.start_soon(self.deadlines.run)
@@ -852,6 +861,7 @@ class _ClientConnection:
                 upstream, params, body, method=head.method,
                 hash_key=self._hash_key(upstream, head) if upstream.hashed else None,
                 wait_head=wait, first=first,  # type: ignore[arg-type]
+                buffering=server._route_buffering[number],
             )
         except UpstreamFailure as exc:
             if isinstance(body, _BodyStream) and body.error is not None:
@@ -862,42 +872,35 @@ class _ClientConnection:
             await self._send(out + http.send_body(page) + http.send_end())
             self._log(head, status, len(page), started)
             return await self._finish_request_body()
+        return await self._relay_answer(head, result, started)
+
+    async def _relay_answer(self, head: RequestHead, result: typing.Any, started: float) -> bool:
+        """Write an upstream's answer to the client at the client's pace; False when the connection must close.
+
+        The worker's connection reads on meanwhile (the answer waits in its
+        buffer), whatever this client's pace.
+        """
         response = result.response
+        upstream = result.upstream
+        http = self.http
+        read_timeout = upstream.config.read_timeout or math.inf
         upstream_failed = False
-        sent = 0
         ok = False
+        relay: Relay | None = None
         try:
-            headers, declared = response_headers(response.raw_headers)
-            out = http.send_head(response.status, headers, content_length=declared)
-            read_timeout = upstream.config.read_timeout or None  # type: ignore[attr-defined]
+            relay = Relay(response, http)
             while True:
-                chunk = response.take_ready()
-                if chunk is not None:
-                    sent += len(chunk)
-                    out += http.send_body(chunk)
-                    if len(out) < RECEIVE_SIZE:
-                        continue
-                    await self._send(out)
-                    out = b""
-                    continue
-                if response.complete:
-                    response.raise_if_failed()
-                    out += http.send_end()
-                    await self._send(out)
-                    ok = True
-                    break
+                out, done = relay.ready()
                 if out:
                     await self._send(out)
-                    out = b""
-                try:
-                    with trio.fail_after(read_timeout or float("inf")):
-                        chunk = await response.__anext__()
-                except StopAsyncIteration:
-                    await self._send(http.send_end())
+                if done:
                     ok = True
                     break
-                sent += len(chunk)
-                out = http.send_body(chunk)
+                await relay.wait(read_timeout)
+        except ResponseOverflow as exc:
+            # The client read too slowly for the answer's buffering: not the worker's fault.
+            log.warning("upstream %s: %s: request aborted for a slow client: %s", upstream.name,
+                        upstream.servers[result.index].address, exc)
         except (FastCGIError, trio.TooSlowError) as exc:
             upstream_failed = True
             log.warning("upstream %s: %s failed mid-response: %s", upstream.name,
@@ -907,7 +910,7 @@ class _ClientConnection:
             log.warning("upstream %s: %s: %s", upstream.name, upstream.servers[result.index].address, exc)
         finally:
             result.finish(upstream_failed)
-            self._log(head, response.status, sent, started)
+            self._log(head, response.status, 0 if relay is None else relay.sent, started)
             if response.has_stderr:
                 _log_stderr(upstream.servers[result.index].address, response.stderr)
         if not ok:
@@ -1107,11 +1110,12 @@ class _ClientConnection:
 class _CallbackAnswer:
     """A request answered from callbacks: the worker connection's reader writes its answer.
 
-    ``ready`` runs in that reader task whenever STDOUT arrives or the request
-    ends. A whole answer of a few records leaves for the client in one
-    ``os.write`` the moment its END_REQUEST is read, and the connection goes
-    back to the hub (or on to a request the client pipelined) with no task
-    woken. A request that must wait in line for a connection (``max_conns``)
+    ``ready`` runs in that reader task once the records of one read are
+    dispatched. An answer that came whole in them leaves for the client in
+    one ``os.write`` (framed by a ``Relay``, as any other), and the connection
+    goes back to the hub (or on to a request the client pipelined) with no
+    task woken. Part of an answer still coming goes on in a task at once: it
+    is large or streamed, and its bytes must reach the client as they come. A request that must wait in line for a connection (``max_conns``)
     waits with a callback too. Anything else (a failed or refused request, a
     large or slow answer, a client that does not take it all) goes on in a
     task of the connection's own, from where it is, through the same code as
@@ -1144,7 +1148,9 @@ class _CallbackAnswer:
     def send(self, conn: object) -> bool:
         """Send the request on ``conn``; False (nothing sent) when that connection is dead."""
         try:
-            response = conn.start_request(self.params, b"")  # type: ignore[attr-defined]
+            shared, alone = self.client.server._route_buffering[self.number]  # type: ignore[misc]
+            buffering = shared if self.upstream.servers[self.index].multiplexed else alone
+            response = conn.start_request(self.params, b"", buffering=buffering)  # type: ignore[attr-defined]
         except FastCGIError:
             return False
         self.conn = conn
@@ -1170,7 +1176,9 @@ class _CallbackAnswer:
         state = self.response._state  # type: ignore[union-attr]
         try:
             if not state.finished:
-                if len(state.chunks) >= _CALLBACK_RECORDS:
+                # Part of an answer that is still coming (large, or streamed
+                # by the app): a task relays it at the client's pace, at once.
+                if state.has_data:
                     self.to_task()
             elif state.error is not None:
                 self.to_task()
@@ -1251,14 +1259,9 @@ class _CallbackAnswer:
         sent = 0
         keep = True
         try:
-            headers, declared = response_headers(response.raw_headers)
-            out = http.send_head(response.status, headers, content_length=declared)
-            chunk = response.take_ready()
-            while chunk is not None:
-                sent += len(chunk)
-                out += http.send_body(chunk)
-                chunk = response.take_ready()
-            out += http.send_end()
+            relay = Relay(response, http)
+            out = relay.whole()
+            sent = relay.sent
         except ValueError as exc:
             # The worker's body did not match its own Content-Length.
             log.warning("upstream %s: %s: %s", upstream.name, upstream.servers[self.index].address, exc)

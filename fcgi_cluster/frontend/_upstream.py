@@ -44,10 +44,10 @@ from collections.abc import Callable, Sequence
 import trio
 
 from .._address import Address, parse_address
-from ..client import ConnectError, Connection, FastCGIError, open_connection
+from ..client import Buffering, ConnectError, Connection, FastCGIError, open_connection
 from ._balancer import Balancer
 
-__all__ = ["Server", "ServerBusy", "Upstream", "GET_VALUES_TIMEOUT"]
+__all__ = ["Server", "ServerBusy", "Upstream", "GET_VALUES_TIMEOUT", "answer_buffering"]
 
 log = logging.getLogger("fcgi_cluster.frontend")
 
@@ -429,6 +429,25 @@ class Server:
             conn.close()
 
 
+def answer_buffering(config: object) -> tuple[Buffering, Buffering]:
+    """How much of an answer a front-end holds for its client: on a multiplexed connection, and on one of its own.
+
+    Args:
+        config: an ``UpstreamConfig``, or a ``RouteConfig``-like object with
+            every buffering key set.
+
+    With ``buffering`` off nothing goes to a file: a connection the request
+    has alone waits for its client (nginx's unbuffered answers), and a shared
+    one aborts an answer past ``buffer_size``, since waiting would stall the
+    other requests on it.
+    """
+    max_file = config.max_temp_file_size if config.buffering else 0  # type: ignore[attr-defined]
+    shared = Buffering(
+        memory=config.buffer_size, max_file=max_file, temp_path=config.temp_path or None,  # type: ignore[attr-defined]
+    )
+    return shared, dataclasses.replace(shared, wait=not config.buffering)  # type: ignore[attr-defined]
+
+
 class Upstream:
     """One pool of workers: its balancer and a ``Server`` per address."""
 
@@ -453,6 +472,8 @@ class Upstream:
             )
             for spec in specs
         ]
+        #: How much of an answer is held for its client (``answer_buffering``).
+        self.buffering = answer_buffering(config)
         #: Servers an active health check found failing: never chosen.
         self.unhealthy: set[int] = set()
         # ``hash_key = "cookie:sid"`` as ("cookie", b"sid"), split once here

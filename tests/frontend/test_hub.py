@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from fcgi_cluster.frontend import _server
+from fcgi_cluster.frontend import _relay
 from workers.echo import app as echo
 
 from ._harness import RawClient, frontend, request_bytes, upstream_config, workers
@@ -128,14 +129,14 @@ async def test_a_failure_inside_a_callback_answer_costs_that_client_only(
 ) -> None:
     # A bug of ours while answering from the worker connection's reader must not
     # take down that connection: the requests sharing it are answered.
-    real = _server.response_headers
+    real = _relay.response_headers
 
     def response_headers(headers):
         if any(value == b"boom" for _, value in headers):
             raise RuntimeError("a bug while answering")
         return real(headers)
 
-    monkeypatch.setattr(_server, "response_headers", response_headers)
+    monkeypatch.setattr(_relay, "response_headers", response_headers)
 
     def app(environ, start_response):
         if environ["PATH_INFO"] == "/boom":

@@ -1,0 +1,117 @@
+"""An upstream answer on its way to the client: the one path from STDOUT records to HTTP bytes.
+
+The worker connection's reader never waits for a client: what a client has
+not taken yet waits in the answer's buffer (memory, then an unlinked
+temporary file: ``fcgi_cluster.client.Buffering``). A ``Relay`` turns what has
+arrived into HTTP/1.1 bytes, head first, as fast as the client takes them, and
+whoever writes them (the reader's callback for an answer that came whole, a
+task for any other) writes the same bytes. Nothing here does I/O but the
+wait for more of the answer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import trio
+
+from ..client._response import ResponseStream
+from ._http import HTTPServerConnection
+
+__all__ = ["Relay", "response_headers", "SEND_BATCH"]
+
+#: HTTP bytes gathered before they are written: one write per this much of a
+#: large answer, every byte of a small one in one write.
+SEND_BATCH = 64 * 1024
+
+#: Response headers that describe one hop, not the response: the front-end
+#: frames the client side itself. Content-Length is taken apart (it sets the
+#: framing) and not copied.
+_HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
+    b"proxy-connection", b"content-length",
+})
+
+
+def response_headers(headers: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], int | None]:
+    """The worker's CGI headers as HTTP response headers, and the body length they declare.
+
+    Args:
+        headers: ``ResponseStream.raw_headers``.
+
+    Returns:
+        ``(headers, content_length)``: hop-by-hop headers removed;
+        ``content_length`` None when absent or not a plain decimal (then the
+        body is sent chunked and its true length wins).
+    """
+    out: list[tuple[bytes, bytes]] = []
+    length: int | None = None
+    for name, value in headers:
+        lower = name.lower()
+        if lower in _HOP_BY_HOP:
+            if lower == b"content-length" and value.isdigit() and length is None:
+                length = int(value)
+            continue
+        out.append((name, value))
+    return out, length
+
+
+class Relay:
+    """One answer whose CGI head has arrived, framed for its client piece by piece.
+
+    ``ready()`` gives the HTTP bytes of what has arrived (the head with the
+    first of them) and says when they end the answer; ``wait`` waits for more.
+    The caller writes the bytes at its client's pace: a slow client holds
+    back only its own answer, which the connection keeps receiving.
+
+    Attributes:
+        response: the answer.
+        sent: body bytes framed so far (the access log's count).
+
+    Raises (``ready``):
+        ValueError: the body does not match the worker's Content-Length.
+        FastCGIError: the answer failed before its end (its connection was
+            lost, or it outgrew its buffering: ``ResponseOverflow``).
+    """
+
+    __slots__ = ("response", "sent", "_http", "_head")
+
+    def __init__(self, response: ResponseStream, http: HTTPServerConnection) -> None:
+        self.response = response
+        self.sent = 0
+        self._http = http
+        headers, declared = response_headers(response.raw_headers)
+        self._head = http.send_head(response.status, headers, content_length=declared)
+
+    def ready(self, limit: float = SEND_BATCH) -> tuple[bytes, bool]:
+        """HTTP bytes of the answer that arrived since the last call (about ``limit`` at most), and whether they end it."""
+        out, self._head = self._head, b""
+        response = self.response
+        send_body = self._http.send_body
+        chunk = response.take_ready()
+        while chunk is not None:
+            self.sent += len(chunk)
+            out += send_body(chunk)
+            if len(out) >= limit:
+                return out, False
+            chunk = response.take_ready()
+        if response.complete:
+            response.raise_if_failed()
+            return out + self._http.send_end(), True
+        return out, False
+
+    def whole(self) -> bytes:
+        """Every HTTP byte of an answer that is ``complete``: what ``ready`` gives, in one piece."""
+        out, done = self.ready(math.inf)
+        assert done, "whole() of an answer still arriving"
+        return out
+
+    async def wait(self, timeout: float) -> None:
+        """Return when more of the answer has arrived or it ended.
+
+        Raises:
+            trio.TooSlowError: ``timeout`` seconds passed with neither (the
+                worker's ``read_timeout``).
+        """
+        with trio.fail_after(timeout):
+            await self.response.wait_ready()
