@@ -22,12 +22,38 @@ import os
 import tempfile
 from dataclasses import dataclass
 
-__all__ = ["Buffering", "SpillFile", "DEFAULT_BUFFERING", "SPILL_READ"]
+__all__ = ["Buffering", "MemoryPool", "SpillFile", "DEFAULT_BUFFERING", "SPILL_READ"]
 
 KiB = 1024
 
 #: Bytes read back from a temporary file at a time: a few socket writes' worth.
-SPILL_READ = 64 * KiB
+SPILL_READ = 256 * KiB
+#: A drained file up to this size is written over from its start, its pages
+#: kept; a larger one is truncated, its disk given back.
+SPILL_KEEP = 1024 * KiB
+
+
+class MemoryPool:
+    """Memory that answers may borrow past their own ``Buffering.memory`` before they use a file.
+
+    Shared by every request that names it (a front-end process has one): an
+    answer whose client is only a little behind (a fast client of large
+    answers on a busy machine) stays in memory, and the total memory held
+    stays bounded whatever the number of clients. A request borrows at most
+    ``per_request`` and gives back as its consumer takes.
+
+    Attributes:
+        limit: bytes lent in all.
+        per_request: bytes one request may borrow.
+        used: bytes lent now.
+    """
+
+    __slots__ = ("limit", "per_request", "used")
+
+    def __init__(self, limit: int, per_request: int) -> None:
+        self.limit = limit
+        self.per_request = per_request
+        self.used = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +73,14 @@ class Buffering:
         wait: when the memory is full, the reader waits for the consumer
             instead of spilling or aborting. Only for a connection that
             carries this request alone: on a shared one it stalls the others.
+        pool: memory to borrow past ``memory`` before the file; None: none.
     """
 
     memory: int = 128 * KiB
     max_file: int = 1024 * 1024 * KiB
     temp_path: str | None = None
     wait: bool = False
+    pool: MemoryPool | None = None
 
 
 #: What a request gets unless it asks otherwise.
@@ -64,8 +92,10 @@ class SpillFile:
 
     The file has no name from the start (O_TMPFILE, else unlinked at once), so
     it is gone when it is closed or its process dies, whatever happens. Once
-    everything written has been read, it is truncated, and disk is given back
-    while the answer goes on.
+    everything written has been read, the next write starts again at its
+    beginning (over pages already there: cheaper than new ones), and a file
+    past ``SPILL_KEEP`` is truncated, so disk is given back while the answer
+    goes on.
 
     Disk I/O here is synchronous, as nginx's (without ``aio``): writes and
     reads of a file just written hit the page cache.
@@ -115,7 +145,8 @@ class SpillFile:
             raise OSError(errno.EIO, "temporary answer file shorter than what was written to it")
         self._read += len(data)
         if self._read == self._end:
-            os.ftruncate(self._fd, 0)
+            if self._end > SPILL_KEEP:
+                os.ftruncate(self._fd, 0)
             self._read = self._end = 0
         return data
 

@@ -447,9 +447,11 @@ class Connection:
                 else:
                     full = self._dispatch(event)
                     if full is not None:
-                        # Buffering.wait, on a connection this request has alone.
+                        # A full buffer: its caller's turn first (see feed_stdout).
                         self._run_due()
                         await full.wait_for_room()
+                        if full.deferred is not None:
+                            self._feed_deferred(full)
         except RemoteProtocolError as exc:
             self._fail(UpstreamProtocolError, f"{self.address} broke the FastCGI protocol: {exc}", exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -544,6 +546,13 @@ class Connection:
         self._closed.set()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+
+    def _feed_deferred(self, state: _RequestState) -> None:
+        try:
+            state.feed_deferred()
+        except ResponseOverflow as exc:
+            self._abort(state)
+            state.overflowed(exc)
 
     def _run_due(self) -> None:
         """Call the callbacks of the requests that got STDOUT or ended since the last call."""

@@ -37,7 +37,7 @@ class _RequestState:
 
     __slots__ = (
         "request_id", "chunks", "buffered", "spill", "buffering", "stderr", "app_status", "error", "finished",
-        "forgotten", "body_scope", "head_buffer", "_reader", "_feeder", "callback", "_due", "_queued",
+        "forgotten", "body_scope", "head_buffer", "_reader", "_feeder", "callback", "_due", "_queued", "deferred", "borrowed",
     )
 
     def __init__(
@@ -47,8 +47,12 @@ class _RequestState:
         #: STDOUT in memory, oldest first, and its size in bytes.
         self.chunks: deque[bytes] = deque()
         self.buffered = 0
+        #: Bytes of ``buffered`` borrowed from ``Buffering.pool``.
+        self.borrowed = 0
         #: STDOUT past the memory bound, once there is some; it follows ``chunks``.
         self.spill: SpillFile | None = None
+        #: A record held back for one turn of the scheduler (``feed_stdout``).
+        self.deferred: bytes | None = None
         self.buffering = buffering
         self.stderr: bytes | bytearray = b""  # a bytearray once STDERR arrives
         self.app_status: int | None = None
@@ -83,8 +87,12 @@ class _RequestState:
     def feed_stdout(self, data: bytes) -> bool:
         """Hold body bytes for the caller; True when the reader should now ``wait_for_room``.
 
-        That is only with ``Buffering.wait``: otherwise bytes past the memory
-        bound go to the temporary file, and the reader reads on.
+        With ``Buffering.wait`` that is a wait for the caller. Otherwise it is
+        one turn of the scheduler: when the memory is full and nothing is in
+        the file yet, ``data`` is held back (``deferred``) while the caller,
+        woken already, takes what it can (a client that keeps up empties the
+        memory in that turn, and nothing goes to disk); ``feed_deferred`` then
+        puts it in memory, or in the file if the caller did not keep up.
 
         Raises:
             ResponseOverflow: the answer outgrew its memory and file bounds (or
@@ -92,20 +100,58 @@ class _RequestState:
         """
         if self.forgotten:
             return False
-        buffering = self.buffering
         spill = self.spill
-        size = len(data)
-        full = False
-        if (spill is None or not spill.pending) and (
-            self.buffered + size <= buffering.memory or not self.chunks or buffering.wait
-        ):
+        if spill is not None and spill.pending:
+            self._spill(data)  # after what is in the file already, in order
+        elif self._fits(len(data)):
             self.chunks.append(data)
-            self.buffered += size
-            full = buffering.wait and self.buffered >= buffering.memory
+            self.buffered += len(data)
+        elif self.buffering.wait:
+            self.chunks.append(data)
+            self.buffered += len(data)
+            self._signal()
+            return True
+        else:
+            self.deferred = data
+            return True
+        self._signal()
+        return False
+
+    def feed_deferred(self) -> None:
+        """After the caller's turn: the bytes ``feed_stdout`` held back, to memory if it made room, else to the file.
+
+        Raises:
+            ResponseOverflow: as ``feed_stdout``.
+        """
+        data, self.deferred = self.deferred, None
+        if data is None or self.forgotten or self.finished:
+            return
+        if self._fits(len(data)):
+            self.chunks.append(data)
+            self.buffered += len(data)
         else:
             self._spill(data)
         self._signal()
-        return full
+
+    def _fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes may be held in memory: within the request's own, or borrowed from the pool."""
+        buffering = self.buffering
+        need = self.buffered + size - buffering.memory - self.borrowed
+        if need <= 0 or not self.chunks:
+            return True
+        pool = buffering.pool
+        if pool is None or self.borrowed + need > pool.per_request or pool.used + need > pool.limit:
+            return False
+        pool.used += need
+        self.borrowed += need
+        return True
+
+    def _give_back(self) -> None:
+        """Return to the pool what the memory held no longer needs."""
+        excess = self.borrowed - max(0, self.buffered - self.buffering.memory)
+        if excess > 0:
+            self.borrowed -= excess
+            self.buffering.pool.used -= excess  # type: ignore[union-attr]
 
     def _spill(self, data: bytes) -> None:
         buffering = self.buffering
@@ -138,8 +184,11 @@ class _RequestState:
         self.fail(error)
 
     async def wait_for_room(self) -> None:
-        """Wait until the caller takes from a full buffer, or gives the request up."""
-        if not self.forgotten:
+        """After ``feed_stdout`` said so: the caller's turn (then ``feed_deferred``), or with
+        ``Buffering.wait`` until the caller takes from the full buffer or gives the request up."""
+        if self.deferred is not None:
+            await trio.lowlevel.checkpoint()
+        elif not self.forgotten:
             await _park(self, "_feeder")
 
     def feed_stderr(self, data: bytes) -> None:
@@ -196,6 +245,8 @@ class _RequestState:
     def _drop(self) -> None:
         self.chunks.clear()
         self.buffered = 0
+        if self.borrowed:
+            self._give_back()
         if self.spill is not None:
             self.spill.close()
             self.spill = None
@@ -206,6 +257,8 @@ class _RequestState:
         if chunks:
             chunk = chunks.popleft()
             self.buffered -= len(chunk)
+            if self.borrowed:
+                self._give_back()
             if self._feeder is not None and self.buffered < self.buffering.memory:
                 _wake(self, "_feeder")
             return chunk
@@ -406,6 +459,11 @@ class ResponseStream:
             chunk, self._pending = self._pending, b""
             return chunk
         return self._state.take()
+
+    @property
+    def has_ready(self) -> bool:
+        """True when ``take_ready`` has bytes now."""
+        return bool(self._pending) or self._state.has_data
 
     async def wait_ready(self) -> None:
         """Wait until ``take_ready`` has bytes, or the response is ``complete``.

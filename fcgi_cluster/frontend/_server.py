@@ -43,6 +43,7 @@ import trio
 
 from .._accept import accept_loop
 from ..client import FastCGIError, ResponseOverflow
+from ..client._buffer import MemoryPool
 from ..client._response import ResponseStream
 from ..protocol._records import encode_params
 from ._access_log import AccessLog
@@ -52,7 +53,7 @@ from ._hub import HUB_AVAILABLE, Hub
 from ._proxy import IDEMPOTENT, FirstTry, UpstreamFailure, finish_try, open_upstream_response
 from ._relay import Relay
 from ._static import plan_static, read_file_range
-from ._upstream import Upstream, answer_buffering, run_health_checks
+from ._upstream import ANSWER_POOL, ANSWER_POOL_PER_REQUEST, Upstream, answer_buffering, run_health_checks
 
 __all__ = ["FrontendServer", "serve_frontend"]
 
@@ -182,8 +183,11 @@ class FrontendServer:
             max_headers=fe.max_headers,
             max_body_size=fe.max_body_size,
         )
+        #: Memory lent to answers past their buffer_size, before a file.
+        self.answer_pool = MemoryPool(ANSWER_POOL, ANSWER_POOL_PER_REQUEST)
         self.upstreams = {
-            name: Upstream(name, upstream, nursery) for name, upstream in config.upstreams.items()  # type: ignore[attr-defined]
+            name: Upstream(name, upstream, nursery, self.answer_pool)
+            for name, upstream in config.upstreams.items()  # type: ignore[attr-defined]
         }
         self.routes = config.routes  # type: ignore[attr-defined]
         self._route_extra = [
@@ -196,7 +200,7 @@ class FrontendServer:
             None if route.upstream is None else answer_buffering(dataclasses.replace(
                 config.upstreams[route.upstream],  # type: ignore[attr-defined]
                 **{key: getattr(route, key) for key in _BUFFERING_KEYS if getattr(route, key) is not None},
-            ))
+            ), self.answer_pool)
             for route in self.routes
         ]
         self.access_log = AccessLog.open(fe.access_log)

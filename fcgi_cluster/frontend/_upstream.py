@@ -44,10 +44,11 @@ from collections.abc import Callable, Sequence
 import trio
 
 from .._address import Address, parse_address
-from ..client import Buffering, ConnectError, Connection, FastCGIError, open_connection
+from ..client._buffer import Buffering, MemoryPool
+from ..client import ConnectError, Connection, FastCGIError, open_connection
 from ._balancer import Balancer
 
-__all__ = ["Server", "ServerBusy", "Upstream", "GET_VALUES_TIMEOUT", "answer_buffering"]
+__all__ = ["Server", "ServerBusy", "Upstream", "GET_VALUES_TIMEOUT", "answer_buffering", "ANSWER_POOL", "ANSWER_POOL_PER_REQUEST"]
 
 log = logging.getLogger("fcgi_cluster.frontend")
 
@@ -429,7 +430,15 @@ class Server:
             conn.close()
 
 
-def answer_buffering(config: object) -> tuple[Buffering, Buffering]:
+#: Memory a front-end process lends to answers past their ``buffer_size``
+#: before they go to a file (``MemoryPool``), in all and to one answer: a fast
+#: client of large answers that is only a little behind stays off the disk,
+#: while 100 slow clients cost at most this much more than their buffer_size each.
+ANSWER_POOL = 8 * 1024 * 1024
+ANSWER_POOL_PER_REQUEST = 1024 * 1024
+
+
+def answer_buffering(config: object, pool: MemoryPool | None = None) -> tuple[Buffering, Buffering]:
     """How much of an answer a front-end holds for its client: on a multiplexed connection, and on one of its own.
 
     Args:
@@ -444,6 +453,7 @@ def answer_buffering(config: object) -> tuple[Buffering, Buffering]:
     max_file = config.max_temp_file_size if config.buffering else 0  # type: ignore[attr-defined]
     shared = Buffering(
         memory=config.buffer_size, max_file=max_file, temp_path=config.temp_path or None,  # type: ignore[attr-defined]
+        pool=pool if config.buffering else None,  # type: ignore[attr-defined]
     )
     return shared, dataclasses.replace(shared, wait=not config.buffering)  # type: ignore[attr-defined]
 
@@ -451,7 +461,7 @@ def answer_buffering(config: object) -> tuple[Buffering, Buffering]:
 class Upstream:
     """One pool of workers: its balancer and a ``Server`` per address."""
 
-    def __init__(self, name: str, config: object, nursery: trio.Nursery) -> None:
+    def __init__(self, name: str, config: object, nursery: trio.Nursery, pool: MemoryPool | None = None) -> None:
         self.name = name
         self.config = config
         specs = config.servers  # type: ignore[attr-defined]
@@ -473,7 +483,7 @@ class Upstream:
             for spec in specs
         ]
         #: How much of an answer is held for its client (``answer_buffering``).
-        self.buffering = answer_buffering(config)
+        self.buffering = answer_buffering(config, pool)
         #: Servers an active health check found failing: never chosen.
         self.unhealthy: set[int] = set()
         # ``hash_key = "cookie:sid"`` as ("cookie", b"sid"), split once here

@@ -221,13 +221,74 @@ def test_spill_file_reads_back_in_order_and_empties(tmp_path) -> None:
         spill.write(b"x" * 100_000)
         spill.write(b"yz")
         assert spill.pending == 100_002
-        first = spill.read()
-        assert first == b"x" * len(first) and len(first) == 65536
-        assert spill.read() + spill.read() == b"x" * (100_000 - 65536) + b"yz"
-        assert spill.pending == 0 and spill.size == 0  # truncated once drained
+        first = spill.read(65536)
+        assert first == b"x" * 65536
+        assert spill.read(30_000) + spill.read() == b"x" * (100_000 - 65536) + b"yz"
+        assert spill.pending == 0 and spill.size == 0  # written over from the start once drained
         assert spill.read() == b""
         spill.write(b"again")
         assert spill.read() == b"again"
     finally:
         spill.close()
     spill.close()  # twice is harmless
+
+
+def test_a_drained_spill_file_keeps_small_pages_and_gives_large_ones_back(tmp_path) -> None:
+    from fcgi_cluster.client._buffer import SPILL_KEEP
+
+    spill = SpillFile(str(tmp_path))
+    try:
+        spill.write(b"a" * 1000)
+        assert spill.read() == b"a" * 1000
+        assert os.fstat(spill._fd).st_size == 1000  # kept, written over next
+        spill.write(b"b" * 10)
+        assert os.fstat(spill._fd).st_size == 1000 and spill.read() == b"b" * 10
+        spill.write(b"c" * (SPILL_KEEP + 1))
+        while spill.pending:
+            spill.read()
+        assert os.fstat(spill._fd).st_size == 0  # past SPILL_KEEP: disk given back
+    finally:
+        spill.close()
+
+
+async def test_a_consumer_that_keeps_up_gets_a_large_answer_without_a_file() -> None:
+    """The reader lets the caller take its turn before spilling: a caller that keeps up never meets the disk."""
+    async with fake_worker(big_then_small(BIG)) as address, open_connection(address) as conn:
+        with trio.fail_after(20):
+            async with conn.stream(tagged("big")) as big:
+                small = conn.start_request(tagged("small"))
+                got = bytearray()
+                async for chunk in big:
+                    got += chunk
+                    assert big._state.spill is None
+                small.close()
+    assert bytes(got) == BIG
+
+
+async def test_an_answer_borrows_from_the_pool_before_the_file_and_gives_it_back() -> None:
+    from fcgi_cluster.client._buffer import MemoryPool
+
+    pool = MemoryPool(limit=1024 * 1024, per_request=512 * 1024)
+    buffering = Buffering(memory=64 * 1024, pool=pool)
+    async with fake_worker(big_then_small(BIG)) as address, open_connection(address, buffering=buffering) as conn:
+        with trio.fail_after(20):
+            async with conn.stream(tagged("big")) as big:
+                await conn.request(tagged("small"))
+                state = big._state
+                # Its own 64 KiB, then at most per_request borrowed, then the file.
+                assert 512 * 1024 - 65536 <= state.borrowed <= 512 * 1024 == pool.used
+                assert state.buffered <= 64 * 1024 + 512 * 1024 + 65536
+                assert state.spill is not None and state.spill.pending
+                got = bytearray()
+                async for chunk in big:
+                    got += chunk
+                # Read to the end: everything borrowed is back.
+                assert pool.used == 0 and state.borrowed == 0
+    assert bytes(got) == BIG
+    async with fake_worker(big_then_small(BIG)) as address, open_connection(address, buffering=buffering) as conn:
+        with trio.fail_after(20):
+            async with conn.stream(tagged("big")):
+                await conn.request(tagged("small"))
+                assert pool.used == 512 * 1024
+            # Given up without reading: given back all the same.
+            assert pool.used == 0

@@ -723,3 +723,67 @@ def test_configs_are_frozen() -> None:
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(obj, name, None)
     assert isinstance(config.pools["a"], PoolConfig)
+
+
+# --------------------------------------------------------------------------
+# Answer buffering
+# --------------------------------------------------------------------------
+
+
+def test_answer_buffering_defaults_are_nginx_s_and_a_route_overrides_its_upstream(tmp_path: Path) -> None:
+    from fcgi_cluster.frontend._upstream import answer_buffering
+
+    (tmp_path / "spill").mkdir()
+    text = UPSTREAM + textwrap.dedent("""\
+        [[route]]
+        prefix = "/export/"
+        upstream = "app"
+        buffer_size = "16k"
+        temp_path = "spill"
+        [[route]]
+        prefix = "/events/"
+        upstream = "app"
+        buffering = false
+        [[route]]
+        prefix = "/"
+        upstream = "app"
+        """)
+    config = parse_config(text, str(tmp_path / "cluster.toml"))
+    upstream = config.upstreams["app"]
+    assert (upstream.buffering, upstream.buffer_size, upstream.max_temp_file_size, upstream.temp_path) == (
+        True, 128 * 1024, 1024 * 1024 * 1024, "")
+    export, events, rest = config.routes
+    # Paths are relative to the file's directory; unset keys stay None (the upstream's).
+    assert (export.buffer_size, export.temp_path, export.buffering) == (16 * 1024, str(tmp_path / "spill"), None)
+    assert events.buffering is False and rest.buffering is None
+
+    shared, alone = answer_buffering(upstream)
+    assert (shared.memory, shared.max_file, shared.temp_path, shared.wait) == (128 * 1024, 1 << 30, None, False)
+    assert alone == shared
+    # Unbuffered: nothing goes to a file; a connection of its own waits for the client.
+    shared, alone = answer_buffering(dataclasses.replace(upstream, buffering=False))
+    assert (shared.max_file, shared.wait, alone.max_file, alone.wait) == (0, False, 0, True)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('buffer_size = "1k"\n', "cluster.toml:3: upstream.app.buffer_size: must be at least 4096 bytes, got \"1k\""),
+        ('max_temp_file_size = "lots"\n', "cluster.toml:3: upstream.app.max_temp_file_size: must be a size like"),
+        ('buffering = "yes"\n', "cluster.toml:3: upstream.app.buffering: "),
+        ('temp_path = "/no/such/dir"\n', "cluster.toml:3: upstream.app.temp_path: no such directory: /no/such/dir"),
+    ],
+)
+def test_bad_buffering_keys_name_file_line_and_key(extra: str, message: str) -> None:
+    assert error_of(UPSTREAM + extra).startswith(message)
+
+
+def test_a_static_route_takes_no_buffering_key(tmp_path: Path) -> None:
+    (tmp_path / "www").mkdir()
+    text = UPSTREAM + f'[[route]]\nprefix = "/"\nstatic = "{tmp_path / "www"}"\nbuffer_size = "64k"\n'
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, str(tmp_path / "cluster.toml"))
+    assert str(info.value) == (
+        f"{tmp_path / 'cluster.toml'}:6: route[0].buffer_size: only used by upstream routes; "
+        "a static route serves its directory"
+    )
