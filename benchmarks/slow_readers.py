@@ -46,6 +46,12 @@ RECEIVE_BUFFER = 4096
 #: The small requests' clients, and how long wrk waits for one answer before it counts a timeout.
 SMALL_CLIENTS = 4
 SMALL_TIMEOUT = 5.0
+#: How long the slow readers run before the small requests start. Their answers
+#: (count x LARGE, 512 MiB at 64) leave the worker at once and reach the front door
+#: over the one multiplexed connection in the first one or two seconds, and small
+#: answers queued behind them in that burst wait tens of milliseconds more; the
+#: scenario measures the steady state that follows, while the slow readers read on.
+SETTLE = 3.0
 STACKS = ("ours", "nginx")
 APP = "workers.echo:app"
 
@@ -132,8 +138,7 @@ def scenario(port: int, front_pid: int, count: int, seconds: float) -> dict:
     """One run: ``count`` slow readers started, then small requests beside them."""
     rss_before = _measure.rss_kib(_measure.tree([front_pid]))
     with slow_readers(port, count, seconds=seconds + 30) as readers:
-        # Let every slow reader's answer start and fill what it can before measuring.
-        time.sleep(1.0 if count else 0.0)
+        time.sleep(SETTLE if count else 0.0)
         figures = small_requests(port, seconds)
         rss_after = _measure.rss_kib(_measure.tree([front_pid]))
     started = sum(1 for reader in readers if reader.status.startswith(b"HTTP/1.1 200"))
