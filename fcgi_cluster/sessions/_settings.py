@@ -25,6 +25,8 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from .._settings import SettingsError, boolean, choice, duration, integer, text
+
 __all__ = ["SessionSettings", "SessionConfigError", "parse_session_settings"]
 
 SECONDS = 1.0
@@ -46,14 +48,11 @@ MIN_SID_ENTROPY_BITS = 128
 _COOKIE_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 # Cookie path and domain go into a header: no separators or control characters.
 _COOKIE_ATTR = re.compile(r"[\x21-\x3a\x3c-\x7e]*")
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?")
-_DURATION_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
-_TRUE = ("1", "on", "true", "yes")
-_FALSE = ("0", "off", "false", "no", "")
-
-
-class SessionConfigError(ValueError):
+class SessionConfigError(SettingsError):
     """A ``session.*`` setting is unknown or its value is wrong.
+
+    ``str()`` is ``key: reason``; the pool config reader names the file and
+    line around it.
 
     Attributes:
         key: the setting as written (``session.lock_wait``).
@@ -61,9 +60,10 @@ class SessionConfigError(ValueError):
     """
 
     def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"{key}: {reason}")
-        self.key = key
-        self.reason = reason
+        super().__init__(None, None, key, reason)
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return (type(self), (self.key, self.reason))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,94 +131,46 @@ class SessionSettings:
     auto_start: bool = False
 
 
-def _boolean(value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ValueError(f"expected on/off (1/0, true/false), got {value!r}")
-
-
-def _integer(low: int, high: int | None = None):
-    def parse(value: str) -> int:
-        text = value.strip()
-        if not re.fullmatch(r"[+-]?\d{1,12}", text):
-            raise ValueError(f"expected a whole number, got {value!r}")
-        number = int(text)
-        if number < low or (high is not None and number > high):
-            bounds = f"at least {low}" if high is None else f"from {low} to {high}"
-            raise ValueError(f"must be {bounds}, got {number}")
-        return number
-    return parse
-
-
-def _duration(low: float, *, allow_zero: bool = False):
-    def parse(value: str) -> float:
-        match = _DURATION.fullmatch(value.strip())
-        if match is None:
-            raise ValueError(f"expected seconds, e.g. 2, 0.5, 5ms, got {value!r}")
-        seconds = float(match[1]) * _DURATION_UNITS[match[2]]
-        if not (seconds >= low or (allow_zero and seconds == 0)):
-            raise ValueError(f"must be at least {low:g} s, got {value!r}")
-        return seconds
-    return parse
-
-
-def _choice(choices: tuple[str, ...], *, fold: bool = True):
-    def parse(value: str) -> str:
-        text = value.strip()
-        for choice in choices:
-            if text == choice or (fold and text.lower() == choice.lower()):
-                return choice
-        raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
-    return parse
-
-
 def _cookie_name(value: str) -> str:
-    text = value.strip()
-    if not _COOKIE_NAME.fullmatch(text) or text.isdigit():
+    stripped = value.strip()
+    if not _COOKIE_NAME.fullmatch(stripped) or stripped.isdigit():
         raise ValueError(f"not a cookie name (letters, digits, _ . -; not only digits): {value!r}")
-    return text
+    return stripped
 
 
 def _cookie_attr(value: str) -> str:
-    text = value.strip()
-    if not _COOKIE_ATTR.fullmatch(text):
+    stripped = value.strip()
+    if not _COOKIE_ATTR.fullmatch(stripped):
         raise ValueError(f"no spaces, semicolons or control characters allowed: {value!r}")
-    return text
-
-
-def _text(value: str) -> str:
-    return value.strip()
+    return stripped
 
 
 # The read-only table of parsers, one per setting (redis-py's URL options style).
 _PARSERS = {
-    "save_handler": _choice(SAVE_HANDLERS),
-    "save_path": _text,
-    "store_timeout": _duration(0.001),
+    "save_handler": choice(SAVE_HANDLERS),
+    "save_path": text,
+    "store_timeout": duration(0.001),
     "name": _cookie_name,
-    "gc_maxlifetime": _integer(1),
-    "gc_probability": _integer(0),
-    "gc_divisor": _integer(1),
-    "cookie_lifetime": _integer(0),
+    "gc_maxlifetime": integer(1),
+    "gc_probability": integer(0),
+    "gc_divisor": integer(1),
+    "cookie_lifetime": integer(0),
     "cookie_path": _cookie_attr,
     "cookie_domain": _cookie_attr,
-    "cookie_secure": _boolean,
-    "cookie_httponly": _boolean,
-    "cookie_samesite": _choice(SAMESITE_VALUES),
-    "use_strict_mode": _boolean,
-    "lazy_write": _boolean,
-    "serialize_handler": _choice(SERIALIZE_HANDLERS),
-    "sid_length": _integer(MIN_SID_LENGTH, MAX_SID_LENGTH),
-    "sid_bits_per_character": _integer(4, 6),
-    "lock": _boolean,
-    "lock_expire": _duration(0.1),
-    "lock_wait": _duration(0.0, allow_zero=True),
-    "lock_retry_interval": _duration(0.0005),
-    "on_store_error": _choice(ON_STORE_ERROR),
-    "auto_start": _boolean,
+    "cookie_secure": boolean,
+    "cookie_httponly": boolean,
+    "cookie_samesite": choice(SAMESITE_VALUES),
+    "use_strict_mode": boolean,
+    "lazy_write": boolean,
+    "serialize_handler": choice(SERIALIZE_HANDLERS),
+    "sid_length": integer(MIN_SID_LENGTH, MAX_SID_LENGTH),
+    "sid_bits_per_character": integer(4, 6),
+    "lock": boolean,
+    "lock_expire": duration(0.1),
+    "lock_wait": duration(0.0, allow_zero=True),
+    "lock_retry_interval": duration(0.0005),
+    "on_store_error": choice(ON_STORE_ERROR),
+    "auto_start": boolean,
 }
 
 
