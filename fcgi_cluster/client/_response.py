@@ -388,6 +388,16 @@ class ResponseStream:
         """True once the worker ended the request (END_REQUEST arrived, or it failed)."""
         return self._state.finished
 
+    @property
+    def failed(self) -> bool:
+        """True once the request failed: its connection broke, or its answer overflowed its buffering."""
+        return self._state.error is not None
+
+    def call_on_records(self, callback: Callable[[], None] | None) -> None:
+        """Have ``callback`` called in the connection's reader after each read that brought this request
+        records, instead of waking a task (None: no more calls). For callers without a task of their own."""
+        self._state.callback = callback
+
     async def read_head(self) -> ResponseStream:
         """Receive STDOUT until the CGI header block is complete; fills ``status`` and ``headers``.
 

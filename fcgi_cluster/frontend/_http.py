@@ -504,7 +504,7 @@ class HTTPServerConnection:
                         if pos == end:
                             break
                     if self._tail:
-                        stop = self._find_blank_line(buf, pos)
+                        stop = _find_blank_line(self._tail, buf, pos)
                     else:
                         stop = buf.find(_BLANK_LINE, pos)
                         if stop >= 0:
@@ -540,7 +540,7 @@ class HTTPServerConnection:
                     if not self._remaining and self._rx == _LENGTH:
                         raise HTTPError(400, "malformed request")
                 elif rx == _CHUNKED:
-                    stop = self._find_blank_line(buf, pos)
+                    stop = _find_blank_line(self._tail, buf, pos)
                     found = stop >= 0
                     if not found:
                         stop = end
@@ -562,17 +562,6 @@ class HTTPServerConnection:
                     raise HTTPError(400, "malformed request")
         finally:
             self._pos = pos
-
-    def _find_blank_line(self, buf: bytes, pos: int) -> int:
-        """Index just past the first CRLF CRLF from ``pos`` (one begun in the
-        bytes fed before counts), or -1."""
-        tail = self._tail
-        if tail:
-            i = (tail + buf[pos : pos + 3]).find(_BLANK_LINE)
-            if i >= 0:
-                return pos + i + 4 - len(tail)
-        i = buf.find(_BLANK_LINE, pos)
-        return i + 4 if i >= 0 else -1
 
     def _check_request_line(self, buf: bytes, pos: int, stop: int) -> None:
         """414 when the request line is over the limit, as soon as that is known."""
@@ -599,21 +588,7 @@ class HTTPServerConnection:
                 raise context from None
             if context is not None:
                 raise context  # a fault in this module, not the client's
-            raise self._error_from_llhttp(exc, piece, first) from exc
-
-    def _error_from_llhttp(self, exc: Exception, piece: bytes, first: bool) -> HTTPError:
-        text = str(exc)
-        if isinstance(exc, httptools.HttpParserInvalidMethodError):
-            if first and _TOKEN_SP(piece):
-                return HTTPError(501, "method not implemented")
-            return HTTPError(400, "malformed request line")
-        if text in _VERSION_ERRORS:
-            return HTTPError(505, "HTTP version not supported")
-        if isinstance(exc, httptools.HttpParserInvalidURLError):
-            return HTTPError(400, "malformed request target")
-        # llhttp's texts are fixed strings ("Invalid header value char"),
-        # never the client's bytes.
-        return HTTPError(400, text[:1].lower() + text[1:] if text else "malformed request")
+            raise _error_from_llhttp(exc, piece, first) from exc
 
     def _after_upgrade(self, offset: int, fed: int) -> None:
         """llhttp stopped after an Upgrade request's head; serve it as a plain request.
@@ -660,107 +635,21 @@ class HTTPServerConnection:
         self._headers = []  # trailers, if any, land here and are dropped
         if len(headers) > self._max_headers:
             raise HTTPError(431, "too many header fields")
-        version = parser.get_http_version()
-        if version == "1.1":
-            http_version = b"1.1"
-        elif version == "1.0":
-            http_version = b"1.0"
-        else:
-            raise HTTPError(505, "HTTP version not supported")
-        method = parser.get_method()
-        if method == b"CONNECT":
-            raise HTTPError(501, "method not implemented")
-
-        host = length = coding = None
-        hosts = lengths = codings = 0
-        close = keep = expect_continue = upgrade = False
-        for name, value in self._special:
-            if name == b"host":
-                host = value
-                hosts += 1
-            elif name == b"connection":
-                for token in value.lower().split(b","):
-                    token = token.strip(b" \t")
-                    if token == b"close":
-                        close = True
-                    elif token == b"keep-alive":
-                        keep = True
-            elif name == b"content-length":
-                length = value
-                lengths += 1
-            elif name == b"transfer-encoding":
-                coding = value
-                codings += 1
-            elif name == b"expect":
-                expect_continue = value.lower() == b"100-continue" and http_version == b"1.1"
-            else:  # upgrade
-                upgrade = True
-        keep_alive = not close and (keep or http_version == b"1.1")
-
-        # Framing (RFC 9112 6.1-6.3), refusing every ambiguous form.
-        chunked = False
-        content_length = None
-        if coding is not None:
-            if length is not None:
-                raise HTTPError(400, "both Content-Length and Transfer-Encoding")
-            if http_version == b"1.0":
-                raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
-            if codings != 1 or coding.lower() != b"chunked":
-                raise HTTPError(400, "unsupported Transfer-Encoding")
-            chunked = True
+        head, rx = read_head(parser.get_http_version(), parser.get_method(), self._url, headers, self._special,
+                             self._max_body)
+        if rx == _CHUNKED:
             self._body_bytes = self._framing_bytes = 0
-            rx = _CHUNKED
-        elif length is not None:
-            if lengths != 1:
-                raise HTTPError(400, "repeated Content-Length")
-            if not length.isdigit():
-                raise HTTPError(400, "invalid Content-Length")
-            content_length = int(length)
-            if self._max_body and content_length > self._max_body:
-                raise HTTPError(413, "request body too large")
-            if content_length:
-                self._remaining = content_length
-                self._body_bytes = 0
-                rx = _LENGTH
-            else:
-                rx = _NO_BODY
-        else:
-            rx = _NO_BODY
-
-        # The target (RFC 9112 3.2).
-        target = self._url
-        if hosts > 1:
-            raise HTTPError(400, "repeated Host")
-        if target[:1] == b"/":
-            path, _, query = target.partition(b"?")
-        elif target == b"*":
-            if method != b"OPTIONS":
-                raise HTTPError(400, "malformed request target")
-            path, query = target, b""
-        else:
-            host, path, query = _split_absolute(target)
-            # RFC 9112 3.2.2: the target's authority overrides Host.
-            headers = [(n, v) for n, v in headers if n != b"host"]
-            headers.append((b"host", host))
-        if target.find(b"#") >= 0:
-            raise HTTPError(400, "fragment in request target")
-        if host is not None:
-            if not host or host.translate(None, _HOST_CHARS):
-                raise HTTPError(400, "invalid Host")
-        elif http_version == b"1.1":
-            raise HTTPError(400, "missing Host")
-
+        elif rx == _LENGTH:
+            self._remaining = head.content_length
+            self._body_bytes = 0
         # llhttp takes an Upgrade request's body for the next request's bytes:
         # it reports the message complete after the head, and _after_upgrade
         # reads the body after all.
-        self._skip_complete = upgrade and rx != _NO_BODY and parser.should_upgrade()
+        self._skip_complete = rx != _NO_BODY and any(n == b"upgrade" for n, _ in self._special) and parser.should_upgrade()
         self._rx = rx
         self._continue_sent = False
-        head = RequestHead(
-            method, target, path, query, http_version, headers, content_length, chunked, expect_continue, keep_alive
-        )
         self._head = head
-        if not keep_alive:
+        if not head.keep_alive:
             self._keep_alive = False
         self._tx = _TX_WAIT
         self._events.append(head)
@@ -1013,6 +902,128 @@ class HTTPServerConnection:
                 b"" if head_request else page,
             )
         )
+
+
+def read_head(version: str, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+              special: list[tuple[bytes, bytes]], max_body: int) -> tuple[RequestHead, int]:
+    """A request head from what llhttp read, checked as RFC 9112 asks; and the body state that follows.
+
+    ``special`` holds the fields of ``_SPECIAL`` (framing and routing), in order.
+
+    Raises:
+        HTTPError: the head is malformed, ambiguous, or asks what we refuse.
+    """
+    if version == "1.1":
+        http_version = b"1.1"
+    elif version == "1.0":
+        http_version = b"1.0"
+    else:
+        raise HTTPError(505, "HTTP version not supported")
+    if method == b"CONNECT":
+        raise HTTPError(501, "method not implemented")
+    host = length = coding = None
+    hosts = lengths = codings = 0
+    close = keep = expect_continue = False
+    for name, value in special:
+        if name == b"host":
+            host = value
+            hosts += 1
+        elif name == b"connection":
+            for token in value.lower().split(b","):
+                token = token.strip(b" \t")
+                if token == b"close":
+                    close = True
+                elif token == b"keep-alive":
+                    keep = True
+        elif name == b"content-length":
+            length = value
+            lengths += 1
+        elif name == b"transfer-encoding":
+            coding = value
+            codings += 1
+        elif name == b"expect":
+            expect_continue = value.lower() == b"100-continue" and http_version == b"1.1"
+    keep_alive = not close and (keep or http_version == b"1.1")
+
+    # Framing (RFC 9112 6.1-6.3), refusing every ambiguous form.
+    chunked = False
+    content_length = None
+    if coding is not None:
+        if length is not None:
+            raise HTTPError(400, "both Content-Length and Transfer-Encoding")
+        if http_version == b"1.0":
+            raise HTTPError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if codings != 1 or coding.lower() != b"chunked":
+            raise HTTPError(400, "unsupported Transfer-Encoding")
+        chunked = True
+        rx = _CHUNKED
+    elif length is not None:
+        if lengths != 1:
+            raise HTTPError(400, "repeated Content-Length")
+        if not length.isdigit():
+            raise HTTPError(400, "invalid Content-Length")
+        content_length = int(length)
+        if max_body and content_length > max_body:
+            raise HTTPError(413, "request body too large")
+        if content_length:
+            rx = _LENGTH
+        else:
+            rx = _NO_BODY
+    else:
+        rx = _NO_BODY
+
+    # The target (RFC 9112 3.2).
+    if hosts > 1:
+        raise HTTPError(400, "repeated Host")
+    if target[:1] == b"/":
+        path, _, query = target.partition(b"?")
+    elif target == b"*":
+        if method != b"OPTIONS":
+            raise HTTPError(400, "malformed request target")
+        path, query = target, b""
+    else:
+        host, path, query = _split_absolute(target)
+        # RFC 9112 3.2.2: the target's authority overrides Host.
+        headers = [(n, v) for n, v in headers if n != b"host"]
+        headers.append((b"host", host))
+    if target.find(b"#") >= 0:
+        raise HTTPError(400, "fragment in request target")
+    if host is not None:
+        if not host or host.translate(None, _HOST_CHARS):
+            raise HTTPError(400, "invalid Host")
+    elif http_version == b"1.1":
+        raise HTTPError(400, "missing Host")
+    head = RequestHead(
+        method, target, path, query, http_version, headers, content_length, chunked, expect_continue, keep_alive
+    )
+    return head, rx
+
+
+def _error_from_llhttp(exc: Exception, piece: bytes, first: bool) -> HTTPError:
+    """The HTTPError of what llhttp refused in ``piece`` (``first``: the piece starts the request)."""
+    text = str(exc)
+    if isinstance(exc, httptools.HttpParserInvalidMethodError):
+        if first and _TOKEN_SP(piece):
+            return HTTPError(501, "method not implemented")
+        return HTTPError(400, "malformed request line")
+    if text in _VERSION_ERRORS:
+        return HTTPError(505, "HTTP version not supported")
+    if isinstance(exc, httptools.HttpParserInvalidURLError):
+        return HTTPError(400, "malformed request target")
+    # llhttp's texts are fixed strings ("Invalid header value char"),
+    # never the client's bytes.
+    return HTTPError(400, text[:1].lower() + text[1:] if text else "malformed request")
+
+
+def _find_blank_line(tail: bytes, buf: bytes, pos: int) -> int:
+    """Index just past the first CRLF CRLF in ``buf`` from ``pos`` (one begun in ``tail``, the
+    bytes fed before, counts), or -1."""
+    if tail:
+        i = (tail + buf[pos : pos + 3]).find(_BLANK_LINE)
+        if i >= 0:
+            return pos + i + 4 - len(tail)
+    i = buf.find(_BLANK_LINE, pos)
+    return i + 4 if i >= 0 else -1
 
 
 def _split_absolute(target: bytes) -> tuple[bytes, bytes, bytes]:

@@ -10,8 +10,8 @@ per wake-up and reads them in one pass.
 
 What the hub reads goes to the connection's ``hub_readable``, which answers
 the common request (a GET for a worker with room on a multiplexed connection)
-from callbacks, with no task at all (see ``_ClientConnection`` in
-``_server.py``), and starts a task for anything else. The hub owns the
+from callbacks, with no task at all (see ``ClientConnection`` in
+``_client.py``), and starts a task for anything else. The hub owns the
 connections it holds: it closes them at their deadlines (keep-alive or header
 timeout), when the client hangs up, and when the front-end stops.
 """
@@ -25,10 +25,9 @@ import typing
 
 import trio
 
-if typing.TYPE_CHECKING:
-    from ._server import FrontendServer, _ClientConnection
+from ._site import Site
 
-__all__ = ["Hub", "HUB_AVAILABLE"]
+__all__ = ["Hub", "HUB_AVAILABLE", "HubClient"]
 
 log = logging.getLogger("fcgi_cluster.frontend")
 
@@ -38,68 +37,83 @@ HUB_AVAILABLE = hasattr(select, "epoll")
 _ARM = getattr(select, "EPOLLIN", 1) | getattr(select, "EPOLLONESHOT", 0)
 
 
+class HubClient(typing.Protocol):
+    """What the hub needs of a client connection."""
+
+    fd: int
+    #: Owned by the hub (set by it).
+    in_hub: bool
+    #: In the hub's epoll set (set by it).
+    armed: bool
+
+    def idle_timeout(self) -> float: ...
+    def timeout_answer(self) -> bytes: ...
+    def hub_readable(self) -> None: ...
+    def drop_answer(self) -> None: ...
+    def close_socket(self) -> None: ...
+
+
 class Hub:
     """The idle client connections of one front-end process, watched by one task.
 
     Args:
-        server: the front-end, for its deadlines, limits and connection count.
+        site: the front-end's, for its deadlines and connection count.
         nursery: where a connection's task is started again when one is needed.
     """
 
-    def __init__(self, server: FrontendServer, nursery: trio.Nursery) -> None:
-        self.server = server
+    def __init__(self, site: Site, nursery: trio.Nursery) -> None:
+        self.site = site
         self.nursery = nursery
         self._epoll = select.epoll()
         #: Every connection the hub owns by descriptor: idle ones, and those
         #: whose request is being answered from callbacks.
-        self._owned: dict[int, _ClientConnection] = {}
+        self._owned: dict[int, HubClient] = {}
 
     def __len__(self) -> int:
         return len(self._owned)
 
-    def take(self, conn: _ClientConnection) -> None:
+    def take(self, conn: HubClient) -> None:
         """Own a new connection, before its first read (``hub_readable``), which arms it if need be."""
-        self._owned[conn._fd] = conn
+        self._owned[conn.fd] = conn
         conn.in_hub = True
 
-    def adopt(self, conn: _ClientConnection) -> None:
+    def adopt(self, conn: HubClient) -> None:
         """Take ``conn`` (idle, or holding part of a head) and wake when it is readable or due."""
-        fd = conn._fd
+        fd = conn.fd
         self._owned[fd] = conn
         conn.in_hub = True
-        fe = self.server.frontend
-        timeout = fe.header_timeout if conn._received or not conn.served else fe.keepalive_timeout
-        self.server.deadlines.watch_read(conn, trio.current_time() + timeout)
-        if conn._armed_once:
+        self.site.deadlines.watch_read(conn, trio.current_time() + conn.idle_timeout())  # type: ignore[arg-type]
+        if conn.armed:
             self._epoll.modify(fd, _ARM)
         else:
             self._epoll.register(fd, _ARM)
-            conn._armed_once = True
+            conn.armed = True
 
-    def release(self, conn: _ClientConnection) -> None:
+    def release(self, conn: HubClient) -> None:
         """Give ``conn`` back to a task of its own (the hub no longer watches or closes it)."""
-        self._owned.pop(conn._fd, None)
-        self.server.deadlines.reads.pop(conn, None)
+        self._owned.pop(conn.fd, None)
+        self.site.deadlines.forget_read(conn)  # type: ignore[arg-type]
         conn.in_hub = False
 
-    def close(self, conn: _ClientConnection) -> None:
+    def close(self, conn: HubClient) -> None:
         """Close a connection the hub owns: its answer in progress is dropped, its slot freed."""
-        if self._owned.get(conn._fd) is not conn:
+        if self._owned.get(conn.fd) is not conn:
             return
         self.release(conn)
         conn.drop_answer()
         try:
-            self._epoll.unregister(conn._fd)
+            self._epoll.unregister(conn.fd)
         except OSError:
             pass
-        self.server.connections.release()
-        conn.stream.socket.close()  # type: ignore[attr-defined]
+        self.site.connections.release()
+        conn.close_socket()
 
-    def expire(self, conn: _ClientConnection) -> None:
+    def expire(self, conn: HubClient) -> None:
         """A deadline passed: a client that sent part of a head gets 408, an idle one is just closed."""
-        if conn._received:
+        answer = conn.timeout_answer()
+        if answer:
             try:
-                os.write(conn._fd, conn.http.send_error_response(408))
+                os.write(conn.fd, answer)
             except OSError:
                 pass
         self.close(conn)

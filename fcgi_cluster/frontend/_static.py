@@ -73,10 +73,12 @@ import mimetypes
 import os
 import re
 import stat
+import typing
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import AsyncIterator
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote_from_bytes, unquote_to_bytes
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -87,6 +89,7 @@ __all__ = [
     "StaticResponse",
     "plan_static",
     "read_file_range",
+    "send_static",
 ]
 
 #: Bytes read from disk per chunk. Each read is one hop to a worker thread,
@@ -698,3 +701,42 @@ def _redirect(rel_path: bytes, prefix: bytes | None, head: bool) -> StaticRespon
         location = b"./" + rel_path.rsplit(b"/", 1)[-1] + b"/"
     location = _LOCATION_UNSAFE.sub(lambda byte: b"%%%02X" % byte.group()[0], location)
     return _error(301, head, extra=[(b"Location", location)])
+
+
+async def send_static(route: typing.Any, path: bytes, head: typing.Any, http: typing.Any,
+                      send: Callable[[bytes], Awaitable[None]]) -> tuple[int, int]:
+    """Answer a request for a static route's file through ``send``: its status and the body bytes sent.
+
+    ``path`` is the normalised request path; a prefix route maps its prefix
+    onto the directory (nginx's alias): /static/css/a.css under prefix
+    "/static/" is <dir>/css/a.css. ``http`` frames the answer.
+    """
+    stripped = b""
+    prefix = getattr(route, "prefix", None)
+    if prefix:
+        raw_prefix = prefix.encode("utf-8", "surrogateescape").rstrip(b"/")
+        if path.startswith(raw_prefix):
+            stripped = raw_prefix
+    rel = path[len(stripped):]
+    # plan_static wants the path percent-encoded (it decodes and checks it
+    # itself): give it the canonical encoding of the normalised path.
+    plan = plan_static(
+        route.static, quote_from_bytes(rel, safe="/").encode(), head.method, head.headers,
+        index=route.index or None, prefix=quote_from_bytes(stripped, safe="/").encode(),
+    )
+    try:
+        out = http.send_head(plan.status, plan.headers, content_length=plan.content_length)
+        sent = 0
+        if plan.path is None or head.method == b"HEAD":
+            out += http.send_body(plan.body) + http.send_end()
+            sent = len(plan.body)
+            await send(out)
+        else:
+            await send(out)
+            async for chunk in read_file_range(plan):
+                await send(http.send_body(chunk))
+                sent += len(chunk)
+            await send(http.send_end())
+    finally:
+        plan.close()  # read_file_range closes it too; twice is harmless
+    return plan.status, sent

@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import typing
 from collections import deque
 from collections.abc import Callable, Sequence
 
@@ -493,6 +494,40 @@ class Upstream:
         self.hash_name = name.encode("latin-1")
         #: The balancing needs a key from each request (ip_hash, hash).
         self.hashed = config.balance in ("ip_hash", "hash")  # type: ignore[attr-defined]
+
+    def hash_key(self, head: typing.Any, remote_addr: bytes) -> bytes | None:
+        """The key ``ip_hash`` or ``hash`` balances request ``head`` by (None: no key-based balancing)."""
+        method = self.config.balance  # type: ignore[attr-defined]
+        if method == "ip_hash":
+            return remote_addr
+        if method != "hash":
+            return None
+        kind, name = self.hash_kind, self.hash_name
+        if kind == "remote_addr":
+            return remote_addr
+        if kind == "uri":
+            return head.target
+        if kind == "header":
+            lname = name.lower()
+            for hname, value in head.headers:
+                if hname == lname:
+                    return value
+            return b""
+        if kind == "cookie":
+            for hname, value in head.headers:
+                if hname == b"cookie":
+                    for part in value.split(b";"):
+                        cname, _, cvalue = part.strip().partition(b"=")
+                        if cname == name:
+                            return cvalue
+            return b""
+        if kind == "arg":
+            for part in head.query.split(b"&"):
+                aname, _, avalue = part.partition(b"=")
+                if aname == name:
+                    return avalue
+            return b""
+        return None
 
     def close_all(self) -> None:
         for server in self.servers:

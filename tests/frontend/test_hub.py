@@ -15,7 +15,7 @@ import socket
 import pytest
 import trio
 
-from fcgi_cluster.frontend import _server
+from fcgi_cluster.frontend import _client, _server
 from fcgi_cluster.frontend import _relay
 from workers.echo import app as echo
 
@@ -232,7 +232,7 @@ async def test_plain_clients_get_no_task_of_their_own(monkeypatch: pytest.Monkey
     # is started, and none is started again for a request.
     started: list[str] = []
     real_task = _server.FrontendServer._connection_task
-    real_drive = _server._ClientConnection.drive
+    real_drive = _client.ClientConnection.drive
 
     async def connection_task(self, *args):
         started.append("connection task")
@@ -243,7 +243,7 @@ async def test_plain_clients_get_no_task_of_their_own(monkeypatch: pytest.Monkey
         await real_drive(self, *args)
 
     monkeypatch.setattr(_server.FrontendServer, "_connection_task", connection_task)
-    monkeypatch.setattr(_server._ClientConnection, "drive", drive)
+    monkeypatch.setattr(_client.ClientConnection, "drive", drive)
     async with workers(echo) as addresses, frontend(upstream_config(addresses)) as (port, server):
         # The first request to each worker opens its connection, which takes a task.
         for _ in addresses:
@@ -278,14 +278,14 @@ async def test_a_failure_on_a_pipelined_request_closes_that_client(
     # reader, which then begins the next request the client pipelined; a bug
     # of ours there must close this client (not leave it held by nobody), and
     # cost nobody else anything.
-    real = _server._ClientConnection._upstream_params
+    real = _client.ClientConnection._upstream_params
 
     def upstream_params(self, head, *args):
         if head.path == b"/explode":
             raise RuntimeError("a bug while sending")
         return real(self, head, *args)
 
-    monkeypatch.setattr(_server._ClientConnection, "_upstream_params", upstream_params)
+    monkeypatch.setattr(_client.ClientConnection, "_upstream_params", upstream_params)
     caplog.set_level(logging.ERROR, "fcgi_cluster.frontend")
     async with workers(echo) as addresses, frontend(upstream_config(addresses[:1])) as (port, server):
         async with RawClient.connect(port) as victim, RawClient.connect(port) as other:

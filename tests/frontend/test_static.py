@@ -632,6 +632,7 @@ def test_public_names():
         "StaticResponse",
         "plan_static",
         "read_file_range",
+        "send_static",
     }
     for name in _static.__all__:
         assert getattr(_static, name).__doc__ or name.startswith("DEFAULT_")

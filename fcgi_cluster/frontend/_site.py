@@ -1,0 +1,135 @@
+"""What one front-end process serves, as its requests see it: routes, upstream pools, limits, logs.
+
+``Site`` is made once from a ``ClusterConfig``: each route's prepared parts
+(``RoutePlan``: its params, root, index and answer buffering, worked out
+once rather than per request), the upstreams, the HTTP limits, the access
+log, the deadlines task and the count of requests in progress. The server
+(``_server``) adds the listening and accepting; a client connection
+(``_client``) reads what it needs from here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import typing
+
+import trio
+
+from ..client._buffer import Buffering, MemoryPool
+from ._access_log import AccessLog
+from ._deadlines import Deadlines
+from ._http import HTTPLimits, RequestHead, error_page
+from ._upstream import ANSWER_POOL, ANSWER_POOL_PER_REQUEST, Upstream, answer_buffering
+
+__all__ = ["RoutePlan", "Site", "log_stderr", "status_page"]
+
+log = logging.getLogger("fcgi_cluster.frontend")
+
+#: The keys of an upstream's answer buffering that a route may set for itself.
+BUFFERING_KEYS = ("buffering", "buffer_size", "max_temp_file_size", "temp_path")
+
+
+@dataclasses.dataclass(frozen=True)
+class RoutePlan:
+    """A route's parts that every request of it uses, prepared once."""
+
+    #: Its own FastCGI params (encoded names and values), overriding any other.
+    extra: dict[bytes, bytes]
+    #: DOCUMENT_ROOT.
+    root: bytes
+    #: The index file name for a path ending in "/" (b"" for none).
+    index: bytes
+    #: Answer buffering (shared connection, connection of its own); None for a static route.
+    buffering: tuple[Buffering, Buffering] | None
+
+
+class Site:
+    """Everything one front-end process serves: its routes and upstream pools.
+
+    Args:
+        config: a ``ClusterConfig``.
+        nursery: where the upstreams' connections and the deadlines task run.
+    """
+
+    def __init__(self, config: object, nursery: trio.Nursery) -> None:
+        self.config = config
+        fe = config.frontend  # type: ignore[attr-defined]
+        self.frontend = fe
+        self.limits = HTTPLimits(
+            max_request_line=fe.max_request_line,
+            max_header_size=fe.max_header_size,
+            max_headers=fe.max_headers,
+            max_body_size=fe.max_body_size,
+        )
+        #: Memory lent to answers past their buffer_size, before a file.
+        self.answer_pool = MemoryPool(ANSWER_POOL, ANSWER_POOL_PER_REQUEST)
+        upstreams = config.upstreams  # type: ignore[attr-defined]
+        self.upstreams = {name: Upstream(name, upstream, nursery, self.answer_pool) for name, upstream in upstreams.items()}
+        self.routes = config.routes  # type: ignore[attr-defined]
+        self.route_plans = [self._plan(route) for route in self.routes]
+        self.access_log = AccessLog.open(fe.access_log)
+        self.deadlines = Deadlines()
+        nursery.start_soon(self.deadlines.run)
+        #: Client connections open, bounded by max_connections.
+        self.connections = trio.Semaphore(fe.max_connections)
+        self.active_requests = 0
+        self._idle_lot = trio.lowlevel.ParkingLot()
+
+    def _plan(self, route: typing.Any) -> RoutePlan:
+        buffering = None
+        if route.upstream is not None:
+            # The route's own buffering keys over its upstream's.
+            own = {key: getattr(route, key) for key in BUFFERING_KEYS if getattr(route, key) is not None}
+            upstream = dataclasses.replace(self.config.upstreams[route.upstream], **own)  # type: ignore[attr-defined]
+            buffering = answer_buffering(upstream, self.answer_pool)
+        return RoutePlan(
+            extra={k.encode(): v.encode() for k, v in (route.params or {}).items()},
+            root=(route.root or self.frontend.root).encode(),
+            index=(route.index or "").encode(),
+            buffering=buffering,
+        )
+
+    def route_of(self, path: bytes) -> tuple[int, typing.Any]:
+        """The first route matching a normalised path, and its number; (-1, None) for none."""
+        text_path = path.decode("utf-8", "surrogateescape")
+        for number, route in enumerate(self.routes):
+            if route.match(text_path):
+                return number, route
+        return -1, None
+
+    def request_started(self) -> None:
+        self.active_requests += 1
+
+    def request_ended(self) -> None:
+        self.active_requests -= 1
+        if not self.active_requests:
+            self._idle_lot.unpark_all()
+
+    async def wait_idle(self) -> None:
+        """Return once no request is being answered."""
+        while self.active_requests:
+            await self._idle_lot.park()
+
+    def log_request(self, remote_addr: bytes, head: RequestHead, status: int, sent: int, started: float) -> None:
+        """One line in the access log, if there is one."""
+        if self.access_log is not None:
+            self.access_log.write(remote_addr, head, status, sent, started)
+
+
+def log_stderr(address: str, stderr: bytes) -> None:
+    """A worker's FCGI_STDERR, line by line, into the error log."""
+    for line in stderr.decode("utf-8", "replace").splitlines():
+        if line.strip():
+            log.warning("worker %s stderr: %s", address, line)
+
+
+_STATUS_PAGES: dict[int, bytes] = {}
+
+
+def status_page(status: int) -> bytes:
+    """The small HTML page of an error status, made once."""
+    page = _STATUS_PAGES.get(status)
+    if page is None:
+        page = _STATUS_PAGES[status] = error_page(status)
+    return page
