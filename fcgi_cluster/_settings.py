@@ -23,8 +23,8 @@ Convert = Callable[[str], object]
 _TRUE = ("1", "on", "true", "yes")
 _FALSE = ("0", "off", "false", "no", "")
 _WHOLE_NUMBER = re.compile(r"[+-]?\d{1,12}")
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?")
-_DURATION_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?")
+_DURATION_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class SettingsError(ValueError):
@@ -68,10 +68,10 @@ def integer(low: int, high: int | None = None) -> Callable[[str], int]:
     def convert(value: str) -> int:
         text = value.strip()
         if not _WHOLE_NUMBER.fullmatch(text):
-            raise ValueError(f"expected a whole number, got {value!r}")
+            raise ValueError(f"must be an integer, got {value!r}")
         number = int(text)
         if number < low or (high is not None and number > high):
-            bounds = f"at least {low}" if high is None else f"from {low} to {high}"
+            bounds = f"{low} or more" if high is None else f"from {low} to {high}"
             raise ValueError(f"must be {bounds}, got {number}")
         return number
 
@@ -79,35 +79,36 @@ def integer(low: int, high: int | None = None) -> Callable[[str], int]:
 
 
 def boolean(value: str) -> bool:
-    """php-fpm's spellings: yes/no, on/off, true/false, 1/0 (any case); empty is off."""
+    """php-fpm's spellings: yes/no, on/off, true/false, 1/0 (any case); empty is off, as in PHP."""
     lowered = value.strip().lower()
     if lowered in _TRUE:
         return True
     if lowered in _FALSE:
         return False
-    raise ValueError(f"expected on/off (1/0, true/false), got {value!r}")
+    raise ValueError(f"must be yes/no, on/off, true/false or 1/0, got {value!r}")
 
 
 def choice(choices: Sequence[str], *, fold: bool = True) -> Callable[[str], str]:
-    """One of ``choices``, returned as spelled there; ``fold``: in any case."""
+    """One of ``choices``, returned as spelled there; ``fold``: written in any case."""
+    shown = ", ".join(option or "''" for option in choices)
 
     def convert(value: str) -> str:
         text = value.strip()
         for option in choices:
             if text == option or (fold and text.lower() == option.lower()):
                 return option
-        raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}, got {value!r}")
+        raise ValueError(f"must be one of {shown}, got {value!r}")
 
     return convert
 
 
-def duration(low: float, *, allow_zero: bool = False) -> Callable[[str], float]:
-    """Seconds: ``2``, ``0.5``, ``5ms``, ``10s``, ``5m``, ``1h``; at least ``low`` (or 0 if allowed)."""
+def duration(low: float = 0.0, *, allow_zero: bool = False) -> Callable[[str], float]:
+    """Seconds: ``2``, ``0.5``, ``5ms``, ``10s``, ``5m``, ``1h``, ``1d``; at least ``low`` (or 0 if allowed)."""
 
     def convert(value: str) -> float:
         match = _DURATION.fullmatch(value.strip())
         if match is None:
-            raise ValueError(f"expected seconds, e.g. 2, 0.5, 5ms, got {value!r}")
+            raise ValueError(f"must be a time like 30s, 5m, 1h, 1d (a bare number is seconds), got {value!r}")
         seconds = float(match[1]) * _DURATION_UNITS[match[2]]
         if not (seconds >= low or (allow_zero and seconds == 0)):
             raise ValueError(f"must be at least {low:g} s, got {value!r}")

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .._address import Address, parse_address
+from .._settings import SettingsError, boolean, choice, duration, integer
 from ..protocol import DEFAULT_MAX_REQUESTS
 from ._config import WorkerConfig
 
@@ -67,18 +68,19 @@ MAX_INCLUDE_DEPTH = 8
 UNLIMITED_BACKLOG = 65535
 
 
-class PoolConfigError(Exception):
-    """A bad pool file: ``str()`` is ``file:line: key: reason`` (line 0 = the file as a whole)."""
+class PoolConfigError(SettingsError):
+    """A bad pool file: ``str()`` is ``file:line: key: reason`` (line 0 = the file as a whole).
+
+    Attributes:
+        path: the file (also ``filename``, as in every ``SettingsError``).
+    """
 
     def __init__(self, path: str, line: int, key: str, reason: str) -> None:
-        self.path, self.line, self.key, self.reason = path, line, key, reason
-        where = f"{path}:{line}" if line else path
-        super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
+        super().__init__(path, line, key, reason)
 
-    def __reduce__(self) -> tuple[type, tuple[str, int, str, str]]:
-        # The default pickling passes str(self) back to __init__; a master may
-        # report errors from child processes.
-        return (type(self), (self.path, self.line, self.key, self.reason))
+    @property
+    def path(self) -> str:
+        return self.filename  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +200,6 @@ class PoolFile:
 # Value parsers: (text, context) -> value, raising ValueError with the reason
 # --------------------------------------------------------------------------
 
-_TIME = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?")
-_TIME_UNITS = {None: 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_BOOLEANS = {"yes": True, "on": True, "true": True, "1": True, "no": False, "off": False, "false": False, "0": False}
 _APP_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 _POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -215,31 +214,17 @@ class _Context:
     directory: str
 
 
-def _integer(minimum: int, maximum: int | None = None) -> Callable[[str, _Context], int]:
-    def parse(text: str, ctx: _Context) -> int:
-        if not re.fullmatch(r"-?\d+", text):
-            raise ValueError(f"must be an integer, got {text!r}")
-        value = int(text)
-        if value < minimum or (maximum is not None and value > maximum):
-            upper = f" to {maximum}" if maximum is not None else " or more"
-            raise ValueError(f"must be {minimum}{upper}, got {value}")
-        return value
-
-    return parse
+def _plain(convert: Callable[[str], Any]) -> Callable[[str, _Context], Any]:
+    """A toolkit converter, which needs no context, in this table's shape."""
+    return lambda text, ctx: convert(text)
 
 
-def _time(text: str, ctx: _Context) -> float:
-    match = _TIME.fullmatch(text)
-    if match is None:
-        raise ValueError(f"must be a time like 30s, 5m, 1h, 1d (a bare number is seconds), got {text!r}")
-    return float(match.group(1)) * _TIME_UNITS[match.group(2)]
+def _integer(low: int, high: int | None = None) -> Callable[[str, _Context], int]:
+    return _plain(integer(low, high))
 
 
-def _boolean(text: str, ctx: _Context) -> bool:
-    value = _BOOLEANS.get(text.lower())
-    if value is None:
-        raise ValueError(f"must be yes/no, on/off, true/false or 1/0, got {text!r}")
-    return value
+_time = _plain(duration())
+_boolean = _plain(boolean)
 
 
 def _string(text: str, ctx: _Context) -> str:
@@ -269,12 +254,7 @@ def _log_target(text: str, ctx: _Context) -> str:
 
 
 def _choice(*choices: str) -> Callable[[str, _Context], str]:
-    def parse(text: str, ctx: _Context) -> str:
-        if text not in choices:
-            raise ValueError(f"must be one of {', '.join(choices)}, got {text!r}")
-        return text
-
-    return parse
+    return _plain(choice(choices, fold=False))
 
 
 def _octal_mode(text: str, ctx: _Context) -> int:

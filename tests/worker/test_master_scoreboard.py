@@ -259,7 +259,7 @@ def test_session_keys_become_the_childs_settings_and_errors_name_the_line():
         raise AssertionError("no error")
 
     assert error("\nphp_value[session.cookie_samesite] = Sometimes\n").startswith(
-        "p.conf:5: session.cookie_samesite: expected one of")
+        "p.conf:5: session.cookie_samesite: must be one of")
     # A key missing from the file: the line of the handler that needs it.
     assert error("session.save_handler = memcached\n") == \
         "p.conf:4: session.save_path: required with session.save_handler = memcached"
