@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from ..client._cgi import SERVER_SOFTWARE
-from ..protocol._records import encode_pairs
+from ..protocol import encode_pairs
 
 __all__ = ["BadPath", "ConnectionParams", "encode_line_params", "header_params", "line_params", "normalize_path",
            "split_path", "request_params"]

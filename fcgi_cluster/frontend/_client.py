@@ -33,8 +33,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import trio
 
-from ..client import FastCGIError, ResponseOverflow
-from ..client._response import ResponseStream
+from ..client import FastCGIError, ResponseOverflow, ResponseStream
 from ..protocol._records import encode_params
 from ._cgi import BadPath, ConnectionParams, encode_line_params, header_params, normalize_path, request_params, split_path
 from ._client_io import RECEIVE_SIZE, ClientGone, ClientIO

@@ -41,9 +41,9 @@ from ..client import (
     FastCGIError,
     RequestRefused,
     ResponseOverflow,
+    ResponseStream,
     UpstreamProtocolError,
 )
-from ..client._response import ResponseStream
 from ._upstream import ServerBusy, Upstream
 
 __all__ = [

@@ -15,7 +15,7 @@ import math
 
 import trio
 
-from ..client._response import ResponseStream
+from ..client import ResponseStream
 from ._http import HTTPServerConnection
 
 __all__ = ["Relay", "response_headers", "SEND_BATCH"]
