@@ -26,14 +26,15 @@ class Progress:
     def step(self, text: str) -> None:
         """One step done: print it."""
         self.done += 1
-        self._print(text)
+        self.note(text)
 
     def skip(self, steps: int, text: str) -> None:
         """``steps`` planned steps will not run (a contender is not available): print why."""
         self.total = max(self.done, self.total - steps)
-        self._print(text)
+        self.note(text)
 
-    def _print(self, text: str) -> None:
+    def note(self, text: str) -> None:
+        """Print ``text`` on a progress line (step count, elapsed time, time left), counting no step."""
         elapsed = time.monotonic() - self._start
         left = elapsed / self.done * (self.total - self.done) if self.done else 0.0
         print(f"[{self.done}/{self.total} {_clock(elapsed)} elapsed, ~{_clock(left)} left] {text}",

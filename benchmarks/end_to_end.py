@@ -48,19 +48,32 @@ import http.client
 import json
 import os
 import pathlib
-import re
 import shutil
 import statistics
 import subprocess
 import sys
-import textwrap
 from collections.abc import Callable
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import _measure  # noqa: E402
+from _common import (  # noqa: E402
+    FRONT_PROCESSES,
+    LUA_PERCENTILE,
+    PHP_CHILDREN,
+    POOL_SIZE,
+    WARMUP_SECONDS,
+    WRK_THREADS,
+    Unavailable,
+    fcgi_cluster_command,
+    machine,
+    ms,
+    our_front_door,
+    run_wrk,
+    stamp,
+    trouble,
+)
 from _progress import Progress  # noqa: E402
 
 from tests._peers import (  # noqa: E402
@@ -91,25 +104,10 @@ SCENARIOS = {
     "1 MiB": (1024 * 1024, 0),
     "1 MiB up": (2, 1024 * 1024),
 }
-# Processes in each pool of Python workers (ours, flup).
-POOL_SIZE = 2
-# php-fpm children: a small static pool, the common starting point.
-PHP_CHILDREN = 4
 #: Streams per multiplexed connection for HAProxy (see start_stack).
 HAPROXY_MAX_REQS = 32
-# wrk threads: one per core of a 2-core machine; more only adds context switches.
-WRK_THREADS = 2
-# Seconds of the warm-up run: long enough to open every connection, fill php-fpm's
-# opcache and let the pools start their threads.
-WARMUP_SECONDS = 1.0
-# Seconds a whole wrk run may take beyond its duration before it counts as hung.
-WRK_GRACE_SECONDS = 30.0
 # Seconds given a front door to die after a run before the run counts as sound.
 CRASH_GRACE = 0.2
-# Requests per CPU figure: "CPU seconds per 10,000 requests".
-CPU_PER = 10_000
-# Processes (haproxy: threads) of every front door: each one's own default, one per CPU.
-FRONT_PROCESSES = os.cpu_count() or 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,19 +173,7 @@ class Target:
         return f"http://{LOOPBACK}:{self.port}{self.path(scenario)}"
 
 
-class Unavailable(Exception):
-    """A stack cannot be run here; the message says why, in one line."""
-
-
 # --- the workers and the front doors ------------------------------------------------
-
-
-def fcgi_cluster_command() -> list[str]:
-    """The ``fcgi-cluster`` console script beside our Python, or ``python -m`` as a fallback."""
-    script = pathlib.Path(sys.executable).parent / "fcgi-cluster"
-    if script.exists():
-        return [str(script)]
-    return [python_executable(), "-m", "fcgi_cluster.cli"]
 
 
 class Pools:
@@ -241,35 +227,6 @@ class Pools:
         find_php_fpm()  # raises PeerStartError, reported as not available
         fpm = self._peers.php_fpm(pm="static", max_children=PHP_CHILDREN)
         return [fpm.port], [fpm.process.pid]
-
-
-def our_front_door(peers: Peers, ports: list[int], php: bool, directory: pathlib.Path,
-                   max_clients: int, processes: int = 1) -> tuple[int, subprocess.Popen]:
-    """``fcgi-cluster frontend -c`` in front of ``ports``; its port and process."""
-    port = free_port()
-    # php-fpm children each pin a connection: cap them at the children, and queue the
-    # rest. max_conns holds per front-end process (as nginx's without a shared zone), so
-    # the children are shared out; past them, a process's connections would wait in
-    # php-fpm's listen queue behind the other's idle ones (the 1 MiB uploads timed out).
-    cap = f", max_conns = {max(1, PHP_CHILDREN // processes)}" if php else ""
-    servers = ", ".join(f'{{ address = "{LOOPBACK}:{p}"{cap} }}' for p in ports)
-    config = directory / f"frontend-{port}.toml"
-    directory.mkdir(parents=True, exist_ok=True)
-    config.write_text(textwrap.dedent(f"""\
-        [frontend]
-        listen = "{LOOPBACK}:{port}"
-        access_log = false
-        max_body_size = 0
-        max_connections = {max_clients}
-        processes = {processes}
-        root = "{PHP_PAGES}"
-
-        [upstream.app]
-        servers = [{servers}]
-        """))
-    process = peers.process([*fcgi_cluster_command(), "frontend", "-c", config], name="fcgi-frontend",
-                            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), ready_port=port)
-    return port, process
 
 
 def start_stack(name: str, peers: Peers, pools: Pools, settings: Settings, directory: pathlib.Path) -> Target:
@@ -326,49 +283,6 @@ def check_answer(target: Target, scenario: str) -> None:
 
 # --- wrk -------------------------------------------------------------------------------
 
-_UNITS_US = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
-_REQUESTS_PER_SEC = re.compile(r"^Requests/sec:\s+([\d.]+)", re.M)
-_PERCENTILE = re.compile(r"^\s+(50|75|90|99|99\.9)%\s+([\d.]+)(us|ms|s|m|h)\s*$", re.M)
-_TOTAL = re.compile(r"^\s+(\d+) requests in ([\d.]+)(us|ms|s|m|h)", re.M)
-_SOCKET_ERRORS = re.compile(
-    r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
-_NON_2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
-# wrk's --latency prints 50/75/90/99; this script adds 99.9 from wrk's own histogram.
-_LUA_PERCENTILE = textwrap.dedent("""\
-    done = function(summary, latency, requests)
-       io.write(string.format("  99.9%%  %.2fus\\n", latency:percentile(99.9)))
-    end
-    """)
-
-
-def parse_wrk(output: str) -> dict:
-    """The figures of one ``wrk --latency`` run.
-
-    Returns:
-        ``rps``, ``requests``, ``p50_ms``, ``p75_ms``, ``p90_ms``, ``p99_ms`` (and
-        ``p99.9_ms`` when the script printed it), ``non_2xx`` (wrk counts statuses of 400
-        and up) and ``socket_errors`` (``connect``, ``read``, ``write``, ``timeout``; zero
-        when wrk prints no such line).
-
-    Raises:
-        ValueError: the output has no Requests/sec or no latency distribution.
-    """
-    rps = _REQUESTS_PER_SEC.search(output)
-    total = _TOTAL.search(output)
-    percentiles = {p: float(value) * _UNITS_US[unit] / 1e3 for p, value, unit in _PERCENTILE.findall(output)}
-    if rps is None or total is None or not {"50", "99"} <= percentiles.keys():
-        raise ValueError(f"cannot read wrk's output:\n{output}")
-    errors = _SOCKET_ERRORS.search(output)
-    non_2xx = _NON_2XX.search(output)
-    return {
-        "rps": float(rps[1]),
-        "requests": int(total[1]),
-        **{f"p{p}_ms": percentiles[p] for p in percentiles},
-        "non_2xx": int(non_2xx[1]) if non_2xx else 0,
-        "socket_errors": dict(zip(("connect", "read", "write", "timeout"),
-                                  map(int, errors.groups()) if errors else (0, 0, 0, 0))),
-    }
-
 
 def wrk_script(directory: pathlib.Path, scenario: str) -> pathlib.Path:
     """The Lua script of ``scenario``: the 99.9th percentile, and the upload body if any."""
@@ -381,46 +295,8 @@ def wrk_script(directory: pathlib.Path, scenario: str) -> pathlib.Path:
                     f'wrk.body = string.rep("u", {upload})\n'
                     'wrk.headers["Content-Type"] = "application/octet-stream"\n')
         directory.mkdir(parents=True, exist_ok=True)
-        script.write_text(body + _LUA_PERCENTILE)
+        script.write_text(body + LUA_PERCENTILE)
     return script
-
-
-def run_wrk(wrk: str, url: str, seconds: float, connections: int, script: pathlib.Path,
-            pids: list[int]) -> dict:
-    """Run wrk once against ``url``: its figures, the CPU the stack spent, and wrk's output.
-
-    ``pids[0]`` is the front door: its process tree's share of the CPU is
-    reported apart too (``front_cpu_per_10k_s``), the rest being the workers'.
-    """
-    argv = [wrk, f"-t{min(WRK_THREADS, connections)}", f"-c{connections}", f"-d{seconds:g}s",
-            "--latency", "-s", str(script), url]
-    processes = _measure.tree(pids)
-    front = set(_measure.tree(pids[:1]))
-    before = _measure.cpu_seconds(processes)
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + WRK_GRACE_SECONDS)
-    after = _measure.cpu_seconds(processes)
-    cpu = _measure.cpu_between(before, after)
-    front_cpu = _measure.cpu_between({pid: t for pid, t in before.items() if pid in front},
-                                     {pid: t for pid, t in after.items() if pid in front})
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited with {result.returncode}: {result.stderr.strip()}")
-    figures = parse_wrk(result.stdout)
-    figures["cpu_s"] = cpu
-    figures["front_cpu_s"] = front_cpu
-    figures["cpu_per_10k_s"] = cpu / figures["requests"] * CPU_PER if figures["requests"] else None
-    figures["front_cpu_per_10k_s"] = front_cpu / figures["requests"] * CPU_PER if figures["requests"] else None
-    return {**figures, "raw": result.stdout}
-
-
-def trouble(run: dict) -> str:
-    """What went wrong in a run, for printing beside its figure; "" when nothing did."""
-    parts = []
-    if run["non_2xx"]:
-        parts.append(f"{run['non_2xx']} non-2xx/3xx")
-    errors = {kind: n for kind, n in run["socket_errors"].items() if n}
-    if errors:
-        parts.append("socket errors " + ", ".join(f"{kind} {n}" for kind, n in errors.items()))
-    return "; ".join(parts)
 
 
 # --- the run ---------------------------------------------------------------------------
@@ -559,14 +435,10 @@ def report(part: dict) -> str:
             ratio = f"{row['rps'] / base['rps']:.2f}x" if base and base["rps"] else "-"
             vs_best = f"{row['rps'] / best_peer:.2f}x" if best_peer else "-"
             lines.append(
-                f"| {row['stack']} | {row['rps']:,.0f} | {ratio} | {vs_best} | {_ms(row['p50_ms'])} "
-                f"| {_ms(row['p99_ms'])} | {_ms(row.get('p99.9_ms'))} | {_ms(row['cpu_per_10k_s'])} "
-                f"| {_ms(row.get('front_cpu_per_10k_s'))} | {trouble(row) or 'none'} |")
+                f"| {row['stack']} | {row['rps']:,.0f} | {ratio} | {vs_best} | {ms(row['p50_ms'])} "
+                f"| {ms(row['p99_ms'])} | {ms(row.get('p99.9_ms'))} | {ms(row['cpu_per_10k_s'])} "
+                f"| {ms(row.get('front_cpu_per_10k_s'))} | {trouble(row) or 'none'} |")
     return "\n".join(lines).strip() + "\n"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def _first_line(text: str) -> str:
@@ -594,8 +466,6 @@ def main() -> int:
         args.duration, args.rounds = 2.0, 1
     settings = Settings(args.duration, args.rounds, tuple(args.connections),
                         tuple(args.scenario or SCENARIOS), tuple(args.stack or STACKS), args.front_processes)
-    from suite import machine, stamp  # the suite's machine facts and folder names
-
     out = pathlib.Path(args.out) / f"{stamp()}-http"
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(steps(settings))

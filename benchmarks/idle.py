@@ -54,8 +54,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import _measure  # noqa: E402
+from _common import fcgi_cluster_command, machine, stamp  # noqa: E402
 from _progress import Progress  # noqa: E402
-from end_to_end import fcgi_cluster_command  # noqa: E402
 
 from tests._peers import LOOPBACK, Peers, PeerStartError, free_port  # noqa: E402
 
@@ -351,8 +351,6 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     settings = Settings(QUICK_CLIENTS if args.quick else args.clients, tuple(args.front_door or FRONT_DOORS))
-    from suite import machine, stamp  # the suite's machine facts and folder names
-
     out = pathlib.Path(args.out) / f"{stamp()}-idle"
     out.mkdir(parents=True, exist_ok=True)
     part = run(settings, out, Progress(steps(settings)))

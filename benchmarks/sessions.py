@@ -64,8 +64,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import _common  # noqa: E402
 import _measure  # noqa: E402
-import end_to_end  # noqa: E402
+from _common import machine, ms, stamp  # noqa: E402
 from _progress import Progress  # noqa: E402
 
 from tests._peers import LOOPBACK, PHP_PAGES, Peers, PeerStartError, free_port  # noqa: E402
@@ -82,7 +83,7 @@ STACKS = ("ours", "ours (threads 0)", "nginx -> php-fpm")
 WORKER_FLAGS = {"ours": (), "ours (threads 0)": ("--threads", "0")}
 APP = "workers.counter:app"
 # Our workers: the same pool size as the HTTP part.
-POOL_SIZE = end_to_end.POOL_SIZE
+POOL_SIZE = _common.POOL_SIZE
 # The cookie of both stacks: ours defaults to PHP's name.
 COOKIE = "PHPSESSID"
 # Redis databases: one per stack, so each stack's counters are summed apart.
@@ -183,15 +184,15 @@ def start_ours(peers: Peers, redis: RedisProcess, directory: pathlib.Path, max_c
     ports, pids = [], []
     for _ in range(POOL_SIZE):
         port = free_port()
-        argv = [*end_to_end.fcgi_cluster_command(), "worker", APP, "--listen", f"{LOOPBACK}:{port}",
+        argv = [*_common.fcgi_cluster_command(), "worker", APP, "--listen", f"{LOOPBACK}:{port}",
                 "--log-level", "warning", "--session", "save_handler=redis",
                 "--session", f"save_path={save_path}", "--session", "serialize_handler=php",
                 "--session", f"name={COOKIE}", "--session", "auto_start=1", *WORKER_FLAGS[name]]
         process = peers.process(argv, name="fcgi-worker", cwd=ROOT, env=env, ready_port=port)
         ports.append(port)
         pids.append(process.pid)
-    port, process = end_to_end.our_front_door(peers, ports, False, directory, max_clients,
-                                              end_to_end.FRONT_PROCESSES)
+    port, process = _common.our_front_door(peers, ports, False, directory, max_clients,
+                                              _common.FRONT_PROCESSES)
     pid = process.pid
     return Target(f"http://{LOOPBACK}:{port}/", [pid, *pids], DATABASES[name])
 
@@ -200,12 +201,12 @@ def start_php(peers: Peers, stack: contextlib.ExitStack, redis: RedisProcess,
               directory: pathlib.Path) -> Target:
     """php-fpm with phpredis sessions (locking on) and nginx before it."""
     if not php_has_redis():
-        raise end_to_end.Unavailable("PHP's redis extension is missing: apt-get install php-redis")
+        raise _common.Unavailable("PHP's redis extension is missing: apt-get install php-redis")
     fpm_port = stack.enter_context(php_fpm_with_redis_sessions(directory, redis))
     # It yields the port only; its master wrote its pid where its config says.
     fpm_pid = int((directory / "php-fpm" / "php-fpm.pid").read_text().strip())
     nginx = peers.nginx_php(fpm_port, PHP_PAGES, keepalive=False, access_log=False,
-                            worker_processes=end_to_end.FRONT_PROCESSES)
+                            worker_processes=_common.FRONT_PROCESSES)
     return Target(nginx.url("/session.php?n=1"), [nginx.process.pid, fpm_pid], DATABASES["nginx -> php-fpm"])
 
 
@@ -228,11 +229,11 @@ def check_answer(target: Target) -> None:
             except ValueError:
                 n = None
             if response.status != 200 or n != expected or cookie is None:
-                raise end_to_end.Unavailable(
+                raise _common.Unavailable(
                     f"{target.url} answered {response.status} {body[:120]!r} (Set-Cookie {set_cookie!r}), "
                     f"expected n = {expected} and a {COOKIE} cookie")
     except OSError as exc:
-        raise end_to_end.Unavailable(f"{target.url} failed: {exc}") from None
+        raise _common.Unavailable(f"{target.url} failed: {exc}") from None
     finally:
         connection.close()
 
@@ -242,7 +243,7 @@ def check_answer(target: Target) -> None:
 
 def lua_script(directory: pathlib.Path, settings: Settings) -> pathlib.Path:
     """The wrk script for ``settings``: a jar of its share of the sessions per wrk thread."""
-    threads = min(end_to_end.WRK_THREADS, settings.connections)
+    threads = min(_common.WRK_THREADS, settings.connections)
     script = directory / f"sessions-{settings.sessions}.lua"
     directory.mkdir(parents=True, exist_ok=True)
     script.write_text(LUA.format(cookie=COOKIE, per_thread=max(1, settings.sessions // threads)))
@@ -253,14 +254,14 @@ def run_wrk(wrk: str, target: Target, seconds: float, settings: Settings, script
             redis_pid: int) -> dict:
     """One wrk run: end_to_end's figures, the script's counts and Redis' CPU beside them."""
     redis_before = _measure.cpu_seconds([redis_pid])
-    result = end_to_end.run_wrk(wrk, target.url, seconds, settings.connections, script, target.pids)
+    result = _common.run_wrk(wrk, target.url, seconds, settings.connections, script, target.pids)
     redis_cpu = _measure.cpu_between(redis_before, _measure.cpu_seconds([redis_pid]))
     counts = _COUNTS.search(result["raw"])
     if counts is None:
         raise ValueError(f"no session counts in wrk's output:\n{result['raw']}")
     result.update(zip(("ok", "other", "sent", "started"), map(int, counts.groups())))
     result["redis_cpu_s"] = redis_cpu
-    result["redis_cpu_per_10k_s"] = (redis_cpu / result["requests"] * end_to_end.CPU_PER
+    result["redis_cpu_per_10k_s"] = (redis_cpu / result["requests"] * _common.CPU_PER
                                      if result["requests"] else None)
     return result
 
@@ -306,11 +307,11 @@ def run(settings: Settings, out: pathlib.Path, progress: Progress) -> dict:
 
     Error handling: a stack that cannot start or counts wrongly is reported as not
     available (with the reason) and the other still runs; no Redis or no wrk raises
-    ``end_to_end.Unavailable``.
+    ``_common.Unavailable``.
     """
     wrk = shutil.which("wrk")
     if wrk is None:
-        raise end_to_end.Unavailable("wrk is not installed: run `make deps` (scripts/install-deps.sh)")
+        raise _common.Unavailable("wrk is not installed: run `make deps` (scripts/install-deps.sh)")
     directory = out / "peers"
     directory.mkdir(parents=True, exist_ok=True)
     script = lua_script(out, settings)
@@ -329,11 +330,11 @@ def run(settings: Settings, out: pathlib.Path, progress: Progress) -> dict:
                 else:
                     target = start_php(peers, stack, redis, directory)
                 check_answer(target)
-                warm = run_wrk(wrk, target, end_to_end.WARMUP_SECONDS, settings, script, redis.process.pid)
-                warm.update(stack=name, round=-1, seconds=end_to_end.WARMUP_SECONDS)
+                warm = run_wrk(wrk, target, _common.WARMUP_SECONDS, settings, script, redis.process.pid)
+                warm.update(stack=name, round=-1, seconds=_common.WARMUP_SECONDS)
                 warmups.append(warm)
                 progress.step(f"sessions {name}: warm-up {warm['rps']:,.0f} req/s")
-            except (end_to_end.Unavailable, PeerStartError, RuntimeError, ValueError) as exc:
+            except (_common.Unavailable, PeerStartError, RuntimeError, ValueError) as exc:
                 reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
                 status[name] = {"available": False, "reason": reason}
                 progress.skip(1 + settings.rounds, f"sessions {name}: not available ({reason})")
@@ -345,7 +346,7 @@ def run(settings: Settings, out: pathlib.Path, progress: Progress) -> dict:
                 result = run_wrk(wrk, target, settings.duration, settings, script, redis.process.pid)
                 result.update(stack=name, round=round_no, seconds=settings.duration)
                 runs.append(result)
-                note = end_to_end.trouble(result)
+                note = _common.trouble(result)
                 progress.step(
                     f"sessions {name:18} {result['rps']:9,.0f} req/s  p99 {result['p99_ms']:7.2f} ms"
                     f"  cpu/10k {result['cpu_per_10k_s'] or 0:5.2f} s  sessions {result['started']}"
@@ -354,7 +355,7 @@ def run(settings: Settings, out: pathlib.Path, progress: Progress) -> dict:
             mine = [one for one in warmups + runs if one["stack"] == name]
             checks[name] = check(mine, counters(redis, target.database))
     return {"settings": dataclasses.asdict(settings), "app": APP, "pool_size": POOL_SIZE,
-            "php_children": PHP_CHILDREN, "wrk_threads": end_to_end.WRK_THREADS, "cookie": COOKIE,
+            "php_children": PHP_CHILDREN, "wrk_threads": _common.WRK_THREADS, "cookie": COOKIE,
             "stacks": status, "summary": summarize(runs), "checks": checks, "runs": runs,
             "warmups": warmups}
 
@@ -389,9 +390,9 @@ def report(part: dict) -> str:
               "| Redis CPU s / 10k req | errors |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in part["summary"]:
         ratio = f"{row['rps'] / base['rps']:.2f}x" if base and base["rps"] else "-"
-        lines.append(f"| {row['stack']} | {row['rps']:,.0f} | {ratio} | {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} "
-                     f"| {_ms(row.get('p99.9_ms'))} | {_ms(row['cpu_per_10k_s'])} "
-                     f"| {_ms(row['redis_cpu_per_10k_s'])} | {end_to_end.trouble(row) or 'none'} |")
+        lines.append(f"| {row['stack']} | {row['rps']:,.0f} | {ratio} | {ms(row['p50_ms'])} | {ms(row['p99_ms'])} "
+                     f"| {ms(row.get('p99.9_ms'))} | {ms(row['cpu_per_10k_s'])} "
+                     f"| {ms(row['redis_cpu_per_10k_s'])} | {_common.trouble(row) or 'none'} |")
     lines += ["", "Lost updates (all runs, warm-ups included): the counters stored in Redis against the "
               "200 answers wrk got and the requests it sent.", "",
               "| stack | sessions started | sessions in Redis | 200 answers | sum of n | requests sent "
@@ -400,10 +401,6 @@ def report(part: dict) -> str:
         lines.append(f"| {name} | {c['started']:,} | {c['sessions']:,} | {c['ok']:,} | {c['sum_n']:,} "
                      f"| {c['sent']:,} | {c['lost']:,} | {'yes' if c['consistent'] else 'NO'} |")
     return "\n".join(lines).strip() + "\n"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def main() -> int:
@@ -418,14 +415,12 @@ def main() -> int:
     if args.quick:
         args.duration, args.rounds = 2.0, 1
     settings = Settings(args.duration, args.rounds, args.connections, args.sessions)
-    from suite import machine, stamp  # the suite's machine facts and folder names
-
     out = pathlib.Path(args.out) / f"{stamp()}-sessions"
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(steps(settings))
     try:
         part = run(settings, out, progress)
-    except (end_to_end.Unavailable, PeerStartError) as exc:
+    except (_common.Unavailable, PeerStartError) as exc:
         print(f"sessions.py: {exc}", file=sys.stderr)
         return 1
     (out / "results.json").write_text(json.dumps({"machine": machine(), "sessions": part}, indent=2))

@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import _measure  # noqa: E402
+from _common import fcgi_cluster_command, parse_wrk  # noqa: E402
 from _progress import Progress  # noqa: E402
-from end_to_end import fcgi_cluster_command, parse_wrk  # noqa: E402
 
 from tests._peers import LOOPBACK, Peers, free_port  # noqa: E402
 

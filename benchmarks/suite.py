@@ -25,15 +25,10 @@ Usage: python benchmarks/suite.py [--quick] [--only PART ...] [--out DIR]
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import pathlib
-import platform
 import shutil
-import subprocess
 import sys
-from importlib.metadata import PackageNotFoundError, version
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -45,9 +40,10 @@ import pool  # noqa: E402
 import sessions  # noqa: E402
 import slow_readers  # noqa: E402
 import transport  # noqa: E402
+from _common import Unavailable, machine, stamp  # noqa: E402
 from _progress import Progress  # noqa: E402
 
-from tests._peers import PeerStartError, find_php_fpm  # noqa: E402
+from tests._peers import PeerStartError  # noqa: E402
 
 PARTS = ("transport", "http", "scaling", "pool", "sessions", "idle", "slow")
 # The stacks of the scaling sweep: every front door before our workers, and the PHP reference.
@@ -79,49 +75,6 @@ def plan(quick: bool) -> dict:
     }
 
 
-def stamp() -> str:
-    """The UTC timestamp that names a results folder."""
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
-def machine() -> dict:
-    """The machine and the version of every program and package measured."""
-    facts = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
-    try:
-        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                facts["cpu"] = line.split(":", 1)[1].strip()
-                break
-        facts["memory_kib"] = int(pathlib.Path("/proc/meminfo").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        pass
-    try:
-        facts["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                         text=True, timeout=10).stdout.strip()
-    except OSError:
-        pass
-    programs = {"wrk": ["wrk", "-v"], "nginx": ["nginx", "-v"], "haproxy": ["haproxy", "-v"],
-                "php-fpm": [None, "-v"], "redis-server": ["redis-server", "--version"]}
-    for name, argv in programs.items():
-        try:
-            binary = find_php_fpm() if argv[0] is None else (
-                shutil.which(argv[0]) or shutil.which(argv[0], path="/usr/sbin:/sbin"))
-            if binary is None:
-                facts[name] = "not installed"
-                continue
-            result = subprocess.run([binary, *argv[1:]], capture_output=True, text=True, timeout=10)
-            text = result.stdout or result.stderr
-            facts[name] = next((line.strip() for line in text.splitlines() if line.strip()), "")
-        except (OSError, PeerStartError, subprocess.TimeoutExpired) as exc:
-            facts[name] = f"unknown ({exc})"
-    for dist in ("fcgi-cluster", "trio", "httptools", "flup", "redis", "pymemcache"):
-        try:
-            facts[dist] = version(dist)
-        except PackageNotFoundError:
-            facts[dist] = "not installed"
-    return facts
-
-
 def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
     """Run ``parts``; the whole of results.json. A part that fails is recorded with its error."""
     settings = plan(quick)
@@ -139,7 +92,7 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
         progress.add(counts[part]())
     results: dict = {"quick": quick, "machine": machine(), "parts": {}}
     for part in parts:
-        progress._print(f"--- {part} ---")
+        progress.note(f"--- {part} ---")
         try:
             if part == "transport":
                 results["parts"][part] = transport.run(progress=progress, **settings["transport"])
@@ -153,14 +106,14 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
                 results["parts"][part] = slow_readers.run(settings[part], out / part, progress)
             else:
                 results["parts"][part] = pool.run(progress=progress, **settings["pool"])
-        except (end_to_end.Unavailable, PeerStartError, RuntimeError, OSError, ValueError) as exc:
+        except (Unavailable, PeerStartError, RuntimeError, OSError, ValueError) as exc:
             results["parts"][part] = {"error": f"{type(exc).__name__}: {exc}"}
-            progress._print(f"{part}: failed: {exc}")
+            progress.note(f"{part}: failed: {exc}")
         except Exception as exc:  # a fault in one part (a load generator's, say) costs that part only
             import traceback
 
             results["parts"][part] = {"error": f"{type(exc).__name__}: {exc}"}
-            progress._print(f"{part}: failed:\n{traceback.format_exc()}")
+            progress.note(f"{part}: failed:\n{traceback.format_exc()}")
     return results
 
 
