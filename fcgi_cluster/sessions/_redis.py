@@ -25,7 +25,7 @@ touch keys of one slot.
 
 Several servers (phpredis' comma-separated save_path) share the sessions as
 phpredis shares them, so both pick the same server for an id: see
-``pick_server``.
+``_redis_scripts.pick_server``.
 
 Connections: each server has a ``BlockingConnectionPool`` (thread-safe; a
 thread waits up to the timeout for a free connection rather than opening
@@ -41,10 +41,7 @@ reason naming the server (``redis 127.0.0.1:6379: connection refused``).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
-import secrets
-import socket
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -56,10 +53,21 @@ from redis.cluster import ClusterNode, LoadBalancingStrategy, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
+from ._redis_loop import LoopRedisStore
+from ._redis_scripts import (
+    LOCK_READ_SCRIPT,
+    LOCK_SUFFIX,
+    RELEASE_SCRIPT,
+    TOUCH_RELEASE_SCRIPT,
+    WRITE_RELEASE_SCRIPT,
+    failure_reason,
+    lock_value,
+    pick_server,
+)
 from ._save_path import RedisClusterPath, RedisPath, RedisServer, SentinelPath
 from ._store import LockToken, SessionStore, StoreError, poll_lock
 
-__all__ = ["RedisClusterStore", "RedisStore", "pick_server"]
+__all__ = ["RedisClusterStore", "RedisStore"]
 
 # A session store that answers in more than a couple of seconds is down for a web
 # request's purposes; phpredis' default (86400 s) would hang a worker's thread.
@@ -67,94 +75,6 @@ DEFAULT_TIMEOUT = 2.0
 # Per server, per worker process: at least the worker's request threads, so a
 # thread waits for a connection only when the process is saturated.
 DEFAULT_MAX_CONNECTIONS = 64
-LOCK_SUFFIX = "_LOCK"
-# phpredis' LOCK_RELEASE_LUA_STR, byte for byte (its SHA1 is b70c2384...).
-RELEASE_SCRIPT = (
-    'if redis.call("get",KEYS[1]) == ARGV[1] then return redis.call("del",KEYS[1]) else return 0 end'
-)
-# The two ends of a locked request, one round trip each (KEYS[1] = data key,
-# KEYS[2] = lock key, on one server). Taking the lock is phpredis' SET NX PX; when
-# it is taken the data comes back in a one-element array (empty: no session),
-# otherwise the integer 0 and the caller retries as phpredis does.
-LOCK_READ_SCRIPT = (
-    'if redis.call("set",KEYS[2],ARGV[1],"NX","PX",ARGV[2]) then'
-    ' return {redis.call("get",KEYS[1])} else return 0 end'
-)
-# phpredis' SETEX (or EXPIRE for an unchanged session), then its compare-and-delete.
-WRITE_RELEASE_SCRIPT = (
-    'redis.call("setex",KEYS[1],ARGV[2],ARGV[3])'
-    ' if redis.call("get",KEYS[2]) == ARGV[1] then return redis.call("del",KEYS[2]) else return 0 end'
-)
-TOUCH_RELEASE_SCRIPT = (
-    'redis.call("expire",KEYS[1],ARGV[2])'
-    ' if redis.call("get",KEYS[2]) == ARGV[1] then return redis.call("del",KEYS[2]) else return 0 end'
-)
-
-
-def pick_server(sid: str, weights: Sequence[int]) -> int:
-    """The index of the server phpredis would pick for ``sid`` (redis_pool_get_sock).
-
-    phpredis reads the id's first four bytes as a native (little-endian on x86 and
-    ARM) unsigned int, takes it modulo the total weight, and walks its server list,
-    each server owning ``weight`` consecutive positions. Its list is built by
-    prepending, so it walks the servers in reverse of the order written. Matching
-    this exactly is what lets PHP and Python agree on where a session lives.
-
-    Args:
-        sid: The session id (PHP's ids are at least 22 characters; a shorter one is
-            padded with zero bytes).
-        weights: The servers' weights, in the order written in the save_path.
-
-    Returns:
-        The index into ``weights`` (order written).
-    """
-    position = int.from_bytes(sid.encode()[:4].ljust(4, b"\0"), "little") % sum(weights)
-    start = 0
-    for index in range(len(weights) - 1, -1, -1):
-        if position < start + weights[index]:
-            return index
-        start += weights[index]
-    raise AssertionError("unreachable: position < total weight")
-
-
-def _reason(exc: BaseException) -> str:
-    """One line saying why a Redis call failed, without a traceback or a password."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    lowered = text.lower()
-    # NOAUTH first: redis-py raises it as an AuthenticationError too.
-    if "noauth" in lowered or "authentication required" in lowered or "already authenticated" in lowered:
-        return "authentication required: the server has a password and none was given (auth=...)"
-    if isinstance(exc, redis.exceptions.AuthenticationError) or "wrongpass" in lowered or (
-        "invalid" in lowered and "password" in lowered
-    ):
-        return "authentication failed: wrong user or password"
-    if isinstance(exc, redis.exceptions.NoPermissionError) or "noperm" in lowered:
-        return f"permission denied for this user: {text}"
-    if isinstance(exc, redis.exceptions.TimeoutError) or "timed out" in lowered:
-        return "timed out"
-    if "connection refused" in lowered:
-        return "connection refused"
-    if isinstance(exc, (redis.exceptions.ClusterDownError, redis.exceptions.SlotNotCoveredError)):
-        return f"cluster down: {text}"
-    if isinstance(exc, redis.exceptions.ConnectionError):
-        return f"connection failed: {text}"
-    return f"{type(exc).__name__}: {text}"
-
-
-# (pid, "hostname|pid|<64 random bits>", counter): built once per process (a forked
-# child builds its own), so a lock value costs no system call.
-_lock_owner: tuple[int, str, Iterator[int]] = (0, "", itertools.count())
-
-
-def _lock_value() -> bytes:
-    global _lock_owner
-    pid = os.getpid()
-    if _lock_owner[0] != pid:
-        _lock_owner = (pid, f"{socket.gethostname()}|{pid}|{secrets.token_hex(8)}", itertools.count())
-    # next() on a count is atomic under the GIL: unique across the process's threads.
-    return f"{_lock_owner[1]}{next(_lock_owner[2]):016x}".encode()
-
-
 def _retry() -> Retry:
     # One immediate retry on a connection error (a pooled connection the server
     # closed); no retry on a timeout, which would double the time to fail.
@@ -177,7 +97,7 @@ class _RedisLikeStore(SessionStore):
         try:
             yield
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
-            raise StoreError(f"{self._name} {where}: {_reason(exc)}") from None
+            raise StoreError(f"{self._name} {where}: {failure_reason(exc)}") from None
 
     def read(self, sid: str) -> bytes | None:
         """``GET <prefix><sid>``."""
@@ -222,7 +142,7 @@ class _RedisLikeStore(SessionStore):
             StoreError: Redis cannot be used.
         """
         client, key, where, _ = self._locate(sid)
-        token = _lock_value()
+        token = lock_value()
         expire_ms = max(1, int(expire * 1000))
         with self._errors(where):
             return poll_lock(
@@ -452,7 +372,7 @@ class RedisStore(_RedisLikeStore):
         server = self._server(sid)
         key = server.prefix + sid
         keys = (key, key + LOCK_SUFFIX)
-        token = _lock_value()
+        token = lock_value()
         args = (token, max(1, int(expire * 1000)))
 
         def attempt() -> tuple[LockToken, bytes | None] | None:
@@ -493,8 +413,6 @@ class RedisStore(_RedisLikeStore):
         """
         if self._loop_servers is None:
             return None
-        from ._redis_loop import LoopRedisStore
-
         return LoopRedisStore(self._loop_servers, self._default_timeout, nursery)
 
     def server_for(self, sid: str) -> str:

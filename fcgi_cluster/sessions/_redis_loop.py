@@ -42,14 +42,14 @@ import hiredis
 import outcome
 import trio
 
-from ._redis import (
+from ._redis_scripts import (
     LOCK_READ_SCRIPT,
     LOCK_SUFFIX,
     RELEASE_SCRIPT,
     TOUCH_RELEASE_SCRIPT,
     WRITE_RELEASE_SCRIPT,
-    _lock_value,
-    _reason,
+    failure_reason,
+    lock_value,
     pick_server,
 )
 from ._save_path import RedisServer
@@ -235,7 +235,7 @@ class _Pipeline:
 
 def _reply_error(where: str, reply: hiredis.ReplyError) -> StoreError:
     # The blocking store's wording (wrong password, ACL, ...): it reads the reply's text.
-    return StoreError(f"redis {where}: {_reason(reply)}")
+    return StoreError(f"redis {where}: {failure_reason(reply)}")
 
 
 class _LoopServer:
@@ -378,7 +378,7 @@ class LoopRedisStore:
         server = self._server(sid)
         key = server.prefix + sid
         lock_key = key + LOCK_SUFFIX
-        token = _lock_value()
+        token = lock_value()
         args = (token, max(1, int(expire * 1000)))
 
         def orphaned(reply: Any) -> None:

@@ -14,7 +14,7 @@ import urllib.parse
 import pytest
 
 from fcgi_cluster.sessions import StoreError, open_store
-from fcgi_cluster.sessions._redis import RELEASE_SCRIPT, pick_server
+from fcgi_cluster.sessions._redis_scripts import RELEASE_SCRIPT, pick_server
 from tests._peers import free_port, run_process
 from tests.sessions._servers import RedisServer, redis_sentinel
 from tests.sessions.conftest import ACL_PASSWORD, ACL_USER, REDIS_PASSWORD
@@ -391,12 +391,12 @@ def test_lock_values_are_unique_across_threads_and_forks() -> None:
     (which must not repeat its parent's values)."""
     import threading
 
-    from fcgi_cluster.sessions._redis import _lock_value
+    from fcgi_cluster.sessions._redis_scripts import lock_value
 
     values: list[bytes] = []
 
     def draw() -> None:
-        values.extend(_lock_value() for _ in range(2000))
+        values.extend(lock_value() for _ in range(2000))
 
     threads = [threading.Thread(target=draw) for _ in range(4)]
     for thread in threads:
@@ -409,7 +409,7 @@ def test_lock_values_are_unique_across_threads_and_forks() -> None:
     child = os.fork()
     if child == 0:
         os.close(read_end)
-        os.write(write_end, _lock_value())
+        os.write(write_end, lock_value())
         os._exit(0)
     os.close(write_end)
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from fcgi_cluster.sessions import SAVE_HANDLERS, open_store
-from fcgi_cluster.sessions._redis import pick_server
+from fcgi_cluster.sessions._redis_scripts import pick_server
 from fcgi_cluster.sessions._save_path import (
     FilesPath,
     MemcachedPath,
