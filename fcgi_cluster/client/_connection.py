@@ -64,7 +64,7 @@ from ._errors import (
     ResponseOverflow,
     UpstreamProtocolError,
 )
-from ._response import Response, ResponseStream, _RequestState
+from ._response import RequestState, Response, ResponseStream
 
 __all__ = ["Connection", "open_connection", "DEFAULT_CONNECT_TIMEOUT", "DEFAULT_GET_VALUES_TIMEOUT"]
 
@@ -127,9 +127,9 @@ class Connection:
         self._quickack = quickack
         self._receive_size = READ_SIZE  # READ_SIZE_LARGE while a large answer streams in
         self._core = ClientConnection()
-        self._requests: dict[int, _RequestState] = {}
+        self._requests: dict[int, RequestState] = {}
         #: Requests whose callback is due once the records read in one go are dispatched.
-        self._due: list[_RequestState] = []
+        self._due: list[RequestState] = []
         self._values_waiters: deque[_ValuesWaiter] = deque()
         self._outbox: list[bytes] = []
         self._queued = 0  # bytes ever queued
@@ -280,7 +280,7 @@ class Connection:
 
     # --- the per-request steps ----------------------------------------------
 
-    def _begin(self, params: Params | bytes, body: Body, keep_conn: bool, buffering: Buffering) -> _RequestState:
+    def _begin(self, params: Params | bytes, body: Body, keep_conn: bool, buffering: Buffering) -> RequestState:
         self._raise_if_failed()
         # Everything that can fail on bad arguments runs before the core
         # records the request, so a refused call leaves nothing in flight.
@@ -293,10 +293,10 @@ class Connection:
             # write (the writer applies backpressure); an iterable one follows
             # from a task of its own.
             rid, out = core.send_request(params, None if iterator is not None else bytes(body), keep_conn)  # type: ignore[arg-type]
-            state = _RequestState(rid, buffering, self._due)
+            state = RequestState(rid, buffering, self._due)
         else:
             rid = core.new_request_id()
-            state = _RequestState(rid, buffering, self._due)
+            state = RequestState(rid, buffering, self._due)
             out = core.send(Request(rid, params, Role.RESPONDER, keep_conn))  # type: ignore[arg-type]
             if iterator is None:
                 if body:
@@ -312,7 +312,7 @@ class Connection:
         self._queue(out)
         return state
 
-    async def _send_body(self, state: _RequestState, body: AsyncIterator[bytes]) -> None:
+    async def _send_body(self, state: RequestState, body: AsyncIterator[bytes]) -> None:
         assert state.body_scope is not None
         try:
             with state.body_scope:
@@ -338,7 +338,7 @@ class Connection:
             if hasattr(body, "aclose"):
                 await trio.aclose_forcefully(body)  # type: ignore[arg-type]
 
-    def _abort(self, state: _RequestState) -> None:
+    def _abort(self, state: RequestState) -> None:
         """Send ABORT_REQUEST if the request is still in flight, and stop tracking it."""
         rid = state.request_id
         if self._requests.get(rid) is state:
@@ -346,7 +346,7 @@ class Connection:
             if self._failure is None:
                 self._queue(self._core.send(AbortRequest(rid)))
 
-    def _forget(self, state: _RequestState) -> None:
+    def _forget(self, state: RequestState) -> None:
         self._abort(state)
         state.forget()
 
@@ -478,7 +478,7 @@ class Connection:
             self._receive_size = next_read_size(size, len(data))
             return data
 
-    def _dispatch(self, event: object) -> _RequestState | None:
+    def _dispatch(self, event: object) -> RequestState | None:
         """Hand an event to whoever waits for it; returns a request the reader must wait for.
 
         That is a request with ``Buffering.wait`` whose memory is full: the
@@ -547,7 +547,7 @@ class Connection:
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
-    def _feed_deferred(self, state: _RequestState) -> None:
+    def _feed_deferred(self, state: RequestState) -> None:
         try:
             state.feed_deferred()
         except ResponseOverflow as exc:

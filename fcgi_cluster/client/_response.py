@@ -16,14 +16,14 @@ from ._buffer import DEFAULT_BUFFERING, Buffering, SpillFile
 from ._cgi import parse_cgi_head
 from ._errors import ResponseOverflow, UpstreamProtocolError
 
-__all__ = ["Response", "ResponseStream", "MAX_STDERR_SIZE"]
+__all__ = ["RequestState", "Response", "ResponseStream", "MAX_STDERR_SIZE"]
 
 #: STDERR bytes kept per request. STDERR is the application's log, not its
 #: answer: past this much the rest is dropped rather than held in memory.
 MAX_STDERR_SIZE = 1024 * 1024
 
 
-class _RequestState:
+class RequestState:
     """What the connection tracks for one request until it ends or is given up.
 
     Two sides meet here: the connection's reader task feeds STDOUT in, the
@@ -41,7 +41,7 @@ class _RequestState:
     )
 
     def __init__(
-        self, request_id: int, buffering: Buffering = DEFAULT_BUFFERING, due: list[_RequestState] | None = None
+        self, request_id: int, buffering: Buffering = DEFAULT_BUFFERING, due: list[RequestState] | None = None
     ) -> None:
         self.request_id = request_id
         #: STDOUT in memory, oldest first, and its size in bytes.
@@ -300,7 +300,7 @@ class _RequestState:
         return trio.lowlevel.Abort.SUCCEEDED
 
 
-async def _park(state: _RequestState, slot: str) -> None:
+async def _park(state: RequestState, slot: str) -> None:
     """Sleep until ``_wake(state, slot)``; a cancelled sleeper leaves the slot empty."""
     setattr(state, slot, trio.lowlevel.current_task())
 
@@ -316,7 +316,7 @@ _reschedule = trio.lowlevel.reschedule
 _wait_task_rescheduled = trio.lowlevel.wait_task_rescheduled
 
 
-def _wake(state: _RequestState, slot: str) -> None:
+def _wake(state: RequestState, slot: str) -> None:
     task = getattr(state, slot)
     setattr(state, slot, None)
     trio.lowlevel.reschedule(task)
@@ -355,7 +355,7 @@ class ResponseStream:
 
     __slots__ = ("_state", "_close", "status", "raw_headers", "_pending")
 
-    def __init__(self, state: _RequestState, close: Callable[[_RequestState], None]) -> None:
+    def __init__(self, state: RequestState, close: Callable[[RequestState], None]) -> None:
         self._state = state
         self._close = close
         self.status = 0
