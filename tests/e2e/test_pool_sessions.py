@@ -160,7 +160,7 @@ def _start_fails(tmp_path: pathlib.Path, path: pathlib.Path, port: int) -> subpr
 
 @pytest.mark.parametrize(("extra", "line", "message"), [
     (("session.lock_wait = soon",), 12,
-     "session.lock_wait: expected seconds, e.g. 2, 0.5, 5ms, got 'soon'"),
+     "session.lock_wait: must be a time like 30s, 5m, 1h, 1d (a bare number is seconds), got 'soon'"),
     (("php_value[session.sid_length] = 8",), 12,
      "session.sid_length: must be from 22 to 256, got 8"),
     (("session.colour = blue",), 12, "session.colour: unknown session setting"),

@@ -252,7 +252,7 @@ def test_files_store_shared_by_two_workers_counts_every_increment(tmp_path):
     "settings, line",
     [
         (("lock_wait=soon",),
-         "fcgi-cluster worker: --session session.lock_wait: expected seconds, e.g. 2, 0.5, 5ms, got 'soon'"),
+         "fcgi-cluster worker: --session session.lock_wait: must be a time like 30s, 5m, 1h, 1d (a bare number is seconds), got 'soon'"),
         (("save_handler=redis", "save_path=tcp://127.0.0.1:1?colour=blue"),
          "fcgi-cluster worker: --session session.save_path: "),
     ],
