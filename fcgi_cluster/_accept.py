@@ -19,10 +19,11 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
-__all__ = ["accept_loop", "ACCEPT_BATCH", "PAUSE_WHEN_OUT"]
+__all__ = ["accept_loop", "Slots", "ACCEPT_BATCH", "PAUSE_WHEN_OUT"]
 
 log = logging.getLogger("fcgi_cluster")
 
@@ -46,8 +47,21 @@ _PEER_ERRORS = frozenset(
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
+class Slots(Protocol):
+    """Where ``accept_loop`` takes each connection's room: a ``trio.Semaphore``, or anything alike."""
+
+    @property
+    def value(self) -> int: ...
+
+    def acquire_nowait(self) -> None: ...
+
+    async def acquire(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
 async def accept_loop(
-    sock: socket.socket, slots: trio.Semaphore, start: Callable[[trio.SocketStream], object]
+    sock: socket.socket, slots: Slots, start: Callable[[trio.SocketStream], object]
 ) -> None:
     """Accept connections on ``sock`` until cancelled, each once ``slots`` has room.
 

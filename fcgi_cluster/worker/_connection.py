@@ -228,6 +228,11 @@ class WorkerConnection:
                 raise  # a real misuse of the core, not a dying connection
             return b""
 
+    @property
+    def waiting_for_first_request(self) -> bool:
+        """Accepted, and no request has arrived on it yet."""
+        return not self._seen_request
+
     def drain(self) -> None:
         """Stop reading new requests; close once those in flight are answered.
 

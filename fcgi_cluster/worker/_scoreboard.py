@@ -253,6 +253,9 @@ class ChildHooks(RequestHooks):
         self.progress = time.monotonic()
         self.idle_since = self.progress
 
+    def requests_left(self) -> int | None:
+        return self.max_requests - self.accepted if self.max_requests else None
+
     def _write(self) -> None:
         _PROGRESS.pack_into(self.mem, self.at + _PROGRESS_AT, self.state, self.in_flight, self.accepted,
                             self.requests, self.slow, self.req_start, self.duration, self.progress, self.idle_since)

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -80,6 +81,66 @@ def _is_stale_socket(path: str) -> bool:
     return False
 
 
+class _Admission:
+    """Room for one more connection (the ``slots`` of ``accept_loop``).
+
+    Fewer than ``max_conns`` connections are open; and, in a process that
+    stops after a number of requests (``pm.max_requests``), fewer connections
+    wait for their first request than the requests it will still start. Every
+    connection accepted is then served at least one request: one that would
+    not be is left in the kernel's queue, for a sibling or this process's
+    successor, as php-fpm's children accept one connection at a time.
+    """
+
+    def __init__(self, max_conns: int, requests_left: Callable[[], int | None],
+                 connections: set[WorkerConnection]) -> None:
+        self._free = max_conns
+        self._requests_left = requests_left
+        self._connections = connections
+        #: Accepted, their task not started yet (not in ``connections``).
+        self.starting = 0
+        self._lot = trio.lowlevel.ParkingLot()
+
+    @property
+    def value(self) -> int:
+        if not self._free:
+            return 0
+        left = self._requests_left()
+        if left is None:
+            return self._free
+        # Cheap first: every open connection counted as waiting.
+        if self.starting + len(self._connections) < left:
+            return self._free
+        waiting = self.starting + sum(1 for conn in self._connections if conn.waiting_for_first_request)
+        return self._free if waiting < left else 0
+
+    def acquire_nowait(self) -> None:
+        self._free -= 1
+
+    async def acquire(self) -> None:
+        while not self.value:
+            await self._lot.park()
+        self.acquire_nowait()
+
+    def release(self) -> None:
+        """A connection is over (or was not accepted after all)."""
+        self._free += 1
+        self.changed()
+
+    def accepted(self) -> None:
+        """A connection was accepted: its task is about to start."""
+        self.starting += 1
+
+    def started(self) -> None:
+        """An accepted connection's task is running (it is in ``connections``)."""
+        self.starting -= 1
+
+    def changed(self) -> None:
+        """Room may have been made: wake a waiting accept."""
+        if self._lot:
+            self._lot.unpark_all()
+
+
 class _Server:
     """The connections of one worker, so that a stop can drain them."""
 
@@ -88,40 +149,48 @@ class _Server:
         self.config = config
         self.features = features
         self.connections: set[WorkerConnection] = set()
+        self.admission = _Admission(config.max_conns, config.hooks.requests_left, self.connections)
         self.draining = False
         #: Set once draining and every connection has closed.
         self.idle = trio.Event()
 
     async def accept_loop(self, sock: socket.socket, nursery: trio.Nursery) -> None:
-        """Accept connections on ``sock`` into ``nursery``, at most ``max_conns`` at once.
+        """Accept connections on ``sock`` into ``nursery`` while there is room (``_Admission``).
 
         Raises:
             trio.ClosedResourceError: the listener was closed (a stop).
         """
-        # A semaphore, not a CapacityLimiter: acquired here, released by the
-        # connection's own task.
-        slots = trio.Semaphore(self.config.max_conns)
-        await accept_loop(sock, slots, lambda stream: nursery.start_soon(self._handle, stream, slots))
+        admission = self.admission
 
-    async def _handle(self, stream: trio.SocketStream, slots: trio.Semaphore) -> None:
+        def start(stream: trio.SocketStream) -> None:
+            admission.accepted()
+            nursery.start_soon(self._handle, stream)
+
+        await accept_loop(sock, admission, start)
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        # Until the connection is in self.connections (no checkpoint before),
+        # the admission counted it as starting.
+        self.admission.started()
         peer = ""
-        if stream.socket.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                # (trio's SocketStream has set TCP_NODELAY already.)
-                host, port = stream.socket.getpeername()[:2]
-            except OSError:  # reset before we got here
-                host, port = "", 0
-            peer = "%s:%d" % (host, port)
-            if not self.features.allows(host):
-                # listen.allowed_clients: closed before a byte is read.
-                log.warning("connection from %s refused: not in listen.allowed_clients", host or "a vanished peer")
-                slots.release()
-                await trio.aclose_forcefully(stream)
-                return
-        self.features.connection_accepted()
-        conn = WorkerConnection(stream, self.handler, self.config, peer)
-        self.connections.add(conn)
+        conn: WorkerConnection | None = None
         try:
+            if stream.socket.family in (socket.AF_INET, socket.AF_INET6):
+                try:
+                    # (trio's SocketStream has set TCP_NODELAY already.)
+                    host, port = stream.socket.getpeername()[:2]
+                except OSError:  # reset before we got here
+                    host, port = "", 0
+                peer = "%s:%d" % (host, port)
+                if not self.features.allows(host):
+                    # listen.allowed_clients: closed before a byte is read.
+                    log.warning("connection from %s refused: not in listen.allowed_clients",
+                                host or "a vanished peer")
+                    await trio.aclose_forcefully(stream)
+                    return
+            self.features.connection_accepted()
+            conn = WorkerConnection(stream, self.handler, self.config, peer)
+            self.connections.add(conn)
             if self.draining:
                 conn.drain()
             await conn.run()
@@ -130,17 +199,22 @@ class _Server:
             # others: log it and let this connection go.
             log.exception("connection from %s failed", peer or "a unix socket peer")
         finally:
-            self.connections.discard(conn)
-            slots.release()
-            if self.draining and not self.connections:
+            if conn is not None:
+                self.connections.discard(conn)
+            self.admission.release()
+            if self.draining and not self.connections and not self.admission.starting:
                 self.idle.set()
 
     def drain(self) -> None:
-        """Close every connection once its in-flight requests are answered."""
+        """Close every connection once its in-flight requests are answered.
+
+        A connection accepted whose task has not started yet is drained as it
+        starts (it is served its first request).
+        """
         self.draining = True
         for conn in list(self.connections):
             conn.drain()
-        if not self.connections:
+        if not self.connections and not self.admission.starting:
             self.idle.set()
 
 

@@ -109,6 +109,15 @@ class RequestHooks:
     def connection_accepted(self) -> None:
         """A connection was accepted (and allowed)."""
 
+    def requests_left(self) -> int | None:
+        """How many more requests this process will start before it stops (None: no end).
+
+        The worker accepts a connection only while fewer connections wait for
+        their first request than this: a process about to stop never accepts
+        one it would not serve.
+        """
+        return None
+
     def request_started(self, info: RequestInfo) -> None:
         """A request's params are complete and it is about to run."""
 

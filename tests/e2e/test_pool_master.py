@@ -306,13 +306,16 @@ def test_max_requests_recycles_children_without_losing_a_request(tmp_path):
     with master(tmp_path, pool(port, pm="static", pm_max_children=2, pm_max_requests=5)) as proc:
         wait_until(lambda: len(children(proc.pid)) == 2, what="2 children")
         started = time.monotonic()
-        ok, failures, pids = load(port, total=100, concurrency=2, seconds=40)
+        # 4 clients, a connection per request (nginx's default): a child that
+        # accepted more connections than it serves before it stops would close
+        # one unanswered.
+        ok, failures, pids = load(port, total=200, concurrency=4, seconds=60)
         # Which of these went wrong, and what the master saw, if one did.
         summary = f"{ok} ok in {time.monotonic() - started:.1f} s, {len(pids)} children; log:\n{log_of(proc)[-3000:]}"
         assert failures == [], summary
-        assert ok == 100, summary
-        # 100 requests at 5 per child: about 20 children served them.
-        assert len(pids) >= 15, summary
+        assert ok == 200, summary
+        # 200 requests at 5 per child: about 40 children served them.
+        assert len(pids) >= 30, summary
         wait_until(lambda: len(children(proc.pid)) == 2, what="2 children again")
 
 

@@ -432,6 +432,41 @@ async def test_hooks_are_paired_under_abort_failure_and_disconnect() -> None:
     assert hooks.started[0].status == 500
 
 
+class Retiring(Recorder):
+    """Hooks of a process that starts ``limit`` requests, then stops (pm.max_requests)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def requests_left(self) -> int | None:
+        return self.limit - len(self.started)
+
+
+async def test_a_process_near_its_last_request_accepts_only_what_it_will_serve() -> None:
+    hooks = Retiring(limit=2)
+    config = WorkerConfig(hooks=hooks)
+
+    async def settled(count: int) -> None:
+        await trio.sleep(0.2)  # time for an accept that should not happen
+        assert hooks.connections == count
+
+    async with worker(hello.app, config) as (where, nursery):
+        async with connect(where, nursery) as first, connect(where, nursery) as second:
+            # Four connections knock; two requests are left: two are taken.
+            async with connect(where, nursery) as third, connect(where, nursery):
+                await settled(2)
+                # One request served on the first: one is left, and the second
+                # connection still waits for its own: nothing more is taken.
+                assert (await first.request(params("/"))).body == b"hello"
+                await settled(2)
+                # The second goes away without a request: its room goes to the third.
+                second.stream.socket.shutdown(socket.SHUT_WR)
+                await settled(3)
+                assert (await third.request(params("/"))).body == b"hello"
+    assert [i.uri for i in hooks.started] == ["/", "/"]
+
+
 async def test_plain_config_wraps_nothing() -> None:
     features = PoolFeatures(WorkerConfig())
 
