@@ -70,7 +70,7 @@ __all__ = [
     "ConfigError",
     "FrontendConfig",
     "HealthCheck",
-    "PoolConfig",
+    "ClusterPoolConfig",
     "RouteConfig",
     "TLSConfig",
     "UpstreamConfig",
@@ -448,7 +448,7 @@ class RouteConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class PoolConfig:
+class ClusterPoolConfig:
     """A worker pool that ``fcgi-cluster up`` starts (the php-fpm role).
 
     The defaults are those of ``fcgi_cluster.worker.WorkerConfig``.
@@ -491,7 +491,7 @@ class ClusterConfig:
     frontend: FrontendConfig
     upstreams: dict[str, UpstreamConfig]
     routes: tuple[RouteConfig, ...]
-    pools: dict[str, PoolConfig]
+    pools: dict[str, ClusterPoolConfig]
     path: str | None = None
 
     def route_for(self, path: str) -> RouteConfig | None:
@@ -1211,14 +1211,14 @@ def _route(
     return RouteConfig(**values)
 
 
-def _pool(ctx: _Context, path: _KeyPath, data: Mapping[str, Any]) -> PoolConfig:
+def _pool(ctx: _Context, path: _KeyPath, data: Mapping[str, Any]) -> ClusterPoolConfig:
     table = _Table(ctx, path, data, _POOL_KEYS)
     listen = table.get("listen", _address)
     app = table.get("app", _string)
     if _APP_REF.fullmatch(app) is None:
         ctx.fail(path + ("app",), f'must be "module:attribute", like "workers.echo:app", got {_show(app)}')
-    d = _defaults(PoolConfig)
-    return PoolConfig(
+    d = _defaults(ClusterPoolConfig)
+    return ClusterPoolConfig(
         listen=listen,
         app=app,
         threads=table.get("threads", _integer(1), d["threads"]),
@@ -1259,7 +1259,7 @@ def _cluster(ctx: _Context, data: Mapping[str, Any], path: str | None) -> Cluste
             ctx.fail(("upstream",), "the front-end has nothing to serve: define an [upstream.NAME] or a static [[route]]")
         routes = (RouteConfig(prefix="/", upstream=next(iter(upstreams)), root=frontend.root),)
 
-    pools: dict[str, PoolConfig] = {}
+    pools: dict[str, ClusterPoolConfig] = {}
     listeners: dict[str, str] = {}
     for name, where, table in _named_tables(ctx, top, "pool"):
         pool = _pool(ctx, where, table)

@@ -19,7 +19,7 @@ from fcgi_cluster.frontend._config import (
     ConfigError,
     FrontendConfig,
     HealthCheck,
-    PoolConfig,
+    ClusterPoolConfig,
     RouteConfig,
     TLSConfig,
     UpstreamConfig,
@@ -722,7 +722,7 @@ def test_configs_are_frozen() -> None:
         name = dataclasses.fields(obj)[0].name
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(obj, name, None)
-    assert isinstance(config.pools["a"], PoolConfig)
+    assert isinstance(config.pools["a"], ClusterPoolConfig)
 
 
 # --------------------------------------------------------------------------
