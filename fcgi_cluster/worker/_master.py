@@ -19,21 +19,11 @@ every child. A selector over a few descriptors (signal wakeup pipe, children's
 output pipes, ondemand listeners) and a 1/4 s tick is all a master needs, and a
 child starts its own trio loop from a clean process.
 
-pm rules, as php-fpm applies them (``fpm_process_ctl.c``), once a second:
-
-- static: always ``pm.max_children`` children.
-- dynamic: ``pm.start_servers`` at start; more when fewer than
-  ``pm.min_spare_servers`` are idle (1, 2, 4 ... up to 32 per second), one idle
-  child stopped per second while more than ``pm.max_spare_servers`` are idle;
-  never above ``pm.max_children``.
-- ondemand: none at start; one when a connection waits and no child is idle
-  (the master watches the listening socket: readable = a connection in the
-  accept queue; it looks again a tick later, while the child starts); a child
-  idle for ``pm.process_idle_timeout`` is stopped.
-
-"Idle" means no request in flight (a child multiplexes), read from the
-scoreboard. A child that stopped accepting (``pm.max_requests``) or was told
-to stop no longer counts: its replacement starts while it finishes.
+The pm rules (static, dynamic, ondemand: how many children, which to stop)
+are decided by a ``PoolPolicy`` per pool generation (``_pm_policy``), a pure
+object: at every tick the master reads each child's figures from the
+scoreboard, asks the policy, and carries out its actions (fork, SIGQUIT, log
+lines, watching the listening socket for ondemand).
 
 Error handling: problems found before anything runs (an address in use, an app
 that does not import, a bad ``session.*`` value, a session store that does not
@@ -60,20 +50,18 @@ from typing import Callable
 from .._address import parse_address
 from .._limits import raise_open_file_limit
 from ._pm_child import EXIT_APP_LOAD, ChildSpec, child_main, prepare_process, session_settings
+from ._pm_policy import (Action, ChildFigures, MaxChildrenReached, PoolPolicy, SeemsBusy, Spawn, Stop, Unwatch,
+                         Watch)
 from ._pool_config import GlobalConfig, PoolConfig, PoolConfigError, PoolFile, load_pool_config
-from ._scoreboard import FINISHING, IDLE, STARTING, STUCK, Scoreboard, listen_queue
+from ._scoreboard import STARTING, STUCK, Scoreboard, listen_queue
 from ._server import ListenError, open_listener
 
 __all__ = ["run_pools", "check_pools", "check_sessions", "PoolStartError", "setup_error_log"]
 
 log = logging.getLogger("fcgi_cluster.pool")
 
-#: Seconds between two looks at the children (replacing, finishing, deadlines).
+#: Seconds between two looks at the children (replacing, finishing, deadlines, pm decisions).
 TICK = 0.25
-#: Seconds between two pm decisions of dynamic/ondemand (php-fpm: one second).
-PM_INTERVAL = 1.0
-#: php-fpm's limit on children spawned per second in dynamic mode.
-MAX_SPAWN_RATE = 32
 #: Seconds a new generation may take to start before the old one is told to finish anyway.
 RELOAD_START_TIMEOUT = 10.0
 #: Seconds an app import check may take (at start and reload).
@@ -334,17 +322,14 @@ class _Child:
 
 @dataclass(eq=False)
 class _PoolRun:
-    """One generation of one pool: its config, socket, scoreboard and children."""
+    """One generation of one pool: its config, socket, scoreboard, pm policy and children."""
 
     config: PoolConfig
     sock: socket.socket
     scoreboard: Scoreboard
+    policy: PoolPolicy
     children: dict[int, _Child] = field(default_factory=dict)
     retiring: bool = False
-    spawn_rate: int = 1
-    warned_max: bool = False
-    next_pm: float = 0.0
-    muted_until: float = 0.0
     #: ondemand: the socket is in the master's selector (a reload's new run
     #: may register the same socket, so each run unregisters only its own).
     watching: bool = False
@@ -376,7 +361,7 @@ class _Master:
     def _new_run(self, pool: PoolConfig, sock: socket.socket) -> _PoolRun:
         # Twice max_children slots: a child finishing (pm.max_requests, reload)
         # keeps its slot while its replacement takes another.
-        return _PoolRun(pool, sock, Scoreboard(2 * pool.pm_max_children))
+        return _PoolRun(pool, sock, Scoreboard(2 * pool.pm_max_children), PoolPolicy(pool))
 
     # --- running ----------------------------------------------------------------
 
@@ -463,17 +448,7 @@ class _Master:
     # --- children ------------------------------------------------------------------
 
     def _start_run(self, run: _PoolRun) -> None:
-        pool = run.config
-        if pool.pm == "static":
-            wanted = pool.pm_max_children
-        elif pool.pm == "dynamic":
-            wanted = min(pool.pm_start_servers, pool.pm_max_children)
-        else:
-            wanted = 0
-            self._watch(run)
-        for _ in range(wanted):
-            self._spawn(run)
-        run.next_pm = time.monotonic() + PM_INTERVAL
+        self._carry_out(run, run.policy.start(time.monotonic()))
 
     def _spawn(self, run: _PoolRun) -> bool:
         pool = run.config
@@ -753,17 +728,13 @@ class _Master:
 
     # --- pm -----------------------------------------------------------------------------
 
-    def _live(self, run: _PoolRun) -> list[tuple[_Child, int, int, float, float, float]]:
-        """The children that count for the pm, with (state, in flight, request start, progress, idle since)."""
-        live = []
+    def _figures(self, run: _PoolRun) -> list[ChildFigures]:
+        """What the scoreboard says of each child of ``run``, for its policy."""
+        figures = []
         for child in run.children.values():
-            if child.stopping:
-                continue
-            _, state, in_flight, req_start, progress, idle_since = run.scoreboard.slot_state(child.slot)
-            if state in (FINISHING, STUCK):
-                continue
-            live.append((child, state, in_flight, req_start, progress, idle_since))
-        return live
+            _, state, in_flight, _, _, idle_since = run.scoreboard.slot_state(child.slot)
+            figures.append(ChildFigures(child.pid, state, in_flight, idle_since, bool(child.stopping)))
+        return figures
 
     def _tick(self, now: float) -> None:
         self._check_pending_retire()
@@ -781,16 +752,9 @@ class _Master:
         for run in self.runs:
             self._kill_stuck(run, now)
             queue, _ = listen_queue(run.sock, run.config.listen_backlog)
-            live = self._live(run)
-            run.scoreboard.note(active=sum(1 for c in live if c[2] > 0), queue=queue)
-            if run.config.pm == "static":
-                self._fill_static(run)
-            elif now >= run.next_pm:
-                run.next_pm = now + PM_INTERVAL
-                if run.config.pm == "dynamic":
-                    self._dynamic(run, live)
-                else:
-                    self._ondemand(run, live, now)
+            figures = self._figures(run)
+            run.scoreboard.note(active=sum(1 for c in figures if c.counts and c.in_flight > 0), queue=queue)
+            self._carry_out(run, run.policy.decide(now, figures))
 
     def _kill_stuck(self, run: _PoolRun, now: float) -> None:
         limit = run.config.request_terminate_timeout
@@ -806,65 +770,36 @@ class _Master:
                             run.config.name, child.pid, now - req_start, limit)
                 self._signal_child(child, signal.SIGKILL, "stuck", None)
 
-    def _fill_static(self, run: _PoolRun) -> None:
-        missing = run.config.pm_max_children - len(self._live(run))
-        for _ in range(missing):
-            if not self._spawn(run):
-                break
-
-    def _dynamic(self, run: _PoolRun, live: list) -> None:
-        pool = run.config
-        idle = [c for c in live if c[2] == 0 and c[1] in (IDLE, STARTING)]
-        if len(idle) > pool.pm_max_spare_servers:
-            # The one idle the longest goes (php-fpm: one a second).
-            child = min(idle, key=lambda c: c[5])[0]
-            self._signal_child(child, signal.SIGQUIT, "idle", self._quit_timeout())
-            run.spawn_rate = 1
-            return
-        if len(idle) < pool.pm_min_spare_servers:
-            if len(live) >= pool.pm_max_children:
-                self._reached_max(run)
-                run.spawn_rate = 1
-                return
-            run.warned_max = False
-            count = min(run.spawn_rate, pool.pm_min_spare_servers - len(idle), pool.pm_max_children - len(live))
-            if run.spawn_rate >= 8:
-                log.warning("[pool %s] seems busy (you may need to increase pm.start_servers, or pm.min/max_spare_servers), "
-                            "spawning %d children, there are %d idle, and %d total children",
-                            pool.name, count, len(idle), len(live))
-            for _ in range(count):
-                self._spawn(run)
-            run.spawn_rate = min(run.spawn_rate * 2, MAX_SPAWN_RATE)
-        else:
-            run.spawn_rate = 1
-
-    def _reached_max(self, run: _PoolRun) -> None:
-        if not run.warned_max:
-            run.warned_max = True
-            run.scoreboard.note(max_children_reached=True)
-            log.warning("[pool %s] server reached pm.max_children setting (%d), consider raising it",
-                        run.config.name, run.config.pm_max_children)
-
-    def _ondemand(self, run: _PoolRun, live: list, now: float) -> None:
-        for child, state, in_flight, _, _, idle_since in live:
-            if state == IDLE and in_flight == 0 and now - idle_since > run.config.pm_process_idle_timeout:
-                self._signal_child(child, signal.SIGQUIT, "idle", self._quit_timeout())
-        if now >= run.muted_until and not self.exiting and not run.retiring:
-            self._watch(run)
-
     def _on_pending(self, run: _PoolRun) -> None:
         """ondemand: a connection waits in the listen queue."""
-        live = self._live(run)
-        if not any(c[2] == 0 and c[1] in (IDLE, STARTING) for c in live):
-            if len(live) >= run.config.pm_max_children:
-                self._reached_max(run)
-            else:
-                run.warned_max = False
-                self._spawn(run)
-        # The queue stays readable until a child accepts: look again at the next pm tick.
-        self._mute(run)
-        run.muted_until = time.monotonic() + TICK
-        run.next_pm = min(run.next_pm, run.muted_until)
+        self._carry_out(run, run.policy.pending(time.monotonic(), self._figures(run)))
+
+    def _carry_out(self, run: _PoolRun, actions: list[Action]) -> None:
+        """Do what ``run``'s policy decided: fork, stop, log, watch the socket."""
+        pool = run.config
+        for action in actions:
+            match action:
+                case Spawn(count):
+                    for _ in range(count):
+                        if not self._spawn(run):
+                            break  # no free slot, or fork() failed (logged): the next decision tries again
+                case Stop(pid):
+                    child = run.children.get(pid)
+                    if child is not None:
+                        self._signal_child(child, signal.SIGQUIT, "idle", self._quit_timeout())
+                case MaxChildrenReached(max_children):
+                    run.scoreboard.note(max_children_reached=True)
+                    log.warning("[pool %s] server reached pm.max_children setting (%d), consider raising it",
+                                pool.name, max_children)
+                case SeemsBusy(spawning, idle, total):
+                    log.warning("[pool %s] seems busy (you may need to increase pm.start_servers, or "
+                                "pm.min/max_spare_servers), spawning %d children, there are %d idle, and %d total children",
+                                pool.name, spawning, idle, total)
+                case Watch():
+                    if not self.exiting and not run.retiring:
+                        self._watch(run)
+                case Unwatch():
+                    self._mute(run)
 
 
 def run_pools(pool_file: PoolFile, *, loader: Callable[[str], PoolFile] = load_pool_config) -> int:
