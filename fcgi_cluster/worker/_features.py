@@ -33,7 +33,6 @@ and the thread keeps its slot in the pool until the app returns.
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import logging
 import os
@@ -169,18 +168,20 @@ class PoolFeatures:
     # --- requests ------------------------------------------------------------
 
     def wrap(self, handler: Handler) -> Handler:
-        """``handler`` with the features around each request (itself when none is on)."""
+        """``handler`` with the features around each request (itself when none is on).
+
+        The result keeps the handler's fast path: when ``handler`` can start a
+        request without a task (``start_nowait``), so can the result, and the
+        features are paid for in the request's callbacks.
+        """
         if not self.enabled:
             return handler
-        # A partial, not a closure calling _serve: one coroutine per request, not two.
-        wrapped = functools.partial(self._serve, handler)
-        wrapped.needs_cancel_scope = getattr(handler, "needs_cancel_scope", True)  # type: ignore[attr-defined]
-        return wrapped
+        return _Featured(self, handler)
 
-    async def _serve(self, handler: Handler, ctx: RequestContext) -> None:
+    def _info(self, ctx: RequestContext) -> RequestInfo:
         params = ctx.params
         length = params.get(b"CONTENT_LENGTH")
-        info = RequestInfo(
+        return RequestInfo(
             _text(params, b"REQUEST_METHOD"),
             _text(params, b"REQUEST_URI"),
             int(length) if length and length.isdigit() else 0,
@@ -188,50 +189,52 @@ class PoolFeatures:
             time.monotonic(),
             _text(params, b"REMOTE_ADDR"),
         )
-        page = None
-        if self._pages:
-            # The request's path: SCRIPT_NAME (stock fastcgi_params, cgi-fcgi),
-            # plus PATH_INFO when the web server split it off (our front-end,
-            # fastcgi_split_path_info), else the REQUEST_URI path.
-            path = params.get(b"SCRIPT_NAME", b"")
-            path_info = params.get(b"PATH_INFO")
-            if path_info:
-                path += path_info
-            elif not path:
-                path = params.get(b"REQUEST_URI", b"").partition(b"?")[0]
-            page = self._pages.get(path)
+
+    def _page(self, ctx: RequestContext) -> Callable[[RequestContext], None] | None:
+        """The ping or status page the request asks for, or None (the app's)."""
+        if not self._pages:
+            return None
+        # The request's path: SCRIPT_NAME (stock fastcgi_params, cgi-fcgi),
+        # plus PATH_INFO when the web server split it off (our front-end,
+        # fastcgi_split_path_info), else the REQUEST_URI path.
+        params = ctx.params
+        path = params.get(b"SCRIPT_NAME", b"")
+        path_info = params.get(b"PATH_INFO")
+        if path_info:
+            path += path_info
+        elif not path:
+            path = params.get(b"REQUEST_URI", b"").partition(b"?")[0]
+        return self._pages.get(path)
+
+    def _begin(self, ctx: RequestContext, info: RequestInfo, app: bool) -> None:
+        """The request runs from now on: ``_end`` is owed, whatever happens."""
         self.hooks.request_started(info)
-        # From here on request_finished is owed, whatever happens.
         self._running[ctx] = info
         self._accepted += 1
-        try:
-            if page is not None:
-                page(ctx)
+        if app:
+            self._last = info
+
+    def _end(self, ctx: RequestContext, info: RequestInfo, app: bool) -> None:
+        """The request's handler is over: a timed-out one answered, then the logs and hooks."""
+        del self._running[ctx]
+        if ctx in self._slow_logged:
+            self._slow_logged.discard(ctx)
+        if info.timed_out and not ctx.ended:
+            # Cancelled by watch(): answer cleanly if nothing was sent yet.
+            if ctx.status:
+                ctx.end(1)
             else:
-                if self.slowlog is not None:
-                    ctx.task = trio.lowlevel.current_task()
-                self._last = info
-                await handler(ctx)
-        finally:
-            del self._running[ctx]
-            if ctx in self._slow_logged:
-                self._slow_logged.discard(ctx)
-            if info.timed_out and not ctx.ended:
-                # Cancelled by watch(): answer cleanly if nothing was sent yet.
-                if ctx.status:
-                    ctx.end(1)
-                else:
-                    ctx.send_nowait(_TIMEOUT_504)
-                    ctx.end(0)
-            info.status = ctx.status
-            duration = time.monotonic() - info.start
-            if page is None:
-                self._served += 1
-                self._last_duration = duration
-            if self.access_log is not None:
-                self.access_log.write(info.remote_addr, _text(params, b"REMOTE_USER"), info.method, info.uri,
-                                      info.status, time.time() - duration, duration)
-            self.hooks.request_finished(info)
+                ctx.send_nowait(_TIMEOUT_504)
+                ctx.end(0)
+        info.status = ctx.status
+        duration = time.monotonic() - info.start
+        if app:
+            self._served += 1
+            self._last_duration = duration
+        if self.access_log is not None:
+            self.access_log.write(info.remote_addr, _text(ctx.params, b"REMOTE_USER"), info.method, info.uri,
+                                  info.status, time.time() - duration, duration)
+        self.hooks.request_finished(info)
 
     # --- ping and status pages ------------------------------------------------
 
@@ -363,3 +366,56 @@ class PoolFeatures:
         for f in (getattr(self, "access_log", None), getattr(self, "slowlog", None)):
             if f is not None:
                 f.close()
+
+
+class _Featured:
+    """A handler with the pool features around each request (``PoolFeatures.wrap``)."""
+
+    __slots__ = ("_features", "_handler", "_inner_nowait", "needs_cancel_scope", "start_nowait")
+
+    def __init__(self, features: PoolFeatures, handler: Handler) -> None:
+        self._features = features
+        self._handler = handler
+        self.needs_cancel_scope = getattr(handler, "needs_cancel_scope", True)
+        self._inner_nowait = getattr(handler, "start_nowait", None)
+        if self._inner_nowait is not None:
+            # Only then: the connection asks for the attribute to choose its path.
+            self.start_nowait = self._start_nowait
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        features = self._features
+        info = features._info(ctx)
+        page = features._page(ctx)
+        features._begin(ctx, info, page is None)
+        try:
+            if page is not None:
+                page(ctx)
+            else:
+                if features.slowlog is not None:
+                    ctx.task = trio.lowlevel.current_task()
+                await self._handler(ctx)
+        finally:
+            features._end(ctx, info, page is None)
+
+    def _start_nowait(self, ctx: RequestContext, done: Callable[[], None], spawn: Callable[..., object]) -> bool:
+        """The handler's ``start_nowait`` with the features around it; False as it says, or for a page."""
+        features = self._features
+        if features._pages and features._page(ctx) is not None:
+            return False  # ping and status pages take the task path (__call__)
+        info = features._info(ctx)
+
+        def over() -> None:
+            # On the loop, outside any task: nothing may be raised here.
+            try:
+                features._end(ctx, info, True)
+            except Exception:
+                log.exception("request %d: the pool features failed as it ended", ctx.request_id)
+            done()
+
+        if not self._inner_nowait(ctx, over, spawn):
+            return False
+        # The app's thread has started, but its outcome reaches this loop only
+        # after we return: the request counts as started before it can end.
+        features._begin(ctx, info, True)
+        return True
+

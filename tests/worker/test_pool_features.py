@@ -467,6 +467,39 @@ async def test_a_process_near_its_last_request_accepts_only_what_it_will_serve()
     assert [i.uri for i in hooks.started] == ["/", "/"]
 
 
+class SpawnCounter(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.spawned = 0
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.spawned += 1
+
+
+async def test_the_features_keep_the_fast_path_of_a_wsgi_worker(tmp_path) -> None:
+    # A pool child's config: hooks, an access log, a terminate timeout. Its
+    # requests must still start without a task each (WSGIHandler.start_nowait),
+    # and every feature must still see them.
+    hooks = Recorder()
+    log_path = tmp_path / "access.log"
+    config = WorkerConfig(hooks=hooks, access_log=str(log_path), request_terminate_timeout=30.0, threads=2)
+    counter = SpawnCounter()
+    async with worker(hello.app, config) as (where, nursery):
+        async with connect(where, nursery) as web:
+            assert (await web.request(params("/warm"))).body == b"hello"
+            trio.lowlevel.add_instrument(counter)
+            try:
+                for i in range(20):
+                    assert (await web.request(params(f"/{i}"))).body == b"hello"
+            finally:
+                trio.lowlevel.remove_instrument(counter)
+    # A task per request would be 20.
+    assert counter.spawned < 5
+    assert [i.uri for i in hooks.started] == ["/warm"] + [f"/{i}" for i in range(20)]
+    hooks.assert_paired()
+    assert all(i.status == 200 for i in hooks.finished)
+    assert len(log_path.read_text().splitlines()) == 21
+
+
 async def test_plain_config_wraps_nothing() -> None:
     features = PoolFeatures(WorkerConfig())
 
@@ -474,7 +507,16 @@ async def test_plain_config_wraps_nothing() -> None:
         pass
 
     assert features.wrap(handler) is handler and not features.needs_watch
-    assert PoolFeatures(WorkerConfig(hooks=Recorder())).wrap(handler) is not handler
+    wrapped = PoolFeatures(WorkerConfig(hooks=Recorder())).wrap(handler)
+    assert wrapped is not handler
+    # A handler without a fast path gets none; one with it keeps it.
+    assert getattr(wrapped, "start_nowait", None) is None
+
+    def start_nowait(ctx, done, spawn) -> bool:
+        return False
+
+    handler.start_nowait = start_nowait
+    assert callable(PoolFeatures(WorkerConfig(hooks=Recorder())).wrap(handler).start_nowait)
 
 
 async def test_a_log_that_cannot_be_opened_fails_serve_and_frees_the_port(tmp_path) -> None:
