@@ -23,13 +23,13 @@ from fcgi_cluster.frontend._config import (
     RouteConfig,
     TLSConfig,
     UpstreamConfig,
-    _Locator,
     load_config,
     parse_config,
     parse_duration,
     parse_size,
     simple_config,
 )
+from fcgi_cluster.frontend._config_locate import Locator
 from fcgi_cluster.worker import WorkerConfig
 
 WORKERS = Path(__file__).resolve().parents[2] / "workers"
@@ -627,7 +627,7 @@ def test_locator_follows_headers_dotted_keys_and_inline_values() -> None:
         ]
         '''
     )
-    lines = _Locator(text).lines
+    lines = Locator(text).lines
     assert lines[("title",)] == 2
     assert ("fake",) not in lines and ("also", "not") not in lines
     assert lines[("frontend",)] == lines[("frontend", "listen")] == 6
@@ -639,8 +639,8 @@ def test_locator_follows_headers_dotted_keys_and_inline_values() -> None:
     assert lines[("route", 1, "quoted key", "inner", 2, "deep")] == 15
     assert lines[("upstream", "app", "servers", 0)] == 18
     assert lines[("upstream", "app", "servers", 1, "address")] == 19
-    assert _Locator(text).line(("route", 1, "quoted key", "missing")) == 14
-    assert _Locator(text).line(("pool", "x")) is None
+    assert Locator(text).line(("route", 1, "quoted key", "missing")) == 14
+    assert Locator(text).line(("pool", "x")) is None
 
 
 # --------------------------------------------------------------------------

@@ -1,0 +1,331 @@
+"""The keys of every cluster.toml table: one ``Key`` (name, converter, default, doc) each.
+
+The reader (``_config_read``) checks a table's keys against its tuple here,
+converts the values with the converters and fills in the defaults; the README's
+"Configuration reference" is these tables, and a test keeps the two equal.
+Defaults are the dataclasses' (``_config_model``), where they are justified.
+Converters are the settings toolkit's, in its typed (TOML) form, plus the few
+syntaxes only this file has (addresses, regular expressions, app references).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any, Callable
+
+from .._address import parse_address
+from .._settings import REQUIRED, Key, choice, duration, integer, show, size, typed_boolean
+from ._balancer import MAX_WEIGHT, ServerSpec
+from ._config_model import (
+    BALANCE_METHODS,
+    DEFAULT_STATIC_INDEX,
+    KiB,
+    ClusterPoolConfig,
+    FrontendConfig,
+    HealthCheck,
+    UpstreamConfig,
+)
+
+__all__ = [
+    "BUFFERING", "FRONTEND", "HEALTH_CHECK", "POOL", "ROUTE", "SECTIONS", "SERVER", "TLS", "TOP", "UPSTREAM",
+    "NAME", "UPSTREAM_ROUTE_ONLY", "address", "default_text", "names", "string",
+]  # fmt: skip
+
+# Names of upstreams and pools: they appear in TOML table headers, logs and
+# status pages, so only characters that need no quoting anywhere.
+NAME = re.compile(r"[A-Za-z0-9_-]+")
+# A WSGI/ASGI app reference, "package.module:attribute.path".
+_APP_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_HASH_KEY = re.compile(r"(?:uri|remote_addr|(?:cookie|header|arg):.+)")
+
+# --------------------------------------------------------------------------
+# Converters of this file's own syntaxes: the TOML value in, the Python value
+# out, or ValueError with the reason shown after the key.
+# --------------------------------------------------------------------------
+
+
+def string(value: object) -> str:
+    """Any TOML string, as written."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {show(value)}")
+    return value
+
+
+def nonempty_string(value: object) -> str:
+    """A TOML string that is not empty."""
+    if string(value) == "":
+        raise ValueError("must not be empty")
+    return value  # type: ignore[return-value]
+
+
+def url_path(value: object) -> str:
+    """A URL path: a string starting with "/"."""
+    if not string(value).startswith("/"):
+        raise ValueError(f'must be a path starting with "/", got {show(value)}')
+    return value  # type: ignore[return-value]
+
+
+def address(value: object) -> str:
+    """A listening or server address, normalised (``"9000"`` is ``"127.0.0.1:9000"``)."""
+    if not isinstance(value, str):
+        raise ValueError(f'must be an address like "127.0.0.1:9000", got {show(value)}')
+    try:
+        parsed = parse_address(value)
+    except ValueError as exc:
+        raise ValueError(f"bad address: {exc}") from None
+    text = str(parsed)
+    # str() drops "unix:", which a relative socket path needs to parse again.
+    if parsed.is_unix and not text.startswith(("/", "./", "../")):
+        text = f"unix:{text}"
+    return text
+
+
+def regex(value: object) -> re.Pattern[str]:
+    """A regular expression (Python's syntax)."""
+    try:
+        return re.compile(string(value))
+    except re.error as exc:
+        raise ValueError(f"bad regular expression: {exc}") from None
+
+
+def split_path_info(value: object) -> re.Pattern[str]:
+    """A regular expression with two groups: the script name, then PATH_INFO."""
+    # DOTALL: a "%0a" in the URL decodes to a newline, which "." would not
+    # match; the split would then fail and leave PATH_INFO empty, which is how
+    # CVE-2019-11043 reached php-fpm. With DOTALL the pattern splits such paths
+    # like any other.
+    try:
+        pattern = re.compile(string(value), re.DOTALL)
+    except re.error as exc:
+        raise ValueError(f"bad regular expression: {exc}") from None
+    if pattern.groups != 2:
+        raise ValueError(f"must have exactly 2 groups (the script name, then PATH_INFO), has {pattern.groups}")
+    return pattern
+
+
+def hash_key(value: object) -> str:
+    """What ``balance = "hash"`` hashes."""
+    if not isinstance(value, str) or _HASH_KEY.fullmatch(value) is None:
+        raise ValueError(
+            f'must be "uri", "remote_addr", "cookie:NAME", "header:NAME" or "arg:NAME", got {show(value)}'
+        )
+    return value
+
+
+def app_ref(value: object) -> str:
+    """A WSGI or ASGI app, "module:attribute"."""
+    if _APP_REF.fullmatch(string(value)) is None:
+        raise ValueError(f'must be "module:attribute", like "workers.echo:app", got {show(value)}')
+    return value  # type: ignore[return-value]
+
+
+def root_path(value: object) -> str:
+    """SCRIPT_NAME of an app: "" or a path starting with "/", without a trailing "/"."""
+    text = string(value)
+    if text and not text.startswith("/"):
+        raise ValueError(f'must be "" or a path starting with "/", got {show(value)}')
+    # SCRIPT_NAME never ends with "/": the slash belongs to PATH_INFO.
+    return text.rstrip("/")
+
+
+def processes(value: object) -> int:
+    """A number of processes, or "auto" for one per CPU."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f'must be an integer >= 1 or "auto", got {show(value)}')
+    return value
+
+
+def integer_or_auto(low: int) -> Callable[[object], int | str]:
+    """An integer >= ``low``, or the string "auto"."""
+    number = integer(low, typed=True)
+
+    def convert(value: object) -> int | str:
+        if value == "auto":
+            return "auto"
+        try:
+            return number(value)
+        except ValueError:
+            raise ValueError(f'must be "auto" or an integer >= {low}, got {show(value)}') from None
+
+    return convert
+
+
+_positive_seconds = duration(above=0.0, typed=True)
+_seconds = duration(typed=True)
+_flag = typed_boolean
+
+# --------------------------------------------------------------------------
+# The tables
+# --------------------------------------------------------------------------
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """The default of each field of a dataclass; ``REQUIRED`` for a field without one."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+        else:
+            out[f.name] = REQUIRED
+    return out
+
+
+_F = _defaults(FrontendConfig)
+FRONTEND: tuple[Key, ...] = (
+    Key("listen", None, _F["listen"], "addresses to accept HTTP on: one, or an array (host:port, [v6]:port, port, unix:/path)"),
+    Key("processes", processes, _F["processes"], 'front-end processes sharing the listening sockets, or "auto" (one per CPU)'),
+    Key("root", nonempty_string, _F["root"], "DOCUMENT_ROOT sent to workers for routes that set none"),
+    Key("server_name", string, _F["server_name"], 'SERVER_NAME; "" for the address the request came in on'),
+    Key("access_log", None, _F["access_log"], '"-" for stdout, a file path, or false (off)'),
+    Key("error_log", nonempty_string, _F["error_log"], '"-" for stderr, or a file path'),
+    Key("max_connections", integer(1, typed=True), _F["max_connections"], "client connections open at once, per process"),
+    Key("header_timeout", _positive_seconds, _F["header_timeout"], "time a client may take to send the request head (408)", "s"),
+    Key("body_timeout", _positive_seconds, _F["body_timeout"], "time allowed between two reads of the request body (408)", "s"),
+    Key("keepalive_timeout", _positive_seconds, _F["keepalive_timeout"], "time an idle kept-alive connection stays open", "s"),
+    Key("send_timeout", _positive_seconds, _F["send_timeout"], "time allowed between two writes to the client", "s"),
+    Key("keepalive_requests", integer(1, typed=True), _F["keepalive_requests"], "requests served on one connection before closing it"),
+    Key("max_request_line", size(1), _F["max_request_line"], "bytes in the request line (414)", "bytes"),
+    Key("max_header_size", size(1), _F["max_header_size"], "bytes in the whole request head (431)", "bytes"),
+    Key("max_headers", integer(1, typed=True), _F["max_headers"], "header fields in one request (431)"),
+    Key("max_body_size", size(0), _F["max_body_size"], "bytes of request body (413); 0 for no limit", "bytes"),
+    Key("underscores_in_headers", _flag, _F["underscores_in_headers"], 'pass header names holding "_" to workers'),
+    Key("tls", None, _F["tls"], "the [frontend.tls] table: TLS termination; none is plain HTTP"),
+)  # fmt: skip
+
+TLS: tuple[Key, ...] = (
+    Key("cert", nonempty_string, REQUIRED, "PEM certificate chain, relative to the cluster file"),
+    Key("key", nonempty_string, REQUIRED, "PEM private key, relative to the cluster file"),
+)
+
+
+def _buffering(defaults: dict[str, Any], whose: str) -> tuple[Key, ...]:
+    """The answer-buffering keys of an upstream, which a route may set for itself."""
+    return (
+        Key("buffering", _flag, defaults["buffering"], f"hold answers a client reads slowly (nginx fastcgi_buffering){whose}"),
+        Key("buffer_size", size(4 * KiB), defaults["buffer_size"], f"bytes of one answer held in memory before a temporary file{whose}", "bytes"),
+        Key("max_temp_file_size", size(0), defaults["max_temp_file_size"], f"bytes that file may grow to; past it the request is aborted; 0: no file{whose}", "bytes"),
+        Key("temp_path", None, defaults["temp_path"], f'directory of the temporary files; "" for $TMPDIR, else /tmp{whose}'),
+    )  # fmt: skip
+
+
+_U = _defaults(UpstreamConfig)
+#: An upstream's answer buffering, which a route may set for itself.
+BUFFERING: tuple[Key, ...] = _buffering(_U, "")
+UPSTREAM: tuple[Key, ...] = (
+    Key("servers", None, REQUIRED, 'the servers: addresses, or tables like { address = "...", weight = 2 }'),
+    Key("balance", choice(BALANCE_METHODS, typed=True), _U["balance"], "round_robin, least_conn, ip_hash or hash"),
+    Key("hash_key", None, _U["hash_key"], 'with balance = "hash" (required): uri, remote_addr, cookie:NAME, header:NAME or arg:NAME'),
+    Key("multiplex", choice(("auto", "off"), typed=True), _U["multiplex"], 'multiplex requests when a server says FCGI_MPXS_CONNS=1 ("auto"), or "off"'),
+    Key("connections", integer_or_auto(1), _U["connections"], 'connections per multiplexing server, or "auto": one per worker process'),
+    Key("keepalive", integer(0, typed=True), _U["keepalive"], "idle connections kept per server when not multiplexing"),
+    Key("connect_timeout", _positive_seconds, _U["connect_timeout"], "time to establish a connection to a server", "s"),
+    Key("send_timeout", _positive_seconds, _U["send_timeout"], "time allowed between two writes to a server", "s"),
+    Key("read_timeout", _positive_seconds, _U["read_timeout"], "time allowed between two reads from a server", "s"),
+    Key("tries", integer(0, typed=True), _U["tries"], "servers tried for one request; 0 for all of them"),
+    Key("next_upstream_timeout", _seconds, _U["next_upstream_timeout"], "time spent trying servers for one request; 0 for no limit", "s"),
+    Key("next_upstream_non_idempotent", _flag, _U["next_upstream_non_idempotent"], "retry POST, PATCH, LOCK on another server"),
+    Key("health_check", None, _U["health_check"], "the [upstream.NAME.health_check] table: active checks; none is passive only"),
+    *BUFFERING,
+)  # fmt: skip
+
+_S = _defaults(ServerSpec)
+SERVER: tuple[Key, ...] = (
+    Key("address", address, REQUIRED, "where the server listens"),
+    Key("weight", integer(1, MAX_WEIGHT, typed=True), _S["weight"], f"share of requests relative to the other servers, 1 to {MAX_WEIGHT}"),
+    Key("max_fails", integer(0, typed=True), _S["max_fails"], "failures within fail_timeout that put the server out; 0 never does"),
+    # 0 would make the failure-counting window empty; max_fails = 0 is how to
+    # turn failure counting off.
+    Key("fail_timeout", _positive_seconds, _S["fail_timeout"], "the failure-counting window, and how long the server stays out", "s"),
+    Key("backup", _flag, _S["backup"], "take requests only when no primary server can (not with ip_hash or hash)"),
+    Key("down", _flag, _S["down"], "never take requests"),
+    Key("max_conns", integer(0, typed=True), _S["max_conns"], "requests in flight at once, per front-end process; 0 for no limit"),
+)  # fmt: skip
+
+_H = _defaults(HealthCheck)
+HEALTH_CHECK: tuple[Key, ...] = (
+    Key("path", url_path, REQUIRED, "the request path sent to each server (the worker's ping path)"),
+    Key("interval", _positive_seconds, _H["interval"], "time between two checks of one server", "s"),
+    Key("timeout", _positive_seconds, _H["timeout"], "time a check may take before it counts as failed", "s"),
+    Key("expect_status", integer(100, 599, typed=True), _H["expect_status"], "the HTTP status a healthy server answers"),
+)  # fmt: skip
+
+ROUTE: tuple[Key, ...] = (
+    Key("prefix", url_path, None, "match paths starting with it (or give regex)"),
+    Key("regex", regex, None, "match paths it finds a match in, as nginx's location ~ (or give prefix)"),
+    Key("upstream", None, None, "the [upstream.NAME] serving the route (or give static)"),
+    Key("static", None, None, "a directory served as files, relative to the cluster file (or give upstream)"),
+    Key("index", None, "", f'static: the file for a directory ("{DEFAULT_STATIC_INDEX}"); upstream: appended to paths ending in "/"'),
+    Key("root", nonempty_string, None, "DOCUMENT_ROOT of an upstream route; none: [frontend] root"),
+    Key("split_path_info", split_path_info, None, "a regex with two groups: the script name, then PATH_INFO"),
+    Key("params", None, {}, "extra FastCGI params of an upstream route, a table of strings"),
+    *_buffering(dict.fromkeys(b.name for b in BUFFERING), "; none: the upstream's"),
+)  # fmt: skip
+#: Route keys a static route may not hold.
+UPSTREAM_ROUTE_ONLY: tuple[str, ...] = ("root", "split_path_info", "params", *(b.name for b in BUFFERING))
+
+_P = _defaults(ClusterPoolConfig)
+POOL: tuple[Key, ...] = (
+    Key("listen", address, REQUIRED, "the FastCGI address the pool serves"),
+    Key("app", app_ref, REQUIRED, 'the WSGI or ASGI app, "module:attribute"'),
+    Key("threads", integer(1, typed=True), _P["threads"], "threads running sync (WSGI) app code at once"),
+    Key("max_requests", integer(1, typed=True), _P["max_requests"], "requests in flight per connection (FCGI_MAX_REQS)"),
+    Key("max_conns", integer(1, typed=True), _P["max_conns"], "connections served at once (FCGI_MAX_CONNS)"),
+    Key("graceful_timeout", _seconds, _P["graceful_timeout"], "time requests in flight may run after SIGTERM", "s"),
+    Key("root_path", root_path, _P["root_path"], "SCRIPT_NAME of the app when the web server sends no PATH_INFO"),
+    Key("env", None, _P["env"], "environment variables of the pool's processes, a table of strings"),
+)  # fmt: skip
+
+TOP: tuple[Key, ...] = (
+    Key("frontend", None, {}, "the HTTP side"),
+    Key("upstream", None, {}, "pools of FastCGI servers, one [upstream.NAME] each"),
+    Key("route", None, [], "[[route]] tables, in order; the first match wins"),
+    Key("pool", None, {}, "worker pools that fcgi-cluster up starts, one [pool.NAME] each"),
+)
+
+#: Every table, as the reference documentation titles it.
+SECTIONS: tuple[tuple[str, tuple[Key, ...]], ...] = (
+    ("[frontend]", FRONTEND),
+    ("[frontend.tls]", TLS),
+    ("[upstream.NAME]", UPSTREAM),
+    ("[upstream.NAME] servers = [{ ... }]", SERVER),
+    ("[upstream.NAME.health_check]", HEALTH_CHECK),
+    ("[[route]]", ROUTE),
+    ("[pool.NAME]", POOL),
+)
+
+
+def names(keys: tuple[Key, ...]) -> tuple[str, ...]:
+    """The key names of a table, in order."""
+    return tuple(key.name for key in keys)
+
+
+def _size_text(number: int) -> str:
+    for suffix, scale in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if number and number % scale == 0:
+            return f'"{number // scale}{suffix}"'
+    return str(number)
+
+
+def default_text(key: Key) -> str:
+    """The default of ``key`` as the reference documentation writes it (a TOML value, or a word)."""
+    value = key.default
+    if value is REQUIRED:
+        return "required"
+    if value is None:
+        return "none"
+    if key.unit == "s":
+        return f'"{value:g}s"'
+    if key.unit == "bytes":
+        return _size_text(value)  # type: ignore[arg-type]
+    if isinstance(value, tuple) and len(value) == 1:
+        return show(value[0])
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return show(value)
