@@ -4,7 +4,17 @@ import pickle
 
 import pytest
 
-from fcgi_cluster._settings import SettingsError, boolean, choice, duration, integer
+from fcgi_cluster._settings import (
+    SettingsError,
+    boolean,
+    choice,
+    duration,
+    integer,
+    parse_duration,
+    parse_size,
+    size,
+    typed_boolean,
+)
 from fcgi_cluster.sessions import SessionConfigError
 
 
@@ -53,3 +63,47 @@ def test_converters_check_bounds_and_units():
     assert choice(("Lax", "Strict"))("lax") == "Lax"
     with pytest.raises(ValueError, match="must be one of"):
         choice(("Lax",), fold=False)("lax")
+
+
+def test_typed_converters_take_toml_values_and_refuse_quoted_numbers():
+    assert integer(1, typed=True)(4) == 4
+    with pytest.raises(ValueError, match=r'^must be an integer >= 1, got "4"$'):
+        integer(1, typed=True)("4")
+    with pytest.raises(ValueError, match=r"^must be an integer >= 1, got true$"):
+        integer(1, typed=True)(True)
+    assert typed_boolean(False) is False
+    with pytest.raises(ValueError, match=r'^must be true or false, got "yes"$'):
+        typed_boolean("yes")
+    with pytest.raises(ValueError, match=r'did you mean "Strict"\?$'):
+        choice(("Lax", "Strict"), typed=True)("Strikt")
+    assert duration(above=0.0, typed=True)(2.5) == 2.5
+    with pytest.raises(ValueError, match=r'^must be a duration above 0, got "0s"$'):
+        duration(above=0.0, typed=True)("0s")
+
+
+def test_untyped_converters_also_take_python_values():
+    assert integer(0)(7) == 7
+    assert boolean(True) is True
+    assert duration()(1.5) == 1.5
+
+
+@pytest.mark.parametrize(
+    "spelling, seconds",
+    [("2", 2.0), (".5", 0.5), ("5.", 5.0), ("5 m", 300.0), ("1h30m", 5400.0), ("1w", 604800.0), ("1h 30m 5s", 5405.0)],
+)
+def test_one_duration_grammar_for_ini_and_toml(spelling, seconds):
+    assert duration()(spelling) == parse_duration(spelling) == seconds
+
+
+@pytest.mark.parametrize("spelling", ["1m30", "30s1m", "1m1m", "-5s", "5 sec", ""])
+def test_the_duration_grammar_refuses(spelling):
+    with pytest.raises(ValueError, match="must be a time like 30s"):
+        duration()(spelling)
+    with pytest.raises(ValueError, match='must be a duration like "10s"'):
+        parse_duration(spelling)
+
+
+def test_sizes_are_powers_of_1024():
+    assert parse_size("32k") == 32768 and size(1)("1M") == 1 << 20
+    with pytest.raises(ValueError, match="at least 4096 bytes"):
+        size(4096)("1k")
