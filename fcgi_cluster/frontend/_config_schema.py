@@ -156,8 +156,7 @@ def integer_or_auto(low: int) -> Callable[[object], int | str]:
 
 
 _positive_seconds = duration(above=0.0, typed=True)
-_seconds = duration(typed=True)
-_flag = typed_boolean
+_any_seconds = duration(typed=True)
 
 # --------------------------------------------------------------------------
 # The tables
@@ -195,7 +194,7 @@ FRONTEND: tuple[Key, ...] = (
     Key("max_header_size", size(1), _F["max_header_size"], "bytes in the whole request head (431)", "bytes"),
     Key("max_headers", integer(1, typed=True), _F["max_headers"], "header fields in one request (431)"),
     Key("max_body_size", size(0), _F["max_body_size"], "bytes of request body (413); 0 for no limit", "bytes"),
-    Key("underscores_in_headers", _flag, _F["underscores_in_headers"], 'pass header names holding "_" to workers'),
+    Key("underscores_in_headers", typed_boolean, _F["underscores_in_headers"], 'pass header names holding "_" to workers'),
     Key("tls", None, _F["tls"], "the [frontend.tls] table: TLS termination; none is plain HTTP"),
 )  # fmt: skip
 
@@ -208,7 +207,7 @@ TLS: tuple[Key, ...] = (
 def _buffering(defaults: dict[str, Any], whose: str) -> tuple[Key, ...]:
     """The answer-buffering keys of an upstream, which a route may set for itself."""
     return (
-        Key("buffering", _flag, defaults["buffering"], f"hold answers a client reads slowly (nginx fastcgi_buffering){whose}"),
+        Key("buffering", typed_boolean, defaults["buffering"], f"hold answers a client reads slowly (nginx fastcgi_buffering){whose}"),
         Key("buffer_size", size(4 * KiB), defaults["buffer_size"], f"bytes of one answer held in memory before a temporary file{whose}", "bytes"),
         Key("max_temp_file_size", size(0), defaults["max_temp_file_size"], f"bytes that file may grow to; past it the request is aborted; 0: no file{whose}", "bytes"),
         Key("temp_path", None, defaults["temp_path"], f'directory of the temporary files; "" for $TMPDIR, else /tmp{whose}'),
@@ -229,8 +228,8 @@ UPSTREAM: tuple[Key, ...] = (
     Key("send_timeout", _positive_seconds, _U["send_timeout"], "time allowed between two writes to a server", "s"),
     Key("read_timeout", _positive_seconds, _U["read_timeout"], "time allowed between two reads from a server", "s"),
     Key("tries", integer(0, typed=True), _U["tries"], "servers tried for one request; 0 for all of them"),
-    Key("next_upstream_timeout", _seconds, _U["next_upstream_timeout"], "time spent trying servers for one request; 0 for no limit", "s"),
-    Key("next_upstream_non_idempotent", _flag, _U["next_upstream_non_idempotent"], "retry POST, PATCH, LOCK on another server"),
+    Key("next_upstream_timeout", _any_seconds, _U["next_upstream_timeout"], "time spent trying servers for one request; 0 for no limit", "s"),
+    Key("next_upstream_non_idempotent", typed_boolean, _U["next_upstream_non_idempotent"], "retry POST, PATCH, LOCK on another server"),
     Key("health_check", None, _U["health_check"], "the [upstream.NAME.health_check] table: active checks; none is passive only"),
     *BUFFERING,
 )  # fmt: skip
@@ -243,8 +242,8 @@ SERVER: tuple[Key, ...] = (
     # 0 would make the failure-counting window empty; max_fails = 0 is how to
     # turn failure counting off.
     Key("fail_timeout", _positive_seconds, _S["fail_timeout"], "the failure-counting window, and how long the server stays out", "s"),
-    Key("backup", _flag, _S["backup"], "take requests only when no primary server can (not with ip_hash or hash)"),
-    Key("down", _flag, _S["down"], "never take requests"),
+    Key("backup", typed_boolean, _S["backup"], "take requests only when no primary server can (not with ip_hash or hash)"),
+    Key("down", typed_boolean, _S["down"], "never take requests"),
     Key("max_conns", integer(0, typed=True), _S["max_conns"], "requests in flight at once, per front-end process; 0 for no limit"),
 )  # fmt: skip
 
@@ -277,7 +276,7 @@ POOL: tuple[Key, ...] = (
     Key("threads", integer(1, typed=True), _P["threads"], "threads running sync (WSGI) app code at once"),
     Key("max_requests", integer(1, typed=True), _P["max_requests"], "requests in flight per connection (FCGI_MAX_REQS)"),
     Key("max_conns", integer(1, typed=True), _P["max_conns"], "connections served at once (FCGI_MAX_CONNS)"),
-    Key("graceful_timeout", _seconds, _P["graceful_timeout"], "time requests in flight may run after SIGTERM", "s"),
+    Key("graceful_timeout", _any_seconds, _P["graceful_timeout"], "time requests in flight may run after SIGTERM", "s"),
     Key("root_path", root_path, _P["root_path"], "SCRIPT_NAME of the app when the web server sends no PATH_INFO"),
     Key("env", None, _P["env"], "environment variables of the pool's processes, a table of strings"),
 )  # fmt: skip

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fcgi_cluster._settings import SettingsError
 from fcgi_cluster.frontend._balancer import ServerSpec
 from fcgi_cluster.frontend._config import (
     ClusterConfig,
@@ -589,7 +590,7 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
 
 def test_config_error_is_a_value_error_and_survives_pickling() -> None:
     error = ConfigError("c.toml", 3, "frontend.listen", "bad")
-    assert isinstance(error, ValueError)
+    assert isinstance(error, ValueError) and isinstance(error, SettingsError)
     copy = pickle.loads(pickle.dumps(error))
     assert (str(copy), copy.filename, copy.line, copy.key, copy.reason) == (
         "c.toml:3: frontend.listen: bad", "c.toml", 3, "frontend.listen", "bad",
