@@ -20,8 +20,6 @@ import threading
 import time
 from collections.abc import Iterator
 
-import pytest
-
 from tests._peers import LOOPBACK, REPO_ROOT, free_port, nginx_fastcgi, python_executable, run_process
 
 from fcgi_cluster.frontend._upstream import ANSWER_POOL

@@ -246,8 +246,6 @@ def _load_watching(proc: subprocess.Popen, port: int, uri: str, total: int, conc
     peak = 0
 
     async def run() -> tuple[int, list[str], set[int]]:
-        nonlocal peak
-
         async def watch() -> None:
             nonlocal peak
             while True:
