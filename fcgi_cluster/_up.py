@@ -9,7 +9,10 @@ exit status says so: a half-running cluster is worse than none.
 
 Without ``-c``, the built-in demo: the front-end on 127.0.0.1:8080 and two
 pools on 127.0.0.1:9001 and 127.0.0.1:9002 running ``workers.echo:app``.
-For several hosts, the same file runs on each with ``--only``: the front
+SIGHUP reloads: it is passed to the front-end, which re-reads the file. The
+pools run here are plain ``fcgi-cluster worker APP`` processes, whose settings
+are their command line: they have no reload (SIGUSR2 is a pool master's, and
+would stop a plain worker), so they are left alone. For several hosts, the same file runs on each with ``--only``: the front
 door's host starts ``--only frontend``, each worker host ``--only pool.NAME``.
 """
 
@@ -158,7 +161,13 @@ def _run(config: object, path: str, parts: set[str]) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         raise _Stop()
 
+    def on_hup(_signum: int, _frame: object) -> None:
+        for name, process in cluster.processes:
+            if name == "frontend" and process.poll() is None:
+                process.send_signal(signal.SIGHUP)
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     try:
         for name, pool in config.pools.items():  # type: ignore[attr-defined]
             if f"pool.{name}" not in parts:
@@ -192,7 +201,7 @@ def _run(config: object, path: str, parts: set[str]) -> int:
         print(f"fcgi-cluster up: {exc}; stopping the cluster", file=sys.stderr)
         return 1
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
         cluster.stop()
         for sig, handler in previous.items():

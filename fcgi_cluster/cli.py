@@ -157,8 +157,30 @@ def _frontend_main(argv: list[str]) -> int:
     parser.add_argument("--processes", "-p", help='front-end processes sharing the port: a number or "auto"')
     parser.add_argument("--access-log", help='"-" (stdout), a file, or "off"')
     parser.add_argument("--max-body-size", help='largest request body, e.g. "100m"; 0 = unlimited (without -c)')
+    parser.add_argument("-t", "--test", action="store_true",
+                        help="with -c: check the file and exit 0 (good) or 1 (the error, as file:line: key)")
+    parser.add_argument("-s", "--signal", choices=["reload", "stop"],
+                        help="send SIGHUP (reload) or SIGTERM (stop) to the running front-end named by --pid-file or --pid")
+    parser.add_argument("--pid-file", metavar="FILE", help="write the front-end's pid here (read by -s)")
+    parser.add_argument("--pid", type=int, help="with -s: the front-end's pid")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
+    if args.signal:
+        return _send_signal(args.signal, args.pid, args.pid_file)
+    if args.test:
+        if not args.config:
+            parser.error("-t checks a cluster file: give -c FILE")
+        try:
+            load_config(args.config)
+        except ConfigError as exc:
+            print(f"fcgi-cluster frontend: {exc}", file=sys.stderr)
+            print(f"fcgi-cluster frontend: configuration file {args.config} test failed", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            print(f"fcgi-cluster frontend: {exc}", file=sys.stderr)
+            return 1
+        print(f"fcgi-cluster frontend: configuration file {args.config} test is successful")
+        return 0
     overrides: dict[str, object] = {}
     if args.processes is not None:
         overrides["processes"] = int(args.processes) if args.processes.isdigit() else args.processes
@@ -168,32 +190,61 @@ def _frontend_main(argv: list[str]) -> int:
         if args.config:
             if args.upstream or args.root or args.max_body_size:
                 parser.error("--upstream, --root and --max-body-size go in the file when -c is given")
-            config = load_config(args.config)
-            if args.listen or overrides:
-                # Command-line values override the file's [frontend]; they are
-                # checked by the same rules, as if written in a file.
-                checked = simple_config(args.listen, ["127.0.0.1:1"], **overrides).frontend
-                keys = [*overrides, *(["listen"] if args.listen else [])]
-                frontend = dataclasses.replace(config.frontend, **{key: getattr(checked, key) for key in keys})
-                config = dataclasses.replace(config, frontend=frontend)
+
+            def reload_config() -> object:
+                config = load_config(args.config)
+                if args.listen or overrides:
+                    # Command-line values override the file's [frontend]; they are
+                    # checked by the same rules, as if written in a file.
+                    checked = simple_config(args.listen, ["127.0.0.1:1"], **overrides).frontend
+                    keys = [*overrides, *(["listen"] if args.listen else [])]
+                    frontend = dataclasses.replace(config.frontend, **{key: getattr(checked, key) for key in keys})
+                    config = dataclasses.replace(config, frontend=frontend)
+                return config
+
+            config = reload_config()
         else:
             if not args.upstream:
                 parser.error("give -c FILE or at least one --upstream ADDRESS")
             if args.max_body_size is not None:
                 overrides["max_body_size"] = args.max_body_size
             config = simple_config(args.listen, args.upstream, args.root, **overrides)
+            reload_config = None
     except ConfigError as exc:
         print(f"fcgi-cluster frontend: {exc}", file=sys.stderr)
         return 2
     _setup_logging(args.log_level, config.frontend.error_log)
     try:
-        return run_frontend(config)
+        return run_frontend(config, reload_config=reload_config, pid_file=args.pid_file)  # type: ignore[arg-type]
     except BindError as exc:
         print(f"fcgi-cluster frontend: {exc.strerror}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"fcgi-cluster frontend: {exc}", file=sys.stderr)
         return 1
+
+
+def _send_signal(name: str, pid: int | None, pid_file: str | None) -> int:
+    """``frontend -s reload|stop``: signal the running front-end, as ``nginx -s``."""
+    import os
+    import signal
+
+    if pid is None:
+        if not pid_file:
+            print("fcgi-cluster frontend: -s needs --pid-file FILE or --pid PID", file=sys.stderr)
+            return 2
+        try:
+            with open(pid_file) as file:
+                pid = int(file.read().strip())
+        except (OSError, ValueError) as exc:
+            print(f"fcgi-cluster frontend: cannot read the pid from {pid_file}: {exc}", file=sys.stderr)
+            return 1
+    try:
+        os.kill(pid, signal.SIGHUP if name == "reload" else signal.SIGTERM)
+    except OSError as exc:
+        print(f"fcgi-cluster frontend: cannot signal process {pid}: {exc.strerror}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _up_main(argv: list[str]) -> int:

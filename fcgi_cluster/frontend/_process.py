@@ -13,6 +13,12 @@
 Signals: SIGTERM or SIGINT stops accepting, lets requests in flight finish for
 up to ``SHUTDOWN_GRACE`` seconds, then closes everything. A second signal
 stops at once.
+
+SIGHUP reloads: ``reload_config()`` (the ``-c`` file read again) is checked
+and swapped in for new requests (``FrontendServer.reload``); a file that fails
+its checks is logged (file, line, key) and the running configuration stays.
+With N processes the parent reads the file too (a child it restarts later
+starts with the new one) and forwards the signal; every child reloads.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ import signal
 import socket
 import sys
 import time
+import typing
 
 import trio
 
 from .._address import Address, bound_address, parse_address
 from .._limits import keep_buffers_on_the_heap, raise_open_file_limit
+from ._config import ConfigError
 from ._server import serve_frontend
 
 __all__ = ["run_frontend", "bind_listeners", "BindError", "SHUTDOWN_GRACE"]
@@ -113,11 +121,40 @@ def bind_listeners(addresses: list[str], copies: int = 1) -> list[list[socket.so
     return per_process
 
 
-async def _serve_until_signalled(config: object, sockets: list[socket.socket]) -> None:
+def load_new_config(reload_config: typing.Callable[[], object] | None) -> object | None:
+    """The configuration a SIGHUP asks for, or None (logged) when there is none or it fails its checks."""
+    if reload_config is None:
+        log.warning("SIGHUP: no configuration file to reload (started without -c)")
+        return None
+    try:
+        return reload_config()
+    except ConfigError as exc:
+        log.error("SIGHUP: %s; the running configuration stays", exc)
+    except OSError as exc:
+        log.error("SIGHUP: cannot read the configuration: %s; the running configuration stays", exc)
+    return None
+
+
+def _reload(server: typing.Any, reload_config: typing.Callable[[], object] | None) -> None:
+    config = load_new_config(reload_config)
+    if config is None:
+        return
+    kept = server.reload(config)
+    if kept:
+        log.warning("SIGHUP: %s changed: the front-end must be restarted for %s; the rest is applied",
+                    ", ".join(kept), "them" if len(kept) > 1 else "it")
+    log.info("SIGHUP: configuration reloaded (%d upstreams, %d routes)", len(server.upstreams), len(server.routes))
+
+
+async def _serve_until_signalled(config: object, sockets: list[socket.socket],
+                                 reload_config: typing.Callable[[], object] | None = None) -> None:
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve_frontend, config, sockets)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    _reload(server, reload_config)
+                    continue
                 log.info("%s: stopping (requests in flight get %g s)", signal.Signals(signum).name, SHUTDOWN_GRACE)
                 break
             server.stop_accepting()
@@ -126,9 +163,10 @@ async def _serve_until_signalled(config: object, sockets: list[socket.socket]) -
                     waiters.start_soon(server.wait_idle)
 
                     async def second_signal() -> None:
-                        async for _ in signals:
-                            waiters.cancel_scope.cancel()
-                            return
+                        async for signum in signals:
+                            if signum != signal.SIGHUP:
+                                waiters.cancel_scope.cancel()
+                                return
 
                     waiters.start_soon(second_signal)
                     await server.wait_idle()
@@ -136,9 +174,9 @@ async def _serve_until_signalled(config: object, sockets: list[socket.socket]) -
         nursery.cancel_scope.cancel()
 
 
-def _child(config: object, sockets: list[socket.socket]) -> int:
+def _child(config: object, sockets: list[socket.socket], reload_config: typing.Callable[[], object] | None) -> int:
     try:
-        trio.run(_serve_until_signalled, config, sockets)
+        trio.run(_serve_until_signalled, config, sockets, reload_config)
     except KeyboardInterrupt:
         pass
     except BaseException:
@@ -147,12 +185,16 @@ def _child(config: object, sockets: list[socket.socket]) -> int:
     return 0
 
 
-def run_frontend(config: object, *, ready: object = None) -> int:
+def run_frontend(config: object, *, ready: object = None,
+                 reload_config: typing.Callable[[], object] | None = None, pid_file: str | None = None) -> int:
     """Serve a ``ClusterConfig``'s front-end until SIGTERM/SIGINT; returns the exit status.
 
     Args:
         config: the ``ClusterConfig``.
         ready: called with the list of bound addresses (text) once listening.
+        reload_config: returns the configuration a SIGHUP switches to (raises
+            ``ConfigError`` for a bad one); None: SIGHUP is logged and ignored.
+        pid_file: where to write this (the parent) process's id, removed at exit.
 
     Raises:
         BindError: a listening address cannot be bound.
@@ -162,18 +204,31 @@ def run_frontend(config: object, *, ready: object = None) -> int:
     # Every client may hold an upstream connection too, in the worst case.
     raise_open_file_limit(2 * fe.max_connections, log=log)
     keep_buffers_on_the_heap()
+    # Until the serving loop listens for it, a SIGHUP must not kill us.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     groups = bind_listeners(list(fe.listen), processes)
     bound = [bound_address(sock) for sock in groups[0]]
     for text in bound:
         log.info("listening on %s (%d process%s)", text, processes, "" if processes == 1 else "es")
     if callable(ready):
         ready(bound)
-    if processes == 1:
-        return _child(config, groups[0])
-    return _supervise(config, groups)
+    if pid_file:
+        with open(pid_file, "w") as file:
+            file.write(f"{os.getpid()}\n")
+    try:
+        if processes == 1:
+            return _child(config, groups[0], reload_config)
+        return _supervise(config, groups, reload_config)
+    finally:
+        if pid_file:
+            try:
+                os.unlink(pid_file)
+            except OSError:
+                pass
 
 
-def _supervise(config: object, groups: list[list[socket.socket]]) -> int:
+def _supervise(config: object, groups: list[list[socket.socket]],
+               reload_config: typing.Callable[[], object] | None) -> int:
     children: dict[int, int] = {}  # pid -> slot
     started: dict[int, float] = {}
     stopping = False
@@ -183,16 +238,29 @@ def _supervise(config: object, groups: list[list[socket.socket]]) -> int:
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
             status = 1
             try:
-                status = _child(config, groups[slot])
+                status = _child(config, groups[slot], reload_config)
             finally:
                 os._exit(status)
         children[pid] = slot
         started[slot] = time.monotonic()
 
     def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
+        nonlocal stopping, config
+        if signum == signal.SIGHUP:
+            if stopping:
+                return
+            # Children restarted from now on start with the new file; a
+            # bad one is logged here and by each child.
+            config = load_new_config(reload_config) or config
+            for pid in list(children):
+                try:
+                    os.kill(pid, signal.SIGHUP)
+                except ProcessLookupError:
+                    pass
+            return
         for pid in list(children):
             try:
                 os.kill(pid, signum if not stopping else signal.SIGKILL)
@@ -202,6 +270,7 @@ def _supervise(config: object, groups: list[list[socket.socket]]) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     for slot in range(len(groups)):
         spawn(slot)
     status = 0

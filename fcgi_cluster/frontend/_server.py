@@ -1,16 +1,24 @@
 """The front-end's trio server: listening sockets, accepting clients, and one process's run.
 
-``FrontendServer`` is the ``Site`` (routes, upstreams, limits, logs) plus
-what takes clients in: an accept loop per listening socket, TLS handshakes,
-and the hub that holds idle connections. Each client is then a
-``ClientConnection`` (``_client``), owned by the hub or by a task of its own.
+``FrontendServer`` holds the current ``Site`` (routes, upstreams, limits,
+logs) plus what takes clients in: an accept loop per listening socket, TLS
+handshakes, and the hub that holds idle connections. Each client is then a
+``ClientConnection`` (``_client``), owned by the hub or by a task of its own,
+which sees the site through a ``SiteView``.
+
+``reload(config)`` (SIGHUP) swaps the site for new requests; the sockets,
+the connections open and the requests in flight go on. A retired site's
+worker connections that the new one does not use are closed once its last
+request ends.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import ssl
+import typing
 from collections.abc import Sequence
 
 import trio
@@ -20,22 +28,34 @@ from ._cgi import ConnectionParams
 from ._client import ClientConnection
 from ._client_io import ClientIO
 from ._hub import HUB_AVAILABLE, Hub
-from ._site import Site
+from ._site import Site, SiteView
 from ._upstream import run_health_checks
 
-__all__ = ["FrontendServer", "serve_frontend"]
+__all__ = ["FrontendServer", "serve_frontend", "RESTART_KEYS"]
+
+#: [frontend] keys a reload cannot change in a running process: the
+#: listening sockets and processes are made once (nginx rebinds; we keep
+#: them and say so), the connection count bounds a semaphore already in
+#: use, the TLS context and error log are set up at start.
+RESTART_KEYS = ("listen", "processes", "max_connections", "tls", "error_log")
 
 log = logging.getLogger("fcgi_cluster.frontend")
 
 
-class FrontendServer(Site):
+class FrontendServer:
     """Everything one front-end process serves, and the accepting of its clients.
 
-    Made from a ``ClusterConfig``; ``serve`` runs it on listening sockets.
+    Made from a ``ClusterConfig``; ``serve`` runs it on listening sockets,
+    ``reload`` swaps in a new configuration.
     """
 
     def __init__(self, config: object, nursery: trio.Nursery) -> None:
-        super().__init__(config, nursery)
+        self._nursery = nursery
+        #: The configuration new requests get.
+        self.site = Site(config, nursery)
+        #: Sites replaced by a reload that still have requests in flight.
+        self._retiring: list[Site] = []
+        self._health: dict[int, trio.CancelScope] = {}
         fe = self.frontend
         #: Idle keep-alive connections' watcher, once serving (see ``_hub``).
         self.hub: Hub | None = None
@@ -46,6 +66,97 @@ class FrontendServer(Site):
             context.load_cert_chain(fe.tls.cert, fe.tls.key)
             context.set_alpn_protocols(["http/1.1"])
             self._ssl_context = context
+
+    # The current site's parts, for the hub and for callers that look.
+    @property
+    def config(self) -> object:
+        return self.site.config
+
+    @property
+    def frontend(self) -> typing.Any:
+        return self.site.frontend
+
+    @property
+    def upstreams(self) -> dict[str, typing.Any]:
+        return self.site.upstreams
+
+    @property
+    def routes(self) -> typing.Any:
+        return self.site.routes
+
+    @property
+    def deadlines(self) -> typing.Any:
+        return self.site.deadlines
+
+    @property
+    def connections(self) -> trio.Semaphore:
+        return self.site.connections
+
+    @property
+    def access_log(self) -> typing.Any:
+        return self.site.access_log
+
+    @property
+    def active_requests(self) -> int:
+        """Requests being answered, under every configuration still in use."""
+        return self.site.active_requests + sum(site.active_requests for site in self._retiring)
+
+    def sites(self) -> tuple[Site, ...]:
+        """The current site and those a reload replaced that still have requests in flight."""
+        return (self.site, *self._retiring)
+
+    async def wait_idle(self) -> None:
+        """Return once no request is being answered, under any configuration."""
+        while self.active_requests:
+            for site in (self.site, *self._retiring):
+                await site.wait_idle()
+
+    def start_health_checks(self) -> None:
+        """Run the active health checks of the current site's upstreams that have none running."""
+        for upstream in self.site.upstreams.values():
+            if upstream.config.health_check is not None and id(upstream) not in self._health:
+                scope = self._health[id(upstream)] = trio.CancelScope()
+                self._nursery.start_soon(self._health_checks, upstream, scope)
+
+    async def _health_checks(self, upstream: typing.Any, scope: trio.CancelScope) -> None:
+        with scope:
+            await run_health_checks(upstream)
+
+    def reload(self, config: typing.Any) -> list[str]:
+        """New requests get ``config``; returns the [frontend] keys left as they were (``RESTART_KEYS``).
+
+        Upstreams with unchanged settings are carried over whole, and worker
+        addresses with unchanged connection settings keep their connections.
+        Requests in flight finish under the site they began with.
+        """
+        old = self.site
+        kept = [key for key in RESTART_KEYS if getattr(config.frontend, key) != getattr(old.frontend, key)]
+        if kept:
+            frontend = dataclasses.replace(config.frontend, **{key: getattr(old.frontend, key) for key in kept})
+            config = dataclasses.replace(config, frontend=frontend)
+        new = Site(config, self._nursery, previous=old)
+        self.site = new
+        for upstream in old.retired_upstreams(new):
+            scope = self._health.pop(id(upstream), None)
+            if scope is not None:
+                scope.cancel()
+        self.start_health_checks()
+        self._retiring.append(old)
+        self._nursery.start_soon(self._retire, old)
+        return kept
+
+    async def _retire(self, old: Site) -> None:
+        """Once ``old`` has no request in flight: close what no site in use shares with it."""
+        await old.wait_idle()
+        self._retiring.remove(old)
+        in_use = (self.site, *self._retiring)
+        servers = {id(server) for site in in_use for upstream in site.upstreams.values() for server in upstream.servers}
+        for upstream in old.upstreams.values():
+            for server in upstream.servers:
+                if id(server) not in servers:
+                    server.close_all()
+        if old.access_log is not None and all(site.access_log is not old.access_log for site in in_use):
+            old.access_log.close()
 
     async def serve(
         self, sockets: Sequence[socket.socket], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -80,7 +191,10 @@ class FrontendServer(Site):
     def _connection(self, stream: trio.abc.Stream, transport: trio.SocketStream,
                     params: ConnectionParams) -> ClientConnection:
         io = ClientIO(stream, transport, self.deadlines, self.frontend.send_timeout)
-        return ClientConnection(self, io, params, self.hub)
+        return ClientConnection(self._view(), io, params, self.hub)  # type: ignore[arg-type]
+
+    def _view(self) -> SiteView:
+        return SiteView(lambda: self.site)
 
     def _accepted(self, stream: trio.SocketStream, local: tuple, nursery: trio.Nursery) -> None:
         """A new client: to the hub when it can hold it (plain TCP), else to a task of its own.
@@ -166,15 +280,17 @@ async def serve_frontend(
     """
     async with trio.open_nursery() as nursery:
         server = FrontendServer(config, nursery)
-        for upstream in server.upstreams.values():
-            if upstream.config.health_check is not None:  # type: ignore[attr-defined]
-                nursery.start_soon(run_health_checks, upstream)
+        server.start_health_checks()
         try:
             await nursery.start(server.serve, sockets)
             task_status.started(server)
             await trio.sleep_forever()
         finally:
-            for upstream in server.upstreams.values():
-                upstream.close_all()
-            if server.access_log is not None:
-                server.access_log.close()
+            logs = {}
+            for site in server.sites():
+                for upstream in site.upstreams.values():
+                    upstream.close_all()
+                if site.access_log is not None:
+                    logs[id(site.access_log)] = site.access_log
+            for access_log in logs.values():
+                access_log.close()

@@ -1,11 +1,19 @@
 """What one front-end process serves, as its requests see it: routes, upstream pools, limits, logs.
 
-``Site`` is made once from a ``ClusterConfig``: each route's prepared parts
+``Site`` is made from a ``ClusterConfig``: each route's prepared parts
 (``RoutePlan``: its params, root, index and answer buffering, worked out
 once rather than per request), the upstreams, the HTTP limits, the access
 log, the deadlines task and the count of requests in progress. The server
 (``_server``) adds the listening and accepting; a client connection
 (``_client``) reads what it needs from here.
+
+A reload (SIGHUP) makes a new ``Site`` from the new file with the old one as
+``previous``: what lives as long as the process (the deadlines task, the
+count of open connections, the answer memory) is shared, and an upstream
+whose configuration is unchanged is carried over whole, with its pooled
+connections, balancer and health. A connection sees the site through a
+``SiteView``, which pins the site a request started with until that request
+ends, so a request never sees two configurations.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from ._deadlines import Deadlines
 from ._http import HTTPLimits, RequestHead, error_page
 from ._upstream import ANSWER_POOL, ANSWER_POOL_PER_REQUEST, Upstream, answer_buffering
 
-__all__ = ["RoutePlan", "Site", "log_stderr", "status_page"]
+__all__ = ["RoutePlan", "Site", "SiteView", "log_stderr", "status_page"]
 
 log = logging.getLogger("fcgi_cluster.frontend")
 
@@ -52,7 +60,7 @@ class Site:
         nursery: where the upstreams' connections and the deadlines task run.
     """
 
-    def __init__(self, config: object, nursery: trio.Nursery) -> None:
+    def __init__(self, config: object, nursery: trio.Nursery, previous: Site | None = None) -> None:
         self.config = config
         fe = config.frontend  # type: ignore[attr-defined]
         self.frontend = fe
@@ -62,19 +70,43 @@ class Site:
             max_headers=fe.max_headers,
             max_body_size=fe.max_body_size,
         )
-        #: Memory lent to answers past their buffer_size, before a file.
-        self.answer_pool = MemoryPool(ANSWER_POOL, ANSWER_POOL_PER_REQUEST)
         upstreams = config.upstreams  # type: ignore[attr-defined]
-        self.upstreams = {name: Upstream(name, upstream, nursery, self.answer_pool) for name, upstream in upstreams.items()}
+        if previous is None:
+            #: Memory lent to answers past their buffer_size, before a file.
+            self.answer_pool = MemoryPool(ANSWER_POOL, ANSWER_POOL_PER_REQUEST)
+            self.deadlines = Deadlines()
+            nursery.start_soon(self.deadlines.run)
+            #: Client connections open, bounded by max_connections (for the life of the process).
+            self.connections = trio.Semaphore(fe.max_connections)
+            self.upstreams = {name: Upstream(name, upstream, nursery, self.answer_pool) for name, upstream in upstreams.items()}
+            self.access_log = AccessLog.open(fe.access_log)
+        else:
+            self.answer_pool = previous.answer_pool
+            self.deadlines = previous.deadlines
+            self.connections = previous.connections
+            self.upstreams = {}
+            for name, upstream in upstreams.items():
+                old = previous.upstreams.get(name)
+                if old is not None and old.config == upstream:
+                    self.upstreams[name] = old
+                else:
+                    self.upstreams[name] = Upstream(name, upstream, nursery, self.answer_pool, previous=old)
+            same_log = fe.access_log == previous.frontend.access_log
+            self.access_log = previous.access_log if same_log else AccessLog.open(fe.access_log)
         self.routes = config.routes  # type: ignore[attr-defined]
         self.route_plans = [self._plan(route) for route in self.routes]
-        self.access_log = AccessLog.open(fe.access_log)
-        self.deadlines = Deadlines()
-        nursery.start_soon(self.deadlines.run)
-        #: Client connections open, bounded by max_connections.
-        self.connections = trio.Semaphore(fe.max_connections)
         self.active_requests = 0
         self._idle_lot = trio.lowlevel.ParkingLot()
+
+    def retired_upstreams(self, successor: Site) -> list[Upstream]:
+        """This site's upstreams that ``successor`` does not use (to close once this site is idle)."""
+        kept = {id(upstream) for upstream in successor.upstreams.values()}
+        return [upstream for upstream in self.upstreams.values() if id(upstream) not in kept]
+
+    def retired_servers(self, successor: Site) -> list[typing.Any]:
+        """The worker ``Server`` objects of this site that ``successor`` does not use."""
+        kept = {id(server) for upstream in successor.upstreams.values() for server in upstream.servers}
+        return [server for upstream in self.upstreams.values() for server in upstream.servers if id(server) not in kept]
 
     def _plan(self, route: typing.Any) -> RoutePlan:
         buffering = None
@@ -115,6 +147,81 @@ class Site:
         """One line in the access log, if there is one."""
         if self.access_log is not None:
             self.access_log.write(remote_addr, head, status, sent, started)
+
+
+class SiteView:
+    """The site as one client connection sees it: the current one, pinned for a request's life.
+
+    ``request_started`` pins the site current at that moment (the same one
+    the request's route was just chosen from: no await comes between), and
+    ``request_ended`` lets go of it, so a kept-alive connection's next
+    request sees a reloaded configuration, while a request in flight keeps
+    the routes, upstreams and plans it began with.
+
+    Args:
+        current: returns the site new requests get.
+    """
+
+    __slots__ = ("_current", "_pinned")
+
+    def __init__(self, current: typing.Callable[[], Site]) -> None:
+        self._current = current
+        self._pinned: Site | None = None
+
+    @property
+    def site(self) -> Site:
+        """The request's site while one is in progress, else the current one."""
+        return self._pinned or self._current()
+
+    @property
+    def frontend(self) -> typing.Any:
+        return self.site.frontend
+
+    @property
+    def limits(self) -> HTTPLimits:
+        return self.site.limits
+
+    @property
+    def upstreams(self) -> dict[str, Upstream]:
+        return self.site.upstreams
+
+    @property
+    def routes(self) -> typing.Any:
+        return self.site.routes
+
+    @property
+    def route_plans(self) -> list[RoutePlan]:
+        return self.site.route_plans
+
+    @property
+    def connections(self) -> trio.Semaphore:
+        return self.site.connections
+
+    @property
+    def deadlines(self) -> Deadlines:
+        return self.site.deadlines
+
+    @property
+    def answer_pool(self) -> MemoryPool:
+        return self.site.answer_pool
+
+    def route_of(self, path: bytes) -> tuple[int, typing.Any]:
+        """``Site.route_of`` of the request's site."""
+        return self.site.route_of(path)
+
+    def request_started(self) -> None:
+        """A request begins: pin the current site for it."""
+        site = self._pinned = self._current()
+        site.request_started()
+
+    def request_ended(self) -> None:
+        """The request ends: its site may retire."""
+        site, self._pinned = self.site, None
+        site.request_ended()
+
+    def log_request(self, remote_addr: bytes, head: RequestHead, status: int, sent: int, started: float) -> None:
+        """``Site.log_request`` of the request's site."""
+        self.site.log_request(remote_addr, head, status, sent, started)
 
 
 def log_stderr(address: str, stderr: bytes) -> None:

@@ -462,7 +462,13 @@ def answer_buffering(config: object, pool: MemoryPool | None = None) -> tuple[Bu
 class Upstream:
     """One pool of workers: its balancer and a ``Server`` per address."""
 
-    def __init__(self, name: str, config: object, nursery: trio.Nursery, pool: MemoryPool | None = None) -> None:
+    def __init__(
+        self, name: str, config: object, nursery: trio.Nursery, pool: MemoryPool | None = None,
+        previous: Upstream | None = None,
+    ) -> None:
+        """Args (past the config): ``previous``, the upstream of the same name before a
+        reload, whose ``Server`` objects (and their pooled connections) are
+        kept for every address whose connection settings are unchanged."""
         self.name = name
         self.config = config
         specs = config.servers  # type: ignore[attr-defined]
@@ -471,8 +477,15 @@ class Upstream:
         uncapped = [dataclasses.replace(spec, max_conns=0) for spec in specs]
         self.balancer = Balancer(uncapped, config.balance)  # type: ignore[attr-defined]
         multiplex = config.multiplex != "off"  # type: ignore[attr-defined]
+        settings = (multiplex, config.connections, config.keepalive,  # type: ignore[attr-defined]
+                    config.connect_timeout, config.send_timeout)  # type: ignore[attr-defined]
+        #: What a Server is made of, per server: equal keys, one Server can serve both.
+        self.server_keys = [(spec.address, spec.max_conns, *settings) for spec in specs]
+        reusable: dict[tuple, Server] = {}
+        if previous is not None:
+            reusable = dict(zip(previous.server_keys, previous.servers))
         self.servers: Sequence[Server] = [
-            Server(
+            reusable.pop(key, None) or Server(
                 spec.address, nursery,
                 multiplex=multiplex,
                 connections=config.connections,  # type: ignore[attr-defined]
@@ -481,7 +494,7 @@ class Upstream:
                 send_timeout=config.send_timeout,  # type: ignore[attr-defined]
                 max_conns=spec.max_conns,
             )
-            for spec in specs
+            for key, spec in zip(self.server_keys, specs)
         ]
         #: How much of an answer is held for its client (``answer_buffering``).
         self.buffering = answer_buffering(config, pool)
