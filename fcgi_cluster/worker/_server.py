@@ -123,9 +123,10 @@ class _Admission:
         self.acquire_nowait()
 
     def release(self) -> None:
-        """A connection is over (or was not accepted after all)."""
+        """A connection is over (or was not accepted after all): wake a waiting accept."""
         self._free += 1
-        self.changed()
+        if self._lot:
+            self._lot.unpark_all()
 
     def accepted(self) -> None:
         """A connection was accepted: its task is about to start."""
@@ -134,11 +135,6 @@ class _Admission:
     def started(self) -> None:
         """An accepted connection's task is running (it is in ``connections``)."""
         self.starting -= 1
-
-    def changed(self) -> None:
-        """Room may have been made: wake a waiting accept."""
-        if self._lot:
-            self._lot.unpark_all()
 
 
 class _Server:
