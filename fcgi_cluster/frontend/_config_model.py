@@ -97,7 +97,7 @@ class FrontendConfig:
     """
 
     listen: tuple[str, ...] = ("127.0.0.1:8080",)  # loopback: exposing a server is a decision
-    processes: int = 1  # one trio loop handles thousands of connections
+    processes: int | str = "auto"  # one per CPU, as nginx's packaged worker_processes auto
     root: str = DEFAULT_DOCUMENT_ROOT  # Debian's and Ubuntu's nginx root
     server_name: str = ""
     access_log: str | None = "-"

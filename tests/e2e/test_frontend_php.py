@@ -124,7 +124,7 @@ def test_max_conns_queues_instead_of_stranding_requests_behind_php_fpm_children(
         port = free_port()
         config = tmp_path / "cluster.toml"
         config.write_text(
-            f'[frontend]\nlisten = "127.0.0.1:{port}"\nroot = "{PHP_PAGES}"\naccess_log = false\n'
+            f'[frontend]\nlisten = "127.0.0.1:{port}"\nprocesses = 1\nroot = "{PHP_PAGES}"\naccess_log = false\n'
             f'[upstream.php]\nservers = [{{ address = "127.0.0.1:{fpm.port}", max_conns = 2 }}]\nread_timeout = "5s"\n'
         )
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))

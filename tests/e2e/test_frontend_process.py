@@ -47,7 +47,9 @@ def http_get(port: int, target: str, *, method: str = "GET", body: bytes | None 
 
 def test_frontend_command_serves_two_workers_round_robin() -> None:
     with worker_process() as (w1, _), worker_process() as (w2, _):
-        with frontend_process("--upstream", f"127.0.0.1:{w1}", "--upstream", f"127.0.0.1:{w2}") as (port, process):
+        # Round robin is per process (as nginx's without a zone): one process here.
+        argv = ("--processes", "1", "--upstream", f"127.0.0.1:{w1}", "--upstream", f"127.0.0.1:{w2}")
+        with frontend_process(*argv) as (port, process):
             workers = [json.loads(http_get(port, "/who")[2])["worker"].split()[0] for _ in range(10)]
             process.send_signal(signal.SIGTERM)
             assert process.wait(15) == 0
@@ -238,7 +240,7 @@ def test_out_of_file_descriptors_pauses_accepting_and_the_front_end_serves_on(tm
         port = free_port()
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         argv = ["prlimit", f"--nofile={LOW_NOFILE}:{LOW_NOFILE}", *frontend_argv(
-            "--listen", f"127.0.0.1:{port}", "--access-log", "off", "--upstream", f"127.0.0.1:{worker_port}")]
+            "--listen", f"127.0.0.1:{port}", "--processes", "1", "--access-log", "off", "--upstream", f"127.0.0.1:{worker_port}")]
         log_path = tmp_path / "frontend.log"
         with run_process(argv, cwd=REPO_ROOT, env=env, ready_port=port, name="fcgi-frontend",
                          log_path=log_path) as process:

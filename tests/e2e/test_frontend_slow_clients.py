@@ -49,6 +49,7 @@ def frontend(directory: pathlib.Path, worker: int, upstream_extra: str = "") -> 
     config.write_text(textwrap.dedent(f"""\
         [frontend]
         listen = "{LOOPBACK}:{port}"
+        processes = 1
         access_log = false
         [upstream.app]
         servers = ["{LOOPBACK}:{worker}"]

@@ -94,7 +94,7 @@ def test_defaults_fill_every_key_not_written() -> None:
     assert config.frontend == FrontendConfig()
     front = config.frontend
     assert front.listen == ("127.0.0.1:8080",)
-    assert (front.processes, front.root, front.server_name) == (1, "/var/www/html", "")
+    assert (front.processes, front.root, front.server_name) == ("auto", "/var/www/html", "")
     assert (front.access_log, front.error_log, front.tls) == ("-", "-", None)
     assert (front.header_timeout, front.body_timeout, front.keepalive_timeout, front.send_timeout) == (60, 60, 75, 60)
     assert (front.max_request_line, front.max_header_size, front.max_body_size) == (8192, 32768, 1048576)

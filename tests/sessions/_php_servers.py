@@ -110,7 +110,8 @@ def frontend(directory: pathlib.Path, app_ports: list[int], php_port: int | None
     """Our front-end: ``/php/`` to php-fpm (when given), everything else round robin to the workers."""
     port = free_port()
     servers = ", ".join(f'"{LOOPBACK}:{p}"' for p in app_ports)
-    config = f'[frontend]\nlisten = "{LOOPBACK}:{port}"\naccess_log = false\n[upstream.app]\nservers = [{servers}]\n'
+    # One process: max_conns below holds per front-end process.
+    config = f'[frontend]\nlisten = "{LOOPBACK}:{port}"\nprocesses = 1\naccess_log = false\n[upstream.app]\nservers = [{servers}]\n'
     if php_port is not None:
         config += (
             # max_conns = php-fpm's children: each child holds a kept-alive connection
