@@ -253,6 +253,12 @@ def _up_main(argv: list[str]) -> int:
     return up_main(argv)
 
 
+def _ctl_main(argv: list[str]) -> int:
+    from .frontend._ctl import ctl_main
+
+    return ctl_main(argv)
+
+
 def _request_main(argv: list[str]) -> int:
     from .client._cli import request_main
 
@@ -264,6 +270,7 @@ COMMANDS = {
     "frontend": (_frontend_main, "serve HTTP and balance requests over FastCGI workers"),
     "worker": (_worker_main, "serve a WSGI/ASGI app over FastCGI"),
     "request": (_request_main, "send one FastCGI request and print the answer"),
+    "ctl": (_ctl_main, "drain, down, up, reweigh, add or remove a running front-end's server; its status"),
 }
 
 
