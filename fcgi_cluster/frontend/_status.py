@@ -13,6 +13,8 @@ import os
 import time
 import typing
 
+from ._counters import LATENCY_BOUNDS
+
 __all__ = ["status", "openmetrics", "OPENMETRICS_TYPE"]
 
 #: The Content-Type of ``openmetrics``'s text.
@@ -50,6 +52,10 @@ def status(server: typing.Any, states: typing.Any) -> dict[str, object]:
                 "backup": entry["backup"],
                 "requests": entry["requests"],
                 "failures": entry["total_fails"],
+                "failures_by_kind": conn.counters.failures(),
+                "retries": conn.counters.retries,
+                "latency": {"bounds": list(LATENCY_BOUNDS), "counts": list(conn.counters.latency),
+                            "sum": round(conn.counters.latency_sum, 6)},
                 "in_flight": active.get((name, address), 0),
                 "connections": conn.connection_count,
                 "multiplexed": conn.multiplexed,
@@ -98,6 +104,22 @@ def openmetrics(report: dict[str, typing.Any]) -> str:
            [("_total", labels(up, s), s["requests"]) for up, s in servers])
     family("fcgi_cluster_server_failures", "counter", "Failed attempts on the server.",
            [("_total", labels(up, s), s["failures"]) for up, s in servers])
+    family("fcgi_cluster_server_failures_by_kind", "counter", "Failed attempts on the server, by kind.",
+           [("_total", {**labels(up, s), "kind": kind}, count)
+            for up, s in servers for kind, count in s["failures_by_kind"].items()])
+    family("fcgi_cluster_server_retries", "counter", "Failed attempts tried again on another server.",
+           [("_total", labels(up, s), s["retries"]) for up, s in servers])
+    histogram: list[tuple[str, dict[str, object], object]] = []
+    for up, s in servers:
+        latency = s["latency"]
+        total = 0
+        for bound, count in zip([*latency["bounds"], "+Inf"], latency["counts"]):
+            total += count
+            histogram.append(("_bucket", {**labels(up, s), "le": bound if bound == "+Inf" else f"{bound:g}"}, total))
+        histogram.append(("_count", labels(up, s), total))
+        histogram.append(("_sum", labels(up, s), latency["sum"]))
+    family("fcgi_cluster_server_latency_seconds", "histogram", "Time from a request's start to its answer's end.",
+           histogram)
     family("fcgi_cluster_server_in_flight", "gauge", "Requests in flight on the server.",
            [("", labels(up, s), s["in_flight"]) for up, s in servers])
     family("fcgi_cluster_server_connections", "gauge", "Connections open to the server.",

@@ -174,6 +174,10 @@ def test_status_json_and_openmetrics_count_requests(tmp_path: pathlib.Path) -> N
             requests = {s.labels["server"]: s.value for s in families["fcgi_cluster_server_requests"].samples
                         if s.name == "fcgi_cluster_server_requests_total"}
             assert requests == {a: after[a]["requests"], b: after[b]["requests"]}
+            counts = {s.labels["server"]: s.value for s in families["fcgi_cluster_server_latency_seconds"].samples
+                      if s.name == "fcgi_cluster_server_latency_seconds_count"}
+            assert counts == {a: after[a]["requests"], b: after[b]["requests"]}
+            assert sum(after[a]["latency"]["counts"]) == after[a]["requests"]
             states = [s for s in families["fcgi_cluster_server_state"].samples if s.value == 1]
             assert sorted((s.labels["server"], s.labels["fcgi_cluster_server_state"]) for s in states) == sorted([(a, "up"), (b, "up")])
             process.send_signal(signal.SIGTERM)
