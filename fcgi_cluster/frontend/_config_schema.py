@@ -84,6 +84,11 @@ def address(value: object) -> str:
     return text
 
 
+def optional_url_path(value: object) -> str:
+    """A URL path, or "" for none."""
+    return "" if value == "" else url_path(value)
+
+
 def control_address(value: object) -> str:
     """An address, or "" for none."""
     return "" if value == "" else address(value)
@@ -218,6 +223,7 @@ FRONTEND: tuple[Key, ...] = (
     Key("control", control_address, _F["control"], 'control and status listener (host:port or unix:/path); "" for none'),
     Key("control_allow", networks, _F["control_allow"], "CIDR networks the control listener serves; others are refused"),
     Key("server_state_file", string, _F["server_state_file"], 'file keeping servers set by control across restarts; "" for none'),
+    Key("pool_status_path", optional_url_path, _F["pool_status_path"], 'the pools\' pm.status_path, which the dashboard fetches over FastCGI; "" for none'),
 )  # fmt: skip
 
 TLS: tuple[Key, ...] = (

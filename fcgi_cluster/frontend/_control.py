@@ -4,6 +4,8 @@ A small HTTP/1.0-style server (one request per connection), apart from the
 client listeners, serving only addresses in ``control_allow`` (a unix socket
 is guarded by its file's permissions instead):
 
+* ``GET /``: the dashboard (``_dashboard``), a page that refreshes itself.
+* ``GET /pools``: every worker server's pool status page, fetched over FastCGI.
 * ``GET /status``: the process's status as JSON (``_status``).
 * ``GET /metrics``: the same in OpenMetrics text, for Prometheus.
 * ``POST /control``: the body is one command line (``_server_states``):
@@ -24,6 +26,7 @@ import typing
 
 import trio
 
+from ._dashboard import PAGE, pool_statuses
 from ._server_states import ControlError
 from ._status import OPENMETRICS_TYPE, openmetrics, status
 
@@ -85,7 +88,7 @@ async def _answer(stream: trio.SocketStream, server: typing.Any) -> None:
             if isinstance(request, int):
                 await _send(stream, request, "text/plain", f"{_REASONS[request].lower()}\n")
                 return
-            code, kind, text = _dispatch(server, *request)
+            code, kind, text = await _dispatch(server, *request)
             await _send(stream, code, kind, text)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
@@ -131,8 +134,14 @@ async def _read(stream: trio.SocketStream) -> tuple[str, str, str] | int:
     return parts[0], parts[1], body[:length].decode("utf-8", "replace")
 
 
-def _dispatch(server: typing.Any, method: str, path: str, body: str) -> tuple[int, str, str]:
+async def _dispatch(server: typing.Any, method: str, path: str, body: str) -> tuple[int, str, str]:
     path = path.partition("?")[0]
+    if path in ("/", "/pools") and method not in ("GET", "HEAD"):
+        return 405, "text/plain", "use GET\n"
+    if path == "/":
+        return 200, "text/html; charset=utf-8", PAGE
+    if path == "/pools":
+        return 200, "application/json", json.dumps(await pool_statuses(server), indent=1) + "\n"
     if path in ("/status", "/metrics"):
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", "use GET\n"
@@ -147,7 +156,7 @@ def _dispatch(server: typing.Any, method: str, path: str, body: str) -> tuple[in
             return 200, "text/plain", server.control(body.strip()) + "\n"
         except ControlError as exc:
             return exc.status, "text/plain", f"{exc}\n"
-    return 404, "text/plain", "not found: try /status, /metrics or POST /control\n"
+    return 404, "text/plain", "not found: try /, /status, /metrics, /pools or POST /control\n"
 
 
 async def _send(stream: trio.SocketStream, code: int, kind: str, text: str) -> None:
