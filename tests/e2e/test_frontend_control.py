@@ -199,3 +199,32 @@ def test_two_processes_both_apply_a_command(tmp_path: pathlib.Path) -> None:
             assert {who(port) for _ in range(40)} == {a}
             process.send_signal(signal.SIGTERM)
             assert process.wait(15) == 0
+
+
+def test_a_unix_control_socket_without_a_file_and_bad_requests(tmp_path: pathlib.Path) -> None:
+    from fcgi_cluster.frontend._ctl import control_request
+
+    from .test_frontend_process import frontend_process
+
+    control = f"unix:{tmp_path / 'control.sock'}"
+    with worker_process() as (w1, _), worker_process() as (w2, _):
+        a, b = f"127.0.0.1:{w1}", f"127.0.0.1:{w2}"
+        with frontend_process("--upstream", a, "--upstream", b, "--control", control) as (port, process):
+            wait_for(lambda: (tmp_path / "control.sock").exists())
+            done = ctl(control, "drain", "default", a)
+            assert done.returncode == 0, done.stderr
+            assert {who(port) for _ in range(4)} == {b}
+            # Wrong method, unknown path, an oversized command: 4xx, and it serves on.
+            assert control_request(control, "GET", "/control")[0] == 405
+            assert control_request(control, "POST", "/status")[0] == 405
+            assert control_request(control, "GET", "/nowhere")[0] == 404
+            assert control_request(control, "POST", "/control", "x" * 10_000)[0] == 400
+            assert ctl(control, "up", "default", a).returncode == 0
+            assert sorted(who(port) for _ in range(4)) == sorted([a, a, b, b])
+            assert process.poll() is None
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(15) == 0
+    # Nobody listens any more: ctl says so and exits 1.
+    done = ctl(control, "status")
+    assert done.returncode == 1
+    assert "cannot reach the control listener" in done.stderr
