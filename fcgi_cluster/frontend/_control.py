@@ -29,6 +29,7 @@ import trio
 from ._dashboard import PAGE, pool_statuses
 from ._server_states import ControlError
 from ._status import OPENMETRICS_TYPE, openmetrics, status
+from ._status_share import merge
 
 __all__ = ["serve_control", "MAX_HEAD", "MAX_BODY", "READ_TIMEOUT"]
 
@@ -146,6 +147,8 @@ async def _dispatch(server: typing.Any, method: str, path: str, body: str) -> tu
         if method not in ("GET", "HEAD"):
             return 405, "text/plain", "use GET\n"
         report = status(server, server.states)
+        if server.status_share is not None:
+            report = merge(report, server.status_share.gather())
         if path == "/status":
             return 200, "application/json", json.dumps(report, indent=1) + "\n"
         return 200, OPENMETRICS_TYPE, openmetrics(report)

@@ -119,9 +119,9 @@ function latency(s) {
   return n ? (1000 * s.latency.sum / n).toFixed(1) + " ms" : "-";
 }
 function drawStatus(report) {
-  const p = report.process;
   document.getElementById("process").replaceChildren(
-    table(["process", "clients held", "accepted", "requests in flight"], [[p.pid, p.clients, p.accepted, p.requests_in_flight]]));
+    table(["process", "clients held", "accepted", "requests in flight"],
+          report.processes.map(p => [p.pid, p.clients, p.accepted, p.requests_in_flight])));
   const box = document.getElementById("upstreams");
   box.replaceChildren();
   for (const up of report.upstreams) {

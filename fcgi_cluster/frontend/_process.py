@@ -48,6 +48,8 @@ from .._address import Address, bound_address, parse_address
 from .._limits import keep_buffers_on_the_heap, raise_open_file_limit
 from ._config import ConfigError
 from ._server import serve_frontend
+from ._status import status
+from ._status_share import StatusShare
 
 __all__ = ["run_frontend", "bind_listeners", "BindError", "SHUTDOWN_GRACE"]
 
@@ -172,6 +174,10 @@ async def _serve_until_signalled(config: object, sockets: list[socket.socket],
         server = await nursery.start(
             functools.partial(serve_frontend, control=control.sock, state_file=control.state_file), config, sockets)
         server.on_states_changed = control.tell
+        if control.tell is not None:  # N processes: their status goes to the one with the listener
+            server.status_share = StatusShare(control.state_file)
+            if control.sock is None:
+                nursery.start_soon(server.status_share.publish, lambda: status(server, server.states))
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
@@ -262,11 +268,14 @@ def run_frontend(config: object, *, ready: object = None,
         try:
             return _supervise(config, groups, reload_config, control)
         finally:
-            if own_file and os.getpid() == parent:
-                try:
-                    os.unlink(state_file)
-                except OSError:
-                    pass
+            if os.getpid() == parent:
+                for pid in _reported(state_file):  # children killed before removing theirs
+                    StatusShare(state_file).remove(pid)
+                if own_file:
+                    try:
+                        os.unlink(state_file)
+                    except OSError:
+                        pass
     finally:
         if control_sock is not None:
             control_sock.close()
@@ -275,6 +284,18 @@ def run_frontend(config: object, *, ready: object = None,
                 os.unlink(pid_file)
             except OSError:
                 pass
+
+
+def _reported(state_file: str) -> list[int]:
+    """The pids whose status reports lie beside ``state_file``."""
+    import glob
+
+    pids = []
+    for path in glob.glob(glob.escape(state_file) + ".status.*"):
+        suffix = path.rsplit(".", 1)[1]
+        if suffix.isdigit():
+            pids.append(int(suffix))
+    return pids
 
 
 def _supervise(config: object, groups: list[list[socket.socket]],

@@ -182,6 +182,8 @@ class FrontendServer:
 
     #: Called after a control command changed the states (None: nobody to tell).
     on_states_changed: typing.Callable[[], None] | None = None
+    #: The sibling processes' status reports (``_status_share``), for the control listener.
+    status_share: typing.Any = None
 
     def reload_states(self) -> None:
         """Read ``server_state_file`` again and serve what it sets (a sibling process ran a command)."""

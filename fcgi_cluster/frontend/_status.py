@@ -64,16 +64,14 @@ def status(server: typing.Any, states: typing.Any) -> dict[str, object]:
             })
         upstreams.append({"name": name, "balance": upstream.config.balance, "servers": servers})
     frontend = site.frontend
-    return {
-        "time": time.time(),
-        "process": {
-            "pid": os.getpid(),
-            "clients": frontend.max_connections - server.connections.value,
-            "accepted": server.accepted,
-            "requests_in_flight": server.active_requests,
-        },
-        "upstreams": upstreams,
+    process = {
+        "pid": os.getpid(),
+        "clients": frontend.max_connections - server.connections.value,
+        "accepted": server.accepted,
+        "requests_in_flight": server.active_requests,
     }
+    # "processes": every front-end process's row (``_status_share.merge`` adds the others').
+    return {"time": time.time(), "process": process, "processes": [process], "upstreams": upstreams}
 
 
 def _label(value: object) -> str:
@@ -91,10 +89,11 @@ def openmetrics(report: dict[str, typing.Any]) -> str:
             text = ",".join(f'{key}="{_label(val)}"' for key, val in labels.items())
             lines.append(f"{name}{suffix}{{{text}}} {value}")
 
-    process = report["process"]
-    pid = {"pid": process["pid"]}
-    family("fcgi_cluster_clients", "gauge", "Client connections open.", [("", pid, process["clients"])])
-    family("fcgi_cluster_accepted", "counter", "Client connections accepted.", [("_total", pid, process["accepted"])])
+    processes = report["processes"]
+    family("fcgi_cluster_clients", "gauge", "Client connections open.",
+           [("", {"pid": p["pid"]}, p["clients"]) for p in processes])
+    family("fcgi_cluster_accepted", "counter", "Client connections accepted.",
+           [("_total", {"pid": p["pid"]}, p["accepted"]) for p in processes])
     servers = [(up["name"], s) for up in report["upstreams"] for s in up["servers"]]
 
     def labels(up: str, entry: dict[str, object]) -> dict[str, object]:

@@ -197,6 +197,14 @@ def test_two_processes_both_apply_a_command(tmp_path: pathlib.Path) -> None:
             # New connections land on either process: none goes to b.
             wait_for(lambda: {who(port) for _ in range(20)} == {a}, timeout=20)
             assert {who(port) for _ in range(40)} == {a}
+            # The status sums both processes: a row each, every request counted once.
+            wait_for(lambda: len(status(control)["processes"]) == 2, timeout=20)
+            before = servers(control)[a]["requests"]
+            for _ in range(30):
+                who(port)
+            wait_for(lambda: servers(control)[a]["requests"] - before == 30, timeout=20)
+            report = status(control)
+            assert sum(p["accepted"] for p in report["processes"]) >= 60 + 30
             process.send_signal(signal.SIGTERM)
             assert process.wait(15) == 0
 
