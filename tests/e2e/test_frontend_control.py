@@ -63,8 +63,8 @@ def test_drain_lets_in_flight_requests_finish_and_sends_no_new_one(tmp_path: pat
         with frontend(path, port) as process:
             assert sorted(who(port) for _ in range(4)) == sorted([a, a, b, b])
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
-                # Slow requests (1.5 s each) on both servers, then drain b.
-                slow = [pool.submit(who, port, "?sleep_ms=1500") for _ in range(4)]
+                # Slow requests (6 s each: room for the commands on a busy machine) on both servers, then drain b.
+                slow = [pool.submit(who, port, "?sleep_ms=6000") for _ in range(4)]
                 wait_for(lambda: servers(control)[b]["in_flight"] == 2)
                 done = ctl(control, "drain", "app", b)
                 assert done.returncode == 0, done.stderr
