@@ -41,6 +41,9 @@ MAX_HEAD = 8 * 1024
 MAX_BODY = 4 * 1024
 #: Seconds a control client may take to send its request.
 READ_TIMEOUT = 10.0
+#: Bytes, and seconds, read and dropped after an answer before closing (``_linger``).
+LINGER_BYTES = 64 * 1024
+LINGER_SECONDS = 1.0
 
 _REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
 
@@ -100,7 +103,24 @@ async def _answer(stream: trio.SocketStream, server: typing.Any) -> None:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
     finally:
+        await _linger(stream)
         await trio.aclose_forcefully(stream)
+
+
+async def _linger(stream: trio.SocketStream) -> None:
+    """Read what the peer still sends, briefly, before closing: closing on unread data resets
+    the connection, and the peer could lose the answer (nginx's lingering close)."""
+    with trio.move_on_after(LINGER_SECONDS):
+        try:
+            await stream.send_eof()
+            left = LINGER_BYTES
+            while left > 0:
+                chunk = await stream.receive_some(left)
+                if not chunk:
+                    return
+                left -= len(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
 
 
 async def _read(stream: trio.SocketStream) -> tuple[str, str, str] | int:

@@ -89,6 +89,7 @@ th { background: #f0f0f0; } td.l, th.l { text-align: left; }
 "use strict";
 const REFRESH_MS = __REFRESH__ * 1000, KEEP = 150;
 const history = {};  // upstream -> [{t, requests, count, sum}]
+const previous = {};  // pid -> {t, n}: its requests at the last refresh
 // Any script error shows on the page (and a test of the page sees it).
 window.addEventListener("error", e => { document.getElementById("errors").textContent += " error: " + e.message; });
 window.addEventListener("unhandledrejection", e => { document.getElementById("errors").textContent += " rejected: " + e.reason; });
@@ -119,9 +120,14 @@ function latency(s) {
   return n ? (1000 * s.latency.sum / n).toFixed(1) + " ms" : "-";
 }
 function drawStatus(report) {
+  const rate = p => {  // requests/s of a process since the last refresh
+    const last = previous[p.pid], now = {t: report.time, n: p.requests};
+    previous[p.pid] = now;
+    return last ? (Math.max(0, now.n - last.n) / Math.max(1e-3, now.t - last.t)).toFixed(1) : "-";
+  };
   document.getElementById("process").replaceChildren(
-    table(["process", "clients held", "accepted", "requests in flight"],
-          report.processes.map(p => [p.pid, p.clients, p.accepted, p.requests_in_flight])));
+    table(["process", "clients held", "accepted", "requests", "requests/s", "requests in flight"],
+          report.processes.map(p => [p.pid, p.clients, p.accepted, p.requests, rate(p), p.requests_in_flight])));
   const box = document.getElementById("upstreams");
   box.replaceChildren();
   for (const up of report.upstreams) {
@@ -139,7 +145,7 @@ function drawStatus(report) {
     }
     box.append(el("h2", {}, `upstream ${up.name} `, el("span", {class: "muted"}, up.balance)));
     box.append(table(["server", "state", "weight", "requests", "failures", "retries", "in flight", "connections", "mean latency"],
-      up.servers.map(s => [s.address, el("span", {class: s.state}, s.state), s.weight, s.requests,
+      up.servers.map(s => [s.address, el("span", {class: s.state, title: s.since ? "since " + new Date(1000 * s.since).toLocaleString() : ""}, s.state + (s.since ? " " + Math.round(report.time - s.since) + " s" : "")), s.weight, s.requests,
         s.failures, s.retries, s.in_flight, s.connections + (s.multiplexed ? " (mux)" : ""), latency(s)])));
     box.append(el("div", {class: "plots"}, plot("requests/s", rates, "req/s"), plot("mean latency", lat, "ms")));
   }

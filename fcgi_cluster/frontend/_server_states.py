@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import typing
 
 from ._balancer import MAX_WEIGHT, Balancer, ServerSpec
@@ -52,6 +53,8 @@ class ServerStates:
         #: (upstream, address) -> weight, for servers the file does not list.
         self.added: dict[tuple[str, str], int] = {}
         self.removed: set[tuple[str, str]] = set()
+        #: (upstream, address) -> when (time.time()) its state was set.
+        self.since: dict[tuple[str, str], float] = {}
 
     # -- persistence ------------------------------------------------------------
 
@@ -63,6 +66,7 @@ class ServerStates:
         return json.dumps({
             "states": pairs(self.states), "weights": pairs(self.weights), "added": pairs(self.added),
             "removed": sorted([up, address] for up, address in self.removed),
+            "since": pairs(self.since),
         }, indent=1) + "\n"
 
     @classmethod
@@ -79,9 +83,14 @@ class ServerStates:
             states.weights = {(str(u), str(a)): int(v) for u, a, v in data["weights"]}
             states.added = {(str(u), str(a)): int(v) for u, a, v in data["added"]}
             states.removed = {(str(u), str(a)) for u, a in data["removed"]}
+            states.since = {(str(u), str(a)): float(v) for u, a, v in data.get("since", ())}
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a server-state document: {exc!r}") from None
         return states
+
+    def since_of(self, upstream: str, address: str) -> float | None:
+        """When (``time.time()``) the server's state was last set by a command; None for never."""
+        return self.since.get((upstream, address))
 
     def copy(self) -> ServerStates:
         return ServerStates.from_json(self.to_json())
@@ -133,6 +142,10 @@ class ServerStates:
             trial.states.pop(key, None)
         else:
             trial.states[key] = verb
+        if verb in STATES:
+            trial.since[key] = time.time()
+        elif verb == "remove":
+            trial.since.pop(key, None)
         # Would the upstream still stand? (not every server removed, say)
         try:
             Balancer(trial.servers(upstream, config.upstreams[upstream]), config.upstreams[upstream].balance)

@@ -48,6 +48,7 @@ def status(server: typing.Any, states: typing.Any) -> dict[str, object]:
             servers.append({
                 "address": address,
                 "state": state,
+                "since": states.since_of(name, address),
                 "weight": entry["weight"],
                 "backup": entry["backup"],
                 "requests": entry["requests"],
@@ -68,6 +69,7 @@ def status(server: typing.Any, states: typing.Any) -> dict[str, object]:
         "pid": os.getpid(),
         "clients": frontend.max_connections - server.connections.value,
         "accepted": server.accepted,
+        "requests": site.requests,
         "requests_in_flight": server.active_requests,
     }
     # "processes": every front-end process's row (``_status_share.merge`` adds the others').
@@ -94,6 +96,8 @@ def openmetrics(report: dict[str, typing.Any]) -> str:
            [("", {"pid": p["pid"]}, p["clients"]) for p in processes])
     family("fcgi_cluster_accepted", "counter", "Client connections accepted.",
            [("_total", {"pid": p["pid"]}, p["accepted"]) for p in processes])
+    family("fcgi_cluster_requests", "counter", "Requests begun.",
+           [("_total", {"pid": p["pid"]}, p["requests"]) for p in processes])
     servers = [(up["name"], s) for up in report["upstreams"] for s in up["servers"]]
 
     def labels(up: str, entry: dict[str, object]) -> dict[str, object]:

@@ -505,6 +505,10 @@ class Upstream:
         self.buffering = answer_buffering(config, pool)
         #: Servers an active health check found failing: never chosen.
         self.unhealthy: set[int] = set()
+        if previous is not None and previous.unhealthy:
+            # Still failing until a check passes, whatever their new positions.
+            failing = {previous.servers[index].address for index in previous.unhealthy}
+            self.unhealthy = {index for index, spec in enumerate(specs) if spec.address in failing}
         # ``hash_key = "cookie:sid"`` as ("cookie", b"sid"), split once here
         # rather than on every request.
         kind, _, name = config.hash_key.partition(":")  # type: ignore[attr-defined]

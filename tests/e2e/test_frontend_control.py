@@ -68,7 +68,8 @@ def test_drain_lets_in_flight_requests_finish_and_sends_no_new_one(tmp_path: pat
                 wait_for(lambda: servers(control)[b]["in_flight"] == 2)
                 done = ctl(control, "drain", "app", b)
                 assert done.returncode == 0, done.stderr
-                assert servers(control)[b]["state"] == "drain"
+                drained = servers(control)[b]
+                assert drained["state"] == "drain" and drained["since"] > 0
                 # New requests go to a only, while b's slow ones run on.
                 assert {who(port) for _ in range(6)} == {a}
                 assert servers(control)[b]["in_flight"] == 2
@@ -168,6 +169,7 @@ def test_status_json_and_openmetrics_count_requests(tmp_path: pathlib.Path) -> N
                 assert after[address]["connections"] >= 1
             report = status(control)
             assert report["process"]["accepted"] >= 6
+            assert report["process"]["requests"] >= 6
             done = ctl(control, "metrics")
             assert done.returncode == 0, done.stderr
             families = {f.name: f for f in text_string_to_metric_families(done.stdout)}
