@@ -31,8 +31,9 @@ def cluster_file(port: int, control: str, workers: list[int], *, processes: int 
     return text + f'\n[upstream.app]\nservers = [{servers}]\n'
 
 
-def ctl(control: str, *words: str) -> subprocess.CompletedProcess:
-    argv = [python_executable(), "-m", "fcgi_cluster.cli", "ctl", "--control", control, *words]
+def ctl(control: str, *words: str, config: pathlib.Path | None = None) -> subprocess.CompletedProcess:
+    where = ["-c", str(config)] if config is not None else ["--control", control]
+    argv = [python_executable(), "-m", "fcgi_cluster.cli", "ctl", *where, *words]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=REPO_ROOT, env=env)
 
@@ -92,7 +93,7 @@ def test_commands_take_effect_survive_a_reload_and_bad_ones_are_refused(tmp_path
         a, b, c = (f"127.0.0.1:{w}" for w in (w1, w2, w3))
         path.write_text(cluster_file(port, control, [w1, w2], state=str(state)))
         with frontend(path, port) as process:
-            assert ctl(control, "down", "app", b).returncode == 0
+            assert ctl(control, "down", "app", b, config=path).returncode == 0  # the address from the file
             assert {who(port) for _ in range(4)} == {a}
             assert ctl(control, "add", "app", c, "3").returncode == 0
             assert sorted(who(port) for _ in range(8)) == sorted([a, a, c, c, c, c, c, c])
