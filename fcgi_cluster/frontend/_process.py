@@ -240,6 +240,7 @@ def run_frontend(config: object, *, ready: object = None,
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     groups = bind_listeners(list(fe.listen), processes)
+    parent_pid = os.getpid()
     control_sock = None
     if fe.control:
         try:
@@ -279,6 +280,12 @@ def run_frontend(config: object, *, ready: object = None,
     finally:
         if control_sock is not None:
             control_sock.close()
+            path = parse_address(fe.control).path
+            if path is not None and os.getpid() == parent_pid:
+                try:
+                    os.unlink(path)  # a socket nobody serves would only mislead ctl
+                except OSError:
+                    pass
         if pid_file:
             try:
                 os.unlink(pid_file)

@@ -235,6 +235,7 @@ def test_a_unix_control_socket_without_a_file_and_bad_requests(tmp_path: pathlib
             assert process.poll() is None
             process.send_signal(signal.SIGTERM)
             assert process.wait(15) == 0
+    assert not (tmp_path / "control.sock").exists()  # removed at exit
     # Nobody listens any more: ctl says so and exits 1.
     done = ctl(control, "status")
     assert done.returncode == 1
