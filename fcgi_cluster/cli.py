@@ -157,6 +157,8 @@ def _frontend_main(argv: list[str]) -> int:
     parser.add_argument("--processes", "-p", help='front-end processes sharing the port: a number or "auto"')
     parser.add_argument("--access-log", help='"-" (stdout), a file, or "off"')
     parser.add_argument("--max-body-size", help='largest request body, e.g. "100m"; 0 = unlimited (without -c)')
+    parser.add_argument("--control", metavar="ADDRESS",
+                        help="control and status listener (host:port or unix:/path), for fcgi-cluster ctl")
     parser.add_argument("-t", "--test", action="store_true",
                         help="with -c: check the file and exit 0 (good) or 1 (the error, as file:line: key)")
     parser.add_argument("-s", "--signal", choices=["reload", "stop"],
@@ -186,6 +188,8 @@ def _frontend_main(argv: list[str]) -> int:
         overrides["processes"] = int(args.processes) if args.processes.isdigit() else args.processes
     if args.access_log is not None:
         overrides["access_log"] = False if args.access_log == "off" else args.access_log
+    if args.control is not None:
+        overrides["control"] = args.control
     try:
         if args.config:
             if args.upstream or args.root or args.max_body_size:
@@ -253,6 +257,12 @@ def _up_main(argv: list[str]) -> int:
     return up_main(argv)
 
 
+def _ctl_main(argv: list[str]) -> int:
+    from .frontend._ctl import ctl_main
+
+    return ctl_main(argv)
+
+
 def _request_main(argv: list[str]) -> int:
     from .client._cli import request_main
 
@@ -264,6 +274,7 @@ COMMANDS = {
     "frontend": (_frontend_main, "serve HTTP and balance requests over FastCGI workers"),
     "worker": (_worker_main, "serve a WSGI/ASGI app over FastCGI"),
     "request": (_request_main, "send one FastCGI request and print the answer"),
+    "ctl": (_ctl_main, "drain, down, up, reweigh, add or remove a running front-end's server; its status"),
 }
 
 

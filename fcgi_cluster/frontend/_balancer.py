@@ -412,6 +412,15 @@ class Balancer:
             peer.trial_until = None
             peer.fails = 0
 
+    def carry_counts(self, previous: Balancer) -> None:
+        """Go on with ``previous``'s request and failure totals for the servers both have (a reload)."""
+        old = {spec.address: peer for spec, peer in zip(previous.servers, previous._peers)}
+        for spec, peer in zip(self.servers, self._peers):
+            before = old.get(spec.address)
+            if before is not None:
+                peer.requests = before.requests
+                peer.total_fails = before.total_fails
+
     # -- inspection -----------------------------------------------------------
 
     def is_available(self, index: int) -> bool:

@@ -471,7 +471,7 @@ class ClientConnection:
             # The worker's body did not match its own Content-Length.
             log.warning("upstream %s: %s: %s", upstream.name, upstream.servers[result.index].address, exc)
         finally:
-            result.finish(upstream_failed)
+            result.finish(upstream_failed, started)
             self._log(head, response.status, 0 if relay is None else relay.sent, started)
             if response.has_stderr:
                 log_stderr(upstream.servers[result.index].address, response.stderr)
@@ -732,7 +732,7 @@ class CallbackAnswer:
     def _finish(self) -> None:
         if not self._finished:
             self._finished = True
-            finish_try(self.response, self.upstream, self.index, self.conn)  # type: ignore[arg-type]
+            finish_try(self.response, self.upstream, self.index, self.conn, started=self.started)  # type: ignore[arg-type]
 
     def _write(self) -> None:
         """The request ended well: send its answer, then serve the connection on."""

@@ -94,6 +94,10 @@ class FrontendConfig:
         max_body_size: bytes of request body; 0 means unlimited.
         underscores_in_headers: pass header names holding "_" to workers.
         tls: TLS termination, or None for plain HTTP.
+        control: the control and status listener (``_control``); "" for none.
+        control_allow: CIDR networks whose clients the control listener serves.
+        server_state_file: where runtime server states are kept ("" for memory only).
+        pool_status_path: the worker pools' status path the dashboard fetches ("" for none).
     """
 
     listen: tuple[str, ...] = ("127.0.0.1:8080",)  # loopback: exposing a server is a decision
@@ -116,6 +120,10 @@ class FrontendConfig:
     # X-Forwarded-For: both become HTTP_X_FORWARDED_FOR.
     underscores_in_headers: bool = False
     tls: TLSConfig | None = None
+    control: str = ""  # off: runtime control is a decision, as HAProxy's stats socket
+    control_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # loopback only
+    server_state_file: str = ""
+    pool_status_path: str = ""  # pools set pm.status_path themselves; php-fpm has no default
 
 
 @dataclass(frozen=True, slots=True)

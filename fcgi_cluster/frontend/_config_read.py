@@ -167,6 +167,8 @@ def read_frontend(ctx: Context, path: KeyPath, data: Mapping[str, Any]) -> Front
         values["access_log"] = None if log is False else log if log == "-" else ctx.file_path(log)
     if values["error_log"] != "-":
         values["error_log"] = ctx.file_path(values["error_log"])
+    if values["server_state_file"]:
+        values["server_state_file"] = ctx.file_path(values["server_state_file"])
     tls = table.table("tls", "[frontend.tls]")
     if tls is not None:
         values["tls"] = _tls(ctx, path + ("tls",), tls)

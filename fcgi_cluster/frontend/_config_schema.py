@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import ipaddress
 import re
 from typing import Any, Callable
 
@@ -81,6 +82,29 @@ def address(value: object) -> str:
     if parsed.is_unix and not text.startswith(("/", "./", "../")):
         text = f"unix:{text}"
     return text
+
+
+def optional_url_path(value: object) -> str:
+    """A URL path, or "" for none."""
+    return "" if value == "" else url_path(value)
+
+
+def control_address(value: object) -> str:
+    """An address, or "" for none."""
+    return "" if value == "" else address(value)
+
+
+def networks(value: object) -> tuple[str, ...]:
+    """An array of CIDR networks (``"10.0.0.0/8"``, ``"::1/128"``), normalised."""
+    if not isinstance(value, list):
+        raise ValueError(f"must be an array of CIDR networks, got {show(value)}")
+    out = []
+    for item in value:
+        try:
+            out.append(str(ipaddress.ip_network(string(item), strict=False)))
+        except ValueError as exc:
+            raise ValueError(f"bad network {show(item)}: {exc}") from None
+    return tuple(out)
 
 
 def regex(value: object) -> re.Pattern[str]:
@@ -196,6 +220,10 @@ FRONTEND: tuple[Key, ...] = (
     Key("max_body_size", size(0), _F["max_body_size"], "bytes of request body (413); 0 for no limit", "bytes"),
     Key("underscores_in_headers", typed_boolean, _F["underscores_in_headers"], 'pass header names holding "_" to workers'),
     Key("tls", None, _F["tls"], "the [frontend.tls] table: TLS termination; none is plain HTTP"),
+    Key("control", control_address, _F["control"], 'control and status listener (host:port or unix:/path); "" for none'),
+    Key("control_allow", networks, _F["control_allow"], "CIDR networks the control listener serves; others are refused"),
+    Key("server_state_file", string, _F["server_state_file"], 'file keeping servers set by control across restarts; "" for none'),
+    Key("pool_status_path", optional_url_path, _F["pool_status_path"], 'the pools\' pm.status_path, which the dashboard fetches over FastCGI; "" for none'),
 )  # fmt: skip
 
 TLS: tuple[Key, ...] = (
@@ -325,6 +353,6 @@ def default_text(key: Key) -> str:
         return _size_text(value)  # type: ignore[arg-type]
     if isinstance(value, tuple) and len(value) == 1:
         return show(value[0])
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
     return show(value)

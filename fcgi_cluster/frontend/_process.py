@@ -19,16 +19,26 @@ and swapped in for new requests (``FrontendServer.reload``); a file that fails
 its checks is logged (file, line, key) and the running configuration stays.
 With N processes the parent reads the file too (a child it restarts later
 starts with the new one) and forwards the signal; every child reloads.
+
+The control listener (``[frontend] control``) is bound here too and served
+by one process: the first child when there are N. A command it runs is
+written to the server-state file (``server_state_file``, else a file of the
+parent's own under $TMPDIR, removed at exit), and SIGUSR2 to the parent,
+which forwards it, makes every child read that file: one process answers
+commands, every process applies them, and a child restarted later starts
+with them.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import signal
 import socket
 import sys
+import tempfile
 import time
 import typing
 
@@ -38,6 +48,8 @@ from .._address import Address, bound_address, parse_address
 from .._limits import keep_buffers_on_the_heap, raise_open_file_limit
 from ._config import ConfigError
 from ._server import serve_frontend
+from ._status import status
+from ._status_share import StatusShare
 
 __all__ = ["run_frontend", "bind_listeners", "BindError", "SHUTDOWN_GRACE"]
 
@@ -146,14 +158,33 @@ def _reload(server: typing.Any, reload_config: typing.Callable[[], object] | Non
     log.info("SIGHUP: configuration reloaded (%d upstreams, %d routes)", len(server.upstreams), len(server.routes))
 
 
+class _Control(typing.NamedTuple):
+    """The control listener of the process that serves it, and where the states are shared."""
+
+    sock: socket.socket | None
+    state_file: str | None
+    #: Tell the sibling processes that the states changed (None: there are none).
+    tell: typing.Callable[[], None] | None = None
+
+
 async def _serve_until_signalled(config: object, sockets: list[socket.socket],
-                                 reload_config: typing.Callable[[], object] | None = None) -> None:
+                                 reload_config: typing.Callable[[], object] | None = None,
+                                 control: _Control = _Control(None, None)) -> None:
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_frontend, config, sockets)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        server = await nursery.start(
+            functools.partial(serve_frontend, control=control.sock, state_file=control.state_file), config, sockets)
+        server.on_states_changed = control.tell
+        if control.tell is not None:  # N processes: their status goes to the one with the listener
+            server.status_share = StatusShare(control.state_file)
+            if control.sock is None:
+                nursery.start_soon(server.status_share.publish, lambda: status(server, server.states))
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     _reload(server, reload_config)
+                    continue
+                if signum == signal.SIGUSR2:
+                    server.reload_states()
                     continue
                 log.info("%s: stopping (requests in flight get %g s)", signal.Signals(signum).name, SHUTDOWN_GRACE)
                 break
@@ -164,7 +195,7 @@ async def _serve_until_signalled(config: object, sockets: list[socket.socket],
 
                     async def second_signal() -> None:
                         async for signum in signals:
-                            if signum != signal.SIGHUP:
+                            if signum not in (signal.SIGHUP, signal.SIGUSR2):
                                 waiters.cancel_scope.cancel()
                                 return
 
@@ -174,9 +205,10 @@ async def _serve_until_signalled(config: object, sockets: list[socket.socket],
         nursery.cancel_scope.cancel()
 
 
-def _child(config: object, sockets: list[socket.socket], reload_config: typing.Callable[[], object] | None) -> int:
+def _child(config: object, sockets: list[socket.socket], reload_config: typing.Callable[[], object] | None,
+           control: _Control = _Control(None, None)) -> int:
     try:
-        trio.run(_serve_until_signalled, config, sockets, reload_config)
+        trio.run(_serve_until_signalled, config, sockets, reload_config, control)
     except KeyboardInterrupt:
         pass
     except BaseException:
@@ -206,7 +238,19 @@ def run_frontend(config: object, *, ready: object = None,
     keep_buffers_on_the_heap()
     # Until the serving loop listens for it, a SIGHUP must not kill us.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     groups = bind_listeners(list(fe.listen), processes)
+    parent_pid = os.getpid()
+    control_sock = None
+    if fe.control:
+        try:
+            control_sock = bind_listeners([fe.control])[0][0]
+        except BaseException:
+            for group in groups:
+                for sock in group:
+                    sock.close()
+            raise
+        log.info("control listener on %s", bound_address(control_sock))
     bound = [bound_address(sock) for sock in groups[0]]
     for text in bound:
         log.info("listening on %s (%d process%s)", text, processes, "" if processes == 1 else "es")
@@ -217,9 +261,31 @@ def run_frontend(config: object, *, ready: object = None,
             file.write(f"{os.getpid()}\n")
     try:
         if processes == 1:
-            return _child(config, groups[0], reload_config)
-        return _supervise(config, groups, reload_config)
+            return _child(config, groups[0], reload_config, _Control(control_sock, None))
+        state_file = fe.server_state_file or os.path.join(tempfile.gettempdir(), f"fcgi-cluster-{os.getpid()}.state")
+        own_file = not fe.server_state_file
+        parent = os.getpid()
+        control = _Control(control_sock, state_file, lambda: os.kill(parent, signal.SIGUSR2))
+        try:
+            return _supervise(config, groups, reload_config, control)
+        finally:
+            if os.getpid() == parent:
+                for pid in _reported(state_file):  # children killed before removing theirs
+                    StatusShare(state_file).remove(pid)
+                if own_file:
+                    try:
+                        os.unlink(state_file)
+                    except OSError:
+                        pass
     finally:
+        if control_sock is not None:
+            control_sock.close()
+            path = parse_address(fe.control).path
+            if path is not None and os.getpid() == parent_pid:
+                try:
+                    os.unlink(path)  # a socket nobody serves would only mislead ctl
+                except OSError:
+                    pass
         if pid_file:
             try:
                 os.unlink(pid_file)
@@ -227,8 +293,20 @@ def run_frontend(config: object, *, ready: object = None,
                 pass
 
 
+def _reported(state_file: str) -> list[int]:
+    """The pids whose status reports lie beside ``state_file``."""
+    import glob
+
+    pids = []
+    for path in glob.glob(glob.escape(state_file) + ".status.*"):
+        suffix = path.rsplit(".", 1)[1]
+        if suffix.isdigit():
+            pids.append(int(suffix))
+    return pids
+
+
 def _supervise(config: object, groups: list[list[socket.socket]],
-               reload_config: typing.Callable[[], object] | None) -> int:
+               reload_config: typing.Callable[[], object] | None, control: _Control) -> int:
     children: dict[int, int] = {}  # pid -> slot
     started: dict[int, float] = {}
     stopping = False
@@ -239,9 +317,12 @@ def _supervise(config: object, groups: list[list[socket.socket]],
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            signal.signal(signal.SIGUSR2, signal.SIG_IGN)
             status = 1
             try:
-                status = _child(config, groups[slot], reload_config)
+                # One child answers control commands; each reads the states.
+                mine = control if slot == 0 else control._replace(sock=None)
+                status = _child(config, groups[slot], reload_config, mine)
             finally:
                 os._exit(status)
         children[pid] = slot
@@ -249,6 +330,13 @@ def _supervise(config: object, groups: list[list[socket.socket]],
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping, config
+        if signum == signal.SIGUSR2:  # a child ran a control command: every child reads the states
+            for pid in list(children):
+                try:
+                    os.kill(pid, signal.SIGUSR2)
+                except ProcessLookupError:
+                    pass
+            return
         if signum == signal.SIGHUP:
             if stopping:
                 return
@@ -271,6 +359,7 @@ def _supervise(config: object, groups: list[list[socket.socket]],
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+    signal.signal(signal.SIGUSR2, on_signal)
     for slot in range(len(groups)):
         spawn(slot)
     status = 0

@@ -92,32 +92,38 @@ class ProxyResult:
     index: int
     _conn: object
 
-    def finish(self, upstream_failed: bool = False) -> None:
+    def finish(self, upstream_failed: bool = False, started: float = 0.0) -> None:
         """Close the response, give the connection back, tell the balancer how it went.
 
         Args:
             upstream_failed: the worker failed mid-body (connection lost,
                 garbage, timeout): counted against its ``max_fails``. A client
                 that went away is not the worker's fault.
+            started: the request's start (``time.time()``), for the latency histogram.
         """
-        finish_try(self.response, self.upstream, self.index, self._conn, upstream_failed)  # type: ignore[arg-type]
+        finish_try(self.response, self.upstream, self.index, self._conn, upstream_failed, started)  # type: ignore[arg-type]
 
 
 def finish_try(
-    response: ResponseStream, upstream: Upstream, index: int, conn: Connection, upstream_failed: bool = False
+    response: ResponseStream, upstream: Upstream, index: int, conn: Connection, upstream_failed: bool = False,
+    started: float = 0.0,
 ) -> None:
     """``ProxyResult.finish``, for a caller that holds the parts rather than a ``ProxyResult``."""
     response.close()
     # Closing the response aborted the request if it had not ended; the
     # server keeps the connection only if it is healthy and now idle (a
     # multiplexed one serves on: other requests may be using it).
-    upstream.servers[index].release(conn)
+    server = upstream.servers[index]
+    server.release(conn)
     balancer = upstream.balancer
     balancer.finished(index)
     if upstream_failed:
         balancer.failed(index)
+        server.counters.aborted += 1
     else:
         balancer.succeeded(index)
+        if started:
+            server.counters.observe(time.time() - started)
 
 
 async def open_upstream_response(
@@ -207,16 +213,26 @@ async def open_upstream_response(
             if conn is not None:
                 server.release(conn)
             balancer.finished(index)
+            counters = server.counters
             if isinstance(exc, RequestRefused):
+                counters.refused += 1
                 status, reason = 502, f"{server.address} refused the request: {exc}"
             elif isinstance(exc, ServerBusy):
+                counters.busy += 1
                 status, reason = 503, str(exc)
             elif isinstance(exc, ResponseOverflow):
+                counters.protocol += 1
                 # A head too large for the buffering: the worker is alive.
                 status, reason = 502, f"{server.address}: {exc}"
             else:
                 balancer.failed(index)
                 server.forget_capabilities()
+                if isinstance(exc, trio.TooSlowError):
+                    counters.timeout += 1
+                elif isinstance(exc, ConnectError):
+                    counters.connect += 1
+                else:
+                    counters.protocol += 1
                 status = 504 if isinstance(exc, trio.TooSlowError) else 502
                 reason = (
                     f"{server.address} did not answer within {read_timeout:g} s"
@@ -232,6 +248,7 @@ async def open_upstream_response(
                 retry = False
             if not retry or time.monotonic() >= give_up_at:
                 break
+            counters.retries += 1
         except BaseException:
             if response is not None:
                 response.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
 import ssl
 import typing
@@ -27,7 +28,9 @@ from .._accept import accept_loop
 from ._cgi import ConnectionParams
 from ._client import ClientConnection
 from ._client_io import ClientIO
+from ._control import serve_control
 from ._hub import HUB_AVAILABLE, Hub
+from ._server_states import ServerStates
 from ._site import Site, SiteView
 from ._upstream import run_health_checks
 
@@ -36,8 +39,9 @@ __all__ = ["FrontendServer", "serve_frontend", "RESTART_KEYS"]
 #: [frontend] keys a reload cannot change in a running process: the
 #: listening sockets and processes are made once (nginx rebinds; we keep
 #: them and say so), the connection count bounds a semaphore already in
-#: use, the TLS context and error log are set up at start.
-RESTART_KEYS = ("listen", "processes", "max_connections", "tls", "error_log")
+#: use, the TLS context and error log are set up at start, and so are the
+#: control listener and the server-state file.
+RESTART_KEYS = ("listen", "processes", "max_connections", "tls", "error_log", "control", "server_state_file")
 
 log = logging.getLogger("fcgi_cluster.frontend")
 
@@ -49,10 +53,19 @@ class FrontendServer:
     ``reload`` swaps in a new configuration.
     """
 
-    def __init__(self, config: object, nursery: trio.Nursery) -> None:
+    def __init__(self, config: typing.Any, nursery: trio.Nursery, state_file: str | None = None) -> None:
         self._nursery = nursery
+        #: Where control commands' states are kept ("" for nowhere): the
+        #: file's ``server_state_file``, unless the process runner gives one.
+        self.state_file = config.frontend.server_state_file if state_file is None else state_file
+        #: Servers set by control commands (``_server_states``), kept over reloads.
+        self.states = load_states(self.state_file)
+        #: The configuration as the file has it, before ``states`` apply.
+        self.file_config = config
+        #: Clients accepted so far (the status page's figure).
+        self.accepted = 0
         #: The configuration new requests get.
-        self.site = Site(config, nursery)
+        self.site = Site(self.states.apply(config), nursery)
         #: Sites replaced by a reload that still have requests in flight.
         self._retiring: list[Site] = []
         self._health: dict[int, trio.CancelScope] = {}
@@ -129,6 +142,8 @@ class FrontendServer:
         addresses with unchanged connection settings keep their connections.
         Requests in flight finish under the site they began with.
         """
+        self.file_config = config
+        config = self.states.apply(config)
         old = self.site
         kept = [key for key in RESTART_KEYS if getattr(config.frontend, key) != getattr(old.frontend, key)]
         if kept:
@@ -144,6 +159,38 @@ class FrontendServer:
         self._retiring.append(old)
         self._nursery.start_soon(self._retire, old)
         return kept
+
+    def control(self, line: str) -> str:
+        """Carry out one control command (``ServerStates.execute``) for new requests; returns what was done.
+
+        The states are written to ``server_state_file`` when there is one,
+        then ``on_states_changed`` (set by the process runner) tells sibling
+        processes to read it.
+
+        Raises:
+            ControlError: the command cannot be carried out; nothing changed.
+        """
+        done = self.states.execute(line, self.file_config)
+        path = self.state_file
+        if path:
+            save_states(path, self.states)
+        self.reload(self.file_config)
+        log.info("control: %s", done)
+        if self.on_states_changed is not None:
+            self.on_states_changed()
+        return done
+
+    #: Called after a control command changed the states (None: nobody to tell).
+    on_states_changed: typing.Callable[[], None] | None = None
+    #: The sibling processes' status reports (``_status_share``), for the control listener.
+    status_share: typing.Any = None
+
+    def reload_states(self) -> None:
+        """Read ``server_state_file`` again and serve what it sets (a sibling process ran a command)."""
+        path = self.state_file
+        if path:
+            self.states = load_states(path)
+            self.reload(self.file_config)
 
     async def _retire(self, old: Site) -> None:
         """Once ``old`` has no request in flight: close what no site in use shares with it."""
@@ -203,6 +250,7 @@ class FrontendServer:
         connection) and answers it as it answers any other, so a client that
         sends one request per connection costs no task either.
         """
+        self.accepted += 1
         hub = self.hub
         if hub is None or self._ssl_context is not None:
             nursery.start_soon(self._connection_task, stream, local)
@@ -263,10 +311,34 @@ class FrontendServer:
             https=self._ssl_context is not None,
         )
 
+def load_states(path: str) -> ServerStates:
+    """The server-state file's states; empty when there is none (or it cannot be read: logged)."""
+    if not path:
+        return ServerStates()
+    try:
+        with open(path, encoding="utf-8") as file:
+            return ServerStates.from_json(file.read())
+    except FileNotFoundError:
+        return ServerStates()
+    except (OSError, ValueError) as exc:
+        log.error("server_state_file %s: %s; starting with the servers as the cluster file has them", path, exc)
+        return ServerStates()
+
+
+def save_states(path: str, states: ServerStates) -> None:
+    """Write the server-state file whole (a rename, so a reader never sees half of it)."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(states.to_json())
+    os.replace(temporary, path)
+
+
 async def serve_frontend(
     config: object,
     sockets: Sequence[socket.socket],
     *,
+    control: socket.socket | None = None,
+    state_file: str | None = None,
     task_status: trio.TaskStatus[FrontendServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run one front-end process on already-bound listening sockets until cancelled.
@@ -274,15 +346,19 @@ async def serve_frontend(
     Args:
         config: a ``ClusterConfig``.
         sockets: bound, listening stdlib sockets (shared with sibling processes or not).
+        control: the bound control listener's socket, if this process serves it.
+        state_file: the server-state file, when not the configuration's (``processes > 1``).
 
     Resource handling: upstream connections and client connections live in
     this function's nursery and are closed when it is cancelled.
     """
     async with trio.open_nursery() as nursery:
-        server = FrontendServer(config, nursery)
+        server = FrontendServer(config, nursery, state_file)
         server.start_health_checks()
         try:
             await nursery.start(server.serve, sockets)
+            if control is not None:
+                await nursery.start(serve_control, control, server)
             task_status.started(server)
             await trio.sleep_forever()
         finally:

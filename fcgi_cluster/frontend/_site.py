@@ -96,6 +96,8 @@ class Site:
         self.routes = config.routes  # type: ignore[attr-defined]
         self.route_plans = [self._plan(route) for route in self.routes]
         self.active_requests = 0
+        #: Requests begun in this process, over every site (the status page's).
+        self.requests = previous.requests if previous is not None else 0
         self._idle_lot = trio.lowlevel.ParkingLot()
 
     def retired_upstreams(self, successor: Site) -> list[Upstream]:
@@ -132,6 +134,7 @@ class Site:
 
     def request_started(self) -> None:
         self.active_requests += 1
+        self.requests += 1
 
     def request_ended(self) -> None:
         self.active_requests -= 1

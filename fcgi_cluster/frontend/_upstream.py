@@ -48,6 +48,7 @@ from .._address import Address, parse_address
 from ..client._buffer import Buffering, MemoryPool
 from ..client import ConnectError, Connection, FastCGIError, open_connection
 from ._balancer import Balancer
+from ._counters import ServerCounters
 
 __all__ = ["Server", "ServerBusy", "Upstream", "GET_VALUES_TIMEOUT", "answer_buffering", "ANSWER_POOL", "ANSWER_POOL_PER_REQUEST"]
 
@@ -136,6 +137,8 @@ class Server:
         self._queue: deque[_Waiter] = deque()
         #: ``_expire_waiters`` is running.
         self._expiring = False
+        #: Failures by kind, retries, latency (the status page's).
+        self.counters = ServerCounters()
 
     def forget_capabilities(self) -> None:
         """Ask GET_VALUES again on the next new connection (the worker may have changed)."""
@@ -476,6 +479,8 @@ class Upstream:
         # requests at the cap; the balancer would turn a full pool into 502s.
         uncapped = [dataclasses.replace(spec, max_conns=0) for spec in specs]
         self.balancer = Balancer(uncapped, config.balance)  # type: ignore[attr-defined]
+        if previous is not None:
+            self.balancer.carry_counts(previous.balancer)
         multiplex = config.multiplex != "off"  # type: ignore[attr-defined]
         settings = (multiplex, config.connections, config.keepalive,  # type: ignore[attr-defined]
                     config.connect_timeout, config.send_timeout)  # type: ignore[attr-defined]
@@ -500,6 +505,10 @@ class Upstream:
         self.buffering = answer_buffering(config, pool)
         #: Servers an active health check found failing: never chosen.
         self.unhealthy: set[int] = set()
+        if previous is not None and previous.unhealthy:
+            # Still failing until a check passes, whatever their new positions.
+            failing = {previous.servers[index].address for index in previous.unhealthy}
+            self.unhealthy = {index for index, spec in enumerate(specs) if spec.address in failing}
         # ``hash_key = "cookie:sid"`` as ("cookie", b"sid"), split once here
         # rather than on every request.
         kind, _, name = config.hash_key.partition(":")  # type: ignore[attr-defined]

@@ -1,0 +1,101 @@
+"""``fcgi-cluster ctl``: run a command on a running front-end's control listener, print its answer.
+
+    fcgi-cluster ctl -c cluster.toml drain app 127.0.0.1:9001
+    fcgi-cluster ctl --control unix:/run/fcgi-cluster.sock status
+    fcgi-cluster ctl --control 127.0.0.1:8081 metrics
+
+Exit status: 0 when the front-end carried the command out, 1 when it
+refused it (its message on stderr) or could not be reached, 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import socket
+import sys
+
+from .._address import parse_address
+
+__all__ = ["ctl_main", "control_request"]
+
+#: Seconds to wait for the front-end's answer.
+TIMEOUT = 30.0
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def control_request(address: str, method: str, path: str, body: str = "", timeout: float = TIMEOUT) -> tuple[int, str]:
+    """One request to a control listener: (HTTP status, body text).
+
+    Raises:
+        OSError: the listener cannot be reached or did not answer in time.
+        ValueError: ``address`` is not an address.
+    """
+    parsed = parse_address(address)
+    conn: http.client.HTTPConnection
+    if parsed.path is not None:
+        conn = _UnixConnection(parsed.path, timeout)
+    else:
+        conn = http.client.HTTPConnection(parsed.host or "127.0.0.1", parsed.port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body.encode(), headers={"Content-Type": "text/plain"})
+        response = conn.getresponse()
+        return response.status, response.read().decode("utf-8", "replace")
+    except http.client.HTTPException as exc:
+        raise OSError(f"bad answer from {address}: {exc!r}") from None
+    finally:
+        conn.close()
+
+
+def ctl_main(argv: list[str]) -> int:
+    """The ``ctl`` subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="fcgi-cluster ctl",
+        description="Control a running front-end: drain, down, up, weight, add, remove a server; "
+                    "show its status (JSON) or metrics (OpenMetrics).",
+    )
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("-c", "--config", metavar="FILE", help="cluster.toml whose [frontend] control to use")
+    where.add_argument("--control", metavar="ADDRESS", help="the control listener: host:port or unix:/path")
+    parser.add_argument("command", nargs="+",
+                        help="status | metrics | drain|down|up|remove UPSTREAM ADDRESS | "
+                             "weight UPSTREAM ADDRESS N | add UPSTREAM ADDRESS [WEIGHT]")
+    args = parser.parse_args(argv)
+    address = args.control
+    if args.config:
+        from ._config import ConfigError, load_config
+
+        try:
+            address = load_config(args.config).frontend.control
+        except (ConfigError, OSError) as exc:
+            print(f"fcgi-cluster ctl: {exc}", file=sys.stderr)
+            return 1
+        if not address:
+            print(f"fcgi-cluster ctl: {args.config} sets no [frontend] control listener", file=sys.stderr)
+            return 1
+    words = args.command
+    try:
+        if words == ["status"]:
+            status, text = control_request(address, "GET", "/status")
+        elif words == ["metrics"]:
+            status, text = control_request(address, "GET", "/metrics")
+        else:
+            status, text = control_request(address, "POST", "/control", " ".join(words))
+    except (OSError, ValueError) as exc:
+        print(f"fcgi-cluster ctl: cannot reach the control listener {address}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"fcgi-cluster ctl: {text.strip()}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
