@@ -12,6 +12,7 @@ import pathlib
 import signal
 import socket
 import subprocess
+import time
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
@@ -202,7 +203,17 @@ def test_two_processes_both_apply_a_command(tmp_path: pathlib.Path) -> None:
             assert {who(port) for _ in range(40)} == {a}
             # The status sums both processes: a row each, every request counted once.
             wait_for(lambda: len(status(control)["processes"]) == 2, timeout=20)
-            before = servers(control)[a]["requests"]
+            # The other process's figures are up to a second old: count from
+            # a total that no longer moves.
+            counts = [servers(control)[a]["requests"]]
+
+            def settled() -> bool:
+                time.sleep(1.2)
+                counts.append(servers(control)[a]["requests"])
+                return counts[-1] == counts[-2]
+
+            wait_for(settled, timeout=20)
+            before = counts[-1]
             for _ in range(30):
                 who(port)
             wait_for(lambda: servers(control)[a]["requests"] - before == 30, timeout=20)
@@ -220,7 +231,9 @@ def test_a_unix_control_socket_without_a_file_and_bad_requests(tmp_path: pathlib
     control = f"unix:{tmp_path / 'control.sock'}"
     with worker_process() as (w1, _), worker_process() as (w2, _):
         a, b = f"127.0.0.1:{w1}", f"127.0.0.1:{w2}"
-        with frontend_process("--upstream", a, "--upstream", b, "--control", control) as (port, process):
+        # One process: the round robin counted below is per process.
+        argv = ("--processes", "1", "--upstream", a, "--upstream", b, "--control", control)
+        with frontend_process(*argv) as (port, process):
             wait_for(lambda: (tmp_path / "control.sock").exists())
             done = ctl(control, "drain", "default", a)
             assert done.returncode == 0, done.stderr
