@@ -21,7 +21,6 @@ Pages (JSON answers, with the pid of the process that served):
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
