@@ -23,9 +23,7 @@ releases the session's lock unsaved and propagates (the worker answers 500).
 from __future__ import annotations
 
 import contextvars
-import functools
 import logging
-import threading
 from typing import Any, Callable, Iterable
 
 from ._session import Session
@@ -101,33 +99,6 @@ def open_session_store(settings: SessionSettings, *, check: bool = True) -> Sess
         raise SessionConfigError("session.save_path", str(exc)) from None
 
 
-def _thread_bridge(loop_store: Any) -> tuple[Callable[..., Any] | None, int | None]:
-    """``(from_thread, loop thread id)`` for a middleware made on the trio loop with a loop store, else Nones."""
-    if loop_store is None:
-        return None, None
-    import trio
-
-    try:
-        token = trio.lowlevel.current_trio_token()
-    except RuntimeError:
-        return None, None  # made outside the loop: sessions keep to the blocking store
-    return functools.partial(_run_on_loop, token), threading.get_ident()
-
-
-def _run_on_loop(token: Any, afn: Callable[..., Any], *args: Any) -> Any:
-    """Run ``afn(*args)`` on the loop of ``token`` from an app thread, and wait for it.
-
-    Raises:
-        StoreError: the loop has stopped (the worker is shutting down).
-    """
-    import trio
-
-    try:
-        return trio.from_thread.run(afn, *args, trio_token=token)
-    except trio.RunFinishedError:
-        raise StoreError("the worker is stopping: its session store client is closed") from None
-
-
 def session_middleware(app: Any, store: SessionStore, settings: SessionSettings, interface: str,
                        loop_store: Any = None) -> Any:
     """Wrap ``app`` (``interface`` "wsgi" or "asgi") with the matching middleware.
@@ -165,9 +136,6 @@ class WSGISessionMiddleware:
         self.loop_store = loop_store
         #: Whether the worker is to call ``begin`` and ``end`` around each request.
         self.loop_ends = settings.auto_start
-        #: How a session first used in an app thread reaches the loop store, and
-        #: the loop's thread (where the app runs with --threads 0: no hand-off there).
-        self._from_thread, self._loop_thread = _thread_bridge(loop_store)
 
     async def begin(self, environ: dict) -> "Preloaded":
         """On the worker's loop, before the app: make the request's session and load it.
@@ -220,9 +188,7 @@ class WSGISessionMiddleware:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         preloaded: Preloaded | None = environ.pop(_PRELOADED_KEY, None)
         if preloaded is None:
-            from_thread = self._from_thread if threading.get_ident() != self._loop_thread else None
-            session = Session(self.store, self.settings, environ.get("HTTP_COOKIE"),
-                              loop_store=self.loop_store if from_thread else None, from_thread=from_thread)
+            session = Session(self.store, self.settings, environ.get("HTTP_COOKIE"))
             environ[SESSION_KEY] = session
             environ[STORE_KEY] = self.store
         else:

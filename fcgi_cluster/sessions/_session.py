@@ -112,11 +112,6 @@ class Session(MutableMapping[str, Any]):
         loop_store: the store's client on the running trio loop (its methods are
             the store's, as coroutines); ``aload``/``asave``/``aabort`` then use
             it instead of a thread.
-        from_thread: with ``loop_store``, for a session used from an app thread:
-            how that thread runs a coroutine function on the loop and waits for
-            its result (``trio.from_thread.run`` bound to the loop's token). The
-            blocking ``load``/``save``/``abort`` then go through the loop store,
-            one hand-off each, so lazy sessions share its pipelined connection.
 
     Attributes:
         failure: the store error met, if any (the middleware answers 503 for it).
@@ -133,11 +128,9 @@ class Session(MutableMapping[str, Any]):
         async_mode: bool = False,
         run_sync: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
         loop_store: Any = None,
-        from_thread: Callable[..., Any] | None = None,
     ) -> None:
         self._store = store
         self._loop_store = loop_store
-        self._from_thread = from_thread if loop_store is not None else None
         self._settings = settings
         self._serializer: Serializer = get_serializer(settings.serialize_handler)
         self._incoming = session_id_from_cookies(cookie_header, settings.name)
@@ -441,13 +434,7 @@ class Session(MutableMapping[str, Any]):
     # --- running the steps against a store ----------------------------------------
 
     def _run(self, steps: _Steps) -> None:
-        """Drive ``steps`` with the blocking store: each store call they ask for is made here.
-
-        With ``from_thread``, the steps run on the loop store instead, this thread waiting.
-        """
-        if self._from_thread is not None:
-            self._from_thread(self._arun, steps)
-            return
+        """Drive ``steps`` with the blocking store: each store call they ask for is made here."""
         store = self._store
         resume, value = steps.send, None
         while True:
