@@ -100,16 +100,15 @@ def open_session_store(settings: SessionSettings, *, check: bool = True) -> Sess
 
 
 def session_middleware(app: Any, store: SessionStore, settings: SessionSettings, interface: str,
-                       loop_store: Any = None, blocking: Any = None) -> Any:
+                       loop_store: Any = None) -> Any:
     """Wrap ``app`` (``interface`` "wsgi" or "asgi") with the matching middleware.
 
     ``loop_store``: the store's client on the worker's trio loop (``store.loop_store``),
-    used by ASGI sessions and by WSGI ones under ``auto_start``. ``blocking``: WSGI
-    only, see ``WSGISessionMiddleware``.
+    used by ASGI sessions and by WSGI ones under ``auto_start``.
     """
     if interface == "asgi":
         return ASGISessionMiddleware(app, store, settings, loop_store)
-    return WSGISessionMiddleware(app, store, settings, loop_store, blocking)
+    return WSGISessionMiddleware(app, store, settings, loop_store)
 
 
 # --- WSGI -------------------------------------------------------------------------
@@ -128,20 +127,13 @@ class WSGISessionMiddleware:
         settings: the pool's session settings.
         loop_store: the store's client on the worker's trio loop, for ``begin``
             and ``end`` (None: they call ``store`` in a thread).
-        blocking: a context manager entered around each store call an app
-            thread makes (the worker's ``waits_for_loop``: its thread pool then
-            counts the thread as blocked on the network, and gives waiting
-            requests another thread instead of queueing them behind Redis'
-            round trips).
     """
 
-    def __init__(self, app: Callable, store: SessionStore, settings: SessionSettings, loop_store: Any = None,
-                 blocking: Any = None) -> None:
+    def __init__(self, app: Callable, store: SessionStore, settings: SessionSettings, loop_store: Any = None) -> None:
         self.app = app
         self.store = store
         self.settings = settings
         self.loop_store = loop_store
-        self.blocking = blocking
         #: Whether the worker is to call ``begin`` and ``end`` around each request.
         self.loop_ends = settings.auto_start
 
@@ -196,7 +188,7 @@ class WSGISessionMiddleware:
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         preloaded: Preloaded | None = environ.pop(_PRELOADED_KEY, None)
         if preloaded is None:
-            session = Session(self.store, self.settings, environ.get("HTTP_COOKIE"), blocking=self.blocking)
+            session = Session(self.store, self.settings, environ.get("HTTP_COOKIE"))
             environ[SESSION_KEY] = session
             environ[STORE_KEY] = self.store
         else:

@@ -31,7 +31,6 @@ middleware answers 503 even if the app swallowed it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import re
@@ -39,7 +38,7 @@ import secrets
 import time
 from collections.abc import Generator, Iterator, MutableMapping
 from email.utils import formatdate
-from typing import Any, Awaitable, Callable, ContextManager
+from typing import Any, Awaitable, Callable
 
 from ._serializers import Serializer, get_serializer
 from ._settings import MAX_SID_LENGTH, MIN_SID_LENGTH, SessionSettings
@@ -113,9 +112,6 @@ class Session(MutableMapping[str, Any]):
         loop_store: the store's client on the running trio loop (its methods are
             the store's, as coroutines); ``aload``/``asave``/``aabort`` then use
             it instead of a thread.
-        blocking: a context manager entered around each blocking store call
-            (the worker's thread pool counts such threads as blocked on the
-            network, and may give waiting requests another thread meanwhile).
 
     Attributes:
         failure: the store error met, if any (the middleware answers 503 for it).
@@ -132,11 +128,9 @@ class Session(MutableMapping[str, Any]):
         async_mode: bool = False,
         run_sync: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
         loop_store: Any = None,
-        blocking: ContextManager[Any] | None = None,
     ) -> None:
         self._store = store
         self._loop_store = loop_store
-        self._blocking = blocking if blocking is not None else contextlib.nullcontext()
         self._settings = settings
         self._serializer: Serializer = get_serializer(settings.serialize_handler)
         self._incoming = session_id_from_cookies(cookie_header, settings.name)
@@ -449,9 +443,7 @@ class Session(MutableMapping[str, Any]):
             except StopIteration:
                 return
             try:
-                with self._blocking:
-                    value = getattr(store, name)(*args, **kwargs)
-                resume = steps.send
+                value, resume = getattr(store, name)(*args, **kwargs), steps.send
             except BaseException as exc:
                 value, resume = exc, steps.throw
 

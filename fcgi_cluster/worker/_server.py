@@ -29,7 +29,7 @@ from ._config import WorkerConfig
 from ._connection import WorkerConnection
 from ._features import PoolFeatures
 from ._request_logs import reopen_logs
-from ._threads import ThreadPool, waits_for_loop
+from ._threads import ThreadPool
 from ._wsgi import WSGIHandler
 
 __all__ = ["serve", "run_worker", "open_listener", "ListenError"]
@@ -269,10 +269,7 @@ async def serve(
 
                 # Its connections' tasks live in this nursery, which outlasts every request.
                 loop_store = store.loop_store(nursery)
-                # App threads blocked on the store count as waiting on the network
-                # for the thread pool (as those waiting on the loop).
-                app = session_middleware(app, store, config.session, app_interface(app), loop_store,
-                                         blocking=waits_for_loop)
+                app = session_middleware(app, store, config.session, app_interface(app), loop_store)
             if app_interface(app) == "asgi":
                 lifespan = Lifespan(app)
                 await nursery.start(lifespan.run)
