@@ -66,6 +66,7 @@ import shutil
 import statistics
 import sys
 import textwrap
+import time
 from urllib.parse import urlsplit
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -219,11 +220,27 @@ def start_php(peers: Peers, stack: contextlib.ExitStack, redis: RedisProcess,
     fpm_dir = "php-fpm-locking" if PHP_LOCKING[name] else "php-fpm"
     fpm_port = stack.enter_context(php_fpm_with_redis_sessions(
         directory, redis, locking=PHP_LOCKING[name], database=DATABASES[name], name=fpm_dir))
-    # It yields the port only; its master wrote its pid where its config says.
-    fpm_pid = int((directory / fpm_dir / "php-fpm.pid").read_text().strip())
+    # It yields the port only; its master writes its pid where its config says
+    # (the port may accept before the file has its text).
+    fpm_pid = read_pid(directory / fpm_dir / "php-fpm.pid")
     nginx = peers.nginx_php(fpm_port, PHP_PAGES, keepalive=False, access_log=False,
                             worker_processes=_common.FRONT_PROCESSES)
     return Target(nginx.url("/session.php?n=1"), [nginx.process.pid, fpm_pid], DATABASES[name])
+
+
+def read_pid(path: pathlib.Path, timeout: float = 10.0) -> int:
+    """The pid in ``path``, waiting up to ``timeout`` s for it to be written.
+
+    Raises:
+        _common.Unavailable: no pid there in time.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            return int(path.read_text().strip())
+        if time.monotonic() > deadline:
+            raise _common.Unavailable(f"no pid in {path} after {timeout:g}s")
+        time.sleep(0.05)
 
 
 def check_answer(target: Target) -> None:
