@@ -4,16 +4,24 @@ Every request increments a counter in the visitor's session and answers it:
 
 * ``ours``: ``fcgi-cluster frontend`` (no access log) in front of two
   ``fcgi-cluster worker workers.counter:app`` processes with
-  ``--session save_handler=redis``, ``save_path=tcp://...?auth=...&database=1``,
-  ``serialize_handler=php`` and ``auto_start=1`` (every request's session loaded
-  and saved by the worker's loop, as session.php starts its session); locking on
-  (our default);
-* ``ours (threads 0)``: the same with ``--threads 0`` (the app on each worker's
-  event loop, php-fpm's model), in database 2;
-* ``nginx -> php-fpm``: nginx (no upstream keep-alive; both front doors with one
-  process per CPU, as in benchmarks/end_to_end.py) in front of php-fpm (``pm = static``, 4 children) serving tests/e2e/php/session.php
-  ``?n=1`` with phpredis sessions in database 0, ``redis.session.locking_enabled=1``
-  (tests/sessions/_php_servers.py).
+  ``--session save_handler=redis``, ``save_path=tcp://...?auth=...&database=1``
+  and ``serialize_handler=php``, otherwise our defaults: locking on, the session
+  started lazily, on its first use by the app;
+* ``ours (auto_start)``: the same with ``auto_start=1`` (every request's session
+  loaded and saved by the worker's loop, as session.php starts its session), in
+  database 3;
+* ``ours (threads 0)``: ``auto_start=1`` and ``--threads 0`` (the app on each
+  worker's event loop, php-fpm's model), in database 2;
+* ``nginx -> php-fpm``: the seed as it ships: nginx (no upstream keep-alive; both
+  front doors with one process per CPU, as in benchmarks/end_to_end.py) in front of
+  php-fpm (``pm = static``, 4 children) serving tests/e2e/php/session.php ``?n=1``
+  with ``session.save_handler = redis`` and phpredis' defaults, so no locking
+  (updates of one session in two requests at once can be lost), in database 0;
+* ``nginx -> php-fpm (locking)``: the same with ``redis.session.locking_enabled=1``
+  (our semantics), in database 4 (tests/sessions/_php_servers.py).
+
+The goals, as ratios of the same run (in the report): ``ours`` at least 1.0x
+``nginx -> php-fpm`` and at least 2x ``nginx -> php-fpm (locking)``.
 
 The stacks share one redis-server started for the run, with ``requirepass``, each in a
 database of its own; both use PHP's ``php`` format and the ``PHPSESSID`` cookie.
@@ -58,6 +66,7 @@ import shutil
 import statistics
 import sys
 import textwrap
+import time
 from urllib.parse import urlsplit
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -77,17 +86,27 @@ from tests.sessions._php_servers import (  # noqa: E402
     php_has_redis,
 )
 
-STACKS = ("ours", "ours (threads 0)", "nginx -> php-fpm")
-# Our stacks' worker flags beyond the sessions': the app in threads (the default), or
-# on each process's event loop (php-fpm's model, as the HTTP part's "ours (threads 0)").
-WORKER_FLAGS = {"ours": (), "ours (threads 0)": ("--threads", "0")}
+STACKS = ("ours", "ours (auto_start)", "ours (threads 0)", "nginx -> php-fpm", "nginx -> php-fpm (locking)")
+# Our stacks' worker flags beyond the sessions': the defaults (lazy sessions, the app
+# in threads), sessions started by the loop, or the app on each process's event loop
+# too (php-fpm's model, as the HTTP part's "ours (threads 0)").
+WORKER_FLAGS = {
+    "ours": (),
+    "ours (auto_start)": ("--session", "auto_start=1"),
+    "ours (threads 0)": ("--session", "auto_start=1", "--threads", "0"),
+}
+# The PHP stacks: phpredis' locking off (its default, as the seed ships) or on.
+PHP_LOCKING = {"nginx -> php-fpm": False, "nginx -> php-fpm (locking)": True}
+# The report's goals: (ours, baseline, at least this ratio of req/s).
+GOALS = (("ours", "nginx -> php-fpm", 1.0), ("ours", "nginx -> php-fpm (locking)", 2.0))
 APP = "workers.counter:app"
 # Our workers: the same pool size as the HTTP part.
 POOL_SIZE = _common.POOL_SIZE
 # The cookie of both stacks: ours defaults to PHP's name.
 COOKIE = "PHPSESSID"
 # Redis databases: one per stack, so each stack's counters are summed apart.
-DATABASES = {"ours": 1, "ours (threads 0)": 2, "nginx -> php-fpm": 0}
+DATABASES = {"ours": 1, "ours (threads 0)": 2, "ours (auto_start)": 3, "nginx -> php-fpm": 0,
+             "nginx -> php-fpm (locking)": 4}
 # Where the data of a session is, in both: phpredis' key prefix.
 KEY_PREFIX = "PHPREDIS_SESSION:"
 # The counter in PHP's ``php`` format: ``n|i:42;``.
@@ -174,11 +193,7 @@ def steps(settings: Settings) -> int:
 
 def start_ours(peers: Peers, redis: RedisProcess, directory: pathlib.Path, max_clients: int,
                name: str = "ours") -> Target:
-    """Two counter workers with Redis sessions and our front-end before them.
-
-    Sessions start with every request (``session.auto_start``), as session.php's
-    ``session_start()``: the workers' loops load and save them, pipelined.
-    """
+    """Two counter workers with Redis sessions and our front-end before them (flags: ``WORKER_FLAGS``)."""
     save_path = f"{redis.save_path}&database={DATABASES[name]}"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     ports, pids = [], []
@@ -187,7 +202,7 @@ def start_ours(peers: Peers, redis: RedisProcess, directory: pathlib.Path, max_c
         argv = [*_common.fcgi_cluster_command(), "worker", APP, "--listen", f"{LOOPBACK}:{port}",
                 "--log-level", "warning", "--session", "save_handler=redis",
                 "--session", f"save_path={save_path}", "--session", "serialize_handler=php",
-                "--session", f"name={COOKIE}", "--session", "auto_start=1", *WORKER_FLAGS[name]]
+                "--session", f"name={COOKIE}", *WORKER_FLAGS[name]]
         process = peers.process(argv, name="fcgi-worker", cwd=ROOT, env=env, ready_port=port)
         ports.append(port)
         pids.append(process.pid)
@@ -198,16 +213,34 @@ def start_ours(peers: Peers, redis: RedisProcess, directory: pathlib.Path, max_c
 
 
 def start_php(peers: Peers, stack: contextlib.ExitStack, redis: RedisProcess,
-              directory: pathlib.Path) -> Target:
-    """php-fpm with phpredis sessions (locking on) and nginx before it."""
+              directory: pathlib.Path, name: str = "nginx -> php-fpm") -> Target:
+    """php-fpm with phpredis sessions (locking as ``PHP_LOCKING`` says) and nginx before it."""
     if not php_has_redis():
         raise _common.Unavailable("PHP's redis extension is missing: apt-get install php-redis")
-    fpm_port = stack.enter_context(php_fpm_with_redis_sessions(directory, redis))
-    # It yields the port only; its master wrote its pid where its config says.
-    fpm_pid = int((directory / "php-fpm" / "php-fpm.pid").read_text().strip())
+    fpm_dir = "php-fpm-locking" if PHP_LOCKING[name] else "php-fpm"
+    fpm_port = stack.enter_context(php_fpm_with_redis_sessions(
+        directory, redis, locking=PHP_LOCKING[name], database=DATABASES[name], name=fpm_dir))
+    # It yields the port only; its master writes its pid where its config says
+    # (the port may accept before the file has its text).
+    fpm_pid = read_pid(directory / fpm_dir / "php-fpm.pid")
     nginx = peers.nginx_php(fpm_port, PHP_PAGES, keepalive=False, access_log=False,
                             worker_processes=_common.FRONT_PROCESSES)
-    return Target(nginx.url("/session.php?n=1"), [nginx.process.pid, fpm_pid], DATABASES["nginx -> php-fpm"])
+    return Target(nginx.url("/session.php?n=1"), [nginx.process.pid, fpm_pid], DATABASES[name])
+
+
+def read_pid(path: pathlib.Path, timeout: float = 10.0) -> int:
+    """The pid in ``path``, waiting up to ``timeout`` s for it to be written.
+
+    Raises:
+        _common.Unavailable: no pid there in time.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError, ValueError):
+            return int(path.read_text().strip())
+        if time.monotonic() > deadline:
+            raise _common.Unavailable(f"no pid in {path} after {timeout:g}s")
+        time.sleep(0.05)
 
 
 def check_answer(target: Target) -> None:
@@ -328,7 +361,7 @@ def run(settings: Settings, out: pathlib.Path, progress: Progress) -> dict:
                 if name in WORKER_FLAGS:
                     target = start_ours(peers, redis, directory, max(4096, settings.connections * 2), name)
                 else:
-                    target = start_php(peers, stack, redis, directory)
+                    target = start_php(peers, stack, redis, directory, name)
                 check_answer(target)
                 warm = run_wrk(wrk, target, _common.WARMUP_SECONDS, settings, script, redis.process.pid)
                 warm.update(stack=name, round=-1, seconds=_common.WARMUP_SECONDS)
@@ -393,8 +426,19 @@ def report(part: dict) -> str:
         lines.append(f"| {row['stack']} | {row['rps']:,.0f} | {ratio} | {ms(row['p50_ms'])} | {ms(row['p99_ms'])} "
                      f"| {ms(row.get('p99.9_ms'))} | {ms(row['cpu_per_10k_s'])} "
                      f"| {ms(row['redis_cpu_per_10k_s'])} | {_common.trouble(row) or 'none'} |")
+    rows = {row["stack"]: row for row in part["summary"]}
+    lines += ["", "Goals (req/s ratios of this run):", ""]
+    for mine, theirs, factor in GOALS:
+        a, b = rows.get(mine), rows.get(theirs)
+        if a and b and b["rps"]:
+            ratio = a["rps"] / b["rps"]
+            verdict = "met" if ratio >= factor else "NOT met"
+            lines.append(f"- {mine} / {theirs}: {ratio:.2f}x (goal {factor:g}x): {verdict}")
+        else:
+            lines.append(f"- {mine} / {theirs}: not measured (goal {factor:g}x)")
     lines += ["", "Lost updates (all runs, warm-ups included): the counters stored in Redis against the "
-              "200 answers wrk got and the requests it sent.", "",
+              "200 answers wrk got and the requests it sent (nginx -> php-fpm, without locking, may lose "
+              "some: that is the seed's behaviour, not a fault of the check).", "",
               "| stack | sessions started | sessions in Redis | 200 answers | sum of n | requests sent "
               "| lost | consistent |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for name, c in part["checks"].items():

@@ -22,6 +22,7 @@ releases the session's lock unsaved and propagates (the worker answers 500).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from typing import Any, Callable, Iterable
 
@@ -43,6 +44,11 @@ _PRELOADED_KEY = "fcgi_cluster.session_preloaded"
 #: scope["state"] keys (attribute names for Starlette's request.state).
 STATE_SESSION_KEY = "session"
 STATE_STORE_KEY = "session_store"
+
+#: The WSGI environ of the request whose app is running in this context (read
+#: by adapters that are not handed the request, such as Django's session engine).
+current_environ: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
+    "fcgi_cluster_session_environ", default=None)
 
 #: Response bytes held back while the session may still fail to save (the
 #: worker's own batch size: holding them costs no extra latency).
@@ -191,6 +197,7 @@ class WSGISessionMiddleware:
         if preloaded is not None and preloaded.failure is not None:
             log.warning("session unavailable: %s", preloaded.failure)
             return response.unavailable(preloaded.failure)
+        context_token = current_environ.set(environ)
         try:
             result = self.app(environ, response.start_response)
         except Exception as exc:
@@ -204,6 +211,8 @@ class WSGISessionMiddleware:
             if preloaded is None:
                 session.abort()
             raise
+        finally:
+            current_environ.reset(context_token)
         return _WSGIBody(result, response, session, saved_by_loop=preloaded is not None)
 
 

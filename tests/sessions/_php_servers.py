@@ -130,15 +130,22 @@ def frontend(directory: pathlib.Path, app_ports: list[int], php_port: int | None
 
 
 @contextlib.contextmanager
-def php_fpm_with_redis_sessions(directory: pathlib.Path, redis: RedisProcess) -> Iterator[int]:
+def php_fpm_with_redis_sessions(directory: pathlib.Path, redis: RedisProcess, *, locking: bool = True,
+                                database: int = 0, name: str = "php-fpm") -> Iterator[int]:
     """php-fpm whose sessions live in ``redis`` through phpredis, in PHP's ``php`` format.
 
     The settings are ``php_admin_value`` lines of the pool, so pages cannot change them.
     Ids: 32 characters of 5 bits, the same as our workers make, and strict mode.
+
+    Args:
+        locking: phpredis' ``redis.session.locking_enabled`` (its default is off).
+        database: the Redis database of the sessions.
+        name: the php-fpm directory under ``directory`` (its config, pid file, logs).
     """
+    save_path = redis.save_path + (f"&database={database}" if database else "")
     settings = {
         "session.save_handler": "redis",
-        "session.save_path": redis.save_path,
+        "session.save_path": save_path,
         "session.serialize_handler": "php",
         "session.name": "PHPSESSID",
         "session.use_strict_mode": "1",
@@ -147,15 +154,18 @@ def php_fpm_with_redis_sessions(directory: pathlib.Path, redis: RedisProcess) ->
         "session.cookie_path": "/",
         "session.cookie_httponly": "1",
         "session.gc_maxlifetime": "1440",
+    }
+    if locking:
         # phpredis locks the same key as our workers (<key>_LOCK): with it on, PHP
         # and Python requests of one session take turns. Waits: 5 ms x 2000.
-        "redis.session.locking_enabled": "1",
-        "redis.session.lock_wait_time": "5000",
-        "redis.session.lock_retries": "2000",
-    }
+        settings.update({
+            "redis.session.locking_enabled": "1",
+            "redis.session.lock_wait_time": "5000",
+            "redis.session.lock_retries": "2000",
+        })
     # Quoted: php-fpm reads the pool file as INI, where "=" and "?" in a value need quotes.
     extra = {f"php_admin_value[{key}]": f'"{value}"' for key, value in settings.items()}
-    with php_fpm(directory=directory / "php-fpm", max_children=PHP_CHILDREN, extra_pool=extra) as fpm:
+    with php_fpm(directory=directory / name, max_children=PHP_CHILDREN, extra_pool=extra) as fpm:
         yield fpm.port
 
 
