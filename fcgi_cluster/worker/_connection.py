@@ -29,6 +29,7 @@ from ..protocol import (
     ConnectionState,
     EndRequest,
     LocalProtocolError,
+    ProtocolStatus,
     RemoteProtocolError,
     Request,
     ServerConnection,
@@ -276,6 +277,15 @@ class WorkerConnection:
                     break
                 kind = type(event)
                 if kind is Request:
+                    if self._draining and self._seen_request:
+                        # Stopping: a request that arrives now is refused
+                        # unstarted (OVERLOADED), so the web server sends it
+                        # again on a new connection (to a new generation of
+                        # children on a reload) and stops using this one.
+                        self.write_nowait(self.encode(EndRequest(event.request_id, 0, ProtocolStatus.OVERLOADED)))
+                        if not requests:
+                            self._close_when_idle()
+                        continue
                     self._seen_request = True
                     ctx = RequestContext(self, event, RequestBody(self._input_buffer), scoped=self._scoped)
                     requests[event.request_id] = ctx
