@@ -36,6 +36,7 @@ import trio
 
 from .._address import Address, bound_address, parse_address
 from .._limits import keep_buffers_on_the_heap, raise_open_file_limit
+from .._systemd import Inherited, close_unused, listen_sockets, notify, reloading, take_listener
 from ._config import ConfigError
 from ._server import serve_frontend
 
@@ -88,11 +89,15 @@ def _bind_one(address: Address, *, reuse_port: bool, port: int | None = None) ->
     return sock
 
 
-def bind_listeners(addresses: list[str], copies: int = 1) -> list[list[socket.socket]]:
+def bind_listeners(addresses: list[str], copies: int = 1,
+                   inherited: list[Inherited] | None = None) -> list[list[socket.socket]]:
     """Bind every address ``copies`` times; result[i] is the sockets of process i.
 
     With more than one copy, sockets use SO_REUSEPORT; a port 0 is resolved
-    by the first copy and reused by the others.
+    by the first copy and reused by the others. An address whose socket
+    systemd passed (``inherited``, see ``_systemd.take_listener``) is not
+    bound: that one socket is shared by every process, so that connections
+    queue on it across a restart.
 
     Raises:
         BindError: an address cannot be bound (the sockets bound so far are closed).
@@ -102,6 +107,12 @@ def bind_listeners(addresses: list[str], copies: int = 1) -> list[list[socket.so
     try:
         for text in addresses:
             address = parse_address(text)
+            given = take_listener(inherited, text) if inherited else None
+            if given is not None:
+                log.info("listening on %s: socket from systemd", text)
+                for group in per_process:
+                    group.append(given)
+                continue
             if address.path is not None and copies > 1:
                 # Unix sockets have no SO_REUSEPORT balancing: share one.
                 sock = _bind_one(address, reuse_port=False)
@@ -146,16 +157,38 @@ def _reload(server: typing.Any, reload_config: typing.Callable[[], object] | Non
     log.info("SIGHUP: configuration reloaded (%d upstreams, %d routes)", len(server.upstreams), len(server.routes))
 
 
+#: A SIGHUP that came while starting, taken once serving (``_remember_hup``).
+_early_hup: list[int] = []
+
+
+def _remember_hup(signum: int, _frame: object) -> None:
+    _early_hup.append(signum)
+
+
+def _status(server: typing.Any) -> str:
+    return f"STATUS=serving: {len(server.upstreams)} upstreams, {len(server.routes)} routes"
+
+
 async def _serve_until_signalled(config: object, sockets: list[socket.socket],
                                  reload_config: typing.Callable[[], object] | None = None) -> None:
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve_frontend, config, sockets)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            notify("READY=1", _status(server))
+            if _early_hup:
+                _early_hup.clear()
+                log.info("SIGHUP came while starting: reloading now")
+                reloading()
+                _reload(server, reload_config)
+                notify("READY=1", _status(server))
             async for signum in signals:
                 if signum == signal.SIGHUP:
+                    reloading()
                     _reload(server, reload_config)
+                    notify("READY=1", _status(server))
                     continue
                 log.info("%s: stopping (requests in flight get %g s)", signal.Signals(signum).name, SHUTDOWN_GRACE)
+                notify("STOPPING=1", "STATUS=stopping")
                 break
             server.stop_accepting()
             with trio.move_on_after(SHUTDOWN_GRACE):
@@ -204,9 +237,11 @@ def run_frontend(config: object, *, ready: object = None,
     # Every client may hold an upstream connection too, in the worst case.
     raise_open_file_limit(2 * fe.max_connections, log=log)
     keep_buffers_on_the_heap()
-    # Until the serving loop listens for it, a SIGHUP must not kill us.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    groups = bind_listeners(list(fe.listen), processes)
+    # Until the serving loop listens for it, a SIGHUP is remembered, not fatal.
+    signal.signal(signal.SIGHUP, _remember_hup)
+    inherited = listen_sockets()
+    groups = bind_listeners(list(fe.listen), processes, inherited)
+    close_unused(inherited, "front-end")
     bound = [bound_address(sock) for sock in groups[0]]
     for text in bound:
         log.info("listening on %s (%d process%s)", text, processes, "" if processes == 1 else "es")
@@ -238,7 +273,10 @@ def _supervise(config: object, groups: list[list[socket.socket]],
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            _early_hup.clear()
+            signal.signal(signal.SIGHUP, _remember_hup)
+            # The parent speaks to systemd for the whole front-end.
+            os.environ.pop("NOTIFY_SOCKET", None)
             status = 1
             try:
                 status = _child(config, groups[slot], reload_config)
@@ -252,6 +290,7 @@ def _supervise(config: object, groups: list[list[socket.socket]],
         if signum == signal.SIGHUP:
             if stopping:
                 return
+            reloading()
             # Children restarted from now on start with the new file; a
             # bad one is logged here and by each child.
             config = load_new_config(reload_config) or config
@@ -260,7 +299,10 @@ def _supervise(config: object, groups: list[list[socket.socket]],
                     os.kill(pid, signal.SIGHUP)
                 except ProcessLookupError:
                     pass
+            notify("READY=1", f"STATUS=serving: {len(children)} processes")
             return
+        if not stopping:
+            notify("STOPPING=1", "STATUS=stopping")
         for pid in list(children):
             try:
                 os.kill(pid, signum if not stopping else signal.SIGKILL)
@@ -273,6 +315,11 @@ def _supervise(config: object, groups: list[list[socket.socket]],
     signal.signal(signal.SIGHUP, on_signal)
     for slot in range(len(groups)):
         spawn(slot)
+    if _early_hup:
+        _early_hup.clear()
+        on_signal(signal.SIGHUP, None)  # came while starting: the children get it too
+    # The sockets listen already: connections queue until a child accepts.
+    notify("READY=1", f"STATUS=serving: {len(groups)} processes")
     status = 0
     while children:
         try:

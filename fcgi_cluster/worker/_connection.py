@@ -277,14 +277,15 @@ class WorkerConnection:
                     break
                 kind = type(event)
                 if kind is Request:
-                    if self._draining and self._seen_request:
-                        # Stopping: a request that arrives now is refused
-                        # unstarted (OVERLOADED), so the web server sends it
-                        # again on a new connection (to a new generation of
-                        # children on a reload) and stops using this one.
+                    if self._draining and requests:
+                        # Stopping, on a multiplexed connection that others
+                        # still use: a new request is refused unstarted
+                        # (OVERLOADED), so the web server sends it again on a
+                        # new connection (to the new children on a reload) and
+                        # stops using this one, which closes once idle. (Alone
+                        # on its connection, a request is served as before:
+                        # nginx takes an OVERLOADED for a 502.)
                         self.write_nowait(self.encode(EndRequest(event.request_id, 0, ProtocolStatus.OVERLOADED)))
-                        if not requests:
-                            self._close_when_idle()
                         continue
                     self._seen_request = True
                     ctx = RequestContext(self, event, RequestBody(self._input_buffer), scoped=self._scoped)
