@@ -15,8 +15,8 @@ Socket activation: ``listen_sockets()`` takes the descriptors systemd passed
 (``LISTEN_FDS`` from fd 3 on, for this process only: ``LISTEN_PID``; their
 names from ``LISTEN_FDNAMES``) and unsets the variables, so that a child does
 not take them too. ``take_listener(sockets, text)`` picks the one for a
-configured address: by name (``FileDescriptorName=`` equal to the address
-text) or else by the address it is bound to.
+configured address: by name (``FileDescriptorName=`` equal to the pool's
+name, or to a unix socket path) or else by the address it is bound to.
 """
 
 from __future__ import annotations
@@ -129,13 +129,15 @@ def _bound_to(sock: socket.socket, text: str) -> bool:
     return wanted == actual
 
 
-def take_listener(sockets: list[Inherited], text: str) -> socket.socket | None:
+def take_listener(sockets: list[Inherited], text: str, names: tuple[str, ...] = ()) -> socket.socket | None:
     """Remove and return the socket of ``sockets`` for the address ``text`` (None: not passed).
 
-    A socket named ``text`` (``FileDescriptorName=``) wins; else one bound
-    to that address.
+    A socket whose ``FileDescriptorName=`` is one of ``names`` or ``text``
+    wins (systemd names cannot hold ":", so a TCP address is matched by a
+    pool's name, or by what it is bound to); else one bound to that address.
     """
-    for match in (lambda item: item.name == text, lambda item: _bound_to(item.sock, text)):
+    wanted = {*names, text}
+    for match in (lambda item: item.name in wanted, lambda item: _bound_to(item.sock, text)):
         for item in sockets:
             if match(item):
                 sockets.remove(item)

@@ -263,7 +263,7 @@ def _from_systemd(pools: tuple[PoolConfig, ...]) -> dict[str, tuple[PoolConfig, 
     inherited = listen_sockets()
     found = {}
     for pool in pools:
-        sock = take_listener(inherited, pool.listen)
+        sock = take_listener(inherited, pool.listen, (pool.name,))
         if sock is not None:
             log.info("[pool %s] listening on %s: socket from systemd", pool.name, pool.listen)
             found[pool.name] = (pool, sock)
