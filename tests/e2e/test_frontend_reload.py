@@ -78,15 +78,15 @@ def test_reload_with_two_processes_reloads_both(tmp_path: pathlib.Path) -> None:
         path.write_text(cluster_file(port, [w1], processes=2))
         with frontend(path, port) as process:
             path.write_text(cluster_file(port, [w1], processes=2, extra_route=True))
-            # A signal sent while the children are still starting is ignored
-            # (not fatal): send until both say they reloaded.
+            # One signal, sent as soon as the port listens: children still
+            # starting apply it once they serve.
+            process.send_signal(signal.SIGHUP)
+
             def both_reloaded() -> bool:
-                process.send_signal(signal.SIGHUP)
-                time.sleep(0.3)
                 lines = pathlib.Path(process.log_path).read_text().splitlines()
                 return len({line.split("[")[1].split("]")[0] for line in lines if "configuration reloaded" in line}) == 2
 
-            wait_for(both_reloaded)
+            wait_for(both_reloaded, timeout=30)
             # New connections land on either process: every one knows the route.
             assert [http_get(port, "/new/x")[0] for _ in range(20)] == [200] * 20
             process.send_signal(signal.SIGTERM)

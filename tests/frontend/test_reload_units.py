@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import trio
 
+from fcgi_cluster.frontend import _process
 from fcgi_cluster.frontend._config import parse_config
+from fcgi_cluster.frontend._process import bind_listeners
 from fcgi_cluster.frontend._server import FrontendServer
 from fcgi_cluster.frontend._site import Site, SiteView
 
@@ -93,3 +98,29 @@ async def test_frontend_server_reload_keeps_restart_only_keys_and_applies_the_re
         assert server.reload(config(listen="127.0.0.1:8081", route="/v3/")) == ["listen"]
         assert server.reload(config(route="/v3/")) == []
         nursery.cancel_scope.cancel()
+
+
+async def test_a_sighup_while_starting_is_applied_once_serving() -> None:
+    # What run_frontend's early handler records for a SIGHUP before the serving loop listens.
+    (sockets,) = bind_listeners(["127.0.0.1:0"])
+    asked: list[object] = []
+
+    def reload_config() -> object:
+        asked.append(config(route="/v2/"))
+        return asked[-1]
+
+    _process._early_hup.append(signal.SIGHUP)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_process._serve_until_signalled, config(), sockets, reload_config)
+            with trio.fail_after(30):
+                while not asked:
+                    await trio.sleep(0.01)
+            assert _process._early_hup == []
+            # The serving loop's own signal receiver stops it.
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        _process._early_hup.clear()
+        for sock in sockets:
+            sock.close()
+    assert len(asked) == 1
