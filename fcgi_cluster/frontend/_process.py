@@ -269,12 +269,16 @@ def _supervise(config: object, groups: list[list[socket.socket]],
     stopping = False
 
     def spawn(slot: int) -> None:
+        # Blocked across the fork: a SIGHUP sent to the new child before it
+        # has its own handler waits for it (not the parent's handler, copied).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             _early_hup.clear()
             signal.signal(signal.SIGHUP, _remember_hup)
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             # The parent speaks to systemd for the whole front-end.
             os.environ.pop("NOTIFY_SOCKET", None)
             status = 1
@@ -284,6 +288,7 @@ def _supervise(config: object, groups: list[list[socket.socket]],
                 os._exit(status)
         children[pid] = slot
         started[slot] = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping, config
