@@ -18,7 +18,14 @@ SIGHUP reloads: ``reload_config()`` (the ``-c`` file read again) is checked
 and swapped in for new requests (``FrontendServer.reload``); a file that fails
 its checks is logged (file, line, key) and the running configuration stays.
 With N processes the parent reads the file too (a child it restarts later
-starts with the new one) and forwards the signal; every child reloads.
+starts with the new one) and forwards the signal; every child reloads. A
+SIGHUP that arrives while starting (before the serving loop listens for it)
+is remembered and applied once serving.
+
+systemd (``_systemd``): listeners passed by socket activation are used
+instead of binding (one socket shared by the N processes), and READY=1,
+RELOADING=1 and STOPPING=1 go to ``$NOTIFY_SOCKET`` from the process systemd
+started (the parent with N processes).
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ answers php-fpm's signals:
   no connection is refused and none dropped);
 - SIGUSR1: reopen the log files (the master's, and the children's: signalled).
 
+Under systemd (``_systemd``) it says READY=1 once its children are started,
+RELOADING=1 then READY=1 around a SIGUSR2, STOPPING=1 on a stop, and takes a
+pool's listening socket from socket activation when one matches it.
+
 Why a plain ``selectors`` loop and not trio: the master forks, and forking out
 of a running trio loop would copy its scheduler, wakeup pipe and threads into
 every child. A selector over a few descriptors (signal wakeup pipe, children's
