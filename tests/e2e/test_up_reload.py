@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 
@@ -93,3 +94,18 @@ def test_sighup_to_up_reloads_the_pools_too(tmp_path) -> None:
     assert after != before, "SIGHUP did not reach the pool"
     assert failures == []
     assert done > 0
+
+
+def test_worker_cluster_pool_errors_are_one_line(tmp_path) -> None:
+    path = tmp_path / "cluster.toml"
+    _cluster_file(path, free_port(), free_port())
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    argv = [python_executable(), "-m", "fcgi_cluster.cli", "worker", "--cluster", str(path)]
+    missing = subprocess.run([*argv, "--pool", "nope"], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=env)
+    assert missing.returncode == 2
+    assert f"{path}: pool.nope: no such table (pools: a)" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    alone = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=env)
+    assert alone.returncode == 2 and "--cluster FILE and --pool NAME go together" in alone.stderr
+    checked = subprocess.run([*argv, "--pool", "a", "-t"], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=env)
+    assert checked.returncode == 0 and "test is successful" in checked.stdout
