@@ -9,10 +9,16 @@ exit status says so: a half-running cluster is worse than none.
 
 Without ``-c``, the built-in demo: the front-end on 127.0.0.1:8080 and two
 pools on 127.0.0.1:9001 and 127.0.0.1:9002 running ``workers.echo:app``.
-SIGHUP reloads: it is passed to the front-end, which re-reads the file. The
-pools run here are plain ``fcgi-cluster worker APP`` processes, whose settings
-are their command line: they have no reload (SIGUSR2 is a pool master's, and
-would stop a plain worker), so they are left alone. For several hosts, the same file runs on each with ``--only``: the front
+Each pool runs as a pool master (``fcgi-cluster worker --cluster FILE --pool
+NAME``: one static child, the pool's settings from the file). Reloading:
+
+- SIGUSR2 is passed to every pool master: each re-reads its ``[pool.NAME]`` and
+  replaces its child gracefully (the new one starts on the same socket, the old
+  one finishes its requests: no connection refused, no request lost);
+- SIGHUP reloads everything: the front-end re-reads the file (its own SIGHUP)
+  and every pool gets SIGUSR2 as above.
+
+For several hosts, the same file runs on each with ``--only``: the front
 door's host starts ``--only frontend``, each worker host ``--only pool.NAME``.
 """
 
@@ -161,27 +167,27 @@ def _run(config: object, path: str, parts: set[str]) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         raise _Stop()
 
-    def on_hup(_signum: int, _frame: object) -> None:
+    def forward(to_frontend: int | None, to_pools: int | None) -> None:
         for name, process in cluster.processes:
-            if name == "frontend" and process.poll() is None:
-                process.send_signal(signal.SIGHUP)
+            signum = to_frontend if name == "frontend" else to_pools
+            if signum is not None and process.poll() is None:
+                process.send_signal(signum)
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        forward(signal.SIGHUP, signal.SIGUSR2)
+
+    def on_usr2(_signum: int, _frame: object) -> None:
+        forward(None, signal.SIGUSR2)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+    previous[signal.SIGUSR2] = signal.signal(signal.SIGUSR2, on_usr2)
     try:
         for name, pool in config.pools.items():  # type: ignore[attr-defined]
             if f"pool.{name}" not in parts:
                 continue
-            env = dict(os.environ)
-            env.update(pool.env)
-            argv = command + [
-                "worker", pool.app, "--listen", pool.listen,
-                "--threads", str(pool.threads), "--max-requests", str(pool.max_requests),
-                "--max-conns", str(pool.max_conns), "--graceful-timeout", str(pool.graceful_timeout),
-            ]
-            if pool.root_path:
-                argv += ["--root-path", pool.root_path]
-            process = cluster.start(f"pool.{name}", argv, env)
+            argv = command + ["worker", "--cluster", path, "--pool", name]
+            process = cluster.start(f"pool.{name}", argv)
             cluster.wait_listening(f"pool.{name}", process, pool.listen)
             print(f"fcgi-cluster up: pool.{name} ({pool.app}) on {pool.listen}, pid {process.pid}", flush=True)
         if "frontend" in parts:
@@ -201,7 +207,7 @@ def _run(config: object, path: str, parts: set[str]) -> int:
         print(f"fcgi-cluster up: {exc}; stopping the cluster", file=sys.stderr)
         return 1
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_IGN)
         cluster.stop()
         for sig, handler in previous.items():

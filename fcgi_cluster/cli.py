@@ -31,6 +31,9 @@ def _worker_main(argv: list[str]) -> int:
                         help="a php-fpm style pool file: [global] and one [pool] section per pool")
     parser.add_argument("-t", "--test", action="store_true",
                         help="with -c: check the file (keys, listen addresses, app imports) and exit")
+    parser.add_argument("--cluster", metavar="FILE",
+                        help="with --pool: run the [pool.NAME] of a cluster.toml as a pool master (what `up` runs)")
+    parser.add_argument("--pool", metavar="NAME", help="with --cluster: the pool to run")
     parser.add_argument("--listen", "-l", default="127.0.0.1:9000",
                         help="host:port, [v6addr]:port or a unix socket path (default %(default)s)")
     defaults = WorkerConfig()
@@ -49,6 +52,13 @@ def _worker_main(argv: list[str]) -> int:
                              "any of them turns sessions on")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
+    if args.cluster or args.pool:
+        if not (args.cluster and args.pool) or args.app or args.config:
+            parser.error("--cluster FILE and --pool NAME go together, without APP or -c")
+        import functools
+
+        from ._up_pool import cluster_pool_file
+        return _pool_main(args.cluster, args.test, functools.partial(cluster_pool_file, pool=args.pool))
     if args.config:
         if args.app:
             parser.error("APP goes in the pool file (app = module:attribute) when -c is given")
@@ -115,7 +125,8 @@ def _worker_main(argv: list[str]) -> int:
 
 def _pool_main(path: str, test: bool, loader: object = None) -> int:
     """``worker -c FILE``: the pool master; every startup failure is one line on stderr."""
-    from .worker import PoolConfigError, PoolFile, PoolStartError, check_pools, load_pool_config, run_pools
+    from ._settings import SettingsError
+    from .worker import PoolFile, PoolStartError, check_pools, load_pool_config, run_pools
 
     load = loader or load_pool_config
     try:
@@ -125,7 +136,7 @@ def _pool_main(path: str, test: bool, loader: object = None) -> int:
             print(f"fcgi-cluster worker: configuration file {path} test is successful")
             return 0
         return run_pools(pool_file, loader=load)  # type: ignore[arg-type]
-    except PoolConfigError as exc:
+    except SettingsError as exc:
         print(f"fcgi-cluster worker: {exc}", file=sys.stderr)
         return 2
     except PoolStartError as exc:
@@ -149,6 +160,9 @@ def _frontend_main(argv: list[str]) -> int:
         description="Serve HTTP/1.1 and pass requests to FastCGI worker pools (the nginx role).",
     )
     parser.add_argument("-c", "--config", metavar="FILE", help="cluster.toml: front-end, upstreams, routes")
+    parser.add_argument("--cluster", metavar="FILE",
+                        help="with --pool: run the [pool.NAME] of a cluster.toml as a pool master (what `up` runs)")
+    parser.add_argument("--pool", metavar="NAME", help="with --cluster: the pool to run")
     parser.add_argument("--listen", "-l", action="append", default=[],
                         help="address to serve HTTP on, repeatable (default 127.0.0.1:8080)")
     parser.add_argument("--upstream", "-u", action="append", default=[],

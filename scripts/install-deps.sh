@@ -21,6 +21,7 @@ redis-server    redis-server
 redis-cli       redis-tools
 redis-sentinel  redis-sentinel
 memcached       memcached
+systemd-socket-activate systemd
 /usr/lib/php/*/redis.so php-redis
 /usr/lib/php/*/memcached.so php-memcached
 chromium        chromium

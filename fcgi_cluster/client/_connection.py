@@ -505,6 +505,11 @@ class Connection:
                 state.complete(event.app_status)  # type: ignore[attr-defined]
             else:
                 status = event.protocol_status  # type: ignore[attr-defined]
+                if status is ProtocolStatus.OVERLOADED:
+                    # A worker that is stopping refuses what it has not started:
+                    # no new request goes on this connection (it closes once
+                    # its last answer is in).
+                    self._closing = True
                 state.fail(RequestRefused(f"{self.address} refused the request: {status.name}", status))
             return None
         match event:

@@ -18,7 +18,14 @@ SIGHUP reloads: ``reload_config()`` (the ``-c`` file read again) is checked
 and swapped in for new requests (``FrontendServer.reload``); a file that fails
 its checks is logged (file, line, key) and the running configuration stays.
 With N processes the parent reads the file too (a child it restarts later
-starts with the new one) and forwards the signal; every child reloads.
+starts with the new one) and forwards the signal; every child reloads. A
+SIGHUP that arrives while starting (before the serving loop listens for it)
+is remembered and applied once serving.
+
+systemd (``_systemd``): listeners passed by socket activation are used
+instead of binding (one socket shared by the N processes), and READY=1,
+RELOADING=1 and STOPPING=1 go to ``$NOTIFY_SOCKET`` from the process systemd
+started (the parent with N processes).
 
 The control listener (``[frontend] control``) is bound here too and served
 by one process: the first child when there are N. A command it runs is
@@ -46,6 +53,7 @@ import trio
 
 from .._address import Address, bound_address, parse_address
 from .._limits import keep_buffers_on_the_heap, raise_open_file_limit
+from .._systemd import Inherited, close_unused, listen_sockets, notify, reloading, take_listener
 from ._config import ConfigError
 from ._server import serve_frontend
 from ._status import status
@@ -100,11 +108,15 @@ def _bind_one(address: Address, *, reuse_port: bool, port: int | None = None) ->
     return sock
 
 
-def bind_listeners(addresses: list[str], copies: int = 1) -> list[list[socket.socket]]:
+def bind_listeners(addresses: list[str], copies: int = 1,
+                   inherited: list[Inherited] | None = None) -> list[list[socket.socket]]:
     """Bind every address ``copies`` times; result[i] is the sockets of process i.
 
     With more than one copy, sockets use SO_REUSEPORT; a port 0 is resolved
-    by the first copy and reused by the others.
+    by the first copy and reused by the others. An address whose socket
+    systemd passed (``inherited``, see ``_systemd.take_listener``) is not
+    bound: that one socket is shared by every process, so that connections
+    queue on it across a restart.
 
     Raises:
         BindError: an address cannot be bound (the sockets bound so far are closed).
@@ -114,6 +126,12 @@ def bind_listeners(addresses: list[str], copies: int = 1) -> list[list[socket.so
     try:
         for text in addresses:
             address = parse_address(text)
+            given = take_listener(inherited, text) if inherited else None
+            if given is not None:
+                log.info("listening on %s: socket from systemd", text)
+                for group in per_process:
+                    group.append(given)
+                continue
             if address.path is not None and copies > 1:
                 # Unix sockets have no SO_REUSEPORT balancing: share one.
                 sock = _bind_one(address, reuse_port=False)
@@ -167,6 +185,18 @@ class _Control(typing.NamedTuple):
     tell: typing.Callable[[], None] | None = None
 
 
+#: A SIGHUP that came while starting, taken once serving (``_remember_hup``).
+_early_hup: list[int] = []
+
+
+def _remember_hup(signum: int, _frame: object) -> None:
+    _early_hup.append(signum)
+
+
+def _status(server: typing.Any) -> str:
+    return f"STATUS=serving: {len(server.upstreams)} upstreams, {len(server.routes)} routes"
+
+
 async def _serve_until_signalled(config: object, sockets: list[socket.socket],
                                  reload_config: typing.Callable[[], object] | None = None,
                                  control: _Control = _Control(None, None)) -> None:
@@ -179,14 +209,24 @@ async def _serve_until_signalled(config: object, sockets: list[socket.socket],
             if control.sock is None:
                 nursery.start_soon(server.status_share.publish, lambda: status(server, server.states))
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2) as signals:
+            notify("READY=1", _status(server))
+            if _early_hup:
+                _early_hup.clear()
+                log.info("SIGHUP came while starting: reloading now")
+                reloading()
+                _reload(server, reload_config)
+                notify("READY=1", _status(server))
             async for signum in signals:
                 if signum == signal.SIGHUP:
+                    reloading()
                     _reload(server, reload_config)
+                    notify("READY=1", _status(server))
                     continue
                 if signum == signal.SIGUSR2:
                     server.reload_states()
                     continue
                 log.info("%s: stopping (requests in flight get %g s)", signal.Signals(signum).name, SHUTDOWN_GRACE)
+                notify("STOPPING=1", "STATUS=stopping")
                 break
             server.stop_accepting()
             with trio.move_on_after(SHUTDOWN_GRACE):
@@ -236,10 +276,12 @@ def run_frontend(config: object, *, ready: object = None,
     # Every client may hold an upstream connection too, in the worst case.
     raise_open_file_limit(2 * fe.max_connections, log=log)
     keep_buffers_on_the_heap()
-    # Until the serving loop listens for it, a SIGHUP must not kill us.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # Until the serving loop listens for it, a SIGHUP is remembered, not fatal.
+    signal.signal(signal.SIGHUP, _remember_hup)
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
-    groups = bind_listeners(list(fe.listen), processes)
+    inherited = listen_sockets()
+    groups = bind_listeners(list(fe.listen), processes, inherited)
+    close_unused(inherited, "front-end")
     parent_pid = os.getpid()
     control_sock = None
     if fe.control:
@@ -312,12 +354,19 @@ def _supervise(config: object, groups: list[list[socket.socket]],
     stopping = False
 
     def spawn(slot: int) -> None:
+        # Blocked across the fork: a SIGHUP (SIGUSR2) sent to the new child before it
+        # has its own handler waits for it (not the parent's handler, copied).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGUSR2})
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            _early_hup.clear()
+            signal.signal(signal.SIGHUP, _remember_hup)
             signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            # The parent speaks to systemd for the whole front-end.
+            os.environ.pop("NOTIFY_SOCKET", None)
             status = 1
             try:
                 # One child answers control commands; each reads the states.
@@ -327,6 +376,7 @@ def _supervise(config: object, groups: list[list[socket.socket]],
                 os._exit(status)
         children[pid] = slot
         started[slot] = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping, config
@@ -340,6 +390,7 @@ def _supervise(config: object, groups: list[list[socket.socket]],
         if signum == signal.SIGHUP:
             if stopping:
                 return
+            reloading()
             # Children restarted from now on start with the new file; a
             # bad one is logged here and by each child.
             config = load_new_config(reload_config) or config
@@ -348,7 +399,10 @@ def _supervise(config: object, groups: list[list[socket.socket]],
                     os.kill(pid, signal.SIGHUP)
                 except ProcessLookupError:
                     pass
+            notify("READY=1", f"STATUS=serving: {len(children)} processes")
             return
+        if not stopping:
+            notify("STOPPING=1", "STATUS=stopping")
         for pid in list(children):
             try:
                 os.kill(pid, signum if not stopping else signal.SIGKILL)
@@ -362,6 +416,11 @@ def _supervise(config: object, groups: list[list[socket.socket]],
     signal.signal(signal.SIGUSR2, on_signal)
     for slot in range(len(groups)):
         spawn(slot)
+    if _early_hup:
+        _early_hup.clear()
+        on_signal(signal.SIGHUP, None)  # came while starting: the children get it too
+    # The sockets listen already: connections queue until a child accepts.
+    notify("READY=1", f"STATUS=serving: {len(groups)} processes")
     status = 0
     while children:
         try:

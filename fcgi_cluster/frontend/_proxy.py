@@ -44,6 +44,7 @@ from ..client import (
     ResponseStream,
     UpstreamProtocolError,
 )
+from ..protocol import ProtocolStatus
 from ._upstream import ServerBusy, Upstream
 
 __all__ = [
@@ -171,7 +172,12 @@ async def open_upstream_response(
     tried: set[int] = set()
     shared, alone = buffering or upstream.buffering
     status, reason = 502, "no live upstream server"
-    for _ in range(tries):
+    attempts = 0
+    refused_again = False
+    # One more round than tries: a request refused unstarted by a stopping
+    # worker (OVERLOADED) is sent again once to the same server, on a new
+    # connection, without counting as a try.
+    for _ in range(tries + 1):
         conn = None
         response = None
         error = None
@@ -239,14 +245,21 @@ async def open_upstream_response(
                     if isinstance(exc, trio.TooSlowError)
                     else f"{server.address}: {exc}"
                 )
+            if (isinstance(exc, RequestRefused) and exc.protocol_status is ProtocolStatus.OVERLOADED
+                    and replayable and not refused_again):
+                refused_again = True
+                tried.discard(index)
+                log.info("upstream %s: %s; sending it again on a new connection", upstream.name, reason)
+                continue
             log.warning("upstream %s: %s", upstream.name, reason)
+            attempts += 1
             if isinstance(exc, ConnectError) or isinstance(exc, RequestRefused):
                 retry = replayable
             elif isinstance(exc, (ConnectionLost, UpstreamProtocolError, trio.TooSlowError)):
                 retry = replayable and (idempotent or not sent)
             else:
                 retry = False
-            if not retry or time.monotonic() >= give_up_at:
+            if not retry or attempts >= tries or time.monotonic() >= give_up_at:
                 break
             counters.retries += 1
         except BaseException:

@@ -317,8 +317,10 @@ class Server:
         still in flight on it means the worker is still busy: closed.
         """
         if self.multiplexed:
-            if conn.requests_in_flight == 0 and len(self._live) > self._max_connections:
-                conn.close()  # opened past the cap in a burst: not kept once idle
+            if conn.requests_in_flight == 0 and (len(self._live) > self._max_connections or not conn.is_usable):
+                # Opened past the cap in a burst, or refused by a stopping
+                # worker (OVERLOADED): not kept once idle.
+                conn.close()
             if self._room:  # an empty lot's unpark still costs a generator
                 self._room.unpark()
             return

@@ -29,6 +29,7 @@ from ..protocol import (
     ConnectionState,
     EndRequest,
     LocalProtocolError,
+    ProtocolStatus,
     RemoteProtocolError,
     Request,
     ServerConnection,
@@ -276,6 +277,16 @@ class WorkerConnection:
                     break
                 kind = type(event)
                 if kind is Request:
+                    if self._draining and requests:
+                        # Stopping, on a multiplexed connection that others
+                        # still use: a new request is refused unstarted
+                        # (OVERLOADED), so the web server sends it again on a
+                        # new connection (to the new children on a reload) and
+                        # stops using this one, which closes once idle. (Alone
+                        # on its connection, a request is served as before:
+                        # nginx takes an OVERLOADED for a 502.)
+                        self.write_nowait(self.encode(EndRequest(event.request_id, 0, ProtocolStatus.OVERLOADED)))
+                        continue
                     self._seen_request = True
                     ctx = RequestContext(self, event, RequestBody(self._input_buffer), scoped=self._scoped)
                     requests[event.request_id] = ctx

@@ -13,6 +13,10 @@ answers php-fpm's signals:
   no connection is refused and none dropped);
 - SIGUSR1: reopen the log files (the master's, and the children's: signalled).
 
+Under systemd (``_systemd``) it says READY=1 once its children are started,
+RELOADING=1 then READY=1 around a SIGUSR2, STOPPING=1 on a stop, and takes a
+pool's listening socket from socket activation when one matches it.
+
 Why a plain ``selectors`` loop and not trio: the master forks, and forking out
 of a running trio loop would copy its scheduler, wakeup pipe and threads into
 every child. A selector over a few descriptors (signal wakeup pipe, children's
@@ -49,6 +53,7 @@ from typing import Callable
 
 from .._address import parse_address
 from .._limits import raise_open_file_limit
+from .._systemd import close_unused, is_inherited, listen_sockets, notify, reloading, take_listener
 from ._pm_child import EXIT_APP_LOAD, ChildSpec, child_main, prepare_process, session_settings
 from ._pm_policy import (Action, ChildFigures, MaxChildrenReached, PoolPolicy, SeemsBusy, Spawn, Stop, Unwatch,
                          Watch)
@@ -254,7 +259,20 @@ def check_pools(pool_file: PoolFile, *, bind: bool = False) -> dict[str, socket.
         reason = check_app(pool)
         if reason is not None:
             raise PoolStartError(f"{_where(pool, 'app')}: app: {reason}", 2)
-    return open_listeners(pool_file.pools, {}) if bind else {}
+    return open_listeners(pool_file.pools, _from_systemd(pool_file.pools)) if bind else {}
+
+
+def _from_systemd(pools: tuple[PoolConfig, ...]) -> dict[str, tuple[PoolConfig, socket.socket]]:
+    """The sockets systemd passed (socket activation), by the pool whose listen they match."""
+    inherited = listen_sockets()
+    found = {}
+    for pool in pools:
+        sock = take_listener(inherited, pool.listen, (pool.name,))
+        if sock is not None:
+            log.info("[pool %s] listening on %s: socket from systemd", pool.name, pool.listen)
+            found[pool.name] = (pool, sock)
+    close_unused(inherited, "pool master")
+    return found
 
 
 def open_listeners(pools: tuple[PoolConfig, ...], reuse: dict[str, tuple[PoolConfig, socket.socket]]) -> dict[str, socket.socket]:
@@ -295,7 +313,7 @@ def _same_listen(old: PoolConfig, new: PoolConfig) -> bool:
 
 def _close_listener(sock: socket.socket) -> None:
     try:
-        name = sock.getsockname() if sock.family == socket.AF_UNIX else None
+        name = sock.getsockname() if sock.family == socket.AF_UNIX and not is_inherited(sock) else None
     except OSError:
         name = None
     sock.close()
@@ -373,6 +391,7 @@ class _Master:
         for run in self.runs:
             self._start_run(run)
         log.info("ready to handle connections")
+        notify("READY=1", self._status())
         try:
             self._loop()
         except Exception:
@@ -388,6 +407,9 @@ class _Master:
             self._read_output(fd, final=True)
         log.info("exiting, bye-bye!")
         return 0
+
+    def _status(self) -> str:
+        return "STATUS=serving: " + ", ".join(f"[pool {run.config.name}] on {run.config.listen}" for run in self.runs)
 
     def _kill_all(self) -> None:
         for pid in list(self.children):
@@ -428,6 +450,8 @@ class _Master:
             signum = self.signals.pop(0)
             if signum == signal.SIGCHLD:
                 continue  # _reap runs after every wakeup
+            if signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                notify("STOPPING=1", "STATUS=stopping")
             if signum in (signal.SIGTERM, signal.SIGINT):
                 log.info("Terminating ...")
                 self._stop_all("term")
@@ -443,7 +467,9 @@ class _Master:
                 log.info("error log file re-opened")
             elif signum == signal.SIGUSR2 and not self.exiting:
                 log.info("Reloading in progress ...")
+                reloading()
                 self._reload()
+                notify("READY=1", self._status())
 
     # --- children ------------------------------------------------------------------
 

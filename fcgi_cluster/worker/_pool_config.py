@@ -140,6 +140,9 @@ class PoolConfig:
     threads: int = 16
     #: ``session.*`` keys, raw; checked by ``fcgi_cluster.sessions`` when the pool starts.
     session: dict[str, str] = field(default_factory=dict)
+    #: SCRIPT_NAME of the app when the web server sends no PATH_INFO (no INI key: set by
+    #: ``fcgi-cluster up`` from a cluster file's pool).
+    root_path: str = ""
     #: key -> line number in the file, so that checks made later can still name the line.
     lines: dict[str, int] = field(default_factory=dict)
     #: The file this pool came from.
@@ -178,6 +181,7 @@ class PoolConfig:
             request_slowlog_trace_depth=self.request_slowlog_trace_depth,
             access_log=self.access_log,
             pool_name=self.name,
+            root_path=self.root_path,
         )
         if global_ is not None:
             fields["graceful_timeout"] = global_.process_control_timeout

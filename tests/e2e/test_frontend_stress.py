@@ -646,9 +646,10 @@ def test_up_demo_serves_both_pools_and_stops_on_sigint(tmp_path: pathlib.Path) -
         status = up.wait(30)
         log = up.log_path.read_text()
     assert set(served_by) == {f"127.0.0.1:{pool_a}", f"127.0.0.1:{pool_b}"}
-    # Two pools and the front-end, whose processes = "auto" forks one child per CPU when there are several.
+    # Two pool masters with a child each, and the front-end, whose processes = "auto"
+    # forks one child per CPU when there are several.
     cpus = os.cpu_count() or 1
-    assert len(children) == 3 + (cpus if cpus > 1 else 0), log
+    assert len(children) == 5 + (cpus if cpus > 1 else 0), log
     assert status == 0, log
     assert "Traceback" not in log
     for pid in children:
