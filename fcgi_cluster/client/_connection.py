@@ -56,6 +56,7 @@ from ..protocol import (
     UnknownType,
 )
 from ._buffer import DEFAULT_BUFFERING, Buffering
+from ._liveness import DEFAULT_DEAD_PEER_TIMEOUT, set_dead_peer_timeout
 from ._errors import (
     ConnectError,
     ConnectionLost,
@@ -679,6 +680,7 @@ async def _connect(address: Address, timeout: float) -> trio.SocketStream:
         raise ConnectError(f"cannot connect to {address}: {_connect_reason(exc)}") from exc
     # trio sets it already; we rely on it, so say so.
     stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
+    set_dead_peer_timeout(stream, DEFAULT_DEAD_PEER_TIMEOUT)
     return stream
 
 

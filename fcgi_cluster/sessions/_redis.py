@@ -61,6 +61,7 @@ from ._redis_scripts import (
     TOUCH_RELEASE_SCRIPT,
     WRITE_RELEASE_SCRIPT,
     failure_reason,
+    server_greeting,
     lock_value,
     pick_server,
 )
@@ -97,7 +98,12 @@ class _RedisLikeStore(SessionStore):
         try:
             yield
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
-            raise StoreError(f"{self._name} {where}: {failure_reason(exc)}") from None
+            said = None
+            if isinstance(exc, (redis.exceptions.ConnectionError, OSError)) and not isinstance(
+                exc, redis.exceptions.TimeoutError
+            ) and "refused" not in str(exc).lower():
+                said = server_greeting(where)  # e.g. a protected-mode DENIED
+            raise StoreError(f"{self._name} {where}: {failure_reason(exc, said)}") from None
 
     def read(self, sid: str) -> bytes | None:
         """``GET <prefix><sid>``."""
