@@ -632,6 +632,7 @@ async def open_connection(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     send_timeout: float = math.inf,
     buffering: Buffering = DEFAULT_BUFFERING,
+    dead_peer_timeout: float = DEFAULT_DEAD_PEER_TIMEOUT,
 ) -> AsyncIterator[Connection]:
     """Connect to a FastCGI worker: ``async with open_connection("127.0.0.1:9000") as conn:``.
 
@@ -645,6 +646,9 @@ async def open_connection(
         buffering: how much of each answer the connection may hold for a
             caller that reads slower than the worker writes (``stream`` can
             say otherwise per request).
+        dead_peer_timeout: seconds of silence from the worker's host after
+            which the connection fails (TCP keepalive and TCP_USER_TIMEOUT,
+            see ``set_dead_peer_timeout``); 0 leaves the system's settings.
 
     Returns:
         An async context manager giving a ``Connection``; leaving the block
@@ -662,6 +666,8 @@ async def open_connection(
     if isinstance(address, str):
         address = parse_address(address)
     stream = await _connect(address, connect_timeout)
+    if address.path is None and dead_peer_timeout > 0:
+        set_dead_peer_timeout(stream, dead_peer_timeout)
     quickack = address.path is None and _TCP_QUICKACK is not None
     async with _attach(stream, str(address), quickack=quickack, send_timeout=send_timeout, buffering=buffering) as conn:
         yield conn
@@ -680,7 +686,6 @@ async def _connect(address: Address, timeout: float) -> trio.SocketStream:
         raise ConnectError(f"cannot connect to {address}: {_connect_reason(exc)}") from exc
     # trio sets it already; we rely on it, so say so.
     stream.setsockopt(trio.socket.IPPROTO_TCP, trio.socket.TCP_NODELAY, True)
-    set_dead_peer_timeout(stream, DEFAULT_DEAD_PEER_TIMEOUT)
     return stream
 
 
