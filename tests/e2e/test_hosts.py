@@ -274,6 +274,17 @@ def test_a_protected_mode_redis_is_reported_in_its_own_words(hosts, tmp_path):
                 store.read("a" * 26)
         finally:
             store.close()
+        # A worker on another host stops at start, saying why.
+        argv = hosts.exec_argv("php1", [
+            python_executable(), "-m", "fcgi_cluster.cli", "worker", "workers.counter:app",
+            "--listen", f"{hosts.address('php1')}:{WORKER_PORT + 1}", "--session", "save_handler=redis",
+            "--session", f"save_path=tcp://{address}:{DENIED_PORT}",
+        ])
+        started = subprocess.run(argv, cwd=REPO_ROOT, env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+                                 capture_output=True, text=True, timeout=60)
+    assert started.returncode != 0
+    assert f"redis {address}:{DENIED_PORT}: refused by the server: DENIED Redis is running in protected mode" in started.stderr
+    assert "Traceback" not in started.stderr
     message = str(caught.value)
     assert f"{address}:{DENIED_PORT}" in message
     assert "DENIED Redis is running in protected mode" in message
