@@ -35,8 +35,6 @@ WORKER_PORT = 9000
 HTTP_PORT = 8080
 #: The front-end's read_timeout: a request stuck on a cut host would wait this long.
 READ_TIMEOUT = 30
-#: A dead holder's lock is broken after this (the default, 30 s, would hold its user up).
-LOCK_EXPIRE = 6
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +78,6 @@ def worker(stack: contextlib.ExitStack, hosts: _netns.Hosts, name: str, director
         python_executable(), "-m", "fcgi_cluster.cli", "worker", "workers.counter:app",
         "--listen", f"{address}:{WORKER_PORT}", "--log-level", "warning",
         "--session", "save_handler=redis", "--session", f"save_path={save_path}",
-        "--session", f"lock_expire={LOCK_EXPIRE}",
     ])
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     return stack.enter_context(run_process(argv, cwd=REPO_ROOT, env=env, ready_host=address, ready_port=WORKER_PORT,

@@ -16,6 +16,7 @@ import time
 import urllib.parse
 
 import pytest
+import trio
 
 from fcgi_cluster.sessions import StoreError, open_store
 from fcgi_cluster.sessions._redis_lease import LEASE
@@ -96,4 +97,31 @@ def test_a_holder_whose_lease_lapsed_saves_nothing_over_the_next_owner(flushed: 
         assert store.read(sid) == b"n|i:2;"
     finally:
         stale_store.close()
+        store.close()
+
+
+async def test_the_loop_store_renews_its_leases_and_refuses_a_lapsed_save(flushed: RedisServer) -> None:
+    store = open_store("redis", save_path(flushed))
+    sid, lapsed = secrets.token_hex(16), secrets.token_hex(16)
+    try:
+        async with trio.open_nursery() as nursery:
+            loop = store.loop_store(nursery)
+            try:
+                token, _ = await loop.lock_and_read(sid, expire=30, wait=1, retry_interval=0.01)
+                await trio.sleep(LEASE * 1.6)  # past the lease: only renewals keep it
+                with pytest.raises(LockTimeout):
+                    store.lock_and_read(sid, expire=30, wait=0.1, retry_interval=0.02)
+                await loop.write_and_release(sid, b"n|i:1;", 600, token)
+                assert store.read(sid) == b"n|i:1;"
+                stale, _ = await loop.lock_and_read(lapsed, expire=30, wait=1, retry_interval=0.01)
+                with flushed.client() as client:
+                    client.delete(f"PHPREDIS_SESSION:{lapsed}_LOCK")
+                fresh, _ = store.lock_and_read(lapsed, expire=30, wait=1, retry_interval=0.01)
+                store.write_and_release(lapsed, b"n|i:2;", 600, fresh)
+                with pytest.raises(StoreError, match="not saved: its lock lapsed"):
+                    await loop.write_and_release(lapsed, b"n|i:1;", 600, stale)
+                assert store.read(lapsed) == b"n|i:2;"
+            finally:
+                loop.close()
+    finally:
         store.close()
