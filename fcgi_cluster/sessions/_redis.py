@@ -53,7 +53,7 @@ from redis.cluster import ClusterNode, LoadBalancingStrategy, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
-from ._redis_lease import LEASE_TOUCH_RELEASE_SCRIPT, LEASE_WRITE_RELEASE_SCRIPT, RENEW_SCRIPT, Leases
+from ._redis_lease import LEASE_TOUCH_RELEASE_SCRIPT, LEASE_WRITE_RELEASE_SCRIPT, RENEW_SCRIPT, Leases, lapsed_save
 from ._redis_loop import LoopRedisStore
 from ._redis_scripts import (
     LOCK_READ_SCRIPT,
@@ -409,8 +409,7 @@ class RedisStore(_RedisLikeStore):
         with self._errors(server.where):
             reply = server.run(getattr(server, script), (key, key + LOCK_SUFFIX), (token, *args))
         if reply == -1:
-            raise StoreError(f"redis {server.where}: session {sid} not saved: its lock lapsed and may be "
-                             "someone else's now (the request ran past its lease unrenewed)")
+            raise StoreError(lapsed_save(server.where, sid))
 
     def release_lock(self, sid: str, token: LockToken) -> None:
         """phpredis' compare-and-delete, and no more renewals of this lock."""

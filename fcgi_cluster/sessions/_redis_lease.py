@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["LEASE", "LEASE_TOUCH_RELEASE_SCRIPT", "LEASE_WRITE_RELEASE_SCRIPT", "RENEW_SCRIPT", "Leases"]
+__all__ = ["LEASE", "LEASE_TOUCH_RELEASE_SCRIPT", "LEASE_WRITE_RELEASE_SCRIPT", "RENEW_SCRIPT", "Leases", "lapsed_save"]
 
 #: Seconds a lock lives without renewal: a vanished holder's user waits at most this.
 LEASE = 5.0
@@ -39,6 +39,12 @@ LEASE_TOUCH_RELEASE_SCRIPT = (
     'if redis.call("get",KEYS[2]) ~= ARGV[1] then return -1 end'
     ' redis.call("expire",KEYS[1],ARGV[2]) return redis.call("del",KEYS[2])'
 )
+
+
+def lapsed_save(where: str, sid: str) -> str:
+    """The error of a save refused because its lease lapsed (the script answered -1)."""
+    return (f"redis {where}: session {sid} not saved: its lock lapsed and may be someone else's now "
+            "(the request ran past its lease unrenewed)")
 
 
 class Leases:

@@ -52,7 +52,7 @@ from ._redis_scripts import (
     lock_value,
     pick_server,
 )
-from ._redis_lease import LEASE, LEASE_TOUCH_RELEASE_SCRIPT, LEASE_WRITE_RELEASE_SCRIPT, RENEW_SCRIPT
+from ._redis_lease import LEASE, LEASE_TOUCH_RELEASE_SCRIPT, LEASE_WRITE_RELEASE_SCRIPT, RENEW_SCRIPT, lapsed_save
 from ._save_path import RedisServer
 from ._store import LockTimeout, LockToken, StoreError
 
@@ -478,8 +478,7 @@ class LoopRedisStore:
         was_leased = self._leases.pop((server, key + LOCK_SUFFIX, token), None) is not None
         reply = await server.script(leased if was_leased else plain, (key, key + LOCK_SUFFIX), (token, *args))
         if reply == -1:
-            raise StoreError(f"redis {server.where}: session {sid} not saved: its lock lapsed and may be "
-                             "someone else's now (the request ran past its lease unrenewed)")
+            raise StoreError(lapsed_save(server.where, sid))
 
     async def write_and_release(self, sid: str, data: bytes, ttl: int, token: LockToken) -> None:
         """``SETEX`` and the lock's release in one round trip, as ``RedisStore``'s."""
