@@ -20,6 +20,7 @@ import threading
 import time
 
 import pytest
+import redis as redis_client
 
 from fcgi_cluster.sessions._open import open_store
 from fcgi_cluster.sessions._store import StoreError
@@ -65,6 +66,16 @@ class Redis:
             self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         wait_for_port(self.address, REDIS_PORT, process=self.process)
+        # Accepting is not serving: it answers LOADING while it reads its append-only file.
+        deadline = time.monotonic() + 30
+        with redis_client.Redis(host=self.address, port=REDIS_PORT, password=PASSWORD, socket_timeout=5) as client:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis_client.exceptions.BusyLoadingError:
+                    assert time.monotonic() < deadline, "redis still loading after 30 s"
+                    time.sleep(0.05)
 
     def stop(self) -> None:
         if self.process is not None:
