@@ -155,28 +155,27 @@ class User:
         self.servers.append(answer["worker"].split()[0])
 
 
-def run_users(host: str, users: int, until: threading.Event, limit: float = 120) -> list[User]:
-    """``users`` browsers visiting in a loop until ``until`` is set (at most ``limit`` seconds)."""
-    crowd = [User(host) for _ in range(users)]
+class Crowd:
+    """``users`` browsers visiting in a loop, in threads, until ``stop()`` (at most ``limit`` seconds)."""
 
-    def browse(user: User) -> None:
-        deadline = time.monotonic() + limit
-        while not until.is_set() and time.monotonic() < deadline and len(user.values) < 2000:
+    def __init__(self, host: str, users: int, limit: float = 120) -> None:
+        self.users = [User(host) for _ in range(users)]
+        self._until = threading.Event()
+        self._limit = limit
+        self._pool = concurrent.futures.ThreadPoolExecutor(users)
+        self._futures = [self._pool.submit(self._browse, user) for user in self.users]
+
+    def _browse(self, user: User) -> None:
+        deadline = time.monotonic() + self._limit
+        while not self._until.is_set() and time.monotonic() < deadline and len(user.values) < 2000:
             user.visit()
             time.sleep(0.05)
 
-    pool = concurrent.futures.ThreadPoolExecutor(users)
-    futures = [pool.submit(browse, user) for user in crowd]
-    crowd_futures = (pool, futures)
-    run_users.running = crowd_futures  # type: ignore[attr-defined]
-    return crowd
-
-
-def join_users() -> None:
-    pool, futures = run_users.running  # type: ignore[attr-defined]
-    for future in futures:
-        future.result(timeout=200)
-    pool.shutdown()
+    def stop(self) -> None:
+        self._until.set()
+        for future in self._futures:
+            future.result(timeout=200)
+        self._pool.shutdown()
 
 
 def assert_counted(user: User, *, retried_at_most: int = 0) -> None:
@@ -197,8 +196,8 @@ def test_a_session_counter_alternates_between_the_two_hosts(cluster, hosts):
 
 
 def test_a_cut_link_fails_no_request_and_holds_none_for_long(cluster, hosts):
-    stop = threading.Event()
-    users = run_users(cluster["lb"], 4, stop)
+    crowd = Crowd(cluster["lb"], 4)
+    users = crowd.users
     try:
         time.sleep(2)
         hosts.cut("php1")
@@ -208,8 +207,7 @@ def test_a_cut_link_fails_no_request_and_holds_none_for_long(cluster, hosts):
             hosts.mend("php1")
         time.sleep(3)
     finally:
-        stop.set()
-        join_users()
+        crowd.stop()
     slowest = max(user.slowest for user in users)
     print(f"link of php1 cut for {READ_TIMEOUT * 2 / 3:.0f} s under 4 users: "
           f"{sum(len(u.values) for u in users)} answers, slowest request {slowest:.1f} s")
@@ -233,8 +231,8 @@ def wait_both_in_rotation(cluster, hosts, limit: float = 30) -> None:
 
 def test_a_worker_host_killed_with_sigkill_fails_no_request(cluster, hosts):
     wait_both_in_rotation(cluster, hosts)
-    stop = threading.Event()
-    users = run_users(cluster["lb"], 4, stop)
+    crowd = Crowd(cluster["lb"], 4)
+    users = crowd.users
     victim = cluster["workers"]["php2"]
     try:
         time.sleep(2)
@@ -242,8 +240,7 @@ def test_a_worker_host_killed_with_sigkill_fails_no_request(cluster, hosts):
         victim.wait(10)
         time.sleep(3)
     finally:
-        stop.set()
-        join_users()
+        crowd.stop()
     for user in users:
         assert user.failures == []
         assert_counted(user, retried_at_most=1)
