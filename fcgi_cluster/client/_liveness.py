@@ -15,7 +15,7 @@ import trio
 #: Seconds of silence from the peer's host (not its app) after which a TCP
 #: connection is given up: keepalive probes start after a third of it, every
 #: third, and TCP_USER_TIMEOUT bounds unacknowledged data to all of it.
-DEFAULT_DEAD_PEER_TIMEOUT = 3.0
+DEFAULT_DEAD_PEER_TIMEOUT = 2.0
 
 
 def set_dead_peer_timeout(stream: trio.SocketStream, seconds: float) -> None:

@@ -198,7 +198,7 @@ class UpstreamConfig:
     read_timeout: float = 60 * SECONDS  # nginx fastcgi_read_timeout
     # nginx has only fastcgi_socket_keepalive on (the system's 2 h): a request
     # in flight on a host whose link is cut would wait read_timeout.
-    dead_host_timeout: float = 3 * SECONDS
+    dead_host_timeout: float = 2 * SECONDS
     tries: int = 0  # nginx fastcgi_next_upstream_tries
     next_upstream_timeout: float = 0 * SECONDS  # nginx fastcgi_next_upstream_timeout
     # A repeated POST may charge a card twice: nginx retries them only when asked.

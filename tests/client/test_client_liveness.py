@@ -34,10 +34,10 @@ async def options_of(dead_peer_timeout: float | None) -> tuple[int, int, int, in
         await listener.aclose()
 
 
-async def test_the_default_gives_a_silent_host_up_in_about_four_seconds():
+async def test_the_default_gives_a_silent_host_up_in_about_three_seconds():
     keepalive, idle, interval, count, user_timeout = await options_of(None)
     assert keepalive == 1 and idle == 1 and interval == 1 and count == 3
-    assert user_timeout == 3000
+    assert user_timeout == 2000
 
 
 async def test_a_longer_timeout_spaces_the_probes():

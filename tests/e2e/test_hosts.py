@@ -108,7 +108,7 @@ def cluster(hosts, tmp_path_factory):
         config = directory / "cluster.toml"
         config.write_text(
             f'[frontend]\nlisten = "{lb}:{HTTP_PORT}"\naccess_log = false\n'
-            f'[upstream.app]\nservers = [{servers}]\nread_timeout = "{READ_TIMEOUT}s"\n'
+            f'[upstream.app]\nservers = [{servers}]\nread_timeout = "{READ_TIMEOUT}s"\nconnect_timeout = "2s"\n'
             '[[route]]\nprefix = "/"\nupstream = "app"\n'
         )
         argv = hosts.exec_argv("lb", [python_executable(), "-m", "fcgi_cluster.cli", "up", "-c", str(config),
