@@ -56,6 +56,7 @@ from ..protocol import (
     UnknownType,
 )
 from ._buffer import DEFAULT_BUFFERING, Buffering
+from ._liveness import DEFAULT_DEAD_PEER_TIMEOUT, set_dead_peer_timeout
 from ._errors import (
     ConnectError,
     ConnectionLost,
@@ -636,6 +637,7 @@ async def open_connection(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     send_timeout: float = math.inf,
     buffering: Buffering = DEFAULT_BUFFERING,
+    dead_peer_timeout: float = DEFAULT_DEAD_PEER_TIMEOUT,
 ) -> AsyncIterator[Connection]:
     """Connect to a FastCGI worker: ``async with open_connection("127.0.0.1:9000") as conn:``.
 
@@ -649,6 +651,9 @@ async def open_connection(
         buffering: how much of each answer the connection may hold for a
             caller that reads slower than the worker writes (``stream`` can
             say otherwise per request).
+        dead_peer_timeout: seconds of silence from the worker's host after
+            which the connection fails (TCP keepalive and TCP_USER_TIMEOUT,
+            see ``set_dead_peer_timeout``); 0 leaves the system's settings.
 
     Returns:
         An async context manager giving a ``Connection``; leaving the block
@@ -666,6 +671,8 @@ async def open_connection(
     if isinstance(address, str):
         address = parse_address(address)
     stream = await _connect(address, connect_timeout)
+    if address.path is None and dead_peer_timeout > 0:
+        set_dead_peer_timeout(stream, dead_peer_timeout)
     quickack = address.path is None and _TCP_QUICKACK is not None
     async with _attach(stream, str(address), quickack=quickack, send_timeout=send_timeout, buffering=buffering) as conn:
         yield conn

@@ -163,6 +163,10 @@ class UpstreamConfig:
         connect_timeout: seconds to establish a connection to a server.
         send_timeout: seconds allowed between two writes to a server.
         read_timeout: seconds allowed between two reads from a server.
+        dead_host_timeout: seconds of silence from a server's host (TCP
+            keepalive probes unanswered, data unacknowledged) after which its
+            connection and the requests in flight on it fail; 0 leaves the
+            system's TCP settings.
         tries: servers tried for one request; 0 means all of them.
         next_upstream_timeout: seconds spent trying servers for one request;
             0 means no limit.
@@ -200,6 +204,9 @@ class UpstreamConfig:
     connect_timeout: float = 5 * SECONDS
     send_timeout: float = 60 * SECONDS  # nginx fastcgi_send_timeout
     read_timeout: float = 60 * SECONDS  # nginx fastcgi_read_timeout
+    # nginx has only fastcgi_socket_keepalive on (the system's 2 h): a request
+    # in flight on a host whose link is cut would wait read_timeout.
+    dead_host_timeout: float = 2 * SECONDS
     tries: int = 0  # nginx fastcgi_next_upstream_tries
     next_upstream_timeout: float = 0 * SECONDS  # nginx fastcgi_next_upstream_timeout
     # A repeated POST may charge a card twice: nginx retries them only when asked.

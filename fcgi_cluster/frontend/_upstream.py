@@ -47,6 +47,7 @@ import trio
 from .._address import Address, parse_address
 from ..client._buffer import Buffering, MemoryPool
 from ..client import ConnectError, Connection, FastCGIError, open_connection
+from ..client._liveness import DEFAULT_DEAD_PEER_TIMEOUT
 from ._balancer import Balancer
 from ._counters import ServerCounters
 
@@ -112,6 +113,7 @@ class Server:
         connect_timeout: float = 5.0,
         send_timeout: float = 60.0,
         max_conns: int = 0,
+        dead_host_timeout: float = DEFAULT_DEAD_PEER_TIMEOUT,
     ) -> None:
         self.address = address
         self._address: Address = parse_address(address)
@@ -124,6 +126,7 @@ class Server:
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
         self._send_timeout = send_timeout or math.inf
+        self._dead_host_timeout = dead_host_timeout
         #: None until learned; then True (multiplexed) or False.
         self.multiplexed: bool | None = None
         self.max_reqs = 1
@@ -384,7 +387,8 @@ class Server:
         learning = self._learning if learn else None
         try:
             async with open_connection(
-                self._address, connect_timeout=self._connect_timeout, send_timeout=self._send_timeout
+                self._address, connect_timeout=self._connect_timeout, send_timeout=self._send_timeout,
+                dead_peer_timeout=self._dead_host_timeout,
             ) as conn:
                 if learning is not None:
                     await self._learn(conn)
@@ -485,7 +489,7 @@ class Upstream:
             self.balancer.carry_counts(previous.balancer)
         multiplex = config.multiplex != "off"  # type: ignore[attr-defined]
         settings = (multiplex, config.connections, config.keepalive,  # type: ignore[attr-defined]
-                    config.connect_timeout, config.send_timeout)  # type: ignore[attr-defined]
+                    config.connect_timeout, config.send_timeout, config.dead_host_timeout)  # type: ignore[attr-defined]
         #: What a Server is made of, per server: equal keys, one Server can serve both.
         self.server_keys = [(spec.address, spec.max_conns, *settings) for spec in specs]
         reusable: dict[tuple, Server] = {}
@@ -500,6 +504,7 @@ class Upstream:
                 connect_timeout=config.connect_timeout,  # type: ignore[attr-defined]
                 send_timeout=config.send_timeout,  # type: ignore[attr-defined]
                 max_conns=spec.max_conns,
+                dead_host_timeout=config.dead_host_timeout,  # type: ignore[attr-defined]
             )
             for key, spec in zip(self.server_keys, specs)
         ]

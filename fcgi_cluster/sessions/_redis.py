@@ -53,6 +53,7 @@ from redis.cluster import ClusterNode, LoadBalancingStrategy, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
+from ._redis_lease import LEASE_TOUCH_RELEASE_SCRIPT, LEASE_WRITE_RELEASE_SCRIPT, RENEW_SCRIPT, Leases, lapsed_save
 from ._redis_loop import LoopRedisStore
 from ._redis_scripts import (
     LOCK_READ_SCRIPT,
@@ -61,6 +62,7 @@ from ._redis_scripts import (
     TOUCH_RELEASE_SCRIPT,
     WRITE_RELEASE_SCRIPT,
     failure_reason,
+    server_greeting,
     lock_value,
     pick_server,
 )
@@ -97,7 +99,12 @@ class _RedisLikeStore(SessionStore):
         try:
             yield
         except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError) as exc:
-            raise StoreError(f"{self._name} {where}: {failure_reason(exc)}") from None
+            said = None
+            if isinstance(exc, (redis.exceptions.ConnectionError, OSError)) and not isinstance(
+                exc, redis.exceptions.TimeoutError
+            ) and "refused" not in str(exc).lower():
+                said = server_greeting(where)  # e.g. a protected-mode DENIED
+            raise StoreError(f"{self._name} {where}: {failure_reason(exc, said)}") from None
 
     def read(self, sid: str) -> bytes | None:
         """``GET <prefix><sid>``."""
@@ -183,7 +190,7 @@ class _Server:
     """
 
     __slots__ = ("client", "prefix", "where", "release", "lock_read", "write_release", "touch_release",
-                 "_local", "_own_connections", "_kept", "_kept_forks", "_kept_lock")
+                 "renew", "lease_write", "lease_touch", "_local", "_own_connections", "_kept", "_kept_forks", "_kept_lock")
 
     def __init__(self, client: redis.Redis, prefix: str, where: str, *, own_connections: bool = False) -> None:
         self.client = client
@@ -194,6 +201,9 @@ class _Server:
         self.lock_read = client.register_script(LOCK_READ_SCRIPT)
         self.write_release = client.register_script(WRITE_RELEASE_SCRIPT)
         self.touch_release = client.register_script(TOUCH_RELEASE_SCRIPT)
+        self.renew = client.register_script(RENEW_SCRIPT)
+        self.lease_write = client.register_script(LEASE_WRITE_RELEASE_SCRIPT)
+        self.lease_touch = client.register_script(LEASE_TOUCH_RELEASE_SCRIPT)
         self._local = threading.local()
         self._own_connections = own_connections
         #: Connections kept by threads, at most half the pool's: the rest stay
@@ -288,6 +298,8 @@ class RedisStore(_RedisLikeStore):
         check: bool = True,
     ) -> None:
         default = DEFAULT_TIMEOUT if timeout is None else timeout
+        #: The locks this process holds, renewed while their requests run.
+        self._leases = Leases()
         self._servers: list[_Server] = []
         self._weights: list[int] = []
         self._default_timeout = default
@@ -373,14 +385,37 @@ class RedisStore(_RedisLikeStore):
         key = server.prefix + sid
         keys = (key, key + LOCK_SUFFIX)
         token = lock_value()
-        args = (token, max(1, int(expire * 1000)))
+        # A lease, renewed while the request runs (``_redis_lease``): a holder
+        # that vanished stops renewing and its lock lapses in seconds.
+        leased = expire > self._leases.lease
+        args = (token, max(1, int(min(expire, self._leases.lease) * 1000)))
 
         def attempt() -> tuple[LockToken, bytes | None] | None:
             reply = server.run(server.lock_read, keys, args)
             return None if reply == 0 else (token, reply[0] if reply else None)
 
         with self._errors(server.where):
-            return poll_lock(attempt, sid, wait, retry_interval)
+            taken = poll_lock(attempt, sid, wait, retry_interval)
+        if leased:
+            self._leases.hold(server, keys[1], token, expire)
+        return taken
+
+    def _save_and_release(self, sid: str, plain: str, leased: str, args: tuple[Any, ...], token: LockToken) -> None:
+        # A leased lock's save checks the lock is still its own; an unleased one
+        # (expire <= the lease) writes regardless, as phpredis does.
+        server = self._server(sid)
+        key = server.prefix + sid
+        script = leased if self._leases.release(server, key + LOCK_SUFFIX, token) else plain
+        with self._errors(server.where):
+            reply = server.run(getattr(server, script), (key, key + LOCK_SUFFIX), (token, *args))
+        if reply == -1:
+            raise StoreError(lapsed_save(server.where, sid))
+
+    def release_lock(self, sid: str, token: LockToken) -> None:
+        """phpredis' compare-and-delete, and no more renewals of this lock."""
+        server = self._server(sid)
+        self._leases.release(server, server.prefix + sid + LOCK_SUFFIX, token)
+        super().release_lock(sid, token)
 
     def write_and_release(self, sid: str, data: bytes, ttl: int, token: LockToken) -> None:
         """``SETEX`` the data and release the lock if ``token`` holds it, in one round trip.
@@ -389,10 +424,7 @@ class RedisStore(_RedisLikeStore):
             StoreError: Redis cannot be used (the write may or may not have been
                 done; the caller releases the lock again, which is harmless).
         """
-        server = self._server(sid)
-        key = server.prefix + sid
-        with self._errors(server.where):
-            server.run(server.write_release, (key, key + LOCK_SUFFIX), (token, max(1, int(ttl)), data))
+        self._save_and_release(sid, "write_release", "lease_write", (max(1, int(ttl)), data), token)
 
     def touch_and_release(self, sid: str, ttl: int, token: LockToken) -> None:
         """``EXPIRE`` the data and release the lock if ``token`` holds it, in one round trip.
@@ -400,10 +432,7 @@ class RedisStore(_RedisLikeStore):
         Raises:
             StoreError: as ``write_and_release``.
         """
-        server = self._server(sid)
-        key = server.prefix + sid
-        with self._errors(server.where):
-            server.run(server.touch_release, (key, key + LOCK_SUFFIX), (token, max(1, int(ttl))))
+        self._save_and_release(sid, "touch_release", "lease_touch", (max(1, int(ttl)),), token)
 
     def loop_store(self, nursery: Any) -> Any:
         """The same servers' client on the running trio loop (``LoopRedisStore``), or None.

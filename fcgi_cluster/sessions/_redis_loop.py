@@ -52,6 +52,7 @@ from ._redis_scripts import (
     lock_value,
     pick_server,
 )
+from ._redis_lease import LEASE, LEASE_TOUCH_RELEASE_SCRIPT, LEASE_WRITE_RELEASE_SCRIPT, RENEW_SCRIPT, lapsed_save
 from ._save_path import RedisServer
 from ._store import LockTimeout, LockToken, StoreError
 
@@ -80,6 +81,9 @@ _LOCK_READ = _Script(LOCK_READ_SCRIPT)
 _WRITE_RELEASE = _Script(WRITE_RELEASE_SCRIPT)
 _TOUCH_RELEASE = _Script(TOUCH_RELEASE_SCRIPT)
 _RELEASE = _Script(RELEASE_SCRIPT)
+_RENEW = _Script(RENEW_SCRIPT)
+_LEASE_WRITE_RELEASE = _Script(LEASE_WRITE_RELEASE_SCRIPT)
+_LEASE_TOUCH_RELEASE = _Script(LEASE_TOUCH_RELEASE_SCRIPT)
 
 
 class _Waiter:
@@ -359,6 +363,12 @@ class LoopRedisStore:
         self._servers = [_LoopServer(server, default_timeout, nursery) for server in servers]
         self._weights = [server.weight for server in servers]
         self._single = self._servers[0] if len(self._servers) == 1 else None
+        self._nursery = nursery
+        #: Leased locks held (``_redis_lease``): (server, lock key, token) -> renew until (trio time).
+        self._leases: dict[tuple[_LoopServer, str, LockToken], float] = {}
+        self._renewing = False
+        #: Ends the renewals on close(), so the nursery can finish.
+        self._renew_scope = trio.CancelScope()
 
     def __repr__(self) -> str:
         return f"LoopRedisStore({', '.join(server.where for server in self._servers)})"
@@ -379,7 +389,8 @@ class LoopRedisStore:
         key = server.prefix + sid
         lock_key = key + LOCK_SUFFIX
         token = lock_value()
-        args = (token, max(1, int(expire * 1000)))
+        leased = expire > LEASE
+        args = (token, max(1, int(min(expire, LEASE) * 1000)))
 
         def orphaned(reply: Any) -> None:
             # The caller gave up while the lock was being taken: let it go.
@@ -390,6 +401,8 @@ class LoopRedisStore:
         while True:
             reply = await server.script(_LOCK_READ, (key, lock_key), args, orphaned)
             if reply != 0:
+                if leased:
+                    self._hold(server, lock_key, token, expire)
                 return token, reply[0] if reply else None
             remaining = deadline - trio.current_time()
             if remaining <= 0:
@@ -420,24 +433,63 @@ class LoopRedisStore:
         """Nothing to do: Redis expires session keys itself."""
         return 0
 
+    def _hold(self, server: _LoopServer, lock_key: str, token: LockToken, expire: float) -> None:
+        self._leases[(server, lock_key, token)] = trio.current_time() + expire
+        if not self._renewing:
+            self._renewing = True
+            self._nursery.start_soon(self._renew_loop)
+
+    async def _renew_loop(self) -> None:
+        # As _redis_lease.Leases, on the loop: every lease/3, a compare-and-PEXPIRE
+        # per held lock; one past lock_expire or lost is kept (its save must
+        # check) but no longer renewed (-inf).
+        with self._renew_scope:
+            await self._renew_rounds()
+
+    async def _renew_rounds(self) -> None:
+        leases = self._leases
+        while True:
+            await trio.sleep(LEASE / 3)
+            now = trio.current_time()
+            for key, until in list(leases.items()):
+                if now >= until:
+                    if key in leases:
+                        leases[key] = -math.inf
+                    continue
+                server, lock_key, token = key
+                try:
+                    renewed = await server.script(_RENEW, (lock_key,), (token, int(LEASE * 1000)))
+                except StoreError:
+                    continue  # Redis away for now: next round
+                if not renewed and key in leases:
+                    leases[key] = -math.inf
+
     async def release_lock(self, sid: str, token: LockToken) -> None:
         """phpredis' compare-and-delete script."""
         server = self._server(sid)
-        await server.script(_RELEASE, (server.prefix + sid + LOCK_SUFFIX,), (token,))
+        lock_key = server.prefix + sid + LOCK_SUFFIX
+        self._leases.pop((server, lock_key, token), None)
+        await server.script(_RELEASE, (lock_key,), (token,))
+
+    async def _save_and_release(self, sid: str, plain: _Script, leased: _Script, args: tuple[Any, ...],
+                                token: LockToken) -> None:
+        server = self._server(sid)
+        key = server.prefix + sid
+        was_leased = self._leases.pop((server, key + LOCK_SUFFIX, token), None) is not None
+        reply = await server.script(leased if was_leased else plain, (key, key + LOCK_SUFFIX), (token, *args))
+        if reply == -1:
+            raise StoreError(lapsed_save(server.where, sid))
 
     async def write_and_release(self, sid: str, data: bytes, ttl: int, token: LockToken) -> None:
         """``SETEX`` and the lock's release in one round trip, as ``RedisStore``'s."""
-        server = self._server(sid)
-        key = server.prefix + sid
-        await server.script(_WRITE_RELEASE, (key, key + LOCK_SUFFIX), (token, max(1, int(ttl)), data))
+        await self._save_and_release(sid, _WRITE_RELEASE, _LEASE_WRITE_RELEASE, (max(1, int(ttl)), data), token)
 
     async def touch_and_release(self, sid: str, ttl: int, token: LockToken) -> None:
         """``EXPIRE`` and the lock's release in one round trip, as ``RedisStore``'s."""
-        server = self._server(sid)
-        key = server.prefix + sid
-        await server.script(_TOUCH_RELEASE, (key, key + LOCK_SUFFIX), (token, max(1, int(ttl))))
+        await self._save_and_release(sid, _TOUCH_RELEASE, _LEASE_TOUCH_RELEASE, (max(1, int(ttl)),), token)
 
     def close(self) -> None:
         """Drop every connection (commands waiting fail with ``StoreError``)."""
+        self._renew_scope.cancel()
         for server in self._servers:
             server.close()

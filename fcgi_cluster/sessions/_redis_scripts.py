@@ -27,6 +27,7 @@ __all__ = [
     "failure_reason",
     "lock_value",
     "pick_server",
+    "server_greeting",
 ]
 
 LOCK_SUFFIX = "_LOCK"
@@ -94,8 +95,61 @@ def pick_server(sid: str, weights: Sequence[int]) -> int:
     raise AssertionError("unreachable: position < total weight")
 
 
-def failure_reason(exc: BaseException) -> str:
-    """One line saying why a Redis call failed, without a traceback or a password."""
+#: How long ``server_greeting`` waits for a line the server sends unprompted.
+GREETING_WAIT = 0.5
+_GREETING_MAX = 4096
+
+
+def server_greeting(where: str, timeout: float = GREETING_WAIT) -> str | None:
+    """The error line a Redis server sends on accepting, before any command; None if it sends none.
+
+    A Redis in protected mode answers a connection from another host with
+    ``-DENIED Redis is running in protected mode...`` and closes it; one at
+    maxclients with ``-ERR max number of clients reached``. A client that writes
+    its first command meanwhile sees only a reset ("Broken pipe"), so after a
+    connection error the store asks again and reads what the server says.
+
+    Args:
+        where: ``host:port`` (``[v6]:port``), as ``RedisServer.describe`` writes it;
+            anything else (a socket path) gives None.
+        timeout: Seconds to wait for the connection and the line.
+
+    Returns:
+        The server's words on one line (the text after ``-``, its first two
+        sentences), or None.
+    """
+    host, sep, port = where.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    data = b""
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            while b"\n" not in data and len(data) < _GREETING_MAX:
+                chunk = sock.recv(_GREETING_MAX)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError:
+        pass  # a timeout (nothing said) or no connection at all
+    if not data.startswith(b"-"):
+        return None
+    line = data[1:].split(b"\r\n")[0].decode("utf-8", "replace")
+    sentences = " ".join(line.split()).split(". ")
+    return ". ".join(sentences[:2]).rstrip(".") + "."
+
+
+def failure_reason(exc: BaseException, said: str | None = None) -> str:
+    """One line saying why a Redis call failed, without a traceback or a password.
+
+    Args:
+        exc: What the call raised.
+        said: What the server said unprompted (``server_greeting``), when known: it
+            names the cause better than the socket's error.
+    """
+    if said is not None:
+        if said.startswith("DENIED"):
+            return f"refused by the server: {said} (give it a password, or protected-mode no)"
+        return f"refused by the server: {said}"
     text = " ".join(str(exc).split()) or type(exc).__name__
     lowered = text.lower()
     # NOAUTH first: redis-py raises it as an AuthenticationError too.
