@@ -23,6 +23,7 @@ redis-sentinel  redis-sentinel
 memcached       memcached
 /usr/lib/php/*/redis.so php-redis
 /usr/lib/php/*/memcached.so php-memcached
+gcc         gcc
 '
 
 # Servers' binaries live in sbin, which a non-root PATH often lacks.

@@ -8,6 +8,7 @@ were written.
 import json
 import pathlib
 import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -23,9 +24,10 @@ def test_bench_quick_writes_results(tmp_path):
     for fact in ("python", "cpus", "nginx", "haproxy", "wrk", "php-fpm", "flup", "trio"):
         assert results["machine"].get(fact), fact
     parts = results["parts"]
-    assert set(parts) == {"transport", "http", "scaling", "pool", "sessions", "idle", "slow"}
+    assert set(parts) == {"hello", "transport", "http", "scaling", "pool", "sessions", "idle", "slow"}
     for name, part in parts.items():
         assert "error" not in part, (name, part.get("error"))
+    check_hello(parts["hello"])
 
     transport_runs = parts["transport"]["runs"]
     assert {run["contender"] for run in transport_runs} == set(parts["transport"]["contenders"])
@@ -88,8 +90,46 @@ def test_bench_quick_writes_results(tmp_path):
 
     report = (run_dir / "report.md").read_text()
     assert "## Goals" in report and "ours -> ours" in report
-    for plot in ("throughput.png", "latency.png", "cpu.png"):
+    for plot in ("hello-cpu.png", "throughput.png", "latency.png", "cpu.png"):
         assert (run_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+
+
+def check_hello(part: dict) -> None:
+    """Every stack of the hello part started, answered and was charged CPU, without errors."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import hello_world
+
+    unavailable = {stack: state["reason"] for stack, state in part["stacks"].items() if not state["available"]}
+    assert not unavailable, unavailable
+    rows = {row["stack"]: row for row in part["summary"]}
+    assert set(rows) == set(hello_world.STACKS)
+    for name, row in rows.items():
+        assert row["rps"] > 0 and row["requests"] > 0, row
+        assert row["cpu_us"] > 0, row
+        # The front door's and the workers' shares, where there is a front door, add up.
+        if name != "granian":
+            assert row["front_cpu_us"] > 0 and abs(row["front_cpu_us"] + row["worker_cpu_us"] - row["cpu_us"]) < 1.0, row
+        assert not any(row["socket_errors"].values()), row
+        if name.startswith("ours -> "):
+            # The shipped www.conf recycles each child after pm.max_requests = 10000, and
+            # a child that retires drops the requests multiplexed on its connections: the
+            # front-end answers those with 502 (a known defect, in the report). Everything
+            # else is answered.
+            assert row["non_2xx"] <= row["requests"] // 100, row
+        else:
+            assert row["non_2xx"] == 0, row
+    report = hello_world.report(part)
+    assert "ours -> ours vs nginx -> php-fpm (seed), req/s" in report and "not measured" not in report
+
+
+def test_hello_quick_every_stack_answers(tmp_path):
+    # uWSGI, gunicorn and granian come with the test extra; nginx and php-fpm with `make deps`.
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hello_world.py"), "--quick",
+                             "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [run_dir] = [path for path in tmp_path.iterdir() if path.is_dir()]
+    check_hello(json.loads((run_dir / "results.json").read_text())["hello"])
+    assert "| granian |" in (run_dir / "report.md").read_text()
 
 
 async def test_the_fastcgi_load_generators_count_reset_connections_as_failed():
@@ -98,7 +138,6 @@ async def test_the_fastcgi_load_generators_count_reset_connections_as_failed():
     import functools
     import socket
     import struct
-    import sys
 
     import trio
 
