@@ -225,20 +225,23 @@ def report(results: dict, plots: list[str]) -> str:
     lines.append(f"{facts.get('cpus')} CPUs ({facts.get('cpu', '?')}), Python {facts['python']}, "
                  f"commit {facts.get('commit', '?')[:12]}; {'quick' if results['quick'] else 'full'} run. "
                  "wrk, the front doors and the workers share the machine's cores.")
-    lines += ["", "## Goals", "", *goals(results)]
-    names = {"hello": "Headline: hello, ours as shipped beside what Python and PHP sites run (64 clients)",
-             "transport": "Transport: FastCGI into one worker process",
+    hello = results["parts"].get("hello")
+    if hello is not None:  # the headline comes first
+        lines += ["", "## Headline: hello, ours as shipped beside what Python and PHP sites run", "",
+                  f"failed: {hello['error']}" if "error" in hello else hello_world.report(hello).strip()]
+    lines += ["", "## Goals (workers.echo:app, the parts below)", "", *goals(results)]
+    names = {"transport": "Transport: FastCGI into one worker process",
              "http": "End to end: front doors x workers (64 client connections)",
              "scaling": "Scaling: client connections", "pool": "Pool: children and memory",
              "sessions": "Sessions in Redis: ours vs nginx -> php-fpm + phpredis",
              "idle": "Idle keep-alive clients: front-door memory per client",
              "slow": "Slow readers: small requests beside clients that read large answers slowly"}
     for part, data in results["parts"].items():
+        if part == "hello":
+            continue
         lines += ["", f"## {names[part]}", ""]
         if "error" in data:
             lines.append(f"failed: {data['error']}")
-        elif part == "hello":
-            lines.append(hello_world.report(data).strip())
         elif part == "transport":
             lines.append(transport.report(data).strip())
         elif part == "pool":
