@@ -47,8 +47,8 @@ $(VENV)/.installed-bench: pyproject.toml | $(PY)
 	$(PIP) install --quiet -e '.[bench]'
 	@touch $@ $(VENV)/.installed
 
-# The benchmark suite (benchmarks/suite.py): every part, our stack beside nginx, HAProxy,
-# php-fpm and flup in one run; results in benchmarks/results/<UTC timestamp>/.
+# The benchmark suite (benchmarks/suite.py): every part, our stack beside nginx, HAProxy, uWSGI,
+# gunicorn, granian, php-fpm and flup in one run; results in benchmarks/results/<UTC timestamp>/.
 # BENCH_OUT moves them elsewhere.
 BENCH_OUT ?= benchmarks/results
 
