@@ -161,3 +161,25 @@ async def test_the_fastcgi_load_generators_count_reset_connections_as_failed():
                 ok, failed = await load(port, 2, 2, new_conn, 0.3)
                 assert ok == 0 and failed > 0, (load.__name__, new_conn)
         nursery.cancel_scope.cancel()
+
+
+def test_the_cpu_of_a_tree_counts_children_started_and_reaped_during_the_reading():
+    # A pool that recycles children (pm.max_requests) starts and reaps some during a run:
+    # their CPU must stay charged to the stack.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _measure
+
+    burn = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass"
+    parent_code = (f"import subprocess, sys, time\ntime.sleep(0.5)\n"
+                   f"subprocess.run([sys.executable, '-c', {burn!r}])\nprint('reaped', flush=True)\ntime.sleep(30)")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
+    try:
+        before = _measure.cpu_seconds(_measure.tree([parent.pid]))
+        assert parent.stdout.readline().strip() == "reaped"
+        after = _measure.cpu_seconds(_measure.tree([parent.pid]))
+        # The child is gone from the tree; its half second is in the parent's reaped time.
+        assert _measure.tree([parent.pid]) == [parent.pid]
+        assert _measure.cpu_between(before, after) >= 0.4
+    finally:
+        parent.kill()
+        parent.wait(10)
