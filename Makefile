@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 PYTEST_ARGS ?=
 
-.PHONY: .venv install install-test install-bench deps test run bench bench-quick bench-http bench-sessions clean
+.PHONY: .venv install install-test install-bench deps test run bench bench-quick bench-http bench-hello bench-hello-quick bench-sessions clean
 
 .venv: $(PY)
 
@@ -47,8 +47,8 @@ $(VENV)/.installed-bench: pyproject.toml | $(PY)
 	$(PIP) install --quiet -e '.[bench]'
 	@touch $@ $(VENV)/.installed
 
-# The benchmark suite (benchmarks/suite.py): every part, our stack beside nginx, HAProxy,
-# php-fpm and flup in one run; results in benchmarks/results/<UTC timestamp>/.
+# The benchmark suite (benchmarks/suite.py): every part, our stack beside nginx, HAProxy, uWSGI,
+# gunicorn, granian, php-fpm and flup in one run; results in benchmarks/results/<UTC timestamp>/.
 # BENCH_OUT moves them elsewhere.
 BENCH_OUT ?= benchmarks/results
 
@@ -60,6 +60,14 @@ bench-quick: install-bench deps
 
 bench-http: install-bench deps
 	$(PY) benchmarks/end_to_end.py
+
+# The headline alone (benchmarks/hello_world.py): workers/hello.py through ours as shipped,
+# nginx -> uWSGI, nginx -> gunicorn, granian, nginx -> php-fpm hello.php.
+bench-hello: install-bench deps
+	$(PY) benchmarks/hello_world.py --out $(BENCH_OUT)
+
+bench-hello-quick: install-bench deps
+	$(PY) benchmarks/hello_world.py --quick --out $(BENCH_OUT)
 
 # Sessions in Redis under wrk (benchmarks/sessions.py): ours vs nginx -> php-fpm + phpredis.
 bench-sessions: install-bench deps

@@ -196,14 +196,13 @@ def run_wrk(wrk: str, url: str, seconds: float, connections: int, script: pathli
     """
     argv = [wrk, f"-t{min(WRK_THREADS, connections)}", f"-c{connections}", f"-d{seconds:g}s",
             "--latency", "-s", str(script), url]
-    processes = _measure.tree(pids)
-    front = set(_measure.tree(pids[:1]))
-    before = _measure.cpu_seconds(processes)
+    front_before = _measure.cpu_seconds(_measure.tree(pids[:1]))
+    before = _measure.cpu_seconds(_measure.tree(pids))
     result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + WRK_GRACE_SECONDS)
-    after = _measure.cpu_seconds(processes)
+    # The trees as they are now: a pool may have started and reaped children meanwhile.
+    after = _measure.cpu_seconds(_measure.tree(pids))
     cpu = _measure.cpu_between(before, after)
-    front_cpu = _measure.cpu_between({pid: t for pid, t in before.items() if pid in front},
-                                     {pid: t for pid, t in after.items() if pid in front})
+    front_cpu = _measure.cpu_between(front_before, _measure.cpu_seconds(_measure.tree(pids[:1])))
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} exited with {result.returncode}: {result.stderr.strip()}")
     figures = parse_wrk(result.stdout)

@@ -40,19 +40,28 @@ def tree(roots: list[int]) -> list[int]:
 
 
 def cpu_seconds(pids: list[int]) -> dict[int, float]:
-    """user+sys seconds each live process of ``pids`` has spent so far."""
+    """user+sys seconds each live process of ``pids`` and its reaped children have spent so far.
+
+    A pool that recycles children (``pm.max_requests``) loses some during a run: a child's
+    time moves to its parent's cutime/cstime when the parent reaps it, so counting those
+    keeps it in the tree's total.
+    """
     spent = {}
     for pid in pids:
         fields = _stat_fields(pid)
         if fields is not None:
-            # utime and stime are fields 14 and 15 of /proc/PID/stat (11 and 12 after the name).
-            spent[pid] = (int(fields[11]) + int(fields[12])) / _TICKS
+            # utime, stime, cutime, cstime are fields 14-17 of /proc/PID/stat (11-14 after the name).
+            spent[pid] = sum(int(fields[i]) for i in (11, 12, 13, 14)) / _TICKS
     return spent
 
 
 def cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
-    """CPU seconds spent between two ``cpu_seconds`` readings of the same processes."""
-    return sum(after[pid] - before.get(pid, 0.0) for pid in after)
+    """CPU seconds a process tree spent between two ``cpu_seconds`` readings.
+
+    ``after`` may be read from the tree as it is then (children started and reaped in
+    between): a reaped child's time is in its parent's, a new child's starts at zero.
+    """
+    return sum(after.values()) - sum(before.values())
 
 
 def rss_kib(pids: list[int]) -> int:

@@ -2,6 +2,10 @@
 
 Parts, each our stack beside its peers in the same run, interleaved:
 
+* ``hello``: the headline: workers/hello.py through our stack as the CLI and README start
+  it, beside nginx -> uWSGI (FastCGI and uwsgi), nginx -> gunicorn, granian and nginx ->
+  php-fpm hello.php with and without keep-alive, CPU per request split front door /
+  workers (benchmarks/hello_world.py);
 * ``transport``: FastCGI requests/s into one worker process, no HTTP (benchmarks/transport.py);
 * ``http``: wrk through every front door x worker pairing, answers of 5 B / 16 KiB /
   1 MiB, with CPU seconds per 10,000 requests (benchmarks/end_to_end.py);
@@ -35,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import end_to_end  # noqa: E402
+import hello_world  # noqa: E402
 import idle  # noqa: E402
 import pool  # noqa: E402
 import sessions  # noqa: E402
@@ -45,7 +50,7 @@ from _progress import Progress  # noqa: E402
 
 from tests._peers import PeerStartError  # noqa: E402
 
-PARTS = ("transport", "http", "scaling", "pool", "sessions", "idle", "slow")
+PARTS = ("hello", "transport", "http", "scaling", "pool", "sessions", "idle", "slow")
 # The stacks of the scaling sweep: every front door before our workers, and the PHP reference.
 SCALING_STACKS = ("ours -> ours", "nginx -> ours", "haproxy -> ours", "nginx -> php-fpm")
 # Where the headline figures are read: small answers at a moderate load.
@@ -56,6 +61,7 @@ def plan(quick: bool) -> dict:
     """The settings of every part, full or quick."""
     if quick:
         return {
+            "hello": hello_world.Settings(1.0, 1),
             "transport": {"seconds": 0.5, "rounds": 1, "generators": ("core",)},
             "http": end_to_end.Settings(1.0, 1, (64,), ("5 B",)),
             "scaling": end_to_end.Settings(1.0, 1, (1, 64, 256), ("5 B",), SCALING_STACKS[:3]),
@@ -65,6 +71,7 @@ def plan(quick: bool) -> dict:
             "slow": slow_readers.Settings(1.0, (0, 8), 1),
         }
     return {
+        "hello": hello_world.Settings(5.0, 2),
         "transport": {"seconds": 2.0, "rounds": 3, "generators": transport.GENERATORS},
         "http": end_to_end.Settings(3.0, 2, (64,), ("5 B", "16 KiB", "1 MiB", "1 MiB up")),
         "scaling": end_to_end.Settings(3.0, 2, (1, 16, 64, 256, 1024), ("5 B",), SCALING_STACKS),
@@ -80,6 +87,7 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
     settings = plan(quick)
     progress = Progress()
     counts = {
+        "hello": lambda: hello_world.steps(settings["hello"]),
         "transport": lambda: transport.steps(settings["transport"]["rounds"], settings["transport"]["generators"]),
         "http": lambda: end_to_end.steps(settings["http"]),
         "scaling": lambda: end_to_end.steps(settings["scaling"]),
@@ -94,7 +102,9 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
     for part in parts:
         progress.note(f"--- {part} ---")
         try:
-            if part == "transport":
+            if part == "hello":
+                results["parts"][part] = hello_world.run(settings[part], out / part, progress)
+            elif part == "transport":
                 results["parts"][part] = transport.run(progress=progress, **settings["transport"])
             elif part in ("http", "scaling"):
                 results["parts"][part] = end_to_end.run(settings[part], out / part, progress)
@@ -215,7 +225,11 @@ def report(results: dict, plots: list[str]) -> str:
     lines.append(f"{facts.get('cpus')} CPUs ({facts.get('cpu', '?')}), Python {facts['python']}, "
                  f"commit {facts.get('commit', '?')[:12]}; {'quick' if results['quick'] else 'full'} run. "
                  "wrk, the front doors and the workers share the machine's cores.")
-    lines += ["", "## Goals", "", *goals(results)]
+    hello = results["parts"].get("hello")
+    if hello is not None:  # the headline comes first
+        lines += ["", "## Headline: hello, ours as shipped beside what Python and PHP sites run", "",
+                  f"failed: {hello['error']}" if "error" in hello else hello_world.report(hello).strip()]
+    lines += ["", "## Goals (workers.echo:app, the parts below)", "", *goals(results)]
     names = {"transport": "Transport: FastCGI into one worker process",
              "http": "End to end: front doors x workers (64 client connections)",
              "scaling": "Scaling: client connections", "pool": "Pool: children and memory",
@@ -223,6 +237,8 @@ def report(results: dict, plots: list[str]) -> str:
              "idle": "Idle keep-alive clients: front-door memory per client",
              "slow": "Slow readers: small requests beside clients that read large answers slowly"}
     for part, data in results["parts"].items():
+        if part == "hello":
+            continue
         lines += ["", f"## {names[part]}", ""]
         if "error" in data:
             lines.append(f"failed: {data['error']}")
@@ -254,6 +270,22 @@ def plot(results: dict, out: pathlib.Path) -> list[str]:
         print("no plots: matplotlib is not installed (`make bench` installs it)", file=sys.stderr)
         return []
     written = []
+    hello = results["parts"].get("hello", {})
+    if hello.get("summary"):
+        rows = sorted(hello["summary"], key=lambda row: row["cpu_us"])
+        labels = [row["stack"] for row in rows]
+        figure, axis = plt.subplots(figsize=(8, 4.5))
+        front = [row["front_cpu_us"] or 0 for row in rows]
+        axis.bar(labels, front, label="front door")
+        axis.bar(labels, [row["cpu_us"] - f for row, f in zip(rows, front)], bottom=front,
+                 label="workers (the whole server where there is no front door)")
+        axis.set_xticks(range(len(rows)), labels, rotation=30, ha="right")
+        axis.set(ylabel="CPU µs per request", title="CPU per request, hello (64 clients)")
+        axis.legend()
+        figure.tight_layout()
+        figure.savefig(out / "hello-cpu.png", dpi=100)
+        plt.close(figure)
+        written.append("hello-cpu.png")
     scaling = results["parts"].get("scaling", {})
     if scaling.get("summary"):
         figure, axis = plt.subplots(figsize=(7, 4.5))

@@ -25,6 +25,7 @@ systemd-socket-activate systemd
 /usr/lib/php/*/redis.so php-redis
 /usr/lib/php/*/memcached.so php-memcached
 chromium        chromium
+gcc         gcc
 '
 
 # Servers' binaries live in sbin, which a non-root PATH often lacks.

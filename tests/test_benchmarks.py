@@ -8,6 +8,7 @@ were written.
 import json
 import pathlib
 import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -23,9 +24,10 @@ def test_bench_quick_writes_results(tmp_path):
     for fact in ("python", "cpus", "nginx", "haproxy", "wrk", "php-fpm", "flup", "trio"):
         assert results["machine"].get(fact), fact
     parts = results["parts"]
-    assert set(parts) == {"transport", "http", "scaling", "pool", "sessions", "idle", "slow"}
+    assert set(parts) == {"hello", "transport", "http", "scaling", "pool", "sessions", "idle", "slow"}
     for name, part in parts.items():
         assert "error" not in part, (name, part.get("error"))
+    check_hello(parts["hello"])
 
     transport_runs = parts["transport"]["runs"]
     assert {run["contender"] for run in transport_runs} == set(parts["transport"]["contenders"])
@@ -88,8 +90,57 @@ def test_bench_quick_writes_results(tmp_path):
 
     report = (run_dir / "report.md").read_text()
     assert "## Goals" in report and "ours -> ours" in report
-    for plot in ("throughput.png", "latency.png", "cpu.png"):
+    for plot in ("hello-cpu.png", "throughput.png", "latency.png", "cpu.png"):
         assert (run_dir / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+
+
+def check_hello(part: dict) -> None:
+    """Every stack of the hello part started, answered and was charged CPU, without errors."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import hello_world
+
+    unavailable = {stack: state["reason"] for stack, state in part["stacks"].items() if not state["available"]}
+    assert not unavailable, unavailable
+    rows = {row["stack"]: row for row in part["summary"]}
+    assert set(rows) == set(hello_world.STACKS)
+    pool = {key.strip(): int(value) for key, _, value in (
+        line.partition("=") for line in (ROOT / "workers" / "www.conf").read_text().splitlines())
+        if key.strip() in ("pm.max_children", "pm.max_requests")}
+    for name, row in rows.items():
+        assert row["rps"] > 0 and row["requests"] > 0, row
+        assert row["cpu_us"] > 0, row
+        # The front door's and the workers' shares, where there is a front door, add up.
+        if name != "granian":
+            assert row["front_cpu_us"] > 0 and abs(row["front_cpu_us"] + row["worker_cpu_us"] - row["cpu_us"]) < 1.0, row
+        errors = dict(row["socket_errors"])
+        if name == "nginx -> php-fpm (keep-alive)":
+            # nginx's documented keep-alive in front of 4 children: a child stays pinned to
+            # a kept connection, so under 64 clients the rest wait in php-fpm's listen queue
+            # and some pass wrk's 2 s timeout (p99 above 1 s in every run here). That is the
+            # peer's behaviour, reported beside its figure; no other error is.
+            errors.pop("timeout")
+        assert not any(errors.values()), row
+        if name.startswith("ours -> "):
+            # The shipped www.conf recycles each child after pm.max_requests, and a child
+            # that retires drops the requests multiplexed on its connections: the front-end
+            # answers those with 502 (a known defect, in the report). At most the clients'
+            # requests in flight are lost per retirement; everything else is answered.
+            retirements = pool["pm.max_children"] + row["requests"] // pool["pm.max_requests"]
+            assert row["non_2xx"] <= part["settings"]["connections"] * retirements, row
+        else:
+            assert row["non_2xx"] == 0, row
+    report = hello_world.report(part)
+    assert "ours -> ours vs nginx -> php-fpm (seed), req/s" in report and "not measured" not in report
+
+
+def test_hello_quick_every_stack_answers(tmp_path):
+    # uWSGI, gunicorn and granian come with the test extra; nginx and php-fpm with `make deps`.
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hello_world.py"), "--quick",
+                             "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    [run_dir] = [path for path in tmp_path.iterdir() if path.is_dir()]
+    check_hello(json.loads((run_dir / "results.json").read_text())["hello"])
+    assert "| granian |" in (run_dir / "report.md").read_text()
 
 
 async def test_the_fastcgi_load_generators_count_reset_connections_as_failed():
@@ -98,7 +149,6 @@ async def test_the_fastcgi_load_generators_count_reset_connections_as_failed():
     import functools
     import socket
     import struct
-    import sys
 
     import trio
 
@@ -118,3 +168,25 @@ async def test_the_fastcgi_load_generators_count_reset_connections_as_failed():
                 ok, failed = await load(port, 2, 2, new_conn, 0.3)
                 assert ok == 0 and failed > 0, (load.__name__, new_conn)
         nursery.cancel_scope.cancel()
+
+
+def test_the_cpu_of_a_tree_counts_children_started_and_reaped_during_the_reading():
+    # A pool that recycles children (pm.max_requests) starts and reaps some during a run:
+    # their CPU must stay charged to the stack.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _measure
+
+    burn = "import time\nend = time.process_time() + 0.5\nwhile time.process_time() < end: pass"
+    parent_code = (f"import subprocess, sys, time\ntime.sleep(0.5)\n"
+                   f"subprocess.run([sys.executable, '-c', {burn!r}])\nprint('reaped', flush=True)\ntime.sleep(30)")
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True)
+    try:
+        before = _measure.cpu_seconds(_measure.tree([parent.pid]))
+        assert parent.stdout.readline().strip() == "reaped"
+        after = _measure.cpu_seconds(_measure.tree([parent.pid]))
+        # The child is gone from the tree; its half second is in the parent's reaped time.
+        assert _measure.tree([parent.pid]) == [parent.pid]
+        assert _measure.cpu_between(before, after) >= 0.4
+    finally:
+        parent.kill()
+        parent.wait(10)
