@@ -4,10 +4,9 @@ The app is the smallest one (workers/hello.py, tests/e2e/php/hello.php for php-f
 the servers are measured, not the app. Stacks, each configured as its docs advise:
 
 * ``ours -> ours``: ``fcgi-cluster frontend --upstream ADDR`` (the CLI's defaults: one
-  process, the access log on stdout) in front of ``fcgi-cluster worker -c`` with the
+  process per CPU, the access log on stdout) in front of ``fcgi-cluster worker -c`` with the
   shipped workers/www.conf (pm = dynamic, 2 to 4 children), only its listen address and
-  slowlog path changed; ``ours -> ours (processes auto)`` the same front-end with
-  ``--processes auto``, the one setting the README suggests for a multi-core machine;
+  slowlog path changed;
 * ``nginx -> ours``: nginx with upstream ``keepalive`` and ``fastcgi_keep_conn on``;
 * ``nginx -> uWSGI (FastCGI)``, ``nginx -> uWSGI (uwsgi)``: uWSGI, 2 processes;
 * ``nginx -> gunicorn``: 2 * cores + 1 sync workers (gunicorn's docs);
@@ -65,7 +64,7 @@ UWSGI_PROCESSES = 2
 # gunicorn's docs: "(2 x $num_cores) + 1" sync workers.
 GUNICORN_WORKERS = 2 * CORES + 1
 SEED = "nginx -> php-fpm"
-STACKS = ("ours -> ours", "ours -> ours (processes auto)", "nginx -> ours", "nginx -> uWSGI (FastCGI)",
+STACKS = ("ours -> ours", "nginx -> ours", "nginx -> uWSGI (FastCGI)",
           "nginx -> uWSGI (uwsgi)", "nginx -> gunicorn", "granian", SEED, "nginx -> php-fpm (keep-alive)")
 
 
@@ -121,8 +120,6 @@ class Starter:
         port = free_port()
         argv = [*fcgi_cluster_command(), "frontend", "--listen", f"{LOOPBACK}:{port}",
                 "--upstream", f"{LOOPBACK}:{worker_port}"]
-        if "processes auto" in name:
-            argv += ["--processes", "auto"]
         process = self._peers.process(argv, name="fcgi-frontend", cwd=ROOT, env=_python_peers.env(),
                                       ready_port=port)
         return Stack(f"http://{LOOPBACK}:{port}/", [process.pid, worker_pid])
