@@ -63,12 +63,15 @@ def test_bench_quick_writes_results(tmp_path):
     session_part = parts["sessions"]
     unavailable = {stack: state["reason"] for stack, state in session_part["stacks"].items() if not state["available"]}
     assert not unavailable, unavailable
-    assert {row["stack"] for row in session_part["summary"]} == {"ours", "ours (threads 0)", "nginx -> php-fpm"}
+    assert {row["stack"] for row in session_part["summary"]} == {
+        "ours", "ours (auto_start)", "ours (threads 0)", "nginx -> php-fpm", "nginx -> php-fpm (locking)"}
     for row in session_part["summary"]:
         assert row["rps"] > 0 and row["ok"] > 0 and row["cpu_per_10k_s"] > 0, row
     for stack, figures in session_part["checks"].items():
-        # Locking is on in both stacks: every acknowledged increment is in Redis.
-        assert figures["lost"] == 0 and figures["consistent"], (stack, figures)
+        # Locking is on in every stack but the seed's (phpredis' defaults, no lock, where
+        # concurrent visits may overwrite each other): every acknowledged increment is in Redis.
+        if stack != "nginx -> php-fpm":
+            assert figures["lost"] == 0 and figures["consistent"], (stack, figures)
 
     front_doors = parts["idle"]["front_doors"]
     assert set(front_doors) == {"ours", "nginx", "haproxy"}
