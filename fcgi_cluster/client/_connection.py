@@ -129,6 +129,9 @@ class Connection:
         self._receive_size = READ_SIZE  # READ_SIZE_LARGE while a large answer streams in
         self._core = ClientConnection()
         self._requests: dict[int, RequestState] = {}
+        #: Requests answered to their end on this connection: one that then
+        #: closes had been kept alive (its peer may have closed it as idle).
+        self.answered = 0
         #: Requests whose callback is due once the records read in one go are dispatched.
         self._due: list[RequestState] = []
         self._values_waiters: deque[_ValuesWaiter] = deque()
@@ -503,6 +506,7 @@ class Connection:
             if state is None:
                 pass
             elif event.protocol_status is ProtocolStatus.REQUEST_COMPLETE:  # type: ignore[attr-defined]
+                self.answered += 1
                 state.complete(event.app_status)  # type: ignore[attr-defined]
             else:
                 status = event.protocol_status  # type: ignore[attr-defined]

@@ -53,6 +53,11 @@ __all__ = [
 
 log = logging.getLogger("fcgi_cluster.frontend")
 
+#: Times a request may be sent again, unstarted, to the same server on a new
+#: connection (a stopping worker refused it, or closed its kept connection
+#: under it): each child of a recycling pool can cost one.
+RESENDS = 2
+
 #: Methods RFC 9110 calls idempotent, plus those nginx treats so: safe to
 #: send twice. nginx's list of the others is POST, LOCK and PATCH.
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE", b"PROPFIND", b"MKCOL", b"COPY", b"MOVE", b"UNLOCK", b"PROPPATCH"})
@@ -173,11 +178,12 @@ async def open_upstream_response(
     shared, alone = buffering or upstream.buffering
     status, reason = 502, "no live upstream server"
     attempts = 0
-    refused_again = False
-    # One more round than tries: a request refused unstarted by a stopping
-    # worker (OVERLOADED) is sent again once to the same server, on a new
-    # connection, without counting as a try.
-    for _ in range(tries + 1):
+    resends = 0  # sent again unstarted, not counted as tries (RESENDS at most)
+    # More rounds than tries: a request refused unstarted by a stopping
+    # worker (OVERLOADED), or cut with its kept connection before its head,
+    # is sent again to the same server, on a new connection, without
+    # counting as a try (RESENDS times at most).
+    for _ in range(tries + RESENDS):
         conn = None
         response = None
         error = None
@@ -220,6 +226,17 @@ async def open_upstream_response(
                 server.release(conn)
             balancer.finished(index)
             counters = server.counters
+            if (isinstance(exc, ConnectionLost) and conn is not None and conn.answered and idempotent
+                    and replayable and resends < RESENDS):
+                # A kept connection closed under a request before its answer's
+                # head (nothing reached the client): a worker closing it as idle (a pool child at
+                # pm.max_requests, a stop), the request on the wire. Sent again
+                # once, on a new connection, as an HTTP client does with a
+                # stale kept-alive connection; not counted against the server.
+                resends += 1
+                tried.discard(index)
+                log.info("upstream %s: %s; sending it again on a new connection", upstream.name, exc)
+                continue
             if isinstance(exc, RequestRefused):
                 counters.refused += 1
                 status, reason = 502, f"{server.address} refused the request: {exc}"
@@ -246,8 +263,8 @@ async def open_upstream_response(
                     else f"{server.address}: {exc}"
                 )
             if (isinstance(exc, RequestRefused) and exc.protocol_status is ProtocolStatus.OVERLOADED
-                    and replayable and not refused_again):
-                refused_again = True
+                    and replayable and resends < RESENDS):
+                resends += 1
                 tried.discard(index)
                 log.info("upstream %s: %s; sending it again on a new connection", upstream.name, reason)
                 continue

@@ -317,6 +317,34 @@ def test_max_requests_recycles_children_without_losing_a_request(tmp_path):
         wait_until(lambda: len(children(proc.pid)) == 2, what="2 children again")
 
 
+def test_our_front_end_loses_nothing_while_children_recycle_under_multiplexed_load(tmp_path):
+    # The front-end multiplexes requests over kept connections to each child;
+    # a child at pm.max_requests closes its connections once idle, with the
+    # next requests perhaps already on the wire: those are sent again on a
+    # new connection (nothing of their answer had come), never a 502.
+    from .test_frontend_process import frontend_process, http_get
+
+    port = free_port()
+    with master(tmp_path, pool(port, pm="static", pm_max_children=2, pm_max_requests=40)) as proc:
+        wait_until(lambda: len(children(proc.pid)) == 2, what="2 children")
+        with frontend_process("--processes", "1", "--upstream", f"127.0.0.1:{port}") as (front, _):
+            def client(n: int) -> list[tuple[int, str]]:
+                answers = []
+                for i in range(100):
+                    status, _, body = http_get(front, f"/r/{n}/{i}")
+                    answers.append((status, json.loads(body)["worker"] if status == 200 else body.decode()))
+                return answers
+
+            with ThreadPoolExecutor(8) as threads:
+                answers = [a for result in threads.map(client, range(8)) for a in result]
+        statuses = [status for status, _ in answers]
+        failed = [a for a in answers if a[0] != 200]
+        assert failed == [], f"{len(failed)} of {len(answers)} failed: {failed[:3]}\n{log_of(proc)[-2000:]}"
+        assert statuses.count(200) == 800
+        # 800 requests at 40 per child: the children were recycled many times meanwhile.
+        assert len({worker for _, worker in answers}) >= 10
+
+
 # --- signals ----------------------------------------------------------------------------
 
 
