@@ -56,7 +56,7 @@ from ..protocol import (
     UnknownType,
 )
 from ._buffer import DEFAULT_BUFFERING, Buffering
-from ._liveness import DEFAULT_DEAD_PEER_TIMEOUT, set_dead_peer_timeout
+from ._liveness import DEFAULT_DEAD_PEER_TIMEOUT, ping_loop, set_dead_peer_timeout
 from ._errors import (
     ConnectError,
     ConnectionLost,
@@ -142,6 +142,7 @@ class Connection:
         self._closing = False
         self._closed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._reads = 0  # receives that brought bytes, for the liveness ping
 
     # --- state --------------------------------------------------------------
 
@@ -278,6 +279,25 @@ class Connection:
         if waiter.error is not None:
             raise waiter.error
         return waiter.values
+
+    def watch_liveness(self, interval: float, timeout: float) -> None:
+        """Ping the worker when it is silent with requests in flight; no answer kills the connection.
+
+        Only for a worker that multiplexes (FCGI_MPXS_CONNS=1): it answers
+        management records from its event loop while requests run, so an
+        answer within ``timeout`` proves the loop alive however slow the app.
+        A non-multiplexing worker (php-fpm) answers nothing while busy: never
+        call this for one. See ``_liveness.ping_loop``.
+        """
+        if interval > 0 and self._nursery is not None and self._failure is None:
+            self._nursery.start_soon(ping_loop, self, interval, timeout)
+
+    def _ping(self) -> _ValuesWaiter:
+        """Queue one GET_VALUES (FCGI_MPXS_CONNS); the waiter is set when its answer arrives."""
+        waiter = _ValuesWaiter()
+        self._values_waiters.append(waiter)
+        self._queue(self._core.send(GetValues((b"FCGI_MPXS_CONNS",))))
+        return waiter
 
     # --- the per-request steps ----------------------------------------------
 
@@ -437,6 +457,7 @@ class Connection:
                     if self._quickack and self._requests:
                         _rearm_quickack(self._stream)
                     core.receive_data(await self._receive())
+                    self._reads += 1
                 elif type(event) is ConnectionClosed:
                     pending = len(self._requests)
                     self._fail(
