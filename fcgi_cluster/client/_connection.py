@@ -143,6 +143,7 @@ class Connection:
         self._closed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._reads = 0  # receives that brought bytes, for the liveness ping
+        self._reader_paused = False  # waiting for a slow caller to take its answer
 
     # --- state --------------------------------------------------------------
 
@@ -281,23 +282,16 @@ class Connection:
         return waiter.values
 
     def watch_liveness(self, interval: float, timeout: float) -> None:
-        """Ping the worker when it is silent with requests in flight; no answer kills the connection.
-
-        Only for a worker that multiplexes (FCGI_MPXS_CONNS=1): it answers
-        management records from its event loop while requests run, so an
-        answer within ``timeout`` proves the loop alive however slow the app.
-        A non-multiplexing worker (php-fpm) answers nothing while busy: never
-        call this for one. See ``_liveness.ping_loop``.
-        """
+        """Ping the worker when silent with requests in flight (``_liveness.ping_loop``); multiplexing peers only."""
         if interval > 0 and self._nursery is not None and self._failure is None:
             self._nursery.start_soon(ping_loop, self, interval, timeout)
 
-    def _ping(self) -> _ValuesWaiter:
-        """Queue one GET_VALUES (FCGI_MPXS_CONNS); the waiter is set when its answer arrives."""
+    def _ping(self) -> trio.Event:
+        """Queue one GET_VALUES (FCGI_MPXS_CONNS); the event is set when its answer arrives."""
         waiter = _ValuesWaiter()
         self._values_waiters.append(waiter)
         self._queue(self._core.send(GetValues((b"FCGI_MPXS_CONNS",))))
-        return waiter
+        return waiter.done
 
     # --- the per-request steps ----------------------------------------------
 
@@ -471,7 +465,11 @@ class Connection:
                     if full is not None:
                         # A full buffer: its caller's turn first (see feed_stdout).
                         self._run_due()
-                        await full.wait_for_room()
+                        self._reader_paused = True
+                        try:
+                            await full.wait_for_room()
+                        finally:
+                            self._reader_paused = False
                         if full.deferred is not None:
                             self._feed_deferred(full)
         except RemoteProtocolError as exc:

@@ -28,15 +28,14 @@ if TYPE_CHECKING:
 #: third, and TCP_USER_TIMEOUT bounds unacknowledged data to all of it.
 DEFAULT_DEAD_PEER_TIMEOUT = 2.0
 
-#: Seconds a multiplexed connection with requests in flight may read nothing
-#: before it is pinged (FCGI_GET_VALUES), and seconds the answer may take.
-DEFAULT_PING_INTERVAL = 2.0
-DEFAULT_PING_TIMEOUT = 3.0
 
+def ping_due(in_flight: int, reads_then: int, reads_now: int, reader_paused: bool = False) -> bool:
+    """The rule, checked every ping interval: requests wait and nothing was read since the last check.
 
-def ping_due(in_flight: int, reads_then: int, reads_now: int) -> bool:
-    """The rule, checked every ping interval: requests wait and nothing was read since the last check."""
-    return in_flight > 0 and reads_now == reads_then
+    A reader paused for a caller that reads slowly (``Buffering.wait``) reads
+    nothing by choice: that is no silence of the worker's.
+    """
+    return in_flight > 0 and reads_now == reads_then and not reader_paused
 
 
 async def ping_loop(conn: Connection, interval: float, timeout: float) -> None:
@@ -47,17 +46,24 @@ async def ping_loop(conn: Connection, interval: float, timeout: float) -> None:
     proves its loop alive (its apps may still be slow: nothing is failed); one
     that does not gets the connection failed with ConnectionLost, and every
     request in flight on it fails over as next_upstream allows.
+
+    Only for a worker that multiplexes (FCGI_MPXS_CONNS=1): it answers
+    management records from its event loop while requests run, so an answer
+    proves the loop alive however slow the app. A non-multiplexing worker
+    (php-fpm) answers nothing while busy: it must never be pinged.
     """
     seen = conn._reads
     while True:
         await trio.sleep(interval)
-        if not ping_due(len(conn._requests), seen, conn._reads):
+        if not ping_due(len(conn._requests), seen, conn._reads, conn._reader_paused):
             seen = conn._reads
             continue
-        waiter = conn._ping()
+        answered = conn._ping()
         with trio.move_on_after(timeout):
-            await waiter.done.wait()
-        if not waiter.done.is_set():
+            await answered.wait()
+        # Bytes read meanwhile, or a reader that paused, prove nothing against
+        # the worker: its answer is simply not read yet.
+        if ping_due(len(conn._requests), seen, conn._reads, conn._reader_paused) and not answered.is_set():
             pending = len(conn._requests)
             conn._fail(
                 ConnectionLost,

@@ -13,10 +13,10 @@ import struct
 import pytest
 import trio
 
-from fcgi_cluster.client import ConnectionLost, open_connection
+from fcgi_cluster.client import Buffering, ConnectionLost, open_connection
 from fcgi_cluster.client._liveness import ping_due
 from fcgi_cluster.frontend._upstream import Server
-from fcgi_cluster.protocol import ConnectionClosed, Request, Stdin
+from fcgi_cluster.protocol import ConnectionClosed, EndRequest, Request, Stdin, Stdout
 from tests.client._fake_worker import Peer, fake_worker, ok
 
 GET_VALUES_RESULT = 10
@@ -67,7 +67,7 @@ def slow_handler(delay: float, **options: object):
 async def hung_handler(stream: trio.SocketStream) -> None:
     """Take one request, then read nothing more: a stopped process."""
     peer = Peer(stream)
-    while not isinstance(event := await peer.next_event(), (Request, ConnectionClosed)):
+    while not isinstance(await peer.next_event(), (Request, ConnectionClosed)):
         pass
     await trio.sleep(3600)
 
@@ -76,6 +76,7 @@ def test_the_rule_pings_only_a_silent_connection_with_requests_in_flight():
     assert ping_due(in_flight=2, reads_then=7, reads_now=7)
     assert not ping_due(in_flight=2, reads_then=7, reads_now=8)
     assert not ping_due(in_flight=0, reads_then=7, reads_now=7)
+    assert not ping_due(in_flight=2, reads_then=7, reads_now=7, reader_paused=True)
 
 
 async def test_a_worker_that_stops_reading_fails_its_requests_after_the_ping_timeout():
@@ -105,6 +106,32 @@ async def test_an_idle_connection_is_never_pinged():
         conn.watch_liveness(0.2, 0.5)
         await trio.sleep(1.5)
         assert CountingPeer.answered == 0 and conn.is_usable
+
+
+async def test_a_reader_paused_for_a_slow_caller_is_not_taken_for_a_hung_worker():
+    # Buffering.wait: the reader stops reading while the caller holds its
+    # answer; the worker is blocked sending and cannot read the ping either.
+    big = bytes(range(256)) * 4096  # 1 MiB
+
+    async def handler(stream: trio.SocketStream) -> None:
+        peer = Peer(stream)
+        got = await peer.next_request()
+        assert got is not None
+        rid = got[0].request_id
+        await peer.send(Stdout(rid, ok(b"")))
+        for at in range(0, len(big), 32768):
+            await peer.send(Stdout(rid, big[at:at + 32768]))
+        await peer.send(EndRequest(rid))
+        await trio.sleep_forever()
+
+    buffering = Buffering(memory=64 * 1024, wait=True)
+    async with fake_worker(handler) as address, open_connection(address, buffering=buffering) as conn:
+        conn.watch_liveness(0.2, 0.3)
+        with trio.fail_after(20):
+            async with conn.stream(PARAMS) as response:
+                await trio.sleep(2.0)  # many intervals and timeouts with nothing read
+                got = b"".join([chunk async for chunk in response])
+    assert got == big
 
 
 @pytest.mark.parametrize("multiplex", [True, False])
