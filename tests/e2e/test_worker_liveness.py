@@ -4,6 +4,8 @@ Our front-end pings a multiplexed connection that has been silent with requests
 in flight (ping_interval) and gives it up when the worker's loop does not
 answer (ping_timeout); the GET then goes to the other worker. A slow app on a
 live worker answers the pings from the worker's loop and is left alone.
+php-fpm says FCGI_MPXS_CONNS=0 and answers no GET_VALUES while a request runs:
+it is never pinged, so its slow scripts are never taken for a hung process.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 
-from tests._peers import LOOPBACK, REPO_ROOT, free_port, python_executable, run_process
+from tests._peers import LOOPBACK, PHP_PAGES, REPO_ROOT, Peers, free_port, python_executable, run_process
 
 from ._worker import worker_process
 
@@ -92,4 +94,36 @@ def test_a_slow_app_on_a_live_worker_is_not_declared_dead(tmp_path):
             text = log.read_text()
     assert (status, worker) == (200, f"{LOOPBACK}:{w1}")
     assert seconds >= 8.0  # the app's own sleep, many ping intervals long
+    assert "did not answer a FastCGI ping" not in text
+
+
+def test_php_fpm_is_never_pinged_so_a_slow_script_answers(tmp_path):
+    with contextlib.ExitStack() as stack:
+        fpm = Peers(stack, tmp_path).php_fpm(max_children=1)
+        port = free_port()
+        config = tmp_path / "cluster.toml"
+        # Pings this eager would give up any connection they were sent on:
+        # php-fpm's child reads nothing until its script ends.
+        config.write_text(
+            f'[frontend]\nlisten = "{LOOPBACK}:{port}"\nprocesses = 1\nroot = "{PHP_PAGES}"\naccess_log = false\n'
+            f'[upstream.php]\nservers = ["{LOOPBACK}:{fpm.port}"]\nping_interval = "0.3s"\nping_timeout = "0.3s"\n'
+        )
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        log = tmp_path / "frontend.log"
+        stack.enter_context(run_process(
+            [python_executable(), "-m", "fcgi_cluster.cli", "frontend", "-c", str(config)],
+            cwd=REPO_ROOT, env=env, ready_port=port, name="fcgi-frontend", log_path=log,
+        ))
+        start = time.monotonic()
+        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
+        try:
+            conn.request("GET", "/sleep.php?ms=3000")
+            response = conn.getresponse()
+            status, body = response.status, response.read()
+        finally:
+            conn.close()
+        seconds = time.monotonic() - start
+        text = log.read_text()
+    assert (status, body) == (200, b"slept")
+    assert seconds >= 3.0
     assert "did not answer a FastCGI ping" not in text
