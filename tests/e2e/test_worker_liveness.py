@@ -81,6 +81,7 @@ def test_a_stopped_worker_s_get_is_answered_by_the_other_within_the_ping_timeout
     assert [status for status, _, _ in results] == [200] * 4
     assert {worker for _, worker, _ in results} == {f"{LOOPBACK}:{w2}"}
     slowest = max(seconds for _, _, seconds in results)
+    print(f"GETs with one worker stopped: {', '.join(f'{s:.2f}' for _, _, s in results)} s")
     # Round robin sent at least one GET to the stopped worker: held a silent
     # interval plus the ping's timeout, then retried, far under read_timeout.
     assert PING_INTERVAL + PING_TIMEOUT - 0.5 <= slowest < READ_TIMEOUT / 4
