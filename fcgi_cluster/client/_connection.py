@@ -56,7 +56,7 @@ from ..protocol import (
     UnknownType,
 )
 from ._buffer import DEFAULT_BUFFERING, Buffering
-from ._liveness import DEFAULT_DEAD_PEER_TIMEOUT, set_dead_peer_timeout
+from ._liveness import DEFAULT_DEAD_PEER_TIMEOUT, ping_loop, set_dead_peer_timeout
 from ._errors import (
     ConnectError,
     ConnectionLost,
@@ -145,6 +145,8 @@ class Connection:
         self._closing = False
         self._closed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        self._reads = 0  # receives that brought bytes, for the liveness ping
+        self._reader_paused = False  # waiting for a slow caller to take its answer
 
     # --- state --------------------------------------------------------------
 
@@ -281,6 +283,18 @@ class Connection:
         if waiter.error is not None:
             raise waiter.error
         return waiter.values
+
+    def watch_liveness(self, interval: float, timeout: float) -> None:
+        """Ping the worker when silent with requests in flight (``_liveness.ping_loop``); multiplexing peers only."""
+        if interval > 0 and self._nursery is not None and self._failure is None:
+            self._nursery.start_soon(ping_loop, self, interval, timeout)
+
+    def _ping(self) -> trio.Event:
+        """Queue one GET_VALUES (FCGI_MPXS_CONNS); the event is set when its answer arrives."""
+        waiter = _ValuesWaiter()
+        self._values_waiters.append(waiter)
+        self._queue(self._core.send(GetValues((b"FCGI_MPXS_CONNS",))))
+        return waiter.done
 
     # --- the per-request steps ----------------------------------------------
 
@@ -440,6 +454,7 @@ class Connection:
                     if self._quickack and self._requests:
                         _rearm_quickack(self._stream)
                     core.receive_data(await self._receive())
+                    self._reads += 1
                 elif type(event) is ConnectionClosed:
                     pending = len(self._requests)
                     self._fail(
@@ -453,7 +468,11 @@ class Connection:
                     if full is not None:
                         # A full buffer: its caller's turn first (see feed_stdout).
                         self._run_due()
-                        await full.wait_for_room()
+                        self._reader_paused = True
+                        try:
+                            await full.wait_for_room()
+                        finally:
+                            self._reader_paused = False
                         if full.deferred is not None:
                             self._feed_deferred(full)
         except RemoteProtocolError as exc:

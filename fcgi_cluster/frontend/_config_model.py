@@ -167,6 +167,12 @@ class UpstreamConfig:
             keepalive probes unanswered, data unacknowledged) after which its
             connection and the requests in flight on it fail; 0 leaves the
             system's TCP settings.
+        ping_interval: seconds a multiplexed connection with requests in
+            flight may read nothing before the server is pinged
+            (FCGI_GET_VALUES); 0 turns pings off. Never sent to servers that
+            do not multiplex (php-fpm answers nothing while busy).
+        ping_timeout: seconds the ping's answer may take; past it the server's
+            process is taken as hung and its requests fail over.
         tries: servers tried for one request; 0 means all of them.
         next_upstream_timeout: seconds spent trying servers for one request;
             0 means no limit.
@@ -207,6 +213,10 @@ class UpstreamConfig:
     # nginx has only fastcgi_socket_keepalive on (the system's 2 h): a request
     # in flight on a host whose link is cut would wait read_timeout.
     dead_host_timeout: float = 2 * SECONDS
+    # A hung worker process (stopped, loop stuck) keeps its host answering TCP;
+    # our worker answers GET_VALUES from its loop while apps run in threads.
+    ping_interval: float = 2 * SECONDS
+    ping_timeout: float = 3 * SECONDS
     tries: int = 0  # nginx fastcgi_next_upstream_tries
     next_upstream_timeout: float = 0 * SECONDS  # nginx fastcgi_next_upstream_timeout
     # A repeated POST may charge a card twice: nginx retries them only when asked.

@@ -256,6 +256,8 @@ UPSTREAM: tuple[Key, ...] = (
     Key("send_timeout", _positive_seconds, _U["send_timeout"], "time allowed between two writes to a server", "s"),
     Key("read_timeout", _positive_seconds, _U["read_timeout"], "time allowed between two reads from a server", "s"),
     Key("dead_host_timeout", _any_seconds, _U["dead_host_timeout"], "silence from a server's host (TCP keepalive, TCP_USER_TIMEOUT) after which its requests fail over; 0 for the system's", "s"),
+    Key("ping_interval", _any_seconds, _U["ping_interval"], "silence of a multiplexed connection with requests in flight after which the server is pinged (GET_VALUES); 0 for never", "s"),
+    Key("ping_timeout", _positive_seconds, _U["ping_timeout"], "time a ping's answer may take before the server's process is taken as hung and its requests fail over", "s"),
     Key("tries", integer(0, typed=True), _U["tries"], "servers tried for one request; 0 for all of them"),
     Key("next_upstream_timeout", _any_seconds, _U["next_upstream_timeout"], "time spent trying servers for one request; 0 for no limit", "s"),
     Key("next_upstream_non_idempotent", typed_boolean, _U["next_upstream_non_idempotent"], "retry POST, PATCH, LOCK on another server"),

@@ -114,6 +114,7 @@ class Server:
         send_timeout: float = 60.0,
         max_conns: int = 0,
         dead_host_timeout: float = DEFAULT_DEAD_PEER_TIMEOUT,
+        ping: tuple[float, float] = (0.0, 0.0),
     ) -> None:
         self.address = address
         self._address: Address = parse_address(address)
@@ -127,6 +128,7 @@ class Server:
         self._connect_timeout = connect_timeout
         self._send_timeout = send_timeout or math.inf
         self._dead_host_timeout = dead_host_timeout
+        self._ping = ping  # (ping_interval, ping_timeout): multiplexed connections only
         #: None until learned; then True (multiplexed) or False.
         self.multiplexed: bool | None = None
         self.max_reqs = 1
@@ -396,6 +398,8 @@ class Server:
                     learning.set()
                     learning = None
                 self._opened(pending)
+                if self.multiplexed:
+                    conn.watch_liveness(*self._ping)
                 self._live.append(conn)
                 try:
                     task_status.started(conn)
@@ -489,7 +493,8 @@ class Upstream:
             self.balancer.carry_counts(previous.balancer)
         multiplex = config.multiplex != "off"  # type: ignore[attr-defined]
         settings = (multiplex, config.connections, config.keepalive,  # type: ignore[attr-defined]
-                    config.connect_timeout, config.send_timeout, config.dead_host_timeout)  # type: ignore[attr-defined]
+                    config.connect_timeout, config.send_timeout, config.dead_host_timeout,  # type: ignore[attr-defined]
+                    config.ping_interval, config.ping_timeout)  # type: ignore[attr-defined]
         #: What a Server is made of, per server: equal keys, one Server can serve both.
         self.server_keys = [(spec.address, spec.max_conns, *settings) for spec in specs]
         reusable: dict[tuple, Server] = {}
@@ -505,6 +510,7 @@ class Upstream:
                 send_timeout=config.send_timeout,  # type: ignore[attr-defined]
                 max_conns=spec.max_conns,
                 dead_host_timeout=config.dead_host_timeout,  # type: ignore[attr-defined]
+                ping=(config.ping_interval, config.ping_timeout),  # type: ignore[attr-defined]
             )
             for key, spec in zip(self.server_keys, specs)
         ]

@@ -395,7 +395,8 @@ def test_wrong_types() -> None:
     )
     assert error_of(UPSTREAM + "route = 1\n") == (
         "cluster.toml:3: upstream.app.route: unknown key; expected one of: servers, balance, hash_key, multiplex, "
-        "connections, keepalive, connect_timeout, send_timeout, read_timeout, dead_host_timeout, tries, next_upstream_timeout, "
+        "connections, keepalive, connect_timeout, send_timeout, read_timeout, dead_host_timeout, ping_interval, ping_timeout, "
+        "tries, next_upstream_timeout, "
         "next_upstream_non_idempotent, health_check, buffering, buffer_size, max_temp_file_size, temp_path"
     )
     assert error_of("route = 1\n" + UPSTREAM) == "cluster.toml:1: route: must be an array of tables ([[route]]), got 1"
