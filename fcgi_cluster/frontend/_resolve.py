@@ -231,12 +231,17 @@ class Resolutions:
         """Re-resolve the names of ``server``'s configuration forever, reloading it on a change.
 
         ``server`` is a ``FrontendServer``: its ``file_config`` gives the
-        names, intervals and resolver, read again each round (a reload may
-        change them); ``reload_resolved`` applies a change.
+        names, intervals and resolver, read again each round; a new one (a
+        reload of the file) has every name resolved again at once.
+        ``reload_resolved`` applies a change.
         """
         due: dict[str, float] = {}
+        last = None
         while True:
             config = server.file_config
+            if config is not last:  # started, or reloaded from the file: every name again now
+                last = config
+                due.clear()
             fe = config.frontend
             resolver = fe.resolver or system_resolver()
             names = self.names(config)
