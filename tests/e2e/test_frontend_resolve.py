@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import pathlib
@@ -36,8 +37,8 @@ def worker_on(host: str, port: int):
                        ready_port=port, ready_host=host, name=f"fcgi-worker-{host}")
 
 
-def answered_by(port: int) -> str:
-    status, _, body = http_get(port, "/x")
+def answered_by(port: int, target: str = "/x") -> str:
+    status, _, body = http_get(port, target, timeout=30)
     assert status == 200, body
     return json.loads(body)["worker"].split()[0]
 
@@ -58,11 +59,16 @@ def test_traffic_follows_the_dns_answer_and_keeps_the_last_good_one(tmp_path: pa
         wait_for(lambda: f"resolve {NAME}: 127.0.0.2" in log.read_text(), timeout=20)
         assert {answered_by(port) for _ in range(6)} == {f"127.0.0.2:{worker_port}"}
 
-        # The answer changes: new requests go to the new address within the interval.
-        hosts.write_text(f"127.0.0.3 {NAME}\n")
-        dns.send_signal(signal.SIGHUP)
-        wait_for(lambda: answered_by(port) == f"127.0.0.3:{worker_port}", timeout=20)
-        assert {answered_by(port) for _ in range(6)} == {f"127.0.0.3:{worker_port}"}
+        # The answer changes: new requests go to the new address within the
+        # interval, while one in flight on the old address finishes there.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(answered_by, port, "/x?sleep_ms=4000")
+            time.sleep(0.5)
+            hosts.write_text(f"127.0.0.3 {NAME}\n")
+            dns.send_signal(signal.SIGHUP)
+            wait_for(lambda: answered_by(port) == f"127.0.0.3:{worker_port}", timeout=20)
+            assert {answered_by(port) for _ in range(6)} == {f"127.0.0.3:{worker_port}"}
+            assert slow.result(30) == f"127.0.0.2:{worker_port}"
 
         # Two addresses: each a server of its own, round robin between them.
         hosts.write_text(f"127.0.0.2 {NAME}\n127.0.0.3 {NAME}\n")
