@@ -10,7 +10,11 @@ removed one takes no new request and its requests in flight finish. A name
 that fails to resolve keeps its last good list; the failure is logged once,
 not every interval.
 
-The DNS messages (RFC 1035; AAAA RFC 3596) are a small sans-IO codec here:
+A host name of the form ``_service._proto.name`` is an SRV name (RFC 2782),
+as HAProxy's ``server-template``: each target of its records, resolved, is
+a server at the record's port (the port written is not used).
+
+The DNS messages (RFC 1035; AAAA RFC 3596; SRV) are a small sans-IO codec here:
 ``encode_query`` and ``decode_answer``; ``query`` sends one over UDP (trio)
 with a timeout. The resolver is ``[frontend] resolver``, else the first
 ``nameserver`` of /etc/resolv.conf.
@@ -28,14 +32,15 @@ import typing
 import trio
 
 __all__ = [
-    "DNSError", "Resolutions", "TYPE_A", "TYPE_AAAA", "decode_answer", "encode_query",
-    "expand_config", "query", "resolve_host", "system_resolver",
+    "DNSError", "Resolutions", "TYPE_A", "TYPE_AAAA", "TYPE_SRV", "decode_answer", "encode_query",
+    "expand_config", "query", "resolve_host", "resolve_service", "system_resolver",
 ]
 
 log = logging.getLogger("fcgi_cluster.frontend")
 
 TYPE_A = 1
 TYPE_AAAA = 28
+TYPE_SRV = 33
 _CLASS_IN = 1
 _HEADER = struct.Struct("!HHHHHH")
 _RR = struct.Struct("!HHIH")
@@ -67,6 +72,23 @@ def _skip_name(data: bytes, offset: int) -> int:
         if length == 0:
             return offset + 1
         offset += 1 + length
+
+
+def _read_name(data: bytes, offset: int) -> str:
+    """The (possibly compressed) name at ``offset``, dotted."""
+    labels: list[str] = []
+    for _ in range(128):  # a loop of pointers ends here
+        if offset >= len(data):
+            raise DNSError("truncated name")
+        length = data[offset]
+        if length & 0xC0 == 0xC0:
+            offset = ((length & 0x3F) << 8) | data[offset + 1]
+            continue
+        if length == 0:
+            return ".".join(labels)
+        labels.append(data[offset + 1 : offset + 1 + length].decode("ascii", "replace"))
+        offset += 1 + length
+    raise DNSError("name compression loops")
 
 
 def decode_answer(data: bytes, ident: int, qtype: int) -> list[str] | None:
@@ -104,7 +126,12 @@ def decode_answer(data: bytes, ident: int, qtype: int) -> list[str] | None:
                 out.append(str(ipaddress.IPv4Address(rdata)))
             elif rclass == _CLASS_IN and rtype == qtype == TYPE_AAAA and length == 16:
                 out.append(str(ipaddress.IPv6Address(rdata)))
-    except struct.error as exc:
+            elif rclass == _CLASS_IN and rtype == qtype == TYPE_SRV and length > 6:
+                # priority, weight, port, target: "target:port" (all
+                # priorities alike: every target is a server).
+                port = struct.unpack_from("!H", rdata, 4)[0]
+                out.append(f"{_read_name(data, offset - length + 6)}:{port}")
+    except (struct.error, IndexError) as exc:
         raise DNSError(f"malformed answer: {exc}") from None
     return out
 
@@ -169,6 +196,25 @@ async def resolve_host(resolver: str, name: str, timeout: float) -> list[str]:
     return sorted(set(found), key=lambda text: (":" in text, ipaddress.ip_address(text)))
 
 
+async def resolve_service(resolver: str, name: str, timeout: float) -> list[str]:
+    """The addresses (``ip:port``) of every target of the SRV records of ``name``, sorted.
+
+    Raises:
+        DNSError: no SRV record, or none of its targets resolves.
+    """
+    found: set[str] = set()
+    for target in await query(resolver, name, TYPE_SRV, timeout):
+        host, _, port = target.rpartition(":")
+        try:
+            ips = await resolve_host(resolver, host, timeout)
+        except DNSError:
+            continue
+        found.update(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips)
+    if not found:
+        raise DNSError("no SRV record with a target that resolves")
+    return sorted(found, key=lambda text: (text.startswith("["), text))
+
+
 def _host_name(address: str) -> str | None:
     """The host name of a ``host:port`` address, None for an IP address or a unix socket."""
     if address.startswith("unix:") or ":" not in address:
@@ -212,7 +258,9 @@ class Resolutions:
     async def refresh(self, name: str, resolver: str, timeout: float) -> bool:
         """Resolve ``name`` once; True when its addresses changed."""
         try:
-            found = tuple(await resolve_host(resolver, name, timeout))
+            # "_service._proto.name" is an SRV name (RFC 2782): its records give ports too.
+            resolve = resolve_service if name.startswith("_") else resolve_host
+            found = tuple(await resolve(resolver, name, timeout))
         except (DNSError, OSError, ValueError) as exc:
             if self._failing.get(name) != str(exc):
                 self._failing[name] = str(exc)
@@ -273,7 +321,10 @@ class Resolutions:
                     continue
                 port = spec.address.rpartition(":")[2]
                 for ip in found:
-                    address = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+                    if name.startswith("_"):  # an SRV name's addresses have their ports
+                        address = ip
+                    else:
+                        address = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
                     if address not in seen:
                         seen.add(address)
                         specs.append(dataclasses.replace(spec, address=address))

@@ -21,13 +21,13 @@ from .test_frontend_reload import frontend, wait_for
 NAME = "app.cluster.test"
 
 
-def dnsmasq(hosts: pathlib.Path, port: int):
+def dnsmasq(hosts: pathlib.Path, port: int, *extra: str):
     binary = shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin:/sbin")
     if binary is None:
         pytest.skip("dnsmasq is not installed (scripts/install-deps.sh installs dnsmasq-base)")
     argv = [binary, "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
             "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}", "--pid-file=", "--user=root",
-            "--log-queries", "--log-facility=-"]
+            "--log-queries", "--log-facility=-", *extra]
     return run_process(argv, ready_port=port, name="dnsmasq")
 
 
@@ -87,3 +87,22 @@ def test_traffic_follows_the_dns_answer_and_keeps_the_last_good_one(tmp_path: pa
         assert process.poll() is None
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
+
+
+def test_an_srv_name_gives_a_server_per_target_at_its_port(tmp_path: pathlib.Path) -> None:
+    dns_port, port2, port3, port = free_port(), free_port(), free_port(), free_port()
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.2 w2.cluster.test\n127.0.0.3 w3.cluster.test\n")
+    service = "_fcgi._tcp.app.cluster.test"
+    srv = (f"--srv-host={service},w2.cluster.test,{port2}", f"--srv-host={service},w3.cluster.test,{port3}")
+    path = tmp_path / "cluster.toml"
+    path.write_text(
+        f'[frontend]\nlisten = "127.0.0.1:{port}"\nprocesses = 1\naccess_log = false\n'
+        f'resolver = "127.0.0.1:{dns_port}"\n\n'
+        f'[upstream.app]\nservers = [{{ address = "{service}:1", resolve = "1s" }}]\n'
+    )
+    with (dnsmasq(hosts, dns_port, *srv), worker_on("127.0.0.2", port2), worker_on("127.0.0.3", port3),
+          frontend(path, port) as process):
+        log = pathlib.Path(process.log_path)
+        wait_for(lambda: f"resolve {service}: " in log.read_text(), timeout=20)
+        assert {answered_by(port) for _ in range(6)} == {f"127.0.0.2:{port2}", f"127.0.0.3:{port3}"}

@@ -12,7 +12,8 @@ import trio
 
 from fcgi_cluster.frontend import ConfigError, parse_config
 from fcgi_cluster.frontend._resolve import (
-    TYPE_A, TYPE_AAAA, DNSError, Resolutions, decode_answer, encode_query, resolve_host, system_resolver,
+    TYPE_A, TYPE_AAAA, TYPE_SRV, DNSError, Resolutions, decode_answer, encode_query, resolve_host,
+    resolve_service, system_resolver,
 )
 from tests._peers import free_port, run_process
 
@@ -45,6 +46,17 @@ def test_answer_gives_the_addresses_of_its_records() -> None:
         decode_answer(answer(7, TYPE_A, [], rcode=3), 7, TYPE_A)
     with pytest.raises(DNSError):
         decode_answer(answer(7, TYPE_A, v4)[:-3], 7, TYPE_A)
+
+
+def test_srv_answer_gives_target_and_port_through_name_compression() -> None:
+    # priority 0, weight 5, port 9100, target "w1" then a pointer to "app.example" (offset 16).
+    rdata = struct.pack("!HHH", 0, 5, 9100) + b"\x02w1\xc0\x10"
+    assert decode_answer(answer(3, TYPE_SRV, [rdata]), 3, TYPE_SRV) == ["w1.example:9100"]
+    # A target that points at itself: an error, not a hang.
+    here = len(answer(3, TYPE_SRV, [struct.pack("!HHH", 0, 5, 9100) + b"\xc0\x00"])) - 2
+    looping = struct.pack("!HHH", 0, 5, 9100) + struct.pack("!H", 0xC000 | here)
+    with pytest.raises(DNSError, match="loops"):
+        decode_answer(answer(3, TYPE_SRV, [looping]), 3, TYPE_SRV)
 
 
 def test_system_resolver_reads_the_first_nameserver(tmp_path: pathlib.Path) -> None:
@@ -97,13 +109,19 @@ def test_resolve_host_asks_a_real_dnsmasq(tmp_path: pathlib.Path) -> None:
     argv = [binary, "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
             "--no-resolv", "--no-hosts", "--pid-file=", "--user=root", "--log-facility=-",
             "--host-record=two.test,127.0.0.5,::5", "--host-record=one.test,127.0.0.6",
-            "--host-record=two.test,127.0.0.4"]
+            "--host-record=two.test,127.0.0.4",
+            "--srv-host=_fcgi._tcp.svc.test,one.test,9100", "--srv-host=_fcgi._tcp.svc.test,two.test,9200"]
     with run_process(argv, ready_port=port, name="dnsmasq"):
         resolver = f"127.0.0.1:{port}"
         assert trio.run(resolve_host, resolver, "two.test", 2.0) == ["127.0.0.4", "127.0.0.5", "::5"]
         assert trio.run(resolve_host, resolver, "one.test", 2.0) == ["127.0.0.6"]
         with pytest.raises(DNSError):
             trio.run(resolve_host, resolver, "missing.test", 2.0)
+        assert trio.run(resolve_service, resolver, "_fcgi._tcp.svc.test", 2.0) == [
+            "127.0.0.4:9200", "127.0.0.5:9200", "127.0.0.6:9100", "[::5]:9200",
+        ]
+        with pytest.raises(DNSError):
+            trio.run(resolve_service, resolver, "_fcgi._tcp.missing.test", 2.0)
     # Nobody answers: the timeout, not a hang.
     with pytest.raises(DNSError, match="did not answer|refused"):
         trio.run(resolve_host, resolver, "one.test", 0.5)
