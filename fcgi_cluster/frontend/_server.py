@@ -189,8 +189,15 @@ class FrontendServer:
     status_share: typing.Any = None
 
     def reload_resolved(self) -> None:
-        """Serve the addresses the servers' host names now resolve to (``Resolutions.run``)."""
-        self.reload(self.file_config)
+        """Serve the addresses the servers' host names now resolve to (``Resolutions.run``).
+
+        An answer the balancer refuses (``ValueError``) leaves the running
+        configuration as it is, logged.
+        """
+        try:
+            self.reload(self.file_config)
+        except ValueError as exc:
+            log.warning("resolve: the new addresses cannot be served (%s); the running configuration stays", exc)
 
     def reload_states(self) -> None:
         """Read ``server_state_file`` again and serve what it sets (a sibling process ran a command)."""
