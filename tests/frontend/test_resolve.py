@@ -125,3 +125,28 @@ def test_resolve_host_asks_a_real_dnsmasq(tmp_path: pathlib.Path) -> None:
     # Nobody answers: the timeout, not a hang.
     with pytest.raises(DNSError, match="did not answer|refused"):
         trio.run(resolve_host, resolver, "one.test", 0.5)
+
+
+def test_a_changed_answer_keeps_the_server_objects_of_addresses_still_listed() -> None:
+    from fcgi_cluster.frontend._server import FrontendServer
+
+    config = parse_config(
+        '[frontend]\naccess_log = false\n[upstream.app]\nresolve = "30s"\nservers = ["app.example:9000"]\n'
+    )
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = FrontendServer(config, nursery, state_file="")
+            server.resolutions.addresses["app.example"] = ("10.0.0.1", "10.0.0.2")
+            server.reload_resolved()
+            first = {s.address: s for s in server.upstreams["app"].servers}
+            assert sorted(first) == ["10.0.0.1:9000", "10.0.0.2:9000"]
+            server.resolutions.addresses["app.example"] = ("10.0.0.2", "10.0.0.3")
+            server.reload_resolved()
+            second = {s.address: s for s in server.upstreams["app"].servers}
+            assert sorted(second) == ["10.0.0.2:9000", "10.0.0.3:9000"]
+            assert second["10.0.0.2:9000"] is first["10.0.0.2:9000"]
+            assert second["10.0.0.3:9000"] is not first["10.0.0.1:9000"]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
