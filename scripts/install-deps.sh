@@ -26,6 +26,7 @@ systemd-socket-activate systemd
 /usr/lib/php/*/memcached.so php-memcached
 chromium        chromium
 gcc         gcc
+dnsmasq     dnsmasq-base
 '
 
 # Servers' binaries live in sbin, which a non-root PATH often lacks.

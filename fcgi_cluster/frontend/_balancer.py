@@ -114,6 +114,8 @@ class ServerSpec:
         backup: take requests only when no primary server can be used.
         down: never take requests (a server kept in the list for its hash points).
         max_conns: most requests in flight at once; 0 for no limit.
+        resolve: seconds between two resolutions of a host name address
+            (``_resolve``); 0 for the upstream's ``resolve``.
 
     Raises:
         ValueError: a field is out of range; the message names the server and field.
@@ -126,6 +128,7 @@ class ServerSpec:
     backup: bool = False
     down: bool = False
     max_conns: int = 0
+    resolve: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.address, str) or not self.address:

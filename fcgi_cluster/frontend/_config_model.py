@@ -98,6 +98,9 @@ class FrontendConfig:
         control_allow: CIDR networks whose clients the control listener serves.
         server_state_file: where runtime server states are kept ("" for memory only).
         pool_status_path: the worker pools' status path the dashboard fetches ("" for none).
+        resolver: the DNS server (``host:port``) asked for servers' host names
+            (``_resolve``); "" for the first nameserver of /etc/resolv.conf.
+        resolver_timeout: seconds one DNS query may take.
     """
 
     listen: tuple[str, ...] = ("127.0.0.1:8080",)  # loopback: exposing a server is a decision
@@ -124,6 +127,8 @@ class FrontendConfig:
     control_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # loopback only
     server_state_file: str = ""
     pool_status_path: str = ""  # pools set pm.status_path themselves; php-fpm has no default
+    resolver: str = ""  # nginx has no default; the system's is what getaddrinfo would ask
+    resolver_timeout: float = 5 * SECONDS  # nginx resolver_timeout is 30s; 5s keeps a reload's names fresh
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +196,9 @@ class UpstreamConfig:
         temp_path: directory of the temporary files (nginx
             ``fastcgi_temp_path``); "" for $TMPDIR, else /tmp. The files have
             no name: they vanish when the answer ends or the process dies.
+        resolve: seconds between two resolutions of servers given by host
+            name, each address a server of its own (``_resolve``); 0: resolved
+            by the system at each connection, as written.
     """
 
     servers: tuple[ServerSpec, ...]
@@ -229,6 +237,7 @@ class UpstreamConfig:
     buffer_size: int = 128 * KiB
     max_temp_file_size: int = 1024 * MiB  # nginx fastcgi_max_temp_file_size
     temp_path: str = ""
+    resolve: float = 0 * SECONDS  # off, as nginx's server without "resolve"
 
 
 @dataclass(frozen=True, slots=True)

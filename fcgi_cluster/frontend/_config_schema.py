@@ -84,6 +84,16 @@ def address(value: object) -> str:
     return text
 
 
+def resolver_address(value: object) -> str:
+    """A DNS server's ``host:port``, or "" for the system's."""
+    if value == "":
+        return ""
+    text = address(value)
+    if text.startswith(("unix:", "/", ".")):
+        raise ValueError(f"a resolver is a host:port, got {show(value)}")
+    return text
+
+
 def optional_url_path(value: object) -> str:
     """A URL path, or "" for none."""
     return "" if value == "" else url_path(value)
@@ -224,6 +234,8 @@ FRONTEND: tuple[Key, ...] = (
     Key("control_allow", networks, _F["control_allow"], "CIDR networks the control listener serves; others are refused"),
     Key("server_state_file", string, _F["server_state_file"], 'file keeping servers set by control across restarts; "" for none'),
     Key("pool_status_path", optional_url_path, _F["pool_status_path"], 'the pools\' pm.status_path, which the dashboard fetches over FastCGI; "" for none'),
+    Key("resolver", resolver_address, _F["resolver"], 'DNS server (host:port) asked for servers\' host names; "" for /etc/resolv.conf\'s'),
+    Key("resolver_timeout", _positive_seconds, _F["resolver_timeout"], "time one DNS query may take", "s"),
 )  # fmt: skip
 
 TLS: tuple[Key, ...] = (
@@ -262,6 +274,7 @@ UPSTREAM: tuple[Key, ...] = (
     Key("next_upstream_timeout", _any_seconds, _U["next_upstream_timeout"], "time spent trying servers for one request; 0 for no limit", "s"),
     Key("next_upstream_non_idempotent", typed_boolean, _U["next_upstream_non_idempotent"], "retry POST, PATCH, LOCK on another server"),
     Key("health_check", None, _U["health_check"], "the [upstream.NAME.health_check] table: active checks; none is passive only"),
+    Key("resolve", _any_seconds, _U["resolve"], "re-resolve servers given by host name this often, each address a server; 0 for never", "s"),
     *BUFFERING,
 )  # fmt: skip
 
@@ -276,6 +289,7 @@ SERVER: tuple[Key, ...] = (
     Key("backup", typed_boolean, _S["backup"], "take requests only when no primary server can (not with ip_hash or hash)"),
     Key("down", typed_boolean, _S["down"], "never take requests"),
     Key("max_conns", integer(0, typed=True), _S["max_conns"], "requests in flight at once, per front-end process; 0 for no limit"),
+    Key("resolve", _any_seconds, _S["resolve"], "re-resolve this server's host name this often; 0 for the upstream's resolve", "s"),
 )  # fmt: skip
 
 _H = _defaults(HealthCheck)

@@ -30,6 +30,7 @@ from ._client import ClientConnection
 from ._client_io import ClientIO
 from ._control import serve_control
 from ._hub import HUB_AVAILABLE, Hub
+from ._resolve import Resolutions, expand_config
 from ._server_states import ServerStates
 from ._site import Site, SiteView
 from ._upstream import run_health_checks
@@ -62,6 +63,8 @@ class FrontendServer:
         self.states = load_states(self.state_file)
         #: The configuration as the file has it, before ``states`` apply.
         self.file_config = config
+        #: Servers' host names as last resolved (``_resolve``), kept over reloads.
+        self.resolutions = Resolutions()
         #: Clients accepted so far (the status page's figure).
         self.accepted = 0
         #: The configuration new requests get.
@@ -143,7 +146,7 @@ class FrontendServer:
         Requests in flight finish under the site they began with.
         """
         self.file_config = config
-        config = self.states.apply(config)
+        config = expand_config(self.states.apply(config), self.resolutions)
         old = self.site
         kept = [key for key in RESTART_KEYS if getattr(config.frontend, key) != getattr(old.frontend, key)]
         if kept:
@@ -184,6 +187,17 @@ class FrontendServer:
     on_states_changed: typing.Callable[[], None] | None = None
     #: The sibling processes' status reports (``_status_share``), for the control listener.
     status_share: typing.Any = None
+
+    def reload_resolved(self) -> None:
+        """Serve the addresses the servers' host names now resolve to (``Resolutions.run``).
+
+        An answer the balancer refuses (``ValueError``) leaves the running
+        configuration as it is, logged.
+        """
+        try:
+            self.reload(self.file_config)
+        except ValueError as exc:
+            log.warning("resolve: the new addresses cannot be served (%s); the running configuration stays", exc)
 
     def reload_states(self) -> None:
         """Read ``server_state_file`` again and serve what it sets (a sibling process ran a command)."""
@@ -355,6 +369,7 @@ async def serve_frontend(
     async with trio.open_nursery() as nursery:
         server = FrontendServer(config, nursery, state_file)
         server.start_health_checks()
+        nursery.start_soon(server.resolutions.run, server)
         try:
             await nursery.start(server.serve, sockets)
             if control is not None:

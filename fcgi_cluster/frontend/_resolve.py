@@ -1,0 +1,339 @@
+"""Servers given by host name, re-resolved: each address a server of its own.
+
+As nginx's ``server NAME resolve`` and HAProxy's ``server-template``: a
+server whose address is ``host:port`` with a host name and a ``resolve``
+interval (its own or its upstream's) is asked of the DNS resolver every
+interval, and each A and AAAA address of the answer becomes a server of the
+upstream, with the same port and settings. A changed list goes the way of a
+reload: servers still listed keep their ``Server`` and its connections, a
+removed one takes no new request and its requests in flight finish. A name
+that fails to resolve keeps its last good list; the failure is logged once,
+not every interval.
+
+A host name of the form ``_service._proto.name`` is an SRV name (RFC 2782),
+as HAProxy's ``server-template``: each target of its records, resolved, is
+a server at the record's port (the port written is not used).
+
+The DNS messages (RFC 1035; AAAA RFC 3596; SRV) are a small sans-IO codec here:
+``encode_query`` and ``decode_answer``; ``query`` sends one over UDP (trio)
+with a timeout. The resolver is ``[frontend] resolver``, else the first
+``nameserver`` of /etc/resolv.conf.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import logging
+import os
+import struct
+import typing
+
+import trio
+
+__all__ = [
+    "DNSError", "Resolutions", "TYPE_A", "TYPE_AAAA", "TYPE_SRV", "decode_answer", "encode_query",
+    "expand_config", "query", "resolve_host", "resolve_service", "system_resolver",
+]
+
+log = logging.getLogger("fcgi_cluster.frontend")
+
+TYPE_A = 1
+TYPE_AAAA = 28
+TYPE_SRV = 33
+_CLASS_IN = 1
+_HEADER = struct.Struct("!HHHHHH")
+_RR = struct.Struct("!HHIH")
+#: Names that are no host names: the system's own resolution handles them.
+_LOCAL = ("localhost",)
+
+
+class DNSError(Exception):
+    """No usable answer: a timeout, an error code (NXDOMAIN...), or a message that does not parse."""
+
+
+def encode_query(name: str, qtype: int, ident: int) -> bytes:
+    """A standard query, recursion desired, for ``name`` of type ``qtype``."""
+    labels = [label.encode("idna") for label in name.rstrip(".").split(".")]
+    if any(not label or len(label) > 63 for label in labels):
+        raise DNSError(f"{name!r} is not a host name")
+    qname = b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
+    return _HEADER.pack(ident, 0x0100, 1, 0, 0, 0) + qname + struct.pack("!HH", qtype, _CLASS_IN)
+
+
+def _skip_name(data: bytes, offset: int) -> int:
+    """The offset past the (possibly compressed) name at ``offset``."""
+    while True:
+        if offset >= len(data):
+            raise DNSError("truncated name")
+        length = data[offset]
+        if length & 0xC0 == 0xC0:
+            return offset + 2
+        if length == 0:
+            return offset + 1
+        offset += 1 + length
+
+
+def _read_name(data: bytes, offset: int) -> str:
+    """The (possibly compressed) name at ``offset``, dotted."""
+    labels: list[str] = []
+    for _ in range(128):  # a loop of pointers ends here
+        if offset >= len(data):
+            raise DNSError("truncated name")
+        length = data[offset]
+        if length & 0xC0 == 0xC0:
+            offset = ((length & 0x3F) << 8) | data[offset + 1]
+            continue
+        if length == 0:
+            return ".".join(labels)
+        labels.append(data[offset + 1 : offset + 1 + length].decode("ascii", "replace"))
+        offset += 1 + length
+    raise DNSError("name compression loops")
+
+
+def decode_answer(data: bytes, ident: int, qtype: int) -> list[str] | None:
+    """The addresses (text) of type ``qtype`` in an answer to query ``ident``.
+
+    Returns None for a message that is not that answer (another id, not a
+    response): the caller waits on for the right one.
+
+    Raises:
+        DNSError: the answer is an error (its RCODE) or does not parse.
+    """
+    if len(data) < _HEADER.size:
+        return None
+    rid, flags, qdcount, ancount, _, _ = _HEADER.unpack_from(data)
+    if rid != ident or not flags & 0x8000:
+        return None
+    rcode = flags & 0xF
+    if rcode:
+        names = {1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+        raise DNSError(names.get(rcode, f"RCODE {rcode}"))
+    offset = _HEADER.size
+    try:
+        for _ in range(qdcount):
+            offset = _skip_name(data, offset) + 4
+        out: list[str] = []
+        for _ in range(ancount):
+            offset = _skip_name(data, offset)
+            rtype, rclass, _ttl, length = _RR.unpack_from(data, offset)
+            offset += _RR.size
+            rdata = data[offset : offset + length]
+            offset += length
+            if len(rdata) != length:
+                raise DNSError("truncated record")
+            if rclass == _CLASS_IN and rtype == qtype == TYPE_A and length == 4:
+                out.append(str(ipaddress.IPv4Address(rdata)))
+            elif rclass == _CLASS_IN and rtype == qtype == TYPE_AAAA and length == 16:
+                out.append(str(ipaddress.IPv6Address(rdata)))
+            elif rclass == _CLASS_IN and rtype == qtype == TYPE_SRV and length > 6:
+                # priority, weight, port, target: "target:port" (all
+                # priorities alike: every target is a server).
+                port = struct.unpack_from("!H", rdata, 4)[0]
+                out.append(f"{_read_name(data, offset - length + 6)}:{port}")
+    except (struct.error, IndexError) as exc:
+        raise DNSError(f"malformed answer: {exc}") from None
+    return out
+
+
+def system_resolver(path: str = "/etc/resolv.conf") -> str:
+    """The first ``nameserver`` of resolv.conf as ``host:port`` (127.0.0.1:53 when none)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            for line in file:
+                words = line.split()
+                if len(words) >= 2 and words[0] == "nameserver":
+                    return f"[{words[1]}]:53" if ":" in words[1] else f"{words[1]}:53"
+    except OSError:
+        pass
+    return "127.0.0.1:53"
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def query(resolver: str, name: str, qtype: int, timeout: float) -> list[str]:
+    """Ask ``resolver`` (``host:port``) for the ``qtype`` records of ``name`` over UDP.
+
+    Raises:
+        DNSError: no answer within ``timeout``, or an error answer.
+    """
+    host, port = _split(resolver)
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    ident = int.from_bytes(os.urandom(2), "big")
+    message = encode_query(name, qtype, ident)
+    with trio.socket.socket(family, trio.socket.SOCK_DGRAM) as sock:
+        with trio.move_on_after(timeout):
+            try:
+                await sock.connect((host, port))
+                await sock.send(message)
+                while True:
+                    answer = decode_answer(await sock.recv(65535), ident, qtype)
+                    if answer is not None:
+                        return answer
+            except OSError as exc:
+                raise DNSError(f"resolver {resolver}: {exc.strerror or exc}") from None
+    raise DNSError(f"resolver {resolver} did not answer within {timeout:g} s")
+
+
+async def resolve_host(resolver: str, name: str, timeout: float) -> list[str]:
+    """Every A and AAAA address of ``name``, sorted (IPv4 first).
+
+    Raises:
+        DNSError: neither query succeeded, or the name has no address.
+    """
+    found: list[str] = []
+    errors: list[str] = []
+    for qtype in (TYPE_A, TYPE_AAAA):
+        try:
+            found += await query(resolver, name, qtype, timeout)
+        except DNSError as exc:
+            errors.append(str(exc))
+    if not found:
+        raise DNSError("; ".join(errors) or "no address")
+    return sorted(set(found), key=lambda text: (":" in text, ipaddress.ip_address(text)))
+
+
+async def resolve_service(resolver: str, name: str, timeout: float) -> list[str]:
+    """The addresses (``ip:port``) of every target of the SRV records of ``name``, sorted.
+
+    Raises:
+        DNSError: no SRV record, or none of its targets resolves.
+    """
+    found: set[str] = set()
+    for target in await query(resolver, name, TYPE_SRV, timeout):
+        host, _, port = target.rpartition(":")
+        try:
+            ips = await resolve_host(resolver, host, timeout)
+        except DNSError:
+            continue
+        found.update(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips)
+    if not found:
+        raise DNSError("no SRV record with a target that resolves")
+    return sorted(found, key=lambda text: (text.startswith("["), text))
+
+
+def _host_name(address: str) -> str | None:
+    """The host name of a ``host:port`` address, None for an IP address or a unix socket."""
+    if address.startswith("unix:") or ":" not in address:
+        return None
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or host in _LOCAL:
+        return None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return None
+
+
+def _interval(spec: typing.Any, upstream: typing.Any) -> float:
+    return spec.resolve or upstream.resolve
+
+
+class Resolutions:
+    """The last good addresses of each host name to re-resolve, and its resolving loop."""
+
+    def __init__(self) -> None:
+        #: host name -> its addresses, as last resolved.
+        self.addresses: dict[str, tuple[str, ...]] = {}
+        #: host name -> the error last logged (absent: resolving).
+        self._failing: dict[str, str] = {}
+
+    @staticmethod
+    def names(config: typing.Any) -> dict[str, float]:
+        """Host names to re-resolve in ``config``, with the shortest interval any server asks."""
+        out: dict[str, float] = {}
+        for upstream in config.upstreams.values():
+            for spec in upstream.servers:
+                name = _host_name(spec.address)
+                every = _interval(spec, upstream)
+                if name is not None and every > 0:
+                    out[name] = min(every, out.get(name, every))
+        return out
+
+    async def refresh(self, name: str, resolver: str, timeout: float) -> bool:
+        """Resolve ``name`` once; True when its addresses changed."""
+        try:
+            # "_service._proto.name" is an SRV name (RFC 2782): its records give ports too.
+            resolve = resolve_service if name.startswith("_") else resolve_host
+            found = tuple(await resolve(resolver, name, timeout))
+        except (DNSError, OSError, ValueError) as exc:
+            if self._failing.get(name) != str(exc):
+                self._failing[name] = str(exc)
+                kept = ", ".join(self.addresses.get(name, ())) or "the name as it is"
+                log.warning("resolve %s: %s; keeping %s", name, exc, kept)
+            return False
+        if self._failing.pop(name, None) is not None:
+            log.warning("resolve %s: resolves again", name)
+        if self.addresses.get(name) == found:
+            return False
+        log.info("resolve %s: %s", name, ", ".join(found))
+        self.addresses[name] = found
+        return True
+
+    async def run(self, server: typing.Any) -> None:
+        """Re-resolve the names of ``server``'s configuration forever, reloading it on a change.
+
+        ``server`` is a ``FrontendServer``: its ``file_config`` gives the
+        names, intervals and resolver, read again each round; a new one (a
+        reload of the file) has every name resolved again at once.
+        ``reload_resolved`` applies a change.
+        """
+        due: dict[str, float] = {}
+        last = None
+        while True:
+            config = server.file_config
+            if config is not last:  # started, or reloaded from the file: every name again now
+                last = config
+                due.clear()
+            fe = config.frontend
+            resolver = fe.resolver or system_resolver()
+            names = self.names(config)
+            now = trio.current_time()
+            changed = False
+            for name, every in names.items():
+                if due.get(name, 0.0) <= now:
+                    changed |= await self.refresh(name, resolver, fe.resolver_timeout)
+                    due[name] = trio.current_time() + every
+            if changed:
+                server.reload_resolved()
+            wake = min((due[name] for name in names), default=trio.current_time() + 1.0)
+            # Woken at least every second so a reload's new names are seen soon.
+            await trio.sleep_until(min(wake, trio.current_time() + 1.0))
+
+    def expand(self, config: typing.Any) -> typing.Any:
+        """``config`` with each re-resolved server replaced by one server per address it resolved to."""
+        upstreams = {}
+        for up_name, upstream in config.upstreams.items():
+            specs = []
+            seen: set[str] = set()
+            for spec in upstream.servers:
+                name = _host_name(spec.address)
+                found = self.addresses.get(name, ()) if name is not None and _interval(spec, upstream) > 0 else ()
+                if not found:
+                    if spec.address not in seen:
+                        seen.add(spec.address)
+                        specs.append(spec)
+                    continue
+                port = spec.address.rpartition(":")[2]
+                for ip in found:
+                    if name.startswith("_"):  # an SRV name's addresses have their ports
+                        address = ip
+                    else:
+                        address = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+                    if address not in seen:
+                        seen.add(address)
+                        specs.append(dataclasses.replace(spec, address=address))
+            upstreams[up_name] = dataclasses.replace(upstream, servers=tuple(specs))
+        return dataclasses.replace(config, upstreams=upstreams)
+
+
+def expand_config(config: typing.Any, resolutions: Resolutions | None) -> typing.Any:
+    """``Resolutions.expand``, or ``config`` itself when nothing was resolved."""
+    if resolutions is None or not resolutions.addresses:
+        return config
+    return resolutions.expand(config)
