@@ -11,8 +11,9 @@ The cluster file's pool keys map onto pool-file settings: one static child
 (``pm = static``, ``pm.max_children = 1``, what a plain worker ran),
 ``threads``, ``max_requests`` -> ``fcgi.max_reqs``, ``max_conns`` ->
 ``fcgi.max_conns``, ``graceful_timeout`` -> ``process_control_timeout``,
-``root_path``, and ``env`` added to the environment the pool inherits
-(``clear_env = no``).
+``root_path``, ``env`` added to the environment the pool inherits
+(``clear_env = no``), and ``session`` -> ``session.*`` (what
+``php_value[session.*]`` lines of a pool file set).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def cluster_pool_file(path: str, pool: str) -> PoolFile:
         fcgi_max_conns=spec.max_conns,
         clear_env=False,
         env=dict(spec.env),
+        session={f"session.{name}": value for name, value in spec.session.items()},
         root_path=spec.root_path,
         path=path,
     )

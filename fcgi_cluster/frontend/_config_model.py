@@ -300,6 +300,9 @@ class ClusterPoolConfig:
         graceful_timeout: seconds in-flight requests may run after SIGTERM.
         root_path: SCRIPT_NAME of the app when the web server sends no PATH_INFO.
         env: environment variables set for the pool's processes.
+        session: the pool's ``session.*`` settings, raw strings under their
+            names without the prefix (``save_handler``); empty: sessions off.
+            Checked when the file is read (``fcgi_cluster.sessions``).
     """
 
     listen: str
@@ -310,6 +313,7 @@ class ClusterPoolConfig:
     graceful_timeout: float = 30 * SECONDS  # ordinary requests finish; a deploy still moves on
     root_path: str = ""
     env: Mapping[str, str] = field(default_factory=dict)
+    session: Mapping[str, str] = field(default_factory=dict)  # php-fpm: sessions are the app's choice
 
 
 @dataclass(frozen=True, slots=True)

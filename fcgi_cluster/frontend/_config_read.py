@@ -303,7 +303,37 @@ def _pool(ctx: Context, path: KeyPath, data: Mapping[str, Any]) -> ClusterPoolCo
     values = table.values()
     if "env" in table:
         values["env"] = _string_table(ctx, path + ("env",), data["env"])
+    if "session" in table:
+        values["session"] = _session_table(ctx, path + ("session",), data["session"])
     return ClusterPoolConfig(**values)
+
+
+def _session_setting(value: object) -> str:
+    """A session setting's TOML value as the raw string a pool file would hold."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise ValueError(f"must be a string, a number or a boolean, got {show(value)}")
+
+
+def _session_table(ctx: Context, path: KeyPath, value: object) -> dict[str, str]:
+    """A pool's ``session`` table, checked as ``php_value[session.*]`` lines of a pool file are."""
+    from ..sessions._settings import SessionConfigError, parse_session_settings
+
+    table = _table_at(ctx, path, value, "of session settings, like { save_handler = \"redis\" }")
+    settings = {}
+    for name, item in table.items():
+        if name.startswith("session."):
+            ctx.fail(path + (name,), f'write the name without "session.": {name[len("session."):]}')
+        settings[name] = ctx.convert(path + (name,), item, _session_setting)
+    try:
+        parse_session_settings(settings)
+    except SessionConfigError as exc:
+        # A reason about keys together (save_path missing for redis) may name
+        # a key that is not in the table: point at the table then.
+        ctx.fail(path + (exc.key,) if exc.key in settings else path, exc.reason)
+    return settings
 
 
 def _named_tables(ctx: Context, top: _Table, key: str) -> Iterable[tuple[str, KeyPath, Mapping[str, Any]]]:

@@ -324,6 +324,7 @@ POOL: tuple[Key, ...] = (
     Key("graceful_timeout", _any_seconds, _P["graceful_timeout"], "time requests in flight may run after SIGTERM", "s"),
     Key("root_path", root_path, _P["root_path"], "SCRIPT_NAME of the app when the web server sends no PATH_INFO"),
     Key("env", None, _P["env"], "environment variables of the pool's processes, a table of strings"),
+    Key("session", None, _P["session"], 'session.* settings of the pool, a table like { save_handler = "redis", save_path = "tcp://..." }; none: sessions off'),
 )  # fmt: skip
 
 TOP: tuple[Key, ...] = (

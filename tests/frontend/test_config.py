@@ -328,7 +328,7 @@ def test_unknown_frontend_key() -> None:
 def test_unknown_key_without_a_close_match_lists_the_keys() -> None:
     assert error_of(UPSTREAM + "[pool.a]\nxyzzy = 1\n") == (
         "cluster.toml:4: pool.a.xyzzy: unknown key; expected one of: "
-        "listen, app, threads, max_requests, max_conns, graceful_timeout, root_path, env"
+        "listen, app, threads, max_requests, max_conns, graceful_timeout, root_path, env, session"
     )
 
 
@@ -789,3 +789,20 @@ def test_a_static_route_takes_no_buffering_key(tmp_path: Path) -> None:
         f"{tmp_path / 'cluster.toml'}:6: route[0].buffer_size: only used by upstream routes; "
         "a static route serves its directory"
     )
+
+
+def test_pool_session_table_gives_the_pool_its_session_settings() -> None:
+    text = UPSTREAM + ('[pool.a]\nlisten = "9001"\napp = "m:a"\n'
+                       'session = { save_handler = "redis", save_path = "tcp://127.0.0.1:6379", lock_wait = 2, '
+                       'use_strict_mode = true }\n')
+    assert parse_config(text).pools["a"].session == {
+        "save_handler": "redis", "save_path": "tcp://127.0.0.1:6379", "lock_wait": "2", "use_strict_mode": "1"}
+
+
+def test_pool_session_bad_values_name_the_key() -> None:
+    head = UPSTREAM + '[pool.a]\nlisten = "9001"\napp = "m:a"\n'
+    assert error_of(head + 'session = { xyzzy = "1" }\n').startswith("cluster.toml:")
+    assert "pool.a.session.xyzzy: unknown session setting" in error_of(head + 'session = { xyzzy = "1" }\n')
+    assert "pool.a.session.save_handler" in error_of(head + 'session = { save_handler = "nope" }\n')
+    assert "pool.a.session: must be a table" in error_of(head + 'session = "redis"\n')
+    assert "pool.a.session.save_handler: must be a string" in error_of(head + 'session = { save_handler = ["a"] }\n')
