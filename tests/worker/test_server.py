@@ -14,8 +14,8 @@ from workers import echo, hello
 from ._harness import params
 
 
-async def fetch(address: str, p: dict[bytes, bytes]) -> bytes:
-    """One request over a real socket; returns STDOUT."""
+async def fetch(address: str, p: dict[bytes, bytes], sent: trio.Event | None = None) -> bytes:
+    """One request over a real socket; returns STDOUT. ``sent`` is set once the request is written."""
     if address.startswith("/"):
         sock = trio.socket.socket(socket.AF_UNIX)
         await sock.connect(address)
@@ -27,6 +27,8 @@ async def fetch(address: str, p: dict[bytes, bytes]) -> bytes:
     out = b""
     async with stream:
         await stream.send_all(core.send(Request(1, p)) + core.send(Stdin(1, b"")))
+        if sent is not None:
+            sent.set()
         while True:
             data = await stream.receive_some(65536)
             assert data, "worker closed the connection early"
@@ -63,10 +65,14 @@ async def test_graceful_stop_finishes_in_flight_and_refuses_new():
     async with trio.open_nursery() as nursery:
         where = await nursery.start(lambda task_status: serve(echo.app, "127.0.0.1:0", WorkerConfig(threads=4), stop=stop, task_status=task_status))
 
+        sent = trio.Event()
+
         async def slow():
-            results.append(await fetch(where, params("/?sleep_ms=300&status=202")))
+            results.append(await fetch(where, params("/?sleep_ms=300&status=202"), sent))
 
         nursery.start_soon(slow)
+        # In flight before the stop, however long connecting took.
+        await sent.wait()
         await trio.sleep(0.1)
         stop.set()
         await trio.sleep(0.05)
