@@ -112,7 +112,11 @@ class ServerSpec:
         fail_timeout: seconds; both the failure-counting window and how long
             the server stays out.
         backup: take requests only when no primary server can be used.
-        down: never take requests (a server kept in the list for its hash points).
+        down: never take requests (a server kept in the list for its hash points);
+            the front-end keeps no connection to it and does not check it.
+        drain: take no new request, as ``down``, while its connections and
+            health checks go on (a control command's ``drain``: in-flight
+            requests finish, and ``up`` finds it warm).
         max_conns: most requests in flight at once; 0 for no limit.
         resolve: seconds between two resolutions of a host name address
             (``_resolve``); 0 for the upstream's ``resolve``.
@@ -129,6 +133,7 @@ class ServerSpec:
     down: bool = False
     max_conns: int = 0
     resolve: float = 0.0
+    drain: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.address, str) or not self.address:
@@ -176,7 +181,7 @@ class _Peer:
         self.weight = spec.weight
         self.max_fails = spec.max_fails if count_fails else 0
         self.fail_timeout = float(spec.fail_timeout)
-        self.down = spec.down
+        self.down = spec.down or spec.drain
         self.max_conns = spec.max_conns
         self.effective_weight = spec.weight
         self.current_weight = 0
@@ -415,14 +420,31 @@ class Balancer:
             peer.trial_until = None
             peer.fails = 0
 
-    def carry_counts(self, previous: Balancer) -> None:
-        """Go on with ``previous``'s request and failure totals for the servers both have (a reload)."""
+    def carry_state(self, previous: Balancer) -> None:
+        """Go on from ``previous`` for the servers both have (a reload, a control command).
+
+        Request and failure totals, the smooth round-robin position
+        (``current_weight``), a weight still lowered by recent failures and a
+        server out for failures (or on trial) carry over, so a reload neither
+        sends the next requests to the servers first in the list nor hands a
+        failing server its full share again. Requests in flight stay counted by
+        the balancer that sent them (their outcome is reported there).
+        """
         old = {spec.address: peer for spec, peer in zip(previous.servers, previous._peers)}
         for spec, peer in zip(self.servers, self._peers):
             before = old.get(spec.address)
-            if before is not None:
-                peer.requests = before.requests
-                peer.total_fails = before.total_fails
+            if before is None:
+                continue
+            peer.requests = before.requests
+            peer.total_fails = before.total_fails
+            peer.current_weight = before.current_weight
+            if before.effective_weight < before.weight:
+                peer.effective_weight = min(before.effective_weight, peer.weight)
+            if peer.max_fails:
+                peer.fails = before.fails
+                peer.window_start = before.window_start
+                peer.out_until = before.out_until
+                peer.trial_until = before.trial_until
 
     # -- inspection -----------------------------------------------------------
 

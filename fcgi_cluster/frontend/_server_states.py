@@ -9,8 +9,10 @@ as HAProxy's server-state file keeps servers set from its stats socket.
 Commands, one line of words (``execute``):
 
 * ``drain UPSTREAM ADDRESS``: no new request goes to the server; those in
-  flight finish. What a rolling deploy does before it stops a worker.
-* ``down UPSTREAM ADDRESS``: the server is out (reported as down).
+  flight finish, connections and health checks go on. What a rolling
+  deploy does before it stops a worker.
+* ``down UPSTREAM ADDRESS``: the server is out: no request, and its
+  connections close as their requests end; no health check.
 * ``up UPSTREAM ADDRESS``: back to what the file says, weight kept.
 * ``weight UPSTREAM ADDRESS N``: its share, 1 to ``MAX_WEIGHT``.
 * ``add UPSTREAM ADDRESS [WEIGHT]``: a server the file does not list.
@@ -178,7 +180,7 @@ class ServerStates:
         if key in self.weights:
             changes["weight"] = self.weights[key]
         if key in self.states:
-            changes["down"] = True
+            changes[self.states[key]] = True  # "drain" or "down"
         return dataclasses.replace(spec, **changes) if changes else spec
 
     def apply(self, config: typing.Any) -> typing.Any:

@@ -144,6 +144,18 @@ class Server:
         self._expiring = False
         #: Failures by kind, retries, latency (the status page's).
         self.counters = ServerCounters()
+        #: Marked ``down`` (``set_down``): no connection is kept.
+        self.down = False
+
+    def set_down(self, down: bool) -> None:
+        """Mark the server down (no request will come: idle connections close now,
+        busy ones once their requests end) or up again."""
+        self.down = down
+        if down:
+            for conn in list(self._live):
+                if conn.requests_in_flight == 0:
+                    conn.close()
+            self._idle.clear()
 
     def forget_capabilities(self) -> None:
         """Ask GET_VALUES again on the next new connection (the worker may have changed)."""
@@ -322,14 +334,16 @@ class Server:
         still in flight on it means the worker is still busy: closed.
         """
         if self.multiplexed:
-            if conn.requests_in_flight == 0 and (len(self._live) > self._max_connections or not conn.is_usable):
+            if conn.requests_in_flight == 0 and (
+                len(self._live) > self._max_connections or not conn.is_usable or self.down
+            ):
                 # Opened past the cap in a burst, or refused by a stopping
                 # worker (OVERLOADED): not kept once idle.
                 conn.close()
             if self._room:  # an empty lot's unpark still costs a generator
                 self._room.unpark()
             return
-        if conn.is_usable and conn.requests_in_flight == 0:
+        if conn.is_usable and conn.requests_in_flight == 0 and not (self.down and not self._queue):
             if self._queue:
                 # First in line gets it, before any newcomer can.
                 waiter = self._queue.popleft()
@@ -490,7 +504,7 @@ class Upstream:
         uncapped = [dataclasses.replace(spec, max_conns=0) for spec in specs]
         self.balancer = Balancer(uncapped, config.balance)  # type: ignore[attr-defined]
         if previous is not None:
-            self.balancer.carry_counts(previous.balancer)
+            self.balancer.carry_state(previous.balancer)
         multiplex = config.multiplex != "off"  # type: ignore[attr-defined]
         settings = (multiplex, config.connections, config.keepalive,  # type: ignore[attr-defined]
                     config.connect_timeout, config.send_timeout, config.dead_host_timeout,  # type: ignore[attr-defined]
@@ -514,6 +528,8 @@ class Upstream:
             )
             for key, spec in zip(self.server_keys, specs)
         ]
+        for server, spec in zip(self.servers, specs):
+            server.set_down(spec.down)
         #: How much of an answer is held for its client (``answer_buffering``).
         self.buffering = answer_buffering(config, pool)
         #: Servers an active health check found failing: never chosen.
@@ -602,5 +618,6 @@ async def run_health_checks(upstream: Upstream) -> None:
     while True:
         async with trio.open_nursery() as nursery:
             for index, server in enumerate(upstream.servers):
-                nursery.start_soon(probe, index, server)
+                if not server.down:
+                    nursery.start_soon(probe, index, server)
         await trio.sleep(check.interval)

@@ -85,6 +85,35 @@ def test_drain_lets_in_flight_requests_finish_and_sends_no_new_one(tmp_path: pat
             assert process.wait(15) == 0
 
 
+def test_down_closes_the_servers_connections_drain_keeps_them(tmp_path: pathlib.Path) -> None:
+    port, cport = free_port(), free_port()
+    control = f"127.0.0.1:{cport}"
+    path = tmp_path / "cluster.toml"
+    with worker_process() as (w1, _), worker_process() as (w2, _):
+        a, b = f"127.0.0.1:{w1}", f"127.0.0.1:{w2}"
+        path.write_text(cluster_file(port, control, [w1, w2]))
+        with frontend(path, port) as process:
+            assert sorted(who(port) for _ in range(4)) == sorted([a, a, b, b])
+            assert servers(control)[b]["connections"] >= 1
+            # Drained: no new request, the kept connection stays open (warm for `up`).
+            assert ctl(control, "drain", "app", b).returncode == 0
+            assert {who(port) for _ in range(4)} == {a}
+            assert servers(control)[b]["connections"] >= 1
+            assert ctl(control, "up", "app", b).returncode == 0
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                # Equal weights alternate: of two slow requests, one runs on b.
+                slow = [pool.submit(who, port, "?sleep_ms=4000") for _ in range(2)]
+                wait_for(lambda: servers(control)[b]["in_flight"] == 1)
+                # Down: the slow request on b finishes on its connection, then none is left.
+                assert ctl(control, "down", "app", b).returncode == 0
+                assert sorted(f.result() for f in slow) == sorted([a, b])
+            wait_for(lambda: servers(control)[b]["connections"] == 0)
+            assert {who(port) for _ in range(4)} == {a}
+            assert servers(control)[b]["connections"] == 0
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(15) == 0
+
+
 def test_commands_take_effect_survive_a_reload_and_bad_ones_are_refused(tmp_path: pathlib.Path) -> None:
     port, cport = free_port(), free_port()
     control = f"127.0.0.1:{cport}"

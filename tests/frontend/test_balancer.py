@@ -523,3 +523,46 @@ def test_hash_gives_up_quickly_when_no_server_can_be_used() -> None:
     for i in range(500):
         assert balancer.choose(f"k{i}".encode(), exclude=range(10)) is None
     assert (time.perf_counter() - start) / 500 < 300e-6
+
+
+# -- a reload or control command builds a new balancer ----------------------------
+
+
+def test_carry_state_goes_on_with_the_round_robin_position() -> None:
+    servers = specs(5, 1, 1)
+    before = Balancer(servers)
+    run = picks(before, 3)
+    after = Balancer(servers)
+    after.carry_state(before)
+    # The whole cycle continues where it stopped, as if nothing was rebuilt.
+    assert run + picks(after, 4) == picks(Balancer(servers), 7)
+
+
+def test_carry_state_keeps_a_failing_server_out_and_its_lowered_weight(clock: FakeClock) -> None:
+    servers = specs(1, 1, 1, max_fails=1, fail_timeout=10)
+    before = Balancer(servers, clock=clock)
+    before.failed(0)
+    after = Balancer(servers, clock=clock)
+    after.carry_state(before)
+    assert not after.is_available(0)
+    assert 0 not in picks(after, 6)
+    clock.now += 11
+    assert after.is_available(0)
+    lowered = Balancer(specs(4, 1, max_fails=2), clock=clock)
+    lowered.failed(0)
+    rebuilt = Balancer(specs(4, 1, max_fails=2), clock=clock)
+    rebuilt.carry_state(lowered)
+    assert rebuilt.snapshot()[0]["effective_weight"] == lowered.snapshot()[0]["effective_weight"] == 2
+
+
+def test_carry_state_matches_servers_by_address_and_starts_new_ones_fresh(clock: FakeClock) -> None:
+    before = Balancer(specs(1, 1, max_fails=1), clock=clock)
+    before.started(1)
+    before.finished(1)
+    before.failed(1)
+    moved = [ServerSpec("10.0.0.9:9000"), ServerSpec("10.0.0.2:9000")]
+    after = Balancer(moved, clock=clock)
+    after.carry_state(before)
+    rows = {row["address"]: row for row in after.snapshot()}
+    assert rows["10.0.0.2:9000"]["requests"] == 1 and not rows["10.0.0.2:9000"]["available"]
+    assert rows["10.0.0.9:9000"]["requests"] == 0 and rows["10.0.0.9:9000"]["available"]

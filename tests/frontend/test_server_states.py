@@ -11,8 +11,9 @@ FILE = ('[upstream.app]\nservers = ["127.0.0.1:9001", { address = "127.0.0.1:900
         '[upstream.other]\nservers = ["127.0.0.1:9101"]\n[[route]]\nprefix = "/"\nupstream = "app"\n')
 
 
-def servers(states: ServerStates, config, name: str = "app") -> list[tuple[str, int, bool]]:
-    return [(s.address, s.weight, s.down) for s in states.apply(config).upstreams[name].servers]
+def servers(states: ServerStates, config, name: str = "app") -> list[tuple[str, int, str]]:
+    return [(s.address, s.weight, "down" if s.down else "drain" if s.drain else "up")
+            for s in states.apply(config).upstreams[name].servers]
 
 
 def test_commands_change_the_servers_new_requests_get() -> None:
@@ -20,17 +21,17 @@ def test_commands_change_the_servers_new_requests_get() -> None:
     states = ServerStates()
     assert states.apply(config) is config  # nothing set: the file's own configuration
     states.execute("drain app 127.0.0.1:9002", config)
-    assert servers(states, config) == [("127.0.0.1:9001", 1, False), ("127.0.0.1:9002", 2, True)]
+    assert servers(states, config) == [("127.0.0.1:9001", 1, "up"), ("127.0.0.1:9002", 2, "drain")]
     assert states.state_of("app", "127.0.0.1:9002") == "drain"
     states.execute("weight app 127.0.0.1:9002 5", config)
     states.execute("up app 127.0.0.1:9002", config)
-    assert servers(states, config) == [("127.0.0.1:9001", 1, False), ("127.0.0.1:9002", 5, False)]
+    assert servers(states, config) == [("127.0.0.1:9001", 1, "up"), ("127.0.0.1:9002", 5, "up")]
     states.execute("add app 127.0.0.1:9003 3", config)
     states.execute("remove app 127.0.0.1:9001", config)
-    assert servers(states, config) == [("127.0.0.1:9002", 5, False), ("127.0.0.1:9003", 3, False)]
+    assert servers(states, config) == [("127.0.0.1:9002", 5, "up"), ("127.0.0.1:9003", 3, "up")]
     states.execute("add app 127.0.0.1:9001", config)  # back, as the file has it
-    assert servers(states, config)[0] == ("127.0.0.1:9001", 1, False)
-    assert servers(states, config, "other") == [("127.0.0.1:9101", 1, False)]
+    assert servers(states, config)[0] == ("127.0.0.1:9001", 1, "up")
+    assert servers(states, config, "other") == [("127.0.0.1:9101", 1, "up")]
 
 
 def test_the_states_survive_a_new_file_and_their_document() -> None:
@@ -42,7 +43,7 @@ def test_the_states_survive_a_new_file_and_their_document() -> None:
     again = ServerStates.from_json(states.to_json())
     # A reloaded file with one more server: the states still apply, the new server as written.
     newer = parse_config(FILE.replace('weight = 2 }', 'weight = 2 }, "127.0.0.1:9005"'))
-    assert servers(again, newer) == [("127.0.0.1:9001", 1, True), ("127.0.0.1:9005", 1, False), ("127.0.0.1:9004", 1, False)]
+    assert servers(again, newer) == [("127.0.0.1:9001", 1, "down"), ("127.0.0.1:9005", 1, "up"), ("127.0.0.1:9004", 1, "up")]
     with pytest.raises(ValueError, match="not a server-state document"):
         ServerStates.from_json('{"states": 3}')
 
