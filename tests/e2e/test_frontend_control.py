@@ -12,6 +12,7 @@ import pathlib
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -282,3 +283,47 @@ def test_a_unix_control_socket_without_a_file_and_bad_requests(tmp_path: pathlib
     done = ctl(control, "status")
     assert done.returncode == 1
     assert "cannot reach the control listener" in done.stderr
+
+
+def test_reload_under_load_adds_then_removes_a_server_as_status_shows(tmp_path: pathlib.Path) -> None:
+    port, cport = free_port(), free_port()
+    control = f"127.0.0.1:{cport}"
+    path = tmp_path / "cluster.toml"
+    stop = threading.Event()
+    with worker_process() as (w1, _), worker_process() as (w2, _):
+        a, b = f"127.0.0.1:{w1}", f"127.0.0.1:{w2}"
+        path.write_text(cluster_file(port, control, [w1]))
+        with frontend(path, port) as process:
+            assert set(servers(control)) == {a}
+
+            def load(_: int) -> list[tuple[int, str]]:
+                seen = []
+                deadline = time.monotonic() + 60
+                while not stop.is_set() and len(seen) < 3000 and time.monotonic() < deadline:
+                    status, _, body = http_get(port, "/who", timeout=30)
+                    seen.append((status, json.loads(body)["worker"].split()[0] if status == 200 else ""))
+                return seen
+
+            with concurrent.futures.ThreadPoolExecutor(4) as pool:
+                running = [pool.submit(load, i) for i in range(4)]
+                try:
+                    wait_for(lambda: servers(control)[a]["requests"] >= 20, timeout=30)
+                    path.write_text(cluster_file(port, control, [w1, w2]))
+                    process.send_signal(signal.SIGHUP)
+                    wait_for(lambda: set(servers(control)) == {a, b}, timeout=30)
+                    wait_for(lambda: servers(control)[b]["requests"] >= 20, timeout=30)
+                    path.write_text(cluster_file(port, control, [w2]))
+                    process.send_signal(signal.SIGHUP)
+                    wait_for(lambda: set(servers(control)) == {b}, timeout=30)
+                    after = servers(control)[b]["requests"]
+                    wait_for(lambda: servers(control)[b]["requests"] >= after + 20, timeout=30)
+                finally:
+                    stop.set()
+                seen = [item for f in running for item in f.result()]
+            # Every request under both reloads answered, by the servers of its time.
+            assert [s for s, _ in seen if s != 200] == []
+            order = [w for _, w in seen]
+            assert order.count(a) >= 20 and order.count(b) >= 40
+            assert {who(port) for _ in range(6)} == {b}
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(15) == 0
