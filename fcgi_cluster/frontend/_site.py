@@ -80,6 +80,8 @@ class Site:
             self.connections = trio.Semaphore(fe.max_connections)
             self.upstreams = {name: Upstream(name, upstream, nursery, self.answer_pool) for name, upstream in upstreams.items()}
             self.access_log = AccessLog.open(fe.access_log)
+            if self.access_log is not None:
+                nursery.start_soon(self.access_log.run)
         else:
             self.answer_pool = previous.answer_pool
             self.deadlines = previous.deadlines
@@ -93,6 +95,8 @@ class Site:
                     self.upstreams[name] = Upstream(name, upstream, nursery, self.answer_pool, previous=old)
             same_log = fe.access_log == previous.frontend.access_log
             self.access_log = previous.access_log if same_log else AccessLog.open(fe.access_log)
+            if not same_log and self.access_log is not None:
+                nursery.start_soon(self.access_log.run)
         self.routes = config.routes  # type: ignore[attr-defined]
         self.route_plans = [self._plan(route) for route in self.routes]
         self.active_requests = 0
