@@ -58,7 +58,7 @@ from ._pm_child import EXIT_APP_LOAD, ChildSpec, child_main, prepare_process, se
 from ._pm_policy import (Action, ChildFigures, MaxChildrenReached, PoolPolicy, SeemsBusy, Spawn, Stop, Unwatch,
                          Watch)
 from ._pool_config import GlobalConfig, PoolConfig, PoolConfigError, PoolFile, load_pool_config
-from ._scoreboard import STARTING, STUCK, Scoreboard, listen_queue
+from ._scoreboard import FINISHING, STARTING, STUCK, Scoreboard, listen_queue
 from ._server import ListenError, open_listener
 
 __all__ = ["run_pools", "check_pools", "check_sessions", "PoolStartError", "setup_error_log"]
@@ -578,6 +578,7 @@ class _Master:
     def _child_exited(self, child: _Child, status: int) -> None:
         run = child.run
         run.children.pop(child.pid, None)
+        state = run.scoreboard.slot_state(child.slot)[1]
         run.scoreboard.release(child.slot)
         lived = time.monotonic() - child.started
         pool = run.config.name
@@ -600,9 +601,13 @@ class _Master:
                     "[pool %s] child %d exited with code %d after %.6f seconds from start", pool, child.pid, code, lived)
         if abnormal:
             self._count_death()
-        # Replacements come from the next tick, not from here: a child that
-        # dies at start (its app broke since the check) is not forked again in a
-        # tight loop.
+        # A child that recycled (pm.max_requests: finishing, exit 0, not asked to
+        # stop) is replaced here, as php-fpm does. Other replacements come from
+        # the next tick: a child that dies at start (its app broke since the
+        # check) is not forked again in a tight loop.
+        recycled = state == FINISHING and not child.stopping and not abnormal
+        if not run.retiring and not self.exiting:
+            self._carry_out(run, run.policy.exited(child.pid, recycled, self._figures(run)))
         if run.retiring and not run.children:
             self._close_run(run)
 

@@ -15,6 +15,11 @@ The rules, as php-fpm applies them (``fpm_process_ctl.c``):
   IDLE or STARTING (a child multiplexes; one starting will take work soon).
 - static: at every call (the master's tick), spawn ``pm.max_children`` minus
   the children that count.
+- A child that recycles on its own (``pm.max_requests``) is replaced at
+  once, as php-fpm replaces the child it buries: when it is seen finishing
+  (a tick), or at the latest when it exits (``exited``), once either way;
+  not at the next dynamic decision, which would leave a pool whose children
+  recycle together without one accepting for up to ``PM_INTERVAL``.
 - dynamic: ``min(pm.start_servers, pm.max_children)`` at start; then once per
   ``PM_INTERVAL``:
     * more than ``pm.max_spare_servers`` idle: stop the one idle the longest;
@@ -159,6 +164,8 @@ class PoolPolicy:
         self._warned_max = False
         self._next_decision = 0.0
         self._muted_until = 0.0
+        #: Children seen finishing on their own, replaced already (until they exit).
+        self._replaced: set[int] = set()
 
     @property
     def spawn_rate(self) -> int:
@@ -186,6 +193,12 @@ class PoolPolicy:
         ondemand once ``next_decision`` is reached, and [] before.
         """
         live = [c for c in children if c.counts]
+        if self.pool.pm != "ondemand":
+            fresh = self._newly_finishing(children)
+            if fresh and self.pool.pm == "dynamic":  # static refills below anyway
+                count = min(fresh, self.pool.pm_max_children - len(live))
+                if count > 0:
+                    return [Spawn(count)]
         if self.pool.pm != "static":
             if now < self._next_decision:
                 return []
@@ -230,6 +243,33 @@ class PoolPolicy:
         actions += self._spawn_up_to(count, len(live))
         self._spawn_rate = min(self._spawn_rate * 2, MAX_SPAWN_RATE)
         return actions
+
+    def exited(self, key: int, recycled: bool, children: Sequence[ChildFigures]) -> list[Action]:
+        """Child ``key`` has exited; ``recycled``: on its own, after ``pm.max_requests``.
+
+        Args:
+            children: the pool's children left.
+
+        Returns:
+            static and dynamic: its replacement, unless one started while it
+            finished, or the pool is at ``pm.max_children``; ondemand: nothing
+            (a waiting connection spawns).
+        """
+        replaced = key in self._replaced
+        self._replaced.discard(key)
+        if not recycled or replaced or self.pool.pm == "ondemand":
+            return []
+        live = sum(1 for c in children if c.counts)
+        return [Spawn(1)] if live < self.pool.pm_max_children else []
+
+    def _newly_finishing(self, children: Sequence[ChildFigures]) -> int:
+        """Note the children finishing on their own (not asked to stop); how many are new."""
+        fresh = 0
+        for c in children:
+            if c.state == FINISHING and not c.stopping and c.key not in self._replaced:
+                self._replaced.add(c.key)
+                fresh += 1
+        return fresh
 
     def _ondemand(self, now: float, live: list[ChildFigures]) -> list[Action]:
         timeout = self.pool.pm_process_idle_timeout

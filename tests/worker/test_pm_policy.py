@@ -83,6 +83,35 @@ def test_dynamic_decides_once_per_interval() -> None:
     assert policy.decide(12.0, []) == [Spawn(2)]
 
 
+def test_dynamic_replaces_children_recycling_on_their_own_at_once_and_once() -> None:
+    policy = started(PoolPolicy(pool("dynamic", pm_max_children=4, pm_start_servers=2, pm_min_spare_servers=1,
+                                     pm_max_spare_servers=3)), 10.0)
+    # Both children reach pm.max_requests together, between two decisions:
+    # each gets its replacement at the next call, not at the next interval.
+    both = [ChildFigures(1, FINISHING, 3), ChildFigures(2, FINISHING, 1)]
+    assert policy.decide(10.1, both) == [Spawn(2)]
+    # Replaced once: the same finishing children, and their new ones starting, ask nothing more.
+    assert policy.decide(10.2, [*both, ChildFigures(3, STARTING), ChildFigures(4, STARTING)]) == []
+    # A child asked to stop (an idle spare) is not replaced; nor above max_children.
+    assert policy.decide(10.3, [ChildFigures(5, FINISHING, stopping=True), busy(3), busy(4)]) == []
+    full = [busy(3), busy(4), busy(6), ChildFigures(7, FINISHING, 1), ChildFigures(8, FINISHING, 1)]
+    assert policy.decide(10.4, full) == [Spawn(1)]
+    # When they exit: replaced already, so nothing more.
+    assert policy.exited(1, True, [busy(3), busy(4)]) == []
+
+
+@pytest.mark.parametrize("pm", ["static", "dynamic"])
+def test_a_child_recycled_between_two_ticks_is_replaced_when_it_exits(pm: str) -> None:
+    policy = started(PoolPolicy(pool(pm, pm_max_children=2, pm_start_servers=2)))
+    # Never seen finishing (it finished between ticks): replaced on exit, once.
+    assert policy.exited(1, True, [busy(2)]) == [Spawn(1)]
+    # Not recycled (asked to stop, crashed), or the pool is full: no replacement here.
+    assert policy.exited(3, False, [busy(2)]) == []
+    assert policy.exited(4, True, [busy(2), busy(5)]) == []
+    ondemand = started(PoolPolicy(pool("ondemand", pm_max_children=2)))
+    assert ondemand.exited(1, True, []) == []
+
+
 def test_dynamic_spawn_rate_doubles_up_to_32_says_busy_from_8_and_resets() -> None:
     policy = started(PoolPolicy(pool("dynamic", pm_max_children=1000, pm_min_spare_servers=500,
                                      pm_max_spare_servers=600, pm_start_servers=500)))
