@@ -20,6 +20,13 @@ NAME``: one static child, the pool's settings from the file). Reloading:
 
 For several hosts, the same file runs on each with ``--only``: the front
 door's host starts ``--only frontend``, each worker host ``--only pool.NAME``.
+
+Under systemd (``Type=notify`` or ``notify-reload``) ``up`` speaks for the
+whole cluster on ``$NOTIFY_SOCKET``: READY=1 once every part listens,
+RELOADING=1 then READY=1 around a SIGHUP or SIGUSR2, STOPPING=1 at the
+stop; its processes do not get the socket (systemd's ``NotifyAccess=main``
+would drop their messages). Socket activation is not passed on: each part
+binds its own address.
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from ._systemd import notify, reloading
 
 __all__ = ["up_main", "DEMO_CONFIG", "STOP_GRACE"]
 
@@ -82,7 +91,9 @@ class _Cluster:
     def __init__(self) -> None:
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        # systemd hears from ``up`` alone: its parts never see the notify socket.
+        env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
         process = subprocess.Popen(argv, env=env, start_new_session=True)
         self.processes.append((name, process))
         return process
@@ -173,11 +184,20 @@ def _run(config: object, path: str, parts: set[str]) -> int:
             if signum is not None and process.poll() is None:
                 process.send_signal(signum)
 
+    status = ""  # "STATUS=serving: ..." once every part listens
+
+    def reload(to_frontend: int | None) -> None:
+        if status:  # before READY=1, systemd is not told of reloads
+            reloading()
+        forward(to_frontend, signal.SIGUSR2)
+        if status:
+            notify("READY=1", status)
+
     def on_hup(_signum: int, _frame: object) -> None:
-        forward(signal.SIGHUP, signal.SIGUSR2)
+        reload(signal.SIGHUP)
 
     def on_usr2(_signum: int, _frame: object) -> None:
-        forward(None, signal.SIGUSR2)
+        reload(None)
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
@@ -197,6 +217,8 @@ def _run(config: object, path: str, parts: set[str]) -> int:
             scheme = "https" if config.frontend.tls is not None else "http"  # type: ignore[attr-defined]
             print(f"fcgi-cluster up: front-end on {scheme}://{listen}/ , pid {process.pid}", flush=True)
             print(f"fcgi-cluster up: try  curl -i {scheme}://{listen}/hello  ; Ctrl-C stops everything", flush=True)
+        status = "STATUS=serving: " + ", ".join(name for name, _ in cluster.processes)
+        notify("READY=1", status)
         name, code = cluster.wait_any_exit()
         print(f"fcgi-cluster up: {name} exited with status {code}; stopping the cluster", file=sys.stderr)
         return 1
@@ -209,6 +231,7 @@ def _run(config: object, path: str, parts: set[str]) -> int:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_IGN)
+        notify("STOPPING=1", "STATUS=stopping")
         cluster.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

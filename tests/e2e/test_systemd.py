@@ -17,6 +17,7 @@ import pathlib
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -40,11 +41,18 @@ class Notifications:
         self.name = where
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind("\0" + where[1:] if where.startswith("@") else where)
+        # As systemd: the kernel says which process sent each message.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        #: The pid of every message's sender, in order.
+        self.senders: list[int] = []
 
     def next(self, timeout: float = WAIT_SECONDS) -> dict[str, str]:
         self.sock.settimeout(timeout)
-        data = self.sock.recv(4096).decode()
-        return dict(line.split("=", 1) for line in data.splitlines())
+        data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                self.senders.append(struct.unpack("=iII", value[:12])[0])
+        return dict(line.split("=", 1) for line in data.decode().splitlines())
 
     def pending(self) -> bool:
         self.sock.setblocking(False)
@@ -129,18 +137,21 @@ def _http_pid(port: int) -> int:
     return int(json.loads(body)["worker"].split()[1])
 
 
-@pytest.mark.parametrize("role", ["frontend", "pool"])
+@pytest.mark.parametrize("role", ["frontend", "pool", "up"])
 def test_ready_reloading_stopping_in_order(tmp_path: pathlib.Path, role: str) -> None:
     fe, pool = free_port(), free_port()
     cluster = _cluster_file(tmp_path / "cluster.toml", fe, pool)
     where = f"@fcgi-cluster-test-{os.getpid()}-{role}" if role == "pool" else str(tmp_path / "notify")
     notes = Notifications(where)
     env = dict(os.environ, NOTIFY_SOCKET=where)
-    argv = _frontend_argv(cluster) if role == "frontend" else _pool_argv(cluster)
+    argv = {"frontend": _frontend_argv(cluster), "pool": _pool_argv(cluster),
+            "up": CLI + ["up", "-c", str(cluster)]}[role]
     with _started(argv, tmp_path / "server.log", env) as process:
         ready = notes.wait_for("READY")
         assert ready["READY"] == "1" and ready["STATUS"].startswith("serving")
-        process.send_signal(signal.SIGHUP if role == "frontend" else signal.SIGUSR2)
+        if role == "up":  # ready means the whole cluster answers
+            assert _http_pid(fe) > 0
+        process.send_signal(signal.SIGUSR2 if role == "pool" else signal.SIGHUP)
         reloading = notes.wait_for("RELOADING")
         usec = int(reloading["MONOTONIC_USEC"])
         assert abs(usec - time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000) < WAIT_SECONDS * 1e6
@@ -148,6 +159,8 @@ def test_ready_reloading_stopping_in_order(tmp_path: pathlib.Path, role: str) ->
         process.send_signal(signal.SIGTERM)
         assert notes.wait_for("STOPPING")["STOPPING"] == "1"
         assert process.wait(WAIT_SECONDS) == 0
+    # Only the main process spoke (systemd's NotifyAccess=main drops the others').
+    assert notes.senders and set(notes.senders) == {process.pid}
 
 
 def _socket_activate() -> str:
