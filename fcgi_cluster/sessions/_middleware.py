@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from ._session import Session
 from ._settings import SessionConfigError, SessionSettings
@@ -53,6 +53,10 @@ current_environ: contextvars.ContextVar[dict | None] = contextvars.ContextVar(
 #: Response bytes held back while the session may still fail to save (the
 #: worker's own batch size: holding them costs no extra latency).
 HOLD_LIMIT = 64 * 1024
+
+#: Pages remembered as using their session (``WSGISessionMiddleware.preloads``):
+#: enough for an app's routes; past it, further pages start their sessions lazily.
+MAX_SESSION_PAGES = 4096
 
 _UNAVAILABLE_BODY = b"Service Unavailable: session store unavailable, try again\n"
 _LOCKED_BODY = b"Service Unavailable: session busy, try again\n"
@@ -134,8 +138,36 @@ class WSGISessionMiddleware:
         self.store = store
         self.settings = settings
         self.loop_store = loop_store
-        #: Whether the worker is to call ``begin`` and ``end`` around each request.
-        self.loop_ends = settings.auto_start
+        #: Whether the worker is to ask ``preloads`` of each request (and then
+        #: call ``begin`` and ``end`` around it).
+        self.loop_ends = settings.auto_start or loop_store is not None
+        #: Pages (REQUEST_URI before "?") whose requests used their session.
+        self._session_pages: set[str] = set()
+        self._cookie_mark = f"{settings.name}=".encode("latin-1")
+
+    def preloads(self, params: Mapping[bytes, bytes]) -> bool:
+        """Whether this request's session is loaded on the loop before the app (``begin``).
+
+        Every request under ``auto_start``. Otherwise (sessions start when the
+        app first uses them), a request that brings a session cookie to a page
+        whose requests used their session before: it is locked and read in the
+        loop's pipeline rather than from the app's thread, as under
+        ``auto_start`` (which costs a thread a round trip of its own each way).
+        A page that never uses its session is never locked for it.
+        """
+        if self.settings.auto_start:
+            return True
+        cookie = params.get(b"HTTP_COOKIE")
+        if not cookie or self._cookie_mark not in cookie or not self._session_pages:
+            return False
+        page = params.get(b"REQUEST_URI", b"").partition(b"?")[0].decode("latin-1")
+        return page in self._session_pages
+
+    def _learn(self, environ: dict) -> None:
+        """A request used its session: its page's next requests are preloaded."""
+        pages = self._session_pages
+        if len(pages) < MAX_SESSION_PAGES:
+            pages.add(environ.get("REQUEST_URI", "").partition("?")[0])
 
     async def begin(self, environ: dict) -> "Preloaded":
         """On the worker's loop, before the app: make the request's session and load it.
@@ -213,7 +245,9 @@ class WSGISessionMiddleware:
             raise
         finally:
             current_environ.reset(context_token)
-        return _WSGIBody(result, response, session, saved_by_loop=preloaded is not None)
+        learn = self._learn if preloaded is None and self.loop_store is not None else None
+        return _WSGIBody(result, response, session, saved_by_loop=preloaded is not None,
+                         learn=(learn, environ) if learn is not None else None)
 
 
 class Preloaded:
@@ -288,11 +322,13 @@ class _WSGIBody:
     """
 
     def __init__(self, result: Iterable[bytes], response: _WSGIResponse, session: Session, *,
-                 saved_by_loop: bool = False) -> None:
+                 saved_by_loop: bool = False, learn: tuple[Callable[[dict], None], dict] | None = None) -> None:
         self.result = result
         self.response = response
         self.session = session
         self.saved_by_loop = saved_by_loop
+        #: (``WSGISessionMiddleware._learn``, environ): told at the close when the session was used.
+        self.learn = learn
 
     def __iter__(self):
         response, session = self.response, self.session
@@ -352,6 +388,9 @@ class _WSGIBody:
             # An aborted request (or an unsaved one) must not keep the lock.
             if not self.saved_by_loop:
                 self.session.abort()
+            if self.learn is not None and self.session.loaded:
+                learn, environ = self.learn
+                learn(environ)
 
 
 # --- ASGI -------------------------------------------------------------------------

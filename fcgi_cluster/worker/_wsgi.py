@@ -358,8 +358,9 @@ class WSGIHandler:
     def __init__(self, app: Callable, pool: ThreadPool, config: WorkerConfig, extra_environ: dict[str, Any]) -> None:
         self.app = app
         self.pool = pool
-        #: The session middleware when it loads and saves sessions on this
-        #: loop around each request (``session.auto_start``), else None.
+        #: The session middleware when it may load and save sessions on this
+        #: loop around a request (``session.auto_start``, or a loop store:
+        #: it ``preloads`` the requests to), else None.
         self.session_ends = app if getattr(app, "loop_ends", False) else None
         #: Sends output that waits too long in an app thread; run ``flusher.run``.
         self.flusher = OutputFlusher()
@@ -398,7 +399,7 @@ class WSGIHandler:
             raise RequestCancelled()
         environ, errors = self.environ(ctx)
         ends = self.session_ends
-        if ends is None:
+        if ends is None or not ends.preloads(ctx.params):
             call, kind, data = await self._run_app(ctx, environ, errors)
             self._finish(ctx, call, kind, data)
             return
@@ -451,7 +452,8 @@ class WSGIHandler:
                 the handler).
             spawn: the connection's ``nursery.start_soon``.
         """
-        if self.inline or self.session_ends is not None or ctx.cancelled:
+        ends = self.session_ends
+        if self.inline or ctx.cancelled or (ends is not None and ends.preloads(ctx.params)):
             return False
         environ, errors = self.environ(ctx)
         call = _Call(self.app, environ, errors, ctx)

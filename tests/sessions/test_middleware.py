@@ -501,3 +501,51 @@ async def test_asgi_sessions_use_the_loop_store_when_there_is_one(redis_server):
     with redis_server.client() as client:
         assert client.get(f"PHPREDIS_SESSION:{sid}") == b'{"n":2}'
         assert client.keys("*_LOCK") == []
+
+
+async def test_lazy_sessions_of_pages_that_use_them_are_loaded_by_the_loop_once_learned(redis_server):
+    """Without auto_start: a page seen using its session has the next requests that bring
+    a cookie locked and read in the loop's pipeline; other pages never lock for it."""
+    import urllib.parse
+
+    from fcgi_cluster.sessions import open_store
+    from tests.sessions.conftest import REDIS_PASSWORD
+
+    def app(environ, start_response):
+        body = {}
+        if environ["PATH_INFO"] == "/count":
+            session = environ[SESSION_KEY]
+            session["n"] = session.get("n", 0) + 1
+            body["n"] = session["n"]
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(body).encode()]
+
+    store = open_store("redis", f"tcp://{redis_server.address}?auth={urllib.parse.quote(REDIS_PASSWORD)}")
+    blocking: list[str] = []
+    for name in ("lock_and_read", "write", "write_and_release", "touch_and_release", "release_lock"):
+        def counted(*args, _call=getattr(store, name), _name=name, **kwargs):
+            blocking.append(_name)
+            return _call(*args, **kwargs)
+        setattr(store, name, counted)
+    settings = SessionSettings(gc_probability=0, lock_wait=2, lock_retry_interval=0.01)
+    try:
+        async with trio.open_nursery() as nursery:
+            loop_store = store.loop_store(nursery)
+            middleware = WSGISessionMiddleware(app, store, settings, loop_store)
+            async with serving(middleware, config=WorkerConfig(threads=8)) as web:
+                first = await web.request(params("/count"))  # a new session, from the app's thread
+                sid = cookie_of(first).split(";")[0].split("=")[1]
+                assert blocking and not middleware.preloads(params("/other", HTTP_COOKIE=f"PHPSESSID={sid}"))
+                assert not middleware.preloads(params("/count"))  # no cookie: nothing to load
+                assert middleware.preloads(params("/count?x=1", HTTP_COOKIE=f"PHPSESSID={sid}"))
+                blocking.clear()
+                answers = [await web.request(with_cookie("/count", sid)) for _ in range(3)]
+                plain = await web.request(with_cookie("/other", sid))
+            loop_store.close()
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    assert [json.loads(a.body)["n"] for a in answers] == [2, 3, 4]
+    assert json.loads(plain.body) == {} and blocking == []
+    with redis_server.client() as client:
+        assert client.keys("*_LOCK") == []
