@@ -12,7 +12,10 @@ not every interval.
 
 A host name of the form ``_service._proto.name`` is an SRV name (RFC 2782),
 as HAProxy's ``server-template``: each target of its records, resolved, is
-a server at the record's port (the port written is not used).
+a server at the record's port (the port written is not used), with the
+record's weight (0 counts as 1, capped at ``MAX_WEIGHT``); the targets of
+the lowest priority are the primaries, those of higher priorities
+``backup`` servers (left out with ``ip_hash`` and ``hash``, which have none).
 
 The DNS messages (RFC 1035; AAAA RFC 3596; SRV) are a small sans-IO codec here:
 ``encode_query`` and ``decode_answer``; ``query`` sends one over UDP (trio)
@@ -30,6 +33,8 @@ import struct
 import typing
 
 import trio
+
+from ._balancer import MAX_WEIGHT
 
 __all__ = [
     "DNSError", "Resolutions", "TYPE_A", "TYPE_AAAA", "TYPE_SRV", "decode_answer", "encode_query",
@@ -127,10 +132,9 @@ def decode_answer(data: bytes, ident: int, qtype: int) -> list[str] | None:
             elif rclass == _CLASS_IN and rtype == qtype == TYPE_AAAA and length == 16:
                 out.append(str(ipaddress.IPv6Address(rdata)))
             elif rclass == _CLASS_IN and rtype == qtype == TYPE_SRV and length > 6:
-                # priority, weight, port, target: "target:port" (all
-                # priorities alike: every target is a server).
-                port = struct.unpack_from("!H", rdata, 4)[0]
-                out.append(f"{_read_name(data, offset - length + 6)}:{port}")
+                # In the zone file's order: "priority weight port target".
+                priority, weight, port = struct.unpack_from("!HHH", rdata)
+                out.append(f"{priority} {weight} {port} {_read_name(data, offset - length + 6)}")
     except (struct.error, IndexError) as exc:
         raise DNSError(f"malformed answer: {exc}") from None
     return out
@@ -196,23 +200,29 @@ async def resolve_host(resolver: str, name: str, timeout: float) -> list[str]:
     return sorted(set(found), key=lambda text: (":" in text, ipaddress.ip_address(text)))
 
 
-async def resolve_service(resolver: str, name: str, timeout: float) -> list[str]:
-    """The addresses (``ip:port``) of every target of the SRV records of ``name``, sorted.
+async def resolve_service(resolver: str, name: str, timeout: float) -> list[tuple[str, int, int]]:
+    """``(ip:port, priority, weight)`` of every target of the SRV records of ``name``, sorted by address.
+
+    An address two records give is kept once, at its lowest priority.
 
     Raises:
         DNSError: no SRV record, or none of its targets resolves.
     """
-    found: set[str] = set()
-    for target in await query(resolver, name, TYPE_SRV, timeout):
-        host, _, port = target.rpartition(":")
+    found: dict[str, tuple[int, int]] = {}
+    for record in await query(resolver, name, TYPE_SRV, timeout):
+        priority, weight, port, host = record.split(" ", 3)
         try:
             ips = await resolve_host(resolver, host, timeout)
         except DNSError:
             continue
-        found.update(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip in ips)
+        for ip in ips:
+            address = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+            terms = (int(priority), int(weight))
+            if address not in found or terms[0] < found[address][0]:
+                found[address] = terms
     if not found:
         raise DNSError("no SRV record with a target that resolves")
-    return sorted(found, key=lambda text: (text.startswith("["), text))
+    return [(address, *found[address]) for address in sorted(found, key=lambda text: (text.startswith("["), text))]
 
 
 def _host_name(address: str) -> str | None:
@@ -240,6 +250,8 @@ class Resolutions:
     def __init__(self) -> None:
         #: host name -> its addresses, as last resolved.
         self.addresses: dict[str, tuple[str, ...]] = {}
+        #: SRV name -> {address: (weight, backup)} of its targets, as last resolved.
+        self.terms: dict[str, dict[str, tuple[int, bool]]] = {}
         #: host name -> the error last logged (absent: resolving).
         self._failing: dict[str, str] = {}
 
@@ -257,10 +269,18 @@ class Resolutions:
 
     async def refresh(self, name: str, resolver: str, timeout: float) -> bool:
         """Resolve ``name`` once; True when its addresses changed."""
+        terms: dict[str, tuple[int, bool]] | None = None
         try:
-            # "_service._proto.name" is an SRV name (RFC 2782): its records give ports too.
-            resolve = resolve_service if name.startswith("_") else resolve_host
-            found = tuple(await resolve(resolver, name, timeout))
+            # "_service._proto.name" is an SRV name (RFC 2782): its records give
+            # ports, priorities and weights too.
+            if name.startswith("_"):
+                records = await resolve_service(resolver, name, timeout)
+                best = min(priority for _, priority, _ in records)
+                terms = {address: (min(MAX_WEIGHT, max(1, weight)), priority > best)
+                         for address, priority, weight in records}
+                found = tuple(terms)
+            else:
+                found = tuple(await resolve_host(resolver, name, timeout))
         except (DNSError, OSError, ValueError) as exc:
             if self._failing.get(name) != str(exc):
                 self._failing[name] = str(exc)
@@ -269,10 +289,14 @@ class Resolutions:
             return False
         if self._failing.pop(name, None) is not None:
             log.warning("resolve %s: resolves again", name)
-        if self.addresses.get(name) == found:
+        if self.addresses.get(name) == found and self.terms.get(name) == terms:
             return False
-        log.info("resolve %s: %s", name, ", ".join(found))
+        shown = ", ".join(address if terms is None else f"{address} weight {terms[address][0]}"
+                          + (" backup" if terms[address][1] else "") for address in found)
+        log.info("resolve %s: %s", name, shown)
         self.addresses[name] = found
+        if terms is not None:
+            self.terms[name] = terms
         return True
 
     async def run(self, server: typing.Any) -> None:
@@ -320,14 +344,21 @@ class Resolutions:
                         specs.append(spec)
                     continue
                 port = spec.address.rpartition(":")[2]
+                terms = self.terms.get(name) if name.startswith("_") else None
+                keyed = upstream.balance in ("ip_hash", "hash")  # no backup servers there
                 for ip in found:
-                    if name.startswith("_"):  # an SRV name's addresses have their ports
+                    changes: dict[str, typing.Any] = {}
+                    if terms is not None:  # an SRV name's addresses have their ports
                         address = ip
+                        weight, backup = terms.get(ip, (spec.weight, False))
+                        if backup and keyed:
+                            continue
+                        changes = {"weight": weight, "backup": backup or spec.backup}
                     else:
                         address = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
                     if address not in seen:
                         seen.add(address)
-                        specs.append(dataclasses.replace(spec, address=address))
+                        specs.append(dataclasses.replace(spec, address=address, **changes))
             upstreams[up_name] = dataclasses.replace(upstream, servers=tuple(specs))
         return dataclasses.replace(config, upstreams=upstreams)
 

@@ -92,9 +92,12 @@ def test_traffic_follows_the_dns_answer_and_keeps_the_last_good_one(tmp_path: pa
 def test_an_srv_name_gives_a_server_per_target_at_its_port(tmp_path: pathlib.Path) -> None:
     dns_port, port2, port3, port = free_port(), free_port(), free_port(), free_port()
     hosts = tmp_path / "hosts"
-    hosts.write_text("127.0.0.2 w2.cluster.test\n127.0.0.3 w3.cluster.test\n")
+    hosts.write_text("127.0.0.2 w2.cluster.test\n127.0.0.3 w3.cluster.test\n127.0.0.4 w4.cluster.test\n")
     service = "_fcgi._tcp.app.cluster.test"
-    srv = (f"--srv-host={service},w2.cluster.test,{port2}", f"--srv-host={service},w3.cluster.test,{port3}")
+    # w4: a higher priority, so a backup server that takes nothing while the others serve.
+    port4 = free_port()
+    srv = (f"--srv-host={service},w2.cluster.test,{port2},0,3", f"--srv-host={service},w3.cluster.test,{port3},0,1",
+           f"--srv-host={service},w4.cluster.test,{port4},10,1")
     path = tmp_path / "cluster.toml"
     path.write_text(
         f'[frontend]\nlisten = "127.0.0.1:{port}"\nprocesses = 1\naccess_log = false\n'
@@ -105,4 +108,6 @@ def test_an_srv_name_gives_a_server_per_target_at_its_port(tmp_path: pathlib.Pat
           frontend(path, port) as process):
         log = pathlib.Path(process.log_path)
         wait_for(lambda: f"resolve {service}: " in log.read_text(), timeout=20)
-        assert {answered_by(port) for _ in range(6)} == {f"127.0.0.2:{port2}", f"127.0.0.3:{port3}"}
+        # The records' weights 3 and 1: smooth round robin gives exactly 6 and 2 of 8.
+        seen = [answered_by(port) for _ in range(8)]
+        assert sorted(seen) == sorted([f"127.0.0.2:{port2}"] * 6 + [f"127.0.0.3:{port3}"] * 2)

@@ -51,7 +51,7 @@ def test_answer_gives_the_addresses_of_its_records() -> None:
 def test_srv_answer_gives_target_and_port_through_name_compression() -> None:
     # priority 0, weight 5, port 9100, target "w1" then a pointer to "app.example" (offset 16).
     rdata = struct.pack("!HHH", 0, 5, 9100) + b"\x02w1\xc0\x10"
-    assert decode_answer(answer(3, TYPE_SRV, [rdata]), 3, TYPE_SRV) == ["w1.example:9100"]
+    assert decode_answer(answer(3, TYPE_SRV, [rdata]), 3, TYPE_SRV) == ["0 5 9100 w1.example"]
     # A target that points at itself: an error, not a hang.
     here = len(answer(3, TYPE_SRV, [struct.pack("!HHH", 0, 5, 9100) + b"\xc0\x00"])) - 2
     looping = struct.pack("!HHH", 0, 5, 9100) + struct.pack("!H", 0xC000 | here)
@@ -96,6 +96,22 @@ def test_names_and_expansion_keep_each_server_settings() -> None:
     assert [spec.address for spec in expanded.upstreams["other"].servers] == ["other.example:9000"]
 
 
+@pytest.mark.parametrize("balance", ["round_robin", "ip_hash"])
+def test_an_srv_expansion_takes_weights_and_priorities_from_the_records(balance: str) -> None:
+    config = parse_config(f'[upstream.app]\nbalance = "{balance}"\n'
+                          'servers = [{ address = "_fcgi._tcp.app.example:1", resolve = "5s" }]\n'
+                          '[[route]]\nprefix = "/"\nupstream = "app"\n')
+    resolutions = Resolutions()
+    name = "_fcgi._tcp.app.example"
+    resolutions.addresses = {name: ("10.0.0.1:9001", "10.0.0.2:9002", "10.0.0.3:9003")}
+    resolutions.terms = {name: {"10.0.0.1:9001": (3, False), "10.0.0.2:9002": (1, False), "10.0.0.3:9003": (1, True)}}
+    servers = resolutions.expand(config).upstreams["app"].servers
+    got = [(spec.address, spec.weight, spec.backup) for spec in servers]
+    primaries = [("10.0.0.1:9001", 3, False), ("10.0.0.2:9002", 1, False)]
+    # ip_hash has no backup servers: a higher priority's targets are left out.
+    assert got == primaries + ([] if balance == "ip_hash" else [("10.0.0.3:9003", 1, True)])
+
+
 def test_a_bad_resolver_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"cluster.toml:2: frontend.resolver"):
         parse_config('[frontend]\nresolver = "unix:/run/dns"\n[upstream.app]\nservers = ["127.0.0.1:9000"]\n', "cluster.toml")
@@ -110,7 +126,7 @@ def test_resolve_host_asks_a_real_dnsmasq(tmp_path: pathlib.Path) -> None:
             "--no-resolv", "--no-hosts", "--pid-file=", "--user=root", "--log-facility=-",
             "--host-record=two.test,127.0.0.5,::5", "--host-record=one.test,127.0.0.6",
             "--host-record=two.test,127.0.0.4",
-            "--srv-host=_fcgi._tcp.svc.test,one.test,9100", "--srv-host=_fcgi._tcp.svc.test,two.test,9200"]
+            "--srv-host=_fcgi._tcp.svc.test,one.test,9100,0,5", "--srv-host=_fcgi._tcp.svc.test,two.test,9200,10,0"]
     with run_process(argv, ready_port=port, name="dnsmasq"):
         resolver = f"127.0.0.1:{port}"
         assert trio.run(resolve_host, resolver, "two.test", 2.0) == ["127.0.0.4", "127.0.0.5", "::5"]
@@ -118,8 +134,16 @@ def test_resolve_host_asks_a_real_dnsmasq(tmp_path: pathlib.Path) -> None:
         with pytest.raises(DNSError):
             trio.run(resolve_host, resolver, "missing.test", 2.0)
         assert trio.run(resolve_service, resolver, "_fcgi._tcp.svc.test", 2.0) == [
-            "127.0.0.4:9200", "127.0.0.5:9200", "127.0.0.6:9100", "[::5]:9200",
+            ("127.0.0.4:9200", 10, 0), ("127.0.0.5:9200", 10, 0), ("127.0.0.6:9100", 0, 5), ("[::5]:9200", 10, 0),
         ]
+        # The lowest priority's targets are the primaries, with the records' weights.
+        resolutions = Resolutions()
+        assert trio.run(resolutions.refresh, "_fcgi._tcp.svc.test", resolver, 2.0)
+        assert resolutions.terms["_fcgi._tcp.svc.test"] == {
+            "127.0.0.4:9200": (1, True), "127.0.0.5:9200": (1, True), "127.0.0.6:9100": (5, False),
+            "[::5]:9200": (1, True),
+        }
+        assert not trio.run(resolutions.refresh, "_fcgi._tcp.svc.test", resolver, 2.0)  # unchanged
         with pytest.raises(DNSError):
             trio.run(resolve_service, resolver, "_fcgi._tcp.missing.test", 2.0)
     # Nobody answers: the timeout, not a hang.
