@@ -49,8 +49,10 @@ from ._redis_scripts import (
     TOUCH_RELEASE_SCRIPT,
     WRITE_RELEASE_SCRIPT,
     failure_reason,
+    greeting_words,
     lock_value,
     pick_server,
+    server_greeting,
 )
 from ._redis_lease import LEASE, LEASE_TOUCH_RELEASE_SCRIPT, LEASE_WRITE_RELEASE_SCRIPT, RENEW_SCRIPT, lapsed_save
 from ._save_path import RedisServer
@@ -239,7 +241,22 @@ class _Pipeline:
 
 def _reply_error(where: str, reply: hiredis.ReplyError) -> StoreError:
     # The blocking store's wording (wrong password, ACL, ...): it reads the reply's text.
-    return StoreError(f"redis {where}: {failure_reason(reply)}")
+    # A protected-mode DENIED comes unprompted, before any command: read as the first reply.
+    text = str(reply)
+    said = greeting_words(text) if text.startswith("DENIED") else None
+    return StoreError(f"redis {where}: {failure_reason(reply, said)}")
+
+
+async def _lost_error(where: str, exc: _Lost) -> StoreError:
+    """The error of a command lost with its connection: in the server's words when it said any.
+
+    A server that refuses a connection (protected mode, maxclients) says why and
+    closes; a client whose command is on its way meanwhile sees only a reset.
+    """
+    said = None
+    if "connection" in str(exc):
+        said = await trio.to_thread.run_sync(server_greeting, where)
+    return StoreError(f"redis {where}: {failure_reason(exc, said)}" if said is not None else str(exc))
 
 
 class _LoopServer:
@@ -297,7 +314,7 @@ class _LoopServer:
                         raise _reply_error(self.where, reply)
             except _Lost as exc:
                 pipeline.fail(str(exc))
-                raise StoreError(str(exc)) from None
+                raise await _lost_error(self.where, exc) from None
             except BaseException:
                 pipeline.fail("connection closed")
                 raise
@@ -319,7 +336,7 @@ class _LoopServer:
                 reply = await pipeline.call(packed, self.timeout, on_orphan)
             except _Lost as exc:
                 if attempt == 2:
-                    raise StoreError(str(exc)) from None
+                    raise await _lost_error(self.where, exc) from None
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 raise _reply_error(self.where, reply)

@@ -25,6 +25,7 @@ __all__ = [
     "TOUCH_RELEASE_SCRIPT",
     "WRITE_RELEASE_SCRIPT",
     "failure_reason",
+    "greeting_words",
     "lock_value",
     "pick_server",
     "server_greeting",
@@ -133,7 +134,11 @@ def server_greeting(where: str, timeout: float = GREETING_WAIT) -> str | None:
         pass  # a timeout (nothing said) or no connection at all
     if not data.startswith(b"-"):
         return None
-    line = data[1:].split(b"\r\n")[0].decode("utf-8", "replace")
+    return greeting_words(data[1:].split(b"\r\n")[0].decode("utf-8", "replace"))
+
+
+def greeting_words(line: str) -> str:
+    """An error line a server sent unprompted, on one line: its first two sentences."""
     sentences = " ".join(line.split()).split(". ")
     return ". ".join(sentences[:2]).rstrip(".") + "."
 

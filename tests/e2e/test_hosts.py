@@ -21,6 +21,7 @@ import time
 
 import pytest
 import redis as redis_client
+import trio
 
 from fcgi_cluster.sessions._open import open_store
 from fcgi_cluster.sessions._store import StoreError
@@ -277,6 +278,8 @@ def test_a_protected_mode_redis_is_reported_in_its_own_words(hosts, tmp_path):
         try:
             with pytest.raises(StoreError) as caught:
                 store.read("a" * 26)
+            # The worker's loop client (auto_start, learned pages) says the same.
+            on_loop = trio.run(_loop_read, store)
         finally:
             store.close()
         # A worker on another host stops at start, saying why.
@@ -290,7 +293,22 @@ def test_a_protected_mode_redis_is_reported_in_its_own_words(hosts, tmp_path):
     assert started.returncode != 0
     assert f"redis {address}:{DENIED_PORT}: refused by the server: DENIED Redis is running in protected mode" in started.stderr
     assert "Traceback" not in started.stderr
-    message = str(caught.value)
-    assert f"{address}:{DENIED_PORT}" in message
-    assert "DENIED Redis is running in protected mode" in message
-    assert "Broken pipe" not in message
+    assert isinstance(on_loop, StoreError)
+    for message in (str(caught.value), str(on_loop)):
+        assert f"{address}:{DENIED_PORT}" in message
+        assert "refused by the server: DENIED Redis is running in protected mode" in message
+        assert "Broken pipe" not in message
+
+
+async def _loop_read(store) -> StoreError | None:
+    """What the loop client of ``store`` raises on a read (None: it read)."""
+    async with trio.open_nursery() as nursery:
+        loop_store = store.loop_store(nursery)
+        try:
+            await loop_store.read("a" * 26)
+        except StoreError as exc:
+            return exc
+        finally:
+            loop_store.close()
+            nursery.cancel_scope.cancel()
+    return None
