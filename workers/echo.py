@@ -22,6 +22,7 @@ Query knobs (``?name=value``; the last one wins when repeated):
 - ``accel=PATH``: answer with ``X-Accel-Redirect: PATH`` (and a
   ``Content-Disposition`` naming its last segment), so the front door serves
   that file from its internal route; the JSON report is the body the front door drops.
+- ``sendfile=PATH``: likewise with ``X-Sendfile: PATH`` (a filesystem path).
 
 A knob with a value that is not understood gets ``400 Bad Request``, never a traceback.
 
@@ -96,6 +97,8 @@ def app(environ, start_response):
             ("X-Accel-Redirect", urllib.parse.quote(knobs["accel"], safe="/%?=&")),
             ("Content-Disposition", f'attachment; filename="{urllib.parse.quote(name)}"'),
         ]
+    if knobs["sendfile"] is not None:
+        extra.append(("X-Sendfile", urllib.parse.quote(knobs["sendfile"], safe="/")))
 
     report = {
         "worker": f"{_listen_address(environ)} {os.getpid()}",
@@ -149,6 +152,7 @@ def _parse_knobs(query_string):
         "exit": switch("exit"),
         "log": last("log"),
         "accel": last("accel"),
+        "sendfile": last("sendfile"),
     }
 
 
