@@ -159,7 +159,8 @@ def _addresses(ctx: Context, path: KeyPath, value: object) -> tuple[tuple[str, .
         if found in seen:
             ctx.fail(item_path, f"duplicate address {show(found)}; already listed at [{seen[found]}]")
         seen[found] = index
-    return tuple(seen), tuple(options)
+    # Plain addresses only: no settings of their own to keep.
+    return tuple(seen), tuple(options) if any(isinstance(item, dict) for item in items) else ()
 
 
 def _check_listeners(ctx: Context, path: KeyPath, frontend: dict[str, Any]) -> None:
