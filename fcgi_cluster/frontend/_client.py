@@ -98,8 +98,7 @@ class ClientConnection:
         self.served = 0
         #: The request being answered from callbacks, while there is one.
         self._answer: CallbackAnswer | None = None
-        #: Sets ``remote_addr`` from each request's header fields (a trusted proxy's: ``edge._real_ip``).
-        self.real_ip: typing.Any = None
+        self.real_ip: typing.Any = None  # a trusted proxy's ``edge.ClientAddress``: sets remote_addr per request
 
     @property
     def fd(self) -> int:
