@@ -136,3 +136,21 @@ def _read_one(stream) -> dict[str, str]:
         if name.lower() == "content-length":
             length = int(value)
     return json.loads(stream.read(length))["environ"]
+
+
+def test_sighup_applies_new_real_ip_settings(tmp_path) -> None:
+    import signal
+
+    text = CLUSTER.replace("access_log = \"{log}\"", "access_log = false")
+    with edge_cluster(tmp_path, text, trusted='"10.0.0.0/8"') as (ports, up):
+        forwarded = {"X-Forwarded-For": "203.0.113.60"}
+        assert environ_of(exchange(ports["fe"], get_bytes("/r", forwarded)))["REMOTE_ADDR"] == "127.0.0.1"
+        path = tmp_path / "cluster.toml"
+        path.write_text(path.read_text().replace('real_ip_from = ["10.0.0.0/8"]', 'real_ip_from = ["127.0.0.0/8"]'))
+        up.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        seen = "127.0.0.1"
+        while seen != "203.0.113.60" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            seen = environ_of(exchange(ports["fe"], get_bytes("/r", forwarded)))["REMOTE_ADDR"]
+        assert seen == "203.0.113.60"
