@@ -214,3 +214,37 @@ def _read_all(sock) -> bytes:
             break
         data += chunk
     return data
+
+
+def test_a_unix_socket_listener_trusting_unix_peers(tmp_path) -> None:
+    path = tmp_path / "edge.sock"
+    text = """
+[frontend]
+listen = ["127.0.0.1:{fe}", {{ address = "unix:{sock}", proxy_protocol = true }}]
+access_log = false
+real_ip_from = ["unix:"]
+[upstream.app]
+servers = ["127.0.0.1:{p1}"]
+[pool.a]
+listen = "127.0.0.1:{p1}"
+app = "workers.echo:app"
+"""
+    with edge_cluster(tmp_path, text, sock=str(path)) as (ports, process):
+        deadline = time.monotonic() + 30
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for header, expected in ((v2_inet("192.0.2.200", 42000), ("192.0.2.200", "42000")),
+                                 (b"PROXY TCP4 192.0.2.201 127.0.0.1 42001 80\r\n", ("192.0.2.201", "42001")),
+                                 (v2_header(0, 0, b""), ("unix:", "0"))):
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(15)
+                sock.connect(str(path))
+                sock.sendall(header + get_bytes("/unix"))
+                env = environ_of(_read_all(sock))
+            assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == expected
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(15)
+            sock.connect(str(path))
+            sock.sendall(get_bytes("/no-header"))
+            assert _read_all(sock) == b""
+        assert "PROXY protocol: not a PROXY header from a unix socket" in process.log_path.read_text()

@@ -130,7 +130,8 @@ async def accept_proxied(server: typing.Any, stream: trio.SocketStream, take: ty
         header = await read_proxy_header(stream.socket, server.frontend.header_timeout)
     except (ProxyProtocolError, trio.TooSlowError, OSError) as exc:
         try:
-            peer = stream.socket.getpeername()
+            name = stream.socket.getpeername()
+            peer = f"{name[0]}:{name[1]}" if isinstance(name, tuple) else "a unix socket"
         except OSError:
             peer = "?"
         reason = "no PROXY header in time" if isinstance(exc, trio.TooSlowError) else str(exc) or type(exc).__name__
