@@ -15,6 +15,7 @@ request ends.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -273,7 +274,7 @@ class FrontendServer:
         if proxied is None:
             self.accepted += 1
             if plan.proxy_protocol:
-                take = lambda header: self._accepted(stream, local, nursery, index, header)  # noqa: E731
+                take = functools.partial(self._accepted, stream, local, nursery, index)
                 nursery.start_soon(accept_proxied, self, stream, take)
                 return
         hub = self.hub
