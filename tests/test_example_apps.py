@@ -134,6 +134,16 @@ def test_echo_status(query, status):
     assert call_wsgi(echo.app, query)[0] == status
 
 
+def test_echo_accel_and_sendfile_knobs_add_their_headers():
+    _, headers, _, _ = call_wsgi(echo.app, "accel=/protected/a%20b.pdf")
+    assert ("X-Accel-Redirect", "/protected/a%20b.pdf") in headers
+    assert ("Content-Disposition", 'attachment; filename="a%20b.pdf"') in headers
+    _, headers, _, _ = call_wsgi(echo.app, "sendfile=/srv/dl/x.iso")
+    assert ("X-Sendfile", "/srv/dl/x.iso") in headers
+    _, headers, _, _ = call_wsgi(echo.app)
+    assert not [name for name, _ in headers if name.startswith("X-")]
+
+
 def test_echo_raise_and_log():
     with pytest.raises(RuntimeError, match="raise=1 requested"):
         call_wsgi(echo.app, "raise=1")

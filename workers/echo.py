@@ -19,6 +19,10 @@ Query knobs (``?name=value``; the last one wins when repeated):
 - ``raise=1``: raise ``RuntimeError`` from the app (the server must turn it into a 500).
 - ``exit=1``: ``os._exit(1)``: the worker process dies in the middle of the request.
 - ``log=TEXT``: write one line to ``wsgi.errors`` (FastCGI's FCGI_STDERR).
+- ``accel=PATH``: answer with ``X-Accel-Redirect: PATH`` (and a
+  ``Content-Disposition`` naming its last segment), so the front door serves
+  that file from its internal route; the JSON report is the body the front door drops.
+- ``sendfile=PATH``: likewise with ``X-Sendfile: PATH`` (a filesystem path).
 
 A knob with a value that is not understood gets ``400 Bad Request``, never a traceback.
 
@@ -85,6 +89,17 @@ def app(environ, start_response):
         )
         return _filler(size)
 
+    extra = []
+    if knobs["accel"] is not None:
+        name = knobs["accel"].rstrip("/").rsplit("/", 1)[-1] or "file"
+        # Header values are latin-1 text: the path is passed percent-encoded.
+        extra = [
+            ("X-Accel-Redirect", urllib.parse.quote(knobs["accel"], safe="/%?=&")),
+            ("Content-Disposition", f'attachment; filename="{urllib.parse.quote(name)}"'),
+        ]
+    if knobs["sendfile"] is not None:
+        extra.append(("X-Sendfile", urllib.parse.quote(knobs["sendfile"], safe="/")))
+
     report = {
         "worker": f"{_listen_address(environ)} {os.getpid()}",
         "environ": {key: value for key, value in environ.items() if isinstance(value, str)},
@@ -94,7 +109,7 @@ def app(environ, start_response):
     body = json.dumps(report, sort_keys=True).encode("utf-8")
     start_response(
         status,
-        [("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *extra],
     )
     return [body]
 
@@ -136,6 +151,8 @@ def _parse_knobs(query_string):
         "raise": switch("raise"),
         "exit": switch("exit"),
         "log": last("log"),
+        "accel": last("accel"),
+        "sendfile": last("sendfile"),
     }
 
 

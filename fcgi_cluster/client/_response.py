@@ -409,6 +409,8 @@ class ResponseStream:
                 the request ended before it was complete.
             FastCGIError: the request was refused or its connection died.
         """
+        if self.status:
+            return self  # parsed already (``head_ready``): what follows is body
         state = self._state
         while True:
             # take() first: most heads have arrived already, and need no await.

@@ -46,6 +46,7 @@ from ._request_body import BodyStream, read_body
 from ._site import Site, log_stderr, status_page
 from ._static import send_static
 from ._upstream import Upstream
+from .edge._accel import send_accel
 
 __all__ = ["CallbackAnswer", "ClientConnection"]
 
@@ -69,7 +70,7 @@ class ClientConnection:
     """
 
     __slots__ = ("server", "io", "http", "params", "base_block", "remote_addr", "_received", "_body_stream",
-                 "_last_headers", "_headers_block", "_hub", "in_hub", "armed", "served", "_answer")
+                 "_last_headers", "_headers_block", "_hub", "in_hub", "armed", "served", "_answer", "real_ip")
 
     def __init__(self, server: Site, io: ClientIO, params: ConnectionParams, hub: Hub | None) -> None:
         self.server = server
@@ -97,6 +98,7 @@ class ClientConnection:
         self.served = 0
         #: The request being answered from callbacks, while there is one.
         self._answer: CallbackAnswer | None = None
+        self.real_ip: typing.Any = None  # a trusted proxy's ``edge.ClientAddress``: sets remote_addr per request
 
     @property
     def fd(self) -> int:
@@ -188,6 +190,8 @@ class ClientConnection:
                     event = http.next_event()
                 if type(event) is ConnectionClosed or event is ConnectionClosed:
                     return False
+                if self.real_ip is not None:
+                    self.real_ip.apply(self, event)
                 self._begin_request()
                 if not await self._answered(event, self._respond(event)):  # type: ignore[arg-type]
                     return not http.request_complete
@@ -292,6 +296,8 @@ class ClientConnection:
         """
         if type(head) is not RequestHead or head.method not in IDEMPOTENT:
             return False
+        if self.real_ip is not None:
+            self.real_ip.apply(self, head)
         http = self.http
         if not http.request_complete:
             if head.chunked or head.content_length:
@@ -394,6 +400,8 @@ class ClientConnection:
     # --- static files -----------------------------------------------------------
 
     async def _static(self, head: RequestHead, route: object, path: bytes, started: float) -> bool:
+        if route.internal:  # type: ignore[attr-defined]
+            return await self._simple(head, 404, started)
         status, sent = await send_static(route, path, head, self.http, self.io.send)
         self._log(head, status, sent, started)
         return await self._finish_request_body()
@@ -443,6 +451,9 @@ class ClientConnection:
         buffer), whatever this client's pace.
         """
         response = result.response
+        if self.server.site.accel is not None and self.server.site.accel.target(response) is not None:
+            await send_accel(self, head, result, started)
+            return await self._finish_request_body()
         upstream = result.upstream
         http = self.http
         read_timeout = upstream.config.read_timeout or math.inf
@@ -742,6 +753,10 @@ class CallbackAnswer:
             response.head_ready()
         except FastCGIError:
             self.to_task()  # the task meets the same error, and tries the next server
+            return
+        accel = self.client.server.site.accel
+        if accel is not None and accel.target(response) is not None:
+            self.to_task()  # the file is sent from a task, as any static answer
             return
         self._detach()
         client, upstream = self.client, self.upstream

@@ -19,7 +19,7 @@ from ._balancer import Balancer, ServerSpec
 
 __all__ = [
     "BALANCE_METHODS", "DEFAULT_STATIC_INDEX", "DEFAULT_UPSTREAM", "ClusterConfig", "ClusterPoolConfig",
-    "ConfigError", "FrontendConfig", "HealthCheck", "RouteConfig", "TLSConfig", "UpstreamConfig",
+    "ConfigError", "FrontendConfig", "HealthCheck", "ListenerConfig", "RouteConfig", "TLSConfig", "UpstreamConfig",
 ]  # fmt: skip
 
 SECONDS = 1.0
@@ -70,6 +70,26 @@ class TLSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """One listening address's own settings (a table in ``[frontend] listen``).
+
+    Attributes:
+        address: the address, normalised as ``FrontendConfig.listen``'s.
+        proxy_protocol: every connection starts with a PROXY header (v1 or v2).
+        real_ip_from, real_ip_header, real_ip_recursive: the
+            ``FrontendConfig`` keys for this listener; None: the
+            [frontend]'s (``real_ip_header``: "proxy_protocol" on a
+            listener with ``proxy_protocol``).
+    """
+
+    address: str
+    proxy_protocol: bool = False  # nginx's listen ... proxy_protocol is off unless asked
+    real_ip_from: tuple[str, ...] | None = None
+    real_ip_header: str | None = None
+    real_ip_recursive: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FrontendConfig:
     """The HTTP side: where to listen, limits and timeouts per client.
 
@@ -101,6 +121,15 @@ class FrontendConfig:
         resolver: the DNS server (``host:port``) asked for servers' host names
             (``_resolve``); "" for the first nameserver of /etc/resolv.conf.
         resolver_timeout: seconds one DNS query may take.
+        real_ip_from: CIDR networks (and "unix:") whose peers may say who
+            the client is (``edge._real_ip``); empty: nobody.
+        real_ip_header: where trusted peers say it: "X-Forwarded-For",
+            "X-Real-IP" or "proxy_protocol".
+        real_ip_recursive: skip trusted addresses from the right of X-Forwarded-For.
+        sendfile_root: the directory below which a worker's ``X-Sendfile``
+            may name files (``edge._accel``); "" for X-Sendfile off.
+        listen_options: each of ``listen``'s own settings, in its order
+            (empty: none has any).
     """
 
     listen: tuple[str, ...] = ("127.0.0.1:8080",)  # loopback: exposing a server is a decision
@@ -129,6 +158,11 @@ class FrontendConfig:
     pool_status_path: str = ""  # pools set pm.status_path themselves; php-fpm has no default
     resolver: str = ""  # nginx has no default; the system's is what getaddrinfo would ask
     resolver_timeout: float = 5 * SECONDS  # nginx resolver_timeout is 30s; 5s keeps a reload's names fresh
+    real_ip_from: tuple[str, ...] = ()  # nginx set_real_ip_from: none, nobody is believed
+    real_ip_header: str = "X-Forwarded-For"  # nginx's real_ip_header default is X-Real-IP; XFF is what balancers send
+    real_ip_recursive: bool = False  # nginx real_ip_recursive off
+    sendfile_root: str = ""  # off: a worker naming any file on the disk is a decision
+    listen_options: tuple[ListenerConfig, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +297,8 @@ class RouteConfig:
         params: extra FastCGI params sent with every request of the route.
         buffering, buffer_size, max_temp_file_size, temp_path: the
             upstream's (``UpstreamConfig``), for this route; None: the upstream's.
+        internal: a static route only reached through a worker's
+            ``X-Accel-Redirect``; a client asking for it directly gets 404 (nginx ``internal``).
     """
 
     prefix: str | None = None
@@ -277,6 +313,7 @@ class RouteConfig:
     buffer_size: int | None = None
     max_temp_file_size: int | None = None
     temp_path: str | None = None
+    internal: bool = False
 
     def match(self, path: str) -> bool:
         """Whether this route takes a request for ``path`` (the decoded URI path)."""

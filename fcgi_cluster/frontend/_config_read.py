@@ -24,6 +24,7 @@ from ._config_model import (
     ConfigError,
     FrontendConfig,
     HealthCheck,
+    ListenerConfig,
     RouteConfig,
     TLSConfig,
     UpstreamConfig,
@@ -31,6 +32,7 @@ from ._config_model import (
 from ._config_schema import (
     FRONTEND,
     HEALTH_CHECK,
+    LISTENER,
     NAME,
     POOL,
     ROUTE,
@@ -139,19 +141,38 @@ def _string_table(ctx: Context, path: KeyPath, value: object) -> dict[str, str]:
     return dict(table)
 
 
-def _addresses(ctx: Context, path: KeyPath, value: object) -> tuple[str, ...]:
-    """One address or a non-empty array of distinct ones."""
+def _addresses(ctx: Context, path: KeyPath, value: object) -> tuple[tuple[str, ...], tuple[ListenerConfig, ...]]:
+    """One address or a non-empty array of distinct ones (or listener tables), and each one's settings."""
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list) or not items:
         ctx.fail(path, f"must be an address or a non-empty array of addresses, got {show(value)}")
     seen: dict[str, int] = {}
+    options: list[ListenerConfig] = []
     for index, item in enumerate(items):
         item_path = path + (index,) if isinstance(value, list) else path
-        found = ctx.convert(item_path, item, address)
+        if isinstance(item, dict) and isinstance(value, list):
+            options.append(ListenerConfig(**_Table(ctx, item_path, item, LISTENER).values()))
+            found = options[-1].address
+        else:
+            found = ctx.convert(item_path, item, address)
+            options.append(ListenerConfig(found))
         if found in seen:
             ctx.fail(item_path, f"duplicate address {show(found)}; already listed at [{seen[found]}]")
         seen[found] = index
-    return tuple(seen)
+    # Plain addresses only: no settings of their own to keep.
+    return tuple(seen), tuple(options) if any(isinstance(item, dict) for item in items) else ()
+
+
+def _check_listeners(ctx: Context, path: KeyPath, frontend: dict[str, Any]) -> None:
+    """A listener whose client address comes from a PROXY header must have one."""
+    listeners = frontend.get("listen_options") or [ListenerConfig(a) for a in FrontendConfig().listen]
+    for index, listener in enumerate(listeners):
+        if listener.proxy_protocol:
+            continue
+        own = listener.real_ip_header is not None
+        if (listener.real_ip_header if own else frontend["real_ip_header"]) == "proxy_protocol":
+            where = path + ("listen", index, "real_ip_header") if own else path + ("real_ip_header",)
+            ctx.fail(where, f'"proxy_protocol" needs proxy_protocol = true on the listener {listener.address}')
 
 
 def read_frontend(ctx: Context, path: KeyPath, data: Mapping[str, Any]) -> FrontendConfig:
@@ -159,7 +180,13 @@ def read_frontend(ctx: Context, path: KeyPath, data: Mapping[str, Any]) -> Front
     table = _Table(ctx, path, data, FRONTEND)
     values = table.values()
     if "listen" in table:
-        values["listen"] = _addresses(ctx, path + ("listen",), data["listen"])
+        values["listen"], values["listen_options"] = _addresses(ctx, path + ("listen",), data["listen"])
+    _check_listeners(ctx, path, values)
+    if "sendfile_root" in table:
+        root = ctx.file_path(table.get("sendfile_root", string)) if data["sendfile_root"] else ""
+        if root and not os.path.isdir(root):
+            ctx.fail(path + ("sendfile_root",), f"no such directory: {root}")
+        values["sendfile_root"] = root
     if "access_log" in table:
         log = data["access_log"]
         if log is not False and (not isinstance(log, str) or not log):
@@ -277,7 +304,10 @@ def _route(
             ctx.fail(path + ("static",), f"no such directory: {directory}")
         values["static"] = directory
         values["index"] = table.get("index", string) if "index" in table else DEFAULT_STATIC_INDEX
+        values["internal"] = table.get("internal")
         return RouteConfig(**values)
+    if "internal" in table:
+        ctx.fail(path + ("internal",), "only a static route can be internal (the target of X-Accel-Redirect)")
     name = table.get("upstream", string)
     if name not in upstreams:
         if upstreams:
@@ -289,6 +319,7 @@ def _route(
             reason = "no such upstream; the file defines no [upstream.NAME] table"
         ctx.fail(path + ("upstream",), reason)
     values.update(table.values())
+    values.pop("internal")
     values["upstream"] = name
     values["index"] = table.get("index", string)
     values["root"] = values["root"] or root

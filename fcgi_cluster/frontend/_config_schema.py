@@ -27,11 +27,13 @@ from ._config_model import (
     ClusterPoolConfig,
     FrontendConfig,
     HealthCheck,
+    ListenerConfig,
     UpstreamConfig,
 )
+from .edge._real_ip import REAL_IP_HEADERS, UNIX
 
 __all__ = [
-    "BUFFERING", "FRONTEND", "HEALTH_CHECK", "POOL", "ROUTE", "SECTIONS", "SERVER", "TLS", "TOP", "UPSTREAM",
+    "BUFFERING", "FRONTEND", "HEALTH_CHECK", "LISTENER", "POOL", "ROUTE", "SECTIONS", "SERVER", "TLS", "TOP", "UPSTREAM",
     "NAME", "UPSTREAM_ROUTE_ONLY", "address", "default_text", "names", "string",
 ]  # fmt: skip
 
@@ -115,6 +117,21 @@ def networks(value: object) -> tuple[str, ...]:
         except ValueError as exc:
             raise ValueError(f"bad network {show(item)}: {exc}") from None
     return tuple(out)
+
+
+def trusted_networks(value: object) -> tuple[str, ...]:
+    """``networks``, where "unix:" may stand for peers on unix sockets."""
+    if isinstance(value, list) and UNIX in value:
+        return (*networks([item for item in value if item != UNIX]), UNIX)
+    return networks(value)
+
+
+def real_ip_header(value: object) -> str:
+    """One of ``REAL_IP_HEADERS``, its case as written there."""
+    for name in REAL_IP_HEADERS:
+        if isinstance(value, str) and value.lower() == name.lower():
+            return name
+    raise ValueError(f"must be one of {', '.join(REAL_IP_HEADERS)}, got {show(value)}")
 
 
 def regex(value: object) -> re.Pattern[str]:
@@ -212,7 +229,7 @@ def _defaults(cls: type) -> dict[str, Any]:
 
 _F = _defaults(FrontendConfig)
 FRONTEND: tuple[Key, ...] = (
-    Key("listen", None, _F["listen"], "addresses to accept HTTP on: one, or an array (host:port, [v6]:port, port, unix:/path)"),
+    Key("listen", None, _F["listen"], "addresses to accept HTTP on: one, or an array (host:port, [v6]:port, port, unix:/path, or a table as below)"),
     Key("processes", processes, _F["processes"], 'front-end processes sharing the listening sockets, or "auto" (one per CPU)'),
     Key("root", nonempty_string, _F["root"], "DOCUMENT_ROOT sent to workers for routes that set none"),
     Key("server_name", string, _F["server_name"], 'SERVER_NAME; "" for the address the request came in on'),
@@ -236,6 +253,19 @@ FRONTEND: tuple[Key, ...] = (
     Key("pool_status_path", optional_url_path, _F["pool_status_path"], 'the pools\' pm.status_path, which the dashboard fetches over FastCGI; "" for none'),
     Key("resolver", resolver_address, _F["resolver"], 'DNS server (host:port) asked for servers\' host names; "" for /etc/resolv.conf\'s'),
     Key("resolver_timeout", _positive_seconds, _F["resolver_timeout"], "time one DNS query may take", "s"),
+    Key("real_ip_from", trusted_networks, _F["real_ip_from"], 'CIDR networks (and "unix:") of proxies believed about the client address (nginx set_real_ip_from)'),
+    Key("real_ip_header", real_ip_header, _F["real_ip_header"], 'where trusted proxies give the client address: X-Forwarded-For, X-Real-IP or proxy_protocol'),
+    Key("real_ip_recursive", typed_boolean, _F["real_ip_recursive"], "skip trusted addresses from the right of X-Forwarded-For (nginx real_ip_recursive)"),
+    Key("sendfile_root", None, _F["sendfile_root"], 'directory below which a worker\'s X-Sendfile may name files; "" for X-Sendfile off'),
+)  # fmt: skip
+
+_L = _defaults(ListenerConfig)
+LISTENER: tuple[Key, ...] = (
+    Key("address", address, REQUIRED, "the address to accept HTTP on"),
+    Key("proxy_protocol", typed_boolean, _L["proxy_protocol"], "connections begin with a PROXY protocol header (v1 or v2), else are closed"),
+    Key("real_ip_from", trusted_networks, _L["real_ip_from"], "[frontend] real_ip_from, for this listener; none: the [frontend]'s"),
+    Key("real_ip_header", real_ip_header, _L["real_ip_header"], 'for this listener; none: "proxy_protocol" with proxy_protocol, else the [frontend]\'s'),
+    Key("real_ip_recursive", typed_boolean, _L["real_ip_recursive"], "for this listener; none: the [frontend]'s"),
 )  # fmt: skip
 
 TLS: tuple[Key, ...] = (
@@ -310,6 +340,7 @@ ROUTE: tuple[Key, ...] = (
     Key("split_path_info", split_path_info, None, "a regex with two groups: the script name, then PATH_INFO"),
     Key("params", None, {}, "extra FastCGI params of an upstream route, a table of strings"),
     *_buffering(dict.fromkeys(b.name for b in BUFFERING), "; none: the upstream's"),
+    Key("internal", typed_boolean, False, "static: reached only through a worker's X-Accel-Redirect; 404 when asked for directly"),
 )  # fmt: skip
 #: Route keys a static route may not hold.
 UPSTREAM_ROUTE_ONLY: tuple[str, ...] = ("root", "split_path_info", "params", *(b.name for b in BUFFERING))
@@ -337,6 +368,7 @@ TOP: tuple[Key, ...] = (
 #: Every table, as the reference documentation titles it.
 SECTIONS: tuple[tuple[str, tuple[Key, ...]], ...] = (
     ("[frontend]", FRONTEND),
+    ("[frontend] listen = [{ ... }]", LISTENER),
     ("[frontend.tls]", TLS),
     ("[upstream.NAME]", UPSTREAM),
     ("[upstream.NAME] servers = [{ ... }]", SERVER),

@@ -30,6 +30,8 @@ SEND_BATCH = 64 * 1024
 _HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"transfer-encoding", b"te", b"trailer", b"upgrade",
     b"proxy-connection", b"content-length",
+    # Orders to the front door, never meant for the client (nginx hides them too).
+    b"x-accel-redirect", b"x-accel-expires", b"x-accel-limit-rate", b"x-accel-buffering", b"x-accel-charset",
 })
 
 

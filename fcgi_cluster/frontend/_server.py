@@ -15,6 +15,7 @@ request ends.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -34,6 +35,7 @@ from ._resolve import Resolutions, expand_config
 from ._server_states import ServerStates
 from ._site import Site, SiteView
 from ._upstream import run_health_checks
+from .edge._listeners import accept_proxied, client_params, listener_plan
 
 __all__ = ["FrontendServer", "serve_frontend", "RESTART_KEYS"]
 
@@ -229,8 +231,8 @@ class FrontendServer:
                 connections.start_soon(self.hub.run)
             with self._accepting:
                 async with trio.open_nursery() as acceptors:
-                    for sock in sockets:
-                        acceptors.start_soon(self._accept_loop, sock, connections)
+                    for index, sock in enumerate(sockets):
+                        acceptors.start_soon(self._accept_loop, sock, connections, index)
                     task_status.started()
             # Accepting has stopped: close the sockets so new clients are
             # refused rather than left in a backlog nobody reads.
@@ -243,34 +245,44 @@ class FrontendServer:
         """Stop taking new clients (shutdown); connections already open go on."""
         self._accepting.cancel()
 
-    async def _accept_loop(self, sock: socket.socket, nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, sock: socket.socket, nursery: trio.Nursery, index: int = 0) -> None:
         local = sock.getsockname()
         # At max_connections, stop accepting: new clients wait in the
         # kernel's backlog instead of costing memory here.
-        await accept_loop(sock, self.connections, lambda stream: self._accepted(stream, local, nursery))
+        await accept_loop(sock, self.connections, lambda stream: self._accepted(stream, local, nursery, index))
 
     def _connection(self, stream: trio.abc.Stream, transport: trio.SocketStream,
-                    params: ConnectionParams) -> ClientConnection:
+                    params: tuple[ConnectionParams, object]) -> ClientConnection:
         io = ClientIO(stream, transport, self.deadlines, self.frontend.send_timeout)
-        return ClientConnection(self._view(), io, params, self.hub)  # type: ignore[arg-type]
+        conn = ClientConnection(self._view(), io, params[0], self.hub)  # type: ignore[arg-type]
+        conn.real_ip = params[1]
+        return conn
 
     def _view(self) -> SiteView:
         return SiteView(lambda: self.site)
 
-    def _accepted(self, stream: trio.SocketStream, local: tuple, nursery: trio.Nursery) -> None:
+    def _accepted(self, stream: trio.SocketStream, local: tuple, nursery: trio.Nursery, index: int = 0,
+                  proxied: object = None) -> None:
         """A new client: to the hub when it can hold it (plain TCP), else to a task of its own.
 
         The hub reads the first request now (it usually came with the
         connection) and answers it as it answers any other, so a client that
-        sends one request per connection costs no task either.
+        sends one request per connection costs no task either. On a listener
+        with ``proxy_protocol`` a task reads the PROXY header (``proxied``) first.
         """
-        self.accepted += 1
+        plan = listener_plan(self.site.listeners, index)
+        if proxied is None:
+            self.accepted += 1
+            if plan.proxy_protocol:
+                take = functools.partial(self._accepted, stream, local, nursery, index)
+                nursery.start_soon(accept_proxied, self, stream, take)
+                return
         hub = self.hub
         if hub is None or self._ssl_context is not None:
-            nursery.start_soon(self._connection_task, stream, local)
+            nursery.start_soon(self._connection_task, stream, local, plan, proxied)
             return
         try:
-            conn = self._connection(stream, stream, self._connection_params(stream, local))
+            conn = self._connection(stream, stream, self._connection_params(stream, local, plan, proxied))
         except OSError:  # reset before we looked at it
             self.connections.release()
             stream.socket.close()
@@ -282,10 +294,10 @@ class FrontendServer:
             log.exception("client connection failed")
             hub.close(conn)
 
-    async def _connection_task(self, stream: trio.SocketStream, local: tuple) -> None:
+    async def _connection_task(self, stream: trio.SocketStream, local: tuple, plan: object, proxied: object) -> None:
         conn = None
         try:
-            conn = await self._client_connection(stream, local)
+            conn = await self._client_connection(stream, local, plan, proxied)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
         except Exception:
@@ -297,9 +309,10 @@ class FrontendServer:
         if conn is not None:
             await conn.drive()
 
-    async def _client_connection(self, stream: trio.SocketStream, local: tuple) -> ClientConnection | None:
+    async def _client_connection(self, stream: trio.SocketStream, local: tuple, plan: object,
+                                 proxied: object) -> ClientConnection | None:
         """A new client's connection, TLS handshake done (None if it did not finish in time)."""
-        params = self._connection_params(stream, local)
+        params = self._connection_params(stream, local, plan, proxied)
         client: trio.abc.Stream = stream
         if self._ssl_context is not None:
             client = trio.SSLStream(stream, self._ssl_context, server_side=True)
@@ -309,7 +322,12 @@ class FrontendServer:
                 return None
         return self._connection(client, stream, params)
 
-    def _connection_params(self, stream: trio.SocketStream, local: tuple) -> ConnectionParams:
+    def _connection_params(self, stream: trio.SocketStream, local: tuple, plan: object,
+                           proxied: object) -> tuple[ConnectionParams, object]:
+        """The connection's params, and its ``ClientAddress`` if requests' header fields set it (``edge``)."""
+        return client_params(plan, self._socket_params(stream, local), proxied)  # type: ignore[arg-type]
+
+    def _socket_params(self, stream: trio.SocketStream, local: tuple) -> ConnectionParams:
         peer = stream.socket.getpeername()
         if isinstance(peer, tuple):
             remote_addr, remote_port = peer[0], peer[1]

@@ -28,6 +28,8 @@ from ..client._buffer import Buffering, MemoryPool
 from ._access_log import AccessLog
 from ._deadlines import Deadlines
 from ._http import HTTPLimits, RequestHead, error_page
+from .edge._accel import Accel
+from .edge._listeners import listener_plans
 from ._upstream import ANSWER_POOL, ANSWER_POOL_PER_REQUEST, Upstream, answer_buffering
 
 __all__ = ["RoutePlan", "Site", "SiteView", "log_stderr", "status_page"]
@@ -99,6 +101,10 @@ class Site:
                 nursery.start_soon(self.access_log.run)
         self.routes = config.routes  # type: ignore[attr-defined]
         self.route_plans = [self._plan(route) for route in self.routes]
+        #: Each listening socket's client-address settings (``edge._listeners``).
+        self.listeners = listener_plans(fe)
+        #: X-Accel-Redirect / X-Sendfile handling (``edge._accel``); None when the file asks for none.
+        self.accel = Accel.for_site(config)
         self.active_requests = 0
         #: Requests begun in this process, over every site (the status page's).
         self.requests = previous.requests if previous is not None else 0

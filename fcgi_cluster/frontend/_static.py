@@ -704,12 +704,15 @@ def _redirect(rel_path: bytes, prefix: bytes | None, head: bool) -> StaticRespon
 
 
 async def send_static(route: typing.Any, path: bytes, head: typing.Any, http: typing.Any,
-                      send: Callable[[bytes], Awaitable[None]]) -> tuple[int, int]:
+                      send: Callable[[bytes], Awaitable[None]],
+                      extra: list[tuple[bytes, bytes]] | None = None) -> tuple[int, int]:
     """Answer a request for a static route's file through ``send``: its status and the body bytes sent.
 
     ``path`` is the normalised request path; a prefix route maps its prefix
     onto the directory (nginx's alias): /static/css/a.css under prefix
-    "/static/" is <dir>/css/a.css. ``http`` frames the answer.
+    "/static/" is <dir>/css/a.css. ``http`` frames the answer. ``extra``
+    header fields replace the plan's of the same names (an X-Accel-Redirect
+    worker's Cache-Control, Content-Disposition).
     """
     stripped = b""
     prefix = getattr(route, "prefix", None)
@@ -724,8 +727,12 @@ async def send_static(route: typing.Any, path: bytes, head: typing.Any, http: ty
         route.static, quote_from_bytes(rel, safe="/").encode(), head.method, head.headers,
         index=route.index or None, prefix=quote_from_bytes(stripped, safe="/").encode(),
     )
+    headers = plan.headers
+    if extra:
+        names = {name.lower() for name, _ in extra}
+        headers = [field for field in headers if field[0].lower() not in names] + extra
     try:
-        out = http.send_head(plan.status, plan.headers, content_length=plan.content_length)
+        out = http.send_head(plan.status, headers, content_length=plan.content_length)
         sent = 0
         if plan.path is None or head.method == b"HEAD":
             out += http.send_body(plan.body) + http.send_end()
