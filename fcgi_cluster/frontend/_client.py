@@ -303,8 +303,8 @@ class ClientConnection:
             return False
         server = self.server
         number, route = server.route_of(path)
-        if route is None or route.static is not None:
-            return False
+        if route is None or route.static is not None or server.route_plans[number].limits is not None:
+            return False  # a limited request may have to wait: a task's job
         upstream = server.upstreams[route.upstream]
         index = upstream.balancer.choose(
             upstream.hash_key(head, self.remote_addr) if upstream.hashed else None, exclude=upstream.unhealthy or ()
@@ -358,6 +358,15 @@ class ClientConnection:
         number, route = self.server.route_of(path)
         if route is None:
             return await self._simple(head, 404, started)
+        limits = self.server.route_plans[number].limits
+        if limits is not None:
+            async with limits.admit(self.remote_addr, head.headers) as refused:
+                if refused:
+                    return await self._simple(head, refused, started)
+                return await self._routed(head, number, route, path, started)
+        return await self._routed(head, number, route, path, started)
+
+    async def _routed(self, head: RequestHead, number: int, route: typing.Any, path: bytes, started: float) -> bool:
         if route.static is not None:
             return await self._static(head, route, path, started)
         return await self._proxy(head, number, route, path, started)
@@ -434,9 +443,9 @@ class ClientConnection:
             if isinstance(body, BodyStream) and body.error is not None:
                 raise body.error
             return await self._simple(head, exc.status, started)
-        return await self._relay_answer(head, result, started)
+        return await self._relay_answer(head, result, started, server.route_plans[number].compression)
 
-    async def _relay_answer(self, head: RequestHead, result: typing.Any, started: float) -> bool:
+    async def _relay_answer(self, head: RequestHead, result: typing.Any, started: float, compression: typing.Any = None) -> bool:
         """Write an upstream's answer to the client at the client's pace; False when the connection must close.
 
         The worker's connection reads on meanwhile (the answer waits in its
@@ -450,7 +459,7 @@ class ClientConnection:
         ok = False
         relay: Relay | None = None
         try:
-            relay = Relay(response, http)
+            relay = Relay(response, http, head, compression)
             while True:
                 out, done = relay.ready()
                 if out:
@@ -752,7 +761,7 @@ class CallbackAnswer:
         sent = 0
         keep = True
         try:
-            relay = Relay(response, http)
+            relay = Relay(response, http, self.head, server.route_plans[self.number].compression)
             out = relay.whole()
             sent = relay.sent
         except ValueError as exc:

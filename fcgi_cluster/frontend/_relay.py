@@ -17,6 +17,7 @@ import trio
 
 from ..client import ResponseStream
 from ._http import HTTPServerConnection
+from .edge._compress import Compression, Encoder
 
 __all__ = ["Relay", "response_headers", "SEND_BATCH"]
 
@@ -74,17 +75,27 @@ class Relay:
             lost, or it outgrew its buffering: ``ResponseOverflow``).
     """
 
-    __slots__ = ("response", "sent", "_http", "_head")
+    __slots__ = ("response", "sent", "_http", "_head", "_encoder")
 
-    def __init__(self, response: ResponseStream, http: HTTPServerConnection) -> None:
+    def __init__(
+        self, response: ResponseStream, http: HTTPServerConnection, request: object = None, compression: Compression | None = None,
+    ) -> None:
         self.response = response
         self.sent = 0
         self._http = http
         headers, declared = response_headers(response.raw_headers)
+        #: The answer's compressor, when its route compresses and the answer qualifies.
+        self._encoder: Encoder | None = None
+        if compression is not None:
+            self._encoder, headers = compression.choose(request, response.status, headers, declared)
+            if self._encoder is not None:
+                declared = None
         self._head = http.send_head(response.status, headers, content_length=declared)
 
     def ready(self, limit: float = SEND_BATCH) -> tuple[bytes, bool]:
         """HTTP bytes of the answer that arrived since the last call (about ``limit`` at most), and whether they end it."""
+        if self._encoder is not None:
+            return self._ready_encoded(limit)
         out, self._head = self._head, b""
         response = self.response
         send_body = self._http.send_body
@@ -99,6 +110,30 @@ class Relay:
             response.raise_if_failed()
             return out + self._http.send_end(), True
         return out, False
+
+    def _ready_encoded(self, limit: float) -> tuple[bytes, bool]:
+        """``ready`` of a compressed answer: what arrived, compressed and flushed so that it can be read now."""
+        encoder = self._encoder
+        assert encoder is not None
+        out, self._head = self._head, b""
+        response = self.response
+        data = b""
+        chunk = response.take_ready()
+        while chunk is not None:
+            data += encoder.feed(chunk)
+            if len(data) >= limit:
+                break
+            chunk = response.take_ready()
+        done = chunk is None and response.complete
+        if done:
+            response.raise_if_failed()
+            data += encoder.finish()
+        elif chunk is None:
+            data += encoder.flush()  # a streamed piece reaches the client now, not with the next
+        if data:
+            self.sent += len(data)
+            out += self._http.send_body(data)
+        return (out + self._http.send_end(), True) if done else (out, False)
 
     def whole(self) -> bytes:
         """Every HTTP byte of an answer that is ``complete``: what ``ready`` gives, in one piece."""

@@ -29,6 +29,8 @@ from ._access_log import AccessLog
 from ._deadlines import Deadlines
 from ._http import HTTPLimits, RequestHead, error_page
 from ._upstream import ANSWER_POOL, ANSWER_POOL_PER_REQUEST, Upstream, answer_buffering
+from .edge._compress import Compression, compression_of
+from .edge._limit_gate import LimitZones, RouteLimits, route_limits
 
 __all__ = ["RoutePlan", "Site", "SiteView", "log_stderr", "status_page"]
 
@@ -50,6 +52,10 @@ class RoutePlan:
     index: bytes
     #: Answer buffering (shared connection, connection of its own); None for a static route.
     buffering: tuple[Buffering, Buffering] | None
+    #: How its answers are compressed; None: they are not (``gzip`` off).
+    compression: Compression | None = None
+    #: Its limit_req / limit_conn; None: none (its requests may be answered from callbacks).
+    limits: RouteLimits | None = None
 
 
 class Site:
@@ -93,6 +99,8 @@ class Site:
                     self.upstreams[name] = Upstream(name, upstream, nursery, self.answer_pool, previous=old)
             same_log = fe.access_log == previous.frontend.access_log
             self.access_log = previous.access_log if same_log else AccessLog.open(fe.access_log)
+        #: limit_req / limit_conn zones: per process, kept over a reload when unchanged.
+        self.limit_zones = LimitZones(config, previous.limit_zones if previous is not None else None)
         self.routes = config.routes  # type: ignore[attr-defined]
         self.route_plans = [self._plan(route) for route in self.routes]
         self.active_requests = 0
@@ -122,6 +130,8 @@ class Site:
             root=(route.root or self.frontend.root).encode(),
             index=(route.index or "").encode(),
             buffering=buffering,
+            compression=compression_of(route),
+            limits=route_limits(route, self.limit_zones),
         )
 
     def route_of(self, path: bytes) -> tuple[int, typing.Any]:

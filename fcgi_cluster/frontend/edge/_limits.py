@@ -1,0 +1,164 @@
+"""Request-rate and concurrency limits per client key (nginx's limit_req and limit_conn), sans-IO.
+
+``RequestRate`` is nginx's leaky bucket (``ngx_http_limit_req_lookup``), one
+per key: each request adds one to the key's *excess*, which drains at ``rate``
+requests per second, never below 0. A request that would take the excess past
+``burst`` is refused and not counted. One that is let through waits
+``(excess - delay) / rate`` seconds when its excess is over ``delay`` (nginx:
+``delay`` 0 by default, so every request past the rate waits its turn;
+``nodelay`` makes ``delay`` the whole burst). So with rate 10r/s and burst 5,
+ten requests at once see one served now, five served 0.1 s apart (or at once
+with nodelay), and four refused.
+
+Memory is bounded: a zone remembers ``max_keys`` keys, the least recently
+seen forgotten first (a forgotten key starts again with an empty bucket, which
+is what its bucket would have drained to unless it was seen within
+``burst / rate`` seconds). State is per front-end process: with
+``processes = N`` a client spread over N processes may get up to N times the
+rate.
+
+``Concurrency`` counts one key's requests in progress (``limit_conn``); its
+keys exist only while they have one, so it is bounded by the connections.
+
+``LogThrottle`` keeps a flood of refusals from flooding the error log: one
+line per interval, saying how many were not logged.
+
+The key of a request (``request_key``) is nginx's variable: ``$remote_addr``,
+``$http_NAME`` (a header; "_" in NAME matches "-"), ``$cookie_NAME``. A
+request whose key is empty is not limited, as nginx.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+
+__all__ = ["Concurrency", "LogThrottle", "RequestRate", "request_key"]
+
+
+class RequestRate:
+    """The buckets of one ``[limit_req_zone.NAME]``: excess per key, drained at ``rate``.
+
+    Args:
+        rate: requests per second per key.
+        max_keys: keys remembered; past it the least recently seen goes.
+    """
+
+    __slots__ = ("rate", "max_keys", "_buckets")
+
+    def __init__(self, rate: float, max_keys: int) -> None:
+        self.rate = rate
+        self.max_keys = max_keys
+        #: key -> [excess in requests, time of the last update]; oldest first.
+        self._buckets: collections.OrderedDict[bytes, list[float]] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, key: bytes, now: float, burst: int, delay: float = 0) -> float | None:
+        """Account one request of ``key`` at ``now`` (seconds, monotonic).
+
+        Args:
+            burst: excess allowed past the rate.
+            delay: excess served without waiting (``math.inf``: nodelay).
+
+        Returns:
+            None when refused (not counted), else the seconds the request
+            should wait before it is served (0.0: at once).
+        """
+        buckets = self._buckets
+        bucket = buckets.get(key)
+        if bucket is None:
+            buckets[key] = [0.0, now]
+            if len(buckets) > self.max_keys:
+                buckets.popitem(last=False)
+            return 0.0
+        buckets.move_to_end(key)
+        # abs(): a clock read before the last update (another task's) drains
+        # nothing rather than filling the bucket, as nginx's ngx_abs(ms).
+        excess = max(0.0, bucket[0] - self.rate * abs(now - bucket[1]) + 1)
+        if excess > burst:
+            return None
+        bucket[0], bucket[1] = excess, now
+        if excess <= delay:
+            return 0.0
+        return (excess - delay) / self.rate
+
+
+class Concurrency:
+    """The counts of one ``[limit_conn_zone.NAME]``: requests in progress per key."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[bytes, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def enter(self, key: bytes, most: int) -> bool:
+        """One more request of ``key``; False (not counted) when it has ``most`` already."""
+        count = self._counts.get(key, 0)
+        if count >= most:
+            return False
+        self._counts[key] = count + 1
+        return True
+
+    def leave(self, key: bytes) -> None:
+        """A request of ``key`` that ``enter`` counted has ended."""
+        count = self._counts[key] - 1
+        if count:
+            self._counts[key] = count
+        else:
+            del self._counts[key]
+
+
+class LogThrottle:
+    """At most one log line per ``interval`` seconds.
+
+    Args:
+        interval: seconds between two lines.
+    """
+
+    __slots__ = ("interval", "_next", "_skipped")
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._next = -math.inf
+        self._skipped = 0
+
+    def allow(self, now: float) -> int | None:
+        """None when this line must not be written; else how many were not since the last."""
+        if now < self._next:
+            self._skipped += 1
+            return None
+        self._next = now + self.interval
+        skipped, self._skipped = self._skipped, 0
+        return skipped
+
+
+def _cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
+    for key, value in headers:
+        if key.lower() == b"cookie":
+            for pair in value.split(b";"):
+                found, sep, content = pair.strip().partition(b"=")
+                if sep and found == name:
+                    return content
+    return b""
+
+
+def request_key(spec: str, remote_addr: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The value of a zone's ``key`` for one request (b"" when the request has none).
+
+    Args:
+        spec: "$remote_addr", "$http_NAME" or "$cookie_NAME" (checked by the schema).
+        remote_addr: the client's address, as REMOTE_ADDR.
+        headers: the request's header fields.
+    """
+    if spec == "$remote_addr":
+        return remote_addr
+    if spec.startswith("$http_"):
+        wanted = spec[6:].lower().replace("_", "-").encode("latin-1")
+        values = [value for key, value in headers if key.lower().replace(b"_", b"-") == wanted]
+        return b", ".join(values)
+    return _cookie(headers, spec[8:].encode("latin-1"))
