@@ -279,7 +279,7 @@ def _route_limits(ctx: Context, table: _Table, zones: tuple[Mapping[str, Any], M
     """A route's ``limit_req`` and ``limit_conn`` tables, naming zones that exist."""
     out: dict[str, Any] = {}
     for key, schema, cls, defined in (("limit_req", LIMIT_REQ, LimitReq, zones[0]), ("limit_conn", LIMIT_CONN, LimitConn, zones[1])):
-        data = table.table(key, f"like {{ zone = \"NAME\" }}")
+        data = table.table(key, 'like { zone = "NAME" }')
         if data is None:
             continue
         path = table.path + (key,)

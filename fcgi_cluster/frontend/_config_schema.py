@@ -27,7 +27,6 @@ from ._config_model import (
     ClusterPoolConfig,
     FrontendConfig,
     HealthCheck,
-    LimitConn,
     LimitReq,
     LimitReqZone,
     RouteConfig,

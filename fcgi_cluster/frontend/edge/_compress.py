@@ -33,7 +33,7 @@ import fnmatch
 import zlib
 from typing import Any, Callable
 
-__all__ = ["Compression", "Encoder", "ENCODINGS", "accepted_coding", "compression_of"]
+__all__ = ["Compression", "Encoder", "ENCODINGS", "accepted_coding", "compression_of", "new_encoder"]
 
 try:
     import brotli as _brotli
@@ -48,8 +48,32 @@ except ImportError:
 _STATUSES = frozenset({200, 403, 404})
 
 
-class _Gzip:
+class Encoder:
+    """One answer's compressor: pieces in, compressed bytes out (``new_encoder`` makes one).
+
+    Attributes:
+        coding: its Content-Encoding token.
+    """
+
+    __slots__ = ()
+    coding = b""
+
+    def feed(self, data: bytes) -> bytes:
+        """Compress ``data``; the bytes may be held back until ``flush`` or ``finish``."""
+        raise NotImplementedError
+
+    def flush(self) -> bytes:
+        """What is held back, so that everything fed so far can be decompressed now."""
+        raise NotImplementedError
+
+    def finish(self) -> bytes:
+        """The end of the compressed stream."""
+        raise NotImplementedError
+
+
+class _Gzip(Encoder):
     __slots__ = ("_z",)
+    coding = b"gzip"
 
     def __init__(self, level: int) -> None:
         # wbits 31: the gzip wrapper (header and CRC), which every client reads.
@@ -65,8 +89,9 @@ class _Gzip:
         return self._z.flush(zlib.Z_FINISH)
 
 
-class _Brotli:
+class _Brotli(Encoder):
     __slots__ = ("_c",)
+    coding = b"br"
 
     def __init__(self, level: int) -> None:
         self._c = _brotli.Compressor(quality=level)  # type: ignore[union-attr]
@@ -81,8 +106,9 @@ class _Brotli:
         return self._c.finish()
 
 
-class _Zstd:
+class _Zstd(Encoder):
     __slots__ = ("_c",)
+    coding = b"zstd"
 
     def __init__(self, level: int) -> None:
         self._c = _zstd.ZstdCompressor(level=level).compressobj()  # type: ignore[union-attr]
@@ -100,38 +126,16 @@ class _Zstd:
 #: The codings this process can produce, in the order preferred when a client
 #: ranks several equally: zstd and br make smaller answers than gzip for the
 #: same CPU.
-ENCODINGS: dict[bytes, Callable[[int], Any]] = {
+ENCODINGS: dict[bytes, Callable[[int], Encoder]] = {
     **({b"zstd": _Zstd} if _zstd is not None else {}),
     **({b"br": _Brotli} if _brotli is not None else {}),
     b"gzip": _Gzip,
 }
 
 
-class Encoder:
-    """One answer's compressor: pieces in, compressed bytes out.
-
-    Args:
-        coding: a key of ``ENCODINGS``.
-        level: the coding's level.
-    """
-
-    __slots__ = ("coding", "_impl")
-
-    def __init__(self, coding: bytes, level: int) -> None:
-        self.coding = coding
-        self._impl = ENCODINGS[coding](level)
-
-    def feed(self, data: bytes) -> bytes:
-        """Compress ``data``; the bytes may be held back until ``flush`` or ``finish``."""
-        return self._impl.feed(data)
-
-    def flush(self) -> bytes:
-        """What is held back, so that everything fed so far can be decompressed now."""
-        return self._impl.flush()
-
-    def finish(self) -> bytes:
-        """The end of the compressed stream."""
-        return self._impl.finish()
+def new_encoder(coding: bytes, level: int) -> Encoder:
+    """A compressor of ``coding`` (a key of ``ENCODINGS``) at ``level``."""
+    return ENCODINGS[coding](level)
 
 
 def _q(text: bytes) -> float | None:
@@ -232,7 +236,7 @@ class Compression:
         coding = accepted_coding(_header(request.headers, b"accept-encoding") or b"", tuple(self.levels))
         if coding is None:
             return None, out
-        encoder = Encoder(coding, self.levels[coding])
+        encoder = new_encoder(coding, self.levels[coding])
         out = [(name, b"W/" + value if name.lower() == b"etag" and value.startswith(b'"') else value)
                for name, value in out]
         out.append((b"Content-Encoding", coding))
