@@ -139,6 +139,14 @@ def test_each_flush_makes_what_was_fed_readable_and_the_whole_decodes_exactly(co
     assert decode(encoder.finish()) == b""
 
 
+@pytest.mark.parametrize("coding", [b"gzip", b"br", b"zstd"])
+@pytest.mark.parametrize("length", [1, 300, 5000, 70000])
+def test_a_window_fitted_to_the_declared_length_still_decodes(coding: bytes, length: int) -> None:
+    data = bytes(range(256)) * (length // 256) + b"z" * (length % 256)
+    encoder = new_encoder(coding, 5, length)
+    assert _decoders()[coding]()(encoder.feed(data) + encoder.finish()) == data
+
+
 def test_gzip_stream_is_a_gzip_file() -> None:
     encoder = new_encoder(b"gzip", 6)
     data = b"hello " * 1000
