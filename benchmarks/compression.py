@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import LUA_PERCENTILE, fcgi_cluster_command, run_wrk, stamp  # noqa: E402
+from _progress import Progress  # noqa: E402
 
 from tests._peers import LOOPBACK, Peers, free_port  # noqa: E402
 
@@ -38,6 +40,20 @@ CASES = (
     ("/br4/", "gzip = true\nbrotli_comp_level = 4\n", "br"),
     ("/zstd3/", "gzip = true\nzstd_comp_level = 3\n", "zstd"),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """seconds per wrk run, rounds of every case, client connections."""
+
+    seconds: float = 3.0
+    rounds: int = 2
+    connections: int = 32
+
+
+def steps(settings: Settings) -> int:
+    """The wrk runs of a run, for the progress line."""
+    return settings.rounds * len(CASES)
 
 
 def _config(worker: int, port: int) -> str:
@@ -64,8 +80,10 @@ def _wire_size(port: int, path: str, accept: str) -> tuple[int, str]:
         conn.close()
 
 
-def run(seconds: float, rounds: int, connections: int, out: pathlib.Path) -> dict:
+def run(settings: Settings, out: pathlib.Path, progress: Progress | None = None) -> dict:
     """Every case ``rounds`` times, interleaved; the runs and their medians."""
+    seconds, rounds, connections = settings.seconds, settings.rounds, settings.connections
+    progress = progress or Progress(steps(settings))
     out.mkdir(parents=True, exist_ok=True)
     runs = []
     with contextlib.ExitStack() as stack:
@@ -89,8 +107,8 @@ def run(seconds: float, rounds: int, connections: int, out: pathlib.Path) -> dic
                                   [front.pid, worker_process.pid])
                 figures.pop("raw")
                 runs.append({"case": prefix.strip("/"), "round": round_, "coding": coding, "bytes": size, **figures})
-                print(f"{prefix:9} {coding:8} {size:6} B  {figures['rps']:9,.0f} req/s  "
-                      f"front CPU {figures['front_cpu_per_10k_s']:.2f} s/10k", flush=True)
+                progress.step(f"compress {prefix:9} {coding:8} {size:6} B  {figures['rps']:9,.0f} req/s  "
+                              f"front CPU {figures['front_cpu_per_10k_s']:.2f} s/10k")
     summary = []
     for prefix, _, _ in CASES:
         mine = [one for one in runs if one["case"] == prefix.strip("/")]
@@ -123,7 +141,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / f"compression-{stamp()}")
     args = parser.parse_args()
-    part = run(args.seconds, args.rounds, args.connections, args.out)
+    part = run(Settings(args.seconds, args.rounds, args.connections), args.out)
     (args.out / "results.json").write_text(json.dumps(part, indent=2))
     text = report(part)
     (args.out / "report.md").write_text(text)
