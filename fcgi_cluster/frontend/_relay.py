@@ -75,7 +75,7 @@ class Relay:
             lost, or it outgrew its buffering: ``ResponseOverflow``).
     """
 
-    __slots__ = ("response", "sent", "_http", "_head", "_encoder")
+    __slots__ = ("response", "sent", "_http", "_head", "_encoder", "_left")
 
     def __init__(
         self, response: ResponseStream, http: HTTPServerConnection, request: object = None, compression: Compression | None = None,
@@ -86,10 +86,12 @@ class Relay:
         headers, declared = response_headers(response.raw_headers)
         #: The answer's compressor, when its route compresses and the answer qualifies.
         self._encoder: Encoder | None = None
+        self._left: int | None = None  # of a compressed answer: bytes its Content-Length still owes
         if compression is not None:
             self._encoder, headers = compression.choose(request, response.status, headers, declared)
             if self._encoder is not None:
-                declared = None
+                # The worker's body is still held to its Content-Length, which the client no longer sees.
+                self._left, declared = declared, None
         self._head = http.send_head(response.status, headers, content_length=declared)
 
     def ready(self, limit: float = SEND_BATCH) -> tuple[bytes, bool]:
@@ -119,14 +121,22 @@ class Relay:
         response = self.response
         data = b""
         chunk = response.take_ready()
+        left = self._left
         while chunk is not None:
+            if left is not None:
+                left -= len(chunk)
+                if left < 0:
+                    raise ValueError(f"body longer than its Content-Length by {-left} bytes")
             data += encoder.feed(chunk)
             if len(data) >= limit:
                 break
             chunk = response.take_ready()
+        self._left = left
         done = chunk is None and response.complete
         if done:
             response.raise_if_failed()
+            if left:
+                raise ValueError(f"body shorter than its Content-Length by {left} bytes")
             data += encoder.finish()
         elif chunk is None:
             data += encoder.flush()  # a streamed piece reaches the client now, not with the next

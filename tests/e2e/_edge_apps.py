@@ -4,7 +4,8 @@ The last segment of the request path picks the answer (any prefix routes to it):
 
 - ``.../text?size=N&type=T&encoding=E&etag=1&nolength=1``: ``text(N)`` with
   Content-Type T (default text/plain), Content-Length unless ``nolength``,
-  Content-Encoding E if given, an ETag if asked.
+  Content-Encoding E if given, an ETag if asked; ``lie=D`` declares D bytes more
+  (or fewer) than it sends.
 - ``.../ticks?n=N&every_ms=M``: N lines ``tick I``, one every M ms, streamed
   (no Content-Length).
 - ``.../endless``: lines of text, 16 KiB at a time, until the request is aborted
@@ -50,7 +51,7 @@ def app(environ, start_response):
         body = text(int(query.get("size", "1000")))
         headers = [("Content-Type", query.get("type", "text/plain"))]
         if "nolength" not in query:
-            headers.append(("Content-Length", str(len(body))))
+            headers.append(("Content-Length", str(len(body) + int(query.get("lie", "0")))))
         if "encoding" in query:
             headers.append(("Content-Encoding", query["encoding"]))
         if "etag" in query:

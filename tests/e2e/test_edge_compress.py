@@ -176,6 +176,21 @@ def test_a_client_cutting_a_compressed_stream_short_leaves_the_front_end_serving
     assert status == 200 and DECODERS["gzip"]()(body) == text(100000)
 
 
+@pytest.mark.parametrize("size", [3000, 500_000])
+@pytest.mark.parametrize("lie", [-100, 100])
+def test_a_body_that_does_not_match_its_content_length_is_cut_not_passed_as_whole(port: int, size: int, lie: int) -> None:
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
+    try:
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            conn.request("GET", f"/z/text?size={size}&lie={lie}", headers={"Accept-Encoding": "gzip"})
+            response = conn.getresponse()
+            response.read()
+    finally:
+        conn.close()
+    status, _, body = get(port, "/z/text?size=5000", {"Accept-Encoding": "gzip"})
+    assert status == 200 and DECODERS["gzip"]()(body) == text(5000)
+
+
 def test_a_compressed_route_serves_many_requests_on_one_connection(port: int) -> None:
     conn = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
     try:
