@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import http.client
-import pathlib
 import time
 
 import pytest
@@ -155,21 +154,3 @@ def test_a_key_from_a_header_or_a_cookie(served) -> None:
     assert status_of(port, "/session/x", {"Cookie": "a=1; session=s1"}) == 200
     assert status_of(port, "/session/x", {"Cookie": "session=s1"}) == 429
     assert status_of(port, "/session/x", {"Cookie": "session=s2"}) == 200
-
-
-def test_zone_names_and_tables_are_checked(tmp_path: pathlib.Path) -> None:
-    from fcgi_cluster.frontend import ConfigError, parse_config
-
-    base = '[upstream.app]\nservers = ["127.0.0.1:9001"]\n[limit_req_zone.one]\nkey = "$remote_addr"\nrate = "5r/s"\n'
-    route = '[[route]]\nprefix = "/"\nupstream = "app"\n'
-    for text, message in (
-        (base + route + 'limit_req = { zone = "onr" }\n', 'route[0].limit_req.zone: no such limit_req_zone; defined: one; did you mean "one"?'),
-        (base + route + 'limit_req = { zone = "one", delay = 2, nodelay = true }\n', "route[0].limit_req.delay: give delay or nodelay, not both"),
-        (base + route + 'limit_conn = { zone = "one", max = 1 }\n', "route[0].limit_conn.zone: no such limit_conn_zone"),
-        (base + route + 'limit_req = "one"\n', "route[0].limit_req: must be a table"),
-        (base.replace('"5r/s"', '"5r/h"') + route, 'limit_req_zone.one.rate: must be a rate like "10r/s"'),
-        (base.replace('"$remote_addr"', '"$host"') + route, 'limit_req_zone.one.key: must be "$remote_addr"'),
-    ):
-        with pytest.raises(ConfigError) as info:
-            parse_config(text)
-        assert message in str(info.value), str(info.value)
