@@ -122,13 +122,18 @@ class Relay:
         data = b""
         chunk = response.take_ready()
         left = self._left
+        taken = 0
         while chunk is not None:
             if left is not None:
                 left -= len(chunk)
                 if left < 0:
                     raise ValueError(f"body longer than its Content-Length by {-left} bytes")
             data += encoder.feed(chunk)
-            if len(data) >= limit:
+            # Bounded by what is taken as well as by what comes out: a highly
+            # compressible answer must not hold the loop (whose checkpoint is
+            # the write of what comes out) for its whole length.
+            taken += len(chunk)
+            if taken >= limit or len(data) >= limit:
                 break
             chunk = response.take_ready()
         self._left = left
@@ -138,8 +143,10 @@ class Relay:
             if left:
                 raise ValueError(f"body shorter than its Content-Length by {left} bytes")
             data += encoder.finish()
-        elif chunk is None:
-            data += encoder.flush()  # a streamed piece reaches the client now, not with the next
+        else:
+            # What arrived reaches the client now (a streamed piece is not
+            # held back for the next), and the writer has bytes to write.
+            data += encoder.flush()
         if data:
             self.sent += len(data)
             out += self._http.send_body(data)
