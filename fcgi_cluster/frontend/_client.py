@@ -368,7 +368,7 @@ class ClientConnection:
 
     async def _routed(self, head: RequestHead, number: int, route: typing.Any, path: bytes, started: float) -> bool:
         if route.static is not None:
-            return await self._static(head, route, path, started)
+            return await self._static(head, route, path, started, self.server.route_plans[number].compression)
         return await self._proxy(head, number, route, path, started)
 
     async def _simple(self, head: RequestHead, status: int, started: float) -> bool:
@@ -402,8 +402,8 @@ class ClientConnection:
 
     # --- static files -----------------------------------------------------------
 
-    async def _static(self, head: RequestHead, route: object, path: bytes, started: float) -> bool:
-        status, sent = await send_static(route, path, head, self.http, self.io.send)
+    async def _static(self, head: RequestHead, route: object, path: bytes, started: float, compression: object = None) -> bool:
+        status, sent = await send_static(route, path, head, self.http, self.io.send, compression)
         self._log(head, status, sent, started)
         return await self._finish_request_body()
 

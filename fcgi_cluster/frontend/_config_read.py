@@ -34,6 +34,7 @@ from ._config_model import (
 )
 from ._config_schema import (
     FRONTEND,
+    EDGE_ROUTE_KEYS,
     HEALTH_CHECK,
     LIMIT_CONN,
     LIMIT_CONN_ZONE,
@@ -317,7 +318,7 @@ def _route(
         values["static"] = directory
         values["index"] = table.get("index", string) if "index" in table else DEFAULT_STATIC_INDEX
         values.update(_route_limits(ctx, table, zones))
-        values.update((key, table.get(key)) for key in ("limit_req_status", "limit_conn_status"))
+        values.update((key, table.get(key)) for key in EDGE_ROUTE_KEYS)
         return RouteConfig(**values)
     name = _reference(ctx, path + ("upstream",), data["upstream"], upstreams, "upstream")
     values.update(table.values())

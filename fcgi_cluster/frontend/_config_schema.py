@@ -35,7 +35,7 @@ from ._config_model import (
 
 __all__ = [
     "BUFFERING", "FRONTEND", "HEALTH_CHECK", "LIMIT_CONN", "LIMIT_CONN_ZONE", "LIMIT_REQ", "LIMIT_REQ_ZONE", "POOL",
-    "ROUTE", "SECTIONS", "SERVER", "TLS", "TOP", "UPSTREAM", "NAME", "UPSTREAM_ROUTE_ONLY", "address",
+    "ROUTE", "SECTIONS", "SERVER", "TLS", "TOP", "UPSTREAM", "NAME", "UPSTREAM_ROUTE_ONLY", "EDGE_ROUTE_KEYS", "address",
     "default_text", "names", "string",
 ]  # fmt: skip
 
@@ -346,7 +346,7 @@ ROUTE: tuple[Key, ...] = (
     Key("split_path_info", split_path_info, None, "a regex with two groups: the script name, then PATH_INFO"),
     Key("params", None, {}, "extra FastCGI params of an upstream route, a table of strings"),
     *_buffering(dict.fromkeys(b.name for b in BUFFERING), "; none: the upstream's"),
-    Key("gzip", typed_boolean, _R["gzip"], "compress answers of an upstream route for clients that accept it"),
+    Key("gzip", typed_boolean, _R["gzip"], "compress answers for clients that accept it"),
     Key("gzip_comp_level", integer(1, 9, typed=True), _R["gzip_comp_level"], "gzip level, 1 (fastest) to 9 (smallest)"),
     Key("gzip_min_length", size(0), _R["gzip_min_length"], "answers declaring a shorter Content-Length are sent as they are", "bytes"),
     Key("gzip_types", media_types, _R["gzip_types"], 'media types compressed ("*" a wildcard)'),
@@ -361,9 +361,11 @@ ROUTE: tuple[Key, ...] = (
     Key("limit_conn_status", integer(400, 599, typed=True), _R["limit_conn_status"], "status of a request refused by limit_conn (nginx's is 503)"),
 )  # fmt: skip
 #: Route keys a static route may not hold.
-UPSTREAM_ROUTE_ONLY: tuple[str, ...] = (
-    "root", "split_path_info", "params", *(b.name for b in BUFFERING), "gzip", "gzip_comp_level", "gzip_min_length",
-    "gzip_types", "gzip_proxied", "brotli", "brotli_comp_level", "zstd", "zstd_comp_level",
+UPSTREAM_ROUTE_ONLY: tuple[str, ...] = ("root", "split_path_info", "params", *(b.name for b in BUFFERING))
+#: Route keys of compression and limits, which static routes have too.
+EDGE_ROUTE_KEYS: tuple[str, ...] = (
+    "gzip", "gzip_comp_level", "gzip_min_length", "gzip_types", "gzip_proxied", "brotli", "brotli_comp_level",
+    "zstd", "zstd_comp_level", "limit_req_status", "limit_conn_status",
 )  # fmt: skip
 
 _LR = _defaults(LimitReq)

@@ -33,7 +33,13 @@ gzip_comp_level = 6
 [[route]]
 prefix = "/plain/"
 upstream = "app"
+[[route]]
+prefix = "/s/"
+static = "site"
+gzip = true
 """
+
+CSS = b"".join(b".rule-%d { color: #%06x; margin: %dpx; }\n" % (i, i * 7919 % 2**24, i % 50) for i in range(20000))
 
 DECODERS = {
     "gzip": lambda: zlib.decompressobj(31).decompress,
@@ -45,6 +51,9 @@ DECODERS = {
 @pytest.fixture(scope="module")
 def port(tmp_path_factory: pytest.TempPathFactory):
     directory = tmp_path_factory.mktemp("edge-compress")
+    (directory / "site").mkdir()
+    (directory / "site" / "app.css").write_bytes(CSS)
+    (directory / "site" / "logo.png").write_bytes(CSS)
     with worker_process("tests.e2e._edge_apps:app") as (worker, _):
         with frontend(directory, worker, ROUTES) as (front, process):
             yield front
@@ -188,6 +197,23 @@ def test_a_body_that_does_not_match_its_content_length_is_cut_not_passed_as_whol
         conn.close()
     status, _, body = get(port, "/z/text?size=5000", {"Accept-Encoding": "gzip"})
     assert status == 200 and DECODERS["gzip"]()(body) == text(5000)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "zstd"])
+def test_static_files_are_compressed_and_keep_their_conditional_and_range_answers(port: int, coding: str) -> None:
+    status, headers, body = get(port, "/s/app.css", {"Accept-Encoding": coding})
+    assert status == 200 and headers["content-encoding"] == coding and headers["vary"] == "Accept-Encoding"
+    assert DECODERS[coding]()(body) == CSS and len(body) < len(CSS) / 3
+    etag = headers["etag"]
+    assert etag.startswith('W/"')
+    status, headers, body = get(port, "/s/app.css", {"Accept-Encoding": coding, "If-None-Match": etag})
+    assert status == 304 and body == b""
+    status, headers, body = get(port, "/s/app.css", {"Accept-Encoding": coding, "Range": "bytes=10-19"})
+    assert status == 206 and "content-encoding" not in headers and body == CSS[10:20]
+    status, headers, body = get(port, "/s/logo.png", {"Accept-Encoding": coding})
+    assert status == 200 and "content-encoding" not in headers and body == CSS
+    status, headers, body = get(port, "/s/app.css", {"Accept-Encoding": coding}, method="HEAD")
+    assert status == 200 and "content-encoding" not in headers and headers["content-length"] == str(len(CSS))
 
 
 def test_a_compressed_route_serves_many_requests_on_one_connection(port: int) -> None:
