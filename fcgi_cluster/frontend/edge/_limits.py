@@ -39,6 +39,11 @@ __all__ = ["Concurrency", "LogThrottle", "RequestRate", "request_key"]
 class RequestRate:
     """The buckets of one ``[limit_req_zone.NAME]``: excess per key, drained at ``rate``.
 
+    nginx's arithmetic, in its units: the rate in thousandths of a request
+    per second (``"60r/m"`` is 1000, ``"1r/m"`` 16), the excess in thousandths
+    of a request, time in whole milliseconds, integer division; so a zone
+    here refuses and delays exactly the requests nginx's would.
+
     Args:
         rate: requests per second per key.
         max_keys: keys remembered; past it the least recently seen goes.
@@ -47,10 +52,11 @@ class RequestRate:
     __slots__ = ("rate", "max_keys", "_buckets")
 
     def __init__(self, rate: float, max_keys: int) -> None:
-        self.rate = rate
+        #: Thousandths of a request per second (at least 1).
+        self.rate = max(1, int(rate * 1000))
         self.max_keys = max_keys
-        #: key -> [excess in requests, time of the last update]; oldest first.
-        self._buckets: collections.OrderedDict[bytes, list[float]] = collections.OrderedDict()
+        #: key -> [excess in thousandths of a request, milliseconds of the last update]; oldest first.
+        self._buckets: collections.OrderedDict[bytes, list[int]] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -59,30 +65,38 @@ class RequestRate:
         """Account one request of ``key`` at ``now`` (seconds, monotonic).
 
         Args:
-            burst: excess allowed past the rate.
-            delay: excess served without waiting (``math.inf``: nodelay).
+            burst: excess allowed past the rate, in requests.
+            delay: excess served without waiting, in requests (``math.inf``: nodelay).
 
         Returns:
             None when refused (not counted), else the seconds the request
             should wait before it is served (0.0: at once).
         """
+        now_ms = int(now * 1000)
         buckets = self._buckets
         bucket = buckets.get(key)
         if bucket is None:
-            buckets[key] = [0.0, now]
+            buckets[key] = [0, now_ms]
             if len(buckets) > self.max_keys:
                 buckets.popitem(last=False)
             return 0.0
         buckets.move_to_end(key)
-        # abs(): a clock read before the last update (another task's) drains
-        # nothing rather than filling the bucket, as nginx's ngx_abs(ms).
-        excess = max(0.0, bucket[0] - self.rate * abs(now - bucket[1]) + 1)
-        if excess > burst:
+        elapsed = now_ms - bucket[1]
+        # As nginx: a clock read before the last update (another task's)
+        # drains nothing; one far before it (a clock jump) counts as 1 ms.
+        if elapsed < -60000:
+            elapsed = 1
+        elif elapsed < 0:
+            elapsed = 0
+        excess = max(0, bucket[0] - self.rate * elapsed // 1000 + 1000)
+        if excess > burst * 1000:
             return None
-        bucket[0], bucket[1] = excess, now
-        if excess <= delay:
+        bucket[0] = excess
+        if elapsed:
+            bucket[1] = now_ms
+        if excess <= delay * 1000:
             return 0.0
-        return (excess - delay) / self.rate
+        return (excess - int(delay * 1000)) * 1000 // self.rate / 1000
 
 
 class Concurrency:

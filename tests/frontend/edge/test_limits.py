@@ -106,3 +106,20 @@ def test_request_keys_from_the_address_a_header_or_a_cookie() -> None:
     assert request_key("$cookie_session", b"10.0.0.7", headers) == b"s9"
     assert request_key("$cookie_sess", b"10.0.0.7", headers) == b""  # not a prefix match
     assert request_key("$http_x_other", b"10.0.0.7", headers) == b""
+
+
+def test_nginx_integer_units_a_rate_per_minute_is_rounded_down_as_nginx_rounds_it() -> None:
+    # nginx keeps "1r/m" as 16 thousandths of a request per second, so a key
+    # may come back after 62.5 s, not 60 s.
+    zone = RequestRate(rate=1 / 60, max_keys=10)
+    assert zone.rate == 16
+    assert zone.take(b"k", 0.0, burst=0) == 0.0
+    assert zone.take(b"k", 61.0, burst=0) is None
+    assert zone.take(b"k", 62.5, burst=0) == 0.0
+
+
+def test_a_clock_read_behind_the_last_update_drains_nothing() -> None:
+    zone = RequestRate(rate=10, max_keys=10)
+    assert zone.take(b"k", 10.0, burst=1, delay=math.inf) == 0.0
+    assert zone.take(b"k", 9.5, burst=1, delay=math.inf) == 0.0  # excess 1: not drained by going back
+    assert zone.take(b"k", 9.5, burst=1, delay=math.inf) is None
