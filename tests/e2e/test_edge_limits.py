@@ -154,3 +154,53 @@ def test_a_key_from_a_header_or_a_cookie(served) -> None:
     assert status_of(port, "/session/x", {"Cookie": "a=1; session=s1"}) == 200
     assert status_of(port, "/session/x", {"Cookie": "session=s1"}) == 429
     assert status_of(port, "/session/x", {"Cookie": "session=s2"}) == 200
+
+
+SAME_AS_NGINX = """
+[limit_req_zone.slow]
+key = "$http_x_api_key"
+rate = "1r/m"
+[limit_req_zone.second]
+key = "$http_x_api_key"
+rate = "1r/s"
+[[route]]
+prefix = "/nodelay/"
+upstream = "app"
+limit_req = { zone = "slow", burst = 3, nodelay = true }
+[[route]]
+prefix = "/delay/"
+upstream = "app"
+limit_req = { zone = "second", burst = 2, delay = 1 }
+"""
+NGINX_HTTP = """
+limit_req_zone $http_x_api_key zone=slow:1m rate=1r/m;
+limit_req_zone $http_x_api_key zone=second:1m rate=1r/s;
+limit_req_status 429;
+"""
+# Nested in nginx_fastcgi's "location /", whose fastcgi_params they inherit.
+NGINX_LOCATION = """
+location /nodelay/ {
+    fastcgi_pass fcgi_app;
+    limit_req zone=slow burst=3 nodelay;
+}
+location /delay/ {
+    fastcgi_pass fcgi_app;
+    limit_req zone=second burst=2 delay=1;
+}
+"""
+
+
+def test_the_same_requests_are_served_refused_and_delayed_as_by_nginx(tmp_path, peers) -> None:
+    with worker_process("tests.e2e._edge_apps:app") as (worker, _):
+        nginx = peers.nginx(LOOPBACK, worker, keepalive=True, location_extra=NGINX_LOCATION, http_extra=NGINX_HTTP)
+        with frontend(tmp_path, worker, SAME_AS_NGINX) as (ours, _):
+            seen = {}
+            for name, port in (("nginx", nginx.port), ("ours", ours)):
+                key = {"X-Api-Key": name}
+                sequential = [status_of(port, "/nodelay/x", key) for _ in range(8)]
+                at_once = many(port, "/delay/x", 6, key)
+                seen[name] = (sequential, sorted(status for status, _ in at_once),
+                              max(at for status, at in at_once if status == 200) >= 0.9)
+    assert seen["nginx"][0] == [200] * 4 + [429] * 4
+    assert seen["nginx"][1] == [200] * 3 + [429] * 3 and seen["nginx"][2]
+    assert seen["ours"] == seen["nginx"]
