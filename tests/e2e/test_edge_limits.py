@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import http.client
+import signal
 import time
 
 import pytest
@@ -204,3 +205,35 @@ def test_the_same_requests_are_served_refused_and_delayed_as_by_nginx(tmp_path, 
     assert seen["nginx"][0] == [200] * 4 + [429] * 4
     assert seen["nginx"][1] == [200] * 3 + [429] * 3 and seen["nginx"][2]
     assert seen["ours"] == seen["nginx"]
+
+
+def _reload(process, log, count: int) -> None:
+    """SIGHUP, then wait for the ``count``-th "configuration reloaded" line."""
+    process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while log.read_text().count("configuration reloaded") < count:
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.05)
+
+
+def test_a_reload_keeps_an_unchanged_zones_buckets_and_starts_a_changed_one_afresh(tmp_path) -> None:
+    routes = """
+[limit_req_zone.z]
+key = "$remote_addr"
+rate = "1r/m"
+[[route]]
+prefix = "/r/"
+upstream = "app"
+limit_req = { zone = "z", burst = 1, nodelay = true }
+"""
+    with worker_process("tests.e2e._edge_apps:app") as (worker, _):
+        with frontend(tmp_path, worker, routes) as (port, process):
+            log = tmp_path / "frontend.log"
+            assert [status_of(port, "/r/x") for _ in range(3)] == [200, 200, 429]
+            config = tmp_path / "frontend.toml"
+            config.write_text(config.read_text() + '[[route]]\nprefix = "/other/"\nupstream = "app"\n')
+            _reload(process, log, 1)
+            assert status_of(port, "/r/x") == 429  # the zone is unchanged: its bucket is still full
+            config.write_text(config.read_text().replace('rate = "1r/m"', 'rate = "2r/m"'))
+            _reload(process, log, 2)
+            assert [status_of(port, "/r/x") for _ in range(3)] == [200, 200, 429]
