@@ -51,8 +51,9 @@ class _Zone:
         if skipped is None:
             return
         more = f" ({skipped} more not logged)" if skipped else ""
-        log.warning('%s by zone "%s", client key %s, route %s%s', what, self.name,
-                    key.decode("latin-1")[:100], route, more)
+        # A client's key goes in the log printable only: no control character of its own.
+        shown = "".join(c if c.isprintable() else "?" for c in key[:100].decode("ascii", "backslashreplace"))
+        log.warning('%s by zone "%s", client key %s, route %s%s', what, self.name, shown, route, more)
 
 
 class LimitZones:

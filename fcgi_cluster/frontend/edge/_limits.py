@@ -25,12 +25,14 @@ line per interval, saying how many were not logged.
 
 The key of a request (``request_key``) is nginx's variable: ``$remote_addr``,
 ``$http_NAME`` (a header; "_" in NAME matches "-"), ``$cookie_NAME``. A
-request whose key is empty is not limited, as nginx.
+request whose key is empty is not limited, as nginx; a key over ``MAX_KEY``
+bytes is kept as its digest, so memory stays bounded whatever clients send.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import math
 
 __all__ = ["Concurrency", "LogThrottle", "RequestRate", "request_key"]
@@ -161,6 +163,11 @@ def _cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes:
     return b""
 
 
+#: Keys longer than this are kept as a digest, so that a client sending a
+#: 30 KB header cannot make each remembered key cost 30 KB.
+MAX_KEY = 64
+
+
 def request_key(spec: str, remote_addr: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
     """The value of a zone's ``key`` for one request (b"" when the request has none).
 
@@ -168,11 +175,15 @@ def request_key(spec: str, remote_addr: bytes, headers: list[tuple[bytes, bytes]
         spec: "$remote_addr", "$http_NAME" or "$cookie_NAME" (checked by the schema).
         remote_addr: the client's address, as REMOTE_ADDR.
         headers: the request's header fields.
+
+    Returns:
+        The value, or a 16-byte digest of it when it is over ``MAX_KEY`` bytes.
     """
     if spec == "$remote_addr":
         return remote_addr
     if spec.startswith("$http_"):
         wanted = spec[6:].lower().replace("_", "-").encode("latin-1")
-        values = [value for key, value in headers if key.lower().replace(b"_", b"-") == wanted]
-        return b", ".join(values)
-    return _cookie(headers, spec[8:].encode("latin-1"))
+        key = b", ".join(value for name, value in headers if name.lower().replace(b"_", b"-") == wanted)
+    else:
+        key = _cookie(headers, spec[8:].encode("latin-1"))
+    return key if len(key) <= MAX_KEY else hashlib.blake2b(key, digest_size=16).digest()

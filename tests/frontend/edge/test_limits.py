@@ -108,6 +108,15 @@ def test_request_keys_from_the_address_a_header_or_a_cookie() -> None:
     assert request_key("$http_x_other", b"10.0.0.7", headers) == b""
 
 
+def test_a_long_key_is_kept_as_a_short_digest_of_itself() -> None:
+    long_a = [(b"x-api-key", b"a" * 30000)]
+    long_b = [(b"x-api-key", b"a" * 29999 + b"b")]
+    key_a = request_key("$http_x_api_key", b"", long_a)
+    assert len(key_a) == 16 and key_a == request_key("$http_x_api_key", b"", long_a)
+    assert key_a != request_key("$http_x_api_key", b"", long_b)
+    assert request_key("$http_x_api_key", b"", [(b"x-api-key", b"k" * 64)]) == b"k" * 64
+
+
 def test_nginx_integer_units_a_rate_per_minute_is_rounded_down_as_nginx_rounds_it() -> None:
     # nginx keeps "1r/m" as 16 thousandths of a request per second, so a key
     # may come back after 62.5 s, not 60 s.
