@@ -367,6 +367,7 @@ class ClientConnection:
         return await self._routed(head, number, route, path, started)
 
     async def _routed(self, head: RequestHead, number: int, route: typing.Any, path: bytes, started: float) -> bool:
+        """Answer a request admitted to route ``number``: its directory's file, or its upstream's answer."""
         if route.static is not None:
             return await self._static(head, route, path, started, self.server.route_plans[number].compression)
         return await self._proxy(head, number, route, path, started)
