@@ -288,6 +288,8 @@ def nginx_fastcgi(
     worker_connections: int = 4096,
     keepalive_timeout: float | None = None,
     worker_processes: int = 1,
+    http_extra: str = "",
+    location_extra: str = "",
 ) -> Iterator[Peer]:
     """Run nginx as an HTTP front-end passing every request to a FastCGI upstream.
 
@@ -317,6 +319,8 @@ def nginx_fastcgi(
         keepalive_timeout: Seconds an idle client connection stays open
             (``keepalive_timeout``); None for nginx's default, 75.
         worker_processes: nginx's ``worker_processes``: processes sharing the clients.
+        http_extra: directives added to the ``http`` block (``limit_req_zone ...;``).
+        location_extra: directives added to the ``location /`` block (``limit_req ...;``).
 
     Yields:
         The running nginx, as a ``Peer``; ``peer.port`` is its HTTP port.
@@ -332,6 +336,7 @@ def nginx_fastcgi(
             fastcgi_split_path_info ^()(.*)$;
             fastcgi_param PATH_INFO $fastcgi_path_info;
             fastcgi_pass fcgi_app;
+            {location_extra}
         }}
         """
     upstreams = [(upstream_host, upstream_port), *more_upstreams]
@@ -346,6 +351,7 @@ def nginx_fastcgi(
         worker_connections=worker_connections,
         keepalive_timeout=keepalive_timeout,
         worker_processes=worker_processes,
+        http_extra=http_extra,
     ) as peer:
         yield peer
 
@@ -447,6 +453,7 @@ def _nginx(
     worker_connections: int = 4096,
     keepalive_timeout: float | None = None,
     worker_processes: int = 1,
+    http_extra: str = "",
 ) -> Iterator[Peer]:
     """nginx with an upstream ``fcgi_app`` of ``servers`` and a server block's body.
 
@@ -502,6 +509,7 @@ def _nginx(
                 client_max_body_size 0;
                 fastcgi_keep_conn {keep_conn};
                 {keepalive_timeout_line}
+                {http_extra}
 
                 upstream fcgi_app {{
             {server_lines}
@@ -522,6 +530,7 @@ def _nginx(
             worker_processes=worker_processes,
             worker_connections=worker_connections,
             keepalive_timeout_line=keepalive_timeout_line,
+            http_extra=http_extra,
             user_line=user_line,
             workdir=workdir,
             access_log_line=access_log_line,

@@ -24,10 +24,15 @@ def test_bench_quick_writes_results(tmp_path):
     for fact in ("python", "cpus", "nginx", "haproxy", "wrk", "php-fpm", "flup", "trio"):
         assert results["machine"].get(fact), fact
     parts = results["parts"]
-    assert set(parts) == {"hello", "transport", "http", "scaling", "pool", "sessions", "idle", "slow"}
+    assert set(parts) == {"hello", "transport", "http", "scaling", "pool", "sessions", "idle", "slow", "compress"}
     for name, part in parts.items():
         assert "error" not in part, (name, part.get("error"))
     check_hello(parts["hello"])
+    # Each compression case answered in its coding, smaller than the plain answer.
+    compress = {row["case"]: row for row in parts["compress"]["summary"]}
+    assert {case: row["coding"] for case, row in compress.items()} == {
+        "off": "identity", "gzip1": "gzip", "gzip6": "gzip", "br4": "br", "zstd3": "zstd"}
+    assert all(row["rps"] > 0 and row["bytes"] < compress["off"]["bytes"] for case, row in compress.items() if case != "off")
 
     transport_runs = parts["transport"]["runs"]
     assert {run["contender"] for run in transport_runs} == set(parts["transport"]["contenders"])

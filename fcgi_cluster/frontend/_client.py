@@ -309,8 +309,8 @@ class ClientConnection:
             return False
         server = self.server
         number, route = server.route_of(path)
-        if route is None or route.static is not None:
-            return False
+        if route is None or route.static is not None or server.route_plans[number].limits is not None:
+            return False  # a limited request may have to wait: a task's job
         upstream = server.upstreams[route.upstream]
         index = upstream.balancer.choose(
             upstream.hash_key(head, self.remote_addr) if upstream.hashed else None, exclude=upstream.unhealthy or ()
@@ -364,8 +364,18 @@ class ClientConnection:
         number, route = self.server.route_of(path)
         if route is None:
             return await self._simple(head, 404, started)
+        limits = self.server.route_plans[number].limits
+        if limits is not None:
+            async with limits.admit(self.remote_addr, head.headers) as refused:
+                if refused:
+                    return await self._simple(head, refused, started)
+                return await self._routed(head, number, route, path, started)
+        return await self._routed(head, number, route, path, started)
+
+    async def _routed(self, head: RequestHead, number: int, route: typing.Any, path: bytes, started: float) -> bool:
+        """Answer a request admitted to route ``number``: its directory's file, or its upstream's answer."""
         if route.static is not None:
-            return await self._static(head, route, path, started)
+            return await self._static(head, route, path, started, self.server.route_plans[number].compression)
         return await self._proxy(head, number, route, path, started)
 
     async def _simple(self, head: RequestHead, status: int, started: float) -> bool:
@@ -399,10 +409,10 @@ class ClientConnection:
 
     # --- static files -----------------------------------------------------------
 
-    async def _static(self, head: RequestHead, route: object, path: bytes, started: float) -> bool:
+    async def _static(self, head: RequestHead, route: object, path: bytes, started: float, compression: object = None) -> bool:
         if route.internal:  # type: ignore[attr-defined]
             return await self._simple(head, 404, started)
-        status, sent = await send_static(route, path, head, self.http, self.io.send)
+        status, sent = await send_static(route, path, head, self.http, self.io.send, compression=compression)
         self._log(head, status, sent, started)
         return await self._finish_request_body()
 
@@ -442,9 +452,9 @@ class ClientConnection:
             if isinstance(body, BodyStream) and body.error is not None:
                 raise body.error
             return await self._simple(head, exc.status, started)
-        return await self._relay_answer(head, result, started)
+        return await self._relay_answer(head, result, started, server.route_plans[number].compression)
 
-    async def _relay_answer(self, head: RequestHead, result: typing.Any, started: float) -> bool:
+    async def _relay_answer(self, head: RequestHead, result: typing.Any, started: float, compression: typing.Any = None) -> bool:
         """Write an upstream's answer to the client at the client's pace; False when the connection must close.
 
         The worker's connection reads on meanwhile (the answer waits in its
@@ -461,7 +471,7 @@ class ClientConnection:
         ok = False
         relay: Relay | None = None
         try:
-            relay = Relay(response, http)
+            relay = Relay(response, http, head, compression)
             while True:
                 out, done = relay.ready()
                 if out:
@@ -767,7 +777,7 @@ class CallbackAnswer:
         sent = 0
         keep = True
         try:
-            relay = Relay(response, http)
+            relay = Relay(response, http, self.head, server.route_plans[self.number].compression)
             out = relay.whole()
             sent = relay.sent
         except ValueError as exc:

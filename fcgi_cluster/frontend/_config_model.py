@@ -19,7 +19,8 @@ from ._balancer import Balancer, ServerSpec
 
 __all__ = [
     "BALANCE_METHODS", "DEFAULT_STATIC_INDEX", "DEFAULT_UPSTREAM", "ClusterConfig", "ClusterPoolConfig",
-    "ConfigError", "FrontendConfig", "HealthCheck", "ListenerConfig", "RouteConfig", "TLSConfig", "UpstreamConfig",
+    "ConfigError", "DEFAULT_GZIP_TYPES", "FrontendConfig", "HealthCheck", "LimitConn", "LimitConnZone", "LimitReq",
+    "LimitReqZone", "ListenerConfig", "RouteConfig", "TLSConfig", "UpstreamConfig",
 ]  # fmt: skip
 
 SECONDS = 1.0
@@ -31,6 +32,14 @@ BALANCE_METHODS: tuple[str, ...] = Balancer.METHODS
 
 #: Index file of a static route when none is given: nginx's ``index`` default.
 DEFAULT_STATIC_INDEX = "index.html"
+
+#: Media types compressed when a route sets no ``gzip_types``: text and the
+#: text-like formats of the web (nginx's default is text/html alone).
+DEFAULT_GZIP_TYPES: tuple[str, ...] = (
+    "text/*", "application/json", "application/*+json", "application/javascript", "application/xml",
+    "application/*+xml", "image/svg+xml",
+)  # fmt: skip
+
 
 #: The upstream name ``simple_config`` gives its one pool (``fcgi-cluster frontend --upstream ...``).
 DEFAULT_UPSTREAM = "default"
@@ -299,6 +308,12 @@ class RouteConfig:
             upstream's (``UpstreamConfig``), for this route; None: the upstream's.
         internal: a static route only reached through a worker's
             ``X-Accel-Redirect``; a client asking for it directly gets 404 (nginx ``internal``).
+        gzip: compress answers (``edge._compress``); gzip_comp_level,
+            gzip_min_length, gzip_types, gzip_proxied, brotli,
+            brotli_comp_level, zstd, zstd_comp_level: how (nginx's names;
+            brotli and zstd those of their nginx modules).
+        limit_req, limit_req_status, limit_conn, limit_conn_status: the
+            route's request-rate and concurrency limits (``edge._limits``).
     """
 
     prefix: str | None = None
@@ -314,12 +329,85 @@ class RouteConfig:
     max_temp_file_size: int | None = None
     temp_path: str | None = None
     internal: bool = False
+    gzip: bool = False  # nginx's default: compression is CPU, spent where asked
+    gzip_comp_level: int = 1  # nginx's default: most of the gain for the least CPU
+    gzip_min_length: int = 20  # nginx's default (bytes)
+    gzip_types: tuple[str, ...] = DEFAULT_GZIP_TYPES
+    gzip_proxied: str = "off"  # nginx's default: not for requests that came through a proxy (Via)
+    brotli: bool = True  # when gzip is on and the client prefers it
+    # ngx_brotli uses 6; on the fly 4 still beats gzip's size at a fraction of 6's CPU.
+    brotli_comp_level: int = 4
+    zstd: bool = True  # when gzip is on and the client prefers it
+    zstd_comp_level: int = 3  # zstd's own default
+    limit_req: LimitReq | None = None
+    # nginx answers 503; 429 Too Many Requests tells a client what happened.
+    limit_req_status: int = 429
+    limit_conn: LimitConn | None = None
+    limit_conn_status: int = 429
 
     def match(self, path: str) -> bool:
         """Whether this route takes a request for ``path`` (the decoded URI path)."""
         if self.prefix is not None:
             return path.startswith(self.prefix)
         return self.regex is not None and self.regex.search(path) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitReqZone:
+    """A ``[limit_req_zone.NAME]``: a request rate per key (nginx ``limit_req_zone``).
+
+    Attributes:
+        key: what identifies a client: "$remote_addr", "$http_NAME" (a
+            request header, "-" as "_") or "$cookie_NAME".
+        rate: requests per second allowed per key ("10r/s", "60r/m").
+        max_keys: keys remembered at once per process; past it the least
+            recently seen is forgotten (nginx bounds its zone by size).
+    """
+
+    key: str
+    rate: float
+    max_keys: int = 100_000  # about 250 bytes each (measured, IPv4 keys): 25 MB at most per process
+
+
+@dataclass(frozen=True, slots=True)
+class LimitConnZone:
+    """A ``[limit_conn_zone.NAME]``: requests in progress per key (nginx ``limit_conn_zone``).
+
+    Attributes:
+        key: as ``LimitReqZone.key``.
+    """
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class LimitReq:
+    """A route's ``limit_req = { ... }``.
+
+    Attributes:
+        zone: the ``[limit_req_zone.NAME]``.
+        burst: requests past the rate held (delayed) or let through (nodelay).
+        delay: requests of the burst served at once before the rest are delayed.
+        nodelay: serve the whole burst at once (``delay`` = ``burst``).
+    """
+
+    zone: str
+    burst: int = 0  # nginx's default: no excess at all
+    delay: int = 0  # nginx's default: every excess request is delayed
+    nodelay: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LimitConn:
+    """A route's ``limit_conn = { ... }``.
+
+    Attributes:
+        zone: the ``[limit_conn_zone.NAME]``.
+        max: requests of one key in progress at once.
+    """
+
+    zone: str
+    max: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +453,7 @@ class ClusterConfig:
             ``prefix = "/"`` to that upstream.
         pools: worker pools for ``fcgi-cluster up``, by name.
         path: the file it was read from, or None.
+        limit_req_zones, limit_conn_zones: the zones routes' limits name.
     """
 
     frontend: FrontendConfig
@@ -372,6 +461,8 @@ class ClusterConfig:
     routes: tuple[RouteConfig, ...]
     pools: dict[str, ClusterPoolConfig]
     path: str | None = None
+    limit_req_zones: dict[str, LimitReqZone] = field(default_factory=dict)
+    limit_conn_zones: dict[str, LimitConnZone] = field(default_factory=dict)
 
     def route_for(self, path: str) -> RouteConfig | None:
         """The first route that matches ``path``, or None."""

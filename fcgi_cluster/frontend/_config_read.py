@@ -25,14 +25,23 @@ from ._config_model import (
     FrontendConfig,
     HealthCheck,
     ListenerConfig,
+    LimitConn,
+    LimitConnZone,
+    LimitReq,
+    LimitReqZone,
     RouteConfig,
     TLSConfig,
     UpstreamConfig,
 )
 from ._config_schema import (
     FRONTEND,
+    EDGE_ROUTE_KEYS,
     HEALTH_CHECK,
     LISTENER,
+    LIMIT_CONN,
+    LIMIT_CONN_ZONE,
+    LIMIT_REQ,
+    LIMIT_REQ_ZONE,
     NAME,
     POOL,
     ROUTE,
@@ -282,8 +291,39 @@ def _health_check(ctx: Context, path: KeyPath, data: Mapping[str, Any]) -> Healt
     return HealthCheck(**_Table(ctx, path, data, HEALTH_CHECK).values())
 
 
+def _reference(ctx: Context, path: KeyPath, name: object, defined: Mapping[str, Any], what: str) -> str:
+    """The name of a ``[what.NAME]`` table that must exist."""
+    name = ctx.convert(path, name, string)
+    if name not in defined:
+        reason = f"no such {what}; defined: {', '.join(defined)}" if defined else f"no such {what}; the file defines no [{what}.NAME] table"
+        close = difflib.get_close_matches(name, list(defined), n=1)
+        if close:
+            reason += f'; did you mean "{close[0]}"?'
+        ctx.fail(path, reason)
+    return name
+
+
+def _route_limits(ctx: Context, table: _Table, zones: tuple[Mapping[str, Any], Mapping[str, Any]]) -> dict[str, Any]:
+    """A route's ``limit_req`` and ``limit_conn`` tables, naming zones that exist."""
+    out: dict[str, Any] = {}
+    for key, schema, cls, defined in (("limit_req", LIMIT_REQ, LimitReq, zones[0]), ("limit_conn", LIMIT_CONN, LimitConn, zones[1])):
+        data = table.table(key, 'like { zone = "NAME" }')
+        if data is None:
+            continue
+        path = table.path + (key,)
+        values = _Table(ctx, path, data, schema).values()
+        if "zone" not in data:
+            ctx.fail(path + ("zone",), "required key is missing", missing=True)
+        values["zone"] = _reference(ctx, path + ("zone",), data["zone"], defined, f"{key}_zone")
+        if key == "limit_req" and values["delay"] and values["nodelay"]:
+            ctx.fail(path + ("delay",), "give delay or nodelay, not both")
+        out[key] = cls(**values)
+    return out
+
+
 def _route(
-    ctx: Context, path: KeyPath, data: Mapping[str, Any], upstreams: Mapping[str, UpstreamConfig], root: str
+    ctx: Context, path: KeyPath, data: Mapping[str, Any], upstreams: Mapping[str, UpstreamConfig], root: str,
+    zones: tuple[Mapping[str, Any], Mapping[str, Any]] = ({}, {}),
 ) -> RouteConfig:
     table = _Table(ctx, path, data, ROUTE)
     if "prefix" in table and "regex" in table:
@@ -305,19 +345,12 @@ def _route(
         values["static"] = directory
         values["index"] = table.get("index", string) if "index" in table else DEFAULT_STATIC_INDEX
         values["internal"] = table.get("internal")
+        values.update(_route_limits(ctx, table, zones))
+        values.update((key, table.get(key)) for key in EDGE_ROUTE_KEYS)
         return RouteConfig(**values)
     if "internal" in table:
         ctx.fail(path + ("internal",), "only a static route can be internal (the target of X-Accel-Redirect)")
-    name = table.get("upstream", string)
-    if name not in upstreams:
-        if upstreams:
-            reason = f"no such upstream; defined: {', '.join(upstreams)}"
-            close = difflib.get_close_matches(name, list(upstreams), n=1)
-            if close:
-                reason += f'; did you mean "{close[0]}"?'
-        else:
-            reason = "no such upstream; the file defines no [upstream.NAME] table"
-        ctx.fail(path + ("upstream",), reason)
+    name = _reference(ctx, path + ("upstream",), data["upstream"], upstreams, "upstream")
     values.update(table.values())
     values.pop("internal")
     values["upstream"] = name
@@ -326,6 +359,7 @@ def _route(
     if "params" in table:
         values["params"] = _string_table(ctx, path + ("params",), data["params"])
     values["temp_path"] = _temp_path(ctx, table)
+    values.update(_route_limits(ctx, table, zones))
     return RouteConfig(**values)
 
 
@@ -383,11 +417,17 @@ def read_cluster(ctx: Context, data: Mapping[str, Any], path: str | None) -> Clu
     frontend = read_frontend(ctx, ("frontend",), top.table("frontend", "[frontend]") or {})
     upstreams = {name: _upstream(ctx, where, table) for name, where, table in _named_tables(ctx, top, "upstream")}
 
+    zones = (
+        {name: LimitReqZone(**_Table(ctx, where, table, LIMIT_REQ_ZONE).values())
+         for name, where, table in _named_tables(ctx, top, "limit_req_zone")},
+        {name: LimitConnZone(**_Table(ctx, where, table, LIMIT_CONN_ZONE).values())
+         for name, where, table in _named_tables(ctx, top, "limit_conn_zone")},
+    )
     route_list = data.get("route", [])
     if not isinstance(route_list, list):
         ctx.fail(("route",), f"must be an array of tables ([[route]]), got {show(route_list)}")
     routes = tuple(
-        _route(ctx, ("route", i), _table_at(ctx, ("route", i), item, "[[route]]"), upstreams, frontend.root)
+        _route(ctx, ("route", i), _table_at(ctx, ("route", i), item, "[[route]]"), upstreams, frontend.root, zones)
         for i, item in enumerate(route_list)
     )
     if not routes:
@@ -405,4 +445,5 @@ def read_cluster(ctx: Context, data: Mapping[str, Any], path: str | None) -> Clu
             ctx.fail(where + ("listen",), f"{show(pool.listen)} is already the address of pool.{listeners[pool.listen]}")
         listeners[pool.listen] = name
         pools[name] = pool
-    return ClusterConfig(frontend=frontend, upstreams=upstreams, routes=routes, pools=pools, path=path)
+    return ClusterConfig(frontend=frontend, upstreams=upstreams, routes=routes, pools=pools, path=path,
+                         limit_req_zones=zones[0], limit_conn_zones=zones[1])

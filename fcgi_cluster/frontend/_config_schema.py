@@ -28,13 +28,17 @@ from ._config_model import (
     FrontendConfig,
     HealthCheck,
     ListenerConfig,
+    LimitReq,
+    LimitReqZone,
+    RouteConfig,
     UpstreamConfig,
 )
 from .edge._real_ip import REAL_IP_HEADERS, UNIX
 
 __all__ = [
-    "BUFFERING", "FRONTEND", "HEALTH_CHECK", "LISTENER", "POOL", "ROUTE", "SECTIONS", "SERVER", "TLS", "TOP", "UPSTREAM",
-    "NAME", "UPSTREAM_ROUTE_ONLY", "address", "default_text", "names", "string",
+    "BUFFERING", "FRONTEND", "HEALTH_CHECK", "LIMIT_CONN", "LIMIT_CONN_ZONE", "LIMIT_REQ", "LIMIT_REQ_ZONE", "LISTENER",
+    "POOL", "ROUTE", "SECTIONS", "SERVER", "TLS", "TOP", "UPSTREAM", "NAME", "UPSTREAM_ROUTE_ONLY", "EDGE_ROUTE_KEYS",
+    "address", "default_text", "names", "string",
 ]  # fmt: skip
 
 # Names of upstreams and pools: they appear in TOML table headers, logs and
@@ -206,6 +210,37 @@ def integer_or_auto(low: int) -> Callable[[object], int | str]:
     return convert
 
 
+_LIMIT_KEY = re.compile(r"\$(?:remote_addr|http_[A-Za-z0-9_-]+|cookie_[!#-'*+.0-9A-Z^-z|~-]+)")
+_RATE = re.compile(r"(\d+(?:\.\d+)?)r/([sm])")
+_MEDIA_TYPE = re.compile(r"[a-z0-9*][a-z0-9!#$&^_.+*-]*/[a-z0-9*][a-z0-9!#$&^_.+*-]*")
+
+
+def limit_key(value: object) -> str:
+    """What a limit zone counts by: "$remote_addr", "$http_NAME" or "$cookie_NAME"."""
+    if not isinstance(value, str) or _LIMIT_KEY.fullmatch(value) is None:
+        raise ValueError(f'must be "$remote_addr", "$http_NAME" or "$cookie_NAME", got {show(value)}')
+    return value
+
+
+def rate(value: object) -> float:
+    """A request rate, "10r/s" or "60r/m", in requests per second."""
+    found = _RATE.fullmatch(value) if isinstance(value, str) else None
+    number = float(found.group(1)) if found else 0.0
+    if not number:
+        raise ValueError(f'must be a rate like "10r/s" or "60r/m", above 0, got {show(value)}')
+    return number if found.group(2) == "s" else number / 60  # type: ignore[union-attr]
+
+
+def media_types(value: object) -> tuple[str, ...]:
+    """An array of media types, "*" allowed as a wildcard ("text/*", "application/*+json")."""
+    if not isinstance(value, list) or not value:
+        raise ValueError(f'must be a non-empty array of media types like "text/*", got {show(value)}')
+    for item in value:
+        if not isinstance(item, str) or _MEDIA_TYPE.fullmatch(item.lower()) is None:
+            raise ValueError(f'bad media type {show(item)}: write it as "type/subtype", "*" as a wildcard')
+    return tuple(item.lower() for item in value)
+
+
 _positive_seconds = duration(above=0.0, typed=True)
 _any_seconds = duration(typed=True)
 
@@ -330,6 +365,7 @@ HEALTH_CHECK: tuple[Key, ...] = (
     Key("expect_status", integer(100, 599, typed=True), _H["expect_status"], "the HTTP status a healthy server answers"),
 )  # fmt: skip
 
+_R = _defaults(RouteConfig)
 ROUTE: tuple[Key, ...] = (
     Key("prefix", url_path, None, "match paths starting with it (or give regex)"),
     Key("regex", regex, None, "match paths it finds a match in, as nginx's location ~ (or give prefix)"),
@@ -341,9 +377,51 @@ ROUTE: tuple[Key, ...] = (
     Key("params", None, {}, "extra FastCGI params of an upstream route, a table of strings"),
     *_buffering(dict.fromkeys(b.name for b in BUFFERING), "; none: the upstream's"),
     Key("internal", typed_boolean, False, "static: reached only through a worker's X-Accel-Redirect; 404 when asked for directly"),
+    Key("gzip", typed_boolean, _R["gzip"], "compress answers for clients that accept it"),
+    Key("gzip_comp_level", integer(1, 9, typed=True), _R["gzip_comp_level"], "gzip level, 1 (fastest) to 9 (smallest)"),
+    Key("gzip_min_length", size(0), _R["gzip_min_length"], "answers declaring a shorter Content-Length are sent as they are", "bytes"),
+    Key("gzip_types", media_types, _R["gzip_types"], 'media types compressed ("*" a wildcard)'),
+    Key("gzip_proxied", choice(("off", "any"), typed=True), _R["gzip_proxied"], 'requests with a Via header (through a proxy): "off" not compressed, "any" compressed'),
+    Key("brotli", typed_boolean, _R["brotli"], "with gzip: offer br to clients preferring it (the brotli package)"),
+    Key("brotli_comp_level", integer(0, 11, typed=True), _R["brotli_comp_level"], "brotli quality, 0 to 11"),
+    Key("zstd", typed_boolean, _R["zstd"], "with gzip: offer zstd to clients preferring it (the zstandard package)"),
+    Key("zstd_comp_level", integer(1, 22, typed=True), _R["zstd_comp_level"], "zstd level, 1 to 22"),
+    Key("limit_req", None, _R["limit_req"], "the [[route]] limit_req = { ... } table: a request rate per key; none: no limit"),
+    Key("limit_req_status", integer(400, 599, typed=True), _R["limit_req_status"], "status of a request refused by limit_req (nginx's is 503)"),
+    Key("limit_conn", None, _R["limit_conn"], "the [[route]] limit_conn = { ... } table: requests in progress per key; none: no limit"),
+    Key("limit_conn_status", integer(400, 599, typed=True), _R["limit_conn_status"], "status of a request refused by limit_conn (nginx's is 503)"),
 )  # fmt: skip
 #: Route keys a static route may not hold.
 UPSTREAM_ROUTE_ONLY: tuple[str, ...] = ("root", "split_path_info", "params", *(b.name for b in BUFFERING))
+#: Route keys of compression and limits, which static routes have too.
+EDGE_ROUTE_KEYS: tuple[str, ...] = (
+    "gzip", "gzip_comp_level", "gzip_min_length", "gzip_types", "gzip_proxied", "brotli", "brotli_comp_level",
+    "zstd", "zstd_comp_level", "limit_req_status", "limit_conn_status",
+)  # fmt: skip
+
+_LR = _defaults(LimitReq)
+LIMIT_REQ: tuple[Key, ...] = (
+    Key("zone", None, REQUIRED, "the [limit_req_zone.NAME] counting the requests"),
+    Key("burst", integer(0, typed=True), _LR["burst"], "requests past the rate that wait (or pass, with nodelay) rather than being refused"),
+    Key("delay", integer(0, typed=True), _LR["delay"], "requests of the burst served without waiting"),
+    Key("nodelay", typed_boolean, _LR["nodelay"], "serve the whole burst without waiting"),
+)  # fmt: skip
+
+LIMIT_CONN: tuple[Key, ...] = (
+    Key("zone", None, REQUIRED, "the [limit_conn_zone.NAME] counting the requests"),
+    Key("max", integer(1, typed=True), REQUIRED, "requests of one key in progress at once; more are refused"),
+)  # fmt: skip
+
+_LZ = _defaults(LimitReqZone)
+LIMIT_REQ_ZONE: tuple[Key, ...] = (
+    Key("key", limit_key, REQUIRED, 'what a client is: "$remote_addr", "$http_NAME" (a header) or "$cookie_NAME"'),
+    Key("rate", rate, REQUIRED, 'requests allowed per key, "10r/s" or "60r/m", per front-end process'),
+    Key("max_keys", integer(1, typed=True), _LZ["max_keys"], "keys remembered per process; past it the least recently seen is forgotten"),
+)  # fmt: skip
+
+LIMIT_CONN_ZONE: tuple[Key, ...] = (
+    Key("key", limit_key, REQUIRED, 'what a client is: "$remote_addr", "$http_NAME" (a header) or "$cookie_NAME"'),
+)
 
 _P = _defaults(ClusterPoolConfig)
 POOL: tuple[Key, ...] = (
@@ -363,6 +441,8 @@ TOP: tuple[Key, ...] = (
     Key("upstream", None, {}, "pools of FastCGI servers, one [upstream.NAME] each"),
     Key("route", None, [], "[[route]] tables, in order; the first match wins"),
     Key("pool", None, {}, "worker pools that fcgi-cluster up starts, one [pool.NAME] each"),
+    Key("limit_req_zone", None, {}, "request-rate zones of routes' limit_req, one [limit_req_zone.NAME] each"),
+    Key("limit_conn_zone", None, {}, "concurrency zones of routes' limit_conn, one [limit_conn_zone.NAME] each"),
 )
 
 #: Every table, as the reference documentation titles it.
@@ -374,6 +454,10 @@ SECTIONS: tuple[tuple[str, tuple[Key, ...]], ...] = (
     ("[upstream.NAME] servers = [{ ... }]", SERVER),
     ("[upstream.NAME.health_check]", HEALTH_CHECK),
     ("[[route]]", ROUTE),
+    ("[[route]] limit_req = { ... }", LIMIT_REQ),
+    ("[[route]] limit_conn = { ... }", LIMIT_CONN),
+    ("[limit_req_zone.NAME]", LIMIT_REQ_ZONE),
+    ("[limit_conn_zone.NAME]", LIMIT_CONN_ZONE),
     ("[pool.NAME]", POOL),
 )
 

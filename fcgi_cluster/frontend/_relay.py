@@ -17,6 +17,7 @@ import trio
 
 from ..client import ResponseStream
 from ._http import HTTPServerConnection
+from .edge._compress import Compression, Encoder
 
 __all__ = ["Relay", "response_headers", "SEND_BATCH"]
 
@@ -76,17 +77,29 @@ class Relay:
             lost, or it outgrew its buffering: ``ResponseOverflow``).
     """
 
-    __slots__ = ("response", "sent", "_http", "_head")
+    __slots__ = ("response", "sent", "_http", "_head", "_encoder", "_left")
 
-    def __init__(self, response: ResponseStream, http: HTTPServerConnection) -> None:
+    def __init__(
+        self, response: ResponseStream, http: HTTPServerConnection, request: object = None, compression: Compression | None = None,
+    ) -> None:
         self.response = response
         self.sent = 0
         self._http = http
         headers, declared = response_headers(response.raw_headers)
+        #: The answer's compressor, when its route compresses and the answer qualifies.
+        self._encoder: Encoder | None = None
+        self._left: int | None = None  # of a compressed answer: bytes its Content-Length still owes
+        if compression is not None:
+            self._encoder, headers = compression.choose(request, response.status, headers, declared)
+            if self._encoder is not None:
+                # The worker's body is still held to its Content-Length, which the client no longer sees.
+                self._left, declared = declared, None
         self._head = http.send_head(response.status, headers, content_length=declared)
 
     def ready(self, limit: float = SEND_BATCH) -> tuple[bytes, bool]:
         """HTTP bytes of the answer that arrived since the last call (about ``limit`` at most), and whether they end it."""
+        if self._encoder is not None:
+            return self._ready_encoded(limit)
         out, self._head = self._head, b""
         response = self.response
         send_body = self._http.send_body
@@ -101,6 +114,45 @@ class Relay:
             response.raise_if_failed()
             return out + self._http.send_end(), True
         return out, False
+
+    def _ready_encoded(self, limit: float) -> tuple[bytes, bool]:
+        """``ready`` of a compressed answer: what arrived, compressed and flushed so that it can be read now."""
+        encoder = self._encoder
+        assert encoder is not None
+        out, self._head = self._head, b""
+        response = self.response
+        data = b""
+        chunk = response.take_ready()
+        left = self._left
+        taken = 0
+        while chunk is not None:
+            if left is not None:
+                left -= len(chunk)
+                if left < 0:
+                    raise ValueError(f"body longer than its Content-Length by {-left} bytes")
+            data += encoder.feed(chunk)
+            # Bounded by what is taken as well as by what comes out: a highly
+            # compressible answer must not hold the loop (whose checkpoint is
+            # the write of what comes out) for its whole length.
+            taken += len(chunk)
+            if taken >= limit or len(data) >= limit:
+                break
+            chunk = response.take_ready()
+        self._left = left
+        done = chunk is None and response.complete
+        if done:
+            response.raise_if_failed()
+            if left:
+                raise ValueError(f"body shorter than its Content-Length by {left} bytes")
+            data += encoder.finish()
+        else:
+            # What arrived reaches the client now (a streamed piece is not
+            # held back for the next), and the writer has bytes to write.
+            data += encoder.flush()
+        if data:
+            self.sent += len(data)
+            out += self._http.send_body(data)
+        return (out + self._http.send_end(), True) if done else (out, False)
 
     def whole(self) -> bytes:
         """Every HTTP byte of an answer that is ``complete``: what ``ready`` gives, in one piece."""

@@ -31,6 +31,8 @@ from ._http import HTTPLimits, RequestHead, error_page
 from .edge._accel import Accel
 from .edge._listeners import listener_plans
 from ._upstream import ANSWER_POOL, ANSWER_POOL_PER_REQUEST, Upstream, answer_buffering
+from .edge._compress import Compression, compression_of
+from .edge._limit_gate import LimitZones, RouteLimits, route_limits
 
 __all__ = ["RoutePlan", "Site", "SiteView", "log_stderr", "status_page"]
 
@@ -52,6 +54,10 @@ class RoutePlan:
     index: bytes
     #: Answer buffering (shared connection, connection of its own); None for a static route.
     buffering: tuple[Buffering, Buffering] | None
+    #: How its answers are compressed; None: they are not (``gzip`` off).
+    compression: Compression | None = None
+    #: Its limit_req / limit_conn; None: none (its requests may be answered from callbacks).
+    limits: RouteLimits | None = None
 
 
 class Site:
@@ -99,6 +105,8 @@ class Site:
             self.access_log = previous.access_log if same_log else AccessLog.open(fe.access_log)
             if not same_log and self.access_log is not None:
                 nursery.start_soon(self.access_log.run)
+        #: limit_req / limit_conn zones: per process, kept over a reload when unchanged.
+        self.limit_zones = LimitZones(config, previous.limit_zones if previous is not None else None)
         self.routes = config.routes  # type: ignore[attr-defined]
         self.route_plans = [self._plan(route) for route in self.routes]
         #: Each listening socket's client-address settings (``edge._listeners``).
@@ -132,6 +140,8 @@ class Site:
             root=(route.root or self.frontend.root).encode(),
             index=(route.index or "").encode(),
             buffering=buffering,
+            compression=compression_of(route),
+            limits=route_limits(route, self.limit_zones),
         )
 
     def route_of(self, path: bytes) -> tuple[int, typing.Any]:

@@ -705,14 +705,16 @@ def _redirect(rel_path: bytes, prefix: bytes | None, head: bool) -> StaticRespon
 
 async def send_static(route: typing.Any, path: bytes, head: typing.Any, http: typing.Any,
                       send: Callable[[bytes], Awaitable[None]],
-                      extra: list[tuple[bytes, bytes]] | None = None) -> tuple[int, int]:
+                      extra: list[tuple[bytes, bytes]] | None = None, compression: typing.Any = None) -> tuple[int, int]:
     """Answer a request for a static route's file through ``send``: its status and the body bytes sent.
 
     ``path`` is the normalised request path; a prefix route maps its prefix
     onto the directory (nginx's alias): /static/css/a.css under prefix
     "/static/" is <dir>/css/a.css. ``http`` frames the answer. ``extra``
     header fields replace the plan's of the same names (an X-Accel-Redirect
-    worker's Cache-Control, Content-Disposition).
+    worker's Cache-Control, Content-Disposition); ``compression``
+    (``edge._compress.Compression``) compresses it if the route does and the
+    answer qualifies.
     """
     stripped = b""
     prefix = getattr(route, "prefix", None)
@@ -727,14 +729,27 @@ async def send_static(route: typing.Any, path: bytes, head: typing.Any, http: ty
         route.static, quote_from_bytes(rel, safe="/").encode(), head.method, head.headers,
         index=route.index or None, prefix=quote_from_bytes(stripped, safe="/").encode(),
     )
-    headers = plan.headers
+    headers, length, encoder = plan.headers, plan.content_length, None
     if extra:
         names = {name.lower() for name, _ in extra}
         headers = [field for field in headers if field[0].lower() not in names] + extra
+    if compression is not None and plan.path is not None:
+        encoder, headers = compression.choose(head, plan.status, headers, length)
+        length = None if encoder is not None else length
     try:
-        out = http.send_head(plan.status, headers, content_length=plan.content_length)
+        out = http.send_head(plan.status, headers, content_length=length)
         sent = 0
-        if plan.path is None or head.method == b"HEAD":
+        if encoder is not None and head.method != b"HEAD":
+            await send(out)
+            async for chunk in read_file_range(plan):
+                data = encoder.feed(chunk)
+                if data:
+                    await send(http.send_body(data))
+                    sent += len(data)
+            data = encoder.finish()
+            await send(http.send_body(data) + http.send_end())
+            sent += len(data)
+        elif plan.path is None or head.method == b"HEAD":
             out += http.send_body(plan.body) + http.send_end()
             sent = len(plan.body)
             await send(out)

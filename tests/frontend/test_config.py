@@ -308,7 +308,7 @@ def test_syntax_errors_carry_tomllib_line() -> None:
 def test_unknown_top_level_key_suggests_the_close_one() -> None:
     text = UPSTREAM + '\n[upstreams.api]\nservers = ["127.0.0.1:9002"]\n'
     assert error_of(text) == (
-        'cluster.toml:4: upstreams: unknown key; expected one of: frontend, upstream, route, pool; did you mean "upstream"?'
+        'cluster.toml:4: upstreams: unknown key; expected one of: frontend, upstream, route, pool, limit_req_zone, limit_conn_zone; did you mean "upstream"?'
     )
 
 
@@ -360,7 +360,8 @@ def test_unknown_key_in_the_second_route() -> None:
     )
     assert error_of(text) == (
         "cluster.toml:9: route[1].upstrem: unknown key; expected one of: prefix, regex, upstream, "
-        'static, index, root, split_path_info, params, buffering, buffer_size, max_temp_file_size, temp_path, internal; '
+        'static, index, root, split_path_info, params, buffering, buffer_size, max_temp_file_size, temp_path, internal, gzip, gzip_comp_level, gzip_min_length, gzip_types, gzip_proxied, brotli, brotli_comp_level, zstd, '
+        'zstd_comp_level, limit_req, limit_req_status, limit_conn, limit_conn_status; '
             'did you mean "upstream"?'
     )
 
@@ -391,7 +392,8 @@ def test_wrong_types() -> None:
     assert error_of("frontend = 3\n" + UPSTREAM) == "cluster.toml:1: frontend: must be a table ([frontend]), got 3"
     assert error_of(UPSTREAM + "[[route]]\nprefix = '/'\nupstream = 'app'\n[[route]]\n[route.x]\ny = 1\n") == (
         "cluster.toml:7: route[1].x: unknown key; expected one of: prefix, regex, upstream, static, index, "
-        "root, split_path_info, params, buffering, buffer_size, max_temp_file_size, temp_path, internal"
+        "root, split_path_info, params, buffering, buffer_size, max_temp_file_size, temp_path, internal, gzip, gzip_comp_level, gzip_min_length, gzip_types, gzip_proxied, brotli, brotli_comp_level, zstd, "
+        "zstd_comp_level, limit_req, limit_req_status, limit_conn, limit_conn_status"
     )
     assert error_of(UPSTREAM + "route = 1\n") == (
         "cluster.toml:3: upstream.app.route: unknown key; expected one of: servers, balance, hash_key, multiplex, "

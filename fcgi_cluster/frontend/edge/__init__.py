@@ -1,1 +1,2 @@
-"""The front door's edge features: real client addresses, the PROXY protocol, X-Accel-Redirect, and the like."""
+"""The front door's edge features nginx users rely on: real client addresses, the PROXY protocol,
+X-Accel-Redirect, compression, request limits."""
