@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import http.client
+import json
+
 from tests._peers import REPO_ROOT
 
 from ._edge import edge_cluster, environ_of, exchange, get_bytes, split_response
@@ -34,4 +38,15 @@ def test_the_edge_demo_serves_each_feature(tmp_path) -> None:
         assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("198.51.100.7", "5000")
         assert exchange(pp, get_bytes("/")) == b""  # no PROXY header on 8091: closed
         assert split_response(exchange(fe, get_bytes("/")))[0] == 200
+        # Compressed for a client that accepts it, whole for one that does not.
+        client = http.client.HTTPConnection("127.0.0.1", fe, timeout=15)
+        client.request("GET", "/", headers={"Accept-Encoding": "gzip"})
+        answer = client.getresponse()
+        assert (answer.status, answer.getheader("Content-Encoding")) == (200, "gzip")
+        assert json.loads(gzip.decompress(answer.read()))["environ"]["REQUEST_URI"] == "/"
+        client.close()
+        assert "content-encoding" not in split_response(exchange(fe, get_bytes("/")))[1]
+        # /limited/: 1 + a burst of 5 at once, then 429 (one client, well within a second).
+        statuses = [split_response(exchange(fe, get_bytes("/limited/")))[0] for _ in range(8)]
+        assert statuses[:6] == [200] * 6 and 429 in statuses[6:]
         assert "Traceback" not in process.log_path.read_text()
