@@ -80,6 +80,10 @@ class Hosts:
         """``argv`` run inside host ``name``'s namespace."""
         return ["ip", "netns", "exec", self.namespace(name), *argv]
 
+    def pids(self, name: str) -> set[int]:
+        """The processes running in host ``name``'s namespace (``ip netns pids``)."""
+        return {int(pid) for pid in _ip("netns", "pids", self.namespace(name)).stdout.split()}
+
     def _veth(self, name: str) -> str:
         return f"{PREFIX}{self.names.index(name)}h"
 
