@@ -5,7 +5,7 @@ file, as README's recipe: host ``lb`` the front-end, hosts ``php1`` and ``php2``
 their pool (``pool.php1``, ``pool.php2``: the counter with Redis sessions), host
 ``redis`` a redis-server with a password (and one in
 protected mode, for its DENIED text). The test itself sits on the bridge
-(10.231.0.1) as the users' browser. Faults: a worker host's link cut and mended,
+(10.231.N.1) as the users' browser. Faults: a worker host's link cut and mended,
 every process of a worker host killed with SIGKILL, the Redis host restarted.
 """
 
