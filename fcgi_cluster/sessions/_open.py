@@ -50,11 +50,11 @@ def _open_redis(save_path: str, options: _Options) -> SessionStore:
 
 
 def _open_rediscluster(save_path: str, options: _Options) -> SessionStore:
-    from ._redis import RedisClusterStore
+    from ._redis import RedisClusterStore, TaggedRedisClusterStore
 
-    return RedisClusterStore(
-        parse_rediscluster_path(save_path), timeout=options.timeout, max_connections=options.max_connections
-    )
+    path = parse_rediscluster_path(save_path)
+    store_class = TaggedRedisClusterStore if path.hash_tag else RedisClusterStore
+    return store_class(path, timeout=options.timeout, max_connections=options.max_connections)
 
 
 def _open_memcached(save_path: str, options: _Options) -> SessionStore:

@@ -21,7 +21,10 @@ lock's ``SET NX PX`` and the ``GET`` in one Lua script, and saving sends the
 keys and values are the ones above, so PHP sees no difference. The cluster
 store keeps the four separate commands: the data key and its lock key hash to
 different slots (phpredis' key names have no hash tag), and a script may only
-touch keys of one slot.
+touch keys of one slot. With ``hash_tag=1`` (ours, for clusters without PHP)
+the keys are ``<prefix>{<sid>}`` and ``<prefix>{<sid>}_LOCK``, one slot, and
+the cluster store takes the two round trips and the leased lock too
+(``TaggedRedisClusterStore``).
 
 Several servers (phpredis' comma-separated save_path) share the sessions as
 phpredis shares them, so both pick the same server for an id: see
@@ -69,7 +72,7 @@ from ._redis_scripts import (
 from ._save_path import RedisClusterPath, RedisPath, RedisServer, SentinelPath
 from ._store import LockToken, SessionStore, StoreError, poll_lock
 
-__all__ = ["RedisClusterStore", "RedisStore"]
+__all__ = ["RedisClusterStore", "RedisStore", "TaggedRedisClusterStore"]
 
 # A session store that answers in more than a couple of seconds is down for a web
 # request's purposes; phpredis' default (86400 s) would hang a worker's thread.
@@ -274,7 +277,84 @@ def _connection_kwargs(timeout: float | None, read_timeout: float | None, defaul
     }
 
 
-class RedisStore(_RedisLikeStore):
+class _LeasedRedisStore(_RedisLikeStore):
+    """A locked request in two round trips, its lock a lease: where a session's data and lock keys share a node.
+
+    A plain server, a Sentinel master, or a cluster slot (``hash_tag``). A
+    subclass provides ``_keyed(sid) -> (_Server, data key)`` and ``_leases``.
+    """
+
+    _leases: Leases
+
+    def _keyed(self, sid: str) -> tuple[_Server, str]:
+        raise NotImplementedError
+
+    def lock_and_read(
+        self, sid: str, *, expire: float, wait: float, retry_interval: float
+    ) -> tuple[LockToken, bytes | None]:
+        """Take the lock and read the data in one round trip (``LOCK_READ_SCRIPT``).
+
+        The same lock as ``acquire_lock`` (phpredis' key, value and expiry), retried
+        every ``retry_interval`` until ``wait`` runs out; the data read is the one
+        stored when the lock was taken.
+
+        Raises:
+            LockTimeout: someone else held the lock for all of ``wait``.
+            StoreError: Redis cannot be used.
+        """
+        server, key = self._keyed(sid)
+        keys = (key, key + LOCK_SUFFIX)
+        token = lock_value()
+        # A lease, renewed while the request runs (``_redis_lease``): a holder
+        # that vanished stops renewing and its lock lapses in seconds.
+        leased = expire > self._leases.lease
+        args = (token, max(1, int(min(expire, self._leases.lease) * 1000)))
+
+        def attempt() -> tuple[LockToken, bytes | None] | None:
+            reply = server.run(server.lock_read, keys, args)
+            return None if reply == 0 else (token, reply[0] if reply else None)
+
+        with self._errors(server.where):
+            taken = poll_lock(attempt, sid, wait, retry_interval)
+        if leased:
+            self._leases.hold(server, keys[1], token, expire)
+        return taken
+
+    def _save_and_release(self, sid: str, plain: str, leased: str, args: tuple[Any, ...], token: LockToken) -> None:
+        # A leased lock's save checks the lock is still its own; an unleased one
+        # (expire <= the lease) writes regardless, as phpredis does.
+        server, key = self._keyed(sid)
+        script = leased if self._leases.release(server, key + LOCK_SUFFIX, token) else plain
+        with self._errors(server.where):
+            reply = server.run(getattr(server, script), (key, key + LOCK_SUFFIX), (token, *args))
+        if reply == -1:
+            raise StoreError(lapsed_save(server.where, sid))
+
+    def release_lock(self, sid: str, token: LockToken) -> None:
+        """phpredis' compare-and-delete, and no more renewals of this lock."""
+        server, key = self._keyed(sid)
+        self._leases.release(server, key + LOCK_SUFFIX, token)
+        super().release_lock(sid, token)
+
+    def write_and_release(self, sid: str, data: bytes, ttl: int, token: LockToken) -> None:
+        """``SETEX`` the data and release the lock if ``token`` holds it, in one round trip.
+
+        Raises:
+            StoreError: Redis cannot be used (the write may or may not have been
+                done; the caller releases the lock again, which is harmless).
+        """
+        self._save_and_release(sid, "write_release", "lease_write", (max(1, int(ttl)), data), token)
+
+    def touch_and_release(self, sid: str, ttl: int, token: LockToken) -> None:
+        """``EXPIRE`` the data and release the lock if ``token`` holds it, in one round trip.
+
+        Raises:
+            StoreError: as ``write_and_release``.
+        """
+        self._save_and_release(sid, "touch_release", "lease_touch", (max(1, int(ttl)),), token)
+
+
+class RedisStore(_LeasedRedisStore):
     """Sessions on one or more Redis servers (phpredis' save_path), or behind Sentinel.
 
     Args:
@@ -368,71 +448,9 @@ class RedisStore(_RedisLikeStore):
         server = self._server(sid)
         return server.client, server.prefix + sid, server.where, server.release
 
-    def lock_and_read(
-        self, sid: str, *, expire: float, wait: float, retry_interval: float
-    ) -> tuple[LockToken, bytes | None]:
-        """Take the lock and read the data in one round trip (``LOCK_READ_SCRIPT``).
-
-        The same lock as ``acquire_lock`` (phpredis' key, value and expiry), retried
-        every ``retry_interval`` until ``wait`` runs out; the data read is the one
-        stored when the lock was taken.
-
-        Raises:
-            LockTimeout: someone else held the lock for all of ``wait``.
-            StoreError: Redis cannot be used.
-        """
+    def _keyed(self, sid: str) -> tuple[_Server, str]:
         server = self._server(sid)
-        key = server.prefix + sid
-        keys = (key, key + LOCK_SUFFIX)
-        token = lock_value()
-        # A lease, renewed while the request runs (``_redis_lease``): a holder
-        # that vanished stops renewing and its lock lapses in seconds.
-        leased = expire > self._leases.lease
-        args = (token, max(1, int(min(expire, self._leases.lease) * 1000)))
-
-        def attempt() -> tuple[LockToken, bytes | None] | None:
-            reply = server.run(server.lock_read, keys, args)
-            return None if reply == 0 else (token, reply[0] if reply else None)
-
-        with self._errors(server.where):
-            taken = poll_lock(attempt, sid, wait, retry_interval)
-        if leased:
-            self._leases.hold(server, keys[1], token, expire)
-        return taken
-
-    def _save_and_release(self, sid: str, plain: str, leased: str, args: tuple[Any, ...], token: LockToken) -> None:
-        # A leased lock's save checks the lock is still its own; an unleased one
-        # (expire <= the lease) writes regardless, as phpredis does.
-        server = self._server(sid)
-        key = server.prefix + sid
-        script = leased if self._leases.release(server, key + LOCK_SUFFIX, token) else plain
-        with self._errors(server.where):
-            reply = server.run(getattr(server, script), (key, key + LOCK_SUFFIX), (token, *args))
-        if reply == -1:
-            raise StoreError(lapsed_save(server.where, sid))
-
-    def release_lock(self, sid: str, token: LockToken) -> None:
-        """phpredis' compare-and-delete, and no more renewals of this lock."""
-        server = self._server(sid)
-        self._leases.release(server, server.prefix + sid + LOCK_SUFFIX, token)
-        super().release_lock(sid, token)
-
-    def write_and_release(self, sid: str, data: bytes, ttl: int, token: LockToken) -> None:
-        """``SETEX`` the data and release the lock if ``token`` holds it, in one round trip.
-
-        Raises:
-            StoreError: Redis cannot be used (the write may or may not have been
-                done; the caller releases the lock again, which is harmless).
-        """
-        self._save_and_release(sid, "write_release", "lease_write", (max(1, int(ttl)), data), token)
-
-    def touch_and_release(self, sid: str, ttl: int, token: LockToken) -> None:
-        """``EXPIRE`` the data and release the lock if ``token`` holds it, in one round trip.
-
-        Raises:
-            StoreError: as ``write_and_release``.
-        """
-        self._save_and_release(sid, "touch_release", "lease_touch", (max(1, int(ttl)),), token)
+        return server, server.prefix + sid
 
     def loop_store(self, nursery: Any) -> Any:
         """The same servers' client on the running trio loop (``LoopRedisStore``), or None.
@@ -518,3 +536,33 @@ class RedisClusterStore(_RedisLikeStore):
         """Close the connections to every node."""
         with contextlib.suppress(Exception):
             self._client.close()
+
+
+class TaggedRedisClusterStore(_LeasedRedisStore, RedisClusterStore):
+    """The cluster store with ``hash_tag=1``: a session's keys in one slot, locked requests in two round trips.
+
+    Keys are ``<prefix>{<sid>}`` and ``<prefix>{<sid>}_LOCK``: Redis Cluster hashes
+    only the part in braces, so both live on one node and one script takes the
+    lock and reads the data (and one saves and releases), as ``RedisStore`` does.
+    The lock is a lease (``_redis_lease``): one left on a master that died, and
+    replicated to the replica that took over, lapses in seconds. PHP's cluster
+    handler has no braces in its keys: a session shared with PHP needs the plain
+    ``rediscluster`` store.
+    """
+
+    def __init__(self, path: RedisClusterPath, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._leases = Leases()
+        self._tagged = _Server(self._client, self._prefix, self._where)
+
+    def __repr__(self) -> str:
+        return f"TaggedRedisClusterStore({self._where})"
+
+    def _key(self, sid: str) -> str:
+        return f"{self._prefix}{{{sid}}}"
+
+    def _locate(self, sid: str) -> tuple[Any, str, str, Any]:
+        return self._client, self._key(sid), self._where, self._release
+
+    def _keyed(self, sid: str) -> tuple[_Server, str]:
+        return self._tagged, self._key(sid)

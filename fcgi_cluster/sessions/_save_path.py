@@ -38,7 +38,9 @@ The forms accepted:
     ``sentinel_auth`` (same syntax as ``auth``) to the sentinels.
 
 ``rediscluster`` (phpredis' cluster handler)
-    ``seed[]=host:port&seed[]=host:port&timeout=2&read_timeout=2&auth=pass&prefix=P&failover=none``
+    ``seed[]=host:port&seed[]=host:port&timeout=2&read_timeout=2&auth=pass&prefix=P&failover=none``;
+    ``hash_tag=1`` (ours) keys a session ``P{id}`` and its lock ``P{id}_LOCK``: one slot, so a
+    locked request costs two round trips, and its lock is a lease (PHP's keys have no braces).
 
 ``memcached`` (php-memcached's ``host:port,host:port``)
     ``host[:port][,host[:port]...][?prefix=P&timeout=2&connect_timeout=1]``; a unix
@@ -203,6 +205,7 @@ class RedisClusterPath:
         read_timeout: Per-command timeout; None = ``timeout``.
         failover: phpredis' read failover (``none``, ``error``, ``distribute``):
             ``none`` reads from masters; the others also read from replicas.
+        hash_tag: Keys ``<prefix>{<sid>}`` and ``<prefix>{<sid>}_LOCK`` (one slot).
     """
 
     seeds: tuple[tuple[str, int], ...]
@@ -212,6 +215,7 @@ class RedisClusterPath:
     timeout: float | None = None
     read_timeout: float | None = None
     failover: str = "none"
+    hash_tag: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,6 +376,7 @@ _CLUSTER_OPTIONS: Mapping[str, Callable[[Any], Any]] = types.MappingProxyType(
         "prefix": _text,
         "auth": _auth,
         "failover": _failover,
+        "hash_tag": _boolean,
     }
 )
 
@@ -643,15 +648,9 @@ def parse_rediscluster_path(save_path: str) -> RedisClusterPath:
     seeds = tuple(_host_port("rediscluster", shown, seed, DEFAULT_REDIS_PORT) for seed in seeds_value)
     username, password = options.get("auth", (None, None))
     prefix = options.get("prefix") or DEFAULT_CLUSTER_PREFIX
-    return RedisClusterPath(
-        seeds=seeds,
-        username=username,
-        password=password,
-        prefix=prefix,
-        timeout=options.get("timeout"),
-        read_timeout=options.get("read_timeout"),
-        failover=options.get("failover", "none"),
-    )
+    return RedisClusterPath(seeds=seeds, username=username, password=password, prefix=prefix,
+                            timeout=options.get("timeout"), read_timeout=options.get("read_timeout"),
+                            failover=options.get("failover", "none"), hash_tag=options.get("hash_tag", False))
 
 
 # ---------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """The seed's topology on separate hosts: network namespaces on one bridge.
 
-Host ``lb`` runs our front-end, hosts ``php1`` and ``php2`` a counter worker each
-with Redis sessions, host ``redis`` a redis-server with a password (and one in
+Every host runs ``fcgi-cluster up -c cluster.toml --only ...`` from one cluster
+file, as README's recipe: host ``lb`` the front-end, hosts ``php1`` and ``php2``
+their pool (``pool.php1``, ``pool.php2``: the counter with Redis sessions), host
+``redis`` a redis-server with a password (and one in
 protected mode, for its DENIED text). The test itself sits on the bridge
-(10.231.0.1) as the users' browser. Faults: a worker host's link cut and mended,
-a worker host's process killed with SIGKILL, the Redis host restarted.
+(10.231.N.1) as the users' browser. Faults: a worker host's link cut and mended,
+every process of a worker host killed with SIGKILL, the Redis host restarted.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import http.client
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import threading
@@ -37,6 +40,7 @@ WORKER_PORT = 9000
 HTTP_PORT = 8080
 #: The front-end's read_timeout: a request stuck on a cut host would wait this long.
 READ_TIMEOUT = 30
+WORKER_HOSTS = ("php1", "php2")
 
 
 @pytest.fixture(scope="module")
@@ -83,41 +87,47 @@ class Redis:
             stop_process(self.process)
 
 
-def worker(stack: contextlib.ExitStack, hosts: _netns.Hosts, name: str, directory) -> subprocess.Popen:
-    address = hosts.address(name)
+def cluster_file(hosts: _netns.Hosts, directory) -> pathlib.Path:
+    """The one cluster file of every host: the front-end on ``lb``, pool ``php1`` and ``php2`` on theirs."""
+    lb = hosts.address("lb")
     save_path = f"tcp://{hosts.address('redis')}:{REDIS_PORT}?auth={PASSWORD}"
-    argv = hosts.exec_argv(name, [
-        python_executable(), "-m", "fcgi_cluster.cli", "worker", "workers.counter:app",
-        "--listen", f"{address}:{WORKER_PORT}", "--log-level", "warning",
-        "--session", "save_handler=redis", "--session", f"save_path={save_path}",
-    ])
+    servers = ", ".join(f'"{hosts.address(n)}:{WORKER_PORT}"' for n in WORKER_HOSTS)
+    text = (
+        f'[frontend]\nlisten = "{lb}:{HTTP_PORT}"\naccess_log = false\n'
+        f'[upstream.app]\nservers = [{servers}]\nread_timeout = "{READ_TIMEOUT}s"\nconnect_timeout = "2s"\n'
+        '[[route]]\nprefix = "/"\nupstream = "app"\n'
+    )
+    for name in WORKER_HOSTS:
+        text += (
+            f'[pool.{name}]\nlisten = "{hosts.address(name)}:{WORKER_PORT}"\napp = "workers.counter:app"\n'
+            f'session = {{ save_handler = "redis", save_path = "{save_path}" }}\n'
+        )
+    path = directory / "cluster.toml"
+    path.write_text(text)
+    return path
+
+
+def up(stack: contextlib.ExitStack, hosts: _netns.Hosts, name: str, only: str, port: int, config, directory) -> subprocess.Popen:
+    """``fcgi-cluster up -c FILE --only ONLY`` on host ``name``, once it listens on ``port``."""
+    argv = hosts.exec_argv(name, [python_executable(), "-m", "fcgi_cluster.cli", "up", "-c", str(config),
+                                  "--only", only])
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    return stack.enter_context(run_process(argv, cwd=REPO_ROOT, env=env, ready_host=address, ready_port=WORKER_PORT,
-                                           name=f"worker-{name}", log_path=directory / f"worker-{name}.log"))
+    return stack.enter_context(run_process(argv, cwd=REPO_ROOT, env=env, ready_host=hosts.address(name),
+                                           ready_port=port, name=f"up-{name}", log_path=directory / f"up-{name}.log"))
 
 
 @pytest.fixture(scope="module")
 def cluster(hosts, tmp_path_factory):
     directory = tmp_path_factory.mktemp("hosts")
     redis = Redis(hosts, directory)
+    config = cluster_file(hosts, directory)
     with contextlib.ExitStack() as stack:
         redis.start()
         stack.callback(redis.stop)
-        workers = {name: worker(stack, hosts, name, directory) for name in ("php1", "php2")}
-        lb = hosts.address("lb")
-        servers = ", ".join(f'"{hosts.address(n)}:{WORKER_PORT}"' for n in ("php1", "php2"))
-        config = directory / "cluster.toml"
-        config.write_text(
-            f'[frontend]\nlisten = "{lb}:{HTTP_PORT}"\naccess_log = false\n'
-            f'[upstream.app]\nservers = [{servers}]\nread_timeout = "{READ_TIMEOUT}s"\nconnect_timeout = "2s"\n'
-            '[[route]]\nprefix = "/"\nupstream = "app"\n'
-        )
-        argv = hosts.exec_argv("lb", [python_executable(), "-m", "fcgi_cluster.cli", "up", "-c", str(config),
-                                      "--only", "frontend"])
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        stack.enter_context(run_process(argv, cwd=REPO_ROOT, env=env, ready_host=lb, ready_port=HTTP_PORT,
-                                        name="frontend", log_path=directory / "frontend.log"))
-        yield {"lb": lb, "redis": redis, "workers": workers, "directory": directory}
+        workers = {name: up(stack, hosts, name, f"pool.{name}", WORKER_PORT, config, directory)
+                   for name in WORKER_HOSTS}
+        up(stack, hosts, "lb", "frontend", HTTP_PORT, config, directory)
+        yield {"lb": hosts.address("lb"), "redis": redis, "workers": workers, "directory": directory}
 
 
 class User:
@@ -237,7 +247,13 @@ def test_a_worker_host_killed_with_sigkill_fails_no_request(cluster, hosts):
     victim = cluster["workers"]["php2"]
     try:
         time.sleep(2)
-        os.killpg(victim.pid, signal.SIGKILL)
+        # Every process of the host at once, as when it loses power: up, the
+        # pool master (a session of its own) and its child.
+        pids = hosts.pids("php2")
+        assert victim.pid in pids and len(pids) >= 3, pids
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         victim.wait(10)
         time.sleep(3)
     finally:

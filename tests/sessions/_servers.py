@@ -1,5 +1,7 @@
 """Real session servers for the store tests: redis-server, a Redis Cluster, redis-sentinel, memcached.
 
+Also replicas and a group of sentinels, for the failover tests (``tests/e2e/test_redis_failover.py``).
+
 Each runs on a free loopback port in a directory of its own, through
 ``tests._peers.run_process``, so it is stopped (by its pid, then its process
 group) when its ``with`` block ends, on success or failure. Redis starts in a few
@@ -114,11 +116,25 @@ class RedisServer:
 
 
 @contextlib.contextmanager
-def redis_cluster(directory: pathlib.Path, *, nodes: int = 3, password: str | None = None) -> Iterator[list[RedisServer]]:
+def redis_cluster(
+    directory: pathlib.Path,
+    *,
+    nodes: int = 3,
+    password: str | None = None,
+    replicas: int = 0,
+    node_timeout_ms: int = 5000,
+) -> Iterator[list[RedisServer]]:
     """Three (``nodes``) masters in cluster mode, joined by ``redis-cli --cluster create``.
 
+    Args:
+        replicas: ``--cluster-replicas``: ``nodes`` counts masters and replicas
+            together (6 nodes with 1 replica = 3 masters + 3 replicas).
+        node_timeout_ms: ``cluster-node-timeout``: how long a master may be
+            unreachable before its replica takes over.
+
     Yields:
-        The servers, once every node reports ``cluster_state:ok``.
+        The servers, once every node reports ``cluster_state:ok`` (and, with
+        replicas, every replica's link to its master is up).
     """
     with contextlib.ExitStack() as stack:
         servers = []
@@ -128,7 +144,7 @@ def redis_cluster(directory: pathlib.Path, *, nodes: int = 3, password: str | No
                 password=password,
                 # The bus port is given, not derived (port + 10000 fails past 55535).
                 extra=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                       "--cluster-node-timeout", "5000", "--cluster-port", str(free_port())],
+                       "--cluster-node-timeout", str(node_timeout_ms), "--cluster-port", str(free_port())],
                 name=f"redis-node{index}",
             )
             stack.enter_context(server)
@@ -137,7 +153,7 @@ def redis_cluster(directory: pathlib.Path, *, nodes: int = 3, password: str | No
         if password is not None:
             argv += ["--no-auth-warning", "-a", password]
         argv += ["--cluster", "create", *(server.address for server in servers),
-                 "--cluster-replicas", "0", "--cluster-yes"]
+                 "--cluster-replicas", str(replicas), "--cluster-yes"]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         if result.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed:\n{result.stdout}\n{result.stderr}")
@@ -148,7 +164,92 @@ def redis_cluster(directory: pathlib.Path, *, nodes: int = 3, password: str | No
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"cluster not ready on {server.address}")
                     time.sleep(0.05)
+        for server in servers if replicas else ():
+            _wait_replication(server, deadline)
         yield servers
+
+
+def _wait_replication(server: RedisServer, deadline: float) -> None:
+    """Until ``server``, if it is a replica, has its master link up and the first sync done."""
+    with server.client() as client:
+        while True:
+            info = client.info("replication")
+            if info.get("role") != "slave" or (
+                    info.get("master_link_status") == "up" and not info.get("master_sync_in_progress")):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replica {server.address} not in sync: {info}")
+            time.sleep(0.05)
+
+
+def redis_replica(directory: pathlib.Path, master: RedisServer, *, name: str = "redis-replica") -> RedisServer:
+    """A (not yet started) redis-server replicating ``master``, with its password.
+
+    ``wait_in_sync(replica)`` after ``start()`` waits for the first sync.
+    """
+    return RedisServer(directory, password=master.password, name=name,
+                       extra=["--replicaof", master.host, str(master.port)])
+
+
+def wait_in_sync(replica: RedisServer) -> None:
+    """Until ``replica`` has its master link up and the first sync done."""
+    _wait_replication(replica, time.monotonic() + CLUSTER_READY_SECONDS)
+
+
+@contextlib.contextmanager
+def redis_sentinels(
+    directory: pathlib.Path,
+    master: RedisServer,
+    *,
+    count: int = 3,
+    quorum: int = 2,
+    down_after_ms: int = 1000,
+    failover_timeout_ms: int = 10000,
+    replicas: int = 1,
+    name: str = "mymaster",
+) -> Iterator[list[tuple[str, int]]]:
+    """``count`` redis-sentinels watching ``master``, ``quorum`` of them needed to call it down.
+
+    Yields:
+        ``(host, port)`` of every sentinel, once each one knows the master, the
+        other sentinels and ``replicas`` replicas (so a failover can happen at once).
+    """
+    ports = [free_port() for _ in range(count)]
+    with contextlib.ExitStack() as stack:
+        for index, port in enumerate(ports):
+            home = directory / f"sentinel{index}"
+            home.mkdir(parents=True, exist_ok=True)
+            lines = [
+                f"port {port}",
+                f"bind {LOOPBACK}",
+                f"dir {home}",
+                f"sentinel monitor {name} {master.host} {master.port} {quorum}",
+                f"sentinel down-after-milliseconds {name} {down_after_ms}",
+                f"sentinel failover-timeout {name} {failover_timeout_ms}",
+                f"sentinel parallel-syncs {name} 1",
+            ]
+            if master.password is not None:
+                quoted = master.password.replace("\\", "\\\\").replace('"', '\\"')
+                lines.append(f'sentinel auth-pass {name} "{quoted}"')
+            # A sentinel rewrites its config file (what it learns): one file each.
+            config = home / "sentinel.conf"
+            config.write_text("\n".join(lines) + "\n")
+            stack.enter_context(run_process([_require_binary("redis-sentinel"), str(config)], cwd=home,
+                                            ready_port=port, name=f"redis-sentinel{index}",
+                                            log_path=home / "sentinel.log"))
+        deadline = time.monotonic() + CLUSTER_READY_SECONDS
+        for port in ports:
+            with redis.Redis(host=LOOPBACK, port=port, decode_responses=True) as client:
+                while True:
+                    known = client.execute_command("SENTINEL", "MASTER", name)
+                    fields = dict(zip(known[::2], known[1::2])) if isinstance(known, list) else known
+                    if (int(fields.get("num-other-sentinels", 0)) >= count - 1
+                            and int(fields.get("num-slaves", 0)) >= replicas):
+                        break
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"sentinel {port} does not see the others: {fields}")
+                    time.sleep(0.1)
+        yield [(LOOPBACK, port) for port in ports]
 
 
 @contextlib.contextmanager

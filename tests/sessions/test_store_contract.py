@@ -22,7 +22,8 @@ import pytest
 from fcgi_cluster.sessions import LockTimeout, SessionStore, StoreError, open_store
 from tests.sessions.conftest import CLUSTER_PASSWORD, REDIS_PASSWORD
 
-BACKENDS = ["files", "redis", "rediscluster", "memcached"]
+#: "rediscluster-hash_tag" is the cluster store with hash_tag=1 (its keys in one slot).
+BACKENDS = ["files", "redis", "rediscluster", "rediscluster-hash_tag", "memcached"]
 # Slack for a loaded 2-core machine on top of any wait the store is given.
 SLACK = 3.0
 
@@ -75,15 +76,16 @@ def backend(request, tmp_path) -> Backend:
                 pttl = client.pttl(f"PHPREDIS_SESSION:{sid}")
             return None if pttl < 0 else pttl / 1000
 
-    elif name == "rediscluster":
+    elif name.startswith("rediscluster"):
         nodes = request.getfixturevalue("redis_cluster_servers")
         seeds = "&".join(f"seed[]={node.address}" for node in nodes)
-        store = open_store("rediscluster", f"{seeds}&auth={CLUSTER_PASSWORD}")
+        tagged = name.endswith("hash_tag")
+        store = open_store("rediscluster", f"{seeds}&auth={CLUSTER_PASSWORD}" + ("&hash_tag=1" if tagged else ""))
 
         def remaining(sid: str) -> float | None:
             for node in nodes:
                 with node.client() as client:
-                    key = f"PHPREDIS_CLUSTER_SESSION:{sid}"
+                    key = f"PHPREDIS_CLUSTER_SESSION:{{{sid}}}" if tagged else f"PHPREDIS_CLUSTER_SESSION:{sid}"
                     slot = client.execute_command("CLUSTER", "KEYSLOT", key)
                     if client.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) and client.execute_command(
                         "CLUSTER", "GETKEYSINSLOT", slot, 1000
@@ -296,7 +298,7 @@ def test_store_errors_are_store_errors(backend: Backend, tmp_path) -> None:
         blocker.write_text("")
         with pytest.raises(StoreError) as info:
             open_store("files", str(blocker))
-    elif backend.name == "rediscluster":
+    elif backend.name.startswith("rediscluster"):
         with pytest.raises(StoreError) as info:
             open_store("rediscluster", f"seed[]=127.0.0.1:{port}", timeout=1)
     else:

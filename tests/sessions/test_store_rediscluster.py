@@ -1,14 +1,17 @@
 """The rediscluster store against a real Redis Cluster of three masters (with a password):
-keys spread over the nodes, redirections followed, phpredis' cluster keys, bad credentials."""
+keys spread over the nodes, redirections followed, phpredis' cluster keys, bad credentials,
+and ``hash_tag=1``: a session's data and lock keys in one slot, its lock a lease."""
 
 from __future__ import annotations
 
 import secrets
+import time
 
 import pytest
 import redis
 
 from fcgi_cluster.sessions import StoreError, open_store
+from fcgi_cluster.sessions._redis_lease import LEASE
 from tests.sessions._servers import RedisServer
 from tests.sessions.conftest import CLUSTER_PASSWORD
 
@@ -112,5 +115,50 @@ def test_custom_prefix(redis_cluster_servers: list[RedisServer]) -> None:
         store.write(sid, b"x", 60)
         with _owner(nodes, "APP:" + sid).client() as client:
             assert client.get("APP:" + sid) == b"x"
+    finally:
+        store.close()
+
+
+def test_hash_tag_keeps_a_session_and_its_lock_in_one_slot(redis_cluster_servers: list[RedisServer]) -> None:
+    nodes = redis_cluster_servers
+    store = open_store("rediscluster", _save_path(nodes, hash_tag="1"))
+    sids = [secrets.token_hex(16) for _ in range(30)]
+    try:
+        owners = set()
+        for sid in sids:
+            key = PREFIX + "{" + sid + "}"
+            token, data = store.lock_and_read(sid, expire=30, wait=1, retry_interval=0.01)
+            assert data is None
+            owner = _owner(nodes, key)
+            owners.add(owner.port)
+            with owner.client() as client:
+                # Both keys on the node the id's slot names; the lock a lease, not lock_expire.
+                assert client.get(key + "_LOCK") == token
+                assert 0 < client.pttl(key + "_LOCK") <= LEASE * 1000
+            store.write_and_release(sid, sid.encode(), 600, token)
+            with owner.client() as client:
+                assert client.get(key) == sid.encode() and client.get(key + "_LOCK") is None
+        # Still spread over the cluster, by the id.
+        assert owners == {node.port for node in nodes}
+        assert [store.read(sid) for sid in sids] == [sid.encode() for sid in sids]
+    finally:
+        store.close()
+
+
+def test_hash_tag_lock_is_renewed_while_held_and_lapses_once_let_go(redis_cluster_servers: list[RedisServer]) -> None:
+    nodes = redis_cluster_servers
+    store = open_store("rediscluster", _save_path(nodes, hash_tag="1"))
+    sid = secrets.token_hex(16)
+    key = PREFIX + "{" + sid + "}_LOCK"
+    try:
+        token, _ = store.lock_and_read(sid, expire=30, wait=1, retry_interval=0.01)
+        with _owner(nodes, key).client() as client:
+            first = client.pttl(key)
+            # Past two renewal rounds (every LEASE / 3): renewed, not run down.
+            time.sleep(LEASE * 0.8)
+            assert client.get(key) == token and client.pttl(key) > first - LEASE * 1000 * 0.8 + 500
+        store.touch_and_release(sid, 600, token)
+        with _owner(nodes, key).client() as client:
+            assert client.get(key) is None
     finally:
         store.close()

@@ -168,6 +168,7 @@ def test_sentinel_path() -> None:
         ),
         ("seed[]=a&auth[]=alice&auth[]=pw", RedisClusterPath(seeds=(("a", 6379),), username="alice", password="pw")),
         ("seed=a:1", RedisClusterPath(seeds=(("a", 1),))),
+        ("seed[]=a:1&hash_tag=1", RedisClusterPath(seeds=(("a", 1),), hash_tag=True)),
     ],
 )
 def test_rediscluster_paths(save_path: str, expected: RedisClusterPath) -> None:
@@ -185,6 +186,7 @@ def test_rediscluster_default_prefix_is_phpredis_cluster() -> None:
         ("timeout=1", "no seed given"),
         ("seed[]=a:1&failover=sometimes", "option 'failover'"),
         ("seed[]=a:1&database=2", "unknown option 'database'"),
+        ("seed[]=a:1&hash_tag=maybe", "option 'hash_tag'"),
         ("seed[]=a:notaport", "expected host:port"),
     ],
 )
