@@ -46,6 +46,7 @@ from ._request_body import BodyStream, read_body
 from ._site import Site, log_stderr, status_page
 from ._static import send_static
 from ._upstream import Upstream
+from .edge._cache_serve import ProxyParts, cacheable_request, serve_cached
 
 __all__ = ["CallbackAnswer", "ClientConnection"]
 
@@ -303,7 +304,7 @@ class ClientConnection:
             return False
         server = self.server
         number, route = server.route_of(path)
-        if route is None or route.static is not None:
+        if route is None or route.static is not None or route.cache is not None:
             return False
         upstream = server.upstreams[route.upstream]
         index = upstream.balancer.choose(
@@ -360,6 +361,9 @@ class ClientConnection:
             return await self._simple(head, 404, started)
         if route.static is not None:
             return await self._static(head, route, path, started)
+        if route.cache is not None and cacheable_request(head):
+            parts = ProxyParts(self._upstream_params, self._relay_answer, self._simple)
+            return await serve_cached(self, head, number, route, path, started, parts)
         return await self._proxy(head, number, route, path, started)
 
     async def _simple(self, head: RequestHead, status: int, started: float) -> bool:

@@ -16,6 +16,7 @@ from .._settings import SettingsError
 from ..client._cgi import DEFAULT_DOCUMENT_ROOT
 from ..protocol import DEFAULT_MAX_REQUESTS
 from ._balancer import Balancer, ServerSpec
+from .edge._cache_config import CacheConfig
 
 __all__ = [
     "BALANCE_METHODS", "DEFAULT_STATIC_INDEX", "DEFAULT_UPSTREAM", "ClusterConfig", "ClusterPoolConfig",
@@ -263,6 +264,7 @@ class RouteConfig:
         params: extra FastCGI params sent with every request of the route.
         buffering, buffer_size, max_temp_file_size, temp_path: the
             upstream's (``UpstreamConfig``), for this route; None: the upstream's.
+        cache: the route's response cache (``edge._cache_config.CacheConfig``); None: off.
     """
 
     prefix: str | None = None
@@ -277,6 +279,7 @@ class RouteConfig:
     buffer_size: int | None = None
     max_temp_file_size: int | None = None
     temp_path: str | None = None
+    cache: CacheConfig | None = None
 
     def match(self, path: str) -> bool:
         """Whether this route takes a request for ``path`` (the decoded URI path)."""

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from .._address import parse_address
 from .._settings import REQUIRED, Key, choice, duration, integer, show, size, typed_boolean
 from ._balancer import MAX_WEIGHT, ServerSpec
+from .edge._cache_config import CACHE
 from ._config_model import (
     BALANCE_METHODS,
     DEFAULT_STATIC_INDEX,
@@ -310,9 +311,10 @@ ROUTE: tuple[Key, ...] = (
     Key("split_path_info", split_path_info, None, "a regex with two groups: the script name, then PATH_INFO"),
     Key("params", None, {}, "extra FastCGI params of an upstream route, a table of strings"),
     *_buffering(dict.fromkeys(b.name for b in BUFFERING), "; none: the upstream's"),
+    Key("cache", None, None, "the [route.cache] table: cache the upstream's answers (nginx fastcgi_cache); none is off"),
 )  # fmt: skip
 #: Route keys a static route may not hold.
-UPSTREAM_ROUTE_ONLY: tuple[str, ...] = ("root", "split_path_info", "params", *(b.name for b in BUFFERING))
+UPSTREAM_ROUTE_ONLY: tuple[str, ...] = ("root", "split_path_info", "params", *(b.name for b in BUFFERING), "cache")
 
 _P = _defaults(ClusterPoolConfig)
 POOL: tuple[Key, ...] = (
@@ -342,6 +344,7 @@ SECTIONS: tuple[tuple[str, tuple[Key, ...]], ...] = (
     ("[upstream.NAME] servers = [{ ... }]", SERVER),
     ("[upstream.NAME.health_check]", HEALTH_CHECK),
     ("[[route]]", ROUTE),
+    ("[route.cache]", CACHE),
     ("[pool.NAME]", POOL),
 )
 

@@ -28,6 +28,7 @@ from ..client._buffer import Buffering, MemoryPool
 from ._access_log import AccessLog
 from ._deadlines import Deadlines
 from ._http import HTTPLimits, RequestHead, error_page
+from .edge._cache import route_caches
 from ._upstream import ANSWER_POOL, ANSWER_POOL_PER_REQUEST, Upstream, answer_buffering
 
 __all__ = ["RoutePlan", "Site", "SiteView", "log_stderr", "status_page"]
@@ -95,6 +96,8 @@ class Site:
             self.access_log = previous.access_log if same_log else AccessLog.open(fe.access_log)
         self.routes = config.routes  # type: ignore[attr-defined]
         self.route_plans = [self._plan(route) for route in self.routes]
+        #: Each route's response cache (None: not cached), kept over a reload where the route is unchanged.
+        self.caches = route_caches(self.routes, nursery, *((previous.caches, previous.routes) if previous else ()))
         self.active_requests = 0
         #: Requests begun in this process, over every site (the status page's).
         self.requests = previous.requests if previous is not None else 0

@@ -1,0 +1,222 @@
+"""A route's response cache: its entries (memory over a shared directory), its fill locks, and purges.
+
+``RouteCache`` is what a cached route's requests share in one process. It
+keeps the entries (``_cache_store``), resolves ``Vary`` (a marker entry under
+the key names the request headers; each variant has a key of its own), and
+knows which keys are being filled now (``filling``: one event per key, which
+the filler sets when its answer is stored), for ``lock`` and
+``use_stale = ["updating"]``. A fill lock is per process: with N processes
+sharing a directory, at most N requests fill one key at once.
+
+``route_caches`` makes a site's caches, taking over a previous site's cache
+when the route (its path match and cache settings) is unchanged, so a reload
+keeps what was cached. ``purge`` is the control channel's ``purge`` command.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing
+
+import trio
+
+from .._server_states import ControlError
+from ._cache_config import CacheConfig
+from ._cache_policy import variant_key, vary_names
+from ._cache_store import DiskStore, Entry, MemoryStore
+
+__all__ = ["RouteCache", "route_caches", "purge", "purge_command", "PURGE_USAGE"]
+
+log = logging.getLogger("fcgi_cluster.frontend")
+
+PURGE_USAGE = "purge ROUTE | purge KEY | purge KEY_PREFIX*"
+
+
+class RouteCache:
+    """The entries, fill locks and settings of one cached route, in one process.
+
+    Args:
+        config: the route's ``CacheConfig``.
+        nursery: where background updates run.
+    """
+
+    def __init__(self, config: CacheConfig, nursery: trio.Nursery | None) -> None:
+        self.config = config
+        self.nursery = nursery
+        self.memory = MemoryStore(config.max_size)
+        self.disk = DiskStore(config.path, config.max_disk) if config.path else None
+        #: Keys being filled now, each with the event set once its answer is stored (or not).
+        self.filling: dict[bytes, trio.Event] = {}
+
+    # -- entries ------------------------------------------------------------------
+
+    def _get(self, key: bytes, now: float) -> Entry | None:
+        memory, disk = self.memory, self.disk
+        entry = memory.get(key)
+        if entry is not None and disk is not None and disk.ident(key) != entry.ident:
+            memory.pop(key)  # purged, or replaced by another process's answer
+            entry = None
+        if entry is None and disk is not None:
+            entry = disk.read(key, self.config.memory_entry_size)
+            if entry is not None:
+                entry.used = entry.stored
+                memory.put(entry)
+        if entry is None:
+            return None
+        if not entry.fresh(now) and now - max(entry.used, entry.expires) > self.config.inactive:
+            self._drop(key)
+            return None
+        entry.used = now
+        return entry
+
+    def lookup(self, key: bytes, request_headers: list[tuple[bytes, bytes]], now: float) -> Entry | None:
+        """The entry answering a request with ``key`` and these header fields, fresh or not; None for none."""
+        entry = self._get(key, now)
+        if entry is not None and entry.vary is not None:
+            entry = self._get(variant_key(key, entry.vary, request_headers), now)
+        return entry
+
+    def store(
+        self, key: bytes, request_headers: list[tuple[bytes, bytes]], status: int,
+        headers: tuple[tuple[bytes, bytes], ...], body: bytes, fresh_for: float, now: float,
+    ) -> None:
+        """Keep an answer for ``fresh_for`` seconds (see ``_cache_policy.freshness``)."""
+        if len(body) > self.config.max_entry_size:
+            return
+        names = () if "vary" in self.config.ignore_headers else (vary_names(list(headers)) or ())
+        expires = now + fresh_for
+        if names:
+            self._put(Entry(key, 0, (), b"", 0, now, expires, vary=names, used=now), b"")
+            key = variant_key(key, names, request_headers)
+        self._put(Entry(key, status, headers, body, len(body), now, expires, used=now), body)
+
+    def _put(self, entry: Entry, body: bytes) -> None:
+        if self.disk is not None:
+            entry.ident = self.disk.write(entry, body)
+            if not entry.ident:
+                return
+        if entry.length > self.config.memory_entry_size:
+            if self.disk is None:
+                return
+            entry.body = None  # on disk only
+        self.memory.put(entry)
+
+    def body(self, entry: Entry) -> typing.Iterable[bytes]:
+        """The body of an entry: from memory, or read from its file piece by piece."""
+        if entry.body is not None:
+            return (entry.body,)
+        assert self.disk is not None
+        return self.disk.body(entry)
+
+    def _drop(self, key: bytes) -> None:
+        self.memory.pop(key)
+        if self.disk is not None:
+            self.disk.remove(key)
+
+    # -- filling ------------------------------------------------------------------
+
+    def begin_fill(self, key: bytes) -> bool:
+        """Mark ``key`` as being filled; False when it already is (by another request)."""
+        if key in self.filling:
+            return False
+        self.filling[key] = trio.Event()
+        return True
+
+    def end_fill(self, key: bytes) -> None:
+        """The fill of ``key`` ended (stored or not): wake who waits for it."""
+        event = self.filling.pop(key, None)
+        if event is not None:
+            event.set()
+
+    # -- purge ----------------------------------------------------------------------
+
+    def purge(self, pattern: bytes) -> int:
+        """Remove the entry of key ``pattern`` (its variants too), or every key it starts when it ends with "*"."""
+        if pattern.endswith(b"*"):
+            stem = pattern[:-1]
+
+            def hit(key: bytes) -> bool:
+                return key.startswith(stem)
+        else:
+            def hit(key: bytes) -> bool:
+                return key == pattern or key.startswith(pattern + b"\0vary\0")
+
+        removed = {key for key in self.memory.keys() if hit(key)}
+        for key in removed:
+            self.memory.pop(key)
+        if self.disk is not None:
+            for key, _path in self.disk.keys_of_files():
+                if hit(key) and self.disk.remove(key):
+                    removed.add(key)
+        return len(removed)
+
+    def clear(self) -> int:
+        """Remove every entry; the count removed."""
+        count = self.memory.clear()
+        if self.disk is not None:
+            count = max(count, self.disk.clear())
+        return count
+
+
+def _identity(route: typing.Any) -> tuple[object, ...]:
+    regex = route.regex.pattern if route.regex is not None else None
+    return (route.prefix, regex, route.upstream, route.cache)
+
+
+def route_caches(routes: typing.Sequence[typing.Any], nursery: trio.Nursery | None,
+                 previous: typing.Sequence[RouteCache | None] = (), previous_routes: typing.Sequence[typing.Any] = ()
+                 ) -> list[RouteCache | None]:
+    """A ``RouteCache`` per route that has a cache (None for the others), kept from ``previous`` where unchanged."""
+    old = {_identity(route): cache for route, cache in zip(previous_routes, previous) if cache is not None}
+    out: list[RouteCache | None] = []
+    for route in routes:
+        config = getattr(route, "cache", None)
+        if config is None:
+            out.append(None)
+            continue
+        out.append(old.pop(_identity(route), None) or RouteCache(config, nursery))
+    return out
+
+
+def purge(routes: typing.Sequence[typing.Any], caches: typing.Sequence[RouteCache | None], target: str) -> str:
+    """The ``purge`` control command: ``target`` is a cached route (its prefix or regex) or a key (``*`` a prefix).
+
+    Returns:
+        What was done, one line.
+
+    Raises:
+        LookupError: no route has a cache.
+    """
+    cached = [(route, cache) for route, cache in zip(routes, caches) if cache is not None]
+    if not cached:
+        raise LookupError("no route has a cache")
+    for route, cache in cached:
+        if target in (route.prefix, route.regex.pattern if route.regex is not None else None):
+            return f"purged route {target}: {cache.clear()} entries"
+    pattern = target.encode("utf-8", "surrogateescape")
+    count = 0
+    for _route, cache in cached:
+        count += cache.purge(pattern)
+    return f"purged {target}: {count} entries"
+
+
+def purge_command(site: typing.Any, line: str) -> str:
+    """``purge TARGET`` on a site (its routes and caches), as the control listener runs it.
+
+    With ``path``, the entries go from the shared directory, so every process
+    of the front-end stops serving them; memory-only entries go from this
+    process (the one serving the control listener).
+
+    Raises:
+        ControlError: no target (400), or no cached route (404).
+    """
+    words = line.split(" ", 1)
+    target = words[1].strip() if len(words) > 1 else ""
+    if not target:
+        raise ControlError(400, f"usage: {PURGE_USAGE}")
+    try:
+        done = purge(site.routes, site.caches, target)
+    except LookupError as exc:
+        raise ControlError(404, str(exc)) from None
+    log.info("control: %s", done)
+    return done
