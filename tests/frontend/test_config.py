@@ -360,7 +360,7 @@ def test_unknown_key_in_the_second_route() -> None:
     )
     assert error_of(text) == (
         "cluster.toml:9: route[1].upstrem: unknown key; expected one of: prefix, regex, upstream, "
-        'static, index, root, split_path_info, params, buffering, buffer_size, max_temp_file_size, temp_path; '
+        'static, index, root, split_path_info, params, buffering, buffer_size, max_temp_file_size, temp_path, cache; '
             'did you mean "upstream"?'
     )
 
@@ -391,7 +391,7 @@ def test_wrong_types() -> None:
     assert error_of("frontend = 3\n" + UPSTREAM) == "cluster.toml:1: frontend: must be a table ([frontend]), got 3"
     assert error_of(UPSTREAM + "[[route]]\nprefix = '/'\nupstream = 'app'\n[[route]]\n[route.x]\ny = 1\n") == (
         "cluster.toml:7: route[1].x: unknown key; expected one of: prefix, regex, upstream, static, index, "
-        "root, split_path_info, params, buffering, buffer_size, max_temp_file_size, temp_path"
+        "root, split_path_info, params, buffering, buffer_size, max_temp_file_size, temp_path, cache"
     )
     assert error_of(UPSTREAM + "route = 1\n") == (
         "cluster.toml:3: upstream.app.route: unknown key; expected one of: servers, balance, hash_key, multiplex, "

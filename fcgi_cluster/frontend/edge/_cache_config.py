@@ -155,6 +155,6 @@ CACHE: tuple[Key, ...] = (
     Key("max_size", size(0), _D.max_size, "bytes of entries held in memory per process; least recently used ones go first", "bytes"),
     Key("memory_entry_size", size(0), _D.memory_entry_size, "bodies up to this are held in memory; larger ones on disk only (path), or not cached", "bytes"),
     Key("path", None, _D.path, 'directory shared by the front-end\'s processes, relative to the cluster file; "" for memory only'),
-    Key("max_disk", size(0), _D.max_disk, "bytes the directory may hold; least recently used entries go first", "bytes"),
-    Key("inactive", duration(above=0.0, typed=True), _D.inactive, "an entry not served for this long is dropped, stale or not", "s"),
+    Key("max_disk", size(0), _D.max_disk, "bytes the directory may hold; the oldest entries go first", "bytes"),
+    Key("inactive", duration(above=0.0, typed=True), _D.inactive, "an expired entry not served for this long is dropped (until then use_stale may serve it)", "s"),
 )  # fmt: skip

@@ -210,7 +210,7 @@ def variant_key(key: bytes, names: tuple[bytes, ...], request_headers: list[tupl
     Repeated headers are joined as one value (in order), so ``a, b`` and two
     headers ``a`` and ``b`` are the same variant.
     """
-    parts = [key, b"\0vary"]
+    parts = [key, b"vary"]
     for name in names:
         values = [value for field, value in request_headers if field == name]
         parts.append(name + b"=" + b", ".join(values))
