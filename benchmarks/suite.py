@@ -17,7 +17,9 @@ Parts, each our stack beside its peers in the same run, interleaved:
 * ``idle``: front-door memory per idle keep-alive client, 10,000 of them (1,000 quick),
   ours vs nginx vs HAProxy (benchmarks/idle.py);
 * ``slow``: small requests beside 0, 8 and 64 clients that read large answers at 20 KB/s,
-  ours vs nginx in front of one worker process (benchmarks/slow_readers.py).
+  ours vs nginx in front of one worker process (benchmarks/slow_readers.py);
+* ``microcache``: workers/hello.py through our front door uncached and cached for 1 s,
+  req/s and the worker's CPU (benchmarks/microcache.py).
 
 Writes ``benchmarks/results/<UTC timestamp>/``: ``results.json`` (every run, the machine,
 the version of every peer), ``report.md`` (the headline, the goals, every table) and PNG
@@ -41,6 +43,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import end_to_end  # noqa: E402
 import hello_world  # noqa: E402
 import idle  # noqa: E402
+import microcache  # noqa: E402
 import pool  # noqa: E402
 import sessions  # noqa: E402
 import slow_readers  # noqa: E402
@@ -50,7 +53,7 @@ from _progress import Progress  # noqa: E402
 
 from tests._peers import PeerStartError  # noqa: E402
 
-PARTS = ("hello", "transport", "http", "scaling", "pool", "sessions", "idle", "slow")
+PARTS = ("hello", "transport", "http", "scaling", "pool", "sessions", "idle", "slow", "microcache")
 # The stacks of the scaling sweep: every front door before our workers, and the PHP reference.
 SCALING_STACKS = ("ours -> ours", "nginx -> ours", "haproxy -> ours", "nginx -> php-fpm")
 # Where the headline figures are read: small answers at a moderate load.
@@ -69,6 +72,7 @@ def plan(quick: bool) -> dict:
             "sessions": sessions.Settings(1.0, 1),
             "idle": idle.Settings(idle.QUICK_CLIENTS),
             "slow": slow_readers.Settings(1.0, (0, 8), 1),
+            "microcache": microcache.Settings(1.0, 1),
         }
     return {
         "hello": hello_world.Settings(5.0, 2),
@@ -79,6 +83,7 @@ def plan(quick: bool) -> dict:
         "sessions": sessions.Settings(3.0, 2),
         "idle": idle.Settings(idle.CLIENTS),
         "slow": slow_readers.Settings(4.0, (0, 8, 64), 2),
+        "microcache": microcache.Settings(3.0, 2),
     }
 
 
@@ -95,6 +100,7 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
         "sessions": lambda: sessions.steps(settings["sessions"]),
         "idle": lambda: idle.steps(settings["idle"]),
         "slow": lambda: slow_readers.steps(settings["slow"]),
+        "microcache": lambda: microcache.steps(settings["microcache"]),
     }
     for part in parts:
         progress.add(counts[part]())
@@ -114,6 +120,8 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
                 results["parts"][part] = idle.run(settings[part], out / part, progress)
             elif part == "slow":
                 results["parts"][part] = slow_readers.run(settings[part], out / part, progress)
+            elif part == "microcache":
+                results["parts"][part] = microcache.run(settings[part], out / part, progress)
             else:
                 results["parts"][part] = pool.run(progress=progress, **settings["pool"])
         except (Unavailable, PeerStartError, RuntimeError, OSError, ValueError) as exc:
@@ -235,7 +243,8 @@ def report(results: dict, plots: list[str]) -> str:
              "scaling": "Scaling: client connections", "pool": "Pool: children and memory",
              "sessions": "Sessions in Redis: ours vs nginx -> php-fpm + phpredis",
              "idle": "Idle keep-alive clients: front-door memory per client",
-             "slow": "Slow readers: small requests beside clients that read large answers slowly"}
+             "slow": "Slow readers: small requests beside clients that read large answers slowly",
+             "microcache": "Microcaching: workers/hello.py uncached and cached for 1 s"}
     for part, data in results["parts"].items():
         if part == "hello":
             continue
@@ -252,6 +261,8 @@ def report(results: dict, plots: list[str]) -> str:
             lines.append(idle.report(data).strip())
         elif part == "slow":
             lines.append(slow_readers.report(data).strip())
+        elif part == "microcache":
+            lines.append(microcache.report(data).strip())
         else:
             lines.append(end_to_end.report(data).strip())
     if plots:
