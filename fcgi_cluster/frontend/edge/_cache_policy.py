@@ -12,6 +12,8 @@ entries and the glue (``_cache_serve``) moves bytes. The rules are nginx's
   ``private`` not cached; ``s-maxage`` over ``max-age``), then ``Expires``,
   then the route's ``valid`` by status. Nothing said: not cached. Each can be
   silenced by ``ignore_headers``.
+* 206, 304, 412 and 416 (answers to one client's Range or condition) are
+  never cached.
 * An answer with ``Set-Cookie`` is not cached (unless ``Set-Cookie`` is
   ignored: it is then cached without the header, so one client's cookie never
   reaches another). ``Vary: *`` is not cached; other ``Vary`` names make the
@@ -41,6 +43,8 @@ CACHED_METHODS = frozenset({b"GET", b"HEAD"})
 
 _DIRECTIVE = re.compile(rb"\s*([A-Za-z-]+)\s*(?:=\s*\"?(\d+)\"?)?\s*")
 _NOT_CACHED = frozenset({b"no-store", b"no-cache", b"private"})
+#: Statuses answering one client's own condition or range, never another's: never stored.
+_ONE_CLIENTS = frozenset({206, 304, 412, 416})
 #: Headers that belong to one answer only: never stored.
 _NOT_STORED = frozenset({b"set-cookie", b"x-accel-expires"})
 
@@ -139,6 +143,8 @@ def freshness(config: CacheConfig, status: int, headers: list[tuple[bytes, bytes
         headers: the answer's header fields, (name, value), any case.
         now: the wall clock, ``time.time()``.
     """
+    if status in _ONE_CLIENTS:
+        return None
     ignore = config.ignore_headers
     if "set-cookie" not in ignore and _header(headers, b"set-cookie") is not None:
         return None

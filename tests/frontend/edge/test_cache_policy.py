@@ -91,6 +91,11 @@ def test_cache_control_that_forbids(value: bytes) -> None:
     assert freshness(config(valid=((0, 60.0),)), 200, [(b"cache-control", value)], NOW) is None
 
 
+@pytest.mark.parametrize("status", [206, 304, 412, 416])
+def test_answers_to_one_clients_range_or_condition_are_never_cached(status: int) -> None:
+    assert freshness(config(valid=((0, 60.0),)), status, [(b"Cache-Control", b"max-age=60")], NOW) is None
+
+
 def test_set_cookie_and_vary_star_are_not_cached_unless_ignored() -> None:
     cfg = config(valid=((0, 60.0),))
     assert freshness(cfg, 200, [(b"Set-Cookie", b"s=1")], NOW) is None
