@@ -191,7 +191,7 @@ def test_purge_through_the_control_channel(tmp_path: pathlib.Path) -> None:
         with frontend(path, port):
             for target in ("/c/a", "/c/b", "/c/b2"):
                 assert get(port, target)[1] == "MISS"
-            done = ctl(control, "purge", f"http127.0.0.1/c/a")
+            done = ctl(control, "purge", "http127.0.0.1/c/a")
             assert done.returncode == 0 and "1 entries" in done.stdout, (done.stdout, done.stderr)
             assert [get(port, t)[1] for t in ("/c/a", "/c/b", "/c/b2")] == ["MISS", "HIT", "HIT"]
             done = ctl(control, "purge", "http127.0.0.1/c/b*")
