@@ -17,7 +17,7 @@ from tests._peers import free_port
 from ._worker import worker_process
 from .test_frontend_control import ctl
 from .test_frontend_process import http_get
-from .test_frontend_reload import frontend
+from .test_frontend_reload import frontend, wait_for
 
 APP = "tests.e2e._cache_app:app"
 
@@ -221,4 +221,24 @@ def test_two_processes_share_the_directory_and_its_purge(tmp_path: pathlib.Path)
             assert ctl(control, "purge", "http127.0.0.1/c/shared").returncode == 0
             words = [get(port, "/c/shared")[1] for _ in range(30)]
             assert words == ["MISS"] + ["HIT"] * 29
+            assert calls(port) == 2
+
+
+def test_entries_survive_a_reload_of_an_unchanged_route(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    path = tmp_path / "cluster.toml"
+    with worker_process(APP) as (worker, _):
+        path.write_text(cluster_file(port, worker, 'valid = { 200 = "1m" }'))
+        with frontend(path, port) as process:
+            first = get(port, "/c/kept")
+            assert first[1] == "MISS"
+            log = pathlib.Path(process.log_path)
+            process.send_signal(signal.SIGHUP)
+            wait_for(lambda: "configuration reloaded" in log.read_text())
+            assert get(port, "/c/kept") == (200, "HIT", first[2])
+            # A changed cache starts empty.
+            path.write_text(cluster_file(port, worker, 'valid = { 200 = "2m" }'))
+            process.send_signal(signal.SIGHUP)
+            wait_for(lambda: log.read_text().count("configuration reloaded") == 2)
+            assert get(port, "/c/kept")[1] == "MISS"
             assert calls(port) == 2
