@@ -6,7 +6,7 @@ that request's number, its URI and its Accept-Language; query knobs set the
 answer's caching headers:
 
 - ``cc=VALUE``: ``Cache-Control: VALUE``; ``xae=VALUE``: ``X-Accel-Expires: VALUE``;
-- ``cookie=1``: a ``Set-Cookie``; ``vary=NAME``: ``Vary: NAME``;
+- ``cookie=1``: a ``Set-Cookie``; ``vary=NAME``: ``Vary: NAME``; ``etag=V``: ``ETag: "V"``;
 - ``status=N``: the status; ``sleep_ms=N``: wait first; ``size=N``: N bytes of body instead.
 """
 
@@ -39,6 +39,8 @@ def app(environ, start_response):
         headers.append(("X-Accel-Expires", knobs["xae"]))
     if knobs.get("cookie") == "1":
         headers.append(("Set-Cookie", f"session=s{number}; Path=/"))
+    if "etag" in knobs:
+        headers.append(("ETag", f'"{knobs["etag"]}"'))
     if "vary" in knobs:
         headers.append(("Vary", knobs["vary"]))
     status = int(knobs.get("status", "200"))

@@ -103,6 +103,12 @@ def test_the_workers_headers_decide_and_set_cookie_is_never_shared(tmp_path: pat
             assert get(port, "/c/v?vary=Accept-Language", headers={"Cookie": "nocache=0", "Accept-Language": "en"})[1] == "HIT"
             assert get(port, "/c/v?vary=Accept-Language", headers={"X-Fresh": "yes", "Accept-Language": "en"})[1] == "BYPASS"
             assert calls(port) == before + 2
+            # A conditional request that matches the entry gets a 304 from the cache.
+            assert get(port, "/c/e?etag=v1")[1] == "MISS"
+            status, headers, body = http_get(port, "/c/e?etag=v1", headers={"If-None-Match": '"v1"'})
+            assert (status, headers["x-cache-status"], headers["etag"], body) == (304, "HIT", '"v1"', b"")
+            assert get(port, "/c/e?etag=v1", headers={"If-None-Match": '"v0"'})[:2] == (200, "HIT")
+            before += 1
             # Only GET and HEAD are cached.
             assert http_get(port, "/c/x?xae=60&cc=no-store", method="POST", body=b"a=1")[0] == 200
             assert calls(port) == before + 3

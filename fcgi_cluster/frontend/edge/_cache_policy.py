@@ -34,7 +34,7 @@ from ._cache_config import CacheConfig
 __all__ = [
     "MISS", "HIT", "EXPIRED", "STALE", "UPDATING", "BYPASS", "CACHED_METHODS",
     "request_key", "bypassed", "freshness", "vary_names", "variant_key", "stale_on_failure", "stale_on_status",
-    "stored_headers", "key_hash",
+    "stored_headers", "key_hash", "not_modified", "NOT_MODIFIED_HEADERS",
 ]  # fmt: skip
 
 MISS, HIT, EXPIRED, STALE, UPDATING, BYPASS = b"MISS", b"HIT", b"EXPIRED", b"STALE", b"UPDATING", b"BYPASS"
@@ -236,3 +236,37 @@ def stale_on_status(config: CacheConfig, status: int) -> bool:
 def stored_headers(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
     """The header fields an entry keeps: the answer's but those of one answer only (Set-Cookie, X-Accel-Expires)."""
     return tuple((name, value) for name, value in headers if name.lower() not in _NOT_STORED)
+
+
+#: The header fields a 304 from the cache repeats of its entry (RFC 9110 15.4.5).
+NOT_MODIFIED_HEADERS = frozenset({b"etag", b"last-modified", b"cache-control", b"expires", b"vary", b"content-location", b"date"})
+
+
+def _etags(value: bytes) -> list[bytes]:
+    return [tag.strip().removeprefix(b"W/") for tag in value.split(b",") if tag.strip()]
+
+
+def not_modified(request_headers: list[tuple[bytes, bytes]], status: int, headers: tuple[tuple[bytes, bytes], ...]) -> bool:
+    """Whether a cached 200 answers a conditional GET/HEAD with 304 (RFC 9110 13.2.2).
+
+    ``If-None-Match`` (weak comparison, ``*`` any) decides when sent; else
+    ``If-Modified-Since`` against the entry's ``Last-Modified``.
+    """
+    if status != 200:
+        return False
+    match = _header(request_headers, b"if-none-match")
+    etag = _header(list(headers), b"etag")
+    if match is not None:
+        if match.strip() == b"*":
+            return True
+        return etag is not None and etag.strip().removeprefix(b"W/") in _etags(match)
+    since = _header(request_headers, b"if-modified-since")
+    modified = _header(list(headers), b"last-modified")
+    if since is None or modified is None:
+        return False
+    try:
+        asked = email.utils.parsedate_to_datetime(since.decode("latin-1"))
+        changed = email.utils.parsedate_to_datetime(modified.decode("latin-1"))
+        return changed <= asked
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return False

@@ -31,7 +31,8 @@ from .._relay import response_headers
 from ._cache import RouteCache
 from ._cache_policy import (
     BYPASS, CACHED_METHODS, EXPIRED, HIT, MISS, STALE, UPDATING,
-    bypassed, freshness, request_key, stale_on_failure, stale_on_status, stored_headers,
+    NOT_MODIFIED_HEADERS, bypassed, freshness, not_modified, request_key, stale_on_failure, stale_on_status,
+    stored_headers,
 )  # fmt: skip
 from ._cache_store import Entry
 
@@ -65,14 +66,16 @@ class _Recording:
     nginx hides it) and gain X-Cache-Status when asked.
     """
 
-    __slots__ = ("_response", "status", "raw_headers", "pieces", "_left")
+    __slots__ = ("_response", "status", "raw_headers", "pieces", "_left", "_on_whole")
 
-    def __init__(self, response: typing.Any, limit: int, extra: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, response: typing.Any, limit: int, extra: list[tuple[bytes, bytes]],
+                 on_whole: typing.Callable[[bytes], None] | None = None) -> None:
         self._response = response
         self.status = response.status
         self.raw_headers = [(n, v) for n, v in response.raw_headers if n.lower() != b"x-accel-expires"] + extra
         self.pieces: list[bytes] | None = [] if limit >= 0 else None
         self._left = limit
+        self._on_whole = on_whole
 
     def take_ready(self) -> bytes | None:
         chunk = self._response.take_ready()
@@ -84,12 +87,6 @@ class _Recording:
                 self.pieces.append(chunk)
         return chunk
 
-    def body(self) -> bytes | None:
-        """The whole body, when it all arrived and was kept; else None."""
-        response = self._response
-        if self.pieces is None or not response.complete or response.failed:
-            return None
-        return b"".join(self.pieces)
 
     @property
     def complete(self) -> bool:
@@ -112,7 +109,15 @@ class _Recording:
         return self._response.stderr
 
     def raise_if_failed(self) -> None:
+        """What ``Relay`` calls once the answer is complete and all taken: the moment to store it.
+
+        Stored here, before its last bytes are written, so a client that
+        asks again on another connection (another process) finds it.
+        """
         self._response.raise_if_failed()
+        on_whole, self._on_whole = self._on_whole, None
+        if on_whole is not None and self.pieces is not None:
+            on_whole(b"".join(self.pieces))
 
     async def wait_ready(self) -> None:
         await self._response.wait_ready()
@@ -191,13 +196,17 @@ async def _from_worker(
     now = time.time()
     fresh_for = freshness(config, response.status, response.raw_headers, now) if keep_answer else None
     extra = [(STATUS_HEADER, word)] if config.status_header else []
-    recording = _Recording(response, config.max_entry_size if fresh_for else -1, extra)
-    keep = await parts.relay(head, dataclasses.replace(result, response=recording), started)
-    body = recording.body() if fresh_for else None
-    if body is not None:
-        headers = stored_headers(response_headers(response.raw_headers)[0])
-        cache.store(key, head.headers, response.status, headers, body, fresh_for, now)  # type: ignore[arg-type]
-    return keep
+    on_whole: typing.Callable[[bytes], None] | None = None
+    if fresh_for is not None:
+        headers, declared = response_headers(response.raw_headers)
+
+        def keep(body: bytes) -> None:
+            if declared is None or declared == len(body):  # else the relay fails it: not kept
+                cache.store(key, head.headers, response.status, stored_headers(headers), body, fresh_for, now)
+
+        on_whole = keep
+    recording = _Recording(response, config.max_entry_size if fresh_for else -1, extra, on_whole)
+    return await parts.relay(head, dataclasses.replace(result, response=recording), started)
 
 
 async def _send_entry(client: typing.Any, cache: RouteCache, head: typing.Any, entry: Entry, word: bytes,
@@ -205,9 +214,13 @@ async def _send_entry(client: typing.Any, cache: RouteCache, head: typing.Any, e
     """Write a cached answer to the client; False when it could not be written whole (the connection closes)."""
     http = client.http
     headers = list(entry.headers)
-    if cache.config.status_header:
-        headers.append((STATUS_HEADER, word))
-    out = http.send_head(entry.status, headers, content_length=entry.length)
+    extra = [(STATUS_HEADER, word)] if cache.config.status_header else []
+    if not_modified(head.headers, entry.status, entry.headers):
+        kept = [(name, value) for name, value in headers if name.lower() in NOT_MODIFIED_HEADERS]
+        await client.io.send(http.send_head(304, kept + extra) + http.send_end())
+        server_log(client, head, 304, 0, started)
+        return True
+    out = http.send_head(entry.status, headers + extra, content_length=entry.length)
     sent = 0
     if head.method != b"HEAD" and entry.length:
         for piece in cache.body(entry):

@@ -16,7 +16,7 @@ from fcgi_cluster.frontend._http import RequestHead
 from fcgi_cluster.frontend.edge._cache import RouteCache, purge, route_caches
 from fcgi_cluster.frontend.edge._cache_config import CacheConfig, parse_key
 from fcgi_cluster.frontend.edge._cache_policy import (
-    bypassed, freshness, request_key, stale_on_failure, stale_on_status, stored_headers, variant_key, vary_names,
+    bypassed, freshness, not_modified, request_key, stale_on_failure, stale_on_status, stored_headers, variant_key, vary_names,
 )  # fmt: skip
 from fcgi_cluster.frontend.edge._cache_store import DiskStore, Entry, MemoryStore
 
@@ -122,6 +122,18 @@ def test_stale_rules() -> None:
     assert stale_on_failure(config(use_stale=frozenset({"timeout"})), 504)
     assert stale_on_status(cfg, 503) and not stale_on_status(cfg, 500)
     assert not stale_on_status(CacheConfig(), 503)
+
+
+def test_a_cached_200_answers_a_matching_condition_with_304() -> None:
+    tagged = ((b"ETag", b'W/"v1"'), (b"Last-Modified", b"Tue, 01 Dec 2026 10:00:00 GMT"))
+    assert not_modified([(b"if-none-match", b'"v0", "v1"')], 200, tagged)
+    assert not_modified([(b"if-none-match", b"*")], 200, tagged)
+    assert not not_modified([(b"if-none-match", b'"v2"'), (b"if-modified-since", b"Wed, 02 Dec 2026 10:00:00 GMT")], 200, tagged)
+    assert not_modified([(b"if-modified-since", b"Wed, 02 Dec 2026 10:00:00 GMT")], 200, tagged)
+    assert not not_modified([(b"if-modified-since", b"Mon, 30 Nov 2026 10:00:00 GMT")], 200, tagged)
+    assert not not_modified([(b"if-modified-since", b"garbage")], 200, tagged)
+    assert not not_modified([(b"if-none-match", b'"v1"')], 404, tagged)
+    assert not not_modified([], 200, tagged)
 
 
 # -- the store ---------------------------------------------------------------------------
