@@ -13,8 +13,10 @@ same one (not purged, not replaced by another process's newer answer).
 
 Bounds: memory by ``max_size`` (least recently used entries go first); the
 directory by ``max_disk``, checked after each write against a running count
-of what this process wrote, and when over, scanned and trimmed to 90%, the
-oldest files first (all processes' files: the directory is the truth).
+of what this process wrote (and at the latest every tenth of the bound
+written, for what the other processes wrote), and when over, scanned and
+trimmed to 90%, the oldest files first (all processes' files: the directory
+is the truth). With N processes it may go over by N tenths at most.
 
 File I/O is done in the calling task: entries are small next to the
 network's work, and local files do not block for long (nginx does the same
@@ -135,6 +137,7 @@ class DiskStore:
         self.max_disk = max_disk
         os.makedirs(directory, exist_ok=True)
         self._written = self._usage()
+        self._since_scan = 0
 
     def file_of(self, key: bytes) -> str:
         name = key_hash(key)
@@ -166,7 +169,10 @@ class DiskStore:
             return ()
         entry.offset = len(MAGIC) + _LENGTH.size + len(meta)
         self._written += st.st_size
-        if self._written > self.max_disk:
+        self._since_scan += st.st_size
+        # Other processes write too: what they wrote is seen at the next scan,
+        # made at the latest every tenth of the bound written here.
+        if self._written > self.max_disk or self._since_scan > self.max_disk // 10:
             self.trim()
         return (st.st_ino, st.st_mtime_ns)
 
@@ -246,10 +252,11 @@ class DiskStore:
         return sum(st.st_size for _, st in self.files())
 
     def trim(self) -> None:
-        """Remove the oldest files until the directory holds 90% of ``max_disk``."""
+        """Count what the directory holds; past ``max_disk``, remove the oldest files until it holds 90%."""
         files = sorted(self.files(), key=lambda item: item[1].st_mtime_ns)
         total = sum(st.st_size for _, st in files)
-        goal = self.max_disk * 9 // 10
+        self._since_scan = 0
+        goal = self.max_disk * 9 // 10 if total > self.max_disk else total
         for path, st in files:
             if total <= goal:
                 break

@@ -179,6 +179,15 @@ def test_the_directory_is_trimmed_to_its_bound_oldest_first(tmp_path: pathlib.Pa
     assert disk.read(b"k9", 0) is not None and disk.read(b"k0", 0) is None
 
 
+def test_two_processes_writing_one_directory_keep_it_near_its_bound(tmp_path: pathlib.Path) -> None:
+    first, second = DiskStore(str(tmp_path / "c"), 100_000), DiskStore(str(tmp_path / "c"), 100_000)
+    for number in range(200):
+        store = first if number % 2 else second
+        store.write(entry(b"k%d" % number, b"x" * 2000), b"x" * 2000)
+    total = sum(st.st_size for _, st in first.files())
+    assert 50_000 < total <= 100_000 * 12 // 10
+
+
 async def test_a_route_cache_with_vary_purge_and_a_reload(tmp_path: pathlib.Path) -> None:
     cfg = config(path=str(tmp_path / "c"), memory_entry_size=4)
     cache = RouteCache(cfg, None)
