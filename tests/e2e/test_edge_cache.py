@@ -12,10 +12,12 @@ import pathlib
 import signal
 import time
 
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
 from tests._peers import free_port
 
 from ._worker import worker_process
-from .test_frontend_control import ctl
+from .test_frontend_control import ctl, status
 from .test_frontend_process import http_get
 from .test_frontend_reload import frontend, wait_for
 
@@ -209,6 +211,14 @@ def test_purge_through_the_control_channel(tmp_path: pathlib.Path) -> None:
             bad = ctl(control, "purge")
             assert bad.returncode == 1 and "usage: purge" in bad.stderr
             assert get(port, "/c/a")[1] == "HIT"
+            # The status page counts each route's answers by X-Cache-Status; so do the metrics.
+            [row] = status(control)["caches"]
+            assert row["route"] == "/c/" and row["entries"] == 2
+            assert (row["answers"]["hit"], row["answers"]["miss"]) == (4, 8)
+            metrics = ctl(control, "metrics").stdout
+            samples = {(s.labels.get("status"), s.value) for family in text_string_to_metric_families(metrics)
+                       if family.name == "fcgi_cluster_cache_answers" for s in family.samples}
+            assert ("hit", 4) in samples and ("miss", 8) in samples
 
 
 def test_two_processes_share_the_directory_and_its_purge(tmp_path: pathlib.Path) -> None:

@@ -22,14 +22,16 @@ import trio
 
 from .._server_states import ControlError
 from ._cache_config import CacheConfig
-from ._cache_policy import variant_key, vary_names
+from ._cache_policy import BYPASS, EXPIRED, HIT, MISS, STALE, UPDATING, variant_key, vary_names
 from ._cache_store import DiskStore, Entry, MemoryStore
 
-__all__ = ["RouteCache", "route_caches", "purge", "purge_command", "PURGE_USAGE"]
+__all__ = ["RouteCache", "route_caches", "purge", "purge_command", "PURGE_USAGE", "cache_report", "merge_cache_reports"]
 
 log = logging.getLogger("fcgi_cluster.frontend")
 
 PURGE_USAGE = "purge ROUTE | purge KEY | purge KEY_PREFIX*"
+#: The X-Cache-Status words, each counted per route.
+WORDS = (HIT, MISS, EXPIRED, STALE, UPDATING, BYPASS)
 
 
 class RouteCache:
@@ -47,6 +49,8 @@ class RouteCache:
         self.disk = DiskStore(config.path, config.max_disk) if config.path else None
         #: Keys being filled now, each with the event set once its answer is stored (or not).
         self.filling: dict[bytes, trio.Event] = {}
+        #: Requests answered, by X-Cache-Status word (the status page's).
+        self.answers: dict[bytes, int] = dict.fromkeys(WORDS, 0)
 
     # -- entries ------------------------------------------------------------------
 
@@ -156,6 +160,34 @@ class RouteCache:
         if self.disk is not None:
             count = max(count, self.disk.clear())
         return count
+
+
+def cache_report(routes: typing.Sequence[typing.Any], caches: typing.Sequence[RouteCache | None]) -> list[dict[str, object]]:
+    """The status page's part: per cached route, its entries in memory and its answers by X-Cache-Status."""
+    out: list[dict[str, object]] = []
+    for route, cache in zip(routes, caches):
+        if cache is not None:
+            out.append({
+                "route": route.prefix if route.prefix is not None else route.regex.pattern,
+                "entries": len(cache.memory), "memory_bytes": cache.memory.used,
+                "answers": {word.decode().lower(): count for word, count in cache.answers.items()},
+            })
+    return out
+
+
+def merge_cache_reports(own: list[dict[str, typing.Any]], others: list[list[dict[str, typing.Any]]]) -> list[dict[str, typing.Any]]:
+    """``own`` (a copy) with the other processes' answers, entries and memory summed per route."""
+    rows = {row["route"]: row for row in own}
+    for report in others:
+        for row in report:
+            mine = rows.get(row["route"])
+            if mine is None:
+                continue
+            mine["entries"] += row["entries"]
+            mine["memory_bytes"] += row["memory_bytes"]
+            for word, count in row["answers"].items():
+                mine["answers"][word] = mine["answers"].get(word, 0) + count
+    return own
 
 
 def _identity(route: typing.Any) -> tuple[object, ...]:

@@ -195,6 +195,7 @@ async def _from_worker(
         return await _send_entry(client, cache, head, entry, STALE, started)
     now = time.time()
     fresh_for = freshness(config, response.status, response.raw_headers, now) if keep_answer else None
+    cache.answers[word] += 1
     extra = [(STATUS_HEADER, word)] if config.status_header else []
     on_whole: typing.Callable[[bytes], None] | None = None
     if fresh_for is not None:
@@ -212,6 +213,7 @@ async def _from_worker(
 async def _send_entry(client: typing.Any, cache: RouteCache, head: typing.Any, entry: Entry, word: bytes,
                       started: float) -> bool:
     """Write a cached answer to the client; False when it could not be written whole (the connection closes)."""
+    cache.answers[word] += 1
     http = client.http
     headers = list(entry.headers)
     extra = [(STATUS_HEADER, word)] if cache.config.status_header else []
