@@ -132,6 +132,23 @@ def test_stale_entries_serve_while_the_worker_is_down(tmp_path: pathlib.Path) ->
             assert get(port, "/c/page") == (200, "STALE", first[2])
 
 
+def test_a_listed_worker_status_is_met_by_the_stale_entry(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    path = tmp_path / "cluster.toml"
+    with worker_process(APP) as (worker, _):
+        # The key leaves the query out, so one URI path can answer 200, then 503.
+        cache = 'key = "$scheme$host$uri"\nvalid = { 200 = "1s" }\nuse_stale = ["http_503"]'
+        path.write_text(cluster_file(port, worker, cache))
+        with frontend(path, port):
+            first = get(port, "/c/s?status=200")
+            assert first[:2] == (200, "MISS")
+            time.sleep(1.2)
+            assert get(port, "/c/s?status=503") == (200, "STALE", first[2])
+            assert get(port, "/c/other?status=503")[:2] == (503, "MISS")
+            assert get(port, "/c/s?status=200")[1] == "EXPIRED"
+            assert calls(port) == 4
+
+
 def test_background_update_serves_the_old_answer_and_refreshes_it(tmp_path: pathlib.Path) -> None:
     port = free_port()
     path = tmp_path / "cluster.toml"

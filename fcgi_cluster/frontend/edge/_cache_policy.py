@@ -45,8 +45,8 @@ _DIRECTIVE = re.compile(rb"\s*([A-Za-z-]+)\s*(?:=\s*\"?(\d+)\"?)?\s*")
 _NOT_CACHED = frozenset({b"no-store", b"no-cache", b"private"})
 #: Statuses answering one client's own condition or range, never another's: never stored.
 _ONE_CLIENTS = frozenset({206, 304, 412, 416})
-#: Headers that belong to one answer only: never stored.
-_NOT_STORED = frozenset({b"set-cookie", b"x-accel-expires"})
+#: Headers that belong to one answer only: never stored (Date: each answer from the cache gets its own).
+_NOT_STORED = frozenset({b"set-cookie", b"x-accel-expires", b"date"})
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -234,7 +234,7 @@ def stale_on_status(config: CacheConfig, status: int) -> bool:
 
 
 def stored_headers(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
-    """The header fields an entry keeps: the answer's but those of one answer only (Set-Cookie, X-Accel-Expires)."""
+    """The header fields an entry keeps: the answer's but those of one answer only (Set-Cookie, X-Accel-Expires, Date)."""
     return tuple((name, value) for name, value in headers if name.lower() not in _NOT_STORED)
 
 

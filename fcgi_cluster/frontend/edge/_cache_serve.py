@@ -220,7 +220,7 @@ async def _send_entry(client: typing.Any, cache: RouteCache, head: typing.Any, e
     if not_modified(head.headers, entry.status, entry.headers):
         kept = [(name, value) for name, value in headers if name.lower() in NOT_MODIFIED_HEADERS]
         await client.io.send(http.send_head(304, kept + extra) + http.send_end())
-        server_log(client, head, 304, 0, started)
+        _log(client, head, 304, 0, started)
         return True
     out = http.send_head(entry.status, headers + extra, content_length=entry.length)
     sent = 0
@@ -236,14 +236,14 @@ async def _send_entry(client: typing.Any, cache: RouteCache, head: typing.Any, e
         # cannot be given the rest, so the connection closes.
         if out:
             await client.io.send(out)
-        server_log(client, head, entry.status, sent, started)
+        _log(client, head, entry.status, sent, started)
         return False
     await client.io.send(out + http.send_end())
-    server_log(client, head, entry.status, sent, started)
+    _log(client, head, entry.status, sent, started)
     return True
 
 
-def server_log(client: typing.Any, head: typing.Any, status: int, sent: int, started: float) -> None:
+def _log(client: typing.Any, head: typing.Any, status: int, sent: int, started: float) -> None:
     client.server.log_request(client.remote_addr, head, status, sent, started)
 
 
