@@ -119,18 +119,21 @@ class RouteCache:
 
     # -- filling ------------------------------------------------------------------
 
-    def begin_fill(self, key: bytes) -> bool:
-        """Mark ``key`` as being filled; False when it already is (by another request)."""
+    def begin_fill(self, key: bytes) -> trio.Event | None:
+        """Mark ``key`` as being filled: the fill's event, or None when it already is (by another request)."""
         if key in self.filling:
-            return False
-        self.filling[key] = trio.Event()
-        return True
+            return None
+        event = self.filling[key] = trio.Event()
+        return event
 
-    def end_fill(self, key: bytes) -> None:
-        """The fill of ``key`` ended (stored or not): wake who waits for it."""
-        event = self.filling.pop(key, None)
-        if event is not None:
-            event.set()
+    def end_fill(self, key: bytes, event: trio.Event) -> None:
+        """The fill of ``key`` that ``begin_fill`` gave ``event`` ended (stored or not): wake who waits for it.
+
+        Once only: a second call, or one after a newer fill began, changes nothing.
+        """
+        if self.filling.get(key) is event:
+            del self.filling[key]
+        event.set()
 
     # -- purge ----------------------------------------------------------------------
 

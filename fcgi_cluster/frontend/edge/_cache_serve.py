@@ -156,7 +156,7 @@ async def serve_cached(
                     return await _send_entry(client, cache, head, entry, UPDATING, started)
     keep_answer = True
     owner = cache.begin_fill(key)
-    if not owner and config.lock and word != BYPASS:
+    if owner is None and config.lock and word != BYPASS:
         with trio.move_on_after(config.lock_timeout):
             await cache.filling[key].wait()
         now = time.time()
@@ -165,15 +165,16 @@ async def serve_cached(
             return await _send_entry(client, cache, head, filled, HIT, started)
         keep_answer = False  # as nginx: after the lock's wait, the answer is not cached
     try:
-        return await _from_worker(client, cache, key, head, number, route, path, started, parts, entry, word, keep_answer)
+        return await _from_worker(client, cache, key, head, number, route, path, started, parts, entry, word,
+                                  keep_answer, owner)
     finally:
-        if owner:
-            cache.end_fill(key)
+        if owner is not None:
+            cache.end_fill(key, owner)
 
 
 async def _from_worker(
     client: typing.Any, cache: RouteCache, key: bytes, head: typing.Any, number: int, route: typing.Any, path: bytes,
-    started: float, parts: ProxyParts, entry: Entry | None, word: bytes, keep_answer: bool,
+    started: float, parts: ProxyParts, entry: Entry | None, word: bytes, keep_answer: bool, owner: trio.Event | None,
 ) -> bool:
     config = cache.config
     server = client.server
@@ -204,6 +205,8 @@ async def _from_worker(
         def keep(body: bytes) -> None:
             if declared is None or declared == len(body):  # else the relay fails it: not kept
                 cache.store(key, head.headers, response.status, stored_headers(headers), body, fresh_for, now)
+                if owner is not None:  # the waiters need not wait for a slow client to take the rest
+                    cache.end_fill(key, owner)
 
         on_whole = keep
     recording = _Recording(response, config.max_entry_size if fresh_for else -1, extra, on_whole)
@@ -250,7 +253,8 @@ def _log(client: typing.Any, head: typing.Any, status: int, sent: int, started: 
 def _refresh_in_background(client: typing.Any, cache: RouteCache, key: bytes, head: typing.Any, number: int,
                            route: typing.Any, path: bytes, parts: ProxyParts) -> None:
     """Start a fill of ``key`` with no client waiting for it (``background_update``)."""
-    if not cache.begin_fill(key):
+    event = cache.begin_fill(key)
+    if event is None:
         return
     server = client.server
     upstream = server.upstreams[route.upstream]
@@ -259,12 +263,13 @@ def _refresh_in_background(client: typing.Any, cache: RouteCache, key: bytes, he
     hash_key = upstream.hash_key(head, client.remote_addr) if upstream.hashed else None
     buffering = server.route_plans[number].buffering
     try:
-        cache.nursery.start_soon(_refresh, cache, key, list(head.headers), upstream, params, hash_key, buffering)  # type: ignore[union-attr]
+        cache.nursery.start_soon(  # type: ignore[union-attr]
+            _refresh, cache, key, event, list(head.headers), upstream, params, hash_key, buffering)
     except RuntimeError:  # the front-end is stopping
-        cache.end_fill(key)
+        cache.end_fill(key, event)
 
 
-async def _refresh(cache: RouteCache, key: bytes, request_headers: list[tuple[bytes, bytes]], upstream: typing.Any,
+async def _refresh(cache: RouteCache, key: bytes, event: trio.Event, request_headers: list[tuple[bytes, bytes]], upstream: typing.Any,
                    params: typing.Any, hash_key: bytes | None, buffering: typing.Any) -> None:
     try:
         result = await open_upstream_response(upstream, params, b"", method=b"GET", hash_key=hash_key, buffering=buffering)
@@ -295,4 +300,4 @@ async def _refresh(cache: RouteCache, key: bytes, request_headers: list[tuple[by
     except Exception:
         log.exception("cache: background update of %r failed", key[:200])
     finally:
-        cache.end_fill(key)
+        cache.end_fill(key, event)

@@ -252,3 +252,15 @@ def test_settings_read_with_a_relative_path(tmp_path: pathlib.Path) -> None:
     static = '[[route]]\nprefix = "/"\nstatic = "."\n[route.cache]\nlock = true\n'
     with pytest.raises(ConfigError, match="route.0..cache: only used by upstream routes"):
         parse_config(static, str(tmp_path / "x.toml"))
+
+
+async def test_a_fill_ends_once_and_never_ends_a_newer_one() -> None:
+    cache = RouteCache(CacheConfig(), None)
+    first = cache.begin_fill(b"k")
+    assert first is not None and cache.begin_fill(b"k") is None
+    cache.end_fill(b"k", first)
+    assert first.is_set() and b"k" not in cache.filling
+    second = cache.begin_fill(b"k")
+    assert second is not None
+    cache.end_fill(b"k", first)  # the first fill's second end: the newer one stays
+    assert cache.filling[b"k"] is second and not second.is_set()
