@@ -20,6 +20,8 @@ Parts, each our stack beside its peers in the same run, interleaved:
   ours vs nginx in front of one worker process (benchmarks/slow_readers.py);
 * ``compress``: the front door's CPU per request with compression off, gzip, br and zstd, on
   echo's JSON answer (benchmarks/compression.py).
+* ``microcache``: workers/hello.py through our front door uncached and cached for 1 s,
+  req/s and the worker's CPU (benchmarks/microcache.py).
 
 Writes ``benchmarks/results/<UTC timestamp>/``: ``results.json`` (every run, the machine,
 the version of every peer), ``report.md`` (the headline, the goals, every table) and PNG
@@ -44,6 +46,7 @@ import compression  # noqa: E402
 import end_to_end  # noqa: E402
 import hello_world  # noqa: E402
 import idle  # noqa: E402
+import microcache  # noqa: E402
 import pool  # noqa: E402
 import sessions  # noqa: E402
 import slow_readers  # noqa: E402
@@ -53,7 +56,7 @@ from _progress import Progress  # noqa: E402
 
 from tests._peers import PeerStartError  # noqa: E402
 
-PARTS = ("hello", "transport", "http", "scaling", "pool", "sessions", "idle", "slow", "compress")
+PARTS = ("hello", "transport", "http", "scaling", "pool", "sessions", "idle", "slow", "compress", "microcache")
 # The stacks of the scaling sweep: every front door before our workers, and the PHP reference.
 SCALING_STACKS = ("ours -> ours", "nginx -> ours", "haproxy -> ours", "nginx -> php-fpm")
 # Where the headline figures are read: small answers at a moderate load.
@@ -73,6 +76,7 @@ def plan(quick: bool) -> dict:
             "idle": idle.Settings(idle.QUICK_CLIENTS),
             "slow": slow_readers.Settings(1.0, (0, 8), 1),
             "compress": compression.Settings(1.0, 1),
+            "microcache": microcache.Settings(1.0, 1),
         }
     return {
         "hello": hello_world.Settings(5.0, 2),
@@ -84,6 +88,7 @@ def plan(quick: bool) -> dict:
         "idle": idle.Settings(idle.CLIENTS),
         "slow": slow_readers.Settings(4.0, (0, 8, 64), 2),
         "compress": compression.Settings(3.0, 2),
+        "microcache": microcache.Settings(3.0, 2),
     }
 
 
@@ -101,6 +106,7 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
         "idle": lambda: idle.steps(settings["idle"]),
         "slow": lambda: slow_readers.steps(settings["slow"]),
         "compress": lambda: compression.steps(settings["compress"]),
+        "microcache": lambda: microcache.steps(settings["microcache"]),
     }
     for part in parts:
         progress.add(counts[part]())
@@ -122,6 +128,8 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
                 results["parts"][part] = slow_readers.run(settings[part], out / part, progress)
             elif part == "compress":
                 results["parts"][part] = compression.run(settings[part], out / part, progress)
+            elif part == "microcache":
+                results["parts"][part] = microcache.run(settings[part], out / part, progress)
             else:
                 results["parts"][part] = pool.run(progress=progress, **settings["pool"])
         except (Unavailable, PeerStartError, RuntimeError, OSError, ValueError) as exc:
@@ -244,7 +252,8 @@ def report(results: dict, plots: list[str]) -> str:
              "sessions": "Sessions in Redis: ours vs nginx -> php-fpm + phpredis",
              "idle": "Idle keep-alive clients: front-door memory per client",
              "slow": "Slow readers: small requests beside clients that read large answers slowly",
-             "compress": "Compression: the front door's CPU per request"}
+             "compress": "Compression: the front door's CPU per request",
+             "microcache": "Microcaching: workers/hello.py uncached and cached for 1 s"}
     for part, data in results["parts"].items():
         if part == "hello":
             continue
@@ -263,6 +272,8 @@ def report(results: dict, plots: list[str]) -> str:
             lines.append(slow_readers.report(data).strip())
         elif part == "compress":
             lines.append(compression.report(data).strip())
+        elif part == "microcache":
+            lines.append(microcache.report(data).strip())
         else:
             lines.append(end_to_end.report(data).strip())
     if plots:

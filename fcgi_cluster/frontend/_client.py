@@ -47,6 +47,7 @@ from ._site import Site, log_stderr, status_page
 from ._static import send_static
 from ._upstream import Upstream
 from .edge._accel import send_accel
+from .edge._cache_serve import ProxyParts, cacheable_request, serve_cached
 
 __all__ = ["CallbackAnswer", "ClientConnection"]
 
@@ -309,8 +310,9 @@ class ClientConnection:
             return False
         server = self.server
         number, route = server.route_of(path)
-        if route is None or route.static is not None or server.route_plans[number].limits is not None:
-            return False  # a limited request may have to wait: a task's job
+        if (route is None or route.static is not None or route.cache is not None
+                or server.route_plans[number].limits is not None):
+            return False  # a limited request may have to wait, a cached one be filled: a task's job
         upstream = server.upstreams[route.upstream]
         index = upstream.balancer.choose(
             upstream.hash_key(head, self.remote_addr) if upstream.hashed else None, exclude=upstream.unhealthy or ()
@@ -376,6 +378,9 @@ class ClientConnection:
         """Answer a request admitted to route ``number``: its directory's file, or its upstream's answer."""
         if route.static is not None:
             return await self._static(head, route, path, started, self.server.route_plans[number].compression)
+        if route.cache is not None and cacheable_request(head):
+            parts = ProxyParts(self._upstream_params, self._relay_answer, self._simple)
+            return await serve_cached(self, head, number, route, path, started, parts)
         return await self._proxy(head, number, route, path, started)
 
     async def _simple(self, head: RequestHead, status: int, started: float) -> bool:

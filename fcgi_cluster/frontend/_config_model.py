@@ -16,6 +16,7 @@ from .._settings import SettingsError
 from ..client._cgi import DEFAULT_DOCUMENT_ROOT
 from ..protocol import DEFAULT_MAX_REQUESTS
 from ._balancer import Balancer, ServerSpec
+from .edge._cache_config import CacheConfig
 
 __all__ = [
     "BALANCE_METHODS", "DEFAULT_STATIC_INDEX", "DEFAULT_UPSTREAM", "ClusterConfig", "ClusterPoolConfig",
@@ -314,6 +315,7 @@ class RouteConfig:
             brotli and zstd those of their nginx modules).
         limit_req, limit_req_status, limit_conn, limit_conn_status: the
             route's request-rate and concurrency limits (``edge._limits``).
+        cache: the route's response cache (``edge._cache_config.CacheConfig``); None: off.
     """
 
     prefix: str | None = None
@@ -344,6 +346,7 @@ class RouteConfig:
     limit_req_status: int = 429
     limit_conn: LimitConn | None = None
     limit_conn_status: int = 429
+    cache: CacheConfig | None = None
 
     def match(self, path: str) -> bool:
         """Whether this route takes a request for ``path`` (the decoded URI path)."""

@@ -33,6 +33,7 @@ from ._config_model import (
     TLSConfig,
     UpstreamConfig,
 )
+from .edge._cache_config import CACHE, CacheConfig
 from ._config_schema import (
     FRONTEND,
     EDGE_ROUTE_KEYS,
@@ -287,6 +288,28 @@ def _temp_path(ctx: Context, table: _Table) -> str | None:
     return directory
 
 
+def read_cache(ctx: Context, path: KeyPath, data: Mapping[str, Any]) -> CacheConfig:
+    """A ``[route.cache]`` table; ``path`` made absolute (relative to the file) and checked creatable."""
+    table = _Table(ctx, path, data, CACHE)
+    values = {name: value for name, value in table.values().items() if name in data}
+    if "path" in data:
+        directory = table.get("path", string)
+        if directory:
+            directory = ctx.file_path(directory)
+            existing = directory
+            while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
+                existing = os.path.dirname(existing)
+            if os.path.exists(directory) and not os.path.isdir(directory):
+                ctx.fail(path + ("path",), f"not a directory: {directory}")
+            if not os.access(existing, os.W_OK | os.X_OK):
+                ctx.fail(path + ("path",), f"not writable by this user: {existing}")
+        values["path"] = directory
+    config = CacheConfig(**values)
+    if config.background_update and "updating" not in config.use_stale:
+        ctx.fail(path + ("background_update",), 'needs use_stale to hold "updating" (the stale entry is served meanwhile)')
+    return config
+
+
 def _health_check(ctx: Context, path: KeyPath, data: Mapping[str, Any]) -> HealthCheck:
     return HealthCheck(**_Table(ctx, path, data, HEALTH_CHECK).values())
 
@@ -360,6 +383,9 @@ def _route(
         values["params"] = _string_table(ctx, path + ("params",), data["params"])
     values["temp_path"] = _temp_path(ctx, table)
     values.update(_route_limits(ctx, table, zones))
+    cache = table.table("cache", f"[{dotted(path + ('cache',))}]")
+    if cache is not None:
+        values["cache"] = read_cache(ctx, path + ("cache",), cache)
     return RouteConfig(**values)
 
 

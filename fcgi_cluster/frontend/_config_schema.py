@@ -20,6 +20,7 @@ from typing import Any, Callable
 from .._address import parse_address
 from .._settings import REQUIRED, Key, choice, duration, integer, show, size, typed_boolean
 from ._balancer import MAX_WEIGHT, ServerSpec
+from .edge._cache_config import CACHE
 from ._config_model import (
     BALANCE_METHODS,
     DEFAULT_STATIC_INDEX,
@@ -390,9 +391,10 @@ ROUTE: tuple[Key, ...] = (
     Key("limit_req_status", integer(400, 599, typed=True), _R["limit_req_status"], "status of a request refused by limit_req (nginx's is 503)"),
     Key("limit_conn", None, _R["limit_conn"], "the [[route]] limit_conn = { ... } table: requests in progress per key; none: no limit"),
     Key("limit_conn_status", integer(400, 599, typed=True), _R["limit_conn_status"], "status of a request refused by limit_conn (nginx's is 503)"),
+    Key("cache", None, None, "the [route.cache] table: cache the upstream's answers (nginx fastcgi_cache); none is off"),
 )  # fmt: skip
 #: Route keys a static route may not hold.
-UPSTREAM_ROUTE_ONLY: tuple[str, ...] = ("root", "split_path_info", "params", *(b.name for b in BUFFERING))
+UPSTREAM_ROUTE_ONLY: tuple[str, ...] = ("root", "split_path_info", "params", *(b.name for b in BUFFERING), "cache")
 #: Route keys of compression and limits, which static routes have too.
 EDGE_ROUTE_KEYS: tuple[str, ...] = (
     "gzip", "gzip_comp_level", "gzip_min_length", "gzip_types", "gzip_proxied", "brotli", "brotli_comp_level",
@@ -458,6 +460,7 @@ SECTIONS: tuple[tuple[str, tuple[Key, ...]], ...] = (
     ("[[route]] limit_conn = { ... }", LIMIT_CONN),
     ("[limit_req_zone.NAME]", LIMIT_REQ_ZONE),
     ("[limit_conn_zone.NAME]", LIMIT_CONN_ZONE),
+    ("[route.cache]", CACHE),
     ("[pool.NAME]", POOL),
 )
 

@@ -61,7 +61,7 @@ def ctl_main(argv: list[str]) -> int:
     """The ``ctl`` subcommand."""
     parser = argparse.ArgumentParser(
         prog="fcgi-cluster ctl",
-        description="Control a running front-end: drain, down, up, weight, add, remove a server; "
+        description="Control a running front-end: drain, down, up, weight, add, remove a server; purge cached answers; "
                     "show its status (JSON) or metrics (OpenMetrics).",
     )
     where = parser.add_mutually_exclusive_group(required=True)
@@ -69,7 +69,8 @@ def ctl_main(argv: list[str]) -> int:
     where.add_argument("--control", metavar="ADDRESS", help="the control listener: host:port or unix:/path")
     parser.add_argument("command", nargs="+",
                         help="status | metrics | drain|down|up|remove UPSTREAM ADDRESS | "
-                             "weight UPSTREAM ADDRESS N | add UPSTREAM ADDRESS [WEIGHT]")
+                             "weight UPSTREAM ADDRESS N | add UPSTREAM ADDRESS [WEIGHT] | "
+                             "purge ROUTE_PREFIX | purge CACHE_KEY | purge KEY_PREFIX*")
     args = parser.parse_args(argv)
     address = args.control
     if args.config:

@@ -36,6 +36,7 @@ from ._server_states import ServerStates
 from ._site import Site, SiteView
 from ._upstream import run_health_checks
 from .edge._listeners import accept_proxied, client_params, listener_plan
+from .edge._cache import purge_command
 
 __all__ = ["FrontendServer", "serve_frontend", "RESTART_KEYS"]
 
@@ -175,6 +176,8 @@ class FrontendServer:
         Raises:
             ControlError: the command cannot be carried out; nothing changed.
         """
+        if line.split(" ", 1)[0] == "purge":
+            return purge_command(self.site, line)
         done = self.states.execute(line, self.file_config)
         path = self.state_file
         if path:

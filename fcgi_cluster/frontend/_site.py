@@ -30,6 +30,7 @@ from ._deadlines import Deadlines
 from ._http import HTTPLimits, RequestHead, error_page
 from .edge._accel import Accel
 from .edge._listeners import listener_plans
+from .edge._cache import route_caches
 from ._upstream import ANSWER_POOL, ANSWER_POOL_PER_REQUEST, Upstream, answer_buffering
 from .edge._compress import Compression, compression_of
 from .edge._limit_gate import LimitZones, RouteLimits, route_limits
@@ -113,6 +114,8 @@ class Site:
         self.listeners = listener_plans(fe)
         #: X-Accel-Redirect / X-Sendfile handling (``edge._accel``); None when the file asks for none.
         self.accel = Accel.for_site(config)
+        #: Each route's response cache (None: not cached), kept over a reload where the route is unchanged.
+        self.caches = route_caches(self.routes, nursery, *((previous.caches, previous.routes) if previous else ()))
         self.active_requests = 0
         #: Requests begun in this process, over every site (the status page's).
         self.requests = previous.requests if previous is not None else 0

@@ -14,6 +14,7 @@ import time
 import typing
 
 from ._counters import LATENCY_BOUNDS
+from .edge._cache import cache_report
 
 __all__ = ["status", "openmetrics", "OPENMETRICS_TYPE"]
 
@@ -73,7 +74,8 @@ def status(server: typing.Any, states: typing.Any) -> dict[str, object]:
         "requests_in_flight": server.active_requests,
     }
     # "processes": every front-end process's row (``_status_share.merge`` adds the others').
-    return {"time": time.time(), "process": process, "processes": [process], "upstreams": upstreams}
+    caches = cache_report(site.routes, site.caches)
+    return {"time": time.time(), "process": process, "processes": [process], "upstreams": upstreams, "caches": caches}
 
 
 def _label(value: object) -> str:
@@ -132,5 +134,10 @@ def openmetrics(report: dict[str, typing.Any]) -> str:
     family("fcgi_cluster_server_state", "stateset", "The server's state.",
            [("", {**labels(up, s), "fcgi_cluster_server_state": state}, int(s["state"] == state))
             for up, s in servers for state in ("up", "drain", "down", "failing")])
+    caches = report.get("caches", [])
+    family("fcgi_cluster_cache_answers", "counter", "Requests to a cached route, by X-Cache-Status.",
+           [("_total", {"route": c["route"], "status": word}, n) for c in caches for word, n in c["answers"].items()])
+    family("fcgi_cluster_cache_entries", "gauge", "Entries of a cached route held in memory.",
+           [("", {"route": c["route"]}, c["entries"]) for c in caches])
     lines.append("# EOF")
     return "\n".join(lines) + "\n"

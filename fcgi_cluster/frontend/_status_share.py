@@ -19,6 +19,8 @@ import typing
 
 import trio
 
+from .edge._cache import merge_cache_reports
+
 __all__ = ["StatusShare", "merge", "PUBLISH_SECONDS", "STALE_SECONDS"]
 
 log = logging.getLogger("fcgi_cluster.frontend")
@@ -105,4 +107,5 @@ def merge(own: dict[str, typing.Any], others: list[dict[str, typing.Any]]) -> di
                 latency = mine["latency"]
                 latency["counts"] = [a + b for a, b in zip(latency["counts"], entry["latency"]["counts"])]
                 latency["sum"] += entry["latency"]["sum"]
+    merged["caches"] = merge_cache_reports(merged.get("caches", []), [other.get("caches", []) for other in others])
     return merged

@@ -49,4 +49,9 @@ def test_the_edge_demo_serves_each_feature(tmp_path) -> None:
         # /limited/: 1 + a burst of 5 at once, then 429 (one client, well within a second).
         statuses = [split_response(exchange(fe, get_bytes("/limited/")))[0] for _ in range(8)]
         assert statuses[:6] == [200] * 6 and 429 in statuses[6:]
+        # /cached/: the first answer fills the entry, the next ones are it (the same worker pid and body).
+        first = split_response(exchange(fe, get_bytes("/cached/page")))
+        again = [split_response(exchange(fe, get_bytes("/cached/page"))) for _ in range(3)]
+        assert first[1]["x-cache-status"] == "MISS"
+        assert [a[1]["x-cache-status"] for a in again] == ["HIT"] * 3 and {a[2] for a in again} == {first[2]}
         assert "Traceback" not in process.log_path.read_text()

@@ -361,7 +361,7 @@ def test_unknown_key_in_the_second_route() -> None:
     assert error_of(text) == (
         "cluster.toml:9: route[1].upstrem: unknown key; expected one of: prefix, regex, upstream, "
         'static, index, root, split_path_info, params, buffering, buffer_size, max_temp_file_size, temp_path, internal, gzip, gzip_comp_level, gzip_min_length, gzip_types, gzip_proxied, brotli, brotli_comp_level, zstd, '
-        'zstd_comp_level, limit_req, limit_req_status, limit_conn, limit_conn_status; '
+        'zstd_comp_level, limit_req, limit_req_status, limit_conn, limit_conn_status, cache; '
             'did you mean "upstream"?'
     )
 
@@ -393,7 +393,7 @@ def test_wrong_types() -> None:
     assert error_of(UPSTREAM + "[[route]]\nprefix = '/'\nupstream = 'app'\n[[route]]\n[route.x]\ny = 1\n") == (
         "cluster.toml:7: route[1].x: unknown key; expected one of: prefix, regex, upstream, static, index, "
         "root, split_path_info, params, buffering, buffer_size, max_temp_file_size, temp_path, internal, gzip, gzip_comp_level, gzip_min_length, gzip_types, gzip_proxied, brotli, brotli_comp_level, zstd, "
-        "zstd_comp_level, limit_req, limit_req_status, limit_conn, limit_conn_status"
+        "zstd_comp_level, limit_req, limit_req_status, limit_conn, limit_conn_status, cache"
     )
     assert error_of(UPSTREAM + "route = 1\n") == (
         "cluster.toml:3: upstream.app.route: unknown key; expected one of: servers, balance, hash_key, multiplex, "
