@@ -71,10 +71,12 @@ class RequestContext:
             and to tell a request whose code cannot be stopped.
         task: the trio task running the request, when a slow log wants its
             stack (ASGI), else None.
+        before_end: called once, just before END_REQUEST is written (the pool
+            counts the request over before the web server can know it is).
     """
 
     __slots__ = ("request_id", "params", "body", "cancel_scope", "cancelled", "interrupt", "ended", "status",
-                 "app_thread", "task", "_conn")
+                 "app_thread", "task", "before_end", "_conn")
 
     def __init__(self, conn: "WorkerConnection", request: Request, body: RequestBody, *, scoped: bool = True) -> None:
         self.request_id = request.request_id
@@ -87,6 +89,7 @@ class RequestContext:
         self.status = 0
         self.app_thread: int | None = None
         self.task: trio.lowlevel.Task | None = None
+        self.before_end: Callable[[], None] | None = None
         self._conn = conn
 
     def cancel(self) -> None:
@@ -138,6 +141,8 @@ class RequestContext:
         if not self.ended:
             out = self._stdout(last) if last else b""
             self.ended = True
+            if self.before_end is not None:
+                self.before_end()
             self.body.abort()
             self._conn.write_last(out + self._conn.encode(EndRequest(self.request_id, app_status)))
 

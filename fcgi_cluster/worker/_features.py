@@ -33,6 +33,7 @@ and the thread keeps its slot in the pool until the app returns.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -209,6 +210,9 @@ class PoolFeatures:
     def _begin(self, ctx: RequestContext, info: RequestInfo, app: bool) -> None:
         """The request runs from now on: ``_end`` is owed, whatever happens."""
         self.hooks.request_started(info)
+        # Counted over as its END_REQUEST goes (a status page asked right
+        # after the answer counts it), or at _end for one that never ends.
+        ctx.before_end = functools.partial(self._finished, ctx, info)
         self._running[ctx] = info
         self._accepted += 1
         if app:
@@ -226,7 +230,8 @@ class PoolFeatures:
             else:
                 ctx.send_nowait(_TIMEOUT_504)
                 ctx.end(0)
-        info.status = ctx.status
+        if not info.finished:
+            self._finished(ctx, info)
         duration = time.monotonic() - info.start
         if app:
             self._served += 1
@@ -234,6 +239,12 @@ class PoolFeatures:
         if self.access_log is not None:
             self.access_log.write(info.remote_addr, _text(ctx.params, b"REMOTE_USER"), info.method, info.uri,
                                   info.status, time.time() - duration, duration)
+
+    def _finished(self, ctx: RequestContext, info: RequestInfo) -> None:
+        """The hooks' ``request_finished``, once per request."""
+        ctx.before_end = None
+        info.status = ctx.status
+        info.finished = True
         self.hooks.request_finished(info)
 
     # --- ping and status pages ------------------------------------------------

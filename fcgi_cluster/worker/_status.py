@@ -97,6 +97,8 @@ class RequestInfo:
     status: int = 0
     #: True once the request passed request_terminate_timeout.
     timed_out: bool = False
+    #: True once ``RequestHooks.request_finished`` was called for it.
+    finished: bool = False
 
 
 class RequestHooks:
