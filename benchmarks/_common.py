@@ -3,8 +3,7 @@ the ``fcgi-cluster`` command and our front door, wrk's runs and their figures, a
 files a scenario's run ends with (``write_part``).
 
 The scenarios (hello_world.py, end_to_end.py, idle.py, sessions.py, slow_readers.py,
-transport.py, pool.py) import this; the
-suite (suite.py) runs the scenarios.
+transport.py, pool.py) import this; the suite (suite.py) runs the scenarios.
 """
 
 from __future__ import annotations
