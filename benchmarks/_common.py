@@ -1,13 +1,15 @@
 """What the benchmark scenarios share: the machine's facts, the results folder's name,
-the ``fcgi-cluster`` command and our front door, wrk's runs and their figures.
+the ``fcgi-cluster`` command and our front door, wrk's runs and their figures, and the
+files a scenario's run ends with (``write_part``).
 
-The scenarios (end_to_end.py, idle.py, sessions.py, slow_readers.py) import this; the
-suite (suite.py) runs the scenarios.
+The scenarios (hello_world.py, end_to_end.py, idle.py, sessions.py, slow_readers.py,
+transport.py, pool.py) import this; the suite (suite.py) runs the scenarios.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import pathlib
 import platform
@@ -227,3 +229,21 @@ def trouble(run: dict) -> str:
 def ms(value: float | None) -> str:
     """A figure in milliseconds for a report's table, "-" when there is none."""
     return "-" if value is None else f"{value:.2f}"
+
+
+def write_part(out: pathlib.Path, key: str, part: dict, table: str) -> None:
+    """End a scenario's run: write its folder's files and print its table.
+
+    Args:
+        out: the run's results folder (it exists).
+        key: the part's name in results.json (``hello``, ``http``, ``idle``...).
+        part: what the scenario's ``run`` returned.
+        table: its ``report(part)`` (markdown).
+
+    ``results.json`` holds the machine's facts and the part; ``report.md`` the table.
+    """
+    (out / "results.json").write_text(json.dumps({"machine": machine(), key: part}, indent=2))
+    (out / "report.md").write_text(table)
+    print()
+    print(table)
+    print(f"results: {out}")

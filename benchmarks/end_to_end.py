@@ -45,7 +45,6 @@ import argparse
 import contextlib
 import dataclasses
 import http.client
-import json
 import os
 import pathlib
 import shutil
@@ -67,12 +66,12 @@ from _common import (  # noqa: E402
     WRK_THREADS,
     Unavailable,
     fcgi_cluster_command,
-    machine,
     ms,
     our_front_door,
     run_wrk,
     stamp,
     trouble,
+    write_part,
 )
 from _progress import Progress  # noqa: E402
 
@@ -474,12 +473,7 @@ def main() -> int:
     except Unavailable as exc:
         print(f"end_to_end.py: {exc}", file=sys.stderr)
         return 1
-    (out / "results.json").write_text(json.dumps({"machine": machine(), "http": part}, indent=2))
-    table = report(part)
-    (out / "report.md").write_text(table)
-    print()
-    print(table)
-    print(f"results: {out}")
+    write_part(out, "http", part, report(part))
     return 0
 
 

@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import dataclasses
 import http.client
-import json
 import pathlib
 import re
 import shutil
@@ -47,11 +46,11 @@ from _common import (  # noqa: E402
     WARMUP_SECONDS,
     Unavailable,
     fcgi_cluster_command,
-    machine,
     ms,
     run_wrk,
     stamp,
     trouble,
+    write_part,
 )
 from _progress import Progress  # noqa: E402
 
@@ -312,12 +311,7 @@ def main() -> int:
     except Unavailable as exc:
         print(f"hello_world.py: {exc}", file=sys.stderr)
         return 1
-    (out / "results.json").write_text(json.dumps({"machine": machine(), "hello": part}, indent=2))
-    table = report(part)
-    (out / "report.md").write_text(table)
-    print()
-    print(table)
-    print(f"results: {out}")
+    write_part(out, "hello", part, report(part))
     return 0 if all(state["available"] for state in part["stacks"].values()) else 1
 
 

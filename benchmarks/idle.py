@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import pathlib
 import resource
@@ -54,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import _measure  # noqa: E402
-from _common import fcgi_cluster_command, machine, stamp  # noqa: E402
+from _common import fcgi_cluster_command, stamp, write_part  # noqa: E402
 from _progress import Progress  # noqa: E402
 
 from tests._peers import LOOPBACK, Peers, PeerStartError, free_port  # noqa: E402
@@ -354,12 +353,7 @@ def main() -> int:
     out = pathlib.Path(args.out) / f"{stamp()}-idle"
     out.mkdir(parents=True, exist_ok=True)
     part = run(settings, out, Progress(steps(settings)))
-    (out / "results.json").write_text(json.dumps({"machine": machine(), "idle": part}, indent=2))
-    table = report(part)
-    (out / "report.md").write_text(table)
-    print()
-    print(table)
-    print(f"results: {out}")
+    write_part(out, "idle", part, report(part))
     return 0 if all(row["available"] for row in part["front_doors"].values()) else 1
 
 

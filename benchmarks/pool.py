@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
 import os
 import pathlib
 import statistics
@@ -44,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import transport  # noqa: E402  (the load generator)
+from _common import stamp, write_part  # noqa: E402
 from _progress import Progress  # noqa: E402
 
 from fcgi_cluster.client import cgi_params, open_connection  # noqa: E402
@@ -209,15 +208,9 @@ def main() -> int:
     if args.quick:
         args.seconds, args.rounds = 1.0, 1
     part = run(args.seconds, args.rounds, Progress(steps(args.rounds)))
-    table = report(part)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = pathlib.Path(args.out) / f"{stamp}-pool"
+    out = pathlib.Path(args.out) / f"{stamp()}-pool"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"machine": transport.machine(), "pool": part}, indent=2))
-    (out / "report.md").write_text(table)
-    print()
-    print(table)
-    print(f"results: {out}")
+    write_part(out, "pool", part, report(part))
     return 0
 
 

@@ -75,7 +75,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import _common  # noqa: E402
 import _measure  # noqa: E402
-from _common import machine, ms, stamp  # noqa: E402
+from _common import ms, stamp, write_part  # noqa: E402
 from _progress import Progress  # noqa: E402
 
 from tests._peers import LOOPBACK, PHP_PAGES, Peers, PeerStartError, free_port  # noqa: E402
@@ -467,12 +467,7 @@ def main() -> int:
     except (_common.Unavailable, PeerStartError) as exc:
         print(f"sessions.py: {exc}", file=sys.stderr)
         return 1
-    (out / "results.json").write_text(json.dumps({"machine": machine(), "sessions": part}, indent=2))
-    table = report(part)
-    (out / "report.md").write_text(table)
-    print()
-    print(table)
-    print(f"results: {out}")
+    write_part(out, "sessions", part, report(part))
     return 0
 
 

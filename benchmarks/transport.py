@@ -31,11 +31,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
 import os
 import pathlib
-import platform
 import socket
 import statistics
 import subprocess
@@ -48,6 +45,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _common import stamp, write_part  # noqa: E402
 from _progress import Progress  # noqa: E402
 
 from fcgi_cluster.client import FastCGIError, cgi_params, open_connection  # noqa: E402
@@ -236,25 +234,6 @@ async def load_client(port: int, connections: int, inflight: int, new_conn: bool
     return done[0], done[1]
 
 
-def machine() -> dict:
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "flup": _version("flup"),
-        "trio": _version("trio"),
-    }
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "not installed"
-
-
 def php_fpm_installed() -> bool:
     """Whether php-fpm is here to be measured."""
     try:
@@ -323,15 +302,9 @@ def main() -> int:
     if args.quick:
         args.seconds, args.rounds = 1.0, 2
     part = run(args.seconds, args.rounds, Progress(steps(args.rounds)), args.app)
-    table = report(part)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = pathlib.Path(args.out) / f"{stamp}-transport"
+    out = pathlib.Path(args.out) / f"{stamp()}-transport"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"machine": machine(), "transport": part}, indent=2))
-    (out / "report.md").write_text(table)
-    print()
-    print(table)
-    print(f"results: {out}")
+    write_part(out, "transport", part, report(part))
     return 0
 
 

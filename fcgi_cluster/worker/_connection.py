@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from typing import Awaitable, Callable
 
@@ -39,6 +40,7 @@ from ..protocol import (
 )
 from ._body import RequestBody
 from ._config import WorkerConfig
+from ._drain import DrainPolicy
 
 __all__ = ["RequestContext", "WorkerConnection"]
 
@@ -186,7 +188,7 @@ class WorkerConnection:
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._space_lot = trio.lowlevel.ParkingLot()
         self._closing = False
-        self._draining = False
+        self._drain = DrainPolicy()
         self._seen_request = False
         self._read_scope = trio.CancelScope()
         self._nursery: trio.Nursery | None = None
@@ -240,15 +242,26 @@ class WorkerConnection:
         return not self._seen_request
 
     def drain(self) -> None:
-        """Stop reading new requests; close once those in flight are answered.
+        """Start no new request; close once those in flight are answered (``DrainPolicy``).
 
         A connection that has not delivered its first request yet (accepted
         just before the stop) is served that request first: a web server
-        opened it to send one, and closing it unanswered would drop it.
+        opened it to send one, and closing it unanswered would drop it. A
+        peer seen to multiplex has every new request refused (OVERLOADED) and
+        the connection closes once it has been quiet for a moment, so that a
+        request it had on the wire is refused, not cut.
         """
-        self._draining = True
-        if not self.requests and self._seen_request:
+        self._drain.start(trio.current_time())
+        self._update_drain()
+
+    def _update_drain(self) -> None:
+        """Carry out the policy: close now, or when the peer will have been quiet enough."""
+        at = self._drain.close_at(len(self.requests), self._seen_request)
+        if at == -math.inf:
             self._close_when_idle()
+        else:
+            # The read ends at the deadline; run() then closes.
+            self._read_scope.deadline = math.inf if at is None else at
 
     # --- reading ------------------------------------------------------------
 
@@ -257,6 +270,7 @@ class WorkerConnection:
         stream = self.stream
         requests = self.requests
         fd = self._fd
+        drain = self._drain
         pending: list[RequestContext] = []
         size = READ_SIZE
         while True:
@@ -282,13 +296,12 @@ class WorkerConnection:
                     break
                 kind = type(event)
                 if kind is Request:
-                    if self._draining and requests:
-                        # Stopping, on a multiplexed connection that others
-                        # still use: a new request is refused unstarted
-                        # (OVERLOADED), so the web server sends it again on a
-                        # new connection (to the new children on a reload) and
-                        # stops using this one, which closes once idle. (Alone
-                        # on its connection, a request is served as before:
+                    if (requests or drain.draining) and not drain.admit(len(requests)):
+                        # Stopping, with a peer that multiplexes: a new
+                        # request is refused unstarted (OVERLOADED), so the
+                        # web server sends it again on a new connection (to
+                        # the new children on a reload) and stops using this
+                        # one. (A peer that sends one at a time is served:
                         # nginx takes an OVERLOADED for a 502.)
                         self.write_nowait(self.encode(EndRequest(event.request_id, 0, ProtocolStatus.OVERLOADED)))
                         continue
@@ -321,6 +334,9 @@ class WorkerConnection:
             out = core.data_to_send()
             if out:
                 self.write_nowait(out)
+            if drain.draining:
+                drain.heard(trio.current_time())
+                self._update_drain()
 
     def _start_pending(self, pending: list[RequestContext]) -> None:
         """Start the requests of the read just processed: without a task when the handler can."""
@@ -359,8 +375,10 @@ class WorkerConnection:
         del self.requests[ctx.request_id]
         if self._over:
             return
-        if self.core.should_close or (self._draining and not self.requests):
+        if self.core.should_close:
             self._close_when_idle()
+        elif self._drain.draining:
+            self._update_drain()
         if self._writer_lot:
             self._writer_lot.unpark()
 

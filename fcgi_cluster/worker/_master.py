@@ -27,7 +27,10 @@ The pm rules (static, dynamic, ondemand: how many children, which to stop)
 are decided by a ``PoolPolicy`` per pool generation (``_pm_policy``), a pure
 object: at every tick the master reads each child's figures from the
 scoreboard, asks the policy, and carries out its actions (fork, SIGQUIT, log
-lines, watching the listening socket for ondemand).
+lines, watching the listening socket for ondemand). The children as processes
+(fork, output pipes, signals with a kill deadline, reaping) are
+``_master_children``'s; this module decides what happens to them: start,
+signals, reload, pm.
 
 Error handling: problems found before anything runs (an address in use, an app
 that does not import, a bad ``session.*`` value, a session store that does not
@@ -40,7 +43,6 @@ replaced; ``emergency_restart_threshold`` abnormal deaths within
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
 import selectors
@@ -48,13 +50,13 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 from .._address import parse_address
 from .._limits import raise_open_file_limit
 from .._systemd import close_unused, is_inherited, listen_sockets, notify, reloading, take_listener
-from ._pm_child import EXIT_APP_LOAD, ChildSpec, child_main, prepare_process, session_settings
+from ._master_children import SIGNALS, Child, Children, PoolRun, waitpid_retrying
+from ._pm_child import prepare_process, session_settings
 from ._pm_policy import (Action, ChildFigures, MaxChildrenReached, PoolPolicy, SeemsBusy, Spawn, Stop, Unwatch,
                          Watch)
 from ._pool_config import GlobalConfig, PoolConfig, PoolConfigError, PoolFile, load_pool_config
@@ -73,10 +75,6 @@ RELOAD_START_TIMEOUT = 10.0
 APP_CHECK_TIMEOUT = 60.0
 #: Seconds past request_terminate_timeout with no request finishing before a busy child is killed.
 STUCK_GRACE = 2.0
-#: Characters of one line of a child's output kept in the log (php-fpm's log_limit).
-OUTPUT_LINE_LIMIT = 1024
-
-_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _LEVELS = {"alert": logging.CRITICAL, "error": logging.ERROR, "warning": logging.WARNING,
            "notice": logging.INFO, "debug": logging.DEBUG}
 
@@ -192,19 +190,11 @@ def check_app(pool: PoolConfig) -> str | None:
         sel.close()
     finally:
         os.close(read)
-        _, status = _waitpid_retrying(pid)
+        _, status = waitpid_retrying(pid)
     if os.waitstatus_to_exitcode(status) == 0:
         return None
     reason = b"".join(chunks).decode("utf-8", "replace").strip()
     return reason.splitlines()[0] if reason else f"importing it failed (status {os.waitstatus_to_exitcode(status)})"
-
-
-def _waitpid_retrying(pid: int) -> tuple[int, int]:
-    while True:
-        try:
-            return os.waitpid(pid, 0)
-        except InterruptedError:
-            continue
 
 
 def check_sessions(pool: PoolConfig, *, connect: bool) -> None:
@@ -327,48 +317,23 @@ def _close_listener(sock: socket.socket) -> None:
 # --- the master ---------------------------------------------------------------------
 
 
-@dataclass(eq=False)
-class _Child:
-    pid: int
-    run: "_PoolRun"
-    slot: int
-    started: float  # monotonic
-    #: Why the master asked it to stop ("" = it was not asked): its exit is then not abnormal.
-    stopping: str = ""
-    kill_at: float | None = None
-
-
-@dataclass(eq=False)
-class _PoolRun:
-    """One generation of one pool: its config, socket, scoreboard, pm policy and children."""
-
-    config: PoolConfig
-    sock: socket.socket
-    scoreboard: Scoreboard
-    policy: PoolPolicy
-    children: dict[int, _Child] = field(default_factory=dict)
-    retiring: bool = False
-    #: ondemand: the socket is in the master's selector (a reload's new run
-    #: may register the same socket, so each run unregisters only its own).
-    watching: bool = False
-
-
 class _Master:
+    """The running master: pool generations, signals, reload and the pm tick over ``Children``."""
+
     def __init__(self, pool_file: PoolFile, sockets: dict[str, socket.socket],
                  loader: Callable[[str], PoolFile], handler: logging.Handler) -> None:
         self.pool_file = pool_file
         self.loader = loader
         self.handler = handler
         self.sel = selectors.DefaultSelector()
-        self.runs: list[_PoolRun] = []  # the current generation
-        self.old_runs: list[_PoolRun] = []  # generations finishing
-        self.children: dict[int, _Child] = {}
+        self.runs: list[PoolRun] = []  # the current generation
+        self.old_runs: list[PoolRun] = []  # generations finishing
+        self.kids = Children(self.sel, handler)
         self.signals: list[int] = []
         self.exiting = ""  # "", "quit" or "term"
         self.deaths: collections.deque[float] = collections.deque()
         #: A reload waiting for its new generation to start: (old runs, deadline).
-        self.pending_retire: tuple[list[_PoolRun], float] | None = None
-        self.outputs: dict[int, tuple[str, int, str, bytearray]] = {}
+        self.pending_retire: tuple[list[PoolRun], float] | None = None
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -376,15 +341,15 @@ class _Master:
         for pool in pool_file.pools:
             self.runs.append(self._new_run(pool, sockets[pool.name]))
 
-    def _new_run(self, pool: PoolConfig, sock: socket.socket) -> _PoolRun:
+    def _new_run(self, pool: PoolConfig, sock: socket.socket) -> PoolRun:
         # Twice max_children slots: a child finishing (pm.max_requests, reload)
         # keeps its slot while its replacement takes another.
-        return _PoolRun(pool, sock, Scoreboard(2 * pool.pm_max_children), PoolPolicy(pool))
+        return PoolRun(pool, sock, Scoreboard(2 * pool.pm_max_children), PoolPolicy(pool))
 
     # --- running ----------------------------------------------------------------
 
     def run(self) -> int:
-        for signum in _SIGNALS:
+        for signum in SIGNALS:
             signal.signal(signum, self._on_signal)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         log.info("fpm is running, pid %d", os.getpid())
@@ -398,27 +363,16 @@ class _Master:
             # A bug of the master's own: it must not leave orphans serving an
             # unmanaged pool. Stop every child, say why, exit non-zero.
             log.exception("the master failed; stopping every child")
-            self._kill_all()
+            self.kids.kill_all()
             return 1
         for run in self.runs + self.old_runs:
             self._close_run(run)
-        # The children's last words.
-        for fd in list(self.outputs):
-            self._read_output(fd, final=True)
+        self.kids.last_words()
         log.info("exiting, bye-bye!")
         return 0
 
     def _status(self) -> str:
         return "STATUS=serving: " + ", ".join(f"[pool {run.config.name}] on {run.config.listen}" for run in self.runs)
-
-    def _kill_all(self) -> None:
-        for pid in list(self.children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        for pid in list(self.children):
-            with contextlib.suppress(ChildProcessError):
-                _waitpid_retrying(pid)
-        self.children.clear()
 
     def _loop(self) -> None:
         next_tick = time.monotonic()
@@ -432,7 +386,7 @@ class _Master:
             if now >= next_tick:
                 next_tick = now + TICK
                 self._tick(now)
-            if self.exiting and not self.children:
+            if self.exiting and not self.kids:
                 return
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -473,55 +427,14 @@ class _Master:
 
     # --- children ------------------------------------------------------------------
 
-    def _start_run(self, run: _PoolRun) -> None:
+    def _start_run(self, run: PoolRun) -> None:
         self._carry_out(run, run.policy.start(time.monotonic()))
 
-    def _spawn(self, run: _PoolRun) -> bool:
-        pool = run.config
-        slot = run.scoreboard.free_slot()
-        if slot is None:
-            return False
-        catch = pool.catch_workers_output
-        if catch:
-            out_r, out_w = os.pipe()
-            err_r, err_w = os.pipe()
-        else:
-            out_w = err_w = os.open(os.devnull, os.O_WRONLY)
-        spec = ChildSpec(
-            pool=pool, global_=self.pool_file.global_, sock=run.sock, scoreboard=run.scoreboard, slot=slot,
-            close_fds=self._master_fds(run) + ([out_r, err_r] if catch else []),
-            stdout=out_w, stderr=err_w, log_handler=self.handler, master_pid=os.getpid(),
-        )
-        run.scoreboard.reserve(slot)
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            run.scoreboard.release(slot)
-            log.error("[pool %s] fork() failed: %s", pool.name, exc.strerror)
-            for fd in {out_w, err_w} | ({out_r, err_r} if catch else set()):
-                os.close(fd)
-            return False
-        if pid == 0:
-            child_main(spec)  # never returns
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        run.scoreboard.set_pid(slot, pid)
-        child = _Child(pid, run, slot, time.monotonic())
-        run.children[pid] = child
-        self.children[pid] = child
-        for fd in {out_w, err_w}:
-            os.close(fd)
-        if catch:
-            for fd, name in ((out_r, "stdout"), (err_r, "stderr")):
-                os.set_blocking(fd, False)
-                self.outputs[fd] = (pool.name, pid, name, bytearray())
-                self.sel.register(fd, selectors.EVENT_READ, self._read_output)
-        log.info("[pool %s] child %d started", pool.name, pid)
-        return True
+    def _spawn(self, run: PoolRun) -> bool:
+        return self.kids.spawn(run, self.pool_file.global_, self._master_fds(run))
 
-    def _master_fds(self, run: _PoolRun) -> list[int]:
-        fds = [self.wake_r, self.wake_w, *self.outputs]
+    def _master_fds(self, run: PoolRun) -> list[int]:
+        fds = [self.wake_r, self.wake_w]
         try:
             fds.append(self.sel.fileno())  # type: ignore[attr-defined]
         except (AttributeError, OSError):
@@ -532,80 +445,18 @@ class _Master:
                 fds.append(other.sock.fileno())
         return fds
 
-    def _read_output(self, fd: int, final: bool = False) -> None:
-        pool, pid, name, pending = self.outputs[fd]
-        eof = False
-        try:
-            while True:
-                data = os.read(fd, 65536)
-                if not data:
-                    eof = True
-                    break
-                pending += data
-        except BlockingIOError:
-            pass
-        *lines, rest = pending.split(b"\n")
-        if eof or final:
-            if rest:
-                lines.append(rest)
-            rest = b""
-        pending[:] = rest
-        for line in lines:
-            text = line.decode("utf-8", "replace").rstrip("\r")
-            if len(text) > OUTPUT_LINE_LIMIT:
-                text = text[:OUTPUT_LINE_LIMIT] + "..."
-            log.warning('[pool %s] child %d said into %s: "%s"', pool, pid, name, text)
-        if eof or final:
-            self.sel.unregister(fd)
-            os.close(fd)
-            del self.outputs[fd]
-
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            except InterruptedError:
-                continue
-            if pid == 0:
-                return
-            child = self.children.pop(pid, None)
-            if child is None:
-                continue
-            self._child_exited(child, status)
+        self.kids.reap(self._child_exited)
 
-    def _child_exited(self, child: _Child, status: int) -> None:
-        run = child.run
-        run.children.pop(child.pid, None)
-        state = run.scoreboard.slot_state(child.slot)[1]
-        run.scoreboard.release(child.slot)
-        lived = time.monotonic() - child.started
-        pool = run.config.name
-        if os.WIFSIGNALED(status):
-            signum = os.WTERMSIG(status)
-            try:
-                name = signal.Signals(signum).name
-            except ValueError:
-                name = str(signum)
-            abnormal = not child.stopping
-            level = logging.WARNING if abnormal or signum == signal.SIGKILL else logging.INFO
-            log.log(level, "[pool %s] child %d exited on signal %d (%s) after %.6f seconds from start",
-                    pool, child.pid, signum, name, lived)
-        else:
-            code = os.WEXITSTATUS(status)
-            abnormal = code != 0 and not child.stopping
-            if code == EXIT_APP_LOAD:
-                log.error("[pool %s] child %d could not import the app (%s)", pool, child.pid, run.config.app)
-            log.log(logging.WARNING if abnormal else logging.INFO,
-                    "[pool %s] child %d exited with code %d after %.6f seconds from start", pool, child.pid, code, lived)
+    def _child_exited(self, child: Child, abnormal: bool) -> None:
         if abnormal:
             self._count_death()
         # A child that recycled (pm.max_requests: finishing, exit 0, not asked to
         # stop) is replaced here, as php-fpm does. Other replacements come from
         # the next tick: a child that dies at start (its app broke since the
         # check) is not forked again in a tight loop.
-        recycled = state == FINISHING and not child.stopping and not abnormal
+        run = child.run
+        recycled = child.last_state == FINISHING and not child.stopping and not abnormal
         if not run.retiring and not self.exiting:
             self._carry_out(run, run.policy.exited(child.pid, recycled, self._figures(run)))
         if run.retiring and not run.children:
@@ -625,17 +476,6 @@ class _Master:
             self.deaths.clear()
             self._reload()
 
-    def _signal_child(self, child: _Child, signum: int, why: str, timeout: float | None) -> None:
-        if not child.stopping or why == "term" or why == "stuck":
-            child.stopping = why
-        if timeout is not None:
-            deadline = time.monotonic() + timeout
-            child.kill_at = deadline if child.kill_at is None else min(child.kill_at, deadline)
-        try:
-            os.kill(child.pid, signum)
-        except ProcessLookupError:
-            pass
-
     def _quit_timeout(self) -> float | None:
         control = self.pool_file.global_.process_control_timeout
         # The child's own graceful timeout is the same; SIGKILL only if it overruns.
@@ -648,12 +488,12 @@ class _Master:
         self.exiting = how
         for run in self.runs + self.old_runs:
             self._mute(run)
-        for child in list(self.children.values()):
+        for child in self.kids.all():
             if how == "term":
                 control = self.pool_file.global_.process_control_timeout
-                self._signal_child(child, signal.SIGTERM, "term", control if control > 0 else 1.0)
+                self.kids.signal(child, signal.SIGTERM, "term", control if control > 0 else 1.0)
             else:
-                self._signal_child(child, signal.SIGQUIT, "quit", self._quit_timeout())
+                self.kids.signal(child, signal.SIGQUIT, "quit", self._quit_timeout())
 
     def _reopen_logs(self) -> None:
         if isinstance(self.handler, logging.FileHandler):
@@ -664,11 +504,7 @@ class _Master:
                     self.handler.stream = None
             finally:
                 self.handler.release()
-        for child in list(self.children.values()):
-            try:
-                os.kill(child.pid, signal.SIGUSR1)
-            except ProcessLookupError:
-                pass
+        self.kids.signal_all(signal.SIGUSR1)
 
     # --- reload -----------------------------------------------------------------------
 
@@ -721,27 +557,27 @@ class _Master:
         self._retire(old)
         log.info("reload done: %s", ", ".join(f"[pool {run.config.name}] {len(run.children)} children" for run in self.runs))
 
-    def _retire(self, old: list[_PoolRun]) -> None:
+    def _retire(self, old: list[PoolRun]) -> None:
         for run in old:
             run.retiring = True
             self.old_runs.append(run)
             for child in list(run.children.values()):
-                self._signal_child(child, signal.SIGQUIT, "quit", self._quit_timeout())
+                self.kids.signal(child, signal.SIGQUIT, "quit", self._quit_timeout())
             if not run.children:
                 self._close_run(run)
 
-    def _watch(self, run: _PoolRun) -> None:
+    def _watch(self, run: PoolRun) -> None:
         """ondemand: wake up when a connection waits in the listen queue (the socket is readable)."""
         if not run.watching:
             self.sel.register(run.sock, selectors.EVENT_READ, lambda fd, run=run: self._on_pending(run))
             run.watching = True
 
-    def _mute(self, run: _PoolRun) -> None:
+    def _mute(self, run: PoolRun) -> None:
         if run.watching:
             run.watching = False
             self.sel.unregister(run.sock)
 
-    def _close_run(self, run: _PoolRun) -> None:
+    def _close_run(self, run: PoolRun) -> None:
         """Release a generation whose children are gone (retired, or at exit)."""
         self._mute(run)
         if run in self.old_runs:
@@ -759,7 +595,7 @@ class _Master:
 
     # --- pm -----------------------------------------------------------------------------
 
-    def _figures(self, run: _PoolRun) -> list[ChildFigures]:
+    def _figures(self, run: PoolRun) -> list[ChildFigures]:
         """What the scoreboard says of each child of ``run``, for its policy."""
         figures = []
         for child in run.children.values():
@@ -769,15 +605,7 @@ class _Master:
 
     def _tick(self, now: float) -> None:
         self._check_pending_retire()
-        for child in list(self.children.values()):
-            if child.kill_at is not None and now >= child.kill_at:
-                log.warning("[pool %s] child %d, still alive after %s: sending SIGKILL",
-                            child.run.config.name, child.pid, "stop" if child.stopping != "stuck" else "timeout")
-                child.kill_at = None
-                try:
-                    os.kill(child.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        self.kids.kill_overdue(now)
         if self.exiting:
             return
         for run in self.runs:
@@ -787,7 +615,7 @@ class _Master:
             run.scoreboard.note(active=sum(1 for c in figures if c.counts and c.in_flight > 0), queue=queue)
             self._carry_out(run, run.policy.decide(now, figures))
 
-    def _kill_stuck(self, run: _PoolRun, now: float) -> None:
+    def _kill_stuck(self, run: PoolRun, now: float) -> None:
         limit = run.config.request_terminate_timeout
         for child in list(run.children.values()):
             if child.stopping == "stuck":
@@ -799,13 +627,13 @@ class _Master:
             if stuck:
                 log.warning("[pool %s] child %d, request running for %.1f s, execution timed out (%g sec), terminating",
                             run.config.name, child.pid, now - req_start, limit)
-                self._signal_child(child, signal.SIGKILL, "stuck", None)
+                self.kids.signal(child, signal.SIGKILL, "stuck", None)
 
-    def _on_pending(self, run: _PoolRun) -> None:
+    def _on_pending(self, run: PoolRun) -> None:
         """ondemand: a connection waits in the listen queue."""
         self._carry_out(run, run.policy.pending(time.monotonic(), self._figures(run)))
 
-    def _carry_out(self, run: _PoolRun, actions: list[Action]) -> None:
+    def _carry_out(self, run: PoolRun, actions: list[Action]) -> None:
         """Do what ``run``'s policy decided: fork, stop, log, watch the socket."""
         pool = run.config
         for action in actions:
@@ -817,7 +645,7 @@ class _Master:
                 case Stop(pid):
                     child = run.children.get(pid)
                     if child is not None:
-                        self._signal_child(child, signal.SIGQUIT, "idle", self._quit_timeout())
+                        self.kids.signal(child, signal.SIGQUIT, "idle", self._quit_timeout())
                 case MaxChildrenReached(max_children):
                     run.scoreboard.note(max_children_reached=True)
                     log.warning("[pool %s] server reached pm.max_children setting (%d), consider raising it",

@@ -14,8 +14,9 @@ import os
 
 import pytest
 
-from tests._peers import PHP_PAGES, REPO_ROOT, Peers, free_port, python_executable, run_process
+from tests._peers import PHP_PAGES, Peers, free_port
 
+from ._frontend import frontend_from_file
 from .test_frontend_process import http_get
 
 
@@ -34,11 +35,7 @@ def front_doors(tmp_path_factory):
             f'[upstream.php]\nservers = ["127.0.0.1:{fpm.port}"]\n'
             '[[route]]\nregex = "\\\\.php(/|$)"\nupstream = "php"\nsplit_path_info = "^(.+?\\\\.php)(/.*)?$"\n'
         )
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        stack.enter_context(run_process(
-            [python_executable(), "-m", "fcgi_cluster.cli", "frontend", "-c", str(config)],
-            cwd=REPO_ROOT, env=env, ready_port=port, name="fcgi-frontend",
-        ))
+        stack.enter_context(frontend_from_file(config, port))
         yield port, nginx.port
 
 
@@ -127,11 +124,7 @@ def test_max_conns_queues_instead_of_stranding_requests_behind_php_fpm_children(
             f'[frontend]\nlisten = "127.0.0.1:{port}"\nprocesses = 1\nroot = "{PHP_PAGES}"\naccess_log = false\n'
             f'[upstream.php]\nservers = [{{ address = "127.0.0.1:{fpm.port}", max_conns = 2 }}]\nread_timeout = "5s"\n'
         )
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        stack.enter_context(run_process(
-            [python_executable(), "-m", "fcgi_cluster.cli", "frontend", "-c", str(config)],
-            cwd=REPO_ROOT, env=env, ready_port=port, name="fcgi-frontend",
-        ))
+        stack.enter_context(frontend_from_file(config, port))
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(lambda _: http_get(port, "/sleep.php?ms=200"), range(8)))

@@ -18,11 +18,8 @@ import pytest
 
 from tests._peers import REPO_ROOT, flup_responder, free_port, python_executable, run_process
 
+from ._frontend import frontend_argv
 from ._worker import LOW_NOFILE, run_out_of_descriptors, worker_process
-
-
-def frontend_argv(*args: str) -> list[str]:
-    return [python_executable(), "-m", "fcgi_cluster.cli", "frontend", *args]
 
 
 @contextlib.contextmanager

@@ -9,8 +9,9 @@ import signal
 import subprocess
 import time
 
-from tests._peers import REPO_ROOT, free_port, python_executable, run_process
+from tests._peers import REPO_ROOT, free_port, python_executable
 
+from ._frontend import frontend_from_file
 from ._worker import worker_process
 from .test_frontend_process import http_get
 
@@ -25,12 +26,6 @@ def cluster_file(port: int, workers: list[int], *, extra_route: bool = False, pr
     return text
 
 
-def frontend(path: pathlib.Path, port: int):
-    argv = [python_executable(), "-m", "fcgi_cluster.cli", "frontend", "-c", str(path)]
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    return run_process(argv, cwd=REPO_ROOT, env=env, ready_port=port, name="fcgi-frontend")
-
-
 def wait_for(check, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
@@ -43,7 +38,7 @@ def test_reload_under_load_adds_a_route_and_drops_nothing(tmp_path: pathlib.Path
     path = tmp_path / "cluster.toml"
     with worker_process() as (w1, _), worker_process() as (w2, _):
         path.write_text(cluster_file(port, [w1]))
-        with frontend(path, port) as process:
+        with frontend_from_file(path, port) as process:
             assert http_get(port, "/new/x")[0] == 404
 
             def load(_: int) -> list[int]:
@@ -76,7 +71,7 @@ def test_reload_with_two_processes_reloads_both(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "cluster.toml"
     with worker_process() as (w1, _):
         path.write_text(cluster_file(port, [w1], processes=2))
-        with frontend(path, port) as process:
+        with frontend_from_file(path, port) as process:
             path.write_text(cluster_file(port, [w1], processes=2, extra_route=True))
             # One signal, sent as soon as the port listens: children still
             # starting apply it once they serve (or, not forked yet, start

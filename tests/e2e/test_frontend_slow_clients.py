@@ -20,10 +20,11 @@ import threading
 import time
 from collections.abc import Iterator
 
-from tests._peers import LOOPBACK, REPO_ROOT, free_port, nginx_fastcgi, python_executable, run_process
+from tests._peers import LOOPBACK, free_port, nginx_fastcgi
 
 from fcgi_cluster.frontend._upstream import ANSWER_POOL
 
+from ._frontend import frontend_from_file
 from ._slow_apps import blob
 from ._worker import worker_process
 
@@ -54,10 +55,7 @@ def frontend(directory: pathlib.Path, worker: int, upstream_extra: str = "") -> 
         [upstream.app]
         servers = ["{LOOPBACK}:{worker}"]
         """) + textwrap.dedent(upstream_extra))
-    argv = [python_executable(), "-m", "fcgi_cluster.cli", "frontend", "-c", str(config)]
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-    with run_process(argv, cwd=REPO_ROOT, env=env, ready_port=port, name="fcgi-frontend",
-                     log_path=directory / "frontend.log") as process:
+    with frontend_from_file(config, port, log_path=directory / "frontend.log") as process:
         yield port, process
 
 

@@ -318,31 +318,44 @@ def test_max_requests_recycles_children_without_losing_a_request(tmp_path):
 
 
 def test_our_front_end_loses_nothing_while_children_recycle_under_multiplexed_load(tmp_path):
-    # The front-end multiplexes requests over kept connections to each child;
-    # a child at pm.max_requests closes its connections once idle, with the
-    # next requests perhaps already on the wire: those are sent again on a
-    # new connection (nothing of their answer had come), never a 502.
+    # The front-end multiplexes requests over kept connections to each child.
+    # A child at pm.max_requests drains: it refuses each new request on such
+    # a connection unstarted (OVERLOADED), and closes only once the front-end
+    # has gone quiet on it, so a request on the wire is refused and sent
+    # again, never cut. Half the clients POST: a cut POST is not sent again
+    # (it may have run), so it would be a 502.
     from .test_frontend_process import frontend_process, http_get
 
     port = free_port()
     with master(tmp_path, pool(port, pm="static", pm_max_children=2, pm_max_requests=40)) as proc:
         wait_until(lambda: len(children(proc.pid)) == 2, what="2 children")
-        with frontend_process("--processes", "1", "--upstream", f"127.0.0.1:{port}") as (front, _):
+        with frontend_process("--processes", "1", "--upstream", f"127.0.0.1:{port}") as (front, front_proc):
             def client(n: int) -> list[tuple[int, str]]:
                 answers = []
                 for i in range(100):
-                    status, _, body = http_get(front, f"/r/{n}/{i}")
+                    if n % 2:
+                        status, _, body = http_get(front, f"/r/{n}/{i}", method="POST", body=b"x" * 100)
+                    else:
+                        status, _, body = http_get(front, f"/r/{n}/{i}")
                     answers.append((status, json.loads(body)["worker"] if status == 200 else body.decode()))
                 return answers
 
             with ThreadPoolExecutor(8) as threads:
                 answers = [a for result in threads.map(client, range(8)) for a in result]
+            front_log = log_of(front_proc)
         statuses = [status for status, _ in answers]
         failed = [a for a in answers if a[0] != 200]
-        assert failed == [], f"{len(failed)} of {len(answers)} failed: {failed[:3]}\n{log_of(proc)[-2000:]}"
+        assert failed == [], f"{len(failed)} of {len(answers)} failed: {failed[:3]}\n{front_log[-2000:]}"
         assert statuses.count(200) == 800
         # 800 requests at 40 per child: the children were recycled many times meanwhile.
         assert len({worker for _, worker in answers}) >= 10
+        # How the front-end met the recycling: refusals it sent again, and no
+        # request cut with its connection (a resend that is not a refusal).
+        resent = [line for line in front_log.splitlines() if "sending it again on a new connection" in line]
+        refused = [line for line in resent if "refused the request: OVERLOADED" in line]
+        cut = [line for line in resent if "refused the request" not in line]
+        assert refused, f"no OVERLOADED refusal while children recycled:\n{front_log[-2000:]}"
+        assert cut == [], f"{len(cut)} requests cut, {len(refused)} refused:\n" + "\n".join(cut[:5])
 
 
 # --- signals ----------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import trio
 
 from fcgi_cluster.client import cgi_params, open_connection
 from tests._peers import LOOPBACK, REPO_ROOT, free_port, run_process
+from tests.e2e._frontend import frontend_from_file
 from tests.e2e.test_pool_master import children, wait_until
 from tests.sessions._servers import RedisServer
 
@@ -102,9 +103,7 @@ def frontend(directory: pathlib.Path, upstream_port: int) -> Iterator[int]:
         f'[upstream.counter]\nservers = ["{LOOPBACK}:{upstream_port}"]\nmultiplex = "off"\nkeepalive = 0\n'
         '[[route]]\nprefix = "/"\nupstream = "counter"\n'
     )
-    argv = [sys.executable, "-m", "fcgi_cluster.cli", "frontend", "-c", str(config)]
-    with run_process(argv, cwd=REPO_ROOT, env=env(), ready_port=port, name="fcgi-frontend",
-                     log_path=directory / f"frontend-{port}.log"):
+    with frontend_from_file(config, port, log_path=directory / f"frontend-{port}.log"):
         yield port
 
 

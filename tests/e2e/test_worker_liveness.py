@@ -13,15 +13,15 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import pathlib
 import signal
 import textwrap
 import time
 from collections.abc import Iterator
 
-from tests._peers import LOOPBACK, PHP_PAGES, REPO_ROOT, Peers, free_port, python_executable, run_process
+from tests._peers import LOOPBACK, PHP_PAGES, Peers, free_port
 
+from ._frontend import frontend_from_file
 from ._worker import worker_process
 
 PING_INTERVAL = 1.0
@@ -45,10 +45,8 @@ def frontend(directory: pathlib.Path, *workers: int) -> Iterator[tuple[int, path
         ping_interval = "{PING_INTERVAL:g}s"
         ping_timeout = "{PING_TIMEOUT:g}s"
         """))
-    argv = [python_executable(), "-m", "fcgi_cluster.cli", "frontend", "-c", str(config)]
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     log = directory / "frontend.log"
-    with run_process(argv, cwd=REPO_ROOT, env=env, ready_port=port, name="fcgi-frontend", log_path=log):
+    with frontend_from_file(config, port, log_path=log):
         yield port, log
 
 
@@ -109,12 +107,8 @@ def test_php_fpm_is_never_pinged_so_a_slow_script_answers(tmp_path):
             f'[frontend]\nlisten = "{LOOPBACK}:{port}"\nprocesses = 1\nroot = "{PHP_PAGES}"\naccess_log = false\n'
             f'[upstream.php]\nservers = ["{LOOPBACK}:{fpm.port}"]\nping_interval = "0.3s"\nping_timeout = "0.3s"\n'
         )
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         log = tmp_path / "frontend.log"
-        stack.enter_context(run_process(
-            [python_executable(), "-m", "fcgi_cluster.cli", "frontend", "-c", str(config)],
-            cwd=REPO_ROOT, env=env, ready_port=port, name="fcgi-frontend", log_path=log,
-        ))
+        stack.enter_context(frontend_from_file(config, port, log_path=log))
         start = time.monotonic()
         conn = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
         try:

@@ -9,13 +9,13 @@ import pytest
 
 from fcgi_cluster.protocol import DEFAULT_MAX_REQUESTS
 from fcgi_cluster.worker._pool_config import (
-    UNLIMITED_BACKLOG,
     GlobalConfig,
     PoolConfig,
     PoolConfigError,
     load_pool_config,
     parse_pool_config,
 )
+from fcgi_cluster.worker._pool_keys import UNLIMITED_BACKLOG
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 POOL = "[www]\nlisten = 127.0.0.1:9001\napp = workers.hello:app\n"
