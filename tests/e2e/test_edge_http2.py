@@ -1,0 +1,288 @@
+"""HTTP/2 at the front door, through a real front-end process and a real worker, with real clients.
+
+Two front-ends share one echo worker: one with TLS (HTTP/2 offered by ALPN,
+the default) and one cleartext with ``http2 = true`` (h2c by its preface, and
+HTTP/1.1 on the same port). The clients are curl (``--http2``,
+``--http2-prior-knowledge``), h2load (nghttp2) for a bounded load, httpx and
+python-hyper's ``h2`` driven by hand over a socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+
+import h2.connection
+import h2.config
+import h2.events
+import h2.exceptions
+import h2.settings
+import httpx
+import pytest
+
+from tests._peers import LOOPBACK, REPO_ROOT, free_port, python_executable, run_process
+
+from ._worker import worker_process
+
+pytestmark = pytest.mark.e2e
+
+#: Generous: the machine is shared, the assertions are about behaviour.
+TIMEOUT = 30
+
+
+def make_certificate(directory: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """A self-signed certificate for 127.0.0.1, made by the openssl command."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+@contextlib.contextmanager
+def frontend(directory: pathlib.Path, name: str, worker: int, frontend_extra: str) -> Iterator[int]:
+    port = free_port()
+    www = directory / "www"
+    config = directory / f"{name}.toml"
+    config.write_text(textwrap.dedent(f"""\
+        [frontend]
+        listen = "{LOOPBACK}:{port}"
+        processes = 1
+        access_log = "{directory / (name + '.access.log')}"
+        """) + textwrap.dedent(frontend_extra) + textwrap.dedent(f"""\
+        [upstream.app]
+        servers = ["{LOOPBACK}:{worker}"]
+        [[route]]
+        prefix = "/static/"
+        static = "{www}"
+        [[route]]
+        prefix = "/"
+        upstream = "app"
+        """))
+    argv = [python_executable(), "-m", "fcgi_cluster.cli", "frontend", "-c", str(config)]
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    with run_process(argv, cwd=REPO_ROOT, env=env, ready_port=port, name=f"fcgi-frontend-{name}",
+                     log_path=directory / f"{name}.log"):
+        yield port
+
+
+class Site:
+    def __init__(self, directory: pathlib.Path, tls_port: int, h2c_port: int) -> None:
+        self.directory = directory
+        self.tls_port = tls_port
+        self.h2c_port = h2c_port
+
+    def log(self, name: str) -> str:
+        return (self.directory / f"{name}.log").read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    directory = tmp_path_factory.mktemp("http2")
+    (directory / "www" / "static").mkdir(parents=True)
+    for where in ("www", "www/static"):  # the route's directory, whether or not it strips the prefix
+        (directory / where / "page.txt").write_bytes(b"static over two\n" * 1000)
+    cert, key = make_certificate(directory)
+    with worker_process("workers.echo:app") as (worker, _):
+        tls = f'[frontend.tls]\ncert = "{cert}"\nkey = "{key}"\n'
+        with frontend(directory, "tls", worker, tls) as tls_port, \
+                frontend(directory, "h2c", worker, "http2 = true\n") as h2c_port:
+            yield Site(directory, tls_port, h2c_port)
+
+
+def curl(*args: str) -> tuple[str, bytes]:
+    """curl's ``%{http_version}`` and the body it got."""
+    marker = b"\n--version:"
+    done = subprocess.run(["curl", "-sS", "-k", "--max-time", str(TIMEOUT), "-w", marker.decode() + "%{http_version}",
+                           *args], capture_output=True, check=True, timeout=TIMEOUT + 5)
+    body, _, version = done.stdout.rpartition(marker)
+    return version.decode(), body
+
+
+# --- real clients ------------------------------------------------------------------------
+
+
+def test_curl_over_tls_negotiates_h2_and_the_worker_sees_http_2(site: Site) -> None:
+    version, body = curl("--http2", f"https://127.0.0.1:{site.tls_port}/app/x?y=1", "-H", "X-Thing: one")
+    assert version == "2"
+    environ = json.loads(body)["environ"]
+    assert environ["SERVER_PROTOCOL"] == "HTTP/2.0"
+    assert environ["HTTPS"] == "on"
+    assert environ["REQUEST_URI"] == "/app/x?y=1"
+    assert environ["QUERY_STRING"] == "y=1"
+    assert environ["HTTP_X_THING"] == "one"
+    assert environ["HTTP_HOST"] == f"127.0.0.1:{site.tls_port}"
+    # A client without h2 in its ALPN gets HTTP/1.1 on the same port.
+    version, body = curl("--http1.1", f"https://127.0.0.1:{site.tls_port}/again")
+    assert version == "1.1"
+    assert json.loads(body)["environ"]["SERVER_PROTOCOL"] == "HTTP/1.1"
+    log = (site.directory / "tls.access.log").read_text()
+    assert '"GET /app/x?y=1 HTTP/2.0" 200' in log
+
+
+def test_h2c_prior_knowledge_and_http1_share_a_cleartext_port(site: Site) -> None:
+    version, body = curl("--http2-prior-knowledge", f"http://127.0.0.1:{site.h2c_port}/h2c")
+    assert version == "2"
+    assert json.loads(body)["environ"]["SERVER_PROTOCOL"] == "HTTP/2.0"
+    assert "HTTPS" not in json.loads(body)["environ"]
+    version, body = curl(f"http://127.0.0.1:{site.h2c_port}/plain")
+    assert version == "1.1"
+    assert json.loads(body)["environ"]["SERVER_PROTOCOL"] == "HTTP/1.1"
+
+
+def test_request_body_static_file_and_large_answer_over_h2(site: Site, tmp_path: pathlib.Path) -> None:
+    upload = os.urandom(300_000)
+    (tmp_path / "up.bin").write_bytes(upload)
+    version, body = curl("--http2-prior-knowledge", "--data-binary", f"@{tmp_path / 'up.bin'}",
+                         f"http://127.0.0.1:{site.h2c_port}/upload")
+    answer = json.loads(body)
+    assert version == "2"
+    assert answer["body_length"] == len(upload)
+    assert answer["body_sha256"] == hashlib.sha256(upload).hexdigest()
+    assert answer["environ"]["CONTENT_LENGTH"] == str(len(upload))
+    version, body = curl("--http2", f"https://127.0.0.1:{site.tls_port}/static/page.txt")
+    assert (version, body) == ("2", b"static over two\n" * 1000)
+    version, body = curl("--http2", f"https://127.0.0.1:{site.tls_port}/big?size=3000000")
+    assert version == "2"
+    assert body == b"x" * 3_000_000
+
+
+def test_httpx_multiplexes_concurrent_streams_on_one_connection(site: Site) -> None:
+    import concurrent.futures
+
+    with httpx.Client(http2=True, verify=False, timeout=TIMEOUT) as client:
+        first = client.get(f"https://127.0.0.1:{site.tls_port}/first")
+        assert first.http_version == "HTTP/2"
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda i: client.get(f"https://127.0.0.1:{site.tls_port}/n?i={i}&sleep_ms=50"),
+                                    range(16)))
+    assert [a.status_code for a in answers] == [200] * 16
+    assert sorted(json.loads(a.content)["environ"]["QUERY_STRING"] for a in answers) == sorted(
+        f"i={i}&sleep_ms=50" for i in range(16))
+    assert {a.http_version for a in answers} == {"HTTP/2"}
+    missing = httpx.get(f"https://127.0.0.1:{site.tls_port}/static/none.txt", verify=False, timeout=TIMEOUT)
+    assert missing.status_code == 404
+
+
+def test_h2load_bounded_load_has_no_failures(site: Site) -> None:
+    h2load = shutil.which("h2load")
+    assert h2load, "h2load missing: scripts/install-deps.sh installs nghttp2-client"
+    done = subprocess.run([h2load, "-n", "2000", "-c", "10", "-m", "10", f"http://127.0.0.1:{site.h2c_port}/load"],
+                          capture_output=True, text=True, timeout=120)
+    print(done.stdout)
+    found = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed", done.stdout)
+    assert found, done.stdout + done.stderr
+    assert found.groups() == ("2000", "2000", "2000", "2000", "0")
+    assert re.search(r"status codes: (\d+) 2xx", done.stdout).group(1) == "2000"
+
+
+# --- a client driven by hand ---------------------------------------------------------------
+
+
+class RawClient:
+    """python-hyper's ``h2`` client side over a plain socket (h2c), for what real clients will not do."""
+
+    def __init__(self, port: int, settings: dict[int, int] | None = None) -> None:
+        self.sock = socket.create_connection((LOOPBACK, port), timeout=TIMEOUT)
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.h2.initiate_connection()
+        if settings:
+            self.h2.update_settings(settings)
+        self.flush()
+        self.port = port
+
+    def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def headers(self, path: str = "/", end: bool = True, extra: list[tuple[bytes, bytes]] = ()) -> int:
+        stream_id = self.h2.get_next_available_stream_id()
+        self.h2.send_headers(stream_id, [(b":method", b"GET"), (b":path", path.encode()), (b":scheme", b"http"),
+                                         (b":authority", b"127.0.0.1"), *extra], end_stream=end)
+        return stream_id
+
+    def events(self, until: type, deadline: float = TIMEOUT) -> list[h2.events.Event]:
+        """Read until an event of type ``until`` arrives, the peer closes, or the deadline passes."""
+        got: list[h2.events.Event] = []
+        stop = time.monotonic() + deadline
+        while time.monotonic() < stop:
+            try:
+                data = self.sock.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not data:
+                break
+            try:
+                new = self.h2.receive_data(data)
+            except h2.exceptions.ProtocolError:
+                break
+            got.extend(new)
+            self.flush()
+            if any(isinstance(e, until) for e in new):
+                break
+        return got
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def neighbour_served(port: int) -> None:
+    version, body = curl("--http2-prior-knowledge", f"http://127.0.0.1:{port}/neighbour")
+    assert version == "2"
+    assert json.loads(body)["environ"]["REQUEST_URI"] == "/neighbour"
+
+
+def test_a_closed_stream_window_holds_only_its_own_answer(site: Site) -> None:
+    client = RawClient(site.h2c_port, {h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1024})
+    try:
+        client.events(h2.events.SettingsAcknowledged)
+        blocked = client.headers("/blocked?size=2000000")
+        client.flush()
+        # The blocked stream gets its 1 KiB; a second stream on the same connection is answered whole.
+        other = client.headers("/other?size=200000")
+        client.flush()
+        received = {blocked: 0, other: 0}
+        ended: set[int] = set()
+        stop = time.monotonic() + TIMEOUT
+        while other not in ended and time.monotonic() < stop:
+            for event in client.events(h2.events.StreamEnded, 5):
+                if isinstance(event, h2.events.DataReceived):
+                    received[event.stream_id] += len(event.data)
+                    if event.stream_id == other:
+                        client.h2.acknowledge_received_data(event.flow_controlled_length, other)
+                if isinstance(event, h2.events.StreamEnded):
+                    ended.add(event.stream_id)
+            client.flush()
+        assert other in ended and received[other] == 200_000
+        assert blocked not in ended and received[blocked] <= 1024
+        # Opening the window lets the blocked answer finish.
+        client.h2.increment_flow_control_window(4_000_000, blocked)
+        client.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 4_000_000})
+        client.flush()
+        stop = time.monotonic() + TIMEOUT
+        while blocked not in ended and time.monotonic() < stop:
+            for event in client.events(h2.events.StreamEnded, 5):
+                if isinstance(event, h2.events.DataReceived):
+                    received[blocked] += len(event.data)
+                    client.h2.acknowledge_received_data(event.flow_controlled_length, blocked)
+                if isinstance(event, h2.events.StreamEnded):
+                    ended.add(event.stream_id)
+            client.flush()
+        assert received[blocked] == 2_000_000
+    finally:
+        client.close()
