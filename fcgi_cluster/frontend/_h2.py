@@ -218,10 +218,12 @@ class H2Server:
         except h2.exceptions.ProtocolError as exc:
             # h2 has queued its GOAWAY already.
             code = getattr(exc, "error_code", ErrorCodes.PROTOCOL_ERROR)
+            reason = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, h2.exceptions.DenialOfServiceError):
-                code = ErrorCodes.ENHANCE_YOUR_CALM
+                # An HPACK bomb, or a plain header list over the bound: decoded size counts.
+                code, reason = ErrorCodes.ENHANCE_YOUR_CALM, f"decoded header list too large ({exc})"
             self._take_output()
-            self.error = H2Refused(int(code), f"{type(exc).__name__}: {exc}")
+            self.error = H2Refused(int(code), reason)
             raise self.error from None
         self._take_output()
         return events

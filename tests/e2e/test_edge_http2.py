@@ -17,7 +17,6 @@ import pathlib
 import re
 import shutil
 import socket
-import ssl
 import subprocess
 import textwrap
 import time
@@ -26,6 +25,7 @@ from collections.abc import Iterator
 import h2.connection
 import h2.config
 import h2.events
+import h2.errors
 import h2.exceptions
 import h2.settings
 import httpx
@@ -204,6 +204,8 @@ class RawClient:
             self.h2.update_settings(settings)
         self.flush()
         self.port = port
+        #: Streams whose DATA ``events`` gives window back for as it arrives.
+        self.acking: set[int] = set()
 
     def flush(self) -> None:
         data = self.h2.data_to_send()
@@ -232,6 +234,9 @@ class RawClient:
             except h2.exceptions.ProtocolError:
                 break
             got.extend(new)
+            for event in new:
+                if isinstance(event, h2.events.DataReceived) and event.stream_id in self.acking:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             self.flush()
             if any(isinstance(e, until) for e in new):
                 break
@@ -255,6 +260,7 @@ def test_a_closed_stream_window_holds_only_its_own_answer(site: Site) -> None:
         client.flush()
         # The blocked stream gets its 1 KiB; a second stream on the same connection is answered whole.
         other = client.headers("/other?size=200000")
+        client.acking.add(other)
         client.flush()
         received = {blocked: 0, other: 0}
         ended: set[int] = set()
@@ -263,26 +269,144 @@ def test_a_closed_stream_window_holds_only_its_own_answer(site: Site) -> None:
             for event in client.events(h2.events.StreamEnded, 5):
                 if isinstance(event, h2.events.DataReceived):
                     received[event.stream_id] += len(event.data)
-                    if event.stream_id == other:
-                        client.h2.acknowledge_received_data(event.flow_controlled_length, other)
                 if isinstance(event, h2.events.StreamEnded):
                     ended.add(event.stream_id)
             client.flush()
         assert other in ended and received[other] == 200_000
         assert blocked not in ended and received[blocked] <= 1024
         # Opening the window lets the blocked answer finish.
+        client.acking.add(blocked)
         client.h2.increment_flow_control_window(4_000_000, blocked)
-        client.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 4_000_000})
         client.flush()
         stop = time.monotonic() + TIMEOUT
         while blocked not in ended and time.monotonic() < stop:
             for event in client.events(h2.events.StreamEnded, 5):
                 if isinstance(event, h2.events.DataReceived):
                     received[blocked] += len(event.data)
-                    client.h2.acknowledge_received_data(event.flow_controlled_length, blocked)
                 if isinstance(event, h2.events.StreamEnded):
                     ended.add(event.stream_id)
             client.flush()
         assert received[blocked] == 2_000_000
     finally:
         client.close()
+
+
+# --- the known attacks, each against the real process ------------------------------------
+
+
+def goaway_of(client: RawClient) -> int | None:
+    """The error code of the GOAWAY the front-end sent, None if it sent none before closing."""
+    for event in client.events(h2.events.ConnectionTerminated):
+        if isinstance(event, h2.events.ConnectionTerminated):
+            return event.error_code
+    return None
+
+
+def send_raw(client: RawClient, *frames: object) -> None:
+    try:
+        client.sock.sendall(b"".join(frame.serialize() for frame in frames))  # type: ignore[attr-defined]
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the front-end closed already: its GOAWAY is read next
+
+
+def attack(site: Site, run, reason: str) -> None:
+    """Run ``run(client)`` on a fresh connection: GOAWAY ENHANCE_YOUR_CALM, logged, and a neighbour still served."""
+    neighbour = RawClient(site.h2c_port)
+    client = RawClient(site.h2c_port)
+    try:
+        client.events(h2.events.SettingsAcknowledged)
+        run(client)
+        assert goaway_of(client) == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        # A connection opened before the attack is served on, and so is a new one.
+        neighbour.events(h2.events.SettingsAcknowledged)
+        stream = neighbour.headers("/still")
+        neighbour.flush()
+        events = neighbour.events(h2.events.StreamEnded)
+        assert any(isinstance(e, h2.events.ResponseReceived) and (b":status", b"200") in e.headers and
+                   e.stream_id == stream for e in events)
+        neighbour_served(site.h2c_port)
+    finally:
+        client.close()
+        neighbour.close()
+    stop = time.monotonic() + TIMEOUT
+    while reason not in site.log("h2c") and time.monotonic() < stop:
+        time.sleep(0.1)
+    assert f"GOAWAY ENHANCE_YOUR_CALM: {reason}" in site.log("h2c")
+
+
+def test_rapid_reset_is_a_goaway(site: Site) -> None:
+    def run(client: RawClient) -> None:
+        for _ in range(400):
+            stream = client.headers("/reset?sleep_ms=100")
+            client.h2.reset_stream(stream)
+            try:
+                client.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                return
+
+    attack(site, run, "too many stream resets")
+
+
+def test_continuation_flood_is_a_goaway_before_decoding(site: Site) -> None:
+    from hyperframe.frame import ContinuationFrame, HeadersFrame
+
+    def run(client: RawClient) -> None:
+        block = client.h2.encoder.encode([(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http"),
+                                          (b":authority", b"x")])
+        frames = [HeadersFrame(1, data=block)]  # no END_HEADERS: the block goes on
+        frames += [ContinuationFrame(1, data=b"\x40\x01a\x01b" * 3000) for _ in range(40)]
+        send_raw(client, *frames)
+
+    attack(site, run, "header block too large")
+
+
+def test_hpack_bomb_is_a_goaway(site: Site) -> None:
+    def run(client: RawClient) -> None:
+        # One 4 KiB field in the dynamic table, then referenced in one byte each: ~5 KiB on the
+        # wire, 400 KiB decoded.
+        client.headers("/bomb", extra=[(b"x-bomb", b"a" * 4000)] * 100)
+        client.flush()
+
+    attack(site, run, "decoded header list too large")
+
+
+def test_ping_flood_is_a_goaway(site: Site) -> None:
+    def run(client: RawClient) -> None:
+        for i in range(300):
+            client.h2.ping(b"%08d" % i)
+        client.flush()
+
+    attack(site, run, "PING flood")
+
+
+def test_settings_flood_is_a_goaway(site: Site) -> None:
+    from hyperframe.frame import SettingsFrame
+
+    def run(client: RawClient) -> None:
+        send_raw(client, *[SettingsFrame(0, settings={h2.settings.SettingCodes.ENABLE_PUSH: 0}) for _ in range(300)])
+
+    attack(site, run, "SETTINGS flood")
+
+
+def test_streams_past_the_concurrency_limit_are_refused_and_the_rest_served(site: Site) -> None:
+    client = RawClient(site.h2c_port)
+    try:
+        events = client.events(h2.events.SettingsAcknowledged)
+        limit = next(e for e in events if isinstance(e, h2.events.RemoteSettingsChanged)).changed_settings[
+            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS].new_value
+        assert limit == 128
+        # The client side's h2 keeps to the limit; write the extra stream's HEADERS past it by hand.
+        streams = [client.headers(f"/slow?sleep_ms=1500&i={i}") for i in range(limit)]
+        client.flush()
+        from hyperframe.frame import HeadersFrame
+
+        extra = HeadersFrame(streams[-1] + 2, data=client.h2.encoder.encode(
+            [(b":method", b"GET"), (b":path", b"/extra"), (b":scheme", b"http"), (b":authority", b"x")]),
+            flags={"END_HEADERS", "END_STREAM"})
+        send_raw(client, extra)
+        got = client.events(h2.events.ConnectionTerminated, 10)
+        terminated = [e for e in got if isinstance(e, h2.events.ConnectionTerminated)]
+        assert terminated and terminated[0].error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
+    finally:
+        client.close()
+    neighbour_served(site.h2c_port)
