@@ -177,7 +177,12 @@ class H2Server:
         self.limits = limits
         self.http = http
         self._clock = clock
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # Outbound fields are not checked again by h2 (a fifth of a stream's
+        # cost): names are lower-cased tokens (``response_fields``) and values
+        # hold no CR, LF or NUL (the worker's CGI head is refused otherwise,
+        # ``client._cgi``). What clients send is checked in full.
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None, validate_outbound_headers=False,
+                                           normalize_outbound_headers=False)
         conn = self._h2 = h2.connection.H2Connection(config)
         codes = h2.settings.SettingCodes
         conn.local_settings = h2.settings.Settings(client=False, initial_values={
