@@ -78,6 +78,9 @@ def nginx_front_door(stack: contextlib.ExitStack, directory: pathlib.Path, worke
         events {{ worker_connections 4096; }}
         http {{
             access_log off;
+            # Its default of 1000 streams per connection would end h2load's connections early
+            # (h2load counts their unsent requests as failed); ours has no such bound.
+            keepalive_requests 1000000;
             client_body_temp_path {work}/client_body_temp;
             fastcgi_temp_path {work}/fastcgi_temp;
             proxy_temp_path {work}/proxy_temp;
