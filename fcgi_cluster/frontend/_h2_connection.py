@@ -176,8 +176,11 @@ class H2Connection:
             if closing and not self.streams:
                 return
             idle = fe.keepalive_timeout if not self.streams else float("inf")
-            with trio.move_on_after(idle) as scope:
-                data = await receive(RECEIVE_SIZE)
+            try:
+                with trio.move_on_after(idle) as scope:
+                    data = await receive(RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return  # reset by the client (or closed by the writer after a failed send)
             if scope.cancelled_caught:
                 self.proto.close(ErrorCodes.NO_ERROR, "idle")
                 self._queued_output()
@@ -266,9 +269,9 @@ class H2Connection:
             if not io.gone:
                 if not http.ended:
                     self.proto.reset(io.stream_id, ErrorCodes.INTERNAL_ERROR)
-                elif not http.request_complete and not io.client_ended:
-                    # Answered before the whole body came: the rest is not wanted (RFC 9113 8.1).
-                    self.proto.reset(io.stream_id, ErrorCodes.NO_ERROR)
+                # Answered before the whole body came (an error, a 413): the rest is
+                # read and dropped, its window given back (``_dispatch``), as nginx
+                # discards it; a RST_STREAM NO_ERROR here makes curl drop the answer.
             # Window room of chunks never taken goes back to the connection.
             for _, flow in io.pending:
                 self.proto.ack(io.stream_id, flow)

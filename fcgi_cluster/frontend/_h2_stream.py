@@ -154,8 +154,9 @@ class StreamHTTP:
             return b""
         page = error_page(status)
         self.send_head(status, [(b"content-type", b"text/html")], content_length=len(page))
+        body = self.send_body(page)
         self.send_end()
-        return self.send_body(page)
+        return body
 
 
 class StreamIO:

@@ -81,10 +81,11 @@ def frontend(directory: pathlib.Path, name: str, worker: int, frontend_extra: st
 
 
 class Site:
-    def __init__(self, directory: pathlib.Path, tls_port: int, h2c_port: int) -> None:
+    def __init__(self, directory: pathlib.Path, tls_port: int, h2c_port: int, h1_only_port: int) -> None:
         self.directory = directory
         self.tls_port = tls_port
         self.h2c_port = h2c_port
+        self.h1_only_port = h1_only_port
 
     def log(self, name: str) -> str:
         return (self.directory / f"{name}.log").read_text(errors="replace")
@@ -100,8 +101,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     with worker_process("workers.echo:app") as (worker, _):
         tls = f'[frontend.tls]\ncert = "{cert}"\nkey = "{key}"\n'
         with frontend(directory, "tls", worker, tls) as tls_port, \
-                frontend(directory, "h2c", worker, "http2 = true\n") as h2c_port:
-            yield Site(directory, tls_port, h2c_port)
+                frontend(directory, "h2c", worker, "http2 = true\n") as h2c_port, \
+                frontend(directory, "h1", worker, "http2 = false\n" + tls) as h1_only_port:
+            yield Site(directory, tls_port, h2c_port, h1_only_port)
 
 
 def curl(*args: str) -> tuple[str, bytes]:
@@ -132,6 +134,25 @@ def test_curl_over_tls_negotiates_h2_and_the_worker_sees_http_2(site: Site) -> N
     assert json.loads(body)["environ"]["SERVER_PROTOCOL"] == "HTTP/1.1"
     log = (site.directory / "tls.access.log").read_text()
     assert '"GET /app/x?y=1 HTTP/2.0" 200' in log
+
+
+def test_http2_false_offers_only_http1_over_tls(site: Site) -> None:
+    version, body = curl("--http2", f"https://127.0.0.1:{site.h1_only_port}/off")
+    assert version == "1.1"
+    assert json.loads(body)["environ"]["SERVER_PROTOCOL"] == "HTTP/1.1"
+
+
+def test_limits_of_the_http1_side_hold_per_stream(site: Site, tmp_path: pathlib.Path) -> None:
+    (tmp_path / "big.bin").write_bytes(b"z" * (1024 * 1024 + 1))
+    done = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
+                           "--data-binary", f"@{tmp_path / 'big.bin'}", f"http://127.0.0.1:{site.h2c_port}/too-big"],
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.stdout == "413 2"
+    done = subprocess.run(["curl", "-sS", "--http2-prior-knowledge", "-o", "/dev/null", "-w", "%{http_code}",
+                           *[arg for i in range(101) for arg in ("-H", f"x-f{i}: v")],
+                           f"http://127.0.0.1:{site.h2c_port}/many"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.stdout == "431"
+    neighbour_served(site.h2c_port)
 
 
 def test_h2c_prior_knowledge_and_http1_share_a_cleartext_port(site: Site) -> None:

@@ -153,3 +153,20 @@ def test_data_is_sent_as_the_clients_window_allows() -> None:
     received = sum(len(e.data) for e in pair.client_events if isinstance(e, h2.events.DataReceived))
     assert received == 500
     assert any(isinstance(e, h2.events.StreamEnded) for e in pair.client_events)
+
+
+# --- its configuration --------------------------------------------------------------------
+
+
+def test_http2_keys_default_and_errors_name_file_line_and_key() -> None:
+    from fcgi_cluster.frontend._config import ConfigError, parse_config
+
+    base = '[upstream.app]\nservers = ["127.0.0.1:9001"]\n'
+    config = parse_config(base, "cluster.toml")
+    assert (config.frontend.http2, config.frontend.http2_max_concurrent_streams) == ("auto", 128)
+    config = parse_config('[frontend]\nhttp2 = true\nhttp2_max_concurrent_streams = 16\n' + base, "cluster.toml")
+    assert (config.frontend.http2, config.frontend.http2_max_concurrent_streams) == (True, 16)
+    for bad in ('http2 = "yes"', "http2_max_concurrent_streams = 0"):
+        with pytest.raises(ConfigError) as info:
+            parse_config(f"[frontend]\n{bad}\n" + base, "cluster.toml")
+        assert str(info.value).startswith(f"cluster.toml:2: frontend.{bad.split()[0]}:"), str(info.value)
