@@ -64,6 +64,7 @@ class H2Connection:
         self._queued = 0  # generations of output queued ...
         self._written = 0  # ... and written
         self._broken = False
+        self._sending = False  # the writer is within a write
 
     # --- what streams call -------------------------------------------------------------
 
@@ -129,8 +130,24 @@ class H2Connection:
         except Exception:
             log.exception("HTTP/2 client connection failed")
         finally:
+            await self._say_goodbye()
             self.conn.server.connections.release()
             await trio.aclose_forcefully(io.transport if io.stream is io.transport else io.stream)
+
+    async def _say_goodbye(self) -> None:
+        """A GOAWAY before the close when the connection ends without one (the front-end stops).
+
+        Only between two writes: after a write cut short, a frame would land
+        inside another.
+        """
+        if self._broken or self._sending or self.proto.error is not None:
+            return
+        self.proto.close(ErrorCodes.NO_ERROR, "closing")
+        with trio.CancelScope(shield=True), trio.move_on_after(0.5):
+            try:
+                await self.conn.io.stream.send_all(self.proto.data_to_send())
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError):
+                pass
 
     async def _writer(self) -> None:
         stream = self.conn.io.stream
@@ -140,8 +157,10 @@ class H2Connection:
                 if self.proto.has_output:
                     generation = self._queued
                     data = self.proto.data_to_send()
+                    self._sending = True
                     with trio.fail_after(send_timeout):
                         await stream.send_all(data)
+                    self._sending = False
                     self._written = max(self._written, generation)
                     self._drained.unpark_all()
                     continue
