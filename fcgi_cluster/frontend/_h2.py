@@ -101,6 +101,8 @@ class Request:
     stream_id: int
     head: RequestHead
     refusal: tuple[int, str] | None = None
+    #: The head ended the stream: no body (an ``EndStream`` follows all the same).
+    ended: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +309,7 @@ class H2Server:
         if event.stream_ended is None and head.content_length is None:
             # A body of unknown length follows: read as HTTP/1.1 reads a chunked one.
             head = head._replace(chunked=True)
-        return Request(event.stream_id, head, refusal)
+        return Request(event.stream_id, head, refusal, event.stream_ended is not None)
 
     # --- sending -------------------------------------------------------------------
 

@@ -248,9 +248,9 @@ class H2Connection:
             self.proto.reset(event.stream_id, ErrorCodes.REFUSED_STREAM)
             return
         fe = self.fe
-        http = StreamHTTP(self, event.stream_id, event.head, self.conn.server.limits.max_body_size,
-                          ended=False)
+        http = StreamHTTP(self, event.stream_id, event.head, self.conn.server.limits.max_body_size, event.ended)
         io = StreamIO(self, http, fe.send_timeout)
+        io.client_ended = event.ended
         self.streams[event.stream_id] = io
         nursery.start_soon(self._serve_stream, io, event)
 

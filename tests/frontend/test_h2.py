@@ -49,7 +49,7 @@ def test_a_request_becomes_the_http1_sides_head_with_version_2() -> None:
     events = pair.pump()
     assert [type(e) for e in events] == [Request, EndStream]
     head = events[0].head
-    assert events[0].stream_id == stream and events[0].refusal is None
+    assert events[0].stream_id == stream and events[0].refusal is None and events[0].ended
     assert (head.method, head.target, head.path, head.query, head.http_version) == (
         b"GET", b"/a/b?x=1", b"/a/b", b"x=1", b"2.0")
     assert (b"host", b"example.org") in head.headers
@@ -63,7 +63,7 @@ def test_a_body_without_length_is_read_as_chunked_and_its_data_costs_window() ->
     stream = pair.request(b"/up", end=False)
     pair.client.send_data(stream, b"hello", end_stream=True)
     events = pair.pump()
-    assert events[0].head.chunked
+    assert events[0].head.chunked and not events[0].ended
     assert events[1] == Data(stream, b"hello", 5)
     assert events[2] == EndStream(stream)
 
