@@ -456,3 +456,36 @@ def test_a_stopping_front_end_finishes_streams_in_flight_then_says_goaway(tmp_pa
     ended = next(e for e in events if isinstance(e, h2.events.StreamEnded))
     assert ended.stream_id == stream
     assert next(e for e in events if isinstance(e, h2.events.ConnectionTerminated)).error_code == 0
+
+
+def test_a_reload_reaches_new_streams_of_a_connection_kept_open(tmp_path: pathlib.Path) -> None:
+    import signal
+
+    def mark_of(client: RawClient) -> str | None:
+        stream = client.headers("/r")
+        client.flush()
+        body = b""
+        for event in client.events(h2.events.StreamEnded):
+            if isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
+                body += event.data
+        return json.loads(body)["environ"].get("ROUTE_MARK")
+
+    (tmp_path / "www").mkdir()
+    with worker_process("workers.echo:app") as (worker, _), \
+            frontend(tmp_path, "reload", worker, "http2 = true\n") as port:
+        config = tmp_path / "reload.toml"
+        client = RawClient(port)  # one connection, kept over the reload
+        try:
+            client.events(h2.events.SettingsAcknowledged)
+            assert mark_of(client) is None
+            config.write_text(config.read_text().replace('upstream = "app"\n', 'upstream = "app"\nparams = { ROUTE_MARK = "two" }\n'))
+            pid = int(re.search(r"frontend\[(\d+)\]", (tmp_path / "reload.log").read_text()).group(1))
+            os.kill(pid, signal.SIGHUP)
+            stop = time.monotonic() + TIMEOUT
+            mark = None
+            while mark is None and time.monotonic() < stop:
+                time.sleep(0.1)
+                mark = mark_of(client)
+            assert mark == "two"
+        finally:
+            client.close()
