@@ -209,36 +209,28 @@ class H2Connection:
 
     def _dispatch(self, event: object, nursery: trio.Nursery) -> bool:
         """One protocol event; True when the client said GOAWAY."""
-        kind = type(event)
-        if kind is Data:
-            stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
-            if stream is None:
-                self.proto.ack(event.stream_id, event.flow)  # type: ignore[attr-defined]
-            else:
-                stream.pending.append((event.data, event.flow))  # type: ignore[attr-defined]
-                stream.wake()
-        elif kind is Request:
-            self._start(event, nursery)  # type: ignore[arg-type]
-        elif kind is EndStream:
-            stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
-            if stream is not None:
-                stream.client_ended = True
-                stream.wake()
-        elif kind is Reset:
-            stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
-            if stream is not None:
-                stream.gone = True
-                stream.wake()
-        elif kind is WindowOpened:
-            if event.stream_id == 0:  # type: ignore[attr-defined]
-                for stream in self.streams.values():
-                    stream.wake()
-            else:
-                stream = self.streams.get(event.stream_id)  # type: ignore[attr-defined]
-                if stream is not None:
-                    stream.wake()
-        elif kind is Closed:
+        if isinstance(event, Request):
+            self._start(event, nursery)
+            return False
+        if isinstance(event, Closed):
             return True
+        if isinstance(event, WindowOpened) and event.stream_id == 0:
+            for io in self.streams.values():
+                io.wake()
+            return False
+        assert isinstance(event, (Data, EndStream, Reset, WindowOpened))
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            if isinstance(event, Data):  # a stream answered already: its window room goes back
+                self.proto.ack(event.stream_id, event.flow)
+            return False
+        if isinstance(event, Data):
+            stream.pending.append((event.data, event.flow))
+        elif isinstance(event, EndStream):
+            stream.client_ended = True
+        elif isinstance(event, Reset):
+            stream.gone = True
+        stream.wake()
         return False
 
     def _start(self, event: Request, nursery: trio.Nursery) -> None:

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import Protocol
 
 import trio
 
 from ._client_io import ClientGone
 from ._http import NEED_DATA, Body, EndOfMessage, HTTPError, HTTPUsageError, RequestHead, error_page
 
-__all__ = ["StreamHTTP", "StreamIO", "response_fields"]
+__all__ = ["StreamHTTP", "StreamIO", "StreamOwner", "response_fields"]
 
 #: Fields HTTP/2 forbids in a response (RFC 9113 8.2.2), dropped if a route or worker sets one.
 _CONNECTION_FIELDS = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"})
@@ -58,13 +59,27 @@ def response_fields(headers: list[tuple[bytes, bytes]], content_length: int | No
     return out
 
 
+class StreamOwner(Protocol):
+    """What a stream needs of its connection (``H2Connection``)."""
+
+    def send_head(self, stream_id: int, status: int, fields: list[tuple[bytes, bytes]], end: bool) -> None: ...
+
+    def send_data(self, stream_id: int, data: memoryview) -> int: ...
+
+    def end_stream(self, stream_id: int) -> None: ...
+
+    def ack(self, stream_id: int, flow: int) -> None: ...
+
+    async def drain(self, timeout: float) -> None: ...
+
+
 class StreamHTTP:
     """The per-request ``http`` of an HTTP/2 stream: the subset of ``HTTPServerConnection`` the request path uses."""
 
     __slots__ = ("conn", "stream_id", "head", "keep_alive", "head_sent", "end_pending", "ended",
                  "_no_body", "_left", "_chunks", "_eof", "_complete", "_body_bytes", "_max_body")
 
-    def __init__(self, conn: object, stream_id: int, head: RequestHead, max_body: int, ended: bool) -> None:
+    def __init__(self, conn: StreamOwner, stream_id: int, head: RequestHead, max_body: int, ended: bool) -> None:
         self.conn = conn
         self.stream_id = stream_id
         self.head = head
@@ -125,7 +140,7 @@ class StreamHTTP:
             content_length = content_length if self.head.method == b"HEAD" else None
         self._left = None if self._no_body else content_length
         fields = response_fields(headers, content_length)
-        self.conn.send_head(self.stream_id, status, fields, self._no_body)  # type: ignore[attr-defined]
+        self.conn.send_head(self.stream_id, status, fields, self._no_body)
         if self._no_body:
             self.ended = True
         return b""
@@ -168,7 +183,7 @@ class StreamIO:
 
     __slots__ = ("conn", "http", "stream_id", "fd", "gone", "client_ended", "pending", "_lot", "_eof_given", "_send_timeout")
 
-    def __init__(self, conn: object, http: StreamHTTP, send_timeout: float) -> None:
+    def __init__(self, conn: StreamOwner, http: StreamHTTP, send_timeout: float) -> None:
         self.conn = conn
         self.http = http
         self.stream_id = http.stream_id
@@ -201,17 +216,17 @@ class StreamIO:
         while pos < len(view):
             if self.gone:
                 raise ClientGone()
-            taken = conn.send_data(self.stream_id, view[pos:])  # type: ignore[attr-defined]
+            taken = conn.send_data(self.stream_id, view[pos:])
             if taken < 0:
                 raise ClientGone()
             if taken:
                 pos += taken
-                await conn.drain(self._send_timeout)  # type: ignore[attr-defined]
+                await conn.drain(self._send_timeout)
             elif not await self._park(self._send_timeout):
                 raise ClientGone()  # the client kept the window shut for send_timeout
         self.finish()
         if data:
-            await conn.drain(self._send_timeout)  # type: ignore[attr-defined]
+            await conn.drain(self._send_timeout)
 
     def finish(self) -> None:
         """Send END_STREAM if the answer ended and it is not sent yet."""
@@ -219,7 +234,7 @@ class StreamIO:
         if http.end_pending and not http.ended and not self.gone:
             http.end_pending = False
             http.ended = True
-            self.conn.end_stream(self.stream_id)  # type: ignore[attr-defined]
+            self.conn.end_stream(self.stream_id)
 
     async def receive(self, timeout: float) -> bytes | None:
         """The next body chunk, b"" once at its end, None after ``timeout`` seconds with neither.
@@ -232,7 +247,7 @@ class StreamIO:
                 raise ClientGone()
             if self.pending:
                 data, flow = self.pending.popleft()
-                self.conn.ack(self.stream_id, flow)  # type: ignore[attr-defined]
+                self.conn.ack(self.stream_id, flow)
                 if data:
                     return data
                 continue
