@@ -198,6 +198,8 @@ class H2Server:
         # stream whose worker is slow to read does not stall the others' uploads.
         conn.increment_flow_control_window(15 * limits.stream_window)
         self._out = [conn.data_to_send()]
+        #: Bytes queued for ``data_to_send``.
+        self.output_size = len(self._out[0])
         span = limits.flood_window
         self._resets = _Counter(limits.max_resets, span)
         self._pings = _Counter(limits.max_pings, span)
@@ -317,10 +319,12 @@ class H2Server:
         data = self._h2.data_to_send()
         if data:
             self._out.append(data)
+            self.output_size += len(data)
 
     def data_to_send(self) -> bytes:
         """The frames queued since the last call."""
         out, self._out = self._out, []
+        self.output_size = 0
         return b"".join(out)
 
     @property

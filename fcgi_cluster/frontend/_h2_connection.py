@@ -19,6 +19,7 @@ traceback and the stream answered 500 or reset. Nothing leaves a task.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import typing
@@ -36,6 +37,11 @@ from ._http import HTTPError
 __all__ = ["H2Connection", "choose_protocol"]
 
 log = logging.getLogger("fcgi_cluster.frontend")
+
+#: Bytes waiting for the socket below which a stream's send does not wait for
+#: the writer: the connection holds at most this much more than the client's
+#: windows allow (one 64 KiB read's worth; a slow client fills it, then waits).
+DRAIN_BELOW = 64 * 1024
 
 
 class H2Connection:
@@ -65,6 +71,7 @@ class H2Connection:
         self._written = 0  # ... and written
         self._broken = False
         self._sending = False  # the writer is within a write
+        self._in_write = 0  # bytes of that write
 
     # --- what streams call -------------------------------------------------------------
 
@@ -93,12 +100,18 @@ class H2Connection:
         self.proto.ack(stream_id, flow)
         self._queued_output()
 
-    async def drain(self, timeout: float) -> None:
-        """Wait until what is queued now has been written to the socket.
+    async def drain(self, timeout: float, below: int = DRAIN_BELOW) -> None:
+        """Wait until what is queued now has been written to the socket (unless less than ``below`` waits).
 
         Raises:
             ClientGone: the connection broke, or the client read nothing for ``timeout``.
         """
+        if self._broken:
+            raise ClientGone()
+        if self.proto.output_size + self._in_write <= below:
+            # Little is waiting for the socket: go on without a round trip to the writer.
+            await trio.lowlevel.checkpoint()
+            return
         target = self._queued
         with trio.move_on_after(timeout):
             while self._written < target and not self._broken:
@@ -122,8 +135,8 @@ class H2Connection:
                         stream.wake()
                     if not self._broken:
                         # Let the GOAWAY (and what streams queued) leave, briefly.
-                        with trio.move_on_after(1):
-                            await self.drain(1)
+                        with contextlib.suppress(ClientGone):
+                            await self.drain(1, below=-1)
                     nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ClientGone, OSError):
             pass
@@ -158,9 +171,11 @@ class H2Connection:
                     generation = self._queued
                     data = self.proto.data_to_send()
                     self._sending = True
+                    self._in_write = len(data)
                     with trio.fail_after(send_timeout):
                         await stream.send_all(data)
                     self._sending = False
+                    self._in_write = 0
                     self._written = max(self._written, generation)
                     self._drained.unpark_all()
                     continue
