@@ -104,6 +104,9 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 frontend(directory, "h2c", worker, "http2 = true\n") as h2c_port, \
                 frontend(directory, "h1", worker, "http2 = false\n" + tls) as h1_only_port:
             yield Site(directory, tls_port, h2c_port, h1_only_port)
+    # Whatever the clients and attacks did, nothing was a failure of ours.
+    for name in ("tls", "h2c", "h1"):
+        assert "Traceback" not in (directory / f"{name}.log").read_text(), name
 
 
 def curl(*args: str) -> tuple[str, bytes]:
