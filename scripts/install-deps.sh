@@ -27,6 +27,7 @@ systemd-socket-activate systemd
 chromium        chromium
 gcc         gcc
 dnsmasq     dnsmasq-base
+h2load      nghttp2-client
 '
 
 # Servers' binaries live in sbin, which a non-root PATH often lacks.

@@ -354,6 +354,16 @@ class ClientConnection:
 
     # --- one request ----------------------------------------------------------
 
+    async def respond(self, head: RequestHead) -> bool:
+        """Answer one request whose head was read elsewhere (an HTTP/2 stream's), as any other."""
+        if self.real_ip is not None:
+            self.real_ip.apply(self, head)
+        self._begin_request()
+        try:
+            return await self._respond(head)
+        finally:
+            self.server.request_ended()
+
     async def _respond(self, head: RequestHead) -> bool:
         """Answer one request; returns False when the connection must close after it."""
         started = time.time()

@@ -124,6 +124,9 @@ class FrontendConfig:
         max_body_size: bytes of request body; 0 means unlimited.
         underscores_in_headers: pass header names holding "_" to workers.
         tls: TLS termination, or None for plain HTTP.
+        http2: HTTP/2 to clients: "auto" (by ALPN when TLS is on), True
+            (also h2c with prior knowledge on a cleartext listener), False (off).
+        http2_max_concurrent_streams: streams one HTTP/2 client may have open.
         control: the control and status listener (``_control``); "" for none.
         control_allow: CIDR networks whose clients the control listener serves.
         server_state_file: where runtime server states are kept ("" for memory only).
@@ -162,6 +165,8 @@ class FrontendConfig:
     # X-Forwarded-For: both become HTTP_X_FORWARDED_FOR.
     underscores_in_headers: bool = False
     tls: TLSConfig | None = None
+    http2: bool | str = "auto"  # as nginx: offered by ALPN where TLS is on; h2c only when asked
+    http2_max_concurrent_streams: int = 128  # nginx http2_max_concurrent_streams
     control: str = ""  # off: runtime control is a decision, as HAProxy's stats socket
     control_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # loopback only
     server_state_file: str = ""

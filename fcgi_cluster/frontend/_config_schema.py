@@ -62,6 +62,13 @@ def string(value: object) -> str:
     return value
 
 
+def http2_mode(value: object) -> bool | str:
+    """``true``, ``false`` or ``"auto"``."""
+    if value == "auto" or isinstance(value, bool):
+        return value  # type: ignore[return-value]
+    raise ValueError(f'must be true, false or "auto", got {show(value)}')
+
+
 def nonempty_string(value: object) -> str:
     """A TOML string that is not empty."""
     if string(value) == "":
@@ -283,6 +290,8 @@ FRONTEND: tuple[Key, ...] = (
     Key("max_body_size", size(0), _F["max_body_size"], "bytes of request body (413); 0 for no limit", "bytes"),
     Key("underscores_in_headers", typed_boolean, _F["underscores_in_headers"], 'pass header names holding "_" to workers'),
     Key("tls", None, _F["tls"], "the [frontend.tls] table: TLS termination; none is plain HTTP"),
+    Key("http2", http2_mode, _F["http2"], 'HTTP/2: "auto" (by ALPN with TLS), true (also h2c by its preface without TLS), false'),
+    Key("http2_max_concurrent_streams", integer(1, typed=True), _F["http2_max_concurrent_streams"], "streams one HTTP/2 client may have open at once (SETTINGS)"),
     Key("control", control_address, _F["control"], 'control and status listener (host:port or unix:/path); "" for none'),
     Key("control_allow", networks, _F["control_allow"], "CIDR networks the control listener serves; others are refused"),
     Key("server_state_file", string, _F["server_state_file"], 'file keeping servers set by control across restarts; "" for none'),

@@ -30,6 +30,7 @@ from ._cgi import ConnectionParams
 from ._client import ClientConnection
 from ._client_io import ClientIO
 from ._control import serve_control
+from ._h2_connection import choose_protocol
 from ._hub import HUB_AVAILABLE, Hub
 from ._resolve import Resolutions, expand_config
 from ._server_states import ServerStates
@@ -45,7 +46,7 @@ __all__ = ["FrontendServer", "serve_frontend", "RESTART_KEYS"]
 #: them and say so), the connection count bounds a semaphore already in
 #: use, the TLS context and error log are set up at start, and so are the
 #: control listener and the server-state file.
-RESTART_KEYS = ("listen", "processes", "max_connections", "tls", "error_log", "control", "server_state_file")
+RESTART_KEYS = ("listen", "processes", "max_connections", "tls", "http2", "error_log", "control", "server_state_file")
 
 log = logging.getLogger("fcgi_cluster.frontend")
 
@@ -83,8 +84,10 @@ class FrontendServer:
         if fe.tls is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(fe.tls.cert, fe.tls.key)
-            context.set_alpn_protocols(["http/1.1"])
+            context.set_alpn_protocols(["h2", "http/1.1"] if fe.http2 is not False else ["http/1.1"])
             self._ssl_context = context
+        #: HTTP/2: on by default with TLS (ALPN), on cleartext only when asked (h2c, by its preface).
+        self._http2 = fe.http2 is True or (fe.http2 == "auto" and fe.tls is not None)
 
     # The current site's parts, for the hub and for callers that look.
     @property
@@ -281,7 +284,7 @@ class FrontendServer:
                 nursery.start_soon(accept_proxied, self, stream, take)
                 return
         hub = self.hub
-        if hub is None or self._ssl_context is not None:
+        if hub is None or self._ssl_context is not None or self._http2:
             nursery.start_soon(self._connection_task, stream, local, plan, proxied)
             return
         try:
@@ -323,7 +326,8 @@ class FrontendServer:
                 await client.do_handshake()
             if scope.cancelled_caught:
                 return None
-        return self._connection(client, stream, params)
+        conn = self._connection(client, stream, params)
+        return await choose_protocol(conn, self._http2, self._view)  # type: ignore[return-value]
 
     def _connection_params(self, stream: trio.SocketStream, local: tuple, plan: object,
                            proxied: object) -> tuple[ConnectionParams, object]:

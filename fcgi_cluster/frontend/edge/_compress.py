@@ -270,7 +270,8 @@ class Compression:
         return encoder, out
 
     def _eligible(self, request: Any, status: int, headers: list[tuple[bytes, bytes]], length: int | None) -> bool:
-        if status not in _STATUSES or request.method == b"HEAD" or request.http_version != b"1.1":
+        # HTTP/1.0 has no chunks to carry an answer of unknown length: as nginx's gzip_http_version 1.1.
+        if status not in _STATUSES or request.method == b"HEAD" or request.http_version == b"1.0":
             return False
         if length is not None and length < self.min_length:
             return False
