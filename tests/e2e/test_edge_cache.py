@@ -19,7 +19,8 @@ from tests._peers import free_port
 from ._worker import worker_process
 from .test_frontend_control import ctl, status
 from .test_frontend_process import http_get
-from .test_frontend_reload import frontend, wait_for
+from ._frontend import frontend_from_file
+from .test_frontend_reload import wait_for
 
 APP = "tests.e2e._cache_app:app"
 
@@ -54,7 +55,7 @@ def test_a_hit_does_not_reach_the_worker_and_an_entry_expires(tmp_path: pathlib.
     path = tmp_path / "cluster.toml"
     with worker_process(APP) as (worker, _):
         path.write_text(cluster_file(port, worker, 'valid = { 200 = "1s" }'))
-        with frontend(path, port) as process:
+        with frontend_from_file(path, port) as process:
             first = get(port, "/c/page")
             assert first[:2] == (200, "MISS")
             for _ in range(5):
@@ -80,7 +81,7 @@ def test_the_workers_headers_decide_and_set_cookie_is_never_shared(tmp_path: pat
     path = tmp_path / "cluster.toml"
     with worker_process(APP) as (worker, _):
         path.write_text(cluster_file(port, worker, 'valid = { 200 = "1m" }\nbypass = ["cookie:nocache", "header:X-Fresh"]'))
-        with frontend(path, port):
+        with frontend_from_file(path, port):
             for query in ("cc=no-store", "cc=private,max-age=60", "xae=0", "cookie=1", "vary=*", "status=500"):
                 words = [get(port, f"/c/x?{query}")[1] for _ in range(2)]
                 assert words == ["MISS", "MISS"], query
@@ -121,7 +122,7 @@ def test_stale_entries_serve_while_the_worker_is_down(tmp_path: pathlib.Path) ->
     path = tmp_path / "cluster.toml"
     with worker_process(APP) as (worker, process):
         path.write_text(cluster_file(port, worker, 'valid = { 200 = "1s" }\nuse_stale = ["error", "timeout"]'))
-        with frontend(path, port):
+        with frontend_from_file(path, port):
             first = get(port, "/c/page")
             assert first[1] == "MISS"
             process.send_signal(signal.SIGTERM)
@@ -139,7 +140,7 @@ def test_a_listed_worker_status_is_met_by_the_stale_entry(tmp_path: pathlib.Path
         # The key leaves the query out, so one URI path can answer 200, then 503.
         cache = 'key = "$scheme$host$uri"\nvalid = { 200 = "1s" }\nuse_stale = ["http_503"]'
         path.write_text(cluster_file(port, worker, cache))
-        with frontend(path, port):
+        with frontend_from_file(path, port):
             first = get(port, "/c/s?status=200")
             assert first[:2] == (200, "MISS")
             time.sleep(1.2)
@@ -155,7 +156,7 @@ def test_background_update_serves_the_old_answer_and_refreshes_it(tmp_path: path
     with worker_process(APP) as (worker, _):
         cache = 'valid = { 200 = "1s" }\nuse_stale = ["updating"]\nbackground_update = true'
         path.write_text(cluster_file(port, worker, cache))
-        with frontend(path, port):
+        with frontend_from_file(path, port):
             first = get(port, "/c/page?sleep_ms=300")
             time.sleep(1.2)
             assert get(port, "/c/page?sleep_ms=300") == (200, "UPDATING", first[2])
@@ -175,7 +176,7 @@ def test_the_lock_sends_one_of_20_concurrent_misses_to_the_worker(tmp_path: path
     path = tmp_path / "cluster.toml"
     with worker_process(APP) as (worker, _):
         path.write_text(cluster_file(port, worker, 'valid = { 200 = "1m" }\nlock = true\nlock_timeout = "30s"'))
-        with frontend(path, port):
+        with frontend_from_file(path, port):
             with concurrent.futures.ThreadPoolExecutor(20) as pool:
                 results = list(pool.map(lambda _: get(port, "/c/hot?sleep_ms=700"), range(20)))
             assert calls(port) == 1
@@ -189,7 +190,7 @@ def test_huge_and_odd_uris_are_keys_like_any_other(tmp_path: pathlib.Path) -> No
     with worker_process(APP) as (worker, _):
         cache = f'valid = {{ 200 = "1m" }}\npath = "{tmp_path / "cache"}"\nmemory_entry_size = "1k"'
         path.write_text(cluster_file(port, worker, cache))
-        with frontend(path, port):
+        with frontend_from_file(path, port):
             targets = ["/c/" + "a" * 8192, "/c/nul?x=%00%00", "/c/x/%2e%2e/y%2fz", "/c/%C3%A9t%C3%A9?q=%FF",
                        "/c/" + "%41" * 2000, "/c/big?size=300000", "/c/a?h=%0d%0aSet-Cookie:%20x=1"]
             firsts = {}
@@ -213,7 +214,7 @@ def test_purge_through_the_control_channel(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "cluster.toml"
     with worker_process(APP) as (worker, _):
         path.write_text(cluster_file(port, worker, 'valid = { 200 = "1m" }', control=control))
-        with frontend(path, port):
+        with frontend_from_file(path, port):
             for target in ("/c/a", "/c/b", "/c/b2"):
                 assert get(port, target)[1] == "MISS"
             done = ctl(control, "purge", "http127.0.0.1/c/a")
@@ -245,7 +246,7 @@ def test_two_processes_share_the_directory_and_its_purge(tmp_path: pathlib.Path)
     with worker_process(APP) as (worker, _):
         cache = f'valid = {{ 200 = "1m" }}\npath = "{tmp_path / "cache"}"'
         path.write_text(cluster_file(port, worker, cache, processes=2, control=control))
-        with frontend(path, port):
+        with frontend_from_file(path, port):
             assert get(port, "/c/shared")[1] == "MISS"
             # New connections land on either process: every one is a hit.
             words = [get(port, "/c/shared")[1] for _ in range(30)]
@@ -262,7 +263,7 @@ def test_entries_survive_a_reload_of_an_unchanged_route(tmp_path: pathlib.Path) 
     path = tmp_path / "cluster.toml"
     with worker_process(APP) as (worker, _):
         path.write_text(cluster_file(port, worker, 'valid = { 200 = "1m" }'))
-        with frontend(path, port) as process:
+        with frontend_from_file(path, port) as process:
             first = get(port, "/c/kept")
             assert first[1] == "MISS"
             log = pathlib.Path(process.log_path)

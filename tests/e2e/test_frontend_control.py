@@ -21,7 +21,8 @@ from tests._peers import REPO_ROOT, free_port, python_executable
 
 from ._worker import worker_process
 from .test_frontend_process import http_get
-from .test_frontend_reload import frontend, wait_for
+from ._frontend import frontend_from_file
+from .test_frontend_reload import wait_for
 
 
 def cluster_file(port: int, control: str, workers: list[int], *, processes: int = 1, state: str = "") -> str:
@@ -63,7 +64,7 @@ def test_drain_lets_in_flight_requests_finish_and_sends_no_new_one(tmp_path: pat
     with worker_process() as (w1, _), worker_process() as (w2, _):
         a, b = f"127.0.0.1:{w1}", f"127.0.0.1:{w2}"
         path.write_text(cluster_file(port, control, [w1, w2]))
-        with frontend(path, port) as process:
+        with frontend_from_file(path, port) as process:
             assert sorted(who(port) for _ in range(4)) == sorted([a, a, b, b])
             with concurrent.futures.ThreadPoolExecutor(4) as pool:
                 # Slow requests (6 s each: room for the commands on a busy machine) on both servers, then drain b.
@@ -93,7 +94,7 @@ def test_down_closes_the_servers_connections_drain_keeps_them(tmp_path: pathlib.
     with worker_process() as (w1, _), worker_process() as (w2, _):
         a, b = f"127.0.0.1:{w1}", f"127.0.0.1:{w2}"
         path.write_text(cluster_file(port, control, [w1, w2]))
-        with frontend(path, port) as process:
+        with frontend_from_file(path, port) as process:
             assert sorted(who(port) for _ in range(4)) == sorted([a, a, b, b])
             assert servers(control)[b]["connections"] >= 1
             # Drained: no new request, the kept connection stays open (warm for `up`).
@@ -123,7 +124,7 @@ def test_commands_take_effect_survive_a_reload_and_bad_ones_are_refused(tmp_path
     with worker_process() as (w1, _), worker_process() as (w2, _), worker_process() as (w3, _):
         a, b, c = (f"127.0.0.1:{w}" for w in (w1, w2, w3))
         path.write_text(cluster_file(port, control, [w1, w2], state=str(state)))
-        with frontend(path, port) as process:
+        with frontend_from_file(path, port) as process:
             assert ctl(control, "down", "app", b, config=path).returncode == 0  # the address from the file
             assert {who(port) for _ in range(4)} == {a}
             assert ctl(control, "add", "app", c, "3").returncode == 0
@@ -155,7 +156,7 @@ def test_commands_take_effect_survive_a_reload_and_bad_ones_are_refused(tmp_path
             process.send_signal(signal.SIGTERM)
             assert process.wait(15) == 0
         # The state file is read at start: a restart keeps the servers as set.
-        with frontend(path, port) as process:
+        with frontend_from_file(path, port) as process:
             assert {who(port) for _ in range(4)} == {c}
             process.send_signal(signal.SIGTERM)
             assert process.wait(15) == 0
@@ -168,7 +169,7 @@ def test_control_refuses_addresses_outside_control_allow(tmp_path: pathlib.Path)
     with worker_process() as (w1, _):
         text = cluster_file(port, control, [w1])
         path.write_text(text.replace("control = ", 'control_allow = ["10.0.0.0/8"]\ncontrol = '))
-        with frontend(path, port) as process:
+        with frontend_from_file(path, port) as process:
             done = ctl(control, "drain", "app", f"127.0.0.1:{w1}")
             assert done.returncode == 1
             assert "forbidden" in done.stderr
@@ -189,7 +190,7 @@ def test_status_json_and_openmetrics_count_requests(tmp_path: pathlib.Path) -> N
     with worker_process() as (w1, _), worker_process() as (w2, _):
         a, b = f"127.0.0.1:{w1}", f"127.0.0.1:{w2}"
         path.write_text(cluster_file(port, control, [w1, w2]))
-        with frontend(path, port) as process:
+        with frontend_from_file(path, port) as process:
             before = servers(control)
             assert set(before) == {a, b}
             for _ in range(6):
@@ -225,7 +226,7 @@ def test_two_processes_both_apply_a_command(tmp_path: pathlib.Path) -> None:
     with worker_process() as (w1, _), worker_process() as (w2, _):
         a, b = f"127.0.0.1:{w1}", f"127.0.0.1:{w2}"
         path.write_text(cluster_file(port, control, [w1, w2], processes=2))
-        with frontend(path, port) as process:
+        with frontend_from_file(path, port) as process:
             wait_for(lambda: ctl(control, "status").returncode == 0, timeout=20)
             assert ctl(control, "drain", "app", b).returncode == 0
             # New connections land on either process: none goes to b.
@@ -293,7 +294,7 @@ def test_reload_under_load_adds_then_removes_a_server_as_status_shows(tmp_path: 
     with worker_process() as (w1, _), worker_process() as (w2, _):
         a, b = f"127.0.0.1:{w1}", f"127.0.0.1:{w2}"
         path.write_text(cluster_file(port, control, [w1]))
-        with frontend(path, port) as process:
+        with frontend_from_file(path, port) as process:
             assert set(servers(control)) == {a}
 
             def load(_: int) -> list[tuple[int, str]]:

@@ -21,7 +21,7 @@ import pytest
 from tests._peers import REPO_ROOT, free_port, python_executable, run_process
 
 from .test_frontend_process import http_get
-from .test_frontend_reload import frontend
+from ._frontend import frontend_from_file
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -48,7 +48,7 @@ def test_dashboard_shows_every_server_and_pool_and_refreshes(tmp_path: pathlib.P
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     pool_argv = [python_executable(), "-m", "fcgi_cluster.cli", "worker", "-c", str(tmp_path / "pool.conf")]
     with run_process(pool_argv, cwd=REPO_ROOT, env=env, ready_port=pool_port, name="pool"), \
-            frontend(path, port) as process:
+            frontend_from_file(path, port) as process:
         shot = pathlib.Path(os.environ.get("DASHBOARD_SCREENSHOT") or tmp_path / "dashboard.png")
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             # Bounded load while the browser looks: 2 x 1000 requests of 5 ms or more.

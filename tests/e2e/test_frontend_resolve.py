@@ -16,7 +16,8 @@ from tests._peers import REPO_ROOT, free_port, run_process
 
 from ._worker import worker_argv
 from .test_frontend_process import http_get
-from .test_frontend_reload import frontend, wait_for
+from ._frontend import frontend_from_file
+from .test_frontend_reload import wait_for
 
 NAME = "app.cluster.test"
 
@@ -54,7 +55,7 @@ def test_traffic_follows_the_dns_answer_and_keeps_the_last_good_one(tmp_path: pa
         f'[upstream.app]\nresolve = "1s"\nservers = ["{NAME}:{worker_port}"]\n'
     )
     with (dnsmasq(hosts, dns_port) as dns, worker_on("127.0.0.2", worker_port),
-          worker_on("127.0.0.3", worker_port), frontend(path, port) as process):
+          worker_on("127.0.0.3", worker_port), frontend_from_file(path, port) as process):
         log = pathlib.Path(process.log_path)
         wait_for(lambda: f"resolve {NAME}: 127.0.0.2" in log.read_text(), timeout=20)
         assert {answered_by(port) for _ in range(6)} == {f"127.0.0.2:{worker_port}"}
@@ -105,7 +106,7 @@ def test_an_srv_name_gives_a_server_per_target_at_its_port(tmp_path: pathlib.Pat
         f'[upstream.app]\nservers = [{{ address = "{service}:1", resolve = "1s" }}]\n'
     )
     with (dnsmasq(hosts, dns_port, *srv), worker_on("127.0.0.2", port2), worker_on("127.0.0.3", port3),
-          frontend(path, port) as process):
+          frontend_from_file(path, port) as process):
         log = pathlib.Path(process.log_path)
         wait_for(lambda: f"resolve {service}: " in log.read_text(), timeout=20)
         # The records' weights 3 and 1: smooth round robin gives exactly 6 and 2 of 8.
