@@ -296,13 +296,13 @@ class WorkerConnection:
                     break
                 kind = type(event)
                 if kind is Request:
-                    if (requests or drain.draining) and not drain.admit(len(requests)):
+                    if (requests or drain.draining or not (drain.numbered or drain.reuses_one)) and not drain.admit(event.request_id, len(requests)):
                         # Stopping, with a peer that multiplexes: a new
                         # request is refused unstarted (OVERLOADED), so the
                         # web server sends it again on a new connection (to
                         # the new children on a reload) and stops using this
-                        # one. (A peer that sends one at a time is served:
-                        # nginx takes an OVERLOADED for a 502.)
+                        # one. (A request alone is served: nginx takes an
+                        # OVERLOADED for a 502.) DrainPolicy has the rules.
                         self.write_nowait(self.encode(EndRequest(event.request_id, 0, ProtocolStatus.OVERLOADED)))
                         continue
                     self._seen_request = True
