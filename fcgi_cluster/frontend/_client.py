@@ -263,7 +263,7 @@ class ClientConnection:
             hub.adopt(self)
         elif type(event) is ConnectionClosed or event is ConnectionClosed:
             hub.close(self)
-        elif not self._answer_from_callbacks(event):
+        elif not answer_from_callbacks(self, event):
             self._to_task(event)
 
     def _to_task(self, first: object = None, resume: _Resume | None = None) -> None:
@@ -282,61 +282,6 @@ class ClientConnection:
     async def _send_rest(self, data: bytes) -> bool:
         """The end of an answer the client's socket did not take at once."""
         await self.io.send(data)
-        return True
-
-    def _answer_from_callbacks(self, head: object) -> bool:
-        """Begin answering ``head`` with no task: False (and nothing done) when it needs one.
-
-        The common request qualifies: no body, an idempotent method, a route
-        to an upstream with a live server. It is sent at once on a connection
-        that has room (a multiplexed one, or a kept-alive idle one), or waits
-        in line for one at ``max_conns``; otherwise a task takes it on from
-        the server chosen. Its answer is written by the worker connection's
-        reader (``CallbackAnswer``) if it is whole and small when it ends; a
-        slow, large or failed one goes on in a task, from where it is.
-        """
-        if type(head) is not RequestHead or head.method not in IDEMPOTENT:
-            return False
-        if self.real_ip is not None:
-            self.real_ip.apply(self, head)
-        http = self.http
-        if not http.request_complete:
-            if head.chunked or head.content_length:
-                return False
-            http.next_event()  # the EndOfMessage that came with the head
-        try:
-            path = normalize_path(head.path)
-        except BadPath:
-            return False
-        server = self.server
-        number, route = server.route_of(path)
-        if (route is None or route.static is not None or route.cache is not None
-                or server.route_plans[number].limits is not None):
-            return False  # a limited request may have to wait, a cached one be filled: a task's job
-        upstream = server.upstreams[route.upstream]
-        index = upstream.balancer.choose(
-            upstream.hash_key(head, self.remote_addr) if upstream.hashed else None, exclude=upstream.unhealthy or ()
-        )
-        if index is None:
-            return False  # the task finds none either, and answers 502
-        params = self._upstream_params(head, number, path, head.content_length)
-        self._begin_request()
-        answer = CallbackAnswer(self, head, number, route, path, time.time(), upstream, index, params)
-        target = upstream.servers[index]
-        conn = target.ready_connection()
-        if conn is not None:
-            if answer.send(conn):
-                upstream.balancer.started(index)
-                return True
-        else:
-            waiter = target.wait_in_line(answer.connection_ready)
-            if waiter is not None:
-                upstream.balancer.started(index)
-                answer.waiter = waiter
-                self._answer = answer
-                return True
-        # No connection without waiting (or the one there was is dead): a task takes one.
-        answer.to_task(FirstTry(index))
         return True
 
     def drop_answer(self) -> None:
@@ -574,7 +519,7 @@ class ClientConnection:
 
                 async def watch() -> None:
                     nonlocal gone
-                    await self._watch_client()
+                    await watch_client(self)
                     gone = True
                     nursery.cancel_scope.cancel()
 
@@ -593,19 +538,6 @@ class ClientConnection:
             raise ClientGone()
         if timeout.cancelled_caught:
             raise trio.TooSlowError
-
-    async def _watch_client(self) -> None:
-        """Return when the client hangs up; bytes it pipelines meanwhile are kept for later."""
-        try:
-            data = await self.io.receive(math.inf)
-        except ClientGone:
-            return
-        if not data:
-            return
-        self.http.receive_data(data)
-        # Pipelined requests wait in the parser; reading on would let a
-        # client make us hold more than one receive's worth of them.
-        await trio.sleep_forever()
 
     async def _request_body(self, head: RequestHead) -> tuple[bytes | AsyncIterator[bytes], int | None]:
         """The body to send upstream (see ``read_body``), and its length if known."""
@@ -819,3 +751,73 @@ class CallbackAnswer:
         http.start_next_cycle()
         client._received = False
         client._next_in_hub()
+
+
+def answer_from_callbacks(client: ClientConnection, head: object) -> bool:
+    """Begin answering ``client``'s request ``head`` with no task: False (and nothing done) when it needs one.
+
+    The common request qualifies: no body, an idempotent method, a route
+    to an upstream with a live server. It is sent at once on a connection
+    that has room (a multiplexed one, or a kept-alive idle one), or waits
+    in line for one at ``max_conns``; otherwise a task takes it on from
+    the server chosen. Its answer is written by the worker connection's
+    reader (``CallbackAnswer``) if it is whole and small when it ends; a
+    slow, large or failed one goes on in a task, from where it is.
+    """
+    if type(head) is not RequestHead or head.method not in IDEMPOTENT:
+        return False
+    if client.real_ip is not None:
+        client.real_ip.apply(client, head)
+    http = client.http
+    if not http.request_complete:
+        if head.chunked or head.content_length:
+            return False
+        http.next_event()  # the EndOfMessage that came with the head
+    try:
+        path = normalize_path(head.path)
+    except BadPath:
+        return False
+    server = client.server
+    number, route = server.route_of(path)
+    if (route is None or route.static is not None or route.cache is not None
+            or server.route_plans[number].limits is not None):
+        return False  # a limited request may have to wait, a cached one be filled: a task's job
+    upstream = server.upstreams[route.upstream]
+    index = upstream.balancer.choose(
+        upstream.hash_key(head, client.remote_addr) if upstream.hashed else None, exclude=upstream.unhealthy or ()
+    )
+    if index is None:
+        return False  # the task finds none either, and answers 502
+    params = client._upstream_params(head, number, path, head.content_length)
+    client._begin_request()
+    answer = CallbackAnswer(client, head, number, route, path, time.time(), upstream, index, params)
+    target = upstream.servers[index]
+    conn = target.ready_connection()
+    if conn is not None:
+        if answer.send(conn):
+            upstream.balancer.started(index)
+            return True
+    else:
+        waiter = target.wait_in_line(answer.connection_ready)
+        if waiter is not None:
+            upstream.balancer.started(index)
+            answer.waiter = waiter
+            client._answer = answer
+            return True
+    # No connection without waiting (or the one there was is dead): a task takes one.
+    answer.to_task(FirstTry(index))
+    return True
+
+
+async def watch_client(client: ClientConnection) -> None:
+    """Return when ``client`` hangs up; bytes it pipelines meanwhile are kept for later."""
+    try:
+        data = await client.io.receive(math.inf)
+    except ClientGone:
+        return
+    if not data:
+        return
+    client.http.receive_data(data)
+    # Pipelined requests wait in the parser; reading on would let a
+    # client make us hold more than one receive's worth of them.
+    await trio.sleep_forever()
