@@ -179,6 +179,7 @@ async def open_upstream_response(
     status, reason = 502, "no live upstream server"
     attempts = 0
     resends = 0  # sent again unstarted, not counted as tries (RESENDS at most)
+    refused_here: int | None = None  # the server whose stopping child refused the last try
     # More rounds than tries: a request refused unstarted by a stopping
     # worker (OVERLOADED), or cut with its kept connection before its head,
     # is sent again to the same server, on a new connection, without
@@ -203,7 +204,11 @@ async def open_upstream_response(
             if error is not None:
                 raise error
             if response is None:
-                conn = server.ready_connection() or await server.acquire()
+                if refused_here == index and server.multiplexed:
+                    conn = await server.fresh_connection()  # not another of the refusing child's
+                else:
+                    conn = server.ready_connection() or await server.acquire()
+                refused_here = None
                 response = conn.start_request(params, body, buffering=shared if server.multiplexed else alone)
             deadline = trio.current_time() + read_timeout
             if wait_head is None:
@@ -266,6 +271,7 @@ async def open_upstream_response(
                     and replayable and resends < RESENDS):
                 resends += 1
                 tried.discard(index)
+                refused_here = index
                 log.info("upstream %s: %s; sending it again on a new connection", upstream.name, reason)
                 continue
             log.warning("upstream %s: %s", upstream.name, reason)

@@ -381,6 +381,15 @@ class Server:
         finally:
             self._expiring = False
 
+    async def fresh_connection(self) -> Connection:
+        """A multiplexed connection opened now, for a request a stopping worker refused.
+
+        The pool's other kept connections may lead to the same stopping
+        process (each child holds several): a new one is accepted by a child
+        that is not stopping. Past ``connections`` it is closed once idle.
+        """
+        return await self._open()
+
     async def _open(self, learn: bool = False) -> Connection:
         # Counted in _opening until it is in _live (or failed), never in both:
         # requests that run between the two would see one connection as two
