@@ -54,4 +54,14 @@ def test_the_edge_demo_serves_each_feature(tmp_path) -> None:
         again = [split_response(exchange(fe, get_bytes("/cached/page"))) for _ in range(3)]
         assert first[1]["x-cache-status"] == "MISS"
         assert [a[1]["x-cache-status"] for a in again] == ["HIT"] * 3 and {a[2] for a in again} == {first[2]}
+        # Compressed after the cache, per client: a gzip client's HIT and MISS decode to the entry.
+        # (http.client's Host is its own: a key of its own.)
+        for word, coding in (("MISS", "gzip"), ("HIT", "gzip"), ("HIT", None)):
+            client = http.client.HTTPConnection("127.0.0.1", fe, timeout=15)
+            client.request("GET", "/cached/other", headers={"Accept-Encoding": coding or "identity"})
+            answer = client.getresponse()
+            assert (answer.getheader("X-Cache-Status"), answer.getheader("Content-Encoding")) == (word, coding)
+            body = answer.read()
+            assert json.loads(gzip.decompress(body) if coding else body)["environ"]["REQUEST_URI"] == "/cached/other"
+            client.close()
         assert "Traceback" not in process.log_path.read_text()

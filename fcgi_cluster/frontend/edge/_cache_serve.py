@@ -135,6 +135,7 @@ async def serve_cached(
         http.next_event()  # the EndOfMessage that came with the head
     server = client.server
     cache: RouteCache = server.site.caches[number]
+    compression = server.route_plans[number].compression  # after the cache, as nginx's gzip
     config = cache.config
     key = request_key(config, head, b"https" if client.params.https else b"http", client.remote_addr)
     now = time.time()
@@ -146,14 +147,14 @@ async def serve_cached(
         entry = cache.lookup(key, head.headers, now)
         if entry is not None:
             if entry.fresh(now):
-                return await _send_entry(client, cache, head, entry, HIT, started)
+                return await _send_entry(client, cache, head, entry, HIT, started, compression)
             word = EXPIRED
             if "updating" in config.use_stale:
                 if key in cache.filling:
-                    return await _send_entry(client, cache, head, entry, UPDATING, started)
+                    return await _send_entry(client, cache, head, entry, UPDATING, started, compression)
                 if config.background_update and cache.nursery is not None:
                     _refresh_in_background(client, cache, key, head, number, route, path, parts)
-                    return await _send_entry(client, cache, head, entry, UPDATING, started)
+                    return await _send_entry(client, cache, head, entry, UPDATING, started, compression)
     keep_answer = True
     owner = cache.begin_fill(key)
     if owner is None and config.lock and word != BYPASS:
@@ -162,7 +163,7 @@ async def serve_cached(
         now = time.time()
         filled = cache.lookup(key, head.headers, now)
         if filled is not None and filled.fresh(now):
-            return await _send_entry(client, cache, head, filled, HIT, started)
+            return await _send_entry(client, cache, head, filled, HIT, started, compression)
         keep_answer = False  # as nginx: after the lock's wait, the answer is not cached
     try:
         return await _from_worker(client, cache, key, head, number, route, path, started, parts, entry, word,
@@ -177,6 +178,7 @@ async def _from_worker(
     started: float, parts: ProxyParts, entry: Entry | None, word: bytes, keep_answer: bool, owner: trio.Event | None,
 ) -> bool:
     config = cache.config
+    compression = client.server.route_plans[number].compression
     server = client.server
     upstream = server.upstreams[route.upstream]
     as_get = head._replace(method=b"GET") if head.method == b"HEAD" else head
@@ -188,12 +190,12 @@ async def _from_worker(
         )
     except UpstreamFailure as exc:
         if entry is not None and stale_on_failure(config, exc.status):
-            return await _send_entry(client, cache, head, entry, STALE, started)
+            return await _send_entry(client, cache, head, entry, STALE, started, compression)
         return await parts.simple(head, exc.status, started)
     response = result.response
     if entry is not None and stale_on_status(config, response.status):
         result.finish()
-        return await _send_entry(client, cache, head, entry, STALE, started)
+        return await _send_entry(client, cache, head, entry, STALE, started, compression)
     now = time.time()
     fresh_for = freshness(config, response.status, response.raw_headers, now) if keep_answer else None
     cache.answers[word] += 1
@@ -210,12 +212,17 @@ async def _from_worker(
 
         on_whole = keep
     recording = _Recording(response, config.max_entry_size if fresh_for else -1, extra, on_whole)
-    return await parts.relay(head, dataclasses.replace(result, response=recording), started)
+    return await parts.relay(head, dataclasses.replace(result, response=recording), started, compression)
 
 
 async def _send_entry(client: typing.Any, cache: RouteCache, head: typing.Any, entry: Entry, word: bytes,
-                      started: float) -> bool:
-    """Write a cached answer to the client; False when it could not be written whole (the connection closes)."""
+                      started: float, compression: typing.Any = None) -> bool:
+    """Write a cached answer to the client; False when it could not be written whole (the connection closes).
+
+    Entries are kept as the worker sent them; a route that compresses
+    compresses each answer for its client (``compression``), as nginx's gzip
+    runs after its cache.
+    """
     cache.answers[word] += 1
     http = client.http
     headers = list(entry.headers)
@@ -225,12 +232,20 @@ async def _send_entry(client: typing.Any, cache: RouteCache, head: typing.Any, e
         await client.io.send(http.send_head(304, kept + extra) + http.send_end())
         _log(client, head, 304, 0, started)
         return True
-    out = http.send_head(entry.status, headers + extra, content_length=entry.length)
+    encoder, length = None, entry.length
+    if compression is not None:
+        encoder, headers = compression.choose(head, entry.status, headers, entry.length)
+        length = None if encoder is not None else length
+    out = http.send_head(entry.status, headers + extra, content_length=length)
     sent = 0
     if head.method != b"HEAD" and entry.length:
         for piece in cache.body(entry):
-            out += http.send_body(piece)
             sent += len(piece)
+            if encoder is not None:
+                piece = encoder.feed(piece)
+                if not piece:
+                    continue
+            out += http.send_body(piece)
             if len(out) >= 256 * 1024:
                 await client.io.send(out)
                 out = b""
@@ -241,6 +256,10 @@ async def _send_entry(client: typing.Any, cache: RouteCache, head: typing.Any, e
             await client.io.send(out)
         _log(client, head, entry.status, sent, started)
         return False
+    if encoder is not None and head.method != b"HEAD":
+        tail = encoder.finish()
+        if tail:
+            out += http.send_body(tail)
     await client.io.send(out + http.send_end())
     _log(client, head, entry.status, sent, started)
     return True
