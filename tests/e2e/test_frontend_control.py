@@ -6,6 +6,7 @@ Real front-end and worker processes; commands through the `ctl` command line.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import pathlib
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
@@ -57,63 +59,66 @@ def servers(control: str) -> dict[str, dict]:
     return {s["address"]: s for up in status(control)["upstreams"] for s in up["servers"]}
 
 
-def test_drain_lets_in_flight_requests_finish_and_sends_no_new_one(tmp_path: pathlib.Path) -> None:
+@contextlib.contextmanager
+def two_workers_under_control(tmp_path: pathlib.Path, **options) -> Iterator[tuple[int, str, str, str, object]]:
+    """Two real workers behind a front-end with a control listener (``cluster_file`` options).
+
+    Yields (port, control address, worker a, worker b, front-end process).
+    """
     port, cport = free_port(), free_port()
     control = f"127.0.0.1:{cport}"
     path = tmp_path / "cluster.toml"
     with worker_process() as (w1, _), worker_process() as (w2, _):
-        a, b = f"127.0.0.1:{w1}", f"127.0.0.1:{w2}"
-        path.write_text(cluster_file(port, control, [w1, w2]))
+        path.write_text(cluster_file(port, control, [w1, w2], **options))
         with frontend_from_file(path, port) as process:
-            assert sorted(who(port) for _ in range(4)) == sorted([a, a, b, b])
-            with concurrent.futures.ThreadPoolExecutor(4) as pool:
-                # Slow requests (6 s each: room for the commands on a busy machine) on both servers, then drain b.
-                slow = [pool.submit(who, port, "?sleep_ms=6000") for _ in range(4)]
-                wait_for(lambda: servers(control)[b]["in_flight"] == 2)
-                done = ctl(control, "drain", "app", b)
-                assert done.returncode == 0, done.stderr
-                drained = servers(control)[b]
-                assert drained["state"] == "drain" and drained["since"] > 0
-                # New requests go to a only, while b's slow ones run on.
-                assert {who(port) for _ in range(6)} == {a}
-                assert servers(control)[b]["in_flight"] == 2
-                assert sorted(f.result() for f in slow) == sorted([a, a, b, b])
-            before = servers(control)[b]["requests"]
-            assert {who(port) for _ in range(4)} == {a}
-            assert servers(control)[b]["requests"] == before
-            assert ctl(control, "up", "app", b).returncode == 0
-            assert sorted(who(port) for _ in range(4)) == sorted([a, a, b, b])
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(15) == 0
+            yield port, control, f"127.0.0.1:{w1}", f"127.0.0.1:{w2}", process
+
+
+def test_drain_lets_in_flight_requests_finish_and_sends_no_new_one(tmp_path: pathlib.Path) -> None:
+    with two_workers_under_control(tmp_path) as (port, control, a, b, process):
+        assert sorted(who(port) for _ in range(4)) == sorted([a, a, b, b])
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            # Slow requests (6 s each: room for the commands on a busy machine) on both servers, then drain b.
+            slow = [pool.submit(who, port, "?sleep_ms=6000") for _ in range(4)]
+            wait_for(lambda: servers(control)[b]["in_flight"] == 2)
+            done = ctl(control, "drain", "app", b)
+            assert done.returncode == 0, done.stderr
+            drained = servers(control)[b]
+            assert drained["state"] == "drain" and drained["since"] > 0
+            # New requests go to a only, while b's slow ones run on.
+            assert {who(port) for _ in range(6)} == {a}
+            assert servers(control)[b]["in_flight"] == 2
+            assert sorted(f.result() for f in slow) == sorted([a, a, b, b])
+        before = servers(control)[b]["requests"]
+        assert {who(port) for _ in range(4)} == {a}
+        assert servers(control)[b]["requests"] == before
+        assert ctl(control, "up", "app", b).returncode == 0
+        assert sorted(who(port) for _ in range(4)) == sorted([a, a, b, b])
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
 
 
 def test_down_closes_the_servers_connections_drain_keeps_them(tmp_path: pathlib.Path) -> None:
-    port, cport = free_port(), free_port()
-    control = f"127.0.0.1:{cport}"
-    path = tmp_path / "cluster.toml"
-    with worker_process() as (w1, _), worker_process() as (w2, _):
-        a, b = f"127.0.0.1:{w1}", f"127.0.0.1:{w2}"
-        path.write_text(cluster_file(port, control, [w1, w2]))
-        with frontend_from_file(path, port) as process:
-            assert sorted(who(port) for _ in range(4)) == sorted([a, a, b, b])
-            assert servers(control)[b]["connections"] >= 1
-            # Drained: no new request, the kept connection stays open (warm for `up`).
-            assert ctl(control, "drain", "app", b).returncode == 0
-            assert {who(port) for _ in range(4)} == {a}
-            assert servers(control)[b]["connections"] >= 1
-            assert ctl(control, "up", "app", b).returncode == 0
-            with concurrent.futures.ThreadPoolExecutor(2) as pool:
-                # Equal weights alternate: of two slow requests, one runs on b.
-                slow = [pool.submit(who, port, "?sleep_ms=4000") for _ in range(2)]
-                wait_for(lambda: servers(control)[b]["in_flight"] == 1)
-                # Down: the slow request on b finishes on its connection, then none is left.
-                assert ctl(control, "down", "app", b).returncode == 0
-                assert sorted(f.result() for f in slow) == sorted([a, b])
-            wait_for(lambda: servers(control)[b]["connections"] == 0)
-            assert {who(port) for _ in range(4)} == {a}
-            assert servers(control)[b]["connections"] == 0
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(15) == 0
+    with two_workers_under_control(tmp_path) as (port, control, a, b, process):
+        assert sorted(who(port) for _ in range(4)) == sorted([a, a, b, b])
+        assert servers(control)[b]["connections"] >= 1
+        # Drained: no new request, the kept connection stays open (warm for `up`).
+        assert ctl(control, "drain", "app", b).returncode == 0
+        assert {who(port) for _ in range(4)} == {a}
+        assert servers(control)[b]["connections"] >= 1
+        assert ctl(control, "up", "app", b).returncode == 0
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            # Equal weights alternate: of two slow requests, one runs on b.
+            slow = [pool.submit(who, port, "?sleep_ms=4000") for _ in range(2)]
+            wait_for(lambda: servers(control)[b]["in_flight"] == 1)
+            # Down: the slow request on b finishes on its connection, then none is left.
+            assert ctl(control, "down", "app", b).returncode == 0
+            assert sorted(f.result() for f in slow) == sorted([a, b])
+        wait_for(lambda: servers(control)[b]["connections"] == 0)
+        assert {who(port) for _ in range(4)} == {a}
+        assert servers(control)[b]["connections"] == 0
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
 
 
 def test_commands_take_effect_survive_a_reload_and_bad_ones_are_refused(tmp_path: pathlib.Path) -> None:
@@ -184,74 +189,62 @@ def test_control_refuses_addresses_outside_control_allow(tmp_path: pathlib.Path)
 
 
 def test_status_json_and_openmetrics_count_requests(tmp_path: pathlib.Path) -> None:
-    port, cport = free_port(), free_port()
-    control = f"127.0.0.1:{cport}"
-    path = tmp_path / "cluster.toml"
-    with worker_process() as (w1, _), worker_process() as (w2, _):
-        a, b = f"127.0.0.1:{w1}", f"127.0.0.1:{w2}"
-        path.write_text(cluster_file(port, control, [w1, w2]))
-        with frontend_from_file(path, port) as process:
-            before = servers(control)
-            assert set(before) == {a, b}
-            for _ in range(6):
-                who(port)
-            after = servers(control)
-            for address in (a, b):
-                assert after[address]["requests"] - before[address]["requests"] == 3
-                assert after[address]["state"] == "up"
-                assert after[address]["connections"] >= 1
-            report = status(control)
-            assert report["process"]["accepted"] >= 6
-            assert report["process"]["requests"] >= 6
-            done = ctl(control, "metrics")
-            assert done.returncode == 0, done.stderr
-            families = {f.name: f for f in text_string_to_metric_families(done.stdout)}
-            requests = {s.labels["server"]: s.value for s in families["fcgi_cluster_server_requests"].samples
-                        if s.name == "fcgi_cluster_server_requests_total"}
-            assert requests == {a: after[a]["requests"], b: after[b]["requests"]}
-            counts = {s.labels["server"]: s.value for s in families["fcgi_cluster_server_latency_seconds"].samples
-                      if s.name == "fcgi_cluster_server_latency_seconds_count"}
-            assert counts == {a: after[a]["requests"], b: after[b]["requests"]}
-            assert sum(after[a]["latency"]["counts"]) == after[a]["requests"]
-            states = [s for s in families["fcgi_cluster_server_state"].samples if s.value == 1]
-            assert sorted((s.labels["server"], s.labels["fcgi_cluster_server_state"]) for s in states) == sorted([(a, "up"), (b, "up")])
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(15) == 0
+    with two_workers_under_control(tmp_path) as (port, control, a, b, process):
+        before = servers(control)
+        assert set(before) == {a, b}
+        for _ in range(6):
+            who(port)
+        after = servers(control)
+        for address in (a, b):
+            assert after[address]["requests"] - before[address]["requests"] == 3
+            assert after[address]["state"] == "up"
+            assert after[address]["connections"] >= 1
+        report = status(control)
+        assert report["process"]["accepted"] >= 6
+        assert report["process"]["requests"] >= 6
+        done = ctl(control, "metrics")
+        assert done.returncode == 0, done.stderr
+        families = {f.name: f for f in text_string_to_metric_families(done.stdout)}
+        requests = {s.labels["server"]: s.value for s in families["fcgi_cluster_server_requests"].samples
+                    if s.name == "fcgi_cluster_server_requests_total"}
+        assert requests == {a: after[a]["requests"], b: after[b]["requests"]}
+        counts = {s.labels["server"]: s.value for s in families["fcgi_cluster_server_latency_seconds"].samples
+                  if s.name == "fcgi_cluster_server_latency_seconds_count"}
+        assert counts == {a: after[a]["requests"], b: after[b]["requests"]}
+        assert sum(after[a]["latency"]["counts"]) == after[a]["requests"]
+        states = [s for s in families["fcgi_cluster_server_state"].samples if s.value == 1]
+        assert sorted((s.labels["server"], s.labels["fcgi_cluster_server_state"]) for s in states) == sorted([(a, "up"), (b, "up")])
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
 
 
 def test_two_processes_both_apply_a_command(tmp_path: pathlib.Path) -> None:
-    port, cport = free_port(), free_port()
-    control = f"127.0.0.1:{cport}"
-    path = tmp_path / "cluster.toml"
-    with worker_process() as (w1, _), worker_process() as (w2, _):
-        a, b = f"127.0.0.1:{w1}", f"127.0.0.1:{w2}"
-        path.write_text(cluster_file(port, control, [w1, w2], processes=2))
-        with frontend_from_file(path, port) as process:
-            wait_for(lambda: ctl(control, "status").returncode == 0, timeout=20)
-            assert ctl(control, "drain", "app", b).returncode == 0
-            # New connections land on either process: none goes to b.
-            wait_for(lambda: {who(port) for _ in range(20)} == {a}, timeout=20)
-            assert {who(port) for _ in range(40)} == {a}
-            # The status sums both processes: a row each, every request counted once.
-            wait_for(lambda: len(status(control)["processes"]) == 2, timeout=20)
-            # The other process's figures are up to a second old: count from
-            # a total that no longer moves.
-            counts = [servers(control)[a]["requests"]]
+    with two_workers_under_control(tmp_path, processes=2) as (port, control, a, b, process):
+        wait_for(lambda: ctl(control, "status").returncode == 0, timeout=20)
+        assert ctl(control, "drain", "app", b).returncode == 0
+        # New connections land on either process: none goes to b.
+        wait_for(lambda: {who(port) for _ in range(20)} == {a}, timeout=20)
+        assert {who(port) for _ in range(40)} == {a}
+        # The status sums both processes: a row each, every request counted once.
+        wait_for(lambda: len(status(control)["processes"]) == 2, timeout=20)
+        # The other process's figures are up to a second old: count from
+        # a total that no longer moves.
+        counts = [servers(control)[a]["requests"]]
 
-            def settled() -> bool:
-                time.sleep(1.2)
-                counts.append(servers(control)[a]["requests"])
-                return counts[-1] == counts[-2]
+        def settled() -> bool:
+            time.sleep(1.2)
+            counts.append(servers(control)[a]["requests"])
+            return counts[-1] == counts[-2]
 
-            wait_for(settled, timeout=20)
-            before = counts[-1]
-            for _ in range(30):
-                who(port)
-            wait_for(lambda: servers(control)[a]["requests"] - before == 30, timeout=20)
-            report = status(control)
-            assert sum(p["accepted"] for p in report["processes"]) >= 60 + 30
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(15) == 0
+        wait_for(settled, timeout=20)
+        before = counts[-1]
+        for _ in range(30):
+            who(port)
+        wait_for(lambda: servers(control)[a]["requests"] - before == 30, timeout=20)
+        report = status(control)
+        assert sum(p["accepted"] for p in report["processes"]) >= 60 + 30
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
 
 
 def test_a_unix_control_socket_without_a_file_and_bad_requests(tmp_path: pathlib.Path) -> None:
