@@ -347,6 +347,9 @@ def _reported(state_file: str) -> list[int]:
     return pids
 
 
+_FORWARDED = {signal.SIGHUP, signal.SIGUSR2, signal.SIGTERM, signal.SIGINT}
+
+
 def _supervise(config: object, groups: list[list[socket.socket]],
                reload_config: typing.Callable[[], object] | None, control: _Control) -> int:
     children: dict[int, int] = {}  # pid -> slot
@@ -354,9 +357,10 @@ def _supervise(config: object, groups: list[list[socket.socket]],
     stopping = False
 
     def spawn(slot: int) -> None:
-        # Blocked across the fork: a SIGHUP (SIGUSR2) sent to the new child before it
-        # has its own handler waits for it (not the parent's handler, copied).
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGUSR2})
+        # Blocked across the fork: a signal sent to the new child before it has
+        # its own handler waits for it (not the parent's handler, copied), and
+        # a SIGTERM to the parent is handled once the child is in ``children``.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
         pid = os.fork()
         if pid == 0:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -415,6 +419,8 @@ def _supervise(config: object, groups: list[list[socket.socket]],
     signal.signal(signal.SIGHUP, on_signal)
     signal.signal(signal.SIGUSR2, on_signal)
     for slot in range(len(groups)):
+        if stopping:  # a SIGTERM while starting: the rest are not started
+            break
         spawn(slot)
     if _early_hup:
         _early_hup.clear()
