@@ -8,6 +8,7 @@ the whole entry the MISS gave.
 from __future__ import annotations
 
 import gzip
+import json
 import pathlib
 
 from tests._peers import free_port
@@ -85,3 +86,21 @@ def test_a_large_entry_on_disk_serves_a_part_from_the_middle(tmp_path: pathlib.P
             assert (status, headers["x-cache-status"], headers["content-range"]) == (206, "HIT", f"bytes 300000-300099/{size}")
             assert body == b"y" * 100
             assert calls(port) == 1
+
+
+def test_min_uses_stores_an_answer_on_the_nth_request_of_its_key(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    path = tmp_path / "cluster.toml"
+    with worker_process(APP) as (worker, _):
+        path.write_text(_cluster(port, worker).replace('valid = { 200 = "1m" }', 'valid = { 200 = "1m" }\nmin_uses = 3\nlock = true'))
+        with frontend_from_file(path, port):
+            answers = [http_get(port, "/c/rare", timeout=30) for _ in range(3)]
+            assert [(status, headers["x-cache-status"]) for status, headers, _ in answers] == [(200, "MISS")] * 3
+            numbers = [json.loads(body)["n"] for _, _, body in answers]
+            assert numbers == sorted(set(numbers))  # each one the worker's
+            status, headers, body = http_get(port, "/c/rare", timeout=30)
+            assert (status, headers["x-cache-status"], body) == (200, "HIT", answers[2][2])
+            # Another key counts for itself.
+            assert http_get(port, "/c/other", timeout=30)[1]["x-cache-status"] == "MISS"
+            assert http_get(port, "/c/other", timeout=30)[1]["x-cache-status"] == "MISS"
+            assert calls(port) == 5

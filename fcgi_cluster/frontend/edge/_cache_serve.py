@@ -156,9 +156,9 @@ async def serve_cached(
                 if config.background_update and cache.nursery is not None:
                     _refresh_in_background(client, cache, key, head, number, route, path, parts)
                     return await _send_entry(client, cache, head, entry, UPDATING, started, compression)
-    keep_answer = True
-    owner = cache.begin_fill(key)
-    if owner is None and config.lock and word != BYPASS:
+    keep_answer = entry is not None or cache.used_enough(key, now)  # min_uses: an entry's key has had them
+    owner = cache.begin_fill(key) if keep_answer else None
+    if owner is None and keep_answer and config.lock and word != BYPASS:
         with trio.move_on_after(config.lock_timeout):
             await cache.filling[key].wait()
         now = time.time()
