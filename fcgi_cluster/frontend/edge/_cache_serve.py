@@ -27,6 +27,7 @@ import trio
 
 from ...client import FastCGIError
 from .._ranges import UNSATISFIABLE, content_range, wanted_range
+from .._client_io import ClientGone
 from .._proxy import UpstreamFailure, open_upstream_response
 from .._relay import response_headers
 from ._cache import RouteCache
@@ -53,6 +54,8 @@ class ProxyParts(typing.NamedTuple):
     relay: typing.Callable[..., typing.Awaitable[bool]]
     #: ``simple(head, status, started) -> keep``: a small generated error answer.
     simple: typing.Callable[..., typing.Awaitable[bool]]
+    #: ``watch()``: returns when the client hangs up (bytes it pipelines meanwhile kept).
+    watch: typing.Callable[[], typing.Awaitable[None]]
 
 
 def cacheable_request(head: typing.Any) -> bool:
@@ -159,8 +162,9 @@ async def serve_cached(
     keep_answer = entry is not None or cache.used_enough(key, now)  # min_uses: an entry's key has had them
     owner = cache.begin_fill(key) if keep_answer else None
     if owner is None and keep_answer and config.lock and word != BYPASS:
-        with trio.move_on_after(config.lock_timeout):
-            await cache.filling[key].wait()
+        if not await _wait_for_fill(cache.filling[key], config.lock_timeout, parts.watch):
+            _log(client, head, 499, 0, started)  # nginx's word for a client that closed first
+            raise ClientGone()
         now = time.time()
         filled = cache.lookup(key, head.headers, now)
         if filled is not None and filled.fresh(now):
@@ -172,6 +176,24 @@ async def serve_cached(
     finally:
         if owner is not None:
             cache.end_fill(key, owner)
+
+
+async def _wait_for_fill(filled: trio.Event, timeout: float, watch: typing.Callable[[], typing.Awaitable[None]]) -> bool:
+    """Wait for another request's fill, up to ``timeout``; False when the client hung up meanwhile."""
+    gone = False
+    async with trio.open_nursery() as nursery:
+
+        async def watcher() -> None:
+            nonlocal gone
+            await watch()
+            gone = True
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watcher)
+        with trio.move_on_after(timeout):
+            await filled.wait()
+        nursery.cancel_scope.cancel()
+    return not gone
 
 
 async def _from_worker(

@@ -1,5 +1,6 @@
-"""A cache HIT answers a Range as nginx serves ranges from its cache: 206 with the part, 416, or the whole 200.
+"""The response cache as nginx's: ranges of a HIT, min_uses, and clients that leave the lock's wait.
 
+A cache HIT answers a Range with 206 and the part, 416, or the whole 200.
 The worker is ``tests/e2e/_cache_app.py``; its ``size=N`` answers are N bytes
 of "y", its JSON answers differ per request, so a part is checked against
 the whole entry the MISS gave.
@@ -7,9 +8,12 @@ the whole entry the MISS gave.
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import json
 import pathlib
+import socket
+import time
 
 from tests._peers import free_port
 
@@ -104,3 +108,32 @@ def test_min_uses_stores_an_answer_on_the_nth_request_of_its_key(tmp_path: pathl
             assert http_get(port, "/c/other", timeout=30)[1]["x-cache-status"] == "MISS"
             assert http_get(port, "/c/other", timeout=30)[1]["x-cache-status"] == "MISS"
             assert calls(port) == 5
+
+
+def test_a_client_hanging_up_while_waiting_on_the_lock_stops_waiting(tmp_path: pathlib.Path) -> None:
+    port = free_port()
+    path = tmp_path / "cluster.toml"
+    with worker_process(APP) as (worker, _):
+        # The key leaves the query out, and the filling answer is not stored: a waiter still
+        # there when the fill ends goes to the worker itself.
+        cache = 'key = "$scheme$host$uri"\nvalid = { 200 = "1m" }\nlock = true\nlock_timeout = "60s"'
+        path.write_text(_cluster(port, worker).replace('valid = { 200 = "1m" }', cache))
+        with frontend_from_file(path, port):
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                filling = pool.submit(http_get, port, "/c/slow?sleep_ms=3000&cc=no-store", timeout=60)
+                time.sleep(0.5)
+                with socket.create_connection(("127.0.0.1", port), timeout=30) as waiter:
+                    waiter.sendall(b"GET /c/slow HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port)
+                    time.sleep(0.5)  # it waits on the lock
+                status, headers, _ = filling.result(60)
+                assert (status, headers["x-cache-status"]) == (200, "MISS")
+            time.sleep(1.5)  # a waiter still waiting would have gone to the worker by now
+            assert calls(port) == 1
+            # A waiter that stays gets its own answer from the worker once the fill ends.
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                filling = pool.submit(http_get, port, "/c/slow?sleep_ms=1500&cc=no-store", timeout=60)
+                time.sleep(0.5)
+                status, headers, _ = pool.submit(http_get, port, "/c/slow?cc=no-store", timeout=60).result(60)
+                assert (status, headers["x-cache-status"]) == (200, "MISS")
+                assert filling.result(60)[0] == 200
+            assert calls(port) == 3
