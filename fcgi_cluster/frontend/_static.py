@@ -621,14 +621,17 @@ def _redirect(rel_path: bytes, prefix: bytes | None, head: bool) -> StaticRespon
 
 async def send_static(route: typing.Any, path: bytes, head: typing.Any, http: typing.Any,
                       send: Callable[[bytes], Awaitable[None]],
-                      extra: list[tuple[bytes, bytes]] | None = None, compression: typing.Any = None) -> tuple[int, int]:
+                      extra: list[tuple[bytes, bytes]] | None = None, compression: typing.Any = None,
+                      content_type: bytes | None = None) -> tuple[int, int]:
     """Answer a request for a static route's file through ``send``: its status and the body bytes sent.
 
     ``path`` is the normalised request path; a prefix route maps its prefix
     onto the directory (nginx's alias): /static/css/a.css under prefix
     "/static/" is <dir>/css/a.css. ``http`` frames the answer. ``extra``
     header fields replace the plan's of the same names (an X-Accel-Redirect
-    worker's Cache-Control, Content-Disposition); ``compression``
+    worker's Cache-Control, Content-Disposition); ``content_type`` replaces
+    the file's type when a file is sent (an X-Accel-Redirect worker's own,
+    as nginx keeps it), never an error page's; ``compression``
     (``edge._compress.Compression``) compresses it if the route does and the
     answer qualifies.
     """
@@ -649,6 +652,8 @@ async def send_static(route: typing.Any, path: bytes, head: typing.Any, http: ty
     if extra:
         names = {name.lower() for name, _ in extra}
         headers = [field for field in headers if field[0].lower() not in names] + extra
+    if content_type is not None and plan.path is not None:
+        headers = [field for field in headers if field[0].lower() != b"content-type"] + [(b"Content-Type", content_type)]
     if compression is not None and plan.path is not None:
         encoder, headers = compression.choose(head, plan.status, headers, length)
         length = None if encoder is not None else length
