@@ -22,6 +22,7 @@ Query knobs (``?name=value``; the last one wins when repeated):
 - ``accel=PATH``: answer with ``X-Accel-Redirect: PATH`` (and a
   ``Content-Disposition`` naming its last segment), so the front door serves
   that file from its internal route; the JSON report is the body the front door drops.
+  Such an answer has no Content-Type unless ``type=T`` gives one.
 - ``sendfile=PATH``: likewise with ``X-Sendfile: PATH`` (a filesystem path).
 
 A knob with a value that is not understood gets ``400 Bad Request``, never a traceback.
@@ -107,10 +108,11 @@ def app(environ, start_response):
         "body_sha256": body_sha256,
     }
     body = json.dumps(report, sort_keys=True).encode("utf-8")
-    start_response(
-        status,
-        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *extra],
-    )
+    if not extra:
+        content_type = [("Content-Type", "application/json")]
+    else:  # handed to the front door: the file's type unless one is asked for
+        content_type = [("Content-Type", knobs["type"])] if knobs["type"] is not None else []
+    start_response(status, [*content_type, ("Content-Length", str(len(body))), *extra])
     return [body]
 
 
@@ -153,6 +155,7 @@ def _parse_knobs(query_string):
         "log": last("log"),
         "accel": last("accel"),
         "sendfile": last("sendfile"),
+        "type": last("type"),
     }
 
 

@@ -24,6 +24,7 @@ task or a callback, so one client can never take the server down.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -334,7 +335,7 @@ class ClientConnection:
         if route.static is not None:
             return await self._static(head, route, path, started, self.server.route_plans[number].compression)
         if route.cache is not None and cacheable_request(head):
-            parts = ProxyParts(self._upstream_params, self._relay_answer, self._simple)
+            parts = ProxyParts(self._upstream_params, self._relay_answer, self._simple, functools.partial(watch_client, self))
             return await serve_cached(self, head, number, route, path, started, parts)
         return await self._proxy(head, number, route, path, started)
 

@@ -65,8 +65,6 @@ own; ``path`` still names the file that a GET would send.
 
 from __future__ import annotations
 
-import calendar
-import datetime
 import errno
 import io
 import mimetypes
@@ -79,6 +77,8 @@ from email.utils import formatdate
 from typing import AsyncIterator
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 from collections.abc import Awaitable, Callable
+
+from ._ranges import UNSATISFIABLE, content_range, if_range_matches, parse_http_date, parse_range
 
 import trio
 
@@ -185,20 +185,7 @@ _LOCATION_UNSAFE = re.compile(rb"[^\x21-\x7e]")
 # An entity tag (RFC 9110 section 8.8.3), weak or strong.
 _ETAG = re.compile(rb'\s*((?:W/)?"[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
 
-_MONTHS = {
-    name: number
-    for number, name in enumerate(
-        (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec"),
-        start=1,
-    )
-}
-# The three HTTP-date forms of RFC 9110 section 5.6.7: IMF-fixdate, then the
-# obsolete RFC 850 and asctime forms, which recipients must still accept.
-_IMF_FIXDATE = re.compile(rb"[A-Z][a-z]{2}, (\d{2}) ([A-Z][a-z]{2}) (\d{4}) (\d{2}):(\d{2}):(\d{2}) GMT")
-_RFC850_DATE = re.compile(rb"[A-Z][a-z]+, (\d{2})-([A-Z][a-z]{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2}) GMT")
-_ASCTIME_DATE = re.compile(rb"[A-Z][a-z]{2} ([A-Z][a-z]{2}) ([ \d]\d) (\d{2}):(\d{2}):(\d{2}) (\d{4})")
 
-_SPEC = re.compile(r"([0-9]*)-([0-9]*)")
 
 
 class FileTruncatedError(OSError):
@@ -507,12 +494,12 @@ def _plan_file(
 
     entity = [(b"Content-Type", _content_type(name)), *validators, (b"Accept-Ranges", b"bytes")]
     wanted = _wanted_range(request, etag, mtime, size)
-    if wanted is _UNSATISFIABLE:
+    if wanted is UNSATISFIABLE:
         return _error(416, head, extra=[(b"Content-Range", b"bytes */%d" % size)])
     if wanted is None:
         return StaticResponse(200, entity, size, real, 0, size)
     start, end = wanted
-    entity.append((b"Content-Range", b"bytes %d-%d/%d" % (start, end, size)))
+    entity.append((b"Content-Range", content_range(start, end, size)))
     return StaticResponse(206, entity, end - start + 1, real, start, end - start + 1)
 
 
@@ -554,14 +541,14 @@ def _preconditions(request: _RequestHeaders, etag: bytes, mtime: int) -> int | N
         if not _etag_matches(if_match, etag, weak=False):
             return 412
     else:
-        since = _parse_http_date(request.single(b"if-unmodified-since"))
+        since = parse_http_date(request.single(b"if-unmodified-since"))
         if since is not None and mtime > since:
             return 412
     if_none_match = request.list(b"if-none-match")
     if if_none_match is not None:
         # For GET and HEAD a match means "you have it already": 304, not 412.
         return 304 if _etag_matches(if_none_match, etag, weak=True) else None
-    since = _parse_http_date(request.single(b"if-modified-since"))
+    since = parse_http_date(request.single(b"if-modified-since"))
     if since is not None and mtime <= since:
         return 304
     return None
@@ -588,89 +575,18 @@ def _etag_matches(field: bytes, etag: bytes, *, weak: bool) -> bool:
     return False
 
 
-def _parse_http_date(value: bytes | None) -> int | None:
-    """Seconds since the epoch for an HTTP-date, or None if absent or invalid."""
-    if value is None:
-        return None
-    if found := _IMF_FIXDATE.fullmatch(value):
-        day, month, year, hour, minute, second = found.groups()
-    elif found := _RFC850_DATE.fullmatch(value):
-        day, month, year, hour, minute, second = found.groups()
-        # RFC 9110 5.6.7: a two-digit year more than 50 years in the future
-        # is in the past century.
-        this_year = datetime.datetime.now(datetime.timezone.utc).year
-        full = this_year // 100 * 100 + int(year)
-        year = b"%d" % (full - 100 if full > this_year + 50 else full)
-    elif found := _ASCTIME_DATE.fullmatch(value):
-        month, day, hour, minute, second, year = found.groups()
-    else:
-        return None
-    number = _MONTHS.get(month)
-    if number is None:
-        return None
-    try:
-        moment = datetime.datetime(
-            int(year), number, int(day.strip()), int(hour), int(minute), int(second)
-        )
-    except ValueError:  # 31 Feb, hour 25, ...
-        return None
-    return calendar.timegm(moment.timetuple())
-
-
-_UNSATISFIABLE = object()
-
-
 def _wanted_range(
     request: _RequestHeaders, etag: bytes, mtime: int, size: int
 ) -> tuple[int, int] | object | None:
-    """``(first, last)`` byte to send, ``_UNSATISFIABLE``, or None for the whole file."""
+    """``(first, last)`` byte to send, ``UNSATISFIABLE``, or None for the whole file."""
     value = request.single(b"range")
     if value is None:
         return None
     if_range = request.all(b"if-range")
     if if_range is not None:
-        if len(if_range) != 1 or not _if_range_matches(if_range[0], etag, mtime):
+        if len(if_range) != 1 or not if_range_matches(if_range[0], etag, mtime):
             return None
-    return _parse_range(value, size)
-
-
-def _if_range_matches(value: bytes, etag: bytes, mtime: int) -> bool:
-    if value.startswith((b'"', b"W/")):
-        # RFC 9110 13.1.5: strong comparison, so a weak tag never matches.
-        return value == etag
-    return _parse_http_date(value) == mtime
-
-
-def _parse_range(value: bytes, size: int) -> tuple[int, int] | object | None:
-    """Evaluate a Range field against a file of ``size`` bytes (RFC 9110 14.1.2)."""
-    unit, equals, ranges = value.decode("latin-1").partition("=")
-    if not equals or unit.strip().lower() != "bytes":
-        return None
-    # A list may hold empty elements ("bytes=0-1,"); they count for nothing.
-    specs = [spec.strip() for spec in ranges.split(",") if spec.strip()]
-    if len(specs) != 1:
-        return None
-    found = _SPEC.fullmatch(specs[0])
-    if found is None:
-        return None
-    first_text, last_text = found.groups()
-    try:
-        first = int(first_text) if first_text else None
-        last = int(last_text) if last_text else None
-    except ValueError:  # more digits than int() accepts: not a range we can honour
-        return None
-    if first is None:
-        if last is None:
-            return None
-        # "-n": the last n bytes. "-0" and any suffix of an empty file select nothing.
-        if last == 0 or size == 0:
-            return _UNSATISFIABLE
-        return max(0, size - last), size - 1
-    if last is not None and last < first:
-        return None
-    if first >= size:
-        return _UNSATISFIABLE
-    return first, size - 1 if last is None else min(last, size - 1)
+    return parse_range(value, size)
 
 
 def _content_type(name: str) -> bytes:
@@ -705,14 +621,17 @@ def _redirect(rel_path: bytes, prefix: bytes | None, head: bool) -> StaticRespon
 
 async def send_static(route: typing.Any, path: bytes, head: typing.Any, http: typing.Any,
                       send: Callable[[bytes], Awaitable[None]],
-                      extra: list[tuple[bytes, bytes]] | None = None, compression: typing.Any = None) -> tuple[int, int]:
+                      extra: list[tuple[bytes, bytes]] | None = None, compression: typing.Any = None,
+                      content_type: bytes | None = None) -> tuple[int, int]:
     """Answer a request for a static route's file through ``send``: its status and the body bytes sent.
 
     ``path`` is the normalised request path; a prefix route maps its prefix
     onto the directory (nginx's alias): /static/css/a.css under prefix
     "/static/" is <dir>/css/a.css. ``http`` frames the answer. ``extra``
     header fields replace the plan's of the same names (an X-Accel-Redirect
-    worker's Cache-Control, Content-Disposition); ``compression``
+    worker's Cache-Control, Content-Disposition); ``content_type`` replaces
+    the file's type when a file is sent (an X-Accel-Redirect worker's own,
+    as nginx keeps it), never an error page's; ``compression``
     (``edge._compress.Compression``) compresses it if the route does and the
     answer qualifies.
     """
@@ -733,6 +652,8 @@ async def send_static(route: typing.Any, path: bytes, head: typing.Any, http: ty
     if extra:
         names = {name.lower() for name, _ in extra}
         headers = [field for field in headers if field[0].lower() not in names] + extra
+    if content_type is not None and plan.path is not None:
+        headers = [field for field in headers if field[0].lower() != b"content-type"] + [(b"Content-Type", content_type)]
     if compression is not None and plan.path is not None:
         encoder, headers = compression.choose(head, plan.status, headers, length)
         length = None if encoder is not None else length

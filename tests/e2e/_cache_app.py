@@ -7,6 +7,7 @@ answer's caching headers:
 
 - ``cc=VALUE``: ``Cache-Control: VALUE``; ``xae=VALUE``: ``X-Accel-Expires: VALUE``;
 - ``cookie=1``: a ``Set-Cookie``; ``vary=NAME``: ``Vary: NAME``; ``etag=V``: ``ETag: "V"``;
+- ``lm=DATE``: ``Last-Modified: DATE``;
 - ``status=N``: the status; ``sleep_ms=N``: wait first; ``size=N``: N bytes of body instead.
 """
 
@@ -41,6 +42,8 @@ def app(environ, start_response):
         headers.append(("Set-Cookie", f"session=s{number}; Path=/"))
     if "etag" in knobs:
         headers.append(("ETag", f'"{knobs["etag"]}"'))
+    if "lm" in knobs:
+        headers.append(("Last-Modified", knobs["lm"]))
     if "vary" in knobs:
         headers.append(("Vary", knobs["vary"]))
     status = int(knobs.get("status", "200"))

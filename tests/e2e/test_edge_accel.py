@@ -77,13 +77,28 @@ def test_the_worker_hands_the_file_to_the_front_door(cluster) -> None:
     port, _, _ = cluster
     status, headers, body = accel(port, "/protected/report.pdf")
     assert status == 200 and body == b"%PDF-1.4 not really\n"
-    assert headers["content-type"] == "application/pdf"  # the file's, not the worker's JSON
+    assert headers["content-type"] == "application/pdf"  # the file's: the worker sent none
     assert headers["content-disposition"] == 'attachment; filename="report.pdf"'
     assert not [name for name in headers if name.startswith("x-accel")]
     status, headers, body = accel(port, "/protected/big.bin")
     assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(BIG).digest()
     # A public static route may be the target too.
     assert accel(port, "/public/open.txt")[2] == b"public file\n"
+
+
+def test_the_workers_content_type_wins_over_the_files(cluster) -> None:
+    port, _, _ = cluster
+    target = "/download?accel=/protected/report.pdf&type=application/x-report"
+    status, headers, body = split_response(exchange(port, get_bytes(target)))
+    assert (status, headers["content-type"], body) == (200, "application/x-report", b"%PDF-1.4 not really\n")
+    status, headers, _ = split_response(exchange(port, get_bytes(target, {"Range": "bytes=0-3"})))
+    assert (status, headers["content-type"]) == (206, "application/x-report")
+    # An error page keeps its own type.
+    status, headers, _ = split_response(exchange(port, get_bytes("/download?accel=/protected/none.pdf&type=application/x-report")))
+    assert status == 404 and headers["content-type"] == "text/plain; charset=utf-8"
+    status, headers, _ = split_response(exchange(port, get_bytes("/download?sendfile=" + urllib.parse.quote(
+        str(cluster[1] / "send" / "download.txt"), safe="") + "&type=text/x-sent")))
+    assert (status, headers["content-type"]) == (200, "text/x-sent")
 
 
 def test_ranges_validators_head_and_post(cluster) -> None:

@@ -63,9 +63,14 @@ def test_v1_and_v2_headers_set_the_client_address(cluster) -> None:
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("192.0.2.10", "40001")
     env = environ_of(exchange(ports["pp"], b"PROXY TCP6 2001:db8::5 ::1 40002 80\r\n" + get_bytes("/v1")))
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("2001:db8::5", "40002")
-    tlvs = b"\x02\x00\x08edge.tst" + b"\x04\x00\x03\x00\x00\x00"  # AUTHORITY and NOOP: skipped
+    tlvs = b"\x02\x00\x08edge.tst" + b"\x04\x00\x03\x00\x00\x00"  # AUTHORITY and NOOP
     env = environ_of(exchange(ports["pp"], v2_inet("198.51.100.20", 40003, tlvs) + get_bytes("/v2")))
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("198.51.100.20", "40003")
+    assert "HTTPS" not in env and env["wsgi.url_scheme"] == "http"
+    # PP2_TYPE_SSL with the client bit: the client spoke TLS to the balancer.
+    ssl = b"\x20\x00\x0f\x01\x00\x00\x00\x00" + b"\x21\x00\x07TLSv1.3"
+    env = environ_of(exchange(ports["pp"], v2_inet("198.51.100.21", 40005, tlvs + ssl) + get_bytes("/v2")))
+    assert (env["REMOTE_ADDR"], env["HTTPS"], env["REQUEST_SCHEME"]) == ("198.51.100.21", "on", "https")
     v6 = socket.inet_pton(socket.AF_INET6, "2001:db8::9") + socket.inet_pton(socket.AF_INET6, "::1") + struct.pack("!HH", 40004, 80)
     env = environ_of(exchange(ports["pp"], v2_header(1, 2, v6) + get_bytes("/v2")))
     assert (env["REMOTE_ADDR"], env["REMOTE_PORT"]) == ("2001:db8::9", "40004")
@@ -90,6 +95,7 @@ def test_local_unknown_and_untrusted_keep_the_peer(cluster) -> None:
     b"PROXY " + b"9" * 200 + b"\r\n",
     SIGNATURE + b"\x21\x11\x00\x05" + b"\0" * 5 + get_bytes("/"),
     SIGNATURE + b"\x2f\x11\x00\x0c" + b"\0" * 12,  # unknown command
+    SIGNATURE + b"\x21\x11\x00\x10" + b"\0" * 12 + b"\x02\x00\x09x" + get_bytes("/"),  # TLV past the end
 ])
 def test_a_malformed_header_closes_that_connection_only(cluster, garbage) -> None:
     ports, process = cluster

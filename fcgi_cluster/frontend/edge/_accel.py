@@ -11,11 +11,12 @@ The worker checks access, then answers with a header instead of the file:
 
 The file is then served as the static route serves any file, for the
 client's request: ranges, If-None-Match / If-Modified-Since, HEAD, and the
-Content-Type of the file; the method becomes GET unless it was HEAD, as
-nginx's internal redirect does. Of the worker's answer, the header fields
-nginx carries over are kept (Content-Disposition, Set-Cookie,
-Cache-Control, Expires); its status, body, Content-Type and every
-``X-Accel-*`` field are dropped (the last from every answer: ``_relay``).
+Content-Type of the file unless the worker sent one (nginx keeps the
+upstream's); the method becomes GET unless it was HEAD, as nginx's internal
+redirect does. Of the worker's answer, the header fields nginx carries over
+are kept (Content-Type, Content-Disposition, Set-Cookie, Cache-Control,
+Expires); its status, body and every ``X-Accel-*`` field are dropped (the
+last from every answer: ``_relay``).
 
 Paths are checked before any route or file is looked at: a target holding
 a NUL, a backslash, an encoded slash (``%2f``, ``%5c``), or a ``..``
@@ -45,7 +46,8 @@ __all__ = ["Accel", "accel_uri", "sendfile_path", "send_accel"]
 log = logging.getLogger("fcgi_cluster.frontend")
 
 #: The worker's header fields an X-Accel-Redirect answer keeps (nginx's list,
-#: less Content-Type and Accept-Ranges, which the file's answer sets).
+#: less Accept-Ranges, which the file's answer sets; Content-Type apart, as it
+#: replaces the file's only when a file is sent).
 INHERITED = frozenset({b"content-disposition", b"set-cookie", b"cache-control", b"expires"})
 
 _ENCODED_SEPARATOR = re.compile(rb"%(?:2f|5c|00)", re.IGNORECASE)
@@ -126,6 +128,7 @@ async def send_accel(conn: typing.Any, head: typing.Any, result: typing.Any, sta
     response = result.response
     name, value = site.accel.target(response)
     kept = [(field, text) for field, text in response.raw_headers if field.lower() in INHERITED]
+    types = [text for field, text in response.raw_headers if field.lower() == b"content-type"]
     result.finish(False, started)
     route: typing.Any = None
     path: bytes | None
@@ -146,5 +149,6 @@ async def send_accel(conn: typing.Any, head: typing.Any, result: typing.Any, sta
         status, sent = 404, len(body)
     else:
         method = head.method if head.method == b"HEAD" else b"GET"
-        status, sent = await send_static(route, path, head._replace(method=method), conn.http, conn.io.send, extra=kept)
+        status, sent = await send_static(route, path, head._replace(method=method), conn.http, conn.io.send, extra=kept,
+                                         content_type=types[-1] if types else None)
     conn.server.log_request(conn.remote_addr, head, status, sent, started)

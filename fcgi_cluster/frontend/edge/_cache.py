@@ -15,6 +15,7 @@ keeps what was cached. ``purge`` is the control channel's ``purge`` command.
 
 from __future__ import annotations
 
+import collections
 import logging
 import typing
 
@@ -32,6 +33,8 @@ log = logging.getLogger("fcgi_cluster.frontend")
 PURGE_USAGE = "purge ROUTE | purge KEY | purge KEY_PREFIX*"
 #: The X-Cache-Status words, each counted per route.
 WORDS = (HIT, MISS, EXPIRED, STALE, UPDATING, BYPASS)
+#: Keys whose requests are counted for ``min_uses`` at most, per route and process (the least recent go).
+MAX_COUNTED = 10_000
 
 
 class RouteCache:
@@ -51,6 +54,8 @@ class RouteCache:
         self.filling: dict[bytes, trio.Event] = {}
         #: Requests answered, by X-Cache-Status word (the status page's).
         self.answers: dict[bytes, int] = dict.fromkeys(WORDS, 0)
+        #: For ``min_uses``: per key not stored yet, (requests counted, when the last came).
+        self.uses: collections.OrderedDict[bytes, tuple[int, float]] = collections.OrderedDict()
 
     # -- entries ------------------------------------------------------------------
 
@@ -116,6 +121,24 @@ class RouteCache:
         self.memory.pop(key)
         if self.disk is not None:
             self.disk.remove(key)
+
+    def used_enough(self, key: bytes, now: float) -> bool:
+        """Count a request of ``key`` that goes to the worker: whether its answer may be stored (``min_uses``).
+
+        As nginx's ``fastcgi_cache_min_uses``: the count is forgotten when
+        ``inactive`` passes without a request, and once the key is stored.
+        """
+        needed = self.config.min_uses
+        if needed <= 1:
+            return True
+        count, last = self.uses.pop(key, (0, now))
+        count = 1 if now - last > self.config.inactive else count + 1
+        if count >= needed:
+            return True
+        self.uses[key] = (count, now)
+        if len(self.uses) > MAX_COUNTED:
+            self.uses.popitem(last=False)
+        return False
 
     # -- filling ------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..._settings import Key, choice, duration, parse_duration, show, size, typed_boolean
+from ..._settings import Key, choice, duration, integer, parse_duration, show, size, typed_boolean
 
 __all__ = ["CACHE", "CacheConfig", "STALE_REASONS", "IGNORABLE_HEADERS", "KEY_VARIABLES", "parse_key"]
 
@@ -134,6 +134,7 @@ class CacheConfig:
     path: str = ""
     max_disk: int = 100 * 1024 * 1024
     inactive: float = 600.0
+    min_uses: int = 1
 
     @property
     def max_entry_size(self) -> int:
@@ -157,4 +158,5 @@ CACHE: tuple[Key, ...] = (
     Key("path", None, _D.path, 'directory shared by the front-end\'s processes, relative to the cluster file; "" for memory only'),
     Key("max_disk", size(0), _D.max_disk, "bytes the directory may hold; the oldest entries go first", "bytes"),
     Key("inactive", duration(above=0.0, typed=True), _D.inactive, "an expired entry not served for this long is dropped (until then use_stale may serve it)", "s"),
+    Key("min_uses", integer(1, typed=True), _D.min_uses, "an answer is stored once its key was asked this many times (counted per process, forgotten after inactive)"),
 )  # fmt: skip

@@ -26,6 +26,8 @@ import typing
 import trio
 
 from ...client import FastCGIError
+from .._ranges import UNSATISFIABLE, content_range, wanted_range
+from .._client_io import ClientGone
 from .._proxy import UpstreamFailure, open_upstream_response
 from .._relay import response_headers
 from ._cache import RouteCache
@@ -52,6 +54,8 @@ class ProxyParts(typing.NamedTuple):
     relay: typing.Callable[..., typing.Awaitable[bool]]
     #: ``simple(head, status, started) -> keep``: a small generated error answer.
     simple: typing.Callable[..., typing.Awaitable[bool]]
+    #: ``watch()``: returns when the client hangs up (bytes it pipelines meanwhile kept).
+    watch: typing.Callable[[], typing.Awaitable[None]]
 
 
 def cacheable_request(head: typing.Any) -> bool:
@@ -155,11 +159,12 @@ async def serve_cached(
                 if config.background_update and cache.nursery is not None:
                     _refresh_in_background(client, cache, key, head, number, route, path, parts)
                     return await _send_entry(client, cache, head, entry, UPDATING, started, compression)
-    keep_answer = True
-    owner = cache.begin_fill(key)
-    if owner is None and config.lock and word != BYPASS:
-        with trio.move_on_after(config.lock_timeout):
-            await cache.filling[key].wait()
+    keep_answer = entry is not None or cache.used_enough(key, now)  # min_uses: an entry's key has had them
+    owner = cache.begin_fill(key) if keep_answer else None
+    if owner is None and keep_answer and config.lock and word != BYPASS:
+        if not await _wait_for_fill(cache.filling[key], config.lock_timeout, parts.watch):
+            _log(client, head, 499, 0, started)  # nginx's word for a client that closed first
+            raise ClientGone()
         now = time.time()
         filled = cache.lookup(key, head.headers, now)
         if filled is not None and filled.fresh(now):
@@ -171,6 +176,24 @@ async def serve_cached(
     finally:
         if owner is not None:
             cache.end_fill(key, owner)
+
+
+async def _wait_for_fill(filled: trio.Event, timeout: float, watch: typing.Callable[[], typing.Awaitable[None]]) -> bool:
+    """Wait for another request's fill, up to ``timeout``; False when the client hung up meanwhile."""
+    gone = False
+    async with trio.open_nursery() as nursery:
+
+        async def watcher() -> None:
+            nonlocal gone
+            await watch()
+            gone = True
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watcher)
+        with trio.move_on_after(timeout):
+            await filled.wait()
+        nursery.cancel_scope.cancel()
+    return not gone
 
 
 async def _from_worker(
@@ -232,6 +255,10 @@ async def _send_entry(client: typing.Any, cache: RouteCache, head: typing.Any, e
         await client.io.send(http.send_head(304, kept + extra) + http.send_end())
         _log(client, head, 304, 0, started)
         return True
+    if entry.status == 200:  # as nginx's range filter: a 200 only, and never compressed
+        part = wanted_range(head.headers, _value(headers, b"etag"), _value(headers, b"last-modified"), entry.length)
+        if part is not None:
+            return await _send_part(client, cache, head, entry, headers + extra, part, started)
     encoder, length = None, entry.length
     if compression is not None:
         encoder, headers = compression.choose(head, entry.status, headers, entry.length)
@@ -263,6 +290,51 @@ async def _send_entry(client: typing.Any, cache: RouteCache, head: typing.Any, e
     await client.io.send(out + http.send_end())
     _log(client, head, entry.status, sent, started)
     return True
+
+
+async def _send_part(client: typing.Any, cache: RouteCache, head: typing.Any, entry: Entry,
+                     headers: list[tuple[bytes, bytes]], part: tuple[int, int] | object, started: float) -> bool:
+    """A Range of a cached 200: 206 with the part, or 416 when no byte of it is there."""
+    http = client.http
+    if part is UNSATISFIABLE:
+        kept = [(n, v) for n, v in headers if n.lower() not in (b"content-type", b"content-length")]
+        body = b"416 Range Not Satisfiable\n"
+        out = http.send_head(416, kept + [(b"Content-Type", b"text/plain"),
+                                           (b"Content-Range", b"bytes */%d" % entry.length)], content_length=len(body))
+        await client.io.send(out + (http.send_body(body) if head.method != b"HEAD" else b"") + http.send_end())
+        _log(client, head, 416, 0, started)
+        return True
+    first, last = typing.cast(tuple[int, int], part)
+    out = http.send_head(206, headers + [(b"Content-Range", content_range(first, last, entry.length))],
+                         content_length=last - first + 1)
+    at = sent = 0
+    if head.method != b"HEAD":
+        for piece in cache.body(entry):
+            start, end = max(first - at, 0), min(last + 1 - at, len(piece))
+            at += len(piece)
+            if start < end:
+                sent += end - start
+                out += http.send_body(piece[start:end])
+                if len(out) >= 256 * 1024:
+                    await client.io.send(out)
+                    out = b""
+            if at > last:
+                break
+        if sent != last - first + 1:  # the file went away under the answer: the connection closes
+            if out:
+                await client.io.send(out)
+            _log(client, head, 206, sent, started)
+            return False
+    await client.io.send(out + http.send_end())
+    _log(client, head, 206, sent, started)
+    return True
+
+
+def _value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for field, value in headers:
+        if field.lower() == name:
+            return value
+    return None
 
 
 def _log(client: typing.Any, head: typing.Any, status: int, sent: int, started: float) -> None:

@@ -90,7 +90,8 @@ def client_params(plan: ListenerPlan, params: typing.Any, proxied: ProxyHeader |
         return params, ClientAddress(policy, params)
     if proxied is None or proxied.local:
         return params, None
-    return replace(params, remote_addr=proxied.source, remote_port=proxied.source_port), None
+    https = params.https or proxied.ssl  # the client spoke TLS to the balancer (PP2_TYPE_SSL)
+    return replace(params, remote_addr=proxied.source, remote_port=proxied.source_port, https=https), None
 
 
 async def read_proxy_header(sock: typing.Any, timeout: float) -> ProxyHeader:

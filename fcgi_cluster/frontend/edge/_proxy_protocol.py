@@ -10,7 +10,12 @@ who its client is. Rules kept here:
 * Version 2 is binary: the 12-byte signature, version/command, family,
   a 2-byte length, then the addresses and TLVs. Command LOCAL (a health
   check of the balancer's own) and family UNSPEC keep the connection's
-  addresses; PROXY with INET / INET6 / UNIX gives them. TLVs are skipped.
+  addresses; PROXY with INET / INET6 / UNIX gives them. Of the TLVs that
+  follow the addresses, PP2_TYPE_AUTHORITY (the host name the client asked
+  for, its TLS SNI) and PP2_TYPE_SSL (whether the client spoke TLS to the
+  balancer, and its version) are kept; the others are skipped. A TLV whose
+  length runs past the header (or bytes too few for a TLV, or an SSL TLV
+  shorter than its 5 fixed bytes, or whose sub-TLVs run past it) is an error.
   At most 16 + 65535 bytes (``V2_MAX``), the format's own bound.
 * Anything else (a client that speaks HTTP straight away, garbage, a DGRAM
   transport) is a ``ProxyProtocolError``: the caller closes that connection.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+import typing
 from dataclasses import dataclass
 
 __all__ = ["NEED_DATA", "ProxyHeader", "ProxyHeaderParser", "ProxyProtocolError", "V1_MAX", "V2_MAX"]
@@ -37,6 +43,11 @@ V2_MAX = 16 + 65535
 _V1_PREFIX = b"PROXY "
 
 _FAMILIES = {0x0: None, 0x1: (4, 12), 0x2: (16, 36), 0x3: ("unix", 216)}
+PP2_TYPE_AUTHORITY = 0x02
+PP2_TYPE_SSL = 0x20
+PP2_SUBTYPE_SSL_VERSION = 0x21
+#: The PP2_TYPE_SSL ``client`` bit saying the client connected over TLS.
+PP2_CLIENT_SSL = 0x01
 
 
 class ProxyProtocolError(ValueError):
@@ -63,6 +74,9 @@ class ProxyHeader:
         source_port: its port as decimal bytes (b"0" for unix), or None when ``local``.
         destination, destination_port: where the client connected, likewise.
         length: the header's bytes on the wire.
+        authority: v2's PP2_TYPE_AUTHORITY (the client's SNI host name), or None.
+        ssl: v2's PP2_TYPE_SSL says the client spoke TLS to the balancer.
+        ssl_version: its PP2_SUBTYPE_SSL_VERSION (b"TLSv1.3"), or None.
     """
 
     version: int
@@ -72,6 +86,9 @@ class ProxyHeader:
     destination: bytes | None = None
     destination_port: bytes | None = None
     length: int = 0
+    authority: bytes | None = None
+    ssl: bool = False
+    ssl_version: bytes | None = None
 
 
 class ProxyHeaderParser:
@@ -186,12 +203,37 @@ def _parse_v2(header: bytes) -> ProxyHeader:
     size, needed = shape
     if len(body) < needed:
         raise ProxyProtocolError(f"PROXY v2: {len(body)} bytes of addresses, {needed} needed")
+    kept: dict[str, typing.Any] = {}
+    for kind, value in _tlvs(body, needed):
+        if kind == PP2_TYPE_AUTHORITY:
+            kept["authority"] = value
+        elif kind == PP2_TYPE_SSL:
+            if len(value) < 5:
+                raise ProxyProtocolError(f"PROXY v2: SSL TLV of {len(value)} bytes, 5 at least")
+            kept["ssl"] = bool(value[0] & PP2_CLIENT_SSL)
+            for sub, text in _tlvs(value, 5):
+                if sub == PP2_SUBTYPE_SSL_VERSION:
+                    kept["ssl_version"] = text
     if size == "unix":
-        return ProxyHeader(2, False, b"unix:", b"0", b"unix:", b"0", length=len(header))
+        return ProxyHeader(2, False, b"unix:", b"0", b"unix:", b"0", length=len(header), **kept)
     assert isinstance(size, int)
     source = ipaddress.ip_address(body[:size])
     destination = ipaddress.ip_address(body[size : 2 * size])
     sport, dport = struct.unpack_from("!HH", body, 2 * size)
     return ProxyHeader(
         2, False, str(source).encode(), b"%d" % sport, str(destination).encode(), b"%d" % dport, length=len(header),
+        **kept,
     )
+
+
+def _tlvs(data: bytes, at: int) -> typing.Iterator[tuple[int, bytes]]:
+    """The (type, value) TLVs of ``data`` from ``at`` to its end; a length past the end is an error."""
+    while at < len(data):
+        if len(data) - at < 3:
+            raise ProxyProtocolError(f"PROXY v2: {len(data) - at} bytes left, too few for a TLV")
+        kind, length = data[at], struct.unpack_from("!H", data, at + 1)[0]
+        at += 3
+        if length > len(data) - at:
+            raise ProxyProtocolError(f"PROXY v2: TLV {kind:#04x} of {length} bytes, {len(data) - at} left")
+        yield kind, data[at : at + length]
+        at += length

@@ -235,6 +235,8 @@ BASE = '[upstream.a]\nservers = ["127.0.0.1:1"]\n[[route]]\nprefix = "/"\nupstre
     ('lokc = true', 'cluster.toml:7: route[0].cache.lokc: unknown key; expected one of: key, valid,'),
     ('background_update = true', 'cluster.toml:7: route[0].cache.background_update: needs use_stale to hold "updating"'),
     ('path = "/proc/1/nope/cache"', "cluster.toml:7: route[0].cache.path: not writable"),
+    ('min_uses = 0', "cluster.toml:7: route[0].cache.min_uses:"),
+    ('min_uses = "2"', "cluster.toml:7: route[0].cache.min_uses:"),
 ])
 def test_bad_settings_name_file_line_and_key(line: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -249,6 +251,8 @@ def test_settings_read_with_a_relative_path(tmp_path: pathlib.Path) -> None:
 
     cfg = load_config(str(tmp_path / "cluster.toml")).routes[0].cache
     assert cfg.valid == ((200, 10.0), (0, 60.0)) and cfg.path == str(tmp_path / "cache") and cfg.background_update
+    assert cfg.min_uses == 1
+    assert parse_config(BASE + "min_uses = 4\n", "cluster.toml").routes[0].cache.min_uses == 4
     static = '[[route]]\nprefix = "/"\nstatic = "."\n[route.cache]\nlock = true\n'
     with pytest.raises(ConfigError, match="route.0..cache: only used by upstream routes"):
         parse_config(static, str(tmp_path / "x.toml"))
@@ -264,3 +268,13 @@ async def test_a_fill_ends_once_and_never_ends_a_newer_one() -> None:
     assert second is not None
     cache.end_fill(b"k", first)  # the first fill's second end: the newer one stays
     assert cache.filling[b"k"] is second and not second.is_set()
+
+
+def test_min_uses_counts_per_key_and_forgets_after_inactive() -> None:
+    cache = RouteCache(CacheConfig(min_uses=2, inactive=10.0), None)
+    assert not cache.used_enough(b"k", 0.0)
+    assert not cache.used_enough(b"other", 1.0)
+    assert not cache.used_enough(b"k", 20.0)  # more than inactive since the last: counted anew
+    assert cache.used_enough(b"k", 21.0)
+    assert b"k" not in cache.uses and b"other" in cache.uses
+    assert RouteCache(CacheConfig(), None).used_enough(b"k", 0.0)

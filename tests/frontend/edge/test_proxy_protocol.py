@@ -59,12 +59,44 @@ def test_v1_tcp6_and_unknown() -> None:
 
 @pytest.mark.parametrize("step", [None, 1, 5, 16])
 @pytest.mark.parametrize("family,body,source,port", [(1, V4_BODY, b"192.0.2.7", b"56324"), (2, V6_BODY, b"2001:db8::7", b"1234")])
-def test_v2_proxy_with_tlvs_skipped(step, family, body, source, port) -> None:
+def test_v2_proxy_with_tlvs_kept_and_skipped(step, family, body, source, port) -> None:
     tlvs = b"\x02\x00\x0bexample.com" + b"\x04\x00\x00"  # AUTHORITY, NOOP
     raw = v2(1, family, body + tlvs)
     header, rest = parse(raw + b"\x16\x03\x01", step)  # a TLS ClientHello follows
     assert (header.version, header.local, header.source, header.source_port) == (2, False, source, port)
     assert header.length == len(raw) and rest == b"\x16\x03\x01"
+    assert (header.authority, header.ssl, header.ssl_version) == (b"example.com", False, None)
+
+
+def ssl_tlv(client: int, subs: bytes = b"") -> bytes:
+    value = bytes([client]) + b"\0\0\0\0" + subs  # client bits, verify result, sub-TLVs
+    return b"\x20" + struct.pack("!H", len(value)) + value
+
+
+def test_v2_ssl_tlv_says_the_client_spoke_tls() -> None:
+    subs = b"\x21\x00\x07TLSv1.3" + b"\x22\x00\x04user"  # VERSION, CN (skipped)
+    header, _ = parse(v2(1, 1, V4_BODY + b"\x01\x00\x02h2" + ssl_tlv(0x01 | 0x02, subs) + b"\x05\x00\x01u"), 4)
+    assert (header.ssl, header.ssl_version, header.authority, header.source) == (True, b"TLSv1.3", None, b"192.0.2.7")
+    # The TLV there, the client bit not set: a plain client.
+    header, _ = parse(v2(1, 1, V4_BODY + ssl_tlv(0x00)))
+    assert header.ssl is False
+    # On a unix socket too; LOCAL skips them all.
+    unix = b"/a".ljust(108, b"\0") * 2
+    assert parse(v2(1, 3, unix + ssl_tlv(0x01)))[0].ssl is True
+    assert parse(v2(0, 1, V4_BODY + ssl_tlv(0x01)))[0].ssl is False
+
+
+@pytest.mark.parametrize("tlvs", [
+    b"\x02\x00\x0cexample.com",  # length one past the end
+    b"\x02\x00",  # too few bytes for a TLV
+    b"\x04\x00\x00\x04",  # a NOOP, then one stray byte
+    b"\x20\x00\x03\x01\x00\x00",  # SSL shorter than its 5 fixed bytes
+    b"\x20\x00\x08\x01\x00\x00\x00\x00\x21\x00\x09",  # a sub-TLV past the SSL TLV
+    b"\x05\xff\xff",  # 65535 bytes claimed, none there
+])
+def test_malformed_tlvs_are_errors(tlvs) -> None:
+    with pytest.raises(ProxyProtocolError, match="TLV"):
+        parse(v2(1, 1, V4_BODY + tlvs))
 
 
 def test_v2_local_unspec_and_unix() -> None:
