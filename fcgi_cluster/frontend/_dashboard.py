@@ -162,7 +162,11 @@ function drawPools(report) {
 }
 async function refresh() {
   try {
-    const [status, pools] = await Promise.all([fetch("status"), fetch("pools")]);
+    // With a control token, the page is opened as /#TOKEN: the token goes in each request, not in the URL sent.
+    const token = decodeURIComponent(location.hash.slice(1));
+    const options = token ? {headers: {Authorization: "Bearer " + token}} : {};
+    const [status, pools] = await Promise.all([fetch("status", options), fetch("pools", options)]);
+    if (!status.ok) throw new Error("status: HTTP " + status.status + (token ? "" : " (open this page as /#TOKEN)"));
     drawStatus(await status.json());
     drawPools(await pools.json());
     document.getElementById("when").textContent = "updated " + new Date().toLocaleTimeString();
