@@ -126,8 +126,10 @@ function drawStatus(report) {
     return last ? (Math.max(0, now.n - last.n) / Math.max(1e-3, now.t - last.t)).toFixed(1) : "-";
   };
   document.getElementById("process").replaceChildren(
-    table(["process", "clients held", "accepted", "requests", "requests/s", "requests in flight"],
-          report.processes.map(p => [p.pid, p.clients, p.accepted, p.requests, rate(p), p.requests_in_flight])));
+    table(["process", "clients held", "accepted", "requests", "requests/s", "requests in flight", "figures"],
+          report.processes.map(p => [p.pid, p.clients, p.accepted, p.requests, rate(p), p.requests_in_flight,
+            // How old the process's figures are: a stale row is one to doubt.
+            p.stale ? el("span", {class: "error"}, `stale: ${p.age.toFixed(1)} s old`) : `${p.age.toFixed(1)} s old`])));
   const box = document.getElementById("upstreams");
   box.replaceChildren();
   for (const up of report.upstreams) {
