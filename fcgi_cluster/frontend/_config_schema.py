@@ -21,7 +21,6 @@ from .._address import parse_address
 from .._settings import REQUIRED, Key, choice, duration, integer, show, size, typed_boolean
 from ._balancer import MAX_WEIGHT, ServerSpec
 from .edge._cache_config import CACHE
-from ._control_token import read_token
 from ._config_model import (
     BALANCE_METHODS,
     DEFAULT_STATIC_INDEX,
@@ -113,17 +112,6 @@ def resolver_address(value: object) -> str:
             raise ValueError(f"a resolver is a host:port, got {show(item)}")
         out.append(text)
     return " ".join(out)
-
-
-def token_file(value: object) -> str:
-    """A control token file readable by its owner only (``_control_token``), or "" for none."""
-    text = string(value)
-    if text:
-        try:
-            read_token(text)
-        except OSError as exc:
-            raise ValueError(f"cannot read {text}: {exc.strerror or exc}") from None
-    return text
 
 
 def optional_url_path(value: object) -> str:
@@ -312,7 +300,7 @@ FRONTEND: tuple[Key, ...] = (
     Key("http2_max_concurrent_streams", integer(1, typed=True), _F["http2_max_concurrent_streams"], "streams one HTTP/2 client may have open at once (SETTINGS)"),
     Key("control", control_address, _F["control"], 'control and status listener (host:port or unix:/path); "" for none'),
     Key("control_allow", networks, _F["control_allow"], "CIDR networks the control listener serves; others are refused"),
-    Key("control_token_file", token_file, _F["control_token_file"],
+    Key("control_token_file", string, _F["control_token_file"],
         'file holding the secret every control request must carry (Bearer); mode 600; "" for none'),
     Key("server_state_file", string, _F["server_state_file"], 'file keeping servers set by control across restarts; "" for none'),
     Key("pool_status_path", optional_url_path, _F["pool_status_path"], 'the pools\' pm.status_path, which the dashboard fetches over FastCGI; "" for none'),

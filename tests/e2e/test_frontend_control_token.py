@@ -42,11 +42,12 @@ def test_every_control_request_needs_the_token_and_a_refusal_changes_nothing(tmp
     with worker_process() as (w1, _), worker_process() as (w2, _):
         text = cluster_file(port, control, [w1, w2])
         path.write_text(text.replace(f'control = "{control}"\n',
-                                     f'control = "{control}"\ncontrol_token_file = "{token}"\n'))
+                                     f'control = "{control}"\ncontrol_token_file = "{token.name}"\n'))
         b = f"127.0.0.1:{w2}"
         with frontend_from_file(path, port) as process:
             log = pathlib.Path(process.log_path)
-            # ctl -c reads the token from the cluster file's control_token_file.
+            # ctl -c reads the token from the cluster file's control_token_file (relative to
+            # the cluster file's directory, for the front-end and ctl alike: both run elsewhere).
             done = ctl(control, "status", config=path)
             assert done.returncode == 0, done.stderr
             # Without it, or with a wrong one, ctl is refused and says so.
@@ -95,7 +96,7 @@ def test_a_token_file_others_may_read_stops_the_front_end_naming_file_and_key(tm
     port = free_port()
     path = tmp_path / "cluster.toml"
     path.write_text(f'[frontend]\nlisten = "127.0.0.1:{port}"\ncontrol = "127.0.0.1:{free_port()}"\n'
-                    f'control_token_file = "{token}"\n\n[upstream.app]\nservers = ["127.0.0.1:9"]\n')
+                    f'control_token_file = "{token.name}"\n\n[upstream.app]\nservers = ["127.0.0.1:9"]\n')
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     done = subprocess.run(frontend_argv("-c", str(path)), capture_output=True, text=True, timeout=60,
                           cwd=REPO_ROOT, env=env)
@@ -103,3 +104,17 @@ def test_a_token_file_others_may_read_stops_the_front_end_naming_file_and_key(tm
     assert f"{path}:4" in done.stderr and "control_token_file" in done.stderr, done.stderr
     assert str(token) in done.stderr and f"{mode:04o}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_missing_or_empty_token_file_is_a_config_error(tmp_path: pathlib.Path) -> None:
+    from fcgi_cluster.frontend import ConfigError, load_config
+
+    path = tmp_path / "cluster.toml"
+    path.write_text('[frontend]\ncontrol = "127.0.0.1:8081"\ncontrol_token_file = "absent.token"\n'
+                    '[upstream.app]\nservers = ["127.0.0.1:9000"]\n')
+    with pytest.raises(ConfigError, match=rf"{path}:3: frontend.control_token_file: cannot read {tmp_path}/absent.token"):
+        load_config(str(path))
+    (tmp_path / "absent.token").write_text("  \n")
+    (tmp_path / "absent.token").chmod(0o600)
+    with pytest.raises(ConfigError, match=r"holds no token"):
+        load_config(str(path))
