@@ -88,6 +88,7 @@ def test_dashboard_with_a_control_token_asks_with_the_token_after_the_hash(tmp_p
         page = chromium(f"http://127.0.0.1:{cport}/#dash-token-7e1", tmp_path / "profile", "--dump-dom").stdout
         assert int(re.search(r'data-updates="(\d+)"', page).group(1)) >= 2, page[-2000:]
         assert f"127.0.0.1:{worker}" in page
+        assert "0.0 s old" in page  # the process row says how old its figures are
         # Without the token the page loads but its figures are refused, and it says how to open it.
         page = chromium(f"http://127.0.0.1:{cport}/", tmp_path / "profile", "--dump-dom").stdout
         assert re.search(r'data-updates="0"', page), page[-2000:]
