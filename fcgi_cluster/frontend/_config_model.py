@@ -129,6 +129,8 @@ class FrontendConfig:
         http2_max_concurrent_streams: streams one HTTP/2 client may have open.
         control: the control and status listener (``_control``); "" for none.
         control_allow: CIDR networks whose clients the control listener serves.
+        control_token_file: a file holding the secret control requests must carry
+            (``_control_token``); "" for none.
         server_state_file: where runtime server states are kept ("" for memory only).
         pool_status_path: the worker pools' status path the dashboard fetches ("" for none).
         resolver: the DNS server (``host:port``) asked for servers' host names
@@ -169,6 +171,7 @@ class FrontendConfig:
     http2_max_concurrent_streams: int = 128  # nginx http2_max_concurrent_streams
     control: str = ""  # off: runtime control is a decision, as HAProxy's stats socket
     control_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")  # loopback only
+    control_token_file: str = ""  # none: control_allow (or the socket's permissions) alone decide
     server_state_file: str = ""
     pool_status_path: str = ""  # pools set pm.status_path themselves; php-fpm has no default
     resolver: str = ""  # nginx has no default; the system's is what getaddrinfo would ask

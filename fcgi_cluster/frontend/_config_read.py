@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, NoReturn
 from .._settings import Key, show
 from ._balancer import ServerSpec
 from ._config_locate import KeyPath, Locator, dotted
+from ._control_token import read_token
 from ._config_model import (
     DEFAULT_STATIC_INDEX,
     ClusterConfig,
@@ -206,6 +207,14 @@ def read_frontend(ctx: Context, path: KeyPath, data: Mapping[str, Any]) -> Front
         values["error_log"] = ctx.file_path(values["error_log"])
     if values["server_state_file"]:
         values["server_state_file"] = ctx.file_path(values["server_state_file"])
+    if values["control_token_file"]:
+        token_file = values["control_token_file"] = ctx.file_path(values["control_token_file"])
+        try:
+            read_token(token_file)  # readable, by its owner only, and not empty
+        except OSError as exc:
+            ctx.fail(path + ("control_token_file",), f"cannot read {token_file}: {exc.strerror or exc}")
+        except ValueError as exc:
+            ctx.fail(path + ("control_token_file",), str(exc))
     tls = table.table("tls", "[frontend.tls]")
     if tls is not None:
         values["tls"] = _tls(ctx, path + ("tls",), tls)

@@ -99,13 +99,19 @@ def address(value: object) -> str:
 
 
 def resolver_address(value: object) -> str:
-    """A DNS server's ``host:port``, or "" for the system's."""
-    if value == "":
+    """DNS servers' ``host:port`` (a list, or one string space-separated, asked in order), or "" for the system's."""
+    if value == "" or value == []:
         return ""
-    text = address(value)
-    if text.startswith(("unix:", "/", ".")):
-        raise ValueError(f"a resolver is a host:port, got {show(value)}")
-    return text
+    items = value.split() if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"a resolver is a host:port or a list of them, got {show(value)}")
+    out = []
+    for item in items:
+        text = address(item)
+        if text.startswith(("unix:", "/", ".")):
+            raise ValueError(f"a resolver is a host:port, got {show(item)}")
+        out.append(text)
+    return " ".join(out)
 
 
 def optional_url_path(value: object) -> str:
@@ -294,10 +300,12 @@ FRONTEND: tuple[Key, ...] = (
     Key("http2_max_concurrent_streams", integer(1, typed=True), _F["http2_max_concurrent_streams"], "streams one HTTP/2 client may have open at once (SETTINGS)"),
     Key("control", control_address, _F["control"], 'control and status listener (host:port or unix:/path); "" for none'),
     Key("control_allow", networks, _F["control_allow"], "CIDR networks the control listener serves; others are refused"),
+    Key("control_token_file", string, _F["control_token_file"],
+        'file holding the secret every control request must carry (Bearer); mode 600; "" for none'),
     Key("server_state_file", string, _F["server_state_file"], 'file keeping servers set by control across restarts; "" for none'),
     Key("pool_status_path", optional_url_path, _F["pool_status_path"], 'the pools\' pm.status_path, which the dashboard fetches over FastCGI; "" for none'),
-    Key("resolver", resolver_address, _F["resolver"], 'DNS server (host:port) asked for servers\' host names; "" for /etc/resolv.conf\'s'),
-    Key("resolver_timeout", _positive_seconds, _F["resolver_timeout"], "time one DNS query may take", "s"),
+    Key("resolver", resolver_address, _F["resolver"], 'DNS servers (host:port, or a list asked in order) for servers\' host names; "" for /etc/resolv.conf\'s'),
+    Key("resolver_timeout", _positive_seconds, _F["resolver_timeout"], "time one DNS query may take at each resolver", "s"),
     Key("real_ip_from", trusted_networks, _F["real_ip_from"], 'CIDR networks (and "unix:") of proxies believed about the client address (nginx set_real_ip_from)'),
     Key("real_ip_header", real_ip_header, _F["real_ip_header"], 'where trusted proxies give the client address: X-Forwarded-For, X-Real-IP or proxy_protocol'),
     Key("real_ip_recursive", typed_boolean, _F["real_ip_recursive"], "skip trusted addresses from the right of X-Forwarded-For (nginx real_ip_recursive)"),

@@ -11,6 +11,11 @@ is guarded by its file's permissions instead):
 * ``POST /control``: the body is one command line (``_server_states``):
   200 and what was done, or 400/404 and why; the front-end serves on.
 
+With ``control_token_file`` (``_control_token``) every request but the
+dashboard's page itself (which holds no figures; it sends the token given
+after ``#`` in its address) must carry ``Authorization: Bearer <token>``:
+without one it is 401, with a wrong one 403, both logged.
+
 Anything else is 404; a request head over ``MAX_HEAD`` or a body over
 ``MAX_BODY`` is 400; a peer outside ``control_allow`` gets 403 and nothing
 else. No traceback is ever sent.
@@ -26,6 +31,7 @@ import typing
 
 import trio
 
+from ._control_token import authorized, read_token
 from ._dashboard import PAGE, pool_statuses
 from ._server_states import ControlError
 from ._status import OPENMETRICS_TYPE, openmetrics, status
@@ -45,7 +51,7 @@ READ_TIMEOUT = 10.0
 LINGER_BYTES = 64 * 1024
 LINGER_SECONDS = 1.0
 
-_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 500: "Internal Server Error"}
 
 
 def _allowed(peer: object, networks: typing.Sequence[typing.Any]) -> bool:
@@ -84,7 +90,8 @@ async def serve_control(
 async def _answer(stream: trio.SocketStream, server: typing.Any) -> None:
     try:
         networks = [ipaddress.ip_network(text) for text in server.frontend.control_allow]
-        if not _allowed(stream.socket.getpeername(), networks):
+        peer = stream.socket.getpeername()
+        if not _allowed(peer, networks):
             await _send(stream, 403, "text/plain", "forbidden: this address may not use the control listener\n")
             return
         with trio.move_on_after(READ_TIMEOUT):
@@ -92,7 +99,12 @@ async def _answer(stream: trio.SocketStream, server: typing.Any) -> None:
             if isinstance(request, int):
                 await _send(stream, request, "text/plain", f"{_REASONS[request].lower()}\n")
                 return
-            code, kind, text = await _dispatch(server, *request)
+            method, path, body, authorization = request
+            refusal = _refusal(server.frontend.control_token_file, path, authorization, peer)
+            if refusal is not None:
+                await _send(stream, *refusal)
+                return
+            code, kind, text = await _dispatch(server, method, path, body)
             await _send(stream, code, kind, text)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
@@ -123,8 +135,27 @@ async def _linger(stream: trio.SocketStream) -> None:
             pass
 
 
-async def _read(stream: trio.SocketStream) -> tuple[str, str, str] | int:
-    """(method, path, body) of one request, or the error status to answer."""
+def _refusal(token_file: str, path: str, authorization: str | None, peer: object) -> tuple[int, str, str] | None:
+    """The answer refusing a request without the control token, None when it may go on."""
+    if not token_file or path.partition("?")[0] == "/":
+        return None
+    try:
+        token = read_token(token_file)
+    except (OSError, ValueError) as exc:  # changed since the configuration was read
+        log.error("control: control_token_file: %s; every control request is refused", exc)
+        return 500, "text/plain", "the control token cannot be read (see the error log)\n"
+    if authorized(authorization, token):
+        return None
+    shown = peer[0] if isinstance(peer, tuple) else "the unix socket"
+    if authorization is None:
+        log.warning("control: %s from %s refused: no token (401)", path, shown)
+        return 401, "text/plain", "unauthorized: send Authorization: Bearer <control token>\n"
+    log.warning("control: %s from %s refused: wrong token (403)", path, shown)
+    return 403, "text/plain", "forbidden: wrong control token\n"
+
+
+async def _read(stream: trio.SocketStream) -> tuple[str, str, str, str | None] | int:
+    """(method, path, body, Authorization header or None) of one request, or the error status to answer."""
     data = b""
     while b"\r\n\r\n" not in data:
         if len(data) > MAX_HEAD:
@@ -139,8 +170,11 @@ async def _read(stream: trio.SocketStream) -> tuple[str, str, str] | int:
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
         return 400
     length = 0
+    authorization = None
     for line in lines[1:]:
         name, _, value = line.partition(":")
+        if name.strip().lower() == "authorization":
+            authorization = value.strip()
         if name.strip().lower() == "content-length":
             if not value.strip().isdigit():
                 return 400
@@ -152,7 +186,7 @@ async def _read(stream: trio.SocketStream) -> tuple[str, str, str] | int:
         if not chunk:
             return 400
         body += chunk
-    return parts[0], parts[1], body[:length].decode("utf-8", "replace")
+    return parts[0], parts[1], body[:length].decode("utf-8", "replace"), authorization
 
 
 async def _dispatch(server: typing.Any, method: str, path: str, body: str) -> tuple[int, str, str]:
@@ -184,6 +218,7 @@ async def _dispatch(server: typing.Any, method: str, path: str, body: str) -> tu
 
 async def _send(stream: trio.SocketStream, code: int, kind: str, text: str) -> None:
     body = text.encode()
-    head = (f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\nContent-Type: {kind}\r\n"
+    challenge = 'WWW-Authenticate: Bearer realm="fcgi-cluster control"\r\n' if code == 401 else ""
+    head = (f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\nContent-Type: {kind}\r\n{challenge}"
             f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
     await stream.send_all(head.encode() + body)

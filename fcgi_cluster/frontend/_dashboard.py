@@ -126,8 +126,10 @@ function drawStatus(report) {
     return last ? (Math.max(0, now.n - last.n) / Math.max(1e-3, now.t - last.t)).toFixed(1) : "-";
   };
   document.getElementById("process").replaceChildren(
-    table(["process", "clients held", "accepted", "requests", "requests/s", "requests in flight"],
-          report.processes.map(p => [p.pid, p.clients, p.accepted, p.requests, rate(p), p.requests_in_flight])));
+    table(["process", "clients held", "accepted", "requests", "requests/s", "requests in flight", "figures"],
+          report.processes.map(p => [p.pid, p.clients, p.accepted, p.requests, rate(p), p.requests_in_flight,
+            // How old the process's figures are: a stale row is one to doubt.
+            p.stale ? el("span", {class: "error"}, `stale: ${p.age.toFixed(1)} s old`) : `${p.age.toFixed(1)} s old`])));
   const box = document.getElementById("upstreams");
   box.replaceChildren();
   for (const up of report.upstreams) {
@@ -162,7 +164,11 @@ function drawPools(report) {
 }
 async function refresh() {
   try {
-    const [status, pools] = await Promise.all([fetch("status"), fetch("pools")]);
+    // With a control token, the page is opened as /#TOKEN: the token goes in each request, not in the URL sent.
+    const token = decodeURIComponent(location.hash.slice(1));
+    const options = token ? {headers: {Authorization: "Bearer " + token}} : {};
+    const [status, pools] = await Promise.all([fetch("status", options), fetch("pools", options)]);
+    if (!status.ok) throw new Error("status: HTTP " + status.status + (token ? "" : " (open this page as /#TOKEN)"));
     drawStatus(await status.json());
     drawPools(await pools.json());
     document.getElementById("when").textContent = "updated " + new Date().toLocaleTimeString();

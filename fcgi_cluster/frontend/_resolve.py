@@ -18,9 +18,11 @@ the lowest priority are the primaries, those of higher priorities
 ``backup`` servers (left out with ``ip_hash`` and ``hash``, which have none).
 
 The DNS messages (RFC 1035; AAAA RFC 3596; SRV) are a small sans-IO codec here:
-``encode_query`` and ``decode_answer``; ``query`` sends one over UDP (trio)
-with a timeout. The resolver is ``[frontend] resolver``, else the first
-``nameserver`` of /etc/resolv.conf.
+``encode_query`` and ``decode_answer``; ``query`` sends one over UDP (trio),
+again over TCP when the answer is truncated (RFC 7766). The nameservers are
+``[frontend] resolver`` (one or more, each asked ``resolver_timeout``, the list
+twice), else the ``nameserver`` lines of /etc/resolv.conf with its
+``timeout`` and ``attempts`` options, tried in order as glibc does.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from ._balancer import MAX_WEIGHT
 
 __all__ = [
     "DNSError", "Resolutions", "TYPE_A", "TYPE_AAAA", "TYPE_SRV", "decode_answer", "encode_query",
-    "expand_config", "query", "resolve_host", "resolve_service", "system_resolver",
+    "expand_config", "query", "resolve_host", "resolve_service", "system_resolvers",
 ]
 
 log = logging.getLogger("fcgi_cluster.frontend")
@@ -140,17 +142,38 @@ def decode_answer(data: bytes, ident: int, qtype: int) -> list[str] | None:
     return out
 
 
-def system_resolver(path: str = "/etc/resolv.conf") -> str:
-    """The first ``nameserver`` of resolv.conf as ``host:port`` (127.0.0.1:53 when none)."""
+#: As glibc's resolv.h: at most three nameservers, 5 s a query, 2 rounds.
+MAXNS = 3
+RES_TIMEOUT = 5.0
+RES_ATTEMPTS = 2
+_FINAL = ("NXDOMAIN",)  # an answer every nameserver would give: asking the next is no use
+
+
+def system_resolvers(path: str = "/etc/resolv.conf") -> tuple[str, float, int]:
+    """resolv.conf's nameservers (``host:port`` each, space-separated), ``timeout`` and ``attempts``.
+
+    As glibc: the first ``MAXNS`` ``nameserver`` lines, in order (127.0.0.1:53
+    when none); ``options timeout:n attempts:n`` (defaults 5 and 2, capped at
+    30 and 5), the last one written winning.
+    """
+    servers: list[str] = []
+    timeout, attempts = RES_TIMEOUT, RES_ATTEMPTS
     try:
         with open(path, encoding="utf-8") as file:
             for line in file:
-                words = line.split()
-                if len(words) >= 2 and words[0] == "nameserver":
-                    return f"[{words[1]}]:53" if ":" in words[1] else f"{words[1]}:53"
+                words = line.split("#", 1)[0].split(";", 1)[0].split()
+                if len(words) >= 2 and words[0] == "nameserver" and len(servers) < MAXNS:
+                    servers.append(f"[{words[1]}]:53" if ":" in words[1] else f"{words[1]}:53")
+                elif words and words[0] == "options":
+                    for option in words[1:]:
+                        key, _, value = option.partition(":")
+                        if key == "timeout" and value.isdigit():
+                            timeout = float(min(30, max(1, int(value))))
+                        elif key == "attempts" and value.isdigit():
+                            attempts = min(5, max(1, int(value)))
     except OSError:
         pass
-    return "127.0.0.1:53"
+    return " ".join(servers) or "127.0.0.1:53", timeout, attempts
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -158,31 +181,83 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def query(resolver: str, name: str, qtype: int, timeout: float) -> list[str]:
-    """Ask ``resolver`` (``host:port``) for the ``qtype`` records of ``name`` over UDP.
+def _truncated(data: bytes, ident: int) -> bool:
+    """True for the response to ``ident`` with the TC bit: the whole answer is over TCP."""
+    if len(data) < _HEADER.size:
+        return False
+    rid, flags = struct.unpack_from("!HH", data)
+    return rid == ident and bool(flags & 0x8000) and bool(flags & 0x0200)
 
-    Raises:
-        DNSError: no answer within ``timeout``, or an error answer.
-    """
+
+async def _receive_exactly(stream: trio.SocketStream, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = await stream.receive_some(size - len(data))
+        if not chunk:
+            raise DNSError("the resolver closed the TCP connection mid-answer")
+        data += chunk
+    return data
+
+
+async def _ask_tcp(host: str, port: int, message: bytes, ident: int, qtype: int) -> list[str]:
+    """The answer over TCP, each message after its two-byte length (RFC 1035 4.2.2, RFC 7766)."""
+    stream = await trio.open_tcp_stream(host, port)
+    async with stream:
+        await stream.send_all(struct.pack("!H", len(message)) + message)
+        while True:
+            (length,) = struct.unpack("!H", await _receive_exactly(stream, 2))
+            answer = decode_answer(await _receive_exactly(stream, length), ident, qtype)
+            if answer is not None:
+                return answer
+
+
+async def _ask(resolver: str, message: bytes, ident: int, qtype: int) -> list[str]:
+    """One nameserver's answer over UDP, again over TCP when the UDP answer is truncated."""
     host, port = _split(resolver)
     family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    with trio.socket.socket(family, trio.socket.SOCK_DGRAM) as sock:
+        await sock.connect((host, port))
+        await sock.send(message)
+        while True:
+            data = await sock.recv(65535)
+            if _truncated(data, ident):
+                return await _ask_tcp(host, port, message, ident, qtype)
+            answer = decode_answer(data, ident, qtype)
+            if answer is not None:
+                return answer
+
+
+async def query(resolver: str, name: str, qtype: int, timeout: float, attempts: int = 1) -> list[str]:
+    """Ask the nameservers of ``resolver`` (``host:port`` each, space-separated) for ``qtype`` records of ``name``.
+
+    As glibc's resolver: each nameserver in order, ``timeout`` seconds each,
+    the whole list ``attempts`` times; one that does not answer, refuses or
+    fails (SERVFAIL) passes the question on to the next, an NXDOMAIN is the
+    answer. A UDP answer with the TC bit is asked again over TCP.
+
+    Raises:
+        DNSError: no nameserver answered, or the answer is an error.
+    """
     ident = int.from_bytes(os.urandom(2), "big")
     message = encode_query(name, qtype, ident)
-    with trio.socket.socket(family, trio.socket.SOCK_DGRAM) as sock:
-        with trio.move_on_after(timeout):
-            try:
-                await sock.connect((host, port))
-                await sock.send(message)
-                while True:
-                    answer = decode_answer(await sock.recv(65535), ident, qtype)
-                    if answer is not None:
-                        return answer
-            except OSError as exc:
-                raise DNSError(f"resolver {resolver}: {exc.strerror or exc}") from None
-    raise DNSError(f"resolver {resolver} did not answer within {timeout:g} s")
+    errors: dict[str, str] = {}
+    for _ in range(max(1, attempts)):
+        for server in resolver.split():
+            with trio.move_on_after(timeout):
+                try:
+                    return await _ask(server, message, ident, qtype)
+                except OSError as exc:
+                    errors[server] = f"resolver {server}: {exc.strerror or exc}"
+                except DNSError as exc:
+                    if str(exc) in _FINAL:
+                        raise
+                    errors[server] = f"resolver {server}: {exc}"
+                continue
+            errors[server] = f"resolver {server} did not answer within {timeout:g} s"
+    raise DNSError("; ".join(errors.values()) or "no resolver")
 
 
-async def resolve_host(resolver: str, name: str, timeout: float) -> list[str]:
+async def resolve_host(resolver: str, name: str, timeout: float, attempts: int = 1) -> list[str]:
     """Every A and AAAA address of ``name``, sorted (IPv4 first).
 
     Raises:
@@ -192,7 +267,7 @@ async def resolve_host(resolver: str, name: str, timeout: float) -> list[str]:
     errors: list[str] = []
     for qtype in (TYPE_A, TYPE_AAAA):
         try:
-            found += await query(resolver, name, qtype, timeout)
+            found += await query(resolver, name, qtype, timeout, attempts)
         except DNSError as exc:
             errors.append(str(exc))
     if not found:
@@ -200,7 +275,8 @@ async def resolve_host(resolver: str, name: str, timeout: float) -> list[str]:
     return sorted(set(found), key=lambda text: (":" in text, ipaddress.ip_address(text)))
 
 
-async def resolve_service(resolver: str, name: str, timeout: float) -> list[tuple[str, int, int]]:
+async def resolve_service(resolver: str, name: str, timeout: float,
+                          attempts: int = 1) -> list[tuple[str, int, int]]:
     """``(ip:port, priority, weight)`` of every target of the SRV records of ``name``, sorted by address.
 
     An address two records give is kept once, at its lowest priority.
@@ -209,10 +285,10 @@ async def resolve_service(resolver: str, name: str, timeout: float) -> list[tupl
         DNSError: no SRV record, or none of its targets resolves.
     """
     found: dict[str, tuple[int, int]] = {}
-    for record in await query(resolver, name, TYPE_SRV, timeout):
+    for record in await query(resolver, name, TYPE_SRV, timeout, attempts):
         priority, weight, port, host = record.split(" ", 3)
         try:
-            ips = await resolve_host(resolver, host, timeout)
+            ips = await resolve_host(resolver, host, timeout, attempts)
         except DNSError:
             continue
         for ip in ips:
@@ -267,20 +343,20 @@ class Resolutions:
                     out[name] = min(every, out.get(name, every))
         return out
 
-    async def refresh(self, name: str, resolver: str, timeout: float) -> bool:
+    async def refresh(self, name: str, resolver: str, timeout: float, attempts: int = 1) -> bool:
         """Resolve ``name`` once; True when its addresses changed."""
         terms: dict[str, tuple[int, bool]] | None = None
         try:
             # "_service._proto.name" is an SRV name (RFC 2782): its records give
             # ports, priorities and weights too.
             if name.startswith("_"):
-                records = await resolve_service(resolver, name, timeout)
+                records = await resolve_service(resolver, name, timeout, attempts)
                 best = min(priority for _, priority, _ in records)
                 terms = {address: (min(MAX_WEIGHT, max(1, weight)), priority > best)
                          for address, priority, weight in records}
                 found = tuple(terms)
             else:
-                found = tuple(await resolve_host(resolver, name, timeout))
+                found = tuple(await resolve_host(resolver, name, timeout, attempts))
         except (DNSError, OSError, ValueError) as exc:
             if self._failing.get(name) != str(exc):
                 self._failing[name] = str(exc)
@@ -315,13 +391,16 @@ class Resolutions:
                 last = config
                 due.clear()
             fe = config.frontend
-            resolver = fe.resolver or system_resolver()
+            if fe.resolver:
+                resolver, timeout, attempts = fe.resolver, fe.resolver_timeout, RES_ATTEMPTS
+            else:
+                resolver, timeout, attempts = system_resolvers()
             names = self.names(config)
             now = trio.current_time()
             changed = False
             for name, every in names.items():
                 if due.get(name, 0.0) <= now:
-                    changed |= await self.refresh(name, resolver, fe.resolver_timeout)
+                    changed |= await self.refresh(name, resolver, timeout, attempts)
                     due[name] = trio.current_time() + every
             if changed:
                 server.reload_resolved()

@@ -72,6 +72,9 @@ def status(server: typing.Any, states: typing.Any) -> dict[str, object]:
         "accepted": server.accepted,
         "requests": site.requests,
         "requests_in_flight": server.active_requests,
+        # How old these figures are when read: 0 here, set by ``_status_share.gather`` for a sibling's.
+        "age": 0.0,
+        "stale": False,
     }
     # "processes": every front-end process's row (``_status_share.merge`` adds the others').
     caches = cache_report(site.routes, site.caches)
@@ -100,6 +103,8 @@ def openmetrics(report: dict[str, typing.Any]) -> str:
            [("_total", {"pid": p["pid"]}, p["accepted"]) for p in processes])
     family("fcgi_cluster_requests", "counter", "Requests begun.",
            [("_total", {"pid": p["pid"]}, p["requests"]) for p in processes])
+    family("fcgi_cluster_status_age_seconds", "gauge", "Age of the process's figures (stale past a few publishes).",
+           [("", {"pid": p["pid"]}, p["age"]) for p in processes])
     servers = [(up["name"], s) for up in report["upstreams"] for s in up["servers"]]
 
     def labels(up: str, entry: dict[str, object]) -> dict[str, object]:

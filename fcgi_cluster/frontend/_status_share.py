@@ -5,7 +5,13 @@ the one serving the control listener writes its ``status`` report to a file
 beside the server-state file every ``PUBLISH_SECONDS``; that one reads them
 (``gather``) and ``merge`` sums them with its own: per server the counters,
 in-flight requests and connections add up, and every process has its row.
-A report older than ``STALE_SECONDS`` is from a child that died: skipped.
+
+Each row says how old its figures are: ``age`` (seconds since the report was
+written; 0 for the process answering) and ``stale``, true past
+``STALE_SECONDS`` (three missed publishes: a child stuck, or stopped), so an
+operator sees the entries not to trust. A stale report still counts (its
+counters are the last known; dropping them would make totals go back); one
+older than ``GONE_SECONDS`` is a dead child's leftover: skipped.
 """
 
 from __future__ import annotations
@@ -21,14 +27,16 @@ import trio
 
 from .edge._cache import merge_cache_reports
 
-__all__ = ["StatusShare", "merge", "PUBLISH_SECONDS", "STALE_SECONDS"]
+__all__ = ["StatusShare", "merge", "GONE_SECONDS", "PUBLISH_SECONDS", "STALE_SECONDS"]
 
 log = logging.getLogger("fcgi_cluster.frontend")
 
 #: Seconds between two reports of a child: the dashboard refreshes every 2 s.
 PUBLISH_SECONDS = 1.0
-#: A report older than this is a dead child's.
-STALE_SECONDS = 5.0
+#: A report older than this is marked stale: three publishes missed.
+STALE_SECONDS = 3 * PUBLISH_SECONDS
+#: A report older than this is a dead child's: left out.
+GONE_SECONDS = 60.0
 
 _SUMMED = ("requests", "failures", "retries", "in_flight", "connections")
 
@@ -70,19 +78,22 @@ class StatusShare:
             pass
 
     def gather(self) -> list[dict[str, typing.Any]]:
-        """The other processes' recent reports."""
+        """The other processes' reports, each process row with its ``age`` and ``stale``."""
         reports = []
         now = time.time()
         for path in glob.glob(glob.escape(self.prefix) + ".status.*"):
             if path.endswith(".tmp") or path == self._path(os.getpid()):
                 continue
             try:
-                if now - os.path.getmtime(path) > STALE_SECONDS:
+                age = max(0.0, now - os.path.getmtime(path))
+                if age > GONE_SECONDS:
                     continue
                 with open(path, encoding="utf-8") as file:
-                    reports.append(json.load(file))
-            except (OSError, ValueError):
+                    report = json.load(file)
+                report["process"].update(age=round(age, 1), stale=age > STALE_SECONDS)
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue  # gone meanwhile, or half of one
+            reports.append(report)
         return reports
 
 
@@ -92,7 +103,7 @@ def merge(own: dict[str, typing.Any], others: list[dict[str, typing.Any]]) -> di
     Server states are ``own``'s: every process applies the same commands.
     """
     merged = json.loads(json.dumps(own))
-    merged["processes"] = [own["process"], *(other["process"] for other in others)]
+    merged["processes"] = [merged["process"], *(other["process"] for other in others)]
     servers = {(up["name"], s["address"]): s for up in merged["upstreams"] for s in up["servers"]}
     for other in others:
         for up in other["upstreams"]:

@@ -72,3 +72,25 @@ def test_dashboard_shows_every_server_and_pool_and_refreshes(tmp_path: pathlib.P
         assert done.returncode == 0, done.stderr[-2000:]
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert process.poll() is None
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/install-deps.sh installs it)")
+def test_dashboard_with_a_control_token_asks_with_the_token_after_the_hash(tmp_path: pathlib.Path) -> None:
+    port, cport, worker = free_port(), free_port(), free_port()
+    token = tmp_path / "control.token"
+    token.write_text("dash-token-7e1\n")
+    token.chmod(0o600)
+    path = tmp_path / "cluster.toml"
+    path.write_text(
+        f'[frontend]\nlisten = "127.0.0.1:{port}"\naccess_log = false\ncontrol = "127.0.0.1:{cport}"\n'
+        f'control_token_file = "{token}"\n\n[upstream.app]\nservers = ["127.0.0.1:{worker}"]\n')
+    with frontend_from_file(path, port) as process:
+        page = chromium(f"http://127.0.0.1:{cport}/#dash-token-7e1", tmp_path / "profile", "--dump-dom").stdout
+        assert int(re.search(r'data-updates="(\d+)"', page).group(1)) >= 2, page[-2000:]
+        assert f"127.0.0.1:{worker}" in page
+        assert "0.0 s old" in page  # the process row says how old its figures are
+        # Without the token the page loads but its figures are refused, and it says how to open it.
+        page = chromium(f"http://127.0.0.1:{cport}/", tmp_path / "profile", "--dump-dom").stdout
+        assert re.search(r'data-updates="0"', page), page[-2000:]
+        assert "HTTP 401" in page and "/#TOKEN" in page, page[-2000:]
+        assert process.poll() is None

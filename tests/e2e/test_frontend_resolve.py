@@ -8,6 +8,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import time
 
 import pytest
@@ -112,3 +113,29 @@ def test_an_srv_name_gives_a_server_per_target_at_its_port(tmp_path: pathlib.Pat
         # The records' weights 3 and 1: smooth round robin gives exactly 6 and 2 of 8.
         seen = [answered_by(port) for _ in range(8)]
         assert sorted(seen) == sorted([f"127.0.0.2:{port2}"] * 6 + [f"127.0.0.3:{port3}"] * 2)
+
+
+def test_a_silent_first_resolver_and_a_truncated_answer_still_give_every_address(tmp_path: pathlib.Path) -> None:
+    dns_port, worker_port, port = free_port(), free_port(), free_port()
+    many = [f"127.0.1.{i}" for i in range(1, 41)]  # 40 A records: more than a 512-byte UDP answer holds
+    hosts = tmp_path / "hosts"
+    hosts.write_text("".join(f"{ip} {NAME}\n" for ip in many))
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes the questions, answers none
+    silent.bind(("127.0.0.1", 0))
+    path = tmp_path / "cluster.toml"
+    path.write_text(
+        f'[frontend]\nlisten = "127.0.0.1:{port}"\nprocesses = 1\naccess_log = false\n'
+        f'resolver = ["127.0.0.1:{silent.getsockname()[1]}", "127.0.0.1:{dns_port}"]\nresolver_timeout = "1s"\n\n'
+        f'[upstream.app]\nresolve = "30s"\nservers = ["{NAME}:{worker_port}"]\n'
+    )
+    try:
+        with (dnsmasq(hosts, dns_port), worker_on("127.0.1.1", worker_port),
+              frontend_from_file(path, port) as process):
+            log = pathlib.Path(process.log_path)
+            wait_for(lambda: f"resolve {NAME}: " in log.read_text(), timeout=30)
+            text = log.read_text()
+            assert f"resolve {NAME}: {', '.join(many)}\n" in text, text
+            assert "keeping" not in text, text
+            assert process.poll() is None
+    finally:
+        silent.close()

@@ -5,15 +5,17 @@ from __future__ import annotations
 import ipaddress
 import pathlib
 import shutil
+import socket
 import struct
+import time
 
 import pytest
 import trio
 
 from fcgi_cluster.frontend import ConfigError, parse_config
 from fcgi_cluster.frontend._resolve import (
-    TYPE_A, TYPE_AAAA, TYPE_SRV, DNSError, Resolutions, decode_answer, encode_query, resolve_host,
-    resolve_service, system_resolver,
+    TYPE_A, TYPE_AAAA, TYPE_SRV, DNSError, Resolutions, decode_answer, encode_query, query,
+    resolve_host, resolve_service, system_resolvers,
 )
 from tests._peers import free_port, run_process
 
@@ -59,12 +61,21 @@ def test_srv_answer_gives_target_and_port_through_name_compression() -> None:
         decode_answer(answer(3, TYPE_SRV, [looping]), 3, TYPE_SRV)
 
 
-def test_system_resolver_reads_the_first_nameserver(tmp_path: pathlib.Path) -> None:
+def test_system_resolvers_reads_the_nameservers_in_order_with_timeout_and_attempts(tmp_path: pathlib.Path) -> None:
     conf = tmp_path / "resolv.conf"
-    conf.write_text("# comment\nsearch example\nnameserver 10.1.2.3\nnameserver 10.9.9.9\n")
-    assert system_resolver(str(conf)) == "10.1.2.3:53"
-    conf.write_text("nameserver fd00::53\n")
-    assert system_resolver(str(conf)) == "[fd00::53]:53"
+    conf.write_text("# comment\nsearch example\nnameserver 10.1.2.3\nnameserver fd00::53 # v6\n"
+                    "options ndots:2 timeout:3\nnameserver 10.3.3.3\nnameserver 10.4.4.4\noptions attempts:4\n")
+    # As glibc: the first three nameservers; options on any line.
+    assert system_resolvers(str(conf)) == ("10.1.2.3:53 [fd00::53]:53 10.3.3.3:53", 3.0, 4)
+    conf.write_text("nameserver 10.1.2.3\noptions timeout:0 attempts:99\n")
+    assert system_resolvers(str(conf)) == ("10.1.2.3:53", 1.0, 5)
+    assert system_resolvers(str(tmp_path / "absent")) == ("127.0.0.1:53", 5.0, 2)
+
+
+def test_a_resolver_list_is_kept_in_order() -> None:
+    config = parse_config('[frontend]\nresolver = ["127.0.0.1:5300", "[::1]:5301"]\n'
+                          '[upstream.app]\nservers = ["127.0.0.1:9000"]\n', "cluster.toml")
+    assert config.frontend.resolver == "127.0.0.1:5300 [::1]:5301"
 
 
 CONFIG = """
@@ -174,3 +185,51 @@ def test_a_changed_answer_keeps_the_server_objects_of_addresses_still_listed() -
             nursery.cancel_scope.cancel()
 
     trio.run(main)
+
+
+def test_a_silent_first_nameserver_passes_on_and_a_truncated_answer_is_asked_over_tcp(tmp_path: pathlib.Path) -> None:
+    binary = shutil.which("dnsmasq") or shutil.which("dnsmasq", path="/usr/sbin:/sbin")
+    if binary is None:
+        pytest.skip("dnsmasq is not installed (scripts/install-deps.sh installs dnsmasq-base)")
+    # 60 A records: 60 x 16 bytes do not fit the 512 bytes of a UDP answer.
+    many = [f"127.0.1.{i}" for i in range(1, 61)]
+    hosts = tmp_path / "hosts"
+    hosts.write_text("".join(f"{ip} many.test\n" for ip in many))
+    port = free_port()
+    argv = [binary, "--no-daemon", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+            "--no-resolv", "--no-hosts", f"--addn-hosts={hosts}", "--pid-file=", "--user=root",
+            "--log-queries", "--log-facility=-", "--local=/test/", "--host-record=one.test,127.0.0.6"]
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # reads every question, answers none
+    silent.bind(("127.0.0.1", 0))
+    try:
+        dead = f"127.0.0.1:{silent.getsockname()[1]}"
+        with run_process(argv, ready_port=port, name="dnsmasq"):
+            live = f"127.0.0.1:{port}"
+
+            async def ask_both() -> tuple[list[str], list[str], float]:
+                started = trio.current_time()
+                one = await resolve_host(f"{dead} {live}", "one.test", 1.0)
+                waited = trio.current_time() - started
+                return one, await resolve_host(live, "many.test", 2.0), waited
+
+            one, got, waited = trio.run(ask_both)
+            assert one == ["127.0.0.6"]
+            assert waited >= 0.9  # the silent one had its timeout before the next was asked
+            assert got == sorted(many, key=ipaddress.ip_address)
+            # The UDP answer came truncated: the raw answer has the TC bit and fewer records.
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+                raw.settimeout(5)
+                raw.sendto(encode_query("many.test", TYPE_A, 7), ("127.0.0.1", port))
+                data = raw.recv(65535)
+            assert struct.unpack_from("!H", data, 2)[0] & 0x0200
+            assert len(data) <= 512
+            # An NXDOMAIN of the first is the answer: the second is not asked.
+            with pytest.raises(DNSError, match="NXDOMAIN"):
+                trio.run(resolve_host, f"{live} {dead}", "missing.test", 1.0)
+            # Two rounds through the list when nobody answers: each server timed out twice.
+            started = time.monotonic()
+            with pytest.raises(DNSError, match="did not answer"):
+                trio.run(query, dead, "one.test", TYPE_A, 0.3, 2)
+            assert time.monotonic() - started >= 0.55
+    finally:
+        silent.close()
