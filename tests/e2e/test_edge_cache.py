@@ -239,6 +239,22 @@ def test_purge_through_the_control_channel(tmp_path: pathlib.Path) -> None:
             assert ("hit", 4) in samples and ("miss", 8) in samples
 
 
+def test_with_a_path_two_processes_share_the_lock(tmp_path: pathlib.Path) -> None:
+    # Each request comes on a new connection, so both processes get some of
+    # them; the lock file makes one fill for the whole front-end.
+    port = free_port()
+    path = tmp_path / "cluster.toml"
+    with worker_process(APP) as (worker, _):
+        cache = f'valid = {{ 200 = "1m" }}\nlock = true\nlock_timeout = "30s"\npath = "{tmp_path / "cache"}"'
+        path.write_text(cluster_file(port, worker, cache, processes=2))
+        with frontend_from_file(path, port):
+            with concurrent.futures.ThreadPoolExecutor(20) as pool:
+                results = list(pool.map(lambda _: get(port, "/c/hot?sleep_ms=700"), range(20)))
+            assert calls(port) == 1
+            assert sorted(word for _, word, _ in results) == ["HIT"] * 19 + ["MISS"]
+            assert not list((tmp_path / "cache" / "locks").iterdir())  # the filler let go
+
+
 def test_two_processes_share_the_directory_and_its_purge(tmp_path: pathlib.Path) -> None:
     port, cport = free_port(), free_port()
     control = f"127.0.0.1:{cport}"

@@ -5,8 +5,10 @@ keeps the entries (``_cache_store``), resolves ``Vary`` (a marker entry under
 the key names the request headers; each variant has a key of its own), and
 knows which keys are being filled now (``filling``: one event per key, which
 the filler sets when its answer is stored), for ``lock`` and
-``use_stale = ["updating"]``. A fill lock is per process: with N processes
-sharing a directory, at most N requests fill one key at once.
+``use_stale = ["updating"]``. With ``lock`` and a ``path``, the processes
+sharing the directory share the fill locks too (a lock file per key being
+filled, ``DiskStore.lock``): a request whose key another process fills waits
+for that fill as for one of its own process.
 
 ``route_caches`` makes a site's caches, taking over a previous site's cache
 when the route (its path match and cache settings) is unchanged, so a reload
@@ -35,6 +37,8 @@ PURGE_USAGE = "purge ROUTE | purge KEY | purge KEY_PREFIX*"
 WORDS = (HIT, MISS, EXPIRED, STALE, UPDATING, BYPASS)
 #: Keys whose requests are counted for ``min_uses`` at most, per route and process (the least recent go).
 MAX_COUNTED = 10_000
+#: How often a request waiting on another process's fill looks whether it ended (seconds).
+LOCK_POLL = 0.02
 
 
 class RouteCache:
@@ -54,6 +58,8 @@ class RouteCache:
         self.filling: dict[bytes, trio.Event] = {}
         #: Requests answered, by X-Cache-Status word (the status page's).
         self.answers: dict[bytes, int] = dict.fromkeys(WORDS, 0)
+        #: Keys whose shared lock file this process holds (``DiskStore.lock``).
+        self.disk_locks: set[bytes] = set()
         #: For ``min_uses``: per key not stored yet, (requests counted, when the last came).
         self.uses: collections.OrderedDict[bytes, tuple[int, float]] = collections.OrderedDict()
 
@@ -147,7 +153,25 @@ class RouteCache:
         if key in self.filling:
             return None
         event = self.filling[key] = trio.Event()
-        return event
+        disk = self.disk
+        if disk is None or not self.config.lock or self.nursery is None:
+            return event
+        if disk.lock(key, self.config.lock_timeout):
+            self.disk_locks.add(key)
+            return event
+        try:  # another process fills it: this process's requests wait until its lock goes
+            self.nursery.start_soon(self._watch_other_fill, key, event)
+        except RuntimeError:  # the front-end is stopping
+            return event
+        return None
+
+    async def _watch_other_fill(self, key: bytes, event: trio.Event) -> None:
+        disk = self.disk
+        assert disk is not None
+        with trio.move_on_after(self.config.lock_timeout):
+            while disk.locked(key):
+                await trio.sleep(LOCK_POLL)
+        self.end_fill(key, event)
 
     def end_fill(self, key: bytes, event: trio.Event) -> None:
         """The fill of ``key`` that ``begin_fill`` gave ``event`` ended (stored or not): wake who waits for it.
@@ -156,6 +180,9 @@ class RouteCache:
         """
         if self.filling.get(key) is event:
             del self.filling[key]
+            if key in self.disk_locks:
+                self.disk_locks.discard(key)
+                self.disk.unlock(key)  # type: ignore[union-attr]
         event.set()
 
     # -- purge ----------------------------------------------------------------------

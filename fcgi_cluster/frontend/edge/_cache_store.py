@@ -32,6 +32,7 @@ import logging
 import os
 import struct
 import tempfile
+import time
 
 from ._cache_policy import key_hash
 
@@ -228,6 +229,47 @@ class DiskStore:
     def remove(self, key: bytes) -> bool:
         return _unlink(self.file_of(key))
 
+    # -- fill locks shared by the processes (``locks/``, skipped by ``files``) --------
+
+    def _lock_file(self, key: bytes) -> str:
+        return os.path.join(self.directory, "locks", key_hash(key))
+
+    def lock(self, key: bytes, stale_after: float) -> bool:
+        """Take ``key``'s fill lock for every process of the directory; False while another process holds it.
+
+        A lock whose holder is gone, or older than ``stale_after`` seconds
+        (as nginx's ``cache_lock_age``), is taken over. When no lock file can
+        be made at all, the fill goes ahead (per process only, as before).
+        """
+        path = self._lock_file(key)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                if not _stale_lock(path, stale_after):
+                    return False
+                _unlink(path)
+                continue
+            except FileNotFoundError:
+                try:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                except OSError:
+                    return True
+                continue
+            except OSError:
+                return True
+            with os.fdopen(fd, "wb") as out:
+                out.write(b"%d\n" % os.getpid())
+            return True
+        return False
+
+    def locked(self, key: bytes) -> bool:
+        """Whether some process holds ``key``'s fill lock."""
+        return os.path.exists(self._lock_file(key))
+
+    def unlock(self, key: bytes) -> None:
+        _unlink(self._lock_file(key))
+
     def files(self) -> list[tuple[str, os.stat_result]]:
         """Every entry file, with its stat."""
         out = []
@@ -308,6 +350,25 @@ def _parse(src: object, key: bytes | None) -> Entry | None:
         )
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _stale_lock(path: str, stale_after: float) -> bool:
+    """Whether a fill lock file is left by a process that is gone, or older than ``stale_after`` seconds."""
+    try:
+        with open(path, "rb") as src:
+            pid = int(src.read(32) or b"0")
+        age = time.time() - os.stat(path).st_mtime
+    except (OSError, ValueError):
+        return False  # being written or just removed: look again on the next poll
+    if age > stale_after:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        pass
+    return False
 
 
 def _unlink(path: str) -> bool:

@@ -188,6 +188,31 @@ def test_two_processes_writing_one_directory_keep_it_near_its_bound(tmp_path: pa
     assert 50_000 < total <= 100_000 * 12 // 10
 
 
+def test_a_fill_lock_file_is_held_once_and_taken_over_from_a_gone_or_old_holder(tmp_path: pathlib.Path) -> None:
+    import subprocess
+    import time
+    import sys
+
+    first, second = DiskStore(str(tmp_path / "c"), 100_000), DiskStore(str(tmp_path / "c"), 100_000)
+    assert first.lock(b"k", 30) and first.locked(b"k")
+    assert not second.lock(b"k", 30)  # held by a live process (this one)
+    assert second.lock(b"other", 30)  # another key is free
+    first.unlock(b"k")
+    assert not first.locked(b"k") and second.lock(b"k", 30)
+    # A holder that is gone: its lock is taken over at once.
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock_file = second._lock_file(b"k")
+    pathlib.Path(lock_file).write_text(gone.stdout)
+    assert first.lock(b"k", 30)
+    # A live holder's lock older than the bound (nginx's cache_lock_age) is taken over too.
+    pathlib.Path(lock_file).write_text("1\n")
+    assert not second.lock(b"k", 30)
+    os.utime(lock_file, (time.time() - 60, time.time() - 60))
+    assert second.lock(b"k", 30)
+    # Entry files and their scans never see the lock files.
+    assert first.files() == [] and first.clear() == 0 and second.locked(b"k")
+
+
 async def test_a_route_cache_with_vary_purge_and_a_reload(tmp_path: pathlib.Path) -> None:
     cfg = config(path=str(tmp_path / "c"), memory_entry_size=4)
     cache = RouteCache(cfg, None)
