@@ -248,6 +248,8 @@ class UpstreamConfig:
         temp_path: directory of the temporary files (nginx
             ``fastcgi_temp_path``); "" for $TMPDIR, else /tmp. The files have
             no name: they vanish when the answer ends or the process dies.
+        status_path: the pm.status_path of this upstream's pools, which the
+            dashboard fetches; "": the front-end's ``pool_status_path``.
         resolve: seconds between two resolutions of servers given by host
             name, each address a server of its own (``_resolve``); 0: resolved
             by the system at each connection, as written.
@@ -290,6 +292,7 @@ class UpstreamConfig:
     max_temp_file_size: int = 1024 * MiB  # nginx fastcgi_max_temp_file_size
     temp_path: str = ""
     resolve: float = 0 * SECONDS  # off, as nginx's server without "resolve"
+    status_path: str = ""  # the dashboard's: [frontend] pool_status_path unless set
 
 
 @dataclass(frozen=True, slots=True)

@@ -359,6 +359,7 @@ UPSTREAM: tuple[Key, ...] = (
     Key("health_check", None, _U["health_check"], "the [upstream.NAME.health_check] table: active checks; none is passive only"),
     Key("resolve", _any_seconds, _U["resolve"], "re-resolve servers given by host name this often, each address a server; 0 for never", "s"),
     *BUFFERING,
+    Key("status_path", optional_url_path, _U["status_path"], "this pool's pm.status_path for the dashboard; \"\" for [frontend] pool_status_path"),
 )  # fmt: skip
 
 _S = _defaults(ServerSpec)

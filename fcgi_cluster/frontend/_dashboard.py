@@ -34,14 +34,20 @@ async def pool_statuses(server: typing.Any) -> dict[str, object]:
     Returns:
         ``{"path": ..., "pools": {address: {"status": {...}} or {"error": "..."}}}``.
     """
-    path = server.frontend.pool_status_path
-    addresses = sorted({s.address for up in server.site.upstreams.values() for s in up.servers})
+    default = server.frontend.pool_status_path
+    paths: dict[str, str] = {}  # address -> its pool's status path
+    for up in server.site.upstreams.values():
+        path = up.config.status_path or default
+        for s in up.servers:
+            if path:
+                paths.setdefault(s.address, path)
+    addresses = sorted(paths)
     pools: dict[str, object] = {}
-    if not path:
+    if not paths:
         return {"path": "", "pools": pools}
-    params = cgi_params("GET", f"{path}?json", headers={"User-Agent": "fcgi-cluster dashboard"})
 
     async def fetch(address: str) -> None:
+        params = cgi_params("GET", f"{paths[address]}?json", headers={"User-Agent": "fcgi-cluster dashboard"})
         with trio.move_on_after(POOL_STATUS_TIMEOUT):
             try:
                 async with open_connection(address, connect_timeout=POOL_STATUS_TIMEOUT) as conn:
@@ -60,7 +66,7 @@ async def pool_statuses(server: typing.Any) -> dict[str, object]:
     async with trio.open_nursery() as nursery:
         for address in addresses:
             nursery.start_soon(fetch, address)
-    return {"path": path, "pools": {address: pools[address] for address in addresses}}
+    return {"path": ", ".join(sorted(set(paths.values()))), "pools": {address: pools[address] for address in addresses}}
 
 
 PAGE = """<!DOCTYPE html>

@@ -10,6 +10,7 @@ Set DASHBOARD_SCREENSHOT=PATH to keep its screenshot (docs/dashboard.png is made
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import pathlib
 import re
@@ -94,3 +95,34 @@ def test_dashboard_with_a_control_token_asks_with_the_token_after_the_hash(tmp_p
         assert re.search(r'data-updates="0"', page), page[-2000:]
         assert "HTTP 401" in page and "/#TOKEN" in page, page[-2000:]
         assert process.poll() is None
+
+
+def test_each_upstream_may_name_its_pools_status_path(tmp_path: pathlib.Path) -> None:
+    # Two pools with different pm.status_path: one upstream names its own, the
+    # other takes the front-end's pool_status_path; /pools fetches each at its path.
+    port, cport, first, second = free_port(), free_port(), free_port(), free_port()
+    for name, pool_port, status_path in (("one", first, "/fpm-status"), ("two", second, "/status")):
+        (tmp_path / f"{name}.conf").write_text(
+            f"[{name}]\nlisten = 127.0.0.1:{pool_port}\napp = workers.hello:app\npm = static\n"
+            f"pm.max_children = 1\npm.status_path = {status_path}\n")
+    path = tmp_path / "cluster.toml"
+    path.write_text(
+        f'[frontend]\nlisten = "127.0.0.1:{port}"\naccess_log = false\ncontrol = "127.0.0.1:{cport}"\n'
+        f'pool_status_path = "/status"\n\n'
+        f'[upstream.one]\nservers = ["127.0.0.1:{first}"]\nstatus_path = "/fpm-status"\n\n'
+        f'[upstream.two]\nservers = ["127.0.0.1:{second}"]\n\n'
+        '[[route]]\nprefix = "/one/"\nupstream = "one"\n\n[[route]]\nprefix = "/"\nupstream = "two"\n')
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+
+    def pool(name: str, pool_port: int):
+        argv = [python_executable(), "-m", "fcgi_cluster.cli", "worker", "-c", str(tmp_path / f"{name}.conf")]
+        return run_process(argv, cwd=REPO_ROOT, env=env, ready_port=pool_port, name=f"pool {name}")
+
+    with pool("one", first), pool("two", second), frontend_from_file(path, port):
+        status, _, body = http_get(cport, "/pools")
+        assert status == 200, body
+        report = json.loads(body)
+        pools = report["pools"]
+        assert pools[f"127.0.0.1:{first}"]["status"]["pool"] == "one", pools
+        assert pools[f"127.0.0.1:{second}"]["status"]["pool"] == "two", pools
+        assert report["path"] == "/fpm-status, /status"

@@ -399,7 +399,7 @@ def test_wrong_types() -> None:
         "cluster.toml:3: upstream.app.route: unknown key; expected one of: servers, balance, hash_key, multiplex, "
         "connections, keepalive, connect_timeout, send_timeout, read_timeout, dead_host_timeout, ping_interval, ping_timeout, "
         "tries, next_upstream_timeout, "
-        "next_upstream_non_idempotent, health_check, resolve, buffering, buffer_size, max_temp_file_size, temp_path"
+        "next_upstream_non_idempotent, health_check, resolve, buffering, buffer_size, max_temp_file_size, temp_path, status_path"
     )
     assert error_of("route = 1\n" + UPSTREAM) == "cluster.toml:1: route: must be an array of tables ([[route]]), got 1"
     assert error_of(UPSTREAM + "[frontend]\naccess_log = true\n") == (
