@@ -9,15 +9,17 @@ streams each and sends ``--requests`` requests per scenario (answers of 5 B and
 16 KiB, ``?size=N``); each row is the median of ``--rounds`` rounds, the two front
 doors interleaved.
 
+The suite runs it as its ``http2`` part (``benchmarks/suite.py --only http2``).
+
 Usage: python benchmarks/http2.py [--quick] [--requests N] [--connections C] [--streams M] [--rounds R]
-Writes benchmarks/results/<UTC timestamp>-http2/results.json and report.md.
+Writes benchmarks/results/<UTC timestamp>-http2/results.json and report.md (``write_part``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import dataclasses
 import os
 import pathlib
 import re
@@ -31,7 +33,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from _common import fcgi_cluster_command, machine, stamp  # noqa: E402
+from _common import Unavailable, fcgi_cluster_command, stamp, write_part  # noqa: E402
+from _progress import Progress  # noqa: E402
 
 from tests._peers import LOOPBACK, free_port, run_process  # noqa: E402
 
@@ -39,6 +42,28 @@ SCENARIOS = {"5 B": 5, "16 KiB": 16 * 1024}
 FRONT_DOORS = ("ours", "nginx")
 _RESULT = re.compile(r"finished in ([\d.]+)(ms|s), ([\d.]+) req/s")
 _COUNTS = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed")
+#: Streams per connection for both front doors: more than h2load sends on one (nginx's
+#: default of 1000, and ours, the same key, would end its connections early and h2load
+#: counts their unsent requests as failed).
+KEEPALIVE_REQUESTS = 1_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """h2load's load per run (``-n``, ``-c``, ``-m``) and the rounds of every row."""
+
+    requests: int = 20000
+    connections: int = 10
+    streams: int = 10
+    rounds: int = 3
+
+
+QUICK = Settings(requests=2000, rounds=1)
+
+
+def steps(settings: Settings) -> int:
+    """h2load runs ``run`` makes."""
+    return settings.rounds * len(SCENARIOS) * len(FRONT_DOORS)
 
 
 def our_front_door(stack: contextlib.ExitStack, directory: pathlib.Path, workers: list[int]) -> int:
@@ -52,6 +77,7 @@ def our_front_door(stack: contextlib.ExitStack, directory: pathlib.Path, workers
         access_log = false
         http2 = true
         http2_max_concurrent_streams = 128
+        keepalive_requests = {KEEPALIVE_REQUESTS}
         [upstream.app]
         servers = [{servers}]
         """))
@@ -78,9 +104,7 @@ def nginx_front_door(stack: contextlib.ExitStack, directory: pathlib.Path, worke
         events {{ worker_connections 4096; }}
         http {{
             access_log off;
-            # Its default of 1000 streams per connection would end h2load's connections early
-            # (h2load counts their unsent requests as failed); ours has no such bound.
-            keepalive_requests 1000000;
+            keepalive_requests {KEEPALIVE_REQUESTS};
             client_body_temp_path {work}/client_body_temp;
             fastcgi_temp_path {work}/fastcgi_temp;
             proxy_temp_path {work}/proxy_temp;
@@ -119,7 +143,19 @@ def h2load(port: int, size: int, requests: int, connections: int, streams: int) 
     return {"req_per_s": float(speed.group(3)), "succeeded": int(counts.group(4)), "failed": int(counts.group(5))}
 
 
-def run(args: argparse.Namespace, out: pathlib.Path) -> dict:
+def run(settings: Settings, out: pathlib.Path, progress: Progress | None = None) -> dict:
+    """Load every row with h2load, the front doors interleaved; the part of results.json it makes.
+
+    Raises:
+        Unavailable: h2load or nginx is not installed.
+
+    Resource handling: the workers and both front doors are stopped (by PID) before it returns.
+    """
+    for binary in ("h2load", "nginx"):
+        if shutil.which(binary) is None:
+            raise Unavailable(f"{binary} is missing (scripts/install-deps.sh installs it)")
+    progress = progress or Progress(steps(settings))
+    out.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         workers = []
         for _ in range(2):
@@ -130,11 +166,13 @@ def run(args: argparse.Namespace, out: pathlib.Path) -> dict:
             workers.append(port)
         ports = {"ours": our_front_door(stack, out, workers), "nginx": nginx_front_door(stack, out, workers)}
         runs: dict[str, dict[str, list[dict]]] = {s: {f: [] for f in FRONT_DOORS} for s in SCENARIOS}
-        for _ in range(args.rounds):
+        for _ in range(settings.rounds):
             for scenario, size in SCENARIOS.items():
                 for front in FRONT_DOORS:
-                    runs[scenario][front].append(h2load(ports[front], size, args.requests, args.connections,
-                                                        args.streams))
+                    one = h2load(ports[front], size, settings.requests, settings.connections, settings.streams)
+                    runs[scenario][front].append(one)
+                    progress.step(f"http2 {scenario:7} {front:6} {one['req_per_s']:9,.0f} req/s"
+                                  + (f"  [{one['failed']} failed]" if one["failed"] else ""))
     rows = []
     for scenario in SCENARIOS:
         for front in FRONT_DOORS:
@@ -142,15 +180,16 @@ def run(args: argparse.Namespace, out: pathlib.Path) -> dict:
             rows.append({"scenario": scenario, "front": front,
                          "req_per_s": statistics.median(r["req_per_s"] for r in got),
                          "failed": sum(r["failed"] for r in got), "runs": got})
-    return {"machine": machine(), "settings": vars(args), "rows": rows}
+    return {"settings": dataclasses.asdict(settings), "rows": rows}
 
 
-def report(results: dict) -> str:
-    s = results["settings"]
-    lines = [f"# HTTP/2 (h2c, h2load -n {s['requests']} -c {s['connections']} -m {s['streams']}, "
-             f"median of {s['rounds']})", "", "| answer | front door | req/s | vs nginx | failed |", "|---|---|---|---|---|"]
-    nginx = {r["scenario"]: r["req_per_s"] for r in results["rows"] if r["front"] == "nginx"}
-    for row in results["rows"]:
+def report(part: dict) -> str:
+    """The part's table, in Markdown."""
+    s = part["settings"]
+    lines = [f"HTTP/2 over h2c: h2load -n {s['requests']} -c {s['connections']} -m {s['streams']}, "
+             f"the median of {s['rounds']} round(s).", "", "| answer | front door | req/s | vs nginx | failed |", "|---|---|---|---|---|"]
+    nginx = {r["scenario"]: r["req_per_s"] for r in part["rows"] if r["front"] == "nginx"}
+    for row in part["rows"]:
         ratio = row["req_per_s"] / nginx[row["scenario"]] if nginx[row["scenario"]] else 0
         lines.append(f"| {row['scenario']} | {row['front']} | {row['req_per_s']:.0f} | {ratio:.2f}x | {row['failed']} |")
     return "\n".join(lines) + "\n"
@@ -159,27 +198,22 @@ def report(results: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run: 1 round of 2000 requests")
-    parser.add_argument("--requests", type=int, default=20000)
-    parser.add_argument("--connections", type=int, default=10)
-    parser.add_argument("--streams", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=None, help=f"requests per run (default {Settings.requests})")
+    parser.add_argument("--connections", type=int, default=Settings.connections)
+    parser.add_argument("--streams", type=int, default=Settings.streams)
+    parser.add_argument("--rounds", type=int, default=None, help=f"rounds (default {Settings.rounds})")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args()
-    if args.quick:
-        args.requests, args.rounds = min(args.requests, 2000), 1
-    for binary in ("h2load", "nginx"):
-        if shutil.which(binary) is None:
-            print(f"http2: {binary} is missing (scripts/install-deps.sh installs it)", file=sys.stderr)
-            return 2
+    base = QUICK if args.quick else Settings()
+    settings = Settings(requests=args.requests or base.requests, connections=args.connections,
+                        streams=args.streams, rounds=args.rounds or base.rounds)
     out = args.out or ROOT / "benchmarks" / "results" / f"{stamp()}-http2"
-    out.mkdir(parents=True, exist_ok=True)
-    results = run(args, out)
-    results["settings"].pop("out", None)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    text = report(results)
-    (out / "report.md").write_text(text)
-    print(text)
-    print(f"written to {out}")
+    try:
+        part = run(settings, out)
+    except Unavailable as exc:
+        print(f"http2: {exc}", file=sys.stderr)
+        return 2
+    write_part(out, "http2", part, report(part))
     return 0
 
 

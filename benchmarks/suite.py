@@ -22,6 +22,8 @@ Parts, each our stack beside its peers in the same run, interleaved:
   echo's JSON answer (benchmarks/compression.py).
 * ``microcache``: workers/hello.py through our front door uncached and cached for 1 s,
   req/s and the worker's CPU (benchmarks/microcache.py).
+* ``http2``: h2load over h2c, our front door vs nginx (``http2``) in front of the same two
+  workers, answers of 5 B and 16 KiB (benchmarks/http2.py).
 
 Writes ``benchmarks/results/<UTC timestamp>/``: ``results.json`` (every run, the machine,
 the version of every peer), ``report.md`` (the headline, the goals, every table) and PNG
@@ -45,6 +47,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import compression  # noqa: E402
 import end_to_end  # noqa: E402
 import hello_world  # noqa: E402
+import http2  # noqa: E402
 import idle  # noqa: E402
 import microcache  # noqa: E402
 import pool  # noqa: E402
@@ -56,7 +59,7 @@ from _progress import Progress  # noqa: E402
 
 from tests._peers import PeerStartError  # noqa: E402
 
-PARTS = ("hello", "transport", "http", "scaling", "pool", "sessions", "idle", "slow", "compress", "microcache")
+PARTS = ("hello", "transport", "http", "scaling", "pool", "sessions", "idle", "slow", "compress", "microcache", "http2")
 # The stacks of the scaling sweep: every front door before our workers, and the PHP reference.
 SCALING_STACKS = ("ours -> ours", "nginx -> ours", "haproxy -> ours", "nginx -> php-fpm")
 # Where the headline figures are read: small answers at a moderate load.
@@ -77,6 +80,7 @@ def plan(quick: bool) -> dict:
             "slow": slow_readers.Settings(1.0, (0, 8), 1),
             "compress": compression.Settings(1.0, 1),
             "microcache": microcache.Settings(1.0, 1),
+            "http2": http2.QUICK,
         }
     return {
         "hello": hello_world.Settings(5.0, 2),
@@ -89,6 +93,7 @@ def plan(quick: bool) -> dict:
         "slow": slow_readers.Settings(4.0, (0, 8, 64), 2),
         "compress": compression.Settings(3.0, 2),
         "microcache": microcache.Settings(3.0, 2),
+        "http2": http2.Settings(),
     }
 
 
@@ -107,6 +112,7 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
         "slow": lambda: slow_readers.steps(settings["slow"]),
         "compress": lambda: compression.steps(settings["compress"]),
         "microcache": lambda: microcache.steps(settings["microcache"]),
+        "http2": lambda: http2.steps(settings["http2"]),
     }
     for part in parts:
         progress.add(counts[part]())
@@ -130,6 +136,8 @@ def run(parts: tuple[str, ...], quick: bool, out: pathlib.Path) -> dict:
                 results["parts"][part] = compression.run(settings[part], out / part, progress)
             elif part == "microcache":
                 results["parts"][part] = microcache.run(settings[part], out / part, progress)
+            elif part == "http2":
+                results["parts"][part] = http2.run(settings[part], out / part, progress)
             else:
                 results["parts"][part] = pool.run(progress=progress, **settings["pool"])
         except (Unavailable, PeerStartError, RuntimeError, OSError, ValueError) as exc:
@@ -253,7 +261,8 @@ def report(results: dict, plots: list[str]) -> str:
              "idle": "Idle keep-alive clients: front-door memory per client",
              "slow": "Slow readers: small requests beside clients that read large answers slowly",
              "compress": "Compression: the front door's CPU per request",
-             "microcache": "Microcaching: workers/hello.py uncached and cached for 1 s"}
+             "microcache": "Microcaching: workers/hello.py uncached and cached for 1 s",
+             "http2": "HTTP/2: h2load over h2c, ours vs nginx in front of the same workers"}
     for part, data in results["parts"].items():
         if part == "hello":
             continue
@@ -274,6 +283,8 @@ def report(results: dict, plots: list[str]) -> str:
             lines.append(compression.report(data).strip())
         elif part == "microcache":
             lines.append(microcache.report(data).strip())
+        elif part == "http2":
+            lines.append(http2.report(data).strip())
         else:
             lines.append(end_to_end.report(data).strip())
     if plots:

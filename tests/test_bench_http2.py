@@ -17,7 +17,8 @@ def test_http2_bench_quick_writes_rows_without_failures(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     results = json.loads((tmp_path / "results.json").read_text())
-    rows = {(r["scenario"], r["front"]): r for r in results["rows"]}
+    assert results["machine"]["cpus"]
+    rows = {(r["scenario"], r["front"]): r for r in results["http2"]["rows"]}
     assert set(rows) == {(s, f) for s in ("5 B", "16 KiB") for f in ("ours", "nginx")}
     for row in rows.values():
         assert row["failed"] == 0 and row["runs"][0]["succeeded"] == 400 and row["req_per_s"] > 0

@@ -25,10 +25,14 @@ def test_bench_quick_writes_results(tmp_path):
         assert results["machine"].get(fact), fact
     parts = results["parts"]
     assert set(parts) == {"hello", "transport", "http", "scaling", "pool", "sessions", "idle", "slow", "compress",
-                          "microcache"}
+                          "microcache", "http2"}
     for name, part in parts.items():
         assert "error" not in part, (name, part.get("error"))
     check_hello(parts["hello"])
+    # Both front doors answered every HTTP/2 request.
+    http2_rows = {(row["scenario"], row["front"]): row for row in parts["http2"]["rows"]}
+    assert set(http2_rows) == {(s, f) for s in ("5 B", "16 KiB") for f in ("ours", "nginx")}
+    assert all(row["failed"] == 0 and row["req_per_s"] > 0 for row in http2_rows.values()), http2_rows
     # Each compression case answered in its coding, smaller than the plain answer.
     compress = {row["case"]: row for row in parts["compress"]["summary"]}
     assert {case: row["coding"] for case, row in compress.items()} == {

@@ -289,7 +289,7 @@ FRONTEND: tuple[Key, ...] = (
     Key("body_timeout", _positive_seconds, _F["body_timeout"], "time allowed between two reads of the request body (408)", "s"),
     Key("keepalive_timeout", _positive_seconds, _F["keepalive_timeout"], "time an idle kept-alive connection stays open", "s"),
     Key("send_timeout", _positive_seconds, _F["send_timeout"], "time allowed between two writes to the client", "s"),
-    Key("keepalive_requests", integer(1, typed=True), _F["keepalive_requests"], "requests served on one connection before closing it"),
+    Key("keepalive_requests", integer(1, typed=True), _F["keepalive_requests"], "requests served on one connection before closing it (HTTP/2: streams, then GOAWAY)"),
     Key("max_request_line", size(1), _F["max_request_line"], "bytes in the request line (414)", "bytes"),
     Key("max_header_size", size(1), _F["max_header_size"], "bytes in the whole request head (431)", "bytes"),
     Key("max_headers", integer(1, typed=True), _F["max_headers"], "header fields in one request (431)"),

@@ -35,6 +35,7 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame
 
 from ._http import HTTPLimits, RequestHead
 
@@ -211,6 +212,8 @@ class H2Server:
         self._payload_left = 0
         self._block = 0
         self.error: H2Refused | None = None
+        #: Set by ``goaway``: the last stream served; the client's later ones are refused.
+        self.last_stream_id: int | None = None
 
     # --- receiving ---------------------------------------------------------------
 
@@ -334,6 +337,8 @@ class H2Server:
     def send_head(self, stream_id: int, status: int, headers: list[tuple[bytes, bytes]], end: bool) -> None:
         """A response's HEADERS frame (``headers`` with lower-case names, no hop-by-hop field)."""
         self._h2.send_headers(stream_id, [(b":status", b"%d" % status), *headers], end_stream=end)
+        if end:
+            self._answered(stream_id)
         self._take_output()
 
     def window(self, stream_id: int) -> int:
@@ -364,8 +369,19 @@ class H2Server:
             self._h2.end_stream(stream_id)
         except h2.exceptions.StreamClosedError:
             return False
+        self._answered(stream_id)
         self._take_output()
         return True
+
+    def _answered(self, stream_id: int) -> None:
+        """Our answer is whole: a body the client now ends short of its Content-Length is not an error.
+
+        (curl ends it so after an early 413; h2 would end the connection for
+        it, and has no public way to say otherwise.)
+        """
+        stream = self._h2.streams.get(stream_id)
+        if stream is not None:
+            stream._expected_content_length = None
 
     def ack(self, stream_id: int, flow: int) -> None:
         """Body bytes were taken: give their room back to the client (WINDOW_UPDATE)."""
@@ -385,10 +401,33 @@ class H2Server:
             return
         self._take_output()
 
+    def goaway(self, reason: str, last_stream_id: int | None = None) -> None:
+        """A graceful GOAWAY NO_ERROR: streams up to ``last_stream_id`` (default: the highest started) go on.
+
+        The connection stays open for them (h2's own GOAWAY would close its
+        state machine, and the DATA of streams in flight would be refused):
+        the frame is written here, and ``refuses`` tells which streams came
+        too late. A second call does nothing.
+        """
+        if self.last_stream_id is not None or self.error is not None:
+            return
+        last = self._h2.highest_inbound_stream_id if last_stream_id is None else last_stream_id
+        self.last_stream_id = last
+        self._take_output()
+        frame = GoAwayFrame(0, last_stream_id=last, error_code=ErrorCodes.NO_ERROR,
+                            additional_data=reason.encode()[:64]).serialize()
+        self._out.append(frame)
+        self.output_size += len(frame)
+
+    def refuses(self, stream_id: int) -> bool:
+        """The stream began after our GOAWAY's last stream: it must be refused (RST_STREAM REFUSED_STREAM)."""
+        return self.last_stream_id is not None and stream_id > self.last_stream_id
+
     def close(self, code: int = ErrorCodes.NO_ERROR, reason: str = "") -> None:
-        """GOAWAY: no new streams (after an idle timeout, or at shutdown)."""
+        """GOAWAY and the end of the connection (after an idle timeout, or at shutdown)."""
         try:
-            self._h2.close_connection(code, additional_data=reason.encode()[:64] or None)
+            self._h2.close_connection(code, additional_data=reason.encode()[:64] or None,
+                                      last_stream_id=self.last_stream_id)
         except h2.exceptions.ProtocolError:
             return
         self._take_output()

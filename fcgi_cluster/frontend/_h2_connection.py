@@ -53,9 +53,17 @@ class H2Connection:
         make_view: a new ``SiteView`` for each stream (a view pins the site
             of one request at a time).
         initial: bytes already read from the client (the preface, on h2c).
+        stopping: set when the front-end stops: a GOAWAY at once, the streams
+            begun are answered, the connection closes once they are.
+
+    Closing gracefully: at ``stopping``, and after ``keepalive_requests``
+    streams (as nginx since 1.19.7), a GOAWAY NO_ERROR names the last stream
+    served; later streams are refused (RST_STREAM REFUSED_STREAM, which a
+    client retries elsewhere) and the connection closes when no stream is left.
     """
 
-    def __init__(self, conn: ClientConnection, make_view: Callable[[], typing.Any], initial: bytes = b"") -> None:
+    def __init__(self, conn: ClientConnection, make_view: Callable[[], typing.Any], initial: bytes = b"",
+                 stopping: trio.Event | None = None) -> None:
         self.conn = conn
         self._make_view = make_view
         self._initial = initial
@@ -72,6 +80,12 @@ class H2Connection:
         self._broken = False
         self._sending = False  # the writer is within a write
         self._in_write = 0  # bytes of that write
+        self._stopping = stopping
+        self._started = 0  # streams begun (keepalive_requests)
+        self._closing = False  # the client said GOAWAY
+        self._receiving: trio.CancelScope | None = None  # the reader's wait for bytes
+        #: Streams answered before their body ended: body bytes dropped since (``_drop``).
+        self._dropping: dict[int, int] = {}
 
     # --- what streams call -------------------------------------------------------------
 
@@ -127,6 +141,8 @@ class H2Connection:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
+                if self._stopping is not None:
+                    nursery.start_soon(self._goaway_at_stop, self._stopping)
                 try:
                     await self._reader(nursery)
                 finally:
@@ -146,6 +162,25 @@ class H2Connection:
             await self._say_goodbye()
             self.conn.server.connections.release()
             await trio.aclose_forcefully(io.transport if io.stream is io.transport else io.stream)
+
+    @property
+    def _draining(self) -> bool:
+        """No new streams come (a GOAWAY either way): the connection ends with its last stream."""
+        return self._closing or self.proto.last_stream_id is not None
+
+    def _goaway(self, reason: str, last_stream_id: int | None = None) -> None:
+        self.proto.goaway(reason, last_stream_id)
+        self._queued_output()
+        self._end_if_idle()
+
+    def _end_if_idle(self) -> None:
+        """Draining and no stream left: stop the reader's wait, so the connection closes now."""
+        if self._draining and not self.streams and self._receiving is not None:
+            self._receiving.cancel()
+
+    async def _goaway_at_stop(self, stopping: trio.Event) -> None:
+        await stopping.wait()
+        self._goaway("stopping")
 
     async def _say_goodbye(self) -> None:
         """A GOAWAY before the close when the connection ends without one (the front-end stops).
@@ -194,7 +229,6 @@ class H2Connection:
         receive = self.conn.io.stream.receive_some
         data = self._initial
         self._queued_output()  # our SETTINGS
-        closing = False
         while not self._broken:
             if data:
                 try:
@@ -205,17 +239,23 @@ class H2Connection:
                     self._queued_output()
                     return
                 for event in events:
-                    closing = self._dispatch(event, nursery) or closing
+                    self._closing = self._dispatch(event, nursery) or self._closing
                 self._queued_output()
-            if closing and not self.streams:
+            if self._draining and not self.streams:
                 return
             idle = fe.keepalive_timeout if not self.streams else float("inf")
+            scope = self._receiving = trio.CancelScope(deadline=trio.current_time() + idle)
             try:
-                with trio.move_on_after(idle) as scope:
+                with scope:
                     data = await receive(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return  # reset by the client (or closed by the writer after a failed send)
+            finally:
+                self._receiving = None
             if scope.cancelled_caught:
+                if self._draining:  # ``_end_if_idle``
+                    data = b""
+                    continue
                 self.proto.close(ErrorCodes.NO_ERROR, "idle")
                 self._queued_output()
                 return
@@ -236,8 +276,7 @@ class H2Connection:
         assert isinstance(event, (Data, EndStream, Reset, WindowOpened))
         stream = self.streams.get(event.stream_id)
         if stream is None:
-            if isinstance(event, Data):  # a stream answered already: its window room goes back
-                self.proto.ack(event.stream_id, event.flow)
+            self._drop(event)
             return False
         if isinstance(event, Data):
             stream.pending.append((event.data, event.flow))
@@ -248,7 +287,32 @@ class H2Connection:
         stream.wake()
         return False
 
+    def _drop(self, event: Data | EndStream | Reset | WindowOpened) -> None:
+        """An event of a stream answered already: its body is dropped, its window room given back.
+
+        A client that sends on for more than two stream windows after the
+        answer is asked to stop: RST_STREAM NO_ERROR (RFC 9113 8.1). Not at
+        once: curl up to 7.88 at least takes an RST_STREAM that comes with
+        the answer as a failure and drops the answer; it stops sending on
+        its own once it reads it, and ends its body short (no error here).
+        """
+        stream_id = event.stream_id
+        if isinstance(event, Data):
+            self.proto.ack(stream_id, event.flow)
+            dropped = self._dropping.get(stream_id)
+            if dropped is not None:
+                dropped += event.flow
+                self._dropping[stream_id] = dropped
+                if dropped > 2 * self.proto.limits.stream_window:
+                    del self._dropping[stream_id]
+                    self.proto.reset(stream_id, ErrorCodes.NO_ERROR)
+        elif isinstance(event, (EndStream, Reset)):
+            self._dropping.pop(stream_id, None)
+
     def _start(self, event: Request, nursery: trio.Nursery) -> None:
+        if self.proto.refuses(event.stream_id):
+            self.proto.reset(event.stream_id, ErrorCodes.REFUSED_STREAM)
+            return
         if len(self.streams) >= self.proto.limits.max_concurrent_streams:
             # Streams the client reset still being wound down count too: a
             # client cannot have more requests in work than it may have open.
@@ -260,6 +324,9 @@ class H2Connection:
         io.client_ended = event.ended
         self.streams[event.stream_id] = io
         nursery.start_soon(self._serve_stream, io, event)
+        self._started += 1
+        if self._started >= fe.keepalive_requests:
+            self._goaway("keepalive_requests", event.stream_id)
 
     async def _serve_stream(self, io: StreamIO, event: Request) -> None:
         """Answer one stream's request as any other; reset the stream if its answer could not end."""
@@ -296,13 +363,16 @@ class H2Connection:
             if not io.gone:
                 if not http.ended:
                     self.proto.reset(io.stream_id, ErrorCodes.INTERNAL_ERROR)
-                # Answered before the whole body came (an error, a 413): the rest is
-                # read and dropped, its window given back (``_dispatch``), as nginx
-                # discards it; a RST_STREAM NO_ERROR here makes curl drop the answer.
+                elif not io.client_ended:
+                    # Answered before the whole body came (an error, a 413): what
+                    # the client sends on is dropped, its window given back
+                    # (``_dispatch``), this stream only.
+                    self._dropping[io.stream_id] = 0
             # Window room of chunks never taken goes back to the connection.
             for _, flow in io.pending:
                 self.proto.ack(io.stream_id, flow)
             self._queued_output()
+            self._end_if_idle()
 
 
 def _code_name(code: int) -> str:
@@ -312,7 +382,8 @@ def _code_name(code: int) -> str:
         return str(code)
 
 
-async def choose_protocol(conn: ClientConnection, http2: bool, make_view: Callable[[], typing.Any]) -> object:
+async def choose_protocol(conn: ClientConnection, http2: bool, make_view: Callable[[], typing.Any],
+                          stopping: trio.Event | None = None) -> object:
     """The connection to drive for a new client: HTTP/2 when it asked for it, else ``conn`` (HTTP/1.1).
 
     Over TLS the ALPN protocol decides. On a cleartext listener with HTTP/2
@@ -325,7 +396,7 @@ async def choose_protocol(conn: ClientConnection, http2: bool, make_view: Callab
         return conn
     stream = io.stream
     if isinstance(stream, trio.SSLStream):
-        return H2Connection(conn, make_view) if stream.selected_alpn_protocol() == "h2" else conn
+        return H2Connection(conn, make_view, stopping=stopping) if stream.selected_alpn_protocol() == "h2" else conn
     data = b""
     with trio.move_on_after(conn.server.frontend.header_timeout):
         while len(data) < len(PREFACE) and PREFACE.startswith(data):
@@ -334,6 +405,6 @@ async def choose_protocol(conn: ClientConnection, http2: bool, make_view: Callab
                 break
             data += more
     if data.startswith(PREFACE):
-        return H2Connection(conn, make_view, data)
+        return H2Connection(conn, make_view, data, stopping)
     conn.http.receive_data(data)
     return conn

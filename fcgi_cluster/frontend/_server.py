@@ -80,6 +80,8 @@ class FrontendServer:
         #: Idle keep-alive connections' watcher, once serving (see ``_hub``).
         self.hub: Hub | None = None
         self._accepting = trio.CancelScope()
+        #: Set by ``stop_accepting``: HTTP/2 connections say GOAWAY at once.
+        self.stopping = trio.Event()
         self._ssl_context: ssl.SSLContext | None = None
         if fe.tls is not None:
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -250,6 +252,7 @@ class FrontendServer:
     def stop_accepting(self) -> None:
         """Stop taking new clients (shutdown); connections already open go on."""
         self._accepting.cancel()
+        self.stopping.set()
 
     async def _accept_loop(self, sock: socket.socket, nursery: trio.Nursery, index: int = 0) -> None:
         local = sock.getsockname()
@@ -327,7 +330,7 @@ class FrontendServer:
             if scope.cancelled_caught:
                 return None
         conn = self._connection(client, stream, params)
-        return await choose_protocol(conn, self._http2, self._view)  # type: ignore[return-value]
+        return await choose_protocol(conn, self._http2, self._view, self.stopping)  # type: ignore[return-value]
 
     def _connection_params(self, stream: trio.SocketStream, local: tuple, plan: object,
                            proxied: object) -> tuple[ConnectionParams, object]:

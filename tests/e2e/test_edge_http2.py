@@ -441,31 +441,6 @@ def test_streams_past_the_concurrency_limit_are_refused_and_the_rest_served(site
     neighbour_served(site.h2c_port)
 
 
-def test_a_stopping_front_end_finishes_streams_in_flight_then_says_goaway(tmp_path: pathlib.Path) -> None:
-    import signal
-
-    (tmp_path / "www").mkdir()
-    with worker_process("workers.echo:app") as (worker, _), \
-            frontend(tmp_path, "stopping", worker, "http2 = true\n") as port:
-        client = RawClient(port)
-        try:
-            client.events(h2.events.SettingsAcknowledged)
-            stream = client.headers("/slow?sleep_ms=1500")
-            client.flush()
-            time.sleep(0.5)  # the request reaches the worker, which sleeps
-            pid = int(re.search(r"frontend\[(\d+)\]", (tmp_path / "stopping.log").read_text()).group(1))
-            os.kill(pid, signal.SIGTERM)
-            events = client.events(h2.events.ConnectionTerminated)
-        finally:
-            client.close()
-    kinds = [type(e) for e in events]
-    assert h2.events.StreamEnded in kinds and h2.events.ConnectionTerminated in kinds
-    assert kinds.index(h2.events.StreamEnded) < kinds.index(h2.events.ConnectionTerminated)
-    ended = next(e for e in events if isinstance(e, h2.events.StreamEnded))
-    assert ended.stream_id == stream
-    assert next(e for e in events if isinstance(e, h2.events.ConnectionTerminated)).error_code == 0
-
-
 def test_a_reload_reaches_new_streams_of_a_connection_kept_open(tmp_path: pathlib.Path) -> None:
     import signal
 

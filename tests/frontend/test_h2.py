@@ -8,7 +8,7 @@ import h2.events
 import h2.settings
 import pytest
 from h2.errors import ErrorCodes
-from hyperframe.frame import ContinuationFrame, HeadersFrame
+from hyperframe.frame import ContinuationFrame, Frame, GoAwayFrame, HeadersFrame
 
 from fcgi_cluster.frontend._h2 import Data, EndStream, H2Limits, H2Refused, H2Server, Request, Reset, WindowOpened
 from fcgi_cluster.frontend._http import HTTPLimits
@@ -170,3 +170,44 @@ def test_http2_keys_default_and_errors_name_file_line_and_key() -> None:
         with pytest.raises(ConfigError) as info:
             parse_config(f"[frontend]\n{bad}\n" + base, "cluster.toml")
         assert str(info.value).startswith(f"cluster.toml:2: frontend.{bad.split()[0]}:"), str(info.value)
+
+
+def test_a_graceful_goaway_keeps_streams_in_flight_and_refuses_later_ones() -> None:
+    pair = Pair()
+    pair.pump()
+    first = pair.request(b"/up", end=False)
+    pair.pump()
+    pair.server.goaway("stopping")
+    goaway = pair.server.data_to_send()
+    # The client, before it reads the GOAWAY, sends more body and a new stream.
+    pair.client.send_data(first, b"rest", end_stream=True)
+    late = pair.request(b"/late")
+    events = pair.pump()
+    assert events[:2] == [Data(first, b"rest", 4), EndStream(first)]
+    assert pair.server.error is None
+    assert not pair.server.refuses(first) and pair.server.refuses(late)
+    # The GOAWAY frame as sent (the client side's h2 would take nothing after it).
+    frame, length = Frame.parse_frame_header(memoryview(goaway[:9]))
+    frame.parse_body(memoryview(goaway[9 : 9 + length]))
+    assert isinstance(frame, GoAwayFrame) and (frame.last_stream_id, frame.error_code) == (first, 0)
+    # A second call says nothing more; a later close names the same last stream.
+    pair.server.goaway("again")
+    assert not pair.server.has_output
+    pair.server.close()
+    pair.back()
+    terminated = [e for e in pair.client_events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert terminated and terminated[-1].last_stream_id == first
+
+
+def test_a_body_ended_short_after_the_answer_is_not_a_connection_error() -> None:
+    pair = Pair(http=HTTPLimits(max_body_size=100))
+    pair.pump()
+    stream = pair.request(b"/up", extra=[(b"content-length", b"1000")], end=False)
+    pair.client.send_data(stream, b"x" * 10)
+    request = pair.pump()[0]
+    assert request.refusal is not None and request.refusal[0] == 413
+    pair.server.send_head(stream, 413, [], end=True)
+    pair.back()
+    pair.client.end_stream(stream)  # 10 bytes of a declared 1000
+    events = pair.pump()
+    assert EndStream(stream) in events and pair.server.error is None
