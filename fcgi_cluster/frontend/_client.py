@@ -251,6 +251,11 @@ class ClientConnection:
         self.http.receive_data(data)
         self._next_in_hub()
 
+    def feed(self, data: bytes) -> None:
+        """Bytes of this client read before it came here (while choosing its protocol): parsed as its own."""
+        self._received = bool(data)
+        self.http.receive_data(data)
+
     def _next_in_hub(self) -> None:
         """The parser's next event, for a connection the hub owns: answered here if it can be."""
         hub = self._hub

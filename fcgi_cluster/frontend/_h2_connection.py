@@ -406,5 +406,5 @@ async def choose_protocol(conn: ClientConnection, http2: bool, make_view: Callab
             data += more
     if data.startswith(PREFACE):
         return H2Connection(conn, make_view, data, stopping)
-    conn.http.receive_data(data)
+    conn.feed(data)  # an HTTP/1.1 head begun: header_timeout, then 408, as any other
     return conn

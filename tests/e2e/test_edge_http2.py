@@ -474,6 +474,21 @@ def test_a_reload_reaches_new_streams_of_a_connection_kept_open(tmp_path: pathli
             client.close()
 
 
+def test_an_unfinished_http_1_1_head_on_an_h2c_listener_gets_header_timeout_then_408(tmp_path: pathlib.Path) -> None:
+    # The bytes read to tell HTTP/1.1 from the h2c preface are a head begun:
+    # header_timeout, then 408, as on a listener without HTTP/2.
+    (tmp_path / "www").mkdir()
+    with frontend(tmp_path, "pieces", free_port(), 'http2 = true\nheader_timeout = "1s"\n') as port:
+        with socket.create_connection((LOOPBACK, port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n")  # and the rest never comes
+            started = time.monotonic()
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert time.monotonic() - started < TIMEOUT
+
+
 def test_edge_features_apply_to_streams_as_to_http_1_1(tmp_path: pathlib.Path) -> None:
     """A trusted proxy's X-Forwarded-For and a compressed route, over h2c."""
     port = free_port()
