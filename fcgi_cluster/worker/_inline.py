@@ -16,6 +16,10 @@ inline (the loop cannot wait for more of it).
 
 from __future__ import annotations
 
+import resource
+import time
+from typing import Any
+
 __all__ = ["InlinePolicy", "PROMOTE_AFTER", "QUICK_CALL", "SMALL_ANSWER"]
 
 #: Seconds a call may take (wall clock, GIL waits included) and still count as quick.
@@ -31,6 +35,21 @@ PROMOTE_AFTER = 64
 
 #: The most quick calls a promotion can come to need (after many demotions).
 _MOST_NEEDED = PROMOTE_AFTER * 4**6
+
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)  # Linux
+
+
+def _thread_usage() -> Any:
+    return resource.getrusage(_RUSAGE_THREAD) if _RUSAGE_THREAD is not None else None
+
+
+def _held_up(before: Any) -> bool:
+    """Since ``before``, did this thread block (a voluntary switch) or run for ``QUICK_CALL``?"""
+    if before is None:
+        return True
+    after = _thread_usage()
+    ran = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return after.ru_nvcsw > before.ru_nvcsw or ran >= QUICK_CALL
 
 
 class InlinePolicy:
@@ -60,6 +79,18 @@ class InlinePolicy:
                 self.inline = True
         else:
             self._streak = 0
+
+    @staticmethod
+    def clock() -> tuple[float, Any]:
+        """Taken on the loop's thread just before an inline call, for ``ran_inline_since``."""
+        return time.perf_counter(), _thread_usage()
+
+    def ran_inline_since(self, began: tuple[float, Any], size: int) -> None:
+        """An inline call begun at ``clock()`` answered ``size`` bytes; call on the same thread."""
+        seconds = time.perf_counter() - began[0]
+        if seconds >= QUICK_CALL and size < SMALL_ANSWER and not _held_up(began[1]):
+            seconds = 0.0  # only preempted: the app was quick
+        self.ran_inline(seconds, size)
 
     def ran_inline(self, seconds: float, size: int) -> None:
         """A call on the loop's thread took ``seconds`` and answered ``size`` bytes."""

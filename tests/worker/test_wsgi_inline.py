@@ -111,3 +111,30 @@ async def test_an_inline_app_that_raises_gives_a_500_and_the_next_request_is_ser
         assert answer.status == 500 and b"boom" not in answer.stdout
         answer = await web.request(params("/"))
         assert answer.body == b"ok"
+
+
+def test_an_inline_call_slow_from_blocking_or_from_work_demotes():
+    for stall in (lambda: time.sleep(QUICK_CALL * 3), lambda: _spin(QUICK_CALL * 3)):
+        policy = InlinePolicy()
+        for _ in range(PROMOTE_AFTER):
+            policy.ran_in_thread(0.0, 10)
+        began = policy.clock()
+        assert policy.inline
+        stall()
+        policy.ran_inline_since(began, 10)
+        assert not policy.inline
+
+
+def test_a_quick_inline_call_keeps_the_app_inline():
+    policy = InlinePolicy()
+    for _ in range(PROMOTE_AFTER):
+        policy.ran_in_thread(0.0, 10)
+    for _ in range(20):
+        policy.ran_inline_since(policy.clock(), 10)
+    assert policy.inline
+
+
+def _spin(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
