@@ -205,6 +205,11 @@ class RequestBody:
         return whole
 
     @property
+    def buffered_whole(self) -> bool:
+        """The whole body is here, in memory (an app on the loop's thread can read it without waiting)."""
+        return self._ended and not self._aborted and self._spool is None
+
+    @property
     def at_end(self) -> bool:
         """True when everything was received and read."""
         return self._ended and not self._available

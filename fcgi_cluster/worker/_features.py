@@ -414,10 +414,15 @@ class _Featured:
         if features._pages and features._page(ctx) is not None:
             return False  # ping and status pages take the task path (__call__)
         info = features._info(ctx)
+        begun = ended = False
 
         def over() -> None:
+            nonlocal ended
+            ended = True
             # On the loop, outside any task: nothing may be raised here.
             try:
+                if not begun:  # ended before start_nowait returned (an app run inline)
+                    features._begin(ctx, info, True)
                 features._end(ctx, info, True)
             except Exception:
                 log.exception("request %d: the pool features failed as it ended", ctx.request_id)
@@ -425,8 +430,11 @@ class _Featured:
 
         if not self._inner_nowait(ctx, over, spawn):
             return False
+        if ended:
+            return True  # over() has counted it from start to end
         # The app's thread has started, but its outcome reaches this loop only
         # after we return: the request counts as started before it can end.
+        begun = True
         features._begin(ctx, info, True)
         return True
 

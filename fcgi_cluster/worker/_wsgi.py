@@ -18,6 +18,10 @@ The app must then not block for long (nothing else runs meanwhile), its
 request body is read whole first (a body larger than ``input_buffer`` goes to
 a thread after all), and its response is held whole before it leaves.
 
+With threads, an app whose calls prove short and small runs on the loop's
+thread too, for requests whose body is buffered, until a call turns out slow
+(``_inline.InlinePolicy``).
+
 Error handling: an exception from the app before any body byte was sent gives a
 500 with a fixed body; after that the request ends with app status 1 (the web
 server sees a truncated answer). Either way the traceback goes to the worker's
@@ -41,6 +45,7 @@ from ._body import BodyAborted, RequestBody
 from ._config import WorkerConfig
 from ._connection import RequestCancelled, RequestContext
 from ._environ import cgi_environ, split_path
+from ._inline import InlinePolicy
 from ._threads import Handoff, ThreadPool, waits_for_loop
 
 __all__ = ["WSGIHandler"]
@@ -137,7 +142,7 @@ class _Call:
     __slots__ = (
         "app", "environ", "errors", "handoff", "status", "headers",
         "headers_sent", "batch", "batch_size", "resume", "aborted", "ctx", "batch_limit",
-        "lock", "batch_since", "delivering", "streamed",
+        "lock", "batch_since", "delivering", "streamed", "elapsed",
     )
 
     def __init__(self, app: Callable, environ: dict, errors: WSGIErrors, ctx: RequestContext) -> None:
@@ -165,6 +170,8 @@ class _Call:
         self.delivering = False
         #: Output left before the end of the response (taken when it ends).
         self.streamed = False
+        #: Seconds ``run`` spent calling the app and draining its answer.
+        self.elapsed = 0.0
 
     # --- PEP 3333 callables ------------------------------------------------
 
@@ -256,9 +263,11 @@ class _Call:
         # Published for the slow log (this thread's stack) and the terminate
         # timeout (is the app's code still running after its request ended?).
         self.ctx.app_thread = threading.get_ident()
+        began = time.perf_counter()
         try:
             outcome = self._run()
         finally:
+            self.elapsed = time.perf_counter() - began
             self.ctx.app_thread = None
         self.handoff.deliver(outcome)
 
@@ -367,6 +376,8 @@ class WSGIHandler:
         self.root_path = config.root_path
         #: Run the app on the event loop's thread (``threads = 0``).
         self.inline = config.threads == 0
+        #: With threads: may this app's next quick call skip them (``_inline``)?
+        self.quick = InlinePolicy()
         self.base = {
             "wsgi.version": (1, 0),
             "wsgi.multithread": not self.inline,
@@ -457,6 +468,11 @@ class WSGIHandler:
             return False
         environ, errors = self.environ(ctx)
         call = _Call(self.app, environ, errors, ctx)
+        quick = self.quick
+        if quick.inline and ctx.body.buffered_whole:
+            self._run_inline(ctx, call, quick)
+            done()
+            return True
         handoff = call.handoff
         flusher = self.flusher
 
@@ -476,6 +492,7 @@ class WSGIHandler:
         def delivered(value: tuple[int, bytes, bytes]) -> None:
             try:
                 kind, data, stderr = value
+                quick.ran_in_thread(call.elapsed, -1 if kind == _CHUNK else len(data))
                 ctx.log(stderr)
                 over()
                 if kind == _CHUNK:
@@ -496,6 +513,18 @@ class WSGIHandler:
         handoff.callback = delivered
         self.pool.start(call.run)
         return True
+
+    def _run_inline(self, ctx: RequestContext, call: _Call, quick: InlinePolicy) -> None:
+        """Run a call proven quick on the loop's thread and end its request (``_inline``)."""
+        call.batch_limit = math.inf
+        began = quick.clock()
+        kind, data, stderr = call._run()
+        quick.ran_inline_since(began, len(data))
+        try:
+            ctx.log(stderr)
+            self._finish(ctx, call, kind, data)
+        except Exception:  # on the loop, outside any task: never raised there
+            log.exception("request %d failed inside the worker", ctx.request_id)
 
     async def _stream_rest(self, ctx: RequestContext, call: _Call, first: bytes, done: Callable[[], None]) -> None:
         """``start_nowait``'s request from its first streamed piece on, in a task."""

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 import urllib.request
 from contextlib import asynccontextmanager
@@ -551,3 +552,31 @@ def test_sigusr1_reopens_the_logs_of_a_worker_process(tmp_path) -> None:
         assert process.poll() is None  # SIGUSR1 does not stop it
     assert '"GET /one" 200' in (tmp_path / "access.log.1").read_text()
     assert '"GET /two" 200' in log_path.read_text()
+
+
+async def test_requests_run_inline_are_counted_and_hooked_as_threaded_ones() -> None:
+    from fcgi_cluster.worker._inline import PROMOTE_AFTER
+
+    hooks, on_loop = Recorder(), []
+    loop_thread = threading.get_ident()
+
+    def app(environ, start_response):
+        on_loop.append(threading.get_ident() == loop_thread)
+        return hello.app(environ, start_response)
+
+    config = WorkerConfig(status_path="/status", hooks=hooks, pool_name="site", threads=4)
+    total = PROMOTE_AFTER + 10  # the last ten run on the loop's thread
+    async with worker(app, config) as (where, nursery):
+        async with connect(where, nursery) as web:
+            for i in range(total):
+                answer = await web.request(params(f"/n{i}"))
+                assert answer.body == b"hello" and answer.end.app_status == 0
+            status = await web.request(params("/status?json&full"))
+    assert on_loop == [False] * PROMOTE_AFTER + [True] * 10
+    hooks.assert_paired()
+    assert [i.uri for i in hooks.finished] == [f"/n{i}" for i in range(total)] + ["/status?json&full"]
+    assert all(i.status == 200 for i in hooks.finished)
+    doc = json.loads(status.body)
+    assert doc["accepted conn"] == total + 1 and doc["active processes"] == 1
+    (proc,) = doc["processes"]
+    assert proc["requests"] == total and proc["request uri"] == f"/n{total - 1}"

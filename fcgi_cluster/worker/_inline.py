@@ -1,0 +1,100 @@
+"""When a WSGI app proven quick may run on the event loop's thread, skipping the thread hand-off.
+
+A request handed to a pool thread costs two thread switches, a GIL hand-over
+and a wake-up of the loop: for a small answer, more than the app itself. A
+pool with threads may still run an app's call on the loop's own thread (as
+``threads = 0`` always does) once its calls have been seen to be short and
+small: ``PROMOTE_AFTER`` calls in a row in threads, each done in under
+``QUICK_CALL`` seconds with an answer under ``SMALL_ANSWER`` bytes.
+
+An inline call that turns out slow or large sends the app back to threads,
+and the next promotion needs four times as many quick calls in a row: an app
+with a slow route stalls the loop for at most one such call per promotion,
+and ever more rarely. Only requests whose whole body is already buffered run
+inline (the loop cannot wait for more of it).
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from typing import Any
+
+__all__ = ["InlinePolicy", "PROMOTE_AFTER", "QUICK_CALL", "SMALL_ANSWER"]
+
+#: Seconds a call may take (wall clock, GIL waits included) and still count as quick.
+#: A hello call takes about 30 us in a thread here; 2 ms is what the loop may
+#: be held up by the rare call that turns out slow.
+QUICK_CALL = 0.002
+
+#: Bytes of answer a quick call may return: an inline call holds its answer whole.
+SMALL_ANSWER = 64 * 1024
+
+#: Quick calls in a row in threads before the app runs inline.
+PROMOTE_AFTER = 64
+
+#: The most quick calls a promotion can come to need (after many demotions).
+_MOST_NEEDED = PROMOTE_AFTER * 4**6
+
+_RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)  # Linux
+
+
+def _thread_usage() -> Any:
+    return resource.getrusage(_RUSAGE_THREAD) if _RUSAGE_THREAD is not None else None
+
+
+def _held_up(before: Any) -> bool:
+    """Since ``before``, did this thread block (a voluntary switch) or run for ``QUICK_CALL``?"""
+    if before is None:
+        return True
+    after = _thread_usage()
+    ran = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return after.ru_nvcsw > before.ru_nvcsw or ran >= QUICK_CALL
+
+
+class InlinePolicy:
+    """Decides, from the calls seen so far, whether the next call may run inline.
+
+    Attributes:
+        inline: the next call (with its body buffered) runs on the loop's thread.
+    """
+
+    __slots__ = ("inline", "_streak", "_needed")
+
+    def __init__(self) -> None:
+        self.inline = False
+        self._streak = 0
+        self._needed = PROMOTE_AFTER
+
+    @property
+    def needed(self) -> int:
+        """Quick calls in a row that the next promotion needs."""
+        return self._needed
+
+    def ran_in_thread(self, seconds: float, size: int) -> None:
+        """A call in a pool thread took ``seconds`` and answered ``size`` bytes (-1: streamed)."""
+        if 0 <= size < SMALL_ANSWER and seconds < QUICK_CALL:
+            self._streak += 1
+            if self._streak >= self._needed:
+                self.inline = True
+        else:
+            self._streak = 0
+
+    @staticmethod
+    def clock() -> tuple[float, Any]:
+        """Taken on the loop's thread just before an inline call, for ``ran_inline_since``."""
+        return time.perf_counter(), _thread_usage()
+
+    def ran_inline_since(self, began: tuple[float, Any], size: int) -> None:
+        """An inline call begun at ``clock()`` answered ``size`` bytes; call on the same thread."""
+        seconds = time.perf_counter() - began[0]
+        if seconds >= QUICK_CALL and size < SMALL_ANSWER and not _held_up(began[1]):
+            seconds = 0.0  # only preempted: the app was quick
+        self.ran_inline(seconds, size)
+
+    def ran_inline(self, seconds: float, size: int) -> None:
+        """A call on the loop's thread took ``seconds`` and answered ``size`` bytes."""
+        if not (size < SMALL_ANSWER and seconds < QUICK_CALL):
+            self.inline = False
+            self._streak = 0
+            self._needed = min(self._needed * 4, _MOST_NEEDED)
