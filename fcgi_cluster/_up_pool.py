@@ -44,6 +44,7 @@ def cluster_pool_file(path: str, pool: str) -> PoolFile:
         pm="static",
         pm_max_children=1,
         threads=spec.threads,
+        threads_inline=spec.threads_inline,
         fcgi_max_reqs=spec.max_requests,
         fcgi_max_conns=spec.max_conns,
         clear_env=False,

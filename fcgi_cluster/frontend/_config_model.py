@@ -434,6 +434,7 @@ class ClusterPoolConfig:
         listen: the FastCGI address the pool serves, normalised.
         app: the WSGI or ASGI app, "module:attribute".
         threads: threads running sync (WSGI) app code at once.
+        threads_inline: run an app whose calls prove quick on the loop's thread.
         max_requests: requests in flight per connection (FCGI_MAX_REQS).
         max_conns: connections served at once (FCGI_MAX_CONNS).
         graceful_timeout: seconds in-flight requests may run after SIGTERM.
@@ -447,6 +448,7 @@ class ClusterPoolConfig:
     listen: str
     app: str
     threads: int = 16  # sync code must not block the loop; bounds its parallelism
+    threads_inline: bool = True  # an app proven quick runs on the loop (worker/_inline.py)
     max_requests: int = DEFAULT_MAX_REQUESTS  # keeps a multiplexed connection busy across a LAN
     max_conns: int = 1024  # further connections wait in the listen backlog
     graceful_timeout: float = 30 * SECONDS  # ordinary requests finish; a deploy still moves on

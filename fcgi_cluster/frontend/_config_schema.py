@@ -448,6 +448,7 @@ POOL: tuple[Key, ...] = (
     Key("listen", address, REQUIRED, "the FastCGI address the pool serves"),
     Key("app", app_ref, REQUIRED, 'the WSGI or ASGI app, "module:attribute"'),
     Key("threads", integer(1, typed=True), _P["threads"], "threads running sync (WSGI) app code at once"),
+    Key("threads_inline", typed_boolean, _P["threads_inline"], "run a WSGI app whose calls prove quick on the loop, no thread hand-off"),
     Key("max_requests", integer(1, typed=True), _P["max_requests"], "requests in flight per connection (FCGI_MAX_REQS)"),
     Key("max_conns", integer(1, typed=True), _P["max_conns"], "connections served at once (FCGI_MAX_CONNS)"),
     Key("graceful_timeout", _any_seconds, _P["graceful_timeout"], "time requests in flight may run after SIGTERM", "s"),

@@ -25,6 +25,9 @@ class WorkerConfig:
             0 runs WSGI apps on the event loop's thread, one request at a
             time, as a php-fpm child does: cheapest for apps that never block
             long; run more processes (pm children) for concurrency.
+        inline_quick: with threads, run a WSGI app whose calls prove short
+            and small on the event loop's thread (``_inline``); False: always
+            in threads.
         backlog: the listen queue length (php-fpm's default).
         graceful_timeout: on SIGTERM/SIGINT, how long in-flight requests may
             run to completion before they are cancelled.
@@ -63,6 +66,7 @@ class WorkerConfig:
     max_requests: int = DEFAULT_MAX_REQUESTS
     max_conns: int = 1024
     threads: int = 16
+    inline_quick: bool = True
     backlog: int = 511
     graceful_timeout: float = 30 * SECONDS
     max_params_size: int = DEFAULT_MAX_PARAMS_SIZE

@@ -134,6 +134,8 @@ class PoolConfig:
     fcgi_max_conns: int = 1024
     #: Threads per child running WSGI code (threads); 0 = on the child's event loop, one request at a time.
     threads: int = 16
+    #: Run an app proven quick on the child's loop (threads.inline).
+    threads_inline: bool = True
     #: ``session.*`` keys, raw; checked by ``fcgi_cluster.sessions`` when the pool starts.
     session: dict[str, str] = field(default_factory=dict)
     #: SCRIPT_NAME of the app when the web server sends no PATH_INFO (no INI key: set by
@@ -166,6 +168,7 @@ class PoolConfig:
             max_conns=self.fcgi_max_conns,
             processes=self.pm_max_children,
             threads=self.threads,
+            inline_quick=self.threads_inline,
             backlog=self.listen_backlog,
             allowed_clients=self.listen_allowed_clients,
             ping_path=self.ping_path,

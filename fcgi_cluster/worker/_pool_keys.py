@@ -174,6 +174,7 @@ POOL_KEYS: dict[str, tuple[str, Callable[[str, Context], Any]]] = {
     "fcgi.max_reqs": ("fcgi_max_reqs", _integer(1, 65535)),
     "fcgi.max_conns": ("fcgi_max_conns", _integer(1, 65535)),
     "threads": ("threads", _integer(0, 1024)),
+    "threads.inline": ("threads_inline", _boolean),
 }
 
 # php-fpm keys that only matter to PHP or to a root-started master: an error

@@ -378,6 +378,7 @@ class WSGIHandler:
         self.inline = config.threads == 0
         #: With threads: may this app's next quick call skip them (``_inline``)?
         self.quick = InlinePolicy()
+        self.inline_quick = config.inline_quick
         self.base = {
             "wsgi.version": (1, 0),
             "wsgi.multithread": not self.inline,
@@ -469,7 +470,7 @@ class WSGIHandler:
         environ, errors = self.environ(ctx)
         call = _Call(self.app, environ, errors, ctx)
         quick = self.quick
-        if quick.inline and ctx.body.buffered_whole:
+        if quick.inline and self.inline_quick and ctx.body.buffered_whole:
             self._run_inline(ctx, call, quick)
             done()
             return True

@@ -328,7 +328,7 @@ def test_unknown_frontend_key() -> None:
 def test_unknown_key_without_a_close_match_lists_the_keys() -> None:
     assert error_of(UPSTREAM + "[pool.a]\nxyzzy = 1\n") == (
         "cluster.toml:4: pool.a.xyzzy: unknown key; expected one of: "
-        "listen, app, threads, max_requests, max_conns, graceful_timeout, root_path, env, session"
+        "listen, app, threads, threads_inline, max_requests, max_conns, graceful_timeout, root_path, env, session"
     )
 
 

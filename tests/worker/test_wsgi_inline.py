@@ -9,6 +9,9 @@ import trio
 
 from fcgi_cluster.worker._inline import PROMOTE_AFTER, QUICK_CALL, SMALL_ANSWER, InlinePolicy
 
+from fcgi_cluster.worker import WorkerConfig
+from fcgi_cluster.worker._pool_config import parse_pool_config
+
 from ._harness import params, serving
 
 
@@ -68,6 +71,28 @@ async def test_quick_app_moves_to_the_loop_thread_and_back_to_threads_when_a_cal
         assert answer.body == b"slow" and ran_on[-1] is True
         answer = await web.request(params("/?after"))
         assert answer.body == b"after" and ran_on[-1] is False  # back in a thread
+
+
+async def test_with_inline_off_every_call_runs_in_a_thread():
+    loop_thread = threading.get_ident()
+    ran_on: list[bool] = []
+
+    def app(environ, start_response):
+        ran_on.append(threading.get_ident() == loop_thread)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    async with serving(app, config=WorkerConfig(threads=8, inline_quick=False)) as web:
+        for _ in range(PROMOTE_AFTER + 3):
+            assert (await web.request(params("/"))).body == b"ok"
+    assert ran_on == [False] * (PROMOTE_AFTER + 3)
+
+
+def test_the_pool_key_threads_inline_reaches_the_worker_config():
+    text = "[www]\nlisten = 127.0.0.1:9000\napp = workers.hello:app\nthreads.inline = no\n"
+    pool = parse_pool_config(text, "/etc/pool.conf").pools[0]
+    assert pool.worker_config().inline_quick is False
+    assert parse_pool_config(text.replace("no", "yes"), "/etc/pool.conf").pools[0].worker_config().inline_quick
 
 
 async def test_after_promotion_a_request_whose_body_is_still_coming_goes_to_a_thread():
