@@ -21,15 +21,18 @@ name, or to a unix socket path) or else by the address it is bound to.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
 import time
+import typing
 from dataclasses import dataclass
 
 from ._address import parse_address
 
-__all__ = ["notify", "reloading", "listen_sockets", "take_listener", "close_unused", "is_inherited", "Inherited"]
+__all__ = ["notify", "reloading", "listen_sockets", "take_listener", "close_unused", "is_inherited", "Inherited",
+           "hand_on"]
 
 log = logging.getLogger("fcgi_cluster.systemd")
 
@@ -156,3 +159,32 @@ def close_unused(sockets: list[Inherited], what: str) -> None:
                     what, where, item.name)
         item.sock.close()
     sockets.clear()
+
+
+def hand_on(items: list[Inherited]) -> tuple[tuple[int, ...], typing.Callable[[], None]]:
+    """How a process started by ``subprocess.Popen`` gets ``items`` as systemd's own: ``(pass_fds, preexec_fn)``.
+
+    In the child, before its exec, the sockets are moved to descriptors 3, 4,
+    ... and ``LISTEN_FDS`` / ``LISTEN_PID`` (the child's pid) /
+    ``LISTEN_FDNAMES`` set, as systemd does (``NOTIFY_SOCKET`` is removed: the
+    parent speaks to systemd). Start it with ``env=None`` (the child's
+    environment is the one this sets) while the descriptors 3 and up that
+    systemd gave this process are still open, so the child's own pipes lie
+    above them.
+    """
+    fds = [item.sock.fileno() for item in items]
+    names = ":".join(item.name for item in items)
+    targets = tuple(range(LISTEN_FDS_START, LISTEN_FDS_START + len(fds)))
+
+    def in_child() -> None:
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 256) for fd in fds]  # out of the way of the moves
+        for target, fd in zip(targets, high):
+            os.dup2(fd, target)
+            os.close(fd)
+        os.environ["LISTEN_FDS"] = str(len(fds))
+        os.environ["LISTEN_PID"] = str(os.getpid())
+        if names.strip(":"):
+            os.environ["LISTEN_FDNAMES"] = names
+        os.environ.pop("NOTIFY_SOCKET", None)
+
+    return targets, in_child

@@ -25,8 +25,10 @@ Under systemd (``Type=notify`` or ``notify-reload``) ``up`` speaks for the
 whole cluster on ``$NOTIFY_SOCKET``: READY=1 once every part listens,
 RELOADING=1 then READY=1 around a SIGHUP or SIGUSR2, STOPPING=1 at the
 stop; its processes do not get the socket (systemd's ``NotifyAccess=main``
-would drop their messages). Socket activation is not passed on: each part
-binds its own address.
+would drop their messages). Sockets systemd passes to ``up`` (socket
+activation) are handed on to the part that listens on their address (or, for
+a pool, whose name is their ``FileDescriptorName=``), each part seeing them
+as systemd's own; one no part listens on is closed with a warning.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import sys
 import tempfile
 import time
 
-from ._systemd import notify, reloading
+from ._systemd import Inherited, close_unused, hand_on, listen_sockets, notify, reloading, take_listener
 
 __all__ = ["up_main", "DEMO_CONFIG", "STOP_GRACE"]
 
@@ -91,10 +93,14 @@ class _Cluster:
     def __init__(self) -> None:
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        # systemd hears from ``up`` alone: its parts never see the notify socket.
-        env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
-        process = subprocess.Popen(argv, env=env, start_new_session=True)
+    def start(self, name: str, argv: list[str], sockets: list[Inherited] = []) -> subprocess.Popen[bytes]:
+        if sockets:  # systemd's, handed on: the child's environment is set in it (hand_on)
+            pass_fds, in_child = hand_on(sockets)
+            process = subprocess.Popen(argv, start_new_session=True, pass_fds=pass_fds, preexec_fn=in_child)
+        else:
+            # systemd hears from ``up`` alone: its parts never see the notify socket.
+            env = {key: value for key, value in os.environ.items() if key != "NOTIFY_SOCKET"}
+            process = subprocess.Popen(argv, env=env, start_new_session=True)
         self.processes.append((name, process))
         return process
 
@@ -173,6 +179,20 @@ def up_main(argv: list[str]) -> int:
 
 def _run(config: object, path: str, parts: set[str]) -> int:
     cluster = _Cluster()
+    inherited = listen_sockets()
+
+    def handed(addresses: list[str], names: tuple[str, ...] = ()) -> list[Inherited]:
+        out = []
+        for address in addresses:
+            sock = take_listener(inherited, address, names)
+            if sock is not None:
+                out.append(Inherited(sock, names[0] if names else ""))
+        return out
+
+    handing = {f"pool.{name}": handed([pool.listen], (name,))  # type: ignore[attr-defined]
+               for name, pool in config.pools.items() if f"pool.{name}" in parts}  # type: ignore[attr-defined]
+    if "frontend" in parts:
+        handing["frontend"] = handed(list(config.frontend.listen))  # type: ignore[attr-defined]
     command = [sys.executable, "-m", "fcgi_cluster.cli"]
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -207,16 +227,20 @@ def _run(config: object, path: str, parts: set[str]) -> int:
             if f"pool.{name}" not in parts:
                 continue
             argv = command + ["worker", "--cluster", path, "--pool", name]
-            process = cluster.start(f"pool.{name}", argv)
+            process = cluster.start(f"pool.{name}", argv, handing[f"pool.{name}"])
             cluster.wait_listening(f"pool.{name}", process, pool.listen)
             print(f"fcgi-cluster up: pool.{name} ({pool.app}) on {pool.listen}, pid {process.pid}", flush=True)
         if "frontend" in parts:
-            process = cluster.start("frontend", command + ["frontend", "-c", path])
+            process = cluster.start("frontend", command + ["frontend", "-c", path], handing["frontend"])
             listen = config.frontend.listen[0]  # type: ignore[attr-defined]
             cluster.wait_listening("frontend", process, listen)
             scheme = "https" if config.frontend.tls is not None else "http"  # type: ignore[attr-defined]
             print(f"fcgi-cluster up: front-end on {scheme}://{listen}/ , pid {process.pid}", flush=True)
             print(f"fcgi-cluster up: try  curl -i {scheme}://{listen}/hello  ; Ctrl-C stops everything", flush=True)
+        # Every part has its sockets now: this process keeps none (nor those no part wanted).
+        for item in (item for items in handing.values() for item in items):
+            item.sock.close()
+        close_unused(inherited, "fcgi-cluster up")
         status = "STATUS=serving: " + ", ".join(name for name, _ in cluster.processes)
         notify("READY=1", status)
         name, code = cluster.wait_any_exit()

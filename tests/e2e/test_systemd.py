@@ -206,6 +206,38 @@ def test_socket_activation_serves_a_connection_made_before_ready(tmp_path: pathl
     assert "socket from systemd" in (tmp_path / "server.log").read_text()
 
 
+def test_up_hands_systemds_sockets_on_to_the_front_end_and_the_pool(tmp_path: pathlib.Path) -> None:
+    # Both sockets bound by systemd-socket-activate before `up` starts; a
+    # connection made at once waits in the front door's backlog and is served
+    # by the pool through the pool's handed-on socket, and `up` binds nothing.
+    activate = _socket_activate()
+    fe, pool, spare = free_port(), free_port(), free_port()
+    cluster = _cluster_file(tmp_path / "cluster.toml", fe, pool)
+    notes = Notifications(str(tmp_path / "notify"))
+    launcher = [activate, "-l", f"127.0.0.1:{fe}", "-l", f"127.0.0.1:{pool}", "-l", f"127.0.0.1:{spare}",
+                "-E", f"PYTHONPATH={REPO_ROOT}", "-E", f"PATH={os.environ['PATH']}",
+                "-E", f"NOTIFY_SOCKET={notes.name}", *CLI, "up", "-c", str(cluster)]
+    log = tmp_path / "up.log"
+    with _started(launcher, log) as process:
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", fe), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.01)
+        with concurrent.futures.ThreadPoolExecutor(1) as executor:
+            answer = executor.submit(_http_pid, fe)
+            assert notes.wait_for("READY")["READY"] == "1"
+            assert answer.result(WAIT_SECONDS) > 0
+        assert _fcgi_pid(pool) > 0
+        text = log.read_text()
+        assert text.count("socket from systemd") == 2, text  # the front-end's and the pool's
+        assert "matches no listen address; closed" in text  # the spare one
+        assert process.poll() is None
+
+
 @pytest.mark.parametrize("role", ["frontend", "frontend-2-processes", "pool"])
 def test_connections_queue_across_a_restart(tmp_path: pathlib.Path, role: str) -> None:
     fe, pool = free_port(), free_port()
