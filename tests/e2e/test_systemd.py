@@ -117,6 +117,18 @@ def _started(argv: list[str], log: pathlib.Path, env: dict[str, str] | None = No
                 process.wait()
 
 
+def _wait_connectable(port: int, process: subprocess.Popen, log: pathlib.Path) -> None:
+    """Until a connection to ``port`` is accepted (by whoever listens: systemd's socket too)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.01)
+
+
 def _listening(port: int) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -188,14 +200,7 @@ def test_socket_activation_serves_a_connection_made_before_ready(tmp_path: pathl
             pool_process = stack.enter_context(_started(_pool_argv(cluster), tmp_path / "pool.log"))
             wait_for_port("127.0.0.1", pool, WAIT_SECONDS, process=pool_process)
         process = stack.enter_context(_started(launcher, tmp_path / "server.log"))
-        deadline = time.monotonic() + WAIT_SECONDS
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-                time.sleep(0.01)
+        _wait_connectable(port, process, tmp_path / "server.log")
         # systemd-socket-activate listens; the server is still starting.
         early = notes.pending() is False
         with concurrent.futures.ThreadPoolExecutor(1) as executor:
@@ -219,14 +224,7 @@ def test_up_hands_systemds_sockets_on_to_the_front_end_and_the_pool(tmp_path: pa
                 "-E", f"NOTIFY_SOCKET={notes.name}", *CLI, "up", "-c", str(cluster)]
     log = tmp_path / "up.log"
     with _started(launcher, log) as process:
-        deadline = time.monotonic() + WAIT_SECONDS
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", fe), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.01)
+        _wait_connectable(fe, process, log)
         with concurrent.futures.ThreadPoolExecutor(1) as executor:
             answer = executor.submit(_http_pid, fe)
             assert notes.wait_for("READY")["READY"] == "1"
