@@ -100,15 +100,25 @@ def python_executable() -> str:
     return sys.executable
 
 
+#: Every port ``free_port`` handed out in this test run: the kernel may pick the same
+#: free port twice, and a test that takes two (a worker's, then its front-end's) before
+#: starting both would point its client at the wrong server.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port on ``host`` that nothing listens on right now.
+    """A TCP port on ``host`` that nothing listens on right now, never the same one twice.
 
     The kernel picks it (bind to port 0), and the socket is closed before returning, so
     another process could take it in between: the callers start their server at once.
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for_port(

@@ -40,7 +40,13 @@ Where this differs from nginx, and why:
 
 * nginx forgets every failure when a request finds no server at all ("quick
   recovery"). We keep the servers out: while every server is dead, requests get
-  an immediate 502 rather than each one waiting on a connect timeout.
+  an immediate 502 rather than each one waiting on a connect timeout. But a
+  request whose attempt just failed and that finds every other server out for
+  failures tries the one due back first (as its trial) before answering 502:
+  when one server dies while another is still sitting out an earlier fault
+  (a link that came back, a restart), the request is served, not failed. Only
+  requests already retrying pay that attempt, and only until the servers are
+  all out.
 * nginx counts failures until a success arrives after the window; we forget
   failures ``fail_timeout`` after the first one, which is what nginx documents.
 * ip_hash maps IPv4-mapped IPv6 clients (``::ffff:a.b.c.d``) to their IPv4
@@ -291,13 +297,16 @@ class Balancer:
 
     # -- choosing ---------------------------------------------------------------
 
-    def choose(self, key: bytes | None = None, *, exclude: Collection[int] = ()) -> int | None:
+    def choose(self, key: bytes | None = None, *, exclude: Collection[int] = (), retry: bool = False) -> int | None:
         """Pick the server for one attempt of a request.
 
         Args:
             key: for ip_hash, the client's IP address as text (``b"192.0.2.7"``);
                 for hash, the hash key. Ignored by the other methods.
             exclude: indexes of servers this request already tried.
+            retry: an earlier attempt of this request failed; with no usable
+                server left, the one out for failures due back first is tried
+                rather than none.
 
         Returns:
             The index of the server to use, or None when no server can be used
@@ -311,6 +320,8 @@ class Balancer:
                 peer = _least_conn(self._backup, now, exclude)
             else:
                 peer = _smooth_round_robin(self._backup, now, exclude)
+        if peer is None and retry:
+            peer = _last_resort(self._peers, exclude)
         if peer is None:
             return None
         if peer.out_until is not None:
@@ -539,6 +550,19 @@ def _least_conn(peers: list[_Peer], now: float, exclude: Collection[int]) -> _Pe
     if len(tied) > 1:
         # The tied peers are all usable, so no exclusions are needed here.
         return _smooth_round_robin(tied, now, ())
+    return best
+
+
+def _last_resort(peers: list[_Peer], exclude: Collection[int]) -> _Peer | None:
+    """For a retry that found no usable server: the one out for failures that is due back first."""
+    best = None
+    for peer in peers:
+        if peer.out_until is None or peer.down or peer.index in exclude:
+            continue
+        if peer.max_conns and peer.active >= peer.max_conns:
+            continue
+        if best is None or peer.out_until < best.out_until:
+            best = peer
     return best
 
 

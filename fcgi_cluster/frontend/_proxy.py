@@ -194,7 +194,8 @@ async def open_upstream_response(
                 balancer.started(index)
             first = None
         else:
-            index = balancer.choose(hash_key, exclude=tried | upstream.unhealthy if upstream.unhealthy else tried)
+            index = balancer.choose(hash_key, exclude=tried | upstream.unhealthy if upstream.unhealthy else tried,
+                                    retry=bool(tried))
             if index is None:
                 break
             balancer.started(index)

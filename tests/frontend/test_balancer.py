@@ -404,6 +404,26 @@ def test_all_out_for_failures_gives_none(clock: FakeClock) -> None:
 
 
 @pytest.mark.parametrize("method", Balancer.METHODS)
+def test_a_retry_with_every_other_server_out_tries_the_one_due_back_first(method: str, clock: FakeClock) -> None:
+    balancer = Balancer(specs(1, 1, 1), method, clock=clock)
+    balancer.failed(1)
+    clock.now += 3
+    balancer.failed(2)
+    # A first attempt never goes to a server that is out; a retry does, as its trial.
+    assert balancer.choose(b"10.0.0.1", exclude={0}) is None
+    assert balancer.choose(b"10.0.0.1", exclude={0}, retry=True) == 1
+    balancer.succeeded(1)
+    assert balancer.is_available(1)
+    assert balancer.choose(b"10.0.0.1", exclude={0, 1}, retry=True) == 2
+    balancer.failed(2)
+    assert not balancer.is_available(2)
+    # Down servers and tried ones never.
+    assert balancer.choose(b"10.0.0.1", exclude={0, 1, 2}, retry=True) is None
+    down = Balancer([ServerSpec("a:1"), ServerSpec("b:1", down=True)], method, clock=clock)
+    assert down.choose(b"10.0.0.1", exclude={0}, retry=True) is None
+
+
+@pytest.mark.parametrize("method", Balancer.METHODS)
 def test_exclude(method: str) -> None:
     balancer = Balancer(specs(1, 2, 1), method)
     for i in range(60):

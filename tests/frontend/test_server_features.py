@@ -22,6 +22,7 @@ from pathlib import Path
 import trio
 
 from fcgi_cluster.protocol import AbortRequest, ConnectionClosed, EndRequest, Request, Stdin
+from fcgi_cluster.worker import WorkerConfig, serve
 from tests.client._fake_worker import Peer, fake_worker, ok
 from workers.echo import app as echo
 
@@ -323,6 +324,26 @@ async def test_a_worker_not_listening_is_skipped_without_an_error() -> None:
     assert [served_by(response) for response in responses] == [addresses[0]] * 4
     assert echo_json(post)["body_length"] == 7
     assert snapshot[0]["total_fails"] == 1  # tried once, then left out for fail_timeout
+    assert snapshot[0]["available"] is False
+
+
+async def test_a_retry_with_every_other_server_out_tries_the_one_due_back_first() -> None:
+    # B failed while it was away and sits out its 30 s; when A fails now, the
+    # request goes to B (back since) rather than answering 502.
+    a, b = dead_address(), dead_address()
+    config = ("[frontend]\naccess_log = false\n[upstream.app]\n"
+              + servers_line(f'{{ address = "{a}", fail_timeout = "0.3s" }}', f'{{ address = "{b}", fail_timeout = "30s" }}'))
+    async with frontend(config) as (port, server), trio.open_nursery() as nursery:
+        assert (await get(port, "/both-away")).status == 502
+        await nursery.start(serve, echo, b, WorkerConfig())
+        # Every server out: a first attempt is answered at once.
+        assert (await get(port, "/all-out")).status == 502
+        await trio.sleep(0.4)  # A's trial is due; B still out
+        served = await get(port, "/served")
+        snapshot = server.upstreams["app"].balancer.snapshot()
+        nursery.cancel_scope.cancel()
+    assert served_by(served) == b
+    assert snapshot[1]["available"] is True  # its trial restored it
     assert snapshot[0]["available"] is False
 
 
