@@ -17,6 +17,7 @@ from ._connection import open_connection as open_connection
 from ._errors import ConnectError as ConnectError
 from ._errors import ConnectionLost as ConnectionLost
 from ._errors import FastCGIError as FastCGIError
+from ._errors import PeerUnresponsive as PeerUnresponsive
 from ._errors import RequestRefused as RequestRefused
 from ._errors import ResponseOverflow as ResponseOverflow
 from ._errors import UpstreamProtocolError as UpstreamProtocolError
@@ -26,6 +27,6 @@ from ._response import ResponseStream as ResponseStream
 __all__ = [
     "open_connection", "Connection", "Response", "ResponseStream", "Buffering",
     "cgi_params", "parse_cgi_headers", "MAX_HEADER_SIZE",
-    "FastCGIError", "ConnectError", "ConnectionLost", "UpstreamProtocolError", "RequestRefused",
-    "ResponseOverflow",
+    "FastCGIError", "ConnectError", "ConnectionLost", "PeerUnresponsive", "UpstreamProtocolError",
+    "RequestRefused", "ResponseOverflow",
 ]

@@ -25,6 +25,7 @@ nothing is left waiting. A request given up by its caller is aborted
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import socket
@@ -61,6 +62,7 @@ from ._errors import (
     ConnectError,
     ConnectionLost,
     FastCGIError,
+    PeerUnresponsive,
     RequestRefused,
     ResponseOverflow,
     UpstreamProtocolError,
@@ -429,7 +431,7 @@ class Connection:
                         await self._stream.send_all(data)
                     if scope.cancelled_caught:
                         self._fail(
-                            ConnectionLost,
+                            PeerUnresponsive,
                             f"{self.address} took none of our data for {self._send_timeout:g} s: connection dropped",
                         )
                         return
@@ -437,7 +439,7 @@ class Connection:
                 if self._sent_lot:
                     self._sent_lot.unpark_all()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._fail(ConnectionLost, f"connection to {self.address} lost while sending: {_reason(exc)}", exc)
+            self._fail(_lost_kind(exc), f"connection to {self.address} lost while sending: {_reason(exc)}", exc)
 
     # --- receiving ----------------------------------------------------------
 
@@ -478,7 +480,7 @@ class Connection:
         except RemoteProtocolError as exc:
             self._fail(UpstreamProtocolError, f"{self.address} broke the FastCGI protocol: {exc}", exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._fail(ConnectionLost, f"connection to {self.address} lost: {_reason(exc)}", exc)
+            self._fail(_lost_kind(exc), f"connection to {self.address} lost: {_reason(exc)}", exc)
 
     async def _receive(self) -> bytes:
         fd = self._fd
@@ -644,6 +646,17 @@ def _connect_reason(exc: OSError) -> str:
             if isinstance(attempt, OSError) and attempt.errno:
                 return os.strerror(attempt.errno)
     return exc.strerror or str(exc)
+
+
+#: errno values that mean the worker's host stopped answering, not that it closed.
+_UNRESPONSIVE = frozenset({errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN})
+
+
+def _lost_kind(exc: BaseException) -> type[ConnectionLost]:
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.errno in _UNRESPONSIVE:
+        return PeerUnresponsive
+    return ConnectionLost
 
 
 def _reason(exc: BaseException) -> str:

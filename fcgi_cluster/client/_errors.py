@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from ..protocol import ProtocolStatus
 
-__all__ = ["FastCGIError", "ConnectError", "ConnectionLost", "UpstreamProtocolError", "RequestRefused", "ResponseOverflow"]
+__all__ = [
+    "FastCGIError", "ConnectError", "ConnectionLost", "PeerUnresponsive", "UpstreamProtocolError", "RequestRefused",
+    "ResponseOverflow",
+]
 
 
 class FastCGIError(Exception):
@@ -28,6 +31,16 @@ class ConnectionLost(FastCGIError):
 
     The worker closed or reset it, or this side closed it. The application may
     have run the request, so only idempotent requests should be retried.
+    """
+
+
+class PeerUnresponsive(ConnectionLost):
+    """The connection was given up because the worker stopped answering.
+
+    Its host is unreachable (keepalive probes or ``TCP_USER_TIMEOUT`` ran out,
+    no route), it took none of our data within the send timeout, or it did
+    not answer a ping. Unlike a worker that closed its connection, a new
+    connection to the same worker is unlikely to fare better: try another.
     """
 
 

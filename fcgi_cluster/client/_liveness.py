@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._errors import ConnectionLost
+from ._errors import PeerUnresponsive
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -66,7 +66,7 @@ async def ping_loop(conn: Connection, interval: float, timeout: float) -> None:
         if ping_due(len(conn._requests), seen, conn._reads, conn._reader_paused) and not answered.is_set():
             pending = len(conn._requests)
             conn._fail(
-                ConnectionLost,
+                PeerUnresponsive,
                 f"{conn.address} did not answer a FastCGI ping within {timeout:g} s"
                 f" with {pending} request(s) in flight: its process is hung",
             )

@@ -232,13 +232,15 @@ async def open_upstream_response(
                 server.release(conn)
             balancer.finished(index)
             counters = server.counters
-            if (isinstance(exc, ConnectionLost) and conn is not None and conn.answered and idempotent
+            if (type(exc) is ConnectionLost and conn is not None and conn.answered and idempotent
                     and replayable and resends < RESENDS):
                 # A kept connection closed under a request before its answer's
                 # head (nothing reached the client): a worker closing it as idle (a pool child at
                 # pm.max_requests, a stop), the request on the wire. Sent again
                 # once, on a new connection, as an HTTP client does with a
                 # stale kept-alive connection; not counted against the server.
+                # Not when the worker stopped answering (PeerUnresponsive: its
+                # host vanished, it hung): that is a failure, and the next server's turn.
                 resends += 1
                 tried.discard(index)
                 log.info("upstream %s: %s; sending it again on a new connection", upstream.name, exc)

@@ -18,7 +18,7 @@ def test_exports_are_exactly_the_public_names() -> None:
         [
             "open_connection", "Connection", "Response", "ResponseStream", "Buffering",
             "cgi_params", "parse_cgi_headers", "MAX_HEADER_SIZE",
-            "FastCGIError", "ConnectError", "ConnectionLost", "UpstreamProtocolError", "RequestRefused",
+            "FastCGIError", "ConnectError", "ConnectionLost", "PeerUnresponsive", "UpstreamProtocolError", "RequestRefused",
             "ResponseOverflow",
         ]
     )
@@ -31,6 +31,7 @@ def test_exports_are_exactly_the_public_names() -> None:
 def test_errors_form_one_hierarchy() -> None:
     for name in ("ConnectError", "ConnectionLost", "UpstreamProtocolError", "RequestRefused"):
         assert issubclass(getattr(client, name), client.FastCGIError)
+    assert issubclass(client.PeerUnresponsive, client.ConnectionLost)
 
 
 # --- parse_cgi_headers ------------------------------------------------------------

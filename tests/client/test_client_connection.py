@@ -19,6 +19,7 @@ import trio.testing
 from fcgi_cluster.client import (
     ConnectError,
     ConnectionLost,
+    PeerUnresponsive,
     RequestRefused,
     UpstreamProtocolError,
     open_connection,
@@ -642,7 +643,7 @@ async def test_a_worker_that_reads_nothing_drops_the_connection_after_send_timeo
     body = b"x" * (32 * 1024 * 1024)  # far more than both socket buffers hold
     async with fake_worker(never_reads) as address, open_connection(address, send_timeout=0.3) as conn:
         started = trio.current_time()
-        with trio.fail_after(5), pytest.raises(ConnectionLost, match="took none of our data"):
+        with trio.fail_after(5), pytest.raises(PeerUnresponsive, match="took none of our data"):
             await conn.request({"REQUEST_METHOD": "POST"}, body)
         assert trio.current_time() - started < 3
         assert not conn.is_usable

@@ -13,7 +13,7 @@ import struct
 import pytest
 import trio
 
-from fcgi_cluster.client import Buffering, ConnectionLost, open_connection
+from fcgi_cluster.client import Buffering, PeerUnresponsive, open_connection
 from fcgi_cluster.client._liveness import ping_due
 from fcgi_cluster.frontend._upstream import Server
 from fcgi_cluster.protocol import ConnectionClosed, EndRequest, Request, Stdin, Stdout
@@ -84,7 +84,7 @@ async def test_a_worker_that_stops_reading_fails_its_requests_after_the_ping_tim
         conn.watch_liveness(0.3, 0.5)
         start = trio.current_time()
         with trio.fail_after(10):  # read_timeout is the caller's; 60 s in the front-end
-            with pytest.raises(ConnectionLost, match="did not answer a FastCGI ping within 0.5 s"):
+            with pytest.raises(PeerUnresponsive, match="did not answer a FastCGI ping within 0.5 s"):
                 await conn.request(PARAMS)
         assert trio.current_time() - start >= 0.8  # a silent interval, then the whole timeout
         assert not conn.is_usable

@@ -225,8 +225,9 @@ def test_a_cut_link_fails_no_request_and_holds_none_for_long(cluster, hosts):
     for user in users:
         assert user.failures == []
         assert_counted(user, retried_at_most=1)
-    # Without liveness a request in flight on the cut host waits until the link returns.
-    assert slowest < READ_TIMEOUT / 2
+    # Without liveness a request in flight on the cut host waits until the link returns;
+    # with it, and no resend to the vanished host, no user waits more than 5 s.
+    assert slowest < 5
 
 
 def wait_both_in_rotation(cluster, hosts, limit: float = 30) -> None:
