@@ -39,6 +39,7 @@ from ..client import (
     ConnectError,
     ConnectionLost,
     FastCGIError,
+    PeerUnresponsive,
     RequestRefused,
     ResponseOverflow,
     ResponseStream,
@@ -232,7 +233,7 @@ async def open_upstream_response(
                 server.release(conn)
             balancer.finished(index)
             counters = server.counters
-            if (type(exc) is ConnectionLost and conn is not None and conn.answered and idempotent
+            if (isinstance(exc, ConnectionLost) and not isinstance(exc, PeerUnresponsive) and conn is not None and conn.answered and idempotent
                     and replayable and resends < RESENDS):
                 # A kept connection closed under a request before its answer's
                 # head (nothing reached the client): a worker closing it as idle (a pool child at
