@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import resource
 import time
-from typing import Any
 
 __all__ = ["InlinePolicy", "PROMOTE_AFTER", "QUICK_CALL", "SMALL_ANSWER"]
 
@@ -39,17 +38,21 @@ _MOST_NEEDED = PROMOTE_AFTER * 4**6
 _RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", None)  # Linux
 
 
-def _thread_usage() -> Any:
-    return resource.getrusage(_RUSAGE_THREAD) if _RUSAGE_THREAD is not None else None
+def _switches() -> int:
+    """Voluntary context switches of this thread so far (it blocked: I/O, a lock, the GIL); -1: unknown."""
+    return resource.getrusage(_RUSAGE_THREAD).ru_nvcsw if _RUSAGE_THREAD is not None else -1
 
 
-def _held_up(before: Any) -> bool:
-    """Since ``before``, did this thread block (a voluntary switch) or run for ``QUICK_CALL``?"""
-    if before is None:
+def _held_up(cpu_before: float, switches_before: int) -> bool:
+    """Since the readings given, did this thread block or run for ``QUICK_CALL`` of CPU?
+
+    The CPU time is the thread's exact clock (``CLOCK_THREAD_CPUTIME_ID``),
+    not getrusage's: that one moves in scheduler ticks and is scaled, so a
+    0.1 ms call can read as 3 or 4 ms of CPU and demote a quick app.
+    """
+    if switches_before < 0:
         return True
-    after = _thread_usage()
-    ran = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return after.ru_nvcsw > before.ru_nvcsw or ran >= QUICK_CALL
+    return _switches() > switches_before or time.thread_time() - cpu_before >= QUICK_CALL
 
 
 class InlinePolicy:
@@ -81,14 +84,14 @@ class InlinePolicy:
             self._streak = 0
 
     @staticmethod
-    def clock() -> tuple[float, Any]:
+    def clock() -> tuple[float, float, int]:
         """Taken on the loop's thread just before an inline call, for ``ran_inline_since``."""
-        return time.perf_counter(), _thread_usage()
+        return time.perf_counter(), time.thread_time(), _switches()
 
-    def ran_inline_since(self, began: tuple[float, Any], size: int) -> None:
+    def ran_inline_since(self, began: tuple[float, float, int], size: int) -> None:
         """An inline call begun at ``clock()`` answered ``size`` bytes; call on the same thread."""
         seconds = time.perf_counter() - began[0]
-        if seconds >= QUICK_CALL and size < SMALL_ANSWER and not _held_up(began[1]):
+        if seconds >= QUICK_CALL and size < SMALL_ANSWER and not _held_up(began[1], began[2]):
             seconds = 0.0  # only preempted: the app was quick
         self.ran_inline(seconds, size)
 

@@ -159,6 +159,20 @@ def test_a_quick_inline_call_keeps_the_app_inline():
     assert policy.inline
 
 
+def test_short_calls_that_were_only_preempted_keep_the_app_inline():
+    # Each call works 0.3 ms and is made to look preempted (its wall clock
+    # started 3 ms ago). The CPU reading must be exact: getrusage's per-thread
+    # figure moves in scheduler ticks and read such calls as 3-4 ms of CPU.
+    policy = InlinePolicy()
+    for _ in range(PROMOTE_AFTER):
+        policy.ran_in_thread(0.0, 10)
+    for _ in range(300):
+        wall, cpu, switches = policy.clock()
+        _spin(0.0003)
+        policy.ran_inline_since((wall - QUICK_CALL * 1.5, cpu, switches), 10)
+        assert policy.inline
+
+
 def _spin(seconds: float) -> None:
     end = time.thread_time() + seconds
     while time.thread_time() < end:
