@@ -517,15 +517,21 @@ class WSGIHandler:
 
     def _run_inline(self, ctx: RequestContext, call: _Call, quick: InlinePolicy) -> None:
         """Run a call proven quick on the loop's thread and end its request (``_inline``)."""
+        try:
+            kind, data = self._call_inline(ctx, call, quick)
+            self._finish(ctx, call, kind, data)
+        except Exception:  # on the loop, outside any task: never raised there
+            log.exception("request %d failed inside the worker", ctx.request_id)
+
+    @staticmethod
+    def _call_inline(ctx: RequestContext, call: _Call, quick: InlinePolicy) -> tuple[int, bytes]:
+        """Run a call proven quick on the loop's thread, telling ``quick`` how it went."""
         call.batch_limit = math.inf
         began = quick.clock()
         kind, data, stderr = call._run()
         quick.ran_inline_since(began, len(data))
-        try:
-            ctx.log(stderr)
-            self._finish(ctx, call, kind, data)
-        except Exception:  # on the loop, outside any task: never raised there
-            log.exception("request %d failed inside the worker", ctx.request_id)
+        ctx.log(stderr)
+        return kind, data
 
     async def _stream_rest(self, ctx: RequestContext, call: _Call, first: bytes, done: Callable[[], None]) -> None:
         """``start_nowait``'s request from its first streamed piece on, in a task."""
@@ -547,8 +553,13 @@ class WSGIHandler:
         ``call`` and ``first``: a call running already, whose first streamed
         piece arrived (``start_nowait``): go on from there.
         """
+        quick = self.quick
         if call is None:
             call = _Call(self.app, environ, errors, ctx)
+            if not self.inline and quick.inline and self.inline_quick and ctx.body.buffered_whole:
+                # A request whose session the loop loaded (``session_ends``)
+                # comes here: its app call is as quick as any other's.
+                return call, *self._call_inline(ctx, call, quick)
         if self.inline:
             whole = await ctx.body.wait_buffered()
             if ctx.cancelled:
@@ -560,6 +571,8 @@ class WSGIHandler:
                 return call, kind, data
         self.flusher.add(call)
         ctx.interrupt = call.handoff.interrupt
+        # A call first seen streaming was counted by ``start_nowait`` already.
+        counted = first is not None
         if first is None:
             self.pool.start(call.run)
         try:
@@ -572,6 +585,9 @@ class WSGIHandler:
                 if ctx.cancelled:
                     raise RequestCancelled()
                 ctx.log(stderr)
+                if not counted:
+                    counted = True
+                    quick.ran_in_thread(call.elapsed, -1 if kind == _CHUNK else len(data))
                 if kind != _CHUNK:
                     break
                 ctx.send_nowait(data)

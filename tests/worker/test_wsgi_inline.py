@@ -177,3 +177,45 @@ def _spin(seconds: float) -> None:
     end = time.thread_time() + seconds
     while time.thread_time() < end:
         pass
+
+
+class _LoopEndsApp:
+    """A WSGI app with the session middleware's loop hooks: ``begin`` and ``end`` on the loop."""
+
+    loop_ends = True
+
+    def __init__(self) -> None:
+        self.loop_thread = threading.get_ident()
+        self.ran_on: list[bool] = []
+        self.ends: list[tuple[str, bool]] = []
+
+    def preloads(self, params) -> bool:
+        return b"session" in params.get(b"REQUEST_URI", b"")
+
+    async def begin(self, environ):
+        await trio.sleep(0)  # as a store round trip would
+        environ["test.preloaded"] = True
+        return environ["REQUEST_URI"]
+
+    async def end(self, preloaded, completed):
+        self.ends.append((preloaded, completed))
+        return None
+
+    def __call__(self, environ, start_response):
+        self.ran_on.append(threading.get_ident() == self.loop_thread)
+        start_response("200 OK", [])
+        return [b"preloaded" if environ.get("test.preloaded") else b"plain"]
+
+
+async def test_requests_whose_session_the_loop_loads_are_promoted_and_run_inline_too():
+    app = _LoopEndsApp()
+    async with serving(app) as web:
+        for i in range(PROMOTE_AFTER):
+            answer = await web.request(params(f"/session?{i}"))
+            assert answer.body == b"preloaded"
+        assert app.ran_on == [False] * PROMOTE_AFTER  # their thread calls taught the policy
+        for i in range(3):
+            assert (await web.request(params(f"/session?again{i}"))).body == b"preloaded"
+        assert (await web.request(params("/plain"))).body == b"plain"
+    assert app.ran_on[PROMOTE_AFTER:] == [True] * 4
+    assert app.ends[-1] == ("/session?again2", True) and len(app.ends) == PROMOTE_AFTER + 3
