@@ -143,22 +143,23 @@ class WSGISessionMiddleware:
         self.loop_ends = settings.auto_start or loop_store is not None
         #: Pages (REQUEST_URI before "?") whose requests used their session.
         self._session_pages: set[str] = set()
-        self._cookie_mark = f"{settings.name}=".encode("latin-1")
 
     def preloads(self, params: Mapping[bytes, bytes]) -> bool:
         """Whether this request's session is loaded on the loop before the app (``begin``).
 
         Every request under ``auto_start``. Otherwise (sessions start when the
-        app first uses them), a request that brings a session cookie to a page
-        whose requests used their session before: it is locked and read in the
-        loop's pipeline rather than from the app's thread, as under
-        ``auto_start`` (which costs a thread a round trip of its own each way).
-        A page that never uses its session is never locked for it.
+        app first uses them), a request to a page whose requests used their
+        session before: one that brings a session cookie has it locked and read
+        in the loop's pipeline rather than from the app's thread, as under
+        ``auto_start`` (which costs a thread a round trip of its own each way);
+        one without has nothing to read, and the new session its app may start
+        is saved by the loop too. Either way the app's call makes no store
+        call, so it may run on the loop's thread (``worker._inline``). A page
+        that never uses its session is never locked for it.
         """
         if self.settings.auto_start:
             return True
-        cookie = params.get(b"HTTP_COOKIE")
-        if not cookie or self._cookie_mark not in cookie or not self._session_pages:
+        if not self._session_pages:
             return False
         page = params.get(b"REQUEST_URI", b"").partition(b"?")[0].decode("latin-1")
         return page in self._session_pages
@@ -170,7 +171,7 @@ class WSGISessionMiddleware:
             pages.add(environ.get("REQUEST_URI", "").partition("?")[0])
 
     async def begin(self, environ: dict) -> "Preloaded":
-        """On the worker's loop, before the app: make the request's session and load it.
+        """On the worker's loop, before the app: make the request's session and load it (when it names one).
 
         A store failure or lock timeout is kept, and the app is not called: the
         request is answered 503.
@@ -186,10 +187,13 @@ class WSGISessionMiddleware:
         environ[SESSION_KEY] = session
         environ[STORE_KEY] = self.store
         environ[_PRELOADED_KEY] = preloaded
-        try:
-            await session.aload()
-        except (LockTimeout, StoreError) as exc:
-            preloaded.failure = exc
+        if self.settings.auto_start or session.incoming_id is not None:
+            # Without auto_start and without an id there is nothing to read:
+            # the session starts (new, with no store call) if the app uses it.
+            try:
+                await session.aload()
+            except (LockTimeout, StoreError) as exc:
+                preloaded.failure = exc
         return preloaded
 
     async def end(self, preloaded: "Preloaded", completed: bool) -> tuple[str, list[tuple[str, str]], bytes] | None:

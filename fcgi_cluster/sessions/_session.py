@@ -152,6 +152,11 @@ class Session(MutableMapping[str, Any]):
     # --- loading ------------------------------------------------------------
 
     @property
+    def incoming_id(self) -> str | None:
+        """The session id the request's cookie names (valid in form), or None: loading then reads nothing."""
+        return self._incoming
+
+    @property
     def loaded(self) -> bool:
         """Whether the session was used in this request (no store call made to answer)."""
         return self._state != _UNLOADED

@@ -142,7 +142,7 @@ class _Call:
     __slots__ = (
         "app", "environ", "errors", "handoff", "status", "headers",
         "headers_sent", "batch", "batch_size", "resume", "aborted", "ctx", "batch_limit",
-        "lock", "batch_since", "delivering", "streamed", "elapsed",
+        "lock", "batch_since", "delivering", "streamed", "elapsed", "cpu",
     )
 
     def __init__(self, app: Callable, environ: dict, errors: WSGIErrors, ctx: RequestContext) -> None:
@@ -172,6 +172,8 @@ class _Call:
         self.streamed = False
         #: Seconds ``run`` spent calling the app and draining its answer.
         self.elapsed = 0.0
+        #: Of them, the thread's own CPU seconds.
+        self.cpu = 0.0
 
     # --- PEP 3333 callables ------------------------------------------------
 
@@ -263,11 +265,12 @@ class _Call:
         # Published for the slow log (this thread's stack) and the terminate
         # timeout (is the app's code still running after its request ended?).
         self.ctx.app_thread = threading.get_ident()
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.thread_time()
         try:
             outcome = self._run()
         finally:
             self.elapsed = time.perf_counter() - began
+            self.cpu = time.thread_time() - cpu
             self.ctx.app_thread = None
         self.handoff.deliver(outcome)
 
@@ -493,7 +496,7 @@ class WSGIHandler:
         def delivered(value: tuple[int, bytes, bytes]) -> None:
             try:
                 kind, data, stderr = value
-                quick.ran_in_thread(call.elapsed, -1 if kind == _CHUNK else len(data))
+                quick.ran_in_thread(call.elapsed, -1 if kind == _CHUNK else len(data), call.cpu)
                 ctx.log(stderr)
                 over()
                 if kind == _CHUNK:
@@ -587,7 +590,7 @@ class WSGIHandler:
                 ctx.log(stderr)
                 if not counted:
                     counted = True
-                    quick.ran_in_thread(call.elapsed, -1 if kind == _CHUNK else len(data))
+                    quick.ran_in_thread(call.elapsed, -1 if kind == _CHUNK else len(data), call.cpu)
                 if kind != _CHUNK:
                     break
                 ctx.send_nowait(data)

@@ -505,7 +505,8 @@ async def test_asgi_sessions_use_the_loop_store_when_there_is_one(redis_server):
 
 async def test_lazy_sessions_of_pages_that_use_them_are_loaded_by_the_loop_once_learned(redis_server):
     """Without auto_start: a page seen using its session has the next requests that bring
-    a cookie locked and read in the loop's pipeline; other pages never lock for it."""
+    a cookie locked and read in the loop's pipeline, and the new sessions of those without
+    one saved there; other pages never lock for it, nor get a session they do not use."""
     import urllib.parse
 
     from fcgi_cluster.sessions import open_store
@@ -536,16 +537,22 @@ async def test_lazy_sessions_of_pages_that_use_them_are_loaded_by_the_loop_once_
                 first = await web.request(params("/count"))  # a new session, from the app's thread
                 sid = cookie_of(first).split(";")[0].split("=")[1]
                 assert blocking and not middleware.preloads(params("/other", HTTP_COOKIE=f"PHPSESSID={sid}"))
-                assert not middleware.preloads(params("/count"))  # no cookie: nothing to load
+                assert middleware.preloads(params("/count"))  # no cookie: its new session saved by the loop
                 assert middleware.preloads(params("/count?x=1", HTTP_COOKIE=f"PHPSESSID={sid}"))
                 blocking.clear()
                 answers = [await web.request(with_cookie("/count", sid)) for _ in range(3)]
                 plain = await web.request(with_cookie("/other", sid))
+                newcomer = await web.request(params("/count"))
+                passer_by = await web.request(params("/other"))
             loop_store.close()
             nursery.cancel_scope.cancel()
     finally:
         store.close()
     assert [json.loads(a.body)["n"] for a in answers] == [2, 3, 4]
     assert json.loads(plain.body) == {} and blocking == []
+    assert json.loads(newcomer.body) == {"n": 1} and cookie_of(newcomer)
+    new_sid = cookie_of(newcomer).split(";")[0].split("=")[1]
+    assert new_sid != sid and not cookie_of(passer_by)
     with redis_server.client() as client:
         assert client.keys("*_LOCK") == []
+        assert client.get(f"PHPREDIS_SESSION:{new_sid}") is not None

@@ -7,7 +7,7 @@ import time
 
 import trio
 
-from fcgi_cluster.worker._inline import PROMOTE_AFTER, QUICK_CALL, SMALL_ANSWER, InlinePolicy
+from fcgi_cluster.worker._inline import PROMOTE_AFTER, QUICK_CALL, SMALL_ANSWER, THREAD_WALL, InlinePolicy
 
 from fcgi_cluster.worker import WorkerConfig
 from fcgi_cluster.worker._pool_config import parse_pool_config
@@ -29,6 +29,20 @@ def test_promotion_needs_a_streak_of_quick_small_calls():
         policy.ran_in_thread(QUICK_CALL / 10, SMALL_ANSWER - 1)
     assert not policy.inline
     policy.ran_in_thread(QUICK_CALL / 10, SMALL_ANSWER - 1)
+    assert policy.inline
+
+
+def test_a_thread_call_quick_in_cpu_counts_as_quick_though_it_waited_for_the_gil():
+    policy = InlinePolicy()
+    for _ in range(PROMOTE_AFTER - 1):
+        policy.ran_in_thread(QUICK_CALL * 3, 100, cpu=QUICK_CALL / 10)  # waited, worked little
+    policy.ran_in_thread(THREAD_WALL, 100, cpu=QUICK_CALL / 10)  # waited too long: blocked
+    for _ in range(PROMOTE_AFTER - 1):
+        policy.ran_in_thread(QUICK_CALL * 3, 100, cpu=QUICK_CALL / 10)
+    policy.ran_in_thread(QUICK_CALL * 3, 100, cpu=QUICK_CALL)  # worked too long
+    assert not policy.inline
+    for _ in range(PROMOTE_AFTER):
+        policy.ran_in_thread(QUICK_CALL * 3, 100, cpu=QUICK_CALL / 10)
     assert policy.inline
 
 
@@ -166,10 +180,12 @@ def test_short_calls_that_were_only_preempted_keep_the_app_inline():
     policy = InlinePolicy()
     for _ in range(PROMOTE_AFTER):
         policy.ran_in_thread(0.0, 10)
+    # The switch count is set out of reach: this test is about the CPU reading
+    # (other threads of the test process, wanting the GIL, can make one).
     for _ in range(300):
         wall, cpu, switches = policy.clock()
         _spin(0.0003)
-        policy.ran_inline_since((wall - QUICK_CALL * 1.5, cpu, switches), 10)
+        policy.ran_inline_since((wall - QUICK_CALL * 1.5, cpu, switches + 10**9), 10)
         assert policy.inline
 
 
