@@ -379,7 +379,10 @@ class WorkerConnection:
             self._close_when_idle()
         elif self._drain.draining:
             self._update_drain()
-        if self._writer_lot:
+        if self._closing and self._writer_lot:
+            # The writer ends once the last request is done; with output
+            # queued it was woken already (an idle writer's wake-up per
+            # request cost nginx's peers, one request per turn, a task switch).
             self._writer_lot.unpark()
 
     def _close_when_idle(self) -> None:
