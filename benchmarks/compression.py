@@ -141,6 +141,7 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / f"compression-{stamp()}")
     args = parser.parse_args()
+    args.out = args.out.absolute()  # peers' configs name paths under it; run from anywhere
     part = run(Settings(args.seconds, args.rounds, args.connections), args.out)
     (args.out / "results.json").write_text(json.dumps(part, indent=2))
     text = report(part)

@@ -465,7 +465,7 @@ def main() -> int:
         args.duration, args.rounds = 2.0, 1
     settings = Settings(args.duration, args.rounds, tuple(args.connections),
                         tuple(args.scenario or SCENARIOS), tuple(args.stack or STACKS), args.front_processes)
-    out = pathlib.Path(args.out) / f"{stamp()}-http"
+    out = pathlib.Path(args.out).absolute() / f"{stamp()}-http"
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(steps(settings))
     try:

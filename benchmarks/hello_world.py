@@ -304,7 +304,7 @@ def main() -> int:
     if args.quick:
         args.duration, args.rounds = 1.0, 1
     settings = Settings(args.duration, args.rounds, stacks=tuple(args.stack or STACKS))
-    out = pathlib.Path(args.out) / f"{stamp()}-hello"
+    out = pathlib.Path(args.out).absolute() / f"{stamp()}-hello"
     progress = Progress(steps(settings))
     try:
         part = run(settings, out, progress)

@@ -207,7 +207,7 @@ def main() -> int:
     base = QUICK if args.quick else Settings()
     settings = Settings(requests=args.requests or base.requests, connections=args.connections,
                         streams=args.streams, rounds=args.rounds or base.rounds)
-    out = args.out or ROOT / "benchmarks" / "results" / f"{stamp()}-http2"
+    out = (args.out or ROOT / "benchmarks" / "results" / f"{stamp()}-http2").absolute()
     try:
         part = run(settings, out)
     except Unavailable as exc:

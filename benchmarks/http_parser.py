@@ -228,7 +228,7 @@ def main() -> int:
                 print(f"{scenario:14} {name:10} {us:8.2f} µs/request  {1e6 / us:10,.0f} req/s", flush=True)
     table = report(runs, names)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    out = pathlib.Path(args.out) / stamp
+    out = pathlib.Path(args.out).absolute() / stamp
     out.mkdir(parents=True, exist_ok=True)
     (out / "http_parser.json").write_text(json.dumps({"machine": machine(), "runs": runs}, indent=2))
     (out / "http_parser.md").write_text(table)

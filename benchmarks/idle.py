@@ -350,7 +350,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     settings = Settings(QUICK_CLIENTS if args.quick else args.clients, tuple(args.front_door or FRONT_DOORS))
-    out = pathlib.Path(args.out) / f"{stamp()}-idle"
+    out = pathlib.Path(args.out).absolute() / f"{stamp()}-idle"
     out.mkdir(parents=True, exist_ok=True)
     part = run(settings, out, Progress(steps(settings)))
     write_part(out, "idle", part, report(part))

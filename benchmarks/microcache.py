@@ -161,7 +161,7 @@ def main() -> int:
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     settings = Settings(args.duration or (1.0 if args.quick else 3.0), args.rounds or (1 if args.quick else 2))
-    out = args.out / stamp() / "microcache"
+    out = args.out.absolute() / stamp() / "microcache"
     progress = Progress(steps(settings))
     part = run(settings, out, progress)
     (out / "results.json").write_text(json.dumps(part, indent=1))

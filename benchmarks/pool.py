@@ -208,7 +208,7 @@ def main() -> int:
     if args.quick:
         args.seconds, args.rounds = 1.0, 1
     part = run(args.seconds, args.rounds, Progress(steps(args.rounds)))
-    out = pathlib.Path(args.out) / f"{stamp()}-pool"
+    out = pathlib.Path(args.out).absolute() / f"{stamp()}-pool"
     out.mkdir(parents=True, exist_ok=True)
     write_part(out, "pool", part, report(part))
     return 0

@@ -459,7 +459,7 @@ def main() -> int:
     if args.quick:
         args.duration, args.rounds = 2.0, 1
     settings = Settings(args.duration, args.rounds, args.connections, args.sessions)
-    out = pathlib.Path(args.out) / f"{stamp()}-sessions"
+    out = pathlib.Path(args.out).absolute() / f"{stamp()}-sessions"
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress(steps(settings))
     try:

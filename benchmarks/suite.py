@@ -373,7 +373,7 @@ def main() -> int:
     if shutil.which("wrk") is None:
         print("suite.py: wrk is not installed: run `make deps` (scripts/install-deps.sh)", file=sys.stderr)
         return 1
-    out = pathlib.Path(args.out) / stamp()
+    out = pathlib.Path(args.out).absolute() / stamp()
     out.mkdir(parents=True, exist_ok=True)
     results = run(tuple(args.only or PARTS), args.quick, out)
     (out / "results.json").write_text(json.dumps(results, indent=2))
