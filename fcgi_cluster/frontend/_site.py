@@ -196,44 +196,48 @@ class SiteView:
 
     @property
     def site(self) -> Site:
-        """The request's site while one is in progress, else the current one."""
+        """The request's site while one is in progress, else the current one.
+
+        (The properties below read it inline: a dozen reads per request, one
+        Python call fewer each.)
+        """
         return self._pinned or self._current()
 
     @property
     def frontend(self) -> typing.Any:
-        return self.site.frontend
+        return (self._pinned or self._current()).frontend
 
     @property
     def limits(self) -> HTTPLimits:
-        return self.site.limits
+        return (self._pinned or self._current()).limits
 
     @property
     def upstreams(self) -> dict[str, Upstream]:
-        return self.site.upstreams
+        return (self._pinned or self._current()).upstreams
 
     @property
     def routes(self) -> typing.Any:
-        return self.site.routes
+        return (self._pinned or self._current()).routes
 
     @property
     def route_plans(self) -> list[RoutePlan]:
-        return self.site.route_plans
+        return (self._pinned or self._current()).route_plans
 
     @property
     def connections(self) -> trio.Semaphore:
-        return self.site.connections
+        return (self._pinned or self._current()).connections
 
     @property
     def deadlines(self) -> Deadlines:
-        return self.site.deadlines
+        return (self._pinned or self._current()).deadlines
 
     @property
     def answer_pool(self) -> MemoryPool:
-        return self.site.answer_pool
+        return (self._pinned or self._current()).answer_pool
 
     def route_of(self, path: bytes) -> tuple[int, typing.Any]:
         """``Site.route_of`` of the request's site."""
-        return self.site.route_of(path)
+        return (self._pinned or self._current()).route_of(path)
 
     def request_started(self) -> None:
         """A request begins: pin the current site for it."""
@@ -247,7 +251,7 @@ class SiteView:
 
     def log_request(self, remote_addr: bytes, head: RequestHead, status: int, sent: int, started: float) -> None:
         """``Site.log_request`` of the request's site."""
-        self.site.log_request(remote_addr, head, status, sent, started)
+        (self._pinned or self._current()).log_request(remote_addr, head, status, sent, started)
 
 
 def log_stderr(address: str, stderr: bytes) -> None:
