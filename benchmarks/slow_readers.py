@@ -246,6 +246,7 @@ def main() -> int:
     settings = QUICK if args.quick else Settings()
     if args.seconds:
         settings = dataclasses.replace(settings, seconds=args.seconds)
+    args.out = args.out.absolute()  # peers' configs name paths under it; run from anywhere
     args.out.mkdir(parents=True, exist_ok=True)
     part = run(settings, args.out)
     (args.out / "results.json").write_text(json.dumps(part, indent=2))

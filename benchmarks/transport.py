@@ -302,7 +302,7 @@ def main() -> int:
     if args.quick:
         args.seconds, args.rounds = 1.0, 2
     part = run(args.seconds, args.rounds, Progress(steps(args.rounds)), args.app)
-    out = pathlib.Path(args.out) / f"{stamp()}-transport"
+    out = pathlib.Path(args.out).absolute() / f"{stamp()}-transport"
     out.mkdir(parents=True, exist_ok=True)
     write_part(out, "transport", part, report(part))
     return 0

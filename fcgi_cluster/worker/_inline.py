@@ -5,7 +5,11 @@ and a wake-up of the loop: for a small answer, more than the app itself. A
 pool with threads may still run an app's call on the loop's own thread (as
 ``threads = 0`` always does) once its calls have been seen to be short and
 small: ``PROMOTE_AFTER`` calls in a row in threads, each done in under
-``QUICK_CALL`` seconds with an answer under ``SMALL_ANSWER`` bytes.
+``QUICK_CALL`` seconds with an answer under ``SMALL_ANSWER`` bytes. A call
+that took longer counts as quick when its thread worked under ``QUICK_CALL``
+and, for the rest of the time (up to ``THREAD_WALL``), the process's other
+threads ran: it waited for the GIL (a busy loop), not for I/O. An app that
+waits on a socket or a sleep while the process is idle is never promoted.
 
 An inline call that turns out slow or large sends the app back to threads,
 and the next promotion needs four times as many quick calls in a row: an app
@@ -19,11 +23,11 @@ from __future__ import annotations
 import resource
 import time
 
-__all__ = ["InlinePolicy", "PROMOTE_AFTER", "QUICK_CALL", "SMALL_ANSWER", "THREAD_WALL"]
+__all__ = ["GIL_SHARE", "InlinePolicy", "PROMOTE_AFTER", "QUICK_CALL", "SMALL_ANSWER", "THREAD_WALL"]
 
-#: Seconds a call may take (wall clock, GIL waits included) and still count as quick.
-#: A hello call takes about 30 us in a thread here; 2 ms is what the loop may
-#: be held up by the rare call that turns out slow.
+#: Seconds a call may take (wall clock; see ``THREAD_WALL`` for GIL waits) and still
+#: count as quick, and the most CPU it may use. A hello call takes about 30 us in a
+#: thread here; 2 ms is what the loop may be held up by the rare call that turns out slow.
 QUICK_CALL = 0.002
 
 #: Bytes of answer a quick call may return: an inline call holds its answer whole.
@@ -35,6 +39,10 @@ SMALL_ANSWER = 64 * 1024
 #: take 10 ms, and a wall-clock test alone never promoted such an app (the
 #: sessions benchmark: the loop's Redis work kept every call over 2 ms).
 THREAD_WALL = 0.025
+
+#: Of a thread call's time off its CPU, the share the process's other threads must
+#: have run for that time to count as a wait for the GIL.
+GIL_SHARE = 0.8
 
 #: Quick calls in a row in threads before the app runs inline.
 PROMOTE_AFTER = 64
@@ -81,13 +89,16 @@ class InlinePolicy:
         """Quick calls in a row that the next promotion needs."""
         return self._needed
 
-    def ran_in_thread(self, seconds: float, size: int, cpu: float | None = None) -> None:
+    def ran_in_thread(self, seconds: float, size: int, cpu: float | None = None, others: float = 0.0) -> None:
         """A call in a pool thread took ``seconds`` and answered ``size`` bytes (-1: streamed).
 
-        ``cpu``: the thread's CPU seconds for it, when known: then a call quick
-        in CPU counts as quick up to ``THREAD_WALL`` of wall clock.
+        ``cpu``: the thread's CPU seconds for it, when known; ``others``: the
+        CPU seconds the process's other threads used meanwhile. A call quick in
+        CPU whose time off the CPU the others filled (GIL waits) counts as quick
+        up to ``THREAD_WALL`` of wall clock.
         """
-        if cpu is not None and cpu < QUICK_CALL and seconds < THREAD_WALL:
+        if (cpu is not None and cpu < QUICK_CALL and QUICK_CALL <= seconds < THREAD_WALL
+                and others >= GIL_SHARE * (seconds - cpu)):
             seconds = 0.0
         if 0 <= size < SMALL_ANSWER and seconds < QUICK_CALL:
             self._streak += 1

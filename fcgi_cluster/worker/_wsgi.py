@@ -142,7 +142,7 @@ class _Call:
     __slots__ = (
         "app", "environ", "errors", "handoff", "status", "headers",
         "headers_sent", "batch", "batch_size", "resume", "aborted", "ctx", "batch_limit",
-        "lock", "batch_since", "delivering", "streamed", "elapsed", "cpu",
+        "lock", "batch_since", "delivering", "streamed", "elapsed", "cpu", "others",
     )
 
     def __init__(self, app: Callable, environ: dict, errors: WSGIErrors, ctx: RequestContext) -> None:
@@ -172,8 +172,14 @@ class _Call:
         self.streamed = False
         #: Seconds ``run`` spent calling the app and draining its answer.
         self.elapsed = 0.0
-        #: Of them, the thread's own CPU seconds.
+        #: Of them, the thread's own CPU seconds; and the other threads' meanwhile.
         self.cpu = 0.0
+        self.others = 0.0
+
+    def tell(self, quick: InlinePolicy, kind: int, data: bytes) -> None:
+        """Tell ``quick`` how this call went in its thread, from its first outcome (``kind``, ``data``)."""
+        size = -1 if kind == _CHUNK or self.streamed else len(data)
+        quick.ran_in_thread(self.elapsed, size, self.cpu, self.others)
 
     # --- PEP 3333 callables ------------------------------------------------
 
@@ -265,12 +271,13 @@ class _Call:
         # Published for the slow log (this thread's stack) and the terminate
         # timeout (is the app's code still running after its request ended?).
         self.ctx.app_thread = threading.get_ident()
-        began, cpu = time.perf_counter(), time.thread_time()
+        began, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
         try:
             outcome = self._run()
         finally:
             self.elapsed = time.perf_counter() - began
             self.cpu = time.thread_time() - cpu
+            self.others = time.process_time() - process - self.cpu
             self.ctx.app_thread = None
         self.handoff.deliver(outcome)
 
@@ -496,7 +503,7 @@ class WSGIHandler:
         def delivered(value: tuple[int, bytes, bytes]) -> None:
             try:
                 kind, data, stderr = value
-                quick.ran_in_thread(call.elapsed, -1 if kind == _CHUNK else len(data), call.cpu)
+                call.tell(quick, kind, data)
                 ctx.log(stderr)
                 over()
                 if kind == _CHUNK:
@@ -530,6 +537,7 @@ class WSGIHandler:
     def _call_inline(ctx: RequestContext, call: _Call, quick: InlinePolicy) -> tuple[int, bytes]:
         """Run a call proven quick on the loop's thread, telling ``quick`` how it went."""
         call.batch_limit = math.inf
+        call.environ["fcgi_cluster.inline"] = True  # sessions.INLINE_KEY: nothing may block here
         began = quick.clock()
         kind, data, stderr = call._run()
         quick.ran_inline_since(began, len(data))
@@ -590,7 +598,7 @@ class WSGIHandler:
                 ctx.log(stderr)
                 if not counted:
                     counted = True
-                    quick.ran_in_thread(call.elapsed, -1 if kind == _CHUNK else len(data), call.cpu)
+                    call.tell(quick, kind, data)
                 if kind != _CHUNK:
                     break
                 ctx.send_nowait(data)

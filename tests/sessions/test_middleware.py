@@ -556,3 +556,64 @@ async def test_lazy_sessions_of_pages_that_use_them_are_loaded_by_the_loop_once_
     with redis_server.client() as client:
         assert client.keys("*_LOCK") == []
         assert client.get(f"PHPREDIS_SESSION:{new_sid}") is not None
+
+
+async def test_an_early_save_in_an_app_run_on_the_loop_is_left_to_the_loop(redis_server):
+    """Once the worker runs a session app on its loop (inline policy), ``session.save()``
+    (PHP's session_write_close) makes no blocking store call there: the loop writes it
+    right after the call, and an abort after it keeps it."""
+    import threading
+    import urllib.parse
+
+    from fcgi_cluster.sessions import open_store
+    from fcgi_cluster.worker._inline import PROMOTE_AFTER
+    from tests.sessions.conftest import REDIS_PASSWORD
+
+    loop_thread = threading.get_ident()
+    ran_on: list[bool] = []
+
+    def app(environ, start_response):
+        ran_on.append(threading.get_ident() == loop_thread)
+        session = environ[SESSION_KEY]
+        session["n"] = session.get("n", 0) + 1
+        session.save()
+        if environ["QUERY_STRING"] == "fail":
+            raise RuntimeError("after the save")
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({"n": session["n"]}).encode()]
+
+    store = open_store("redis", f"tcp://{redis_server.address}?auth={urllib.parse.quote(REDIS_PASSWORD)}")
+    blocking: list[str] = []
+    for name in ("lock_and_read", "write", "write_and_release", "touch_and_release", "release_lock"):
+        def counted(*args, _call=getattr(store, name), _name=name, **kwargs):
+            blocking.append(_name)
+            return _call(*args, **kwargs)
+        setattr(store, name, counted)
+    settings = SessionSettings(gc_probability=0, lock_wait=2, lock_retry_interval=0.01)
+    try:
+        async with trio.open_nursery() as nursery:
+            loop_store = store.loop_store(nursery)
+            middleware = WSGISessionMiddleware(app, store, settings, loop_store)
+            async with serving(middleware, config=WorkerConfig(threads=8)) as web:
+                first = await web.request(params("/count"))
+                sid = cookie_of(first).split(";")[0].split("=")[1]
+                for _ in range(4 * PROMOTE_AFTER):  # until promoted (a slow first call restarts the count)
+                    await web.request(with_cookie("/count", sid))
+                    if ran_on[-1]:
+                        break
+                assert ran_on[-1], "never promoted"
+                blocking.clear()
+                before = len(ran_on)
+                inline = [await web.request(with_cookie("/count", sid)) for _ in range(3)]
+                failed = await web.request(with_cookie("/count?fail", sid))
+            loop_store.close()
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+    assert ran_on[-4:] == [True] * 4 and blocking == []
+    assert [json.loads(a.body)["n"] for a in inline] == [before + 1, before + 2, before + 3]
+    assert failed.status == 500
+    with redis_server.client() as client:
+        assert client.keys("*_LOCK") == []
+        stored = client.get(f"PHPREDIS_SESSION:{sid}")
+    assert json.loads(stored) == {"n": before + 4}  # the failed request's save was kept

@@ -33,17 +33,38 @@ def test_promotion_needs_a_streak_of_quick_small_calls():
 
 
 def test_a_thread_call_quick_in_cpu_counts_as_quick_though_it_waited_for_the_gil():
+    slow, cpu = QUICK_CALL * 3, QUICK_CALL / 10
+    gil = slow - cpu  # the other threads ran all the while: a wait for the GIL
     policy = InlinePolicy()
     for _ in range(PROMOTE_AFTER - 1):
-        policy.ran_in_thread(QUICK_CALL * 3, 100, cpu=QUICK_CALL / 10)  # waited, worked little
-    policy.ran_in_thread(THREAD_WALL, 100, cpu=QUICK_CALL / 10)  # waited too long: blocked
+        policy.ran_in_thread(slow, 100, cpu=cpu, others=gil)
+    policy.ran_in_thread(THREAD_WALL, 100, cpu=cpu, others=THREAD_WALL)  # waited too long
     for _ in range(PROMOTE_AFTER - 1):
-        policy.ran_in_thread(QUICK_CALL * 3, 100, cpu=QUICK_CALL / 10)
-    policy.ran_in_thread(QUICK_CALL * 3, 100, cpu=QUICK_CALL)  # worked too long
+        policy.ran_in_thread(slow, 100, cpu=cpu, others=gil)
+    policy.ran_in_thread(slow, 100, cpu=QUICK_CALL, others=gil)  # worked too long
+    for _ in range(PROMOTE_AFTER - 1):
+        policy.ran_in_thread(slow, 100, cpu=cpu, others=gil)
+    policy.ran_in_thread(slow, 100, cpu=cpu, others=gil / 2)  # nobody ran for half of it: I/O
     assert not policy.inline
     for _ in range(PROMOTE_AFTER):
-        policy.ran_in_thread(QUICK_CALL * 3, 100, cpu=QUICK_CALL / 10)
+        policy.ran_in_thread(slow, 100, cpu=cpu, others=gil)
     assert policy.inline
+
+
+async def test_an_app_that_waits_on_io_in_its_threads_is_never_promoted():
+    loop_thread = threading.get_ident()
+    ran_on: list[bool] = []
+
+    def app(environ, start_response):
+        ran_on.append(threading.get_ident() == loop_thread)
+        time.sleep(QUICK_CALL * 2.5)  # a short query: little CPU, and the process idle meanwhile
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    async with serving(app) as web:
+        for _ in range(PROMOTE_AFTER + 8):
+            assert (await web.request(params("/"))).body == b"ok"
+    assert ran_on == [False] * (PROMOTE_AFTER + 8)
 
 
 def test_a_slow_or_large_inline_call_demotes_and_the_next_promotion_needs_more():
