@@ -234,7 +234,7 @@ class WSGISessionMiddleware:
             session = preloaded.session
             # On the worker's loop thread (its inline policy): an early save
             # must not block the loop; the loop's ``end`` writes it.
-            session.defer_commit = environ.get(INLINE_KEY, False)
+            session.defer_commit = environ.get(INLINE_KEY) is True
         response = _WSGIResponse(start_response, session, self.settings)
         if preloaded is not None and preloaded.failure is not None:
             log.warning("session unavailable: %s", preloaded.failure)

@@ -155,6 +155,7 @@ class Session(MutableMapping[str, Any]):
         self.defer_commit = False
         self._frozen = False  # saved (or aborted) by the app; the loop commits
         self._discard = False  # ...by letting go instead
+        self._dumped: bytes | None = None  # what the app's deferred save serialized
 
     # --- loading ------------------------------------------------------------
 
@@ -351,7 +352,13 @@ class Session(MutableMapping[str, Any]):
         """
         if self._state == _LOADED:
             if self.defer_commit:
-                self._frozen = True  # no more changes; written by the loop's save
+                if not self._frozen:
+                    self._frozen = True  # no more changes; written by the loop's save
+                    try:  # serialized now, as a save in a thread would: its errors are the app's
+                        self._dumped = self._serializer.dumps(self._data)
+                    except BaseException:
+                        self._discard = True  # the loop lets go of it (and of its lock)
+                        raise
                 return
             self._commit()
         elif self._state == _DETACHED:
@@ -379,7 +386,8 @@ class Session(MutableMapping[str, Any]):
         """Drop this request's changes and release the lock (PHP's ``session_abort``)."""
         if self._state in (_LOADED, _DETACHED):
             if self.defer_commit:
-                self._frozen = self._discard = True  # the loop's save lets go instead
+                if not self._frozen:  # after a save, nothing to drop (as in a thread)
+                    self._frozen = self._discard = True  # the loop's save lets go instead
                 return
             self._state = _CLOSED
             self._release_lock()
@@ -398,7 +406,7 @@ class Session(MutableMapping[str, Any]):
         sid = self._sid
         assert sid is not None
         try:
-            data = self._serializer.dumps(self._data)
+            data = self._dumped if self._dumped is not None else self._serializer.dumps(self._data)
         except BaseException:
             self._state = _CLOSED
             yield from self._release_steps()

@@ -77,12 +77,16 @@ class InlinePolicy:
         inline: the next call (with its body buffered) runs on the loop's thread.
     """
 
-    __slots__ = ("inline", "_streak", "_needed")
+    __slots__ = ("inline", "_streak", "_needed", "_gil_credit")
 
     def __init__(self) -> None:
         self.inline = False
         self._streak = 0
         self._needed = PROMOTE_AFTER
+        #: Thread calls slow in wall clock may count as GIL waits (``THREAD_WALL``):
+        #: until an inline call blocks. A busy loop fills the gap of an app that
+        #: waits on I/O too; once one is caught, only the wall clock counts.
+        self._gil_credit = True
 
     @property
     def needed(self) -> int:
@@ -97,7 +101,7 @@ class InlinePolicy:
         CPU whose time off the CPU the others filled (GIL waits) counts as quick
         up to ``THREAD_WALL`` of wall clock.
         """
-        if (cpu is not None and cpu < QUICK_CALL and QUICK_CALL <= seconds < THREAD_WALL
+        if (cpu is not None and self._gil_credit and cpu < QUICK_CALL and QUICK_CALL <= seconds < THREAD_WALL
                 and others >= GIL_SHARE * (seconds - cpu)):
             seconds = 0.0
         if 0 <= size < SMALL_ANSWER and seconds < QUICK_CALL:
@@ -112,11 +116,18 @@ class InlinePolicy:
         """Taken on the loop's thread just before an inline call, for ``ran_inline_since``."""
         return time.perf_counter(), time.thread_time(), _switches()
 
-    def ran_inline_since(self, began: tuple[float, float, int], size: int) -> None:
-        """An inline call begun at ``clock()`` answered ``size`` bytes; call on the same thread."""
+    def ran_inline_since(self, began: tuple[float, float, int], size: int, threads_busy: bool = False) -> None:
+        """An inline call begun at ``clock()`` answered ``size`` bytes; call on the same thread.
+
+        ``threads_busy``: app threads were running when it began (calls still
+        finishing there), so a switch in it may have been a wait for the GIL.
+        """
         seconds = time.perf_counter() - began[0]
-        if seconds >= QUICK_CALL and size < SMALL_ANSWER and not _held_up(began[1], began[2]):
-            seconds = 0.0  # only preempted: the app was quick
+        if seconds >= QUICK_CALL and size < SMALL_ANSWER:
+            if not _held_up(began[1], began[2]):
+                seconds = 0.0  # only preempted: the app was quick
+            elif not threads_busy:
+                self._gil_credit = False  # it blocked (or worked): judge threads by the wall clock
         self.ran_inline(seconds, size)
 
     def ran_inline(self, seconds: float, size: int) -> None:

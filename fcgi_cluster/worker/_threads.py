@@ -139,6 +139,11 @@ class ThreadPool:
         self._busy_time = process_busy_time if busy_time is None else busy_time
 
     @property
+    def busy(self) -> int:
+        """Threads running a job now (read without the lock: a hint)."""
+        return self._busy
+
+    @property
     def threads(self) -> int:
         """Threads started so far."""
         return self._threads

@@ -533,14 +533,14 @@ class WSGIHandler:
         except Exception:  # on the loop, outside any task: never raised there
             log.exception("request %d failed inside the worker", ctx.request_id)
 
-    @staticmethod
-    def _call_inline(ctx: RequestContext, call: _Call, quick: InlinePolicy) -> tuple[int, bytes]:
+    def _call_inline(self, ctx: RequestContext, call: _Call, quick: InlinePolicy) -> tuple[int, bytes]:
         """Run a call proven quick on the loop's thread, telling ``quick`` how it went."""
         call.batch_limit = math.inf
         call.environ["fcgi_cluster.inline"] = True  # sessions.INLINE_KEY: nothing may block here
+        threads_busy = self.pool.busy > 0
         began = quick.clock()
         kind, data, stderr = call._run()
-        quick.ran_inline_since(began, len(data))
+        quick.ran_inline_since(began, len(data), threads_busy)
         ctx.log(stderr)
         return kind, data
 

@@ -577,6 +577,8 @@ async def test_an_early_save_in_an_app_run_on_the_loop_is_left_to_the_loop(redis
         session = environ[SESSION_KEY]
         session["n"] = session.get("n", 0) + 1
         session.save()
+        if environ["QUERY_STRING"] == "abort":
+            session.abort()  # a cleanup after the save: nothing left to drop
         if environ["QUERY_STRING"] == "fail":
             raise RuntimeError("after the save")
         start_response("200 OK", [("Content-Type", "application/json")])
@@ -605,15 +607,16 @@ async def test_an_early_save_in_an_app_run_on_the_loop_is_left_to_the_loop(redis
                 blocking.clear()
                 before = len(ran_on)
                 inline = [await web.request(with_cookie("/count", sid)) for _ in range(3)]
+                aborted = await web.request(with_cookie("/count?abort", sid))
                 failed = await web.request(with_cookie("/count?fail", sid))
             loop_store.close()
             nursery.cancel_scope.cancel()
     finally:
         store.close()
-    assert ran_on[-4:] == [True] * 4 and blocking == []
+    assert ran_on[-5:] == [True] * 5 and blocking == []
     assert [json.loads(a.body)["n"] for a in inline] == [before + 1, before + 2, before + 3]
-    assert failed.status == 500
+    assert json.loads(aborted.body)["n"] == before + 4 and failed.status == 500
     with redis_server.client() as client:
         assert client.keys("*_LOCK") == []
         stored = client.get(f"PHPREDIS_SESSION:{sid}")
-    assert json.loads(stored) == {"n": before + 4}  # the failed request's save was kept
+    assert json.loads(stored) == {"n": before + 5}  # the aborted and the failed requests' saves were kept

@@ -51,6 +51,22 @@ def test_a_thread_call_quick_in_cpu_counts_as_quick_though_it_waited_for_the_gil
     assert policy.inline
 
 
+def test_once_an_inline_call_blocks_thread_calls_are_judged_by_the_wall_clock_alone():
+    slow, cpu = QUICK_CALL * 3, QUICK_CALL / 10
+    for threads_busy, credited in ((True, True), (False, False)):
+        policy = InlinePolicy()
+        for _ in range(PROMOTE_AFTER):
+            policy.ran_in_thread(0.0, 10)
+        began = policy.clock()
+        time.sleep(QUICK_CALL * 2)  # blocks (a voluntary switch)
+        policy.ran_inline_since(began, 10, threads_busy)
+        assert not policy.inline
+        for _ in range(policy.needed):
+            policy.ran_in_thread(slow, 10, cpu=cpu, others=slow)  # all of it looks like GIL waits
+        # A busy pool may explain the switch (a wait for the GIL): the credit stays.
+        assert policy.inline is credited
+
+
 async def test_an_app_that_waits_on_io_in_its_threads_is_never_promoted():
     loop_thread = threading.get_ident()
     ran_on: list[bool] = []
