@@ -146,6 +146,7 @@ class WSGISessionMiddleware:
         self.loop_ends = settings.auto_start or loop_store is not None
         #: Pages (REQUEST_URI before "?") whose requests used their session.
         self._session_pages: set[str] = set()
+        self._cookie_mark = f"{settings.name}=".encode("latin-1")
 
     def preloads(self, params: Mapping[bytes, bytes]) -> bool:
         """Whether this request's session is loaded on the loop before the app (``begin``).
@@ -156,16 +157,25 @@ class WSGISessionMiddleware:
         in the loop's pipeline rather than from the app's thread, as under
         ``auto_start`` (which costs a thread a round trip of its own each way);
         one without has nothing to read, and the new session its app may start
-        is saved by the loop too. Either way the app's call makes no store
-        call, so it may run on the loop's thread (``worker._inline``). A page
-        that never uses its session is never locked for it.
+        is saved by the loop too (not under ``on_store_error = proceed``).
+        Either way the app's call makes no store call, so it may run on the
+        loop's thread (``worker._inline``). A page that never uses its session
+        is never locked for it.
         """
         if self.settings.auto_start:
             return True
         if not self._session_pages:
             return False
         page = params.get(b"REQUEST_URI", b"").partition(b"?")[0].decode("latin-1")
-        return page in self._session_pages
+        if page not in self._session_pages:
+            return False
+        if self.settings.on_store_error == "proceed":
+            # Without a cookie the store is first met at the save: under
+            # ``proceed`` a failed one must leave no cookie on the answer, which
+            # the app's thread can still see to, and the loop, after the app, not.
+            cookie = params.get(b"HTTP_COOKIE")
+            return bool(cookie) and self._cookie_mark in cookie
+        return True
 
     def _learn(self, environ: dict) -> None:
         """A request used its session: its page's next requests are preloaded."""
