@@ -38,9 +38,6 @@ log = logging.getLogger("fcgi_cluster.sessions")
 
 #: environ / scope["extensions"] keys.
 SESSION_KEY = "fcgi_cluster.session"
-#: True in the environ of a call the worker runs on its event loop's thread
-#: under its inline policy (``worker._inline``), where nothing may block.
-INLINE_KEY = "fcgi_cluster.inline"
 STORE_KEY = "fcgi_cluster.session_store"
 #: Where ``begin`` leaves its ``Preloaded`` for the middleware's ``__call__`` (taken out there).
 _PRELOADED_KEY = "fcgi_cluster.session_preloaded"
@@ -220,7 +217,7 @@ class WSGISessionMiddleware:
             Exception: a value the session's format cannot hold (as ``save``).
         """
         session = preloaded.session
-        if preloaded.failure is not None or not (completed or session.save_pending):
+        if not completed or preloaded.failure is not None:
             await session.aabort()
             return None
         try:
@@ -242,9 +239,6 @@ class WSGISessionMiddleware:
             environ[STORE_KEY] = self.store
         else:
             session = preloaded.session
-            # On the worker's loop thread (its inline policy): an early save
-            # must not block the loop; the loop's ``end`` writes it.
-            session.defer_commit = environ.get(INLINE_KEY) is True
         response = _WSGIResponse(start_response, session, self.settings)
         if preloaded is not None and preloaded.failure is not None:
             log.warning("session unavailable: %s", preloaded.failure)

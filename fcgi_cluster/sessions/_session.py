@@ -148,14 +148,6 @@ class Session(MutableMapping[str, Any]):
         self._invalidated = False
         self.failure: StoreError | None = None
         self.headers_sent = False
-        #: Set when the app runs on the worker's event loop thread (the inline
-        #: policy) and the loop saves the session after it (the WSGI
-        #: middleware's ``end``): ``save``/``abort`` must not block on the store
-        #: there, and leave the store call to that save, a moment later.
-        self.defer_commit = False
-        self._frozen = False  # saved (or aborted) by the app; the loop commits
-        self._discard = False  # ...by letting go instead
-        self._dumped: bytes | None = None  # what the app's deferred save serialized
 
     # --- loading ------------------------------------------------------------
 
@@ -253,7 +245,7 @@ class Session(MutableMapping[str, Any]):
 
     def _writable(self) -> dict[str, Any]:
         data = self._loaded()
-        if self._state == _CLOSED or self._frozen:
+        if self._state == _CLOSED:
             raise RuntimeError("the session was already saved in this request; changes would be lost")
         return data
 
@@ -351,15 +343,6 @@ class Session(MutableMapping[str, Any]):
             SerializationError: a value the format cannot hold.
         """
         if self._state == _LOADED:
-            if self.defer_commit:
-                if not self._frozen:
-                    self._frozen = True  # no more changes; written by the loop's save
-                    try:  # serialized now, as a save in a thread would: its errors are the app's
-                        self._dumped = self._serializer.dumps(self._data)
-                    except BaseException:
-                        self._discard = True  # the loop lets go of it (and of its lock)
-                        raise
-                return
             self._commit()
         elif self._state == _DETACHED:
             self._state = _CLOSED
@@ -367,16 +350,8 @@ class Session(MutableMapping[str, Any]):
     #: PHP's name for it: ``session_write_close``.
     close = save
 
-    @property
-    def save_pending(self) -> bool:
-        """The app saved (``save``) on the loop's thread: the loop's save writes it, whatever follows."""
-        return self._frozen and not self._discard
-
     async def asave(self) -> None:
         """``save()`` without blocking the loop: on the loop store, else in a thread."""
-        if self._discard:
-            await self.aabort()
-            return
         if self._state == _LOADED:
             await self._acall(self._commit_steps)
         elif self._state == _DETACHED:
@@ -385,10 +360,6 @@ class Session(MutableMapping[str, Any]):
     def abort(self) -> None:
         """Drop this request's changes and release the lock (PHP's ``session_abort``)."""
         if self._state in (_LOADED, _DETACHED):
-            if self.defer_commit:
-                if not self._frozen:  # after a save, nothing to drop (as in a thread)
-                    self._frozen = self._discard = True  # the loop's save lets go instead
-                return
             self._state = _CLOSED
             self._release_lock()
 
@@ -406,7 +377,7 @@ class Session(MutableMapping[str, Any]):
         sid = self._sid
         assert sid is not None
         try:
-            data = self._dumped if self._dumped is not None else self._serializer.dumps(self._data)
+            data = self._serializer.dumps(self._data)
         except BaseException:
             self._state = _CLOSED
             yield from self._release_steps()

@@ -536,7 +536,6 @@ class WSGIHandler:
     def _call_inline(self, ctx: RequestContext, call: _Call, quick: InlinePolicy) -> tuple[int, bytes]:
         """Run a call proven quick on the loop's thread, telling ``quick`` how it went."""
         call.batch_limit = math.inf
-        call.environ["fcgi_cluster.inline"] = True  # sessions.INLINE_KEY: nothing may block here
         threads_busy = self.pool.busy > 0
         began = quick.clock()
         kind, data, stderr = call._run()
@@ -564,13 +563,8 @@ class WSGIHandler:
         ``call`` and ``first``: a call running already, whose first streamed
         piece arrived (``start_nowait``): go on from there.
         """
-        quick = self.quick
         if call is None:
             call = _Call(self.app, environ, errors, ctx)
-            if not self.inline and quick.inline and self.inline_quick and ctx.body.buffered_whole:
-                # A request whose session the loop loaded (``session_ends``)
-                # comes here: its app call is as quick as any other's.
-                return call, *self._call_inline(ctx, call, quick)
         if self.inline:
             whole = await ctx.body.wait_buffered()
             if ctx.cancelled:
@@ -582,8 +576,6 @@ class WSGIHandler:
                 return call, kind, data
         self.flusher.add(call)
         ctx.interrupt = call.handoff.interrupt
-        # A call first seen streaming was counted by ``start_nowait`` already.
-        counted = first is not None
         if first is None:
             self.pool.start(call.run)
         try:
@@ -596,9 +588,6 @@ class WSGIHandler:
                 if ctx.cancelled:
                     raise RequestCancelled()
                 ctx.log(stderr)
-                if not counted:
-                    counted = True
-                    call.tell(quick, kind, data)
                 if kind != _CHUNK:
                     break
                 ctx.send_nowait(data)

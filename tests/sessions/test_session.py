@@ -387,39 +387,3 @@ def test_lock_and_read_without_locking_is_a_plain_read(one_trip):
     s["n"] += 1
     s.save()
     assert one_trip.names() == ["read", "write"]
-
-
-async def test_a_deferred_save_is_written_by_the_later_save_and_survives_an_abort(store):
-    # As in an app the worker runs on its loop: save() and abort() leave the store call
-    # to the loop's asave(), with what a save in a thread would have written.
-    s = Session(store, SETTINGS, f"PHPSESSID={KNOWN}")
-    s.defer_commit = True
-    s["n"] = 2
-    s["items"] = [1]
-    calls = len(store.names())
-    s.save()
-    with pytest.raises(RuntimeError, match="already saved"):
-        s["n"] = 3
-    s["items"].append(2)  # after the save: not in what it wrote, as in a thread
-    s.abort()  # a cleanup after the save: nothing to drop
-    assert s.save_pending and len(store.names()) == calls  # no store call yet
-    await s.asave()
-    assert store.data[KNOWN] == b'{"n":2,"items":[1]}' and not store.locks
-
-
-async def test_a_deferred_abort_lets_go_and_a_bad_value_fails_in_the_app(store):
-    s = Session(store, SETTINGS, f"PHPSESSID={KNOWN}")
-    s.defer_commit = True
-    s["n"] = 5
-    s.abort()
-    assert not s.save_pending
-    await s.asave()
-    assert store.data[KNOWN] == b'{"n":1}' and not store.locks
-    s = Session(store, SETTINGS, f"PHPSESSID={KNOWN}")
-    s.defer_commit = True
-    s["bad"] = object()
-    with pytest.raises(Exception) as raised:
-        s.save()  # the serializer's error reaches the app, as a save in a thread
-    assert "object" in str(raised.value) or "serial" in type(raised.value).__name__.lower()
-    await s.asave()  # the loop lets go of it
-    assert store.data[KNOWN] == b'{"n":1}' and not store.locks
