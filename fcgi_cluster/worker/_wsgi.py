@@ -527,21 +527,16 @@ class WSGIHandler:
 
     def _run_inline(self, ctx: RequestContext, call: _Call, quick: InlinePolicy) -> None:
         """Run a call proven quick on the loop's thread and end its request (``_inline``)."""
-        try:
-            kind, data = self._call_inline(ctx, call, quick)
-            self._finish(ctx, call, kind, data)
-        except Exception:  # on the loop, outside any task: never raised there
-            log.exception("request %d failed inside the worker", ctx.request_id)
-
-    def _call_inline(self, ctx: RequestContext, call: _Call, quick: InlinePolicy) -> tuple[int, bytes]:
-        """Run a call proven quick on the loop's thread, telling ``quick`` how it went."""
         call.batch_limit = math.inf
         threads_busy = self.pool.busy > 0
         began = quick.clock()
         kind, data, stderr = call._run()
         quick.ran_inline_since(began, len(data), threads_busy)
-        ctx.log(stderr)
-        return kind, data
+        try:
+            ctx.log(stderr)
+            self._finish(ctx, call, kind, data)
+        except Exception:  # on the loop, outside any task: never raised there
+            log.exception("request %d failed inside the worker", ctx.request_id)
 
     async def _stream_rest(self, ctx: RequestContext, call: _Call, first: bytes, done: Callable[[], None]) -> None:
         """``start_nowait``'s request from its first streamed piece on, in a task."""
